@@ -1,0 +1,36 @@
+//===- TnlmDialect.td - the tnlm dialect -------------------*- tablegen -*-===//
+#ifndef TNLM_DIALECT_TD
+#define TNLM_DIALECT_TD
+
+include "mlir/IR/OpBase.td"
+
+def Tnlm_Dialect : Dialect {
+  let name = "tnlm";
+  let cppNamespace = "::mlir::tnlm";
+  let summary = "TransNormerLLM model-level operations";
+  let description = [{
+    The `tnlm` dialect describes TransNormerLLM-family models (Lightning Attention with
+    exponential decay, LRPE, gated linear attention, SGLU, SRMSNorm) at the level of the
+    paper's equations (docs: shared MODEL.md). Tensors are builtin ranked tensors of f32,
+    bf16 or f16; batch and sequence dimensions may be dynamic.
+
+    Parameters are function arguments that carry the discardable argument attribute
+    `tnlm.param = "<Hugging Face name>"`, e.g.
+    `%w: tensor<4096x1024xbf16> {tnlm.param = "model.layers.3.token_mixer.qkvu_proj.weight"}`,
+    so the parameter table of a model is derived from its IR. A module may carry
+    `tnlm.config`, a dictionary with the model's Hugging Face config fields.
+  }];
+  let hasRegionArgAttrVerify = 1;
+  let hasOperationAttrVerify = 1;
+  let extraClassDeclaration = [{
+    /// Name of the argument attribute that marks a parameter.
+    static constexpr ::llvm::StringLiteral getParamAttrName() { return "tnlm.param"; }
+    /// Name of the module attribute holding the model configuration.
+    static constexpr ::llvm::StringLiteral getConfigAttrName() { return "tnlm.config"; }
+  }];
+}
+
+class Tnlm_Op<string mnemonic, list<Trait> traits = []>
+    : Op<Tnlm_Dialect, mnemonic, traits>;
+
+#endif // TNLM_DIALECT_TD

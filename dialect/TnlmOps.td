@@ -1,0 +1,248 @@
+//===- TnlmOps.td - tnlm model-level operations ------------*- tablegen -*-===//
+//
+// Every op states its shape and dtype rules in its description; the C++ verifier in
+// TnlmOps.cpp enforces each of them and test/Dialect/errors.mlir checks each one.
+//
+//===----------------------------------------------------------------------===//
+#ifndef TNLM_OPS_TD
+#define TNLM_OPS_TD
+
+include "dialect/TnlmDialect.td"
+include "mlir/IR/CommonAttrConstraints.td"
+include "mlir/IR/CommonTypeConstraints.td"
+include "mlir/Interfaces/InferTypeOpInterface.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+
+def Tnlm_Float : AnyTypeOf<[F32, BF16, F16]>;
+def Tnlm_FloatTensor : RankedTensorOf<[F32, BF16, F16]>;
+def Tnlm_TokenTensor : RankedTensorOf<[I32]>;
+
+//===----------------------------------------------------------------------===//
+// Embedding, norm, projections
+//===----------------------------------------------------------------------===//
+
+def Tnlm_EmbeddingOp : Tnlm_Op<"embedding", [Pure]> {
+  let summary = "token embedding lookup with optional scale";
+  let description = [{
+    `result[b, t, :] = scale · table[ids[b, t], :]`.
+
+    Rules: `ids` is a rank-2 i32 tensor `[B, N]`; `table` is a rank-2 float tensor `[V, d]`;
+    the result is `[B, N, d]` with the element type of `table`. `scale` is 1 or sqrt(d)
+    (`no_scale_embedding = false`) and must be finite and positive. Ids outside `[0, V)` are
+    rejected by the runtime.
+
+    ```mlir
+    %x = tnlm.embedding %ids, %E {scale = 32.0 : f32}
+        : (tensor<?x?xi32>, tensor<64000x1024xbf16>) -> tensor<?x?x1024xbf16>
+    ```
+  }];
+  let arguments = (ins Tnlm_TokenTensor:$ids, Tnlm_FloatTensor:$table,
+                       DefaultValuedAttr<F32Attr, "1.0f">:$scale);
+  let results = (outs Tnlm_FloatTensor:$result);
+  let assemblyFormat = "$ids `,` $table attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Tnlm_SrmsNormOp : Tnlm_Op<"srms_norm", [Pure, SameOperandsAndResultType]> {
+  let summary = "simple RMS norm over the last axis (no parameters)";
+  let description = [{
+    `y = x · rsqrt(mean(x², last axis) + eps)`, computed in f32 and cast back to the input
+    type (MODEL.md, SRMSNorm). Rules: rank ≥ 1; result type equals the input type; `eps` is
+    finite and ≥ 0 (default 1e-6, the TransNormerLLM value).
+  }];
+  let arguments = (ins Tnlm_FloatTensor:$input,
+                       DefaultValuedAttr<F32Attr, "1.0e-6f">:$eps);
+  let results = (outs Tnlm_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+  let hasVerifier = 1;
+}
+
+def Tnlm_LinearOp : Tnlm_Op<"linear", [Pure]> {
+  let summary = "bias-free projection x · Wᵀ";
+  let description = [{
+    `result[..., o] = Σ_i input[..., i] · weight[o, i]` (PyTorch `nn.Linear` layout, no bias).
+    Rules: `input` has rank ≥ 1 with last dim `in`; `weight` is rank 2 `[out, in]`; the result
+    has the input's leading dims and last dim `out`; all element types are equal.
+  }];
+  let arguments = (ins Tnlm_FloatTensor:$input, Tnlm_FloatTensor:$weight);
+  let results = (outs Tnlm_FloatTensor:$result);
+  let assemblyFormat = "$input `,` $weight attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Tnlm_SiluOp : Tnlm_Op<"silu", [Pure, SameOperandsAndResultType, Elementwise]> {
+  let summary = "SiLU activation x · sigmoid(x)";
+  let description = [{
+    Elementwise `x / (1 + exp(−x))`. Rules: result type equals the input type.
+  }];
+  let arguments = (ins Tnlm_FloatTensor:$input);
+  let results = (outs Tnlm_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
+def Tnlm_MulOp : Tnlm_Op<"mul", [Pure, SameOperandsAndResultType, Elementwise, Commutative]> {
+  let summary = "elementwise product";
+  let description = [{
+    `result = lhs ⊙ rhs` (the u gate and the SGLU product). Rules: both operands and the
+    result have one type (no broadcasting).
+  }];
+  let arguments = (ins Tnlm_FloatTensor:$lhs, Tnlm_FloatTensor:$rhs);
+  let results = (outs Tnlm_FloatTensor:$result);
+  let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($result)";
+}
+
+def Tnlm_AddOp : Tnlm_Op<"add", [Pure, SameOperandsAndResultType, Elementwise, Commutative]> {
+  let summary = "elementwise sum (residual connections)";
+  let description = [{
+    `result = lhs + rhs`. Rules: both operands and the result have one type.
+  }];
+  let arguments = (ins Tnlm_FloatTensor:$lhs, Tnlm_FloatTensor:$rhs);
+  let results = (outs Tnlm_FloatTensor:$result);
+  let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($result)";
+}
+
+//===----------------------------------------------------------------------===//
+// Token mixer pieces
+//===----------------------------------------------------------------------===//
+
+def Tnlm_SplitOp : Tnlm_Op<"split", [Pure]> {
+  let summary = "split the last axis into equal contiguous parts";
+  let description = [{
+    Splits `[..., n·w]` into n results `[..., w]`, in order (the q, k, v, u blocks of
+    `qkvu_proj`). Rules: at least two results; all results have one type; the last dim of the
+    input is n times the results' last dim; leading dims agree; element types agree.
+
+    ```mlir
+    %q, %k, %v, %u = tnlm.split %qkvu : tensor<?x?x4096xf32> -> tensor<?x?x1024xf32>, ...
+    ```
+  }];
+  let arguments = (ins Tnlm_FloatTensor:$input);
+  let results = (outs Variadic<Tnlm_FloatTensor>:$results);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($results)";
+  let hasVerifier = 1;
+}
+
+def Tnlm_SplitHeadsOp : Tnlm_Op<"split_heads", [Pure]> {
+  let summary = "view [B, N, H·dh] as [B, N, H, dh]";
+  let description = [{
+    Head-major, dh-minor split of the feature axis (MODEL.md). Rules: input rank 3
+    `[B, N, D]`, result rank 4 `[B, N, H, dh]` with `H · dh = D`, same element type.
+  }];
+  let arguments = (ins Tnlm_FloatTensor:$input);
+  let results = (outs Tnlm_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
+  let hasVerifier = 1;
+}
+
+def Tnlm_MergeHeadsOp : Tnlm_Op<"merge_heads", [Pure]> {
+  let summary = "view [B, N, H, dh] as [B, N, H·dh]";
+  let description = [{
+    Inverse of `tnlm.split_heads`. Rules: input rank 4 `[B, N, H, dh]`, result rank 3
+    `[B, N, H·dh]`, same element type.
+  }];
+  let arguments = (ins Tnlm_FloatTensor:$input);
+  let results = (outs Tnlm_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
+  let hasVerifier = 1;
+}
+
+def Tnlm_LrpeOp : Tnlm_Op<"lrpe", [Pure]> {
+  let summary = "linearized relative positional encoding (doubles the feature dim)";
+  let description = [{
+    For `x: [B, N, H, dh]` at absolute positions `p = t + offset`:
+    `result[b, t, h] = concat(x ⊙ cos(θ_h · p), x ⊙ sin(θ_h · p))`, shape `[B, N, H, 2·dh]`.
+    Positions and angles are computed in f32 (MODEL.md, LRPE). `offset` is an optional
+    `index` operand (0 when absent): recurrent decoding passes the prompt length.
+
+    Rules: `input` rank 4 `[B, N, H, dh]`; `theta` rank 3 `[H, 1, dh]` with the input's H and
+    dh; result `[B, N, H, 2·dh]`; all element types equal.
+  }];
+  let arguments = (ins Tnlm_FloatTensor:$input, Tnlm_FloatTensor:$theta,
+                       Optional<Index>:$offset);
+  let results = (outs Tnlm_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $theta (`offset` `(` $offset^ `)`)? attr-dict `:` type($input) `,` type($theta)
+    `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Tnlm_DecayLinearAttentionOp : Tnlm_Op<"decay_linear_attention", [Pure]> {
+  let summary = "causal linear attention with per-head exponential decay";
+  let description = [{
+    Per batch b and head h, with `λ_h = exp(−slopes[h])`:
+    `o_t = q_t · Σ_{s≤t} λ_h^{t−s} k_sᵀ v_s`, i.e. the recurrence
+    `S_t = λ_h S_{t−1} + k_tᵀ v_t ; o_t = q_t S_t` with state `S ∈ R^{dk×dv}` kept in f32.
+    No 1/sqrt(dk) scaling, no softmax. Always causal.
+
+    The decay is stored as the rate `s = −ln λ` rather than λ: for the last layer of a model
+    λ = exp(−s_h · 1e-5) is closer to 1 than f32 can represent, while s is exact in f32.
+
+    Rules: `q` and `k` are rank 4 `[B, N, H, dk]` with equal types; `v` is `[B, N, H, dv]`;
+    the result is `[B, N, H, dv]`; B, N, H agree across operands; all element types equal;
+    `slopes` has exactly H entries, each finite and ≥ 0.
+
+    ```mlir
+    %o = tnlm.decay_linear_attention %q, %k, %v {slopes = array<f32: 0.5, 0.25>}
+        : (tensor<?x?x2x256xf32>, tensor<?x?x2x256xf32>, tensor<?x?x2x128xf32>)
+        -> tensor<?x?x2x128xf32>
+    ```
+  }];
+  let arguments = (ins Tnlm_FloatTensor:$q, Tnlm_FloatTensor:$k, Tnlm_FloatTensor:$v,
+                       DenseF32ArrayAttr:$slopes);
+  let results = (outs Tnlm_FloatTensor:$result);
+  let assemblyFormat = "$q `,` $k `,` $v attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Channel mixer, head, loss
+//===----------------------------------------------------------------------===//
+
+def Tnlm_SgluOp : Tnlm_Op<"sglu", [Pure]> {
+  let summary = "simple gated linear unit (x·W1ᵀ ⊙ x·W2ᵀ)·W3ᵀ, no activation";
+  let description = [{
+    The TransNormerLLM channel mixer. Rules: `input` rank ≥ 1 with last dim d; `w1` and `w2`
+    are `[F, d]`; `w3` is `[d, F]`; the result has the input's type; all element types equal.
+    `tnlm-decompose-sglu` rewrites it into its parts (`linear`, `linear`, `mul`, `linear`).
+  }];
+  let arguments = (ins Tnlm_FloatTensor:$input, Tnlm_FloatTensor:$w1, Tnlm_FloatTensor:$w2,
+                       Tnlm_FloatTensor:$w3);
+  let results = (outs Tnlm_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $w1 `,` $w2 `,` $w3 attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Tnlm_LmHeadOp : Tnlm_Op<"lm_head", [Pure]> {
+  let summary = "logits = x · Wlmᵀ";
+  let description = [{
+    Vocabulary projection (tied to the embedding matrix unless `lm_head.weight` is given).
+    Rules: `input` is `[B, N, d]`; `weight` is `[V, d]` with the input's element type; the
+    result is `[B, N, V]` of any float type (f32 keeps the loss exact).
+  }];
+  let arguments = (ins Tnlm_FloatTensor:$input, Tnlm_FloatTensor:$weight);
+  let results = (outs Tnlm_FloatTensor:$result);
+  let assemblyFormat = "$input `,` $weight attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Tnlm_CrossEntropyOp : Tnlm_Op<"cross_entropy", [Pure]> {
+  let summary = "mean token cross-entropy of logits against labels";
+  let description = [{
+    `loss = mean over {(b, t) : labels[b, t] ≠ ignore_index} of
+    logsumexp(logits[b, t, :]) − logits[b, t, labels[b, t]]`, computed in f32.
+    The caller passes labels already shifted (`labels[t] = ids[t+1]`).
+
+    Rules: `logits` is `[B, N, V]`; `labels` is an i32 `[B, N]` tensor whose dims agree; the
+    result is a rank-0 f32 tensor.
+  }];
+  let arguments = (ins Tnlm_FloatTensor:$logits, Tnlm_TokenTensor:$labels,
+                       DefaultValuedAttr<I64Attr, "-100">:$ignore_index);
+  let results = (outs 0DTensorOf<[F32]>:$loss);
+  let assemblyFormat = "$logits `,` $labels attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+#endif // TNLM_OPS_TD
