@@ -26,7 +26,7 @@ LogicalResult TnlmDialect::verifyRegionArgAttribute(Operation *op, unsigned regi
                                                     unsigned argIndex,
                                                     NamedAttribute attribute) {
   if (attribute.getName() != getParamAttrName())
-    return op->emitError() << "unknown tnlm argument attribute '" << attribute.getName()
+    return op->emitError() << "unknown tnlm argument attribute '" << attribute.getName().getValue()
                            << "'";
   auto name = llvm::dyn_cast<StringAttr>(attribute.getValue());
   if (!name || name.getValue().empty())
@@ -66,5 +66,5 @@ LogicalResult TnlmDialect::verifyOperationAttribute(Operation *op, NamedAttribut
       return op->emitError() << "'" << getConfigAttrName() << "' must be a dictionary";
     return success();
   }
-  return op->emitError() << "unknown tnlm attribute '" << attribute.getName() << "'";
+  return op->emitError() << "unknown tnlm attribute '" << attribute.getName().getValue() << "'";
 }

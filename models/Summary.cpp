@@ -61,7 +61,7 @@ FailureOr<ModelSummary> summarizeModel(ModuleOp module, StringRef function) {
     for (const std::string &name : order)
       if (counts.count(name))
         s.components.emplace_back(name, counts[name]);
-    s.tiedLmHead = !counts.count("lm head");
+    s.tiedLmHead = counts.count("embedding") && !counts.count("lm head");
   }
   fn->walk([&](Operation *op) {
     if (auto lin = llvm::dyn_cast<LinearOp>(op))

@@ -1,0 +1,279 @@
+// Each verifier rule of the tnlm dialect, one function per rule.
+// RUN: tnlm-opt %s -split-input-file -verify-diagnostics
+
+func.func @decay_heads_vs_slopes(%q: tensor<1x8x2x16xf32>, %v: tensor<1x8x2x16xf32>) {
+  // expected-error @+1 {{has 2 heads but 3 decay slopes}}
+  %o = tnlm.decay_linear_attention %q, %q, %v {slopes = array<f32: 0.5, 0.25, 0.1>} : (tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>) -> tensor<1x8x2x16xf32>
+  return
+}
+
+// -----
+
+func.func @decay_negative_slope(%q: tensor<1x8x2x16xf32>) {
+  // expected-error @+1 {{decay slope of head 1 must be finite and >= 0, got -2.5}}
+  %o = tnlm.decay_linear_attention %q, %q, %q {slopes = array<f32: 0.5, -2.5>} : (tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>) -> tensor<1x8x2x16xf32>
+  return
+}
+
+// -----
+
+func.func @decay_qk_feature_mismatch(%q: tensor<1x8x2x32xf32>, %k: tensor<1x8x2x16xf32>, %v: tensor<1x8x2x16xf32>) {
+  // expected-error @+1 {{feature dim dk of q and k mismatch: 32 vs 16}}
+  %o = tnlm.decay_linear_attention %q, %k, %v {slopes = array<f32: 0.5, 0.25>} : (tensor<1x8x2x32xf32>, tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>) -> tensor<1x8x2x16xf32>
+  return
+}
+
+// -----
+
+func.func @decay_dv_mismatch(%q: tensor<1x8x2x16xf32>, %v: tensor<1x8x2x16xf32>) {
+  // expected-error @+1 {{feature dim dv of v and result mismatch: 16 vs 8}}
+  %o = tnlm.decay_linear_attention %q, %q, %v {slopes = array<f32: 0.5, 0.25>} : (tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>) -> tensor<1x8x2x8xf32>
+  return
+}
+
+// -----
+
+func.func @decay_sequence_mismatch(%q: tensor<1x8x2x16xf32>, %v: tensor<1x9x2x16xf32>) {
+  // expected-error @+1 {{sequence of q and v mismatch: 8 vs 9}}
+  %o = tnlm.decay_linear_attention %q, %q, %v {slopes = array<f32: 0.5, 0.25>} : (tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>, tensor<1x9x2x16xf32>) -> tensor<1x9x2x16xf32>
+  return
+}
+
+// -----
+
+func.func @decay_bad_rank(%q: tensor<8x2x16xf32>) {
+  // expected-error @+1 {{q must have rank 4, got 'tensor<8x2x16xf32>'}}
+  %o = tnlm.decay_linear_attention %q, %q, %q {slopes = array<f32: 0.5, 0.25>} : (tensor<8x2x16xf32>, tensor<8x2x16xf32>, tensor<8x2x16xf32>) -> tensor<8x2x16xf32>
+  return
+}
+
+// -----
+
+func.func @decay_mixed_dtypes(%q: tensor<1x8x2x16xf32>, %v: tensor<1x8x2x16xbf16>) {
+  // expected-error @+1 {{q and v must have the same element type, got 'f32' and 'bf16'}}
+  %o = tnlm.decay_linear_attention %q, %q, %v {slopes = array<f32: 0.5, 0.25>} : (tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>, tensor<1x8x2x16xbf16>) -> tensor<1x8x2x16xbf16>
+  return
+}
+
+// -----
+
+func.func @non_float_operand(%x: tensor<4x8xi32>) {
+  // expected-error @+1 {{operand #0 must be ranked tensor of 32-bit float or bfloat16 type or 16-bit float values}}
+  %y = tnlm.silu %x : tensor<4x8xi32>
+  return
+}
+
+// -----
+
+func.func @f64_is_not_a_model_dtype(%x: tensor<4x8xf64>) {
+  // expected-error @+1 {{operand #0 must be ranked tensor of 32-bit float or bfloat16 type or 16-bit float values}}
+  %y = tnlm.srms_norm %x : tensor<4x8xf64>
+  return
+}
+
+// -----
+
+func.func @srms_norm_negative_eps(%x: tensor<4x8xf32>) {
+  // expected-error @+1 {{eps must be finite and >= 0}}
+  %y = tnlm.srms_norm %x {eps = -1.0 : f32} : tensor<4x8xf32>
+  return
+}
+
+// -----
+
+func.func @linear_in_features(%x: tensor<4x8xf32>, %w: tensor<16x9xf32>) {
+  // expected-error @+1 {{input features vs weight dim 1 mismatch: 8 vs 9}}
+  %y = tnlm.linear %x, %w : (tensor<4x8xf32>, tensor<16x9xf32>) -> tensor<4x16xf32>
+  return
+}
+
+// -----
+
+func.func @linear_out_features(%x: tensor<4x8xf32>, %w: tensor<16x8xf32>) {
+  // expected-error @+1 {{output features vs weight dim 0 mismatch: 15 vs 16}}
+  %y = tnlm.linear %x, %w : (tensor<4x8xf32>, tensor<16x8xf32>) -> tensor<4x15xf32>
+  return
+}
+
+// -----
+
+func.func @linear_weight_rank(%x: tensor<4x8xf32>, %w: tensor<2x16x8xf32>) {
+  // expected-error @+1 {{weight must have rank 2}}
+  %y = tnlm.linear %x, %w : (tensor<4x8xf32>, tensor<2x16x8xf32>) -> tensor<4x16xf32>
+  return
+}
+
+// -----
+
+func.func @embedding_width(%ids: tensor<2x3xi32>, %e: tensor<10x8xf32>) {
+  // expected-error @+1 {{embedding width mismatch: 8 vs 9}}
+  %x = tnlm.embedding %ids, %e : (tensor<2x3xi32>, tensor<10x8xf32>) -> tensor<2x3x9xf32>
+  return
+}
+
+// -----
+
+func.func @embedding_scale(%ids: tensor<2x3xi32>, %e: tensor<10x8xf32>) {
+  // expected-error @+1 {{scale must be finite and positive}}
+  %x = tnlm.embedding %ids, %e {scale = 0.0 : f32} : (tensor<2x3xi32>, tensor<10x8xf32>) -> tensor<2x3x8xf32>
+  return
+}
+
+// -----
+
+func.func @embedding_ids_rank(%ids: tensor<6xi32>, %e: tensor<10x8xf32>) {
+  // expected-error @+1 {{ids must have rank 2}}
+  %x = tnlm.embedding %ids, %e : (tensor<6xi32>, tensor<10x8xf32>) -> tensor<2x3x8xf32>
+  return
+}
+
+// -----
+
+func.func @split_uneven(%x: tensor<2x3x10xf32>) {
+  // expected-error @+1 {{last dim 10 must equal 4 x 2}}
+  %a, %b, %c, %d = tnlm.split %x : tensor<2x3x10xf32> -> tensor<2x3x2xf32>, tensor<2x3x2xf32>, tensor<2x3x2xf32>, tensor<2x3x2xf32>
+  return
+}
+
+// -----
+
+func.func @split_mixed_results(%x: tensor<2x3x8xf32>) {
+  // expected-error @+1 {{all results must have one type}}
+  %a, %b = tnlm.split %x : tensor<2x3x8xf32> -> tensor<2x3x4xf32>, tensor<2x3x5xf32>
+  return
+}
+
+// -----
+
+func.func @split_heads_width(%x: tensor<2x3x64xf32>) {
+  // expected-error @+1 {{width 64 must equal heads x head dim = 3 x 16}}
+  %y = tnlm.split_heads %x : tensor<2x3x64xf32> -> tensor<2x3x3x16xf32>
+  return
+}
+
+// -----
+
+func.func @merge_heads_width(%x: tensor<2x3x4x16xf32>) {
+  // expected-error @+1 {{result width 60 must equal heads x head dim = 64}}
+  %y = tnlm.merge_heads %x : tensor<2x3x4x16xf32> -> tensor<2x3x60xf32>
+  return
+}
+
+// -----
+
+func.func @lrpe_theta_heads(%x: tensor<1x5x4x16xf32>, %t: tensor<3x1x16xf32>) {
+  // expected-error @+1 {{heads of theta and input mismatch: 3 vs 4}}
+  %y = tnlm.lrpe %x, %t : tensor<1x5x4x16xf32>, tensor<3x1x16xf32> -> tensor<1x5x4x32xf32>
+  return
+}
+
+// -----
+
+func.func @lrpe_result_dim(%x: tensor<1x5x4x16xf32>, %t: tensor<4x1x16xf32>) {
+  // expected-error @+1 {{result feature dim must be 2 x 16 = 32, got 16}}
+  %y = tnlm.lrpe %x, %t : tensor<1x5x4x16xf32>, tensor<4x1x16xf32> -> tensor<1x5x4x16xf32>
+  return
+}
+
+// -----
+
+func.func @lrpe_theta_shape(%x: tensor<1x5x4x16xf32>, %t: tensor<4x2x16xf32>) {
+  // expected-error @+1 {{theta must have shape [H, 1, dh]}}
+  %y = tnlm.lrpe %x, %t : tensor<1x5x4x16xf32>, tensor<4x2x16xf32> -> tensor<1x5x4x32xf32>
+  return
+}
+
+// -----
+
+func.func @sglu_glu_width(%x: tensor<2x3x8xf32>, %w1: tensor<16x8xf32>, %w3: tensor<8x12xf32>) {
+  // expected-error @+1 {{w3 dim 1 vs w1 dim 0 (glu width) mismatch: 12 vs 16}}
+  %y = tnlm.sglu %x, %w1, %w1, %w3 : (tensor<2x3x8xf32>, tensor<16x8xf32>, tensor<16x8xf32>, tensor<8x12xf32>) -> tensor<2x3x8xf32>
+  return
+}
+
+// -----
+
+func.func @sglu_w1_w2(%x: tensor<2x3x8xf32>, %w1: tensor<16x8xf32>, %w2: tensor<12x8xf32>, %w3: tensor<8x16xf32>) {
+  // expected-error @+1 {{w1 and w2 must have one shape}}
+  %y = tnlm.sglu %x, %w1, %w2, %w3 : (tensor<2x3x8xf32>, tensor<16x8xf32>, tensor<12x8xf32>, tensor<8x16xf32>) -> tensor<2x3x8xf32>
+  return
+}
+
+// -----
+
+func.func @lm_head_vocab(%x: tensor<2x3x8xf32>, %w: tensor<50x8xf32>) {
+  // expected-error @+1 {{vocabulary vs weight dim 0 mismatch: 51 vs 50}}
+  %y = tnlm.lm_head %x, %w : (tensor<2x3x8xf32>, tensor<50x8xf32>) -> tensor<2x3x51xf32>
+  return
+}
+
+// -----
+
+func.func @cross_entropy_labels(%l: tensor<2x3x50xf32>, %y: tensor<2x4xi32>) {
+  // expected-error @+1 {{sequence mismatch: 3 vs 4}}
+  %c = tnlm.cross_entropy %l, %y : (tensor<2x3x50xf32>, tensor<2x4xi32>) -> tensor<f32>
+  return
+}
+
+// -----
+
+func.func @cross_entropy_result(%l: tensor<2x3x50xf32>, %y: tensor<2x3xi32>) {
+  // expected-error @+1 {{result #0 must be 0D tensor of 32-bit float values}}
+  %c = tnlm.cross_entropy %l, %y : (tensor<2x3x50xf32>, tensor<2x3xi32>) -> tensor<1xf32>
+  return
+}
+
+// -----
+
+func.func @mul_type_mismatch(%a: tensor<2x3xf32>, %b: tensor<2x3xbf16>) {
+  // expected-error @+1 {{requires the same type for all operands and results}}
+  %c = "tnlm.mul"(%a, %b) : (tensor<2x3xf32>, tensor<2x3xbf16>) -> tensor<2x3xf32>
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'tnlm.param' of argument #0 must be a non-empty string}}
+func.func @param_not_string(%w: tensor<4x4xf32> {tnlm.param = 3 : i64}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{parameter name 'w' is used by arguments #0 and #1}}
+func.func @param_duplicate(%a: tensor<4x4xf32> {tnlm.param = "w"}, %b: tensor<4x4xf32> {tnlm.param = "w"}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{parameter 'ids' must be a ranked tensor of f32, bf16 or f16, got 'tensor<4xi32>'}}
+func.func @param_int(%a: tensor<4xi32> {tnlm.param = "ids"}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{parameter 'w' must have a static shape, got 'tensor<?x4xf32>'}}
+func.func @param_dynamic(%a: tensor<?x4xf32> {tnlm.param = "w"}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'tnlm.config' must be a dictionary}}
+module attributes {tnlm.config = 3 : i64} {
+}
+
+// -----
+
+// expected-error @+1 {{unknown tnlm attribute 'tnlm.bogus'}}
+module attributes {tnlm.bogus = 1 : i64} {
+}
+
+// -----
+
+// expected-error @+1 {{unknown tnlm argument attribute 'tnlm.weight'}}
+func.func @unknown_arg_attr(%a: tensor<4xf32> {tnlm.weight = "w"}) {
+  return
+}
