@@ -11,6 +11,8 @@
 #include "models/Import.h"
 #include "models/ModelConfig.h"
 #include "models/Summary.h"
+#include "codegen/ArtifactWriter.h"
+#include "codegen/KernelPlan.h"
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -21,10 +23,13 @@
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Support/FileUtilities.h"
 #include "llvm/Support/CommandLine.h"
+#include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/SourceMgr.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/WithColor.h"
+
+#include <optional>
 
 using namespace mlir;
 namespace cl = llvm::cl;
@@ -39,10 +44,28 @@ cl::opt<std::string> outputPath("o", cl::cat(category), cl::init("-"),
                                 cl::desc("Output file ('-' for stdout, the default)"),
                                 cl::value_desc("file"));
 
-enum class Emit { None, Mlir };
-cl::opt<Emit> emit("emit", cl::cat(category), cl::init(Emit::None),
-                   cl::desc("What to emit (default: mlir, or nothing when --summary is given)"),
-                   cl::values(clEnumValN(Emit::Mlir, "mlir", "model-level tnlm IR")));
+enum class Emit { None, Mlir, Plan, Artifact };
+cl::opt<Emit> emit(
+    "emit", cl::cat(category), cl::init(Emit::None),
+    cl::desc("What to emit (default: artifact when -o ends in .tnlm, nothing when only "
+             "--summary is given, else mlir)"),
+    cl::values(clEnumValN(Emit::Mlir, "mlir", "model-level tnlm IR"),
+               clEnumValN(Emit::Plan, "plan",
+                          "kernel-level plan: one step per kernel, arena offsets"),
+               clEnumValN(Emit::Artifact, "artifact", "compiled model (.tnlm, FlatBuffers)")));
+enum class Mode { Infer };
+cl::opt<Mode> mode("mode", cl::cat(category), cl::init(Mode::Infer),
+                   cl::desc("What the artifact runs"),
+                   cl::values(clEnumValN(Mode::Infer, "infer", "@forward: ids -> logits")));
+cl::opt<std::string> target("target", cl::cat(category), cl::init("cpu"),
+                            cl::desc("Backend the artifact is compiled for: cpu"),
+                            cl::value_desc("target"));
+cl::opt<int64_t> maxBatch("batch", cl::cat(category), cl::init(1),
+                          cl::desc("Largest batch the artifact runs (buffers are planned for "
+                                   "it; any smaller batch runs without recompiling)"));
+cl::opt<int64_t> maxSeq("seq", cl::cat(category), cl::init(2048),
+                        cl::desc("Largest sequence length the artifact runs (any shorter "
+                                 "sequence runs without recompiling)"));
 cl::opt<bool> summary("summary", cl::cat(category), cl::init(false),
                       cl::desc("Print parameters per component and in total, weight bytes per "
                                "dtype and forward FLOPs per token"));
@@ -104,9 +127,10 @@ int main(int argc, char **argv) {
   cl::HideUnrelatedOptions({&category, &cl::getGeneralCategory()});
   cl::ParseCommandLineOptions(
       argc, argv,
-      "tnlm compiler: TransNormerLLM config or tnlm IR -> IR, summary (later: artifacts)\n\n"
+      "tnlm compiler: TransNormerLLM config or tnlm IR -> IR, kernel plan, artifact\n\n"
       "  tnlmc models/tnl-7b.json --summary\n"
-      "  tnlmc models/tiny.json --emit=mlir -o tiny.mlir\n");
+      "  tnlmc models/tiny.json --emit=mlir -o tiny.mlir\n"
+      "  tnlmc models/tiny.json --mode=infer --target=cpu --batch=4 --seq=256 -o tiny.tnlm\n");
 
   DialectRegistry registry;
   registry.insert<tnlm::TnlmDialect, func::FuncDialect>();
@@ -121,25 +145,89 @@ int main(int argc, char **argv) {
   if (failed(verify(*module)))
     return 1;
 
+  if (target != "cpu") {
+    error("--target=" + target + ": unknown or not yet supported target (supported: cpu)");
+    return 1;
+  }
+  if (maxBatch < 1 || maxSeq < 1) {
+    error("--batch and --seq must be positive, got " + std::to_string(maxBatch) + " and " +
+          std::to_string(maxSeq));
+    return 1;
+  }
+  llvm::StringRef out = outputPath;
+  Emit what = emit;
+  if (what == Emit::None)
+    what = out.ends_with(".tnlm") ? Emit::Artifact : summary ? Emit::None : Emit::Mlir;
+  if (what == Emit::Artifact && outputPath == "-") {
+    error("--emit=artifact needs an output file: -o model.tnlm");
+    return 1;
+  }
+
+  // The kernel plan serves the summary (planned arena) and the plan/artifact outputs.
+  std::optional<tnlm::KernelPlan> plan;
+  std::string planError;
+  if (summary || what == Emit::Plan || what == Emit::Artifact) {
+    bool needed = what == Emit::Plan || what == Emit::Artifact;
+    // For a summary alone the plan is optional: a module that cannot be lowered still gets
+    // its parameter and FLOP counts, and the reason instead of the arena size.
+    std::optional<ScopedDiagnosticHandler> quiet;
+    if (!needed)
+      quiet.emplace(&context, [&](Diagnostic &d) {
+        if (planError.empty())
+          planError = d.str();
+        return success();
+      });
+    FailureOr<tnlm::KernelPlan> lowered =
+        tnlm::lowerToKernelPlan(*module, "forward", maxBatch, maxSeq);
+    if (failed(lowered)) {
+      if (needed)
+        return 1;
+    } else {
+      tnlm::planMemory(*lowered);
+      plan = std::move(*lowered);
+    }
+  }
+
   if (summary) {
     FailureOr<tnlm::ModelSummary> s = tnlm::summarizeModel(*module, "forward");
     if (failed(s))
       return 1;
     tnlm::printSummary(*s, *module, llvm::outs());
+    llvm::outs() << "activation memory (" << target << ", batch " << maxBatch << ", seq "
+                 << maxSeq << ")\n";
+    if (plan)
+      llvm::outs() << llvm::formatv("  {0,-26} {1,18}  ({2:F2} MiB, {3} kernel steps, {4} "
+                                    "buffers)\n",
+                                    "planned arena peak", tnlm::withThousands(plan->arenaBytes),
+                                    plan->arenaBytes / (1024.0 * 1024.0), plan->steps.size(),
+                                    plan->buffers.size());
+    else
+      llvm::outs() << "  not planned: " << planError << "\n";
   }
-  Emit what = emit;
-  if (what == Emit::None && !summary)
-    what = Emit::Mlir;
-  if (what == Emit::Mlir) {
-    std::string message;
-    auto out = openOutputFile(outputPath, &message);
-    if (!out) {
-      error(outputPath + ": " + message);
+
+  if (what == Emit::None)
+    return 0;
+
+  if (what == Emit::Artifact) {
+    std::vector<uint8_t> bytes = tnlm::serializeArtifact(*module, {*plan}, target);
+    std::string err = tnlm::writeFileAtomically(outputPath, bytes);
+    if (!err.empty()) {
+      error(err);
       return 1;
     }
-    module->print(out->os());
-    out->os() << "\n";
-    out->keep();
+    return 0;
   }
+  std::string message;
+  auto file = openOutputFile(outputPath, &message);
+  if (!file) {
+    error(outputPath + ": " + message);
+    return 1;
+  }
+  if (what == Emit::Plan)
+    tnlm::printPlan(*plan, file->os());
+  else
+    module->print(file->os());
+  file->os() << "\n";
+  file->keep();
   return 0;
 }

@@ -1,0 +1,168 @@
+//===- ArtifactWriter.cpp - kernel plan → model.tnlm ----------------------===//
+#include "codegen/ArtifactWriter.h"
+
+#include "dialect/TnlmDialect.h"
+#include "runtime/schema/tnlm_generated.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+namespace fb = flatbuffers;
+namespace sc = tnlm::schema;
+
+namespace mlir::tnlm {
+
+namespace {
+
+sc::DType dtypeOf(const std::string &name) {
+  if (name == "bf16")
+    return sc::DType_BF16;
+  if (name == "f16")
+    return sc::DType_F16;
+  if (name == "i32")
+    return sc::DType_I32;
+  return sc::DType_F32;
+}
+
+sc::KernelKind kindOf(KernelKind k) {
+  switch (k) {
+  case KernelKind::Embedding:
+    return sc::KernelKind_Embedding;
+  case KernelKind::SrmsNorm:
+    return sc::KernelKind_SrmsNorm;
+  case KernelKind::Linear:
+    return sc::KernelKind_Linear;
+  case KernelKind::Silu:
+    return sc::KernelKind_Silu;
+  case KernelKind::Mul:
+    return sc::KernelKind_Mul;
+  case KernelKind::Add:
+    return sc::KernelKind_Add;
+  case KernelKind::Lrpe:
+    return sc::KernelKind_Lrpe;
+  case KernelKind::DecayAttention:
+    return sc::KernelKind_DecayAttention;
+  case KernelKind::CrossEntropy:
+    return sc::KernelKind_CrossEntropy;
+  }
+  return sc::KernelKind_Linear;
+}
+
+fb::Offset<sc::ModelConfig> writeConfig(fb::FlatBufferBuilder &b, ModuleOp module) {
+  auto cfg = module->getAttrOfType<DictionaryAttr>(TnlmDialect::getConfigAttrName());
+  auto i = [&](const char *n, int64_t dflt) {
+    auto a = cfg ? cfg.getAs<IntegerAttr>(n) : IntegerAttr();
+    return a ? a.getInt() : dflt;
+  };
+  auto flag = [&](const char *n, bool dflt) {
+    auto a = cfg ? cfg.getAs<BoolAttr>(n) : BoolAttr();
+    return a ? a.getValue() : dflt;
+  };
+  std::vector<uint8_t> lrpe;
+  if (cfg)
+    if (auto flags = cfg.getAs<DenseI64ArrayAttr>("linear_use_lrpe_list"))
+      for (int64_t f : flags.asArrayRef())
+        lrpe.push_back(f != 0);
+  std::string name = "model";
+  bool silu = true;
+  if (cfg) {
+    if (auto n = cfg.getAs<StringAttr>("name"))
+      name = n.str();
+    if (auto a = cfg.getAs<StringAttr>("linear_act_fun"))
+      silu = a.getValue() == "silu";
+  }
+  int64_t d = i("decoder_embed_dim", 0);
+  float scale = flag("no_scale_embedding", false) ? 1.0f : std::sqrt(static_cast<float>(d));
+  auto nameOff = b.CreateString(name);
+  auto lrpeOff = b.CreateVector(lrpe);
+  return sc::CreateModelConfig(b, nameOff, i("vocab_size", 0), d, i("decoder_layers", 0),
+                               i("decoder_attention_heads", 0), i("hidden_dim", d),
+                               i("glu_dim", 0), scale, flag("tie_word_embeddings", true), lrpeOff,
+                               silu, 1e-6f, i("pad_token_id", 0), i("bos_token_id", 1),
+                               i("eos_token_id", 2));
+}
+
+fb::Offset<sc::Operand> writeOperand(fb::FlatBufferBuilder &b, const KernelPlan &plan,
+                                     const PlanOperand &o) {
+  sc::OperandKind kind = sc::OperandKind_Arena;
+  uint64_t offset = 0;
+  switch (o.kind) {
+  case OperandKind::Arena:
+    kind = sc::OperandKind_Arena;
+    offset = static_cast<uint64_t>(plan.buffers[o.index].offset);
+    break;
+  case OperandKind::Param:
+    kind = sc::OperandKind_Param;
+    offset = static_cast<uint64_t>(o.index);
+    break;
+  case OperandKind::Input:
+    kind = sc::OperandKind_Input;
+    offset = static_cast<uint64_t>(o.index);
+    break;
+  }
+  return sc::CreateOperand(b, kind, offset, o.colOffset, o.cols, o.ld, dtypeOf(o.dtype));
+}
+
+fb::Offset<sc::Function> writeFunction(fb::FlatBufferBuilder &b, const KernelPlan &plan) {
+  std::vector<fb::Offset<sc::Step>> steps;
+  for (const PlanStep &s : plan.steps) {
+    std::vector<fb::Offset<sc::Operand>> ins, outs;
+    for (const PlanOperand &o : s.inputs)
+      ins.push_back(writeOperand(b, plan, o));
+    for (const PlanOperand &o : s.outputs)
+      outs.push_back(writeOperand(b, plan, o));
+    steps.push_back(sc::CreateStepDirect(b, kindOf(s.kind), s.name.c_str(), &ins, &outs,
+                                         &s.f32Attrs, &s.i64Attrs, &s.slopes));
+  }
+  std::vector<fb::Offset<sc::FunctionIO>> ins, outs;
+  for (const PlanIO &io : plan.inputs)
+    ins.push_back(sc::CreateFunctionIODirect(b, io.name.c_str(), dtypeOf(io.dtype), &io.shape,
+                                             sc::OperandKind_Input, 0));
+  for (const PlanIO &io : plan.outputs)
+    outs.push_back(sc::CreateFunctionIODirect(
+        b, io.name.c_str(), dtypeOf(io.dtype), &io.shape, sc::OperandKind_Arena,
+        static_cast<uint64_t>(plan.buffers[io.buffer].offset)));
+  return sc::CreateFunctionDirect(b, plan.function.c_str(), &ins, &outs, &steps,
+                                  static_cast<uint64_t>(plan.arenaBytes));
+}
+
+} // namespace
+
+std::vector<uint8_t> serializeArtifact(ModuleOp module, const std::vector<KernelPlan> &plans,
+                                       StringRef target) {
+  fb::FlatBufferBuilder b(1 << 16);
+  auto config = writeConfig(b, module);
+  std::vector<fb::Offset<sc::Param>> params;
+  for (const PlanParam &p : plans.front().params)
+    params.push_back(sc::CreateParamDirect(b, p.name.c_str(), dtypeOf(p.dtype), &p.shape));
+  std::vector<fb::Offset<sc::Function>> functions;
+  for (const KernelPlan &plan : plans)
+    functions.push_back(writeFunction(b, plan));
+  auto root = sc::CreateArtifactDirect(
+      b, sc::FormatVersion_Current, target == "cpu" ? sc::Target_CPU : sc::Target_CUDA_SM90A,
+      "tnlmc 0.1", config, plans.front().maxBatch, plans.front().maxSeq, &params, &functions);
+  sc::FinishArtifactBuffer(b, root);
+  return std::vector<uint8_t>(b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize());
+}
+
+std::string writeFileAtomically(const std::string &path, const std::vector<uint8_t> &bytes) {
+  std::string tmp = path + ".tmp";
+  FILE *f = std::fopen(tmp.c_str(), "wb");
+  if (!f)
+    return "cannot open '" + tmp + "' for writing: " + std::strerror(errno);
+  bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok) {
+    std::remove(tmp.c_str());
+    return "cannot write '" + tmp + "': " + std::strerror(errno);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::string err = std::strerror(errno);
+    std::remove(tmp.c_str());
+    return "cannot rename '" + tmp + "' to '" + path + "': " + err;
+  }
+  return "";
+}
+
+} // namespace mlir::tnlm

@@ -1,0 +1,108 @@
+//===- KernelPlan.h - the kernel-level form of a model function -*- C++ -*-===//
+//
+// Kernel level: one step per kernel launch, every activation an explicit buffer in one arena.
+// Activations are 2-D row-major matrices [rows = batch · seq, cols]; split, split_heads and
+// merge_heads become views (column offset + row stride) of the buffer they read, so they cost
+// no launch and no copy. Buffer sizes are planned for max_batch × max_seq; a call with a
+// smaller batch or sequence uses a prefix of each buffer with the same row stride.
+//
+//===----------------------------------------------------------------------===//
+#ifndef TNLM_CODEGEN_KERNELPLAN_H
+#define TNLM_CODEGEN_KERNELPLAN_H
+
+#include "mlir/IR/BuiltinOps.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace mlir::tnlm {
+
+enum class KernelKind {
+  Embedding,
+  SrmsNorm,
+  Linear,
+  Silu,
+  Mul,
+  Add,
+  Lrpe,
+  DecayAttention,
+  CrossEntropy
+};
+const char *kernelName(KernelKind kind);
+
+enum class OperandKind { Arena, Param, Input };
+
+/// A 2-D view [rows, cols] with row stride `ld` (elements) and a column offset into its base.
+struct PlanOperand {
+  OperandKind kind = OperandKind::Arena;
+  int64_t index = 0; // buffer id (Arena), param index (Param), function input (Input)
+  int64_t colOffset = 0;
+  int64_t cols = 0;
+  int64_t ld = 0;
+  std::string dtype = "f32"; // "f32", "bf16", "f16", "i32"
+};
+
+struct PlanStep {
+  KernelKind kind;
+  std::string name; // from the op's location (Hugging Face module name)
+  std::vector<PlanOperand> inputs, outputs;
+  std::vector<float> f32Attrs;
+  std::vector<int64_t> i64Attrs;
+  std::vector<float> slopes;
+};
+
+struct PlanBuffer {
+  int64_t bytesPerRow = 0; // row-proportional buffers (activations)
+  int64_t fixedBytes = 0;  // scalars (loss)
+  int64_t firstStep = 0, lastStep = 0; // live interval, inclusive
+  int64_t offset = -1;     // arena byte offset, set by the memory planner
+  int64_t bytes(int64_t rows) const { return bytesPerRow * rows + fixedBytes; }
+};
+
+struct PlanParam {
+  std::string name;
+  std::string dtype;
+  std::vector<int64_t> shape;
+};
+
+struct PlanIO {
+  std::string name;
+  std::string dtype;
+  std::vector<int64_t> shape; // kDimBatch / kDimSeq for per-call dims
+  int64_t buffer = -1;        // outputs: the buffer holding the result
+};
+
+constexpr int64_t kDimBatch = -1, kDimSeq = -2;
+
+struct KernelPlan {
+  std::string function;
+  int64_t maxBatch = 1, maxSeq = 1;
+  std::vector<PlanParam> params;
+  std::vector<PlanIO> inputs, outputs;
+  std::vector<PlanStep> steps;
+  std::vector<PlanBuffer> buffers;
+  int64_t arenaBytes = 0; // planned peak, set by the memory planner
+
+  int64_t maxRows() const { return maxBatch * maxSeq; }
+};
+
+/// Lowers `function` of a model-level module to a kernel plan for the CPU target (f32
+/// activations). Emits a diagnostic and fails on ops or forms it cannot lower.
+FailureOr<KernelPlan> lowerToKernelPlan(ModuleOp module, llvm::StringRef function,
+                                        int64_t maxBatch, int64_t maxSeq);
+
+/// Liveness-based static planning of all buffers into one arena (greedy by size, first fit).
+/// Sets every buffer's offset and the plan's arenaBytes.
+void planMemory(KernelPlan &plan);
+
+/// Sum of the bytes of buffers live at the busiest step: a lower bound on any arena.
+int64_t peakLiveBytes(const KernelPlan &plan);
+
+/// Human-readable kernel-level form (`tnlmc --emit=plan`).
+void printPlan(const KernelPlan &plan, llvm::raw_ostream &os);
+
+} // namespace mlir::tnlm
+
+#endif // TNLM_CODEGEN_KERNELPLAN_H

@@ -1,0 +1,343 @@
+//===- LowerToKernels.cpp - model-level tnlm IR → kernel plan -------------===//
+#include "codegen/KernelPlan.h"
+
+#include "dialect/TnlmOps.h"
+#include "passes/ParamTable.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "llvm/ADT/DenseMap.h"
+
+namespace mlir::tnlm {
+
+const char *kernelName(KernelKind kind) {
+  switch (kind) {
+  case KernelKind::Embedding:
+    return "embedding";
+  case KernelKind::SrmsNorm:
+    return "srms_norm";
+  case KernelKind::Linear:
+    return "linear";
+  case KernelKind::Silu:
+    return "silu";
+  case KernelKind::Mul:
+    return "mul";
+  case KernelKind::Add:
+    return "add";
+  case KernelKind::Lrpe:
+    return "lrpe";
+  case KernelKind::DecayAttention:
+    return "decay_attention";
+  case KernelKind::CrossEntropy:
+    return "cross_entropy";
+  }
+  return "?";
+}
+
+namespace {
+
+std::string locName(Location loc) {
+  if (auto name = llvm::dyn_cast<NameLoc>(loc))
+    return name.getName().str();
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  loc.print(os);
+  return s;
+}
+
+int64_t lastDim(Value v) { return llvm::cast<RankedTensorType>(v.getType()).getShape().back(); }
+
+class Lowering {
+public:
+  Lowering(KernelPlan &plan) : plan(plan) {}
+
+  LogicalResult run(func::FuncOp fn) {
+    // Arguments: parameters (tnlm.param) and per-call inputs (token ids).
+    for (BlockArgument arg : fn.getArguments()) {
+      auto type = llvm::dyn_cast<RankedTensorType>(arg.getType());
+      if (!type)
+        return fn.emitError() << "argument #" << arg.getArgNumber()
+                              << " must be a ranked tensor to be compiled";
+      if (auto name = fn.getArgAttrOfType<StringAttr>(arg.getArgNumber(),
+                                                      TnlmDialect::getParamAttrName())) {
+        PlanParam p{name.str(), dtypeName(type.getElementType()),
+                    std::vector<int64_t>(type.getShape().begin(), type.getShape().end())};
+        PlanOperand op{OperandKind::Param, static_cast<int64_t>(plan.params.size()), 0,
+                       type.getShape().back(), type.getShape().back(), p.dtype};
+        plan.params.push_back(std::move(p));
+        values[arg] = op;
+        continue;
+      }
+      if (type.getRank() != 2 || !type.getElementType().isInteger(32))
+        return fn.emitError() << "input #" << arg.getArgNumber()
+                              << " must be i32 token ids [batch, seq], got " << type;
+      PlanIO io{"ids", "i32", {kDimBatch, kDimSeq}, -1};
+      if (failed(checkDims(fn, type)))
+        return failure();
+      PlanOperand op{OperandKind::Input, static_cast<int64_t>(plan.inputs.size()), 0, 1, 1,
+                     "i32"};
+      plan.inputs.push_back(io);
+      values[arg] = op;
+    }
+    for (Operation &op : fn.getBody().front()) {
+      if (failed(lower(op)))
+        return failure();
+    }
+    return success();
+  }
+
+private:
+  KernelPlan &plan;
+  llvm::DenseMap<Value, PlanOperand> values;
+
+  LogicalResult checkDims(Operation *where, RankedTensorType type) {
+    auto check = [&](int64_t dim, int64_t max, const char *what) -> LogicalResult {
+      if (!ShapedType::isDynamic(dim) && dim != max)
+        return where->emitError() << what << " dimension " << dim << " of " << type
+                                  << " differs from the compiled maximum " << max
+                                  << "; leave it dynamic ('?') or compile with that size";
+      return success();
+    };
+    if (type.getRank() >= 2)
+      return failure(failed(check(type.getDimSize(0), plan.maxBatch, "batch")) ||
+                     failed(check(type.getDimSize(1), plan.maxSeq, "sequence")));
+    return success();
+  }
+
+  PlanOperand newBuffer(int64_t cols, int64_t step) {
+    PlanBuffer b;
+    b.bytesPerRow = cols * 4;
+    b.firstStep = b.lastStep = step;
+    plan.buffers.push_back(b);
+    return PlanOperand{OperandKind::Arena, static_cast<int64_t>(plan.buffers.size() - 1), 0,
+                       cols, cols, "f32"};
+  }
+
+  FailureOr<PlanOperand> use(Operation *op, Value v) {
+    auto it = values.find(v);
+    if (it == values.end())
+      return op->emitError() << "operand is not produced by a lowerable op";
+    if (it->second.kind == OperandKind::Arena) {
+      PlanBuffer &b = plan.buffers[it->second.index];
+      b.lastStep = std::max<int64_t>(b.lastStep, plan.steps.size());
+    }
+    return it->second;
+  }
+
+  FailureOr<PlanOperand> useParam(Operation *op, Value v, const char *what) {
+    FailureOr<PlanOperand> o = use(op, v);
+    if (failed(o))
+      return failure();
+    if (o->kind != OperandKind::Param)
+      return op->emitError() << what << " must be a parameter (a tnlm.param argument)";
+    return o;
+  }
+
+  FailureOr<PlanOperand> useActivation(Operation *op, Value v) {
+    if (failed(checkDims(op, llvm::cast<RankedTensorType>(v.getType()))))
+      return failure();
+    FailureOr<PlanOperand> o = use(op, v);
+    if (failed(o))
+      return failure();
+    if (o->kind != OperandKind::Arena)
+      return op->emitError() << "operand must be an activation, not a parameter or input";
+    return o;
+  }
+
+  // Appends a step reading `inputs` and writing one new buffer of `cols` columns; extends the
+  // live intervals of the arena buffers it reads.
+  PlanOperand emit(KernelKind kind, std::string name, std::vector<PlanOperand> inputs,
+                   int64_t cols) {
+    int64_t step = static_cast<int64_t>(plan.steps.size());
+    for (const PlanOperand &in : inputs)
+      if (in.kind == OperandKind::Arena)
+        plan.buffers[in.index].lastStep = std::max(plan.buffers[in.index].lastStep, step);
+    PlanOperand y = newBuffer(cols, step);
+    plan.steps.push_back(PlanStep{kind, std::move(name), std::move(inputs), {y}, {}, {}, {}});
+    return y;
+  }
+
+  PlanStep &addStep(KernelKind kind, Operation *op) {
+    plan.steps.push_back(PlanStep{kind, locName(op->getLoc()), {}, {}, {}, {}, {}});
+    return plan.steps.back();
+  }
+
+  // Elementwise and row-wise kernels: one activation (or two) in, one new buffer out.
+  LogicalResult unary(Operation *op, KernelKind kind, std::vector<float> f32Attrs = {}) {
+    FailureOr<PlanOperand> x = useActivation(op, op->getOperand(0));
+    if (failed(x))
+      return failure();
+    PlanOperand y = newBuffer(x->cols, plan.steps.size());
+    PlanStep &s = addStep(kind, op);
+    s.inputs = {*x};
+    s.outputs = {y};
+    s.f32Attrs = std::move(f32Attrs);
+    values[op->getResult(0)] = y;
+    return success();
+  }
+
+  LogicalResult binary(Operation *op, KernelKind kind) {
+    FailureOr<PlanOperand> a = useActivation(op, op->getOperand(0));
+    FailureOr<PlanOperand> b = useActivation(op, op->getOperand(1));
+    if (failed(a) || failed(b))
+      return failure();
+    PlanOperand y = newBuffer(a->cols, plan.steps.size());
+    PlanStep &s = addStep(kind, op);
+    s.inputs = {*a, *b};
+    s.outputs = {y};
+    values[op->getResult(0)] = y;
+    return success();
+  }
+
+  LogicalResult linear(Operation *op, Value x, Value w, Value result) {
+    FailureOr<PlanOperand> xo = useActivation(op, x);
+    FailureOr<PlanOperand> wo = useParam(op, w, "the weight of a projection");
+    if (failed(xo) || failed(wo))
+      return failure();
+    PlanOperand y = newBuffer(lastDim(result), plan.steps.size());
+    PlanStep &s = addStep(KernelKind::Linear, op);
+    s.inputs = {*xo, *wo};
+    s.outputs = {y};
+    values[result] = y;
+    return success();
+  }
+
+  LogicalResult lower(Operation &op) {
+    if (auto e = llvm::dyn_cast<EmbeddingOp>(op)) {
+      FailureOr<PlanOperand> ids = use(&op, e.getIds());
+      FailureOr<PlanOperand> table = useParam(&op, e.getTable(), "the embedding table");
+      if (failed(ids) || failed(table))
+        return failure();
+      PlanOperand y = newBuffer(lastDim(e.getResult()), plan.steps.size());
+      PlanStep &s = addStep(KernelKind::Embedding, &op);
+      s.inputs = {*ids, *table};
+      s.outputs = {y};
+      s.f32Attrs = {e.getScale().convertToFloat()};
+      values[e.getResult()] = y;
+      return success();
+    }
+    if (auto n = llvm::dyn_cast<SrmsNormOp>(op))
+      return unary(&op, KernelKind::SrmsNorm, {n.getEps().convertToFloat()});
+    if (llvm::isa<SiluOp>(op))
+      return unary(&op, KernelKind::Silu);
+    if (llvm::isa<MulOp>(op))
+      return binary(&op, KernelKind::Mul);
+    if (llvm::isa<AddOp>(op))
+      return binary(&op, KernelKind::Add);
+    if (auto l = llvm::dyn_cast<LinearOp>(op))
+      return linear(&op, l.getInput(), l.getWeight(), l.getResult());
+    if (auto h = llvm::dyn_cast<LmHeadOp>(op))
+      return linear(&op, h.getInput(), h.getWeight(), h.getResult());
+    if (auto sp = llvm::dyn_cast<SplitOp>(op)) {
+      FailureOr<PlanOperand> x = useActivation(&op, sp.getInput());
+      if (failed(x))
+        return failure();
+      int64_t width = lastDim(sp.getResult(0));
+      for (auto [i, r] : llvm::enumerate(sp.getResults())) {
+        PlanOperand view = *x;
+        view.colOffset += static_cast<int64_t>(i) * width;
+        view.cols = width;
+        values[r] = view;
+      }
+      return success();
+    }
+    if (llvm::isa<SplitHeadsOp, MergeHeadsOp>(op)) {
+      // [B, N, H·dh] and [B, N, H, dh] are the same row-major memory.
+      FailureOr<PlanOperand> x = use(&op, op.getOperand(0));
+      if (failed(x))
+        return failure();
+      values[op.getResult(0)] = *x;
+      return success();
+    }
+    if (auto lr = llvm::dyn_cast<LrpeOp>(op)) {
+      if (lr.getOffset())
+        return op.emitError() << "a runtime position offset is bound by recurrent mode; "
+                                 "infer artifacts start at position 0";
+      auto xt = llvm::cast<RankedTensorType>(lr.getInput().getType());
+      FailureOr<PlanOperand> x = useActivation(&op, lr.getInput());
+      FailureOr<PlanOperand> theta = useParam(&op, lr.getTheta(), "LRPE theta");
+      if (failed(x) || failed(theta))
+        return failure();
+      int64_t heads = xt.getDimSize(2), dh = xt.getDimSize(3);
+      PlanOperand y = newBuffer(heads * 2 * dh, plan.steps.size());
+      PlanStep &s = addStep(KernelKind::Lrpe, &op);
+      s.inputs = {*x, *theta};
+      s.outputs = {y};
+      s.i64Attrs = {heads, dh, 0};
+      values[lr.getResult()] = y;
+      return success();
+    }
+    if (auto at = llvm::dyn_cast<DecayLinearAttentionOp>(op)) {
+      auto qt = llvm::cast<RankedTensorType>(at.getQ().getType());
+      auto vt = llvm::cast<RankedTensorType>(at.getV().getType());
+      FailureOr<PlanOperand> q = useActivation(&op, at.getQ());
+      FailureOr<PlanOperand> k = useActivation(&op, at.getK());
+      FailureOr<PlanOperand> v = useActivation(&op, at.getV());
+      if (failed(q) || failed(k) || failed(v))
+        return failure();
+      int64_t heads = qt.getDimSize(2), dk = qt.getDimSize(3), dv = vt.getDimSize(3);
+      PlanOperand y = newBuffer(heads * dv, plan.steps.size());
+      PlanStep &s = addStep(KernelKind::DecayAttention, &op);
+      s.inputs = {*q, *k, *v};
+      s.outputs = {y};
+      s.i64Attrs = {heads, dk, dv, /*block: recurrent form*/ 0};
+      s.slopes.assign(at.getSlopes().begin(), at.getSlopes().end());
+      values[at.getResult()] = y;
+      return success();
+    }
+    if (auto sg = llvm::dyn_cast<SgluOp>(op)) {
+      // (x·W1ᵀ ⊙ x·W2ᵀ)·W3ᵀ as three GEMMs and a product (no fused SGLU kernel on CPU).
+      FailureOr<PlanOperand> x = useActivation(&op, sg.getInput());
+      FailureOr<PlanOperand> w1 = useParam(&op, sg.getW1(), "SGLU W1");
+      FailureOr<PlanOperand> w2 = useParam(&op, sg.getW2(), "SGLU W2");
+      FailureOr<PlanOperand> w3 = useParam(&op, sg.getW3(), "SGLU W3");
+      if (failed(x) || failed(w1) || failed(w2) || failed(w3))
+        return failure();
+      int64_t glu = llvm::cast<RankedTensorType>(sg.getW1().getType()).getDimSize(0);
+      std::string name = locName(op.getLoc());
+      PlanOperand a = emit(KernelKind::Linear, name + ".l1", {*x, *w1}, glu);
+      PlanOperand b = emit(KernelKind::Linear, name + ".l2", {*x, *w2}, glu);
+      PlanOperand p = emit(KernelKind::Mul, name + ".product", {a, b}, glu);
+      PlanOperand y = emit(KernelKind::Linear, name + ".l3", {p, *w3}, lastDim(sg.getResult()));
+      values[sg.getResult()] = y;
+      return success();
+    }
+    if (auto ret = llvm::dyn_cast<func::ReturnOp>(op)) {
+      for (Value v : ret.getOperands()) {
+        FailureOr<PlanOperand> o = useActivation(&op, v);
+        if (failed(o))
+          return failure();
+        if (o->colOffset != 0 || o->ld != o->cols)
+          return op.emitError() << "a function result must be a whole buffer, not a view";
+        auto type = llvm::cast<RankedTensorType>(v.getType());
+        PlanIO io{"logits", "f32", {kDimBatch, kDimSeq, type.getShape().back()}, o->index};
+        // Results stay live to the end of the function.
+        plan.buffers[o->index].lastStep = static_cast<int64_t>(plan.steps.size());
+        plan.outputs.push_back(io);
+      }
+      return success();
+    }
+    return op.emitError() << "'" << op.getName() << "' cannot be lowered to CPU kernels";
+  }
+};
+
+} // namespace
+
+FailureOr<KernelPlan> lowerToKernelPlan(ModuleOp module, StringRef function, int64_t maxBatch,
+                                        int64_t maxSeq) {
+  auto fn = module.lookupSymbol<func::FuncOp>(function);
+  if (!fn)
+    return module.emitError() << "no function @" << function << " to compile";
+  if (!fn.getBody().hasOneBlock())
+    return fn.emitError() << "only single-block functions can be compiled";
+  KernelPlan plan;
+  plan.function = function.str();
+  plan.maxBatch = maxBatch;
+  plan.maxSeq = maxSeq;
+  if (failed(Lowering(plan).run(fn)))
+    return failure();
+  // Steps index their buffers' live intervals; the output stays live through the last step.
+  for (const PlanIO &out : plan.outputs)
+    plan.buffers[out.buffer].lastStep = static_cast<int64_t>(plan.steps.size()) - 1;
+  return plan;
+}
+
+} // namespace mlir::tnlm

@@ -1,0 +1,114 @@
+//===- MemoryPlanner.cpp - static arena planning --------------------------===//
+//
+// Every buffer has a live interval [firstStep, lastStep]. Buffers are placed largest first;
+// each goes to the lowest offset where it overlaps no already-placed buffer whose interval
+// intersects its own (greedy-by-size, the approach of TFLite's arena planner). Offsets are
+// 64-byte aligned for vector loads.
+//
+//===----------------------------------------------------------------------===//
+#include "codegen/KernelPlan.h"
+
+#include "llvm/Support/FormatVariadic.h"
+
+#include <algorithm>
+#include <numeric>
+
+namespace mlir::tnlm {
+
+namespace {
+constexpr int64_t kAlign = 64;
+int64_t alignUp(int64_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
+bool overlapInTime(const PlanBuffer &a, const PlanBuffer &b) {
+  return a.firstStep <= b.lastStep && b.firstStep <= a.lastStep;
+}
+} // namespace
+
+void planMemory(KernelPlan &plan) {
+  const int64_t rows = plan.maxRows();
+  std::vector<size_t> order(plan.buffers.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return plan.buffers[a].bytes(rows) > plan.buffers[b].bytes(rows);
+  });
+  std::vector<size_t> placed;
+  int64_t peak = 0;
+  for (size_t id : order) {
+    PlanBuffer &buf = plan.buffers[id];
+    int64_t size = alignUp(buf.bytes(rows));
+    // Occupied ranges of time-overlapping buffers, sorted by offset.
+    std::vector<std::pair<int64_t, int64_t>> busy;
+    for (size_t other : placed)
+      if (overlapInTime(buf, plan.buffers[other]))
+        busy.emplace_back(plan.buffers[other].offset,
+                          plan.buffers[other].offset + alignUp(plan.buffers[other].bytes(rows)));
+    std::sort(busy.begin(), busy.end());
+    int64_t offset = 0;
+    for (auto [begin, end] : busy) {
+      if (offset + size <= begin)
+        break;
+      offset = std::max(offset, end);
+    }
+    buf.offset = offset;
+    peak = std::max(peak, offset + size);
+    placed.push_back(id);
+  }
+  plan.arenaBytes = peak;
+}
+
+int64_t peakLiveBytes(const KernelPlan &plan) {
+  int64_t peak = 0;
+  for (size_t step = 0; step < plan.steps.size(); ++step) {
+    int64_t live = 0;
+    for (const PlanBuffer &b : plan.buffers)
+      if (b.firstStep <= static_cast<int64_t>(step) && static_cast<int64_t>(step) <= b.lastStep)
+        live += alignUp(b.bytes(plan.maxRows()));
+    peak = std::max(peak, live);
+  }
+  return peak;
+}
+
+void printPlan(const KernelPlan &plan, llvm::raw_ostream &os) {
+  auto operand = [&](const PlanOperand &o) {
+    std::string s;
+    switch (o.kind) {
+    case OperandKind::Arena:
+      s = llvm::formatv("%b{0}@{1}", o.index, plan.buffers[o.index].offset).str();
+      break;
+    case OperandKind::Param:
+      s = "$" + plan.params[o.index].name;
+      break;
+    case OperandKind::Input:
+      s = "%in" + std::to_string(o.index);
+      break;
+    }
+    if (o.colOffset != 0 || o.ld != o.cols)
+      s += llvm::formatv("[:, {0}:{1}] ld={2}", o.colOffset, o.colOffset + o.cols, o.ld).str();
+    return s;
+  };
+  os << "kernel plan @" << plan.function << " (max batch " << plan.maxBatch << ", max seq "
+     << plan.maxSeq << "): " << plan.steps.size() << " steps, " << plan.buffers.size()
+     << " buffers, arena " << plan.arenaBytes << " bytes\n";
+  for (auto [i, s] : llvm::enumerate(plan.steps)) {
+    os << llvm::formatv("  {0,3}: ", i);
+    for (auto [j, o] : llvm::enumerate(s.outputs))
+      os << (j ? ", " : "") << operand(o) << " [rows x " << o.cols << "]";
+    os << " = " << kernelName(s.kind) << "(";
+    for (auto [j, o] : llvm::enumerate(s.inputs))
+      os << (j ? ", " : "") << operand(o);
+    os << ")";
+    if (!s.f32Attrs.empty() || !s.i64Attrs.empty()) {
+      os << " {";
+      for (float f : s.f32Attrs)
+        os << " " << f;
+      for (int64_t v : s.i64Attrs)
+        os << " " << v;
+      os << " }";
+    }
+    os << "  // " << s.name << "\n";
+  }
+  for (const PlanIO &out : plan.outputs)
+    os << "  return " << out.name << " = %b" << out.buffer << "@"
+       << plan.buffers[out.buffer].offset << "\n";
+}
+
+} // namespace mlir::tnlm

@@ -1,0 +1,126 @@
+//===- CpuExecutor.cpp - run an artifact's plan on the CPU ----------------===//
+#include "runtime/CpuExecutor.h"
+
+#include "runtime/Error.h"
+#include "runtime/cpu/Kernels.h"
+
+#include <cmath>
+
+namespace tnlm {
+
+namespace {
+
+int64_t paramElements(const schema::Param &p) {
+  int64_t n = 1;
+  for (int64_t d : *p.shape())
+    n *= d;
+  return n;
+}
+
+} // namespace
+
+CpuExecutor::CpuExecutor(const Artifact &artifact, ParamValues params)
+    : artifact_(artifact), params_(std::move(params)) {
+  const auto &table = *artifact.root().params();
+  if (params_.size() != table.size())
+    throw Error(artifact.source() + ": " + std::to_string(params_.size()) +
+                " parameter tensors given for " + std::to_string(table.size()) + " parameters");
+  for (size_t i = 0; i < table.size(); ++i)
+    if (static_cast<int64_t>(params_[i].size()) != paramElements(*table[i]))
+      throw Error(artifact.source() + ": parameter '" + table[i]->name()->str() + "' has " +
+                  std::to_string(params_[i].size()) + " values, expected " +
+                  std::to_string(paramElements(*table[i])));
+  const schema::Function &fn = artifact.function("forward");
+  arena_.assign(fn.arena_bytes() / sizeof(float) + 1, 0.0f);
+  const schema::FunctionIO *out = fn.outputs()->Get(0);
+  vocab_ = out->shape()->Get(out->shape()->size() - 1);
+}
+
+std::vector<float> CpuExecutor::forward(const int32_t *ids, int64_t batch, int64_t seq) {
+  const std::string &src = artifact_.source();
+  if (batch < 1 || batch > artifact_.maxBatch())
+    throw Error(src + ": batch " + std::to_string(batch) + " is outside 1.." +
+                std::to_string(artifact_.maxBatch()) + " (the compiled --batch)");
+  if (seq < 1 || seq > artifact_.maxSeq())
+    throw Error(src + ": sequence length " + std::to_string(seq) + " is outside 1.." +
+                std::to_string(artifact_.maxSeq()) + " (the compiled --seq)");
+  const int64_t rows = batch * seq;
+  float *arena = arena_.data();
+  auto ptr = [&](const schema::Operand *o) -> float * {
+    switch (o->kind()) {
+    case schema::OperandKind_Arena:
+      return arena + o->offset() / sizeof(float) + o->col_offset();
+    case schema::OperandKind_Param:
+      return params_[o->offset()].data() + o->col_offset();
+    default:
+      throw Error(src + ": a float operand refers to a function input");
+    }
+  };
+  const schema::Function &fn = artifact_.function("forward");
+  for (const schema::Step *s : *fn.steps()) {
+    const auto &in = *s->inputs();
+    const auto &out = *s->outputs();
+    const schema::Operand *y = out.Get(0);
+    auto i64 = [&](unsigned i) { return s->i64_attrs()->Get(i); };
+    auto f32 = [&](unsigned i) { return s->f32_attrs()->Get(i); };
+    switch (s->kind()) {
+    case schema::KernelKind_Embedding: {
+      const schema::Operand *table = in.Get(1);
+      int64_t vocab = artifact_.root().params()->Get(table->offset())->shape()->Get(0);
+      cpu::embedding(ids, rows, ptr(table), vocab, table->cols(), f32(0), ptr(y));
+      break;
+    }
+    case schema::KernelKind_SrmsNorm:
+      cpu::srmsNorm(ptr(in.Get(0)), rows, in.Get(0)->cols(), in.Get(0)->ld(), f32(0), ptr(y),
+                    y->ld());
+      break;
+    case schema::KernelKind_Linear: {
+      const schema::Operand *w = in.Get(1);
+      int64_t outFeatures = artifact_.root().params()->Get(w->offset())->shape()->Get(0);
+      cpu::linear(ptr(in.Get(0)), rows, in.Get(0)->cols(), in.Get(0)->ld(), ptr(w), outFeatures,
+                  ptr(y), y->ld());
+      break;
+    }
+    case schema::KernelKind_Silu:
+      cpu::silu(ptr(in.Get(0)), rows, y->cols(), in.Get(0)->ld(), ptr(y), y->ld());
+      break;
+    case schema::KernelKind_Mul:
+      cpu::mul(ptr(in.Get(0)), ptr(in.Get(1)), rows, y->cols(), in.Get(0)->ld(),
+               in.Get(1)->ld(), ptr(y), y->ld());
+      break;
+    case schema::KernelKind_Add:
+      cpu::add(ptr(in.Get(0)), ptr(in.Get(1)), rows, y->cols(), in.Get(0)->ld(),
+               in.Get(1)->ld(), ptr(y), y->ld());
+      break;
+    case schema::KernelKind_Lrpe:
+      cpu::lrpe(ptr(in.Get(0)), batch, seq, i64(0), i64(1), in.Get(0)->ld(), ptr(in.Get(1)),
+                i64(2), ptr(y));
+      break;
+    case schema::KernelKind_DecayAttention: {
+      int64_t heads = i64(0), dk = i64(1), dv = i64(2), block = i64(3);
+      const float *slopes = s->slopes()->data();
+      if (static_cast<int64_t>(s->slopes()->size()) != heads)
+        throw Error(src + ": step '" + s->name()->str() + "' has a wrong number of slopes");
+      if (block > 0)
+        cpu::lightningAttention(ptr(in.Get(0)), ptr(in.Get(1)), ptr(in.Get(2)), batch, seq,
+                                heads, dk, dv, in.Get(0)->ld(), in.Get(1)->ld(),
+                                in.Get(2)->ld(), slopes, ptr(y), y->ld(), block);
+      else
+        cpu::decayLinearAttentionRecurrent(ptr(in.Get(0)), ptr(in.Get(1)), ptr(in.Get(2)),
+                                           batch, seq, heads, dk, dv, in.Get(0)->ld(),
+                                           in.Get(1)->ld(), in.Get(2)->ld(), slopes, ptr(y),
+                                           y->ld());
+      break;
+    }
+    default:
+      throw Error(src + ": step '" + s->name()->str() + "' has a kernel kind (" +
+                  std::to_string(static_cast<int>(s->kind())) +
+                  ") that the CPU backend does not run");
+    }
+  }
+  const schema::FunctionIO *out = fn.outputs()->Get(0);
+  const float *logits = arena + out->offset() / sizeof(float);
+  return std::vector<float>(logits, logits + rows * vocab_);
+}
+
+} // namespace tnlm

@@ -1,0 +1,51 @@
+//===- Options.h - a small command-line parser for runtime tools -*- C++ -*-===//
+//
+// The runtime links no LLVM, so its tools cannot use llvm::cl. This parser takes
+// `--name=value`, `--name value` and `--flag`; every option is declared with help text,
+// unknown options and missing values are errors naming the flag.
+//
+//===----------------------------------------------------------------------===//
+#ifndef TNLM_TOOLS_OPTIONS_H
+#define TNLM_TOOLS_OPTIONS_H
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace tnlm {
+
+class Options {
+public:
+  Options(std::string tool, std::string usage) : tool_(std::move(tool)), usage_(std::move(usage)) {}
+
+  void flag(const std::string &name, const std::string &help);
+  void value(const std::string &name, const std::string &valueName, const std::string &help);
+
+  /// Parses argv; throws tnlm::Error on an unknown option or a missing value. Returns false
+  /// if --help was given (help already printed).
+  bool parse(int argc, char **argv);
+
+  bool has(const std::string &name) const { return given_.count(name) != 0; }
+  std::string get(const std::string &name, const std::string &dflt = "") const;
+  /// Integer value of a flag; throws tnlm::Error naming the flag if it is not an integer in
+  /// [min, max].
+  int64_t getInt(const std::string &name, int64_t dflt, int64_t min, int64_t max) const;
+  const std::vector<std::string> &positional() const { return positional_; }
+  void printHelp() const;
+
+private:
+  struct Decl {
+    std::string name, valueName, help;
+    bool takesValue;
+  };
+  std::string tool_, usage_;
+  std::vector<Decl> decls_;
+  std::map<std::string, std::string> given_;
+  std::vector<std::string> positional_;
+  const Decl *find(const std::string &name) const;
+};
+
+} // namespace tnlm
+
+#endif // TNLM_TOOLS_OPTIONS_H
