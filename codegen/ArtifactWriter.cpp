@@ -142,7 +142,8 @@ std::vector<uint8_t> serializeArtifact(ModuleOp module, const std::vector<Kernel
   auto root = sc::CreateArtifactDirect(
       b, sc::FormatVersion_Current, target == "cpu" ? sc::Target_CPU : sc::Target_CUDA_SM90A,
       "tnlmc 0.1", config, plans.front().maxBatch, plans.front().maxSeq, &params, &functions);
-  sc::FinishArtifactBuffer(b, root);
+  // Size-prefixed: the loader can tell a truncated file from a complete one.
+  sc::FinishSizePrefixedArtifactBuffer(b, root);
   return std::vector<uint8_t>(b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize());
 }
 

@@ -117,12 +117,17 @@ void checkStructure(const schema::Artifact &a, const std::string &src) {
 
 Artifact Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &source,
                              Target expected) {
-  if (bytes.size() < 8 || !schema::ArtifactBufferHasIdentifier(bytes.data()))
+  // Layout: uint32 size prefix, then the FlatBuffer whose identifier sits at bytes 8..11.
+  if (bytes.size() < 12 || !schema::SizePrefixedArtifactBufferHasIdentifier(bytes.data()))
     throw Error(source + ": not a tnlm artifact (missing the \"TNLM\" file identifier)");
+  uint64_t declared = flatbuffers::ReadScalar<uint32_t>(bytes.data()) + sizeof(uint32_t);
+  if (declared != bytes.size())
+    throw Error(source + ": truncated or padded artifact (" + std::to_string(bytes.size()) +
+                " bytes, the header says " + std::to_string(declared) + ")");
   flatbuffers::Verifier verifier(bytes.data(), bytes.size());
-  if (!schema::VerifyArtifactBuffer(verifier))
-    throw Error(source + ": corrupted or truncated artifact (FlatBuffers verification failed)");
-  const schema::Artifact *root = schema::GetArtifact(bytes.data());
+  if (!schema::VerifySizePrefixedArtifactBuffer(verifier))
+    throw Error(source + ": corrupted artifact (FlatBuffers verification failed)");
+  const schema::Artifact *root = schema::GetSizePrefixedArtifact(bytes.data());
   if (root->format_version() != schema::FormatVersion_Current)
     throw Error(source + ": artifact format version " + std::to_string(root->format_version()) +
                 " is not supported by this runtime (expects " +

@@ -27,7 +27,7 @@ public:
   static Artifact fromBytes(std::vector<uint8_t> bytes, const std::string &source,
                             Target expected);
 
-  const schema::Artifact &root() const { return *schema::GetArtifact(bytes_.data()); }
+  const schema::Artifact &root() const { return *schema::GetSizePrefixedArtifact(bytes_.data()); }
   const schema::Function &function(const std::string &name) const;
   const std::string &source() const { return source_; }
   int64_t maxBatch() const { return root().max_batch(); }

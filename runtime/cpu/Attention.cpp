@@ -25,8 +25,8 @@ namespace {
 void checkSlopes(const char *op, const float *slopes, int64_t H) {
   for (int64_t h = 0; h < H; ++h)
     if (!std::isfinite(slopes[h]) || slopes[h] < 0.0f)
-      throw Error(std::string(op) + ": decay slope " + std::to_string(slopes[h]) +
-                  " of head " + std::to_string(h) + " is not finite and >= 0");
+      throw Error(std::string(op) + ": decay slope " + std::to_string(slopes[h]) + " of head " +
+                  std::to_string(h) + " is not finite and >= 0");
 }
 
 // λ^r = exp(−s·r) in f64, rounded once to f32. Values below FLT_MIN become 0: they would
@@ -121,13 +121,11 @@ void decayLinearAttentionRecurrent(const float *q, const float *k, const float *
 }
 
 void lightningAttention(const float *q, const float *k, const float *v, int64_t B, int64_t N,
-                        int64_t H, int64_t dk, int64_t dv, int64_t ldq, int64_t ldk,
-                        int64_t ldv, const float *slopes, float *o, int64_t ldo, int64_t block,
-                        float *state) {
+                        int64_t H, int64_t dk, int64_t dv, int64_t ldq, int64_t ldk, int64_t ldv,
+                        const float *slopes, float *o, int64_t ldo, int64_t block, float *state) {
   checkSlopes("lightning_attention", slopes, H);
   if (block <= 0)
-    throw Error("lightning_attention: block size " + std::to_string(block) +
-                " must be positive");
+    throw Error("lightning_attention: block size " + std::to_string(block) + " must be positive");
   if (B <= 0 || H <= 0 || N <= 0 || dv <= 0)
     return;
   if (dk == 0) { // empty feature dim: every score is 0
@@ -169,16 +167,16 @@ void lightningAttention(const float *q, const float *k, const float *v, int64_t 
         float *O = o + row * ldo + h * dv;
 
         // O = ((Q Kᵀ) ⊙ M) V with M[i,j] = λ^{i−j} for j ≤ i, else 0.
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bm, bm, bdk, 1.0f, Q, bldq, K,
-                    bldk, 0.0f, A.data(), bBk);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bm, bm, bdk, 1.0f, Q, bldq, K, bldk,
+                    0.0f, A.data(), bBk);
         for (int64_t i = 0; i < m; ++i) {
           float *Ai = A.data() + i * Bk;
           for (int64_t j = 0; j <= i; ++j)
             Ai[j] *= dec[i - j];
           std::fill(Ai + i + 1, Ai + m, 0.0f);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bm, bdv, bm, 1.0f, A.data(),
-                    bBk, V, bldv, 0.0f, O, bldo);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bm, bdv, bm, 1.0f, A.data(), bBk, V,
+                    bldv, 0.0f, O, bldo);
 
         // O += Λ Q KV with Λ = diag(λ¹ … λ^m): scale the rows of Q, then one GEMM.
         if (!kvIsZero) {
@@ -188,8 +186,8 @@ void lightningAttention(const float *q, const float *k, const float *v, int64_t 
             for (int64_t c = 0; c < dk; ++c)
               Qsi[c] = dec[i + 1] * Qi[c];
           }
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bm, bdv, bdk, 1.0f,
-                      Qs.data(), bdk, KV, bdv, 1.0f, O, bldo);
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bm, bdv, bdk, 1.0f, Qs.data(), bdk,
+                      KV, bdv, 1.0f, O, bldo);
         }
 
         // KV = λ^m KV + (λ^m Λ⁻¹ K)ᵀ V, row i of K weighted by λ^{m−1−i}. Skipped after the
@@ -202,8 +200,8 @@ void lightningAttention(const float *q, const float *k, const float *v, int64_t 
             for (int64_t c = 0; c < dk; ++c)
               Ksi[c] = w * Ki[c];
           }
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, bdk, bdv, bm, 1.0f, Ks.data(),
-                      bdk, V, bldv, dec[m], KV, bdv);
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, bdk, bdv, bm, 1.0f, Ks.data(), bdk,
+                      V, bldv, dec[m], KV, bdv);
           kvIsZero = false;
         }
       }

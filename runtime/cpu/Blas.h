@@ -27,8 +27,8 @@ inline void initBlas() {
 /// BLAS takes 32-bit sizes; a larger one is a bug in the caller, not user data.
 inline blasint blasSize(int64_t n, const char *what) {
   if (n < 0 || n > std::numeric_limits<blasint>::max())
-    throw std::length_error(std::string("tnlm cpu kernels: ") + what + " = " +
-                            std::to_string(n) + " is outside the BLAS integer range");
+    throw std::length_error(std::string("tnlm cpu kernels: ") + what + " = " + std::to_string(n) +
+                            " is outside the BLAS integer range");
   return static_cast<blasint>(n);
 }
 

@@ -20,7 +20,9 @@ namespace {
 
 constexpr int64_t kMinWork = 1 << 15;
 
-int64_t rowGrain(int64_t cols) { return std::max<int64_t>(1, kMinWork / std::max<int64_t>(cols, 1)); }
+int64_t rowGrain(int64_t cols) {
+  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(cols, 1));
+}
 
 // Σ x² of one row in f64; eight independent partial sums let the compiler vectorize without
 // reassociating (no -ffast-math).
@@ -52,8 +54,7 @@ double logSumExp(const float *x, int64_t n) {
   return mx + std::log((acc[0] + acc[2]) + (acc[1] + acc[3]));
 }
 
-template <typename F>
-void forEachRow(int64_t rows, int64_t cols, F &&rowFn) {
+template <typename F> void forEachRow(int64_t rows, int64_t cols, F &&rowFn) {
   parallelFor(rows, rowGrain(cols), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       rowFn(r);
@@ -62,13 +63,13 @@ void forEachRow(int64_t rows, int64_t cols, F &&rowFn) {
 
 } // namespace
 
-void embedding(const int32_t *ids, int64_t tokens, const float *table, int64_t vocab,
-               int64_t d, float scale, float *out) {
+void embedding(const int32_t *ids, int64_t tokens, const float *table, int64_t vocab, int64_t d,
+               float scale, float *out) {
   for (int64_t t = 0; t < tokens; ++t)
     if (ids[t] < 0 || ids[t] >= vocab)
       throw Error("embedding: token id " + std::to_string(ids[t]) + " at position " +
-                  std::to_string(t) + " is outside the vocabulary [0, " +
-                  std::to_string(vocab) + ")");
+                  std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(vocab) +
+                  ")");
   forEachRow(tokens, d, [&](int64_t t) {
     const float *src = table + static_cast<int64_t>(ids[t]) * d;
     float *dst = out + t * d;
@@ -103,8 +104,8 @@ void silu(const float *x, int64_t rows, int64_t cols, int64_t ldx, float *y, int
   });
 }
 
-void mul(const float *a, const float *b, int64_t rows, int64_t cols, int64_t lda,
-         int64_t ldb, float *y, int64_t ldy) {
+void mul(const float *a, const float *b, int64_t rows, int64_t cols, int64_t lda, int64_t ldb,
+         float *y, int64_t ldy) {
   forEachRow(rows, cols, [&](int64_t r) {
     const float *ar = a + r * lda;
     const float *br = b + r * ldb;
@@ -114,8 +115,8 @@ void mul(const float *a, const float *b, int64_t rows, int64_t cols, int64_t lda
   });
 }
 
-void add(const float *a, const float *b, int64_t rows, int64_t cols, int64_t lda,
-         int64_t ldb, float *y, int64_t ldy) {
+void add(const float *a, const float *b, int64_t rows, int64_t cols, int64_t lda, int64_t ldb,
+         float *y, int64_t ldy) {
   forEachRow(rows, cols, [&](int64_t r) {
     const float *ar = a + r * lda;
     const float *br = b + r * ldb;
@@ -125,8 +126,7 @@ void add(const float *a, const float *b, int64_t rows, int64_t cols, int64_t lda
   });
 }
 
-void logSoftmax(const float *x, int64_t rows, int64_t cols, int64_t ldx, float *y,
-                int64_t ldy) {
+void logSoftmax(const float *x, int64_t rows, int64_t cols, int64_t ldx, float *y, int64_t ldy) {
   forEachRow(rows, cols, [&](int64_t r) {
     const float *xr = x + r * ldx;
     float *yr = y + r * ldy;
@@ -144,9 +144,8 @@ double crossEntropy(const float *logits, const int32_t *labels, int64_t rows, in
       continue;
     if (labels[r] < 0 || labels[r] >= vocab)
       throw Error("cross_entropy: label " + std::to_string(labels[r]) + " at row " +
-                  std::to_string(r) + " is outside the vocabulary [0, " +
-                  std::to_string(vocab) + ") and is not the ignore index " +
-                  std::to_string(ignoreIndex));
+                  std::to_string(r) + " is outside the vocabulary [0, " + std::to_string(vocab) +
+                  ") and is not the ignore index " + std::to_string(ignoreIndex));
     ++count;
   }
   // Per-row losses summed in row order afterwards: the result does not depend on threads.

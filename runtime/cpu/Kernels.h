@@ -33,8 +33,8 @@ namespace tnlm::cpu {
 /// out[t, :] = scale · table[ids[t], :] for t < tokens; table is [vocab, d], out is
 /// [tokens, d] contiguous. Every id is checked before anything is written: an id outside
 /// [0, vocab) throws tnlm::Error naming the id and its position.
-void embedding(const int32_t *ids, int64_t tokens, const float *table, int64_t vocab,
-               int64_t d, float scale, float *out);
+void embedding(const int32_t *ids, int64_t tokens, const float *table, int64_t vocab, int64_t d,
+               float scale, float *out);
 
 /// SRMSNorm: y[r, :] = x[r, :] · rsqrt(mean(x[r, :]²) + eps). The mean of squares is
 /// accumulated in f64, the scale applied in f32. A zero row gives zeros (eps > 0). In place
@@ -45,8 +45,8 @@ void srmsNorm(const float *x, int64_t rows, int64_t d, int64_t ldx, float eps, f
 /// y = x · Wᵀ (nn.Linear without bias): x [rows, in] (ld ldx), W [out, in] contiguous,
 /// y [rows, out] (ld ldy). With accumulate = true, y += x · Wᵀ (a fused residual add).
 /// sgemm (sgemv for one row) per thread on a slice of rows, or of outputs when rows are few.
-void linear(const float *x, int64_t rows, int64_t in, int64_t ldx, const float *w,
-            int64_t out, float *y, int64_t ldy, bool accumulate = false);
+void linear(const float *x, int64_t rows, int64_t in, int64_t ldx, const float *w, int64_t out,
+            float *y, int64_t ldy, bool accumulate = false);
 
 //===-- Elementwise on [rows, cols] -------------------------------------------===//
 
@@ -54,16 +54,16 @@ void linear(const float *x, int64_t rows, int64_t in, int64_t ldx, const float *
 void silu(const float *x, int64_t rows, int64_t cols, int64_t ldx, float *y, int64_t ldy);
 
 /// y = a ⊙ b. In place allowed (y == a or y == b).
-void mul(const float *a, const float *b, int64_t rows, int64_t cols, int64_t lda,
-         int64_t ldb, float *y, int64_t ldy);
+void mul(const float *a, const float *b, int64_t rows, int64_t cols, int64_t lda, int64_t ldb,
+         float *y, int64_t ldy);
 
 /// y = a + b. In place allowed (y == a or y == b).
-void add(const float *a, const float *b, int64_t rows, int64_t cols, int64_t lda,
-         int64_t ldb, float *y, int64_t ldy);
+void add(const float *a, const float *b, int64_t rows, int64_t cols, int64_t lda, int64_t ldb,
+         float *y, int64_t ldy);
 
 /// The SGLU product (x·W1ᵀ) ⊙ (x·W2ᵀ): the same operation as mul.
-inline void sgluProduct(const float *a, const float *b, int64_t rows, int64_t cols,
-                        int64_t lda, int64_t ldb, float *y, int64_t ldy) {
+inline void sgluProduct(const float *a, const float *b, int64_t rows, int64_t cols, int64_t lda,
+                        int64_t ldb, float *y, int64_t ldy) {
   mul(a, b, rows, cols, lda, ldb, y, ldy);
 }
 
@@ -102,15 +102,14 @@ void decayLinearAttentionRecurrent(const float *q, const float *k, const float *
 /// The four products are sgemm calls on in-place operand views; KV is f32. `state` as in
 /// decayLinearAttentionRecurrent (the prefill hands its final KV to the decode loop).
 void lightningAttention(const float *q, const float *k, const float *v, int64_t B, int64_t N,
-                        int64_t H, int64_t dk, int64_t dv, int64_t ldq, int64_t ldk,
-                        int64_t ldv, const float *slopes, float *o, int64_t ldo, int64_t block,
+                        int64_t H, int64_t dk, int64_t dv, int64_t ldq, int64_t ldk, int64_t ldv,
+                        const float *slopes, float *o, int64_t ldo, int64_t block,
                         float *state = nullptr);
 
 //===-- Head and loss ---------------------------------------------------------===//
 
 /// y[r, :] = x[r, :] − logsumexp(x[r, :]) (max-shifted, sum in f64). In place allowed.
-void logSoftmax(const float *x, int64_t rows, int64_t cols, int64_t ldx, float *y,
-                int64_t ldy);
+void logSoftmax(const float *x, int64_t rows, int64_t cols, int64_t ldx, float *y, int64_t ldy);
 
 /// Mean over rows r with labels[r] != ignoreIndex of logsumexp(logits[r, :]) −
 /// logits[r, labels[r]]; logits [rows, vocab] contiguous (f64 accumulation, deterministic

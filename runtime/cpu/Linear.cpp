@@ -17,28 +17,27 @@ namespace {
 constexpr int64_t kMinParallelMacs = 1 << 18;
 
 // y[:, o0:o1] (+)= x · W[o0:o1, :]ᵀ for rows [r0, r1).
-void linearSlice(const float *x, int64_t r0, int64_t r1, int64_t in, int64_t ldx,
-                 const float *w, int64_t o0, int64_t o1, float *y, int64_t ldy,
-                 bool accumulate) {
+void linearSlice(const float *x, int64_t r0, int64_t r1, int64_t in, int64_t ldx, const float *w,
+                 int64_t o0, int64_t o1, float *y, int64_t ldy, bool accumulate) {
   using detail::blasSize;
   float beta = accumulate ? 1.0f : 0.0f;
   const float *xs = x + r0 * ldx;
   const float *ws = w + o0 * in;
   float *ys = y + r0 * ldy + o0;
   if (r1 - r0 == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, blasSize(o1 - o0, "out"), blasSize(in, "in"),
-                1.0f, ws, blasSize(in, "in"), xs, 1, beta, ys, 1);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, blasSize(o1 - o0, "out"), blasSize(in, "in"), 1.0f, ws,
+                blasSize(in, "in"), xs, 1, beta, ys, 1);
     return;
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasSize(r1 - r0, "rows"),
-              blasSize(o1 - o0, "out"), blasSize(in, "in"), 1.0f, xs, blasSize(ldx, "ldx"),
-              ws, blasSize(in, "in"), beta, ys, blasSize(ldy, "ldy"));
+              blasSize(o1 - o0, "out"), blasSize(in, "in"), 1.0f, xs, blasSize(ldx, "ldx"), ws,
+              blasSize(in, "in"), beta, ys, blasSize(ldy, "ldy"));
 }
 
 } // namespace
 
-void linear(const float *x, int64_t rows, int64_t in, int64_t ldx, const float *w,
-            int64_t out, float *y, int64_t ldy, bool accumulate) {
+void linear(const float *x, int64_t rows, int64_t in, int64_t ldx, const float *w, int64_t out,
+            float *y, int64_t ldy, bool accumulate) {
   if (rows <= 0 || out <= 0)
     return;
   if (in == 0) { // an empty sum; BLAS implementations differ on k = 0

@@ -1,0 +1,182 @@
+//===- ArtifactTest.cpp - the runtime refuses bad artifacts and weights ---===//
+#include "codegen/ArtifactWriter.h"
+#include "codegen/KernelPlan.h"
+#include "models/Import.h"
+#include "runtime/Artifact.h"
+#include "runtime/Error.h"
+#include "runtime/Safetensors.h"
+#include "runtime/Weights.h"
+
+#include "mlir/IR/MLIRContext.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+
+namespace {
+
+namespace mt = mlir::tnlm;
+namespace sc = tnlm::schema;
+
+std::vector<uint8_t> tinyArtifact(llvm::StringRef target = "cpu") {
+  mlir::MLIRContext ctx;
+  mt::ConfigResult r = mt::loadModelConfig(std::string(TNLM_MODELS_DIR) + "/tiny.json");
+  EXPECT_TRUE(r.config) << r.error;
+  auto module = mt::importModel(*r.config, &ctx, "tiny.json");
+  auto plan = mt::lowerToKernelPlan(*module, "forward", 2, 32);
+  EXPECT_TRUE(mlir::succeeded(plan));
+  mt::planMemory(*plan);
+  return mt::serializeArtifact(*module, {*plan}, target);
+}
+
+// A minimal artifact with a given format version and target (nothing else filled in).
+std::vector<uint8_t> minimalArtifact(uint32_t version, sc::Target target) {
+  flatbuffers::FlatBufferBuilder b;
+  sc::FinishSizePrefixedArtifactBuffer(b, sc::CreateArtifact(b, version, target));
+  return std::vector<uint8_t>(b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize());
+}
+
+std::string errorOf(const std::function<void()> &fn) {
+  try {
+    fn();
+  } catch (const tnlm::Error &e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+TEST(Artifact, ValidArtifactLoads) {
+  tnlm::Artifact a = tnlm::Artifact::fromBytes(tinyArtifact(), "tiny.tnlm", tnlm::Target::Cpu);
+  EXPECT_EQ(a.maxBatch(), 2);
+  EXPECT_EQ(a.maxSeq(), 32);
+  EXPECT_EQ(a.vocabSize(), 256);
+  EXPECT_EQ(a.root().params()->size(), 12u);
+  EXPECT_EQ(a.root().params()->Get(0)->name()->str(), "model.embed_tokens.weight");
+}
+
+TEST(Artifact, OtherTargetIsRefused) {
+  std::string e = errorOf([] {
+    tnlm::Artifact::fromBytes(tinyArtifact("cuda:sm_90a"), "gpu.tnlm", tnlm::Target::Cpu);
+  });
+  EXPECT_NE(e.find("gpu.tnlm: artifact was compiled for target cuda:sm_90a but is being run "
+                   "on the cpu backend"),
+            std::string::npos)
+      << e;
+}
+
+TEST(Artifact, OtherFormatVersionIsRefused) {
+  std::string e = errorOf([] {
+    tnlm::Artifact::fromBytes(minimalArtifact(99, sc::Target_CPU), "old.tnlm",
+                              tnlm::Target::Cpu);
+  });
+  EXPECT_NE(e.find("old.tnlm: artifact format version 99 is not supported"), std::string::npos)
+      << e;
+}
+
+TEST(Artifact, TruncatedAndCorruptedAreRefused) {
+  std::vector<uint8_t> good = tinyArtifact();
+  for (size_t keep : {size_t(0), size_t(6), good.size() / 2, good.size() - 1}) {
+    std::vector<uint8_t> cut(good.begin(), good.begin() + keep);
+    std::string e = errorOf([&] {
+      tnlm::Artifact::fromBytes(cut, "cut.tnlm", tnlm::Target::Cpu);
+    });
+    EXPECT_EQ(e.rfind("cut.tnlm: ", 0), 0u) << keep << ": " << e;
+  }
+  // Overwrite the root offset so it points past the end: the verifier must catch it.
+  std::vector<uint8_t> bad = good;
+  bad[4] = bad[5] = bad[6] = 0x7f;
+  EXPECT_NE(errorOf([&] { tnlm::Artifact::fromBytes(bad, "bad.tnlm", tnlm::Target::Cpu); })
+                .find("corrupted artifact"),
+            std::string::npos);
+  std::vector<uint8_t> noId = good;
+  noId[8] = 'X';
+  EXPECT_NE(errorOf([&] { tnlm::Artifact::fromBytes(noId, "x.tnlm", tnlm::Target::Cpu); })
+                .find("not a tnlm artifact"),
+            std::string::npos);
+  EXPECT_NE(errorOf([] { tnlm::Artifact::load("/nonexistent.tnlm", tnlm::Target::Cpu); })
+                .find("/nonexistent.tnlm: cannot open artifact"),
+            std::string::npos);
+}
+
+// Every byte flipped in turn: the loader either accepts (a value changed) or throws
+// tnlm::Error; it never crashes. Accepted artifacts must still pass the structural checks,
+// so the executor cannot index out of range.
+TEST(Artifact, ByteFlipsNeverCrashTheLoader) {
+  std::vector<uint8_t> good = tinyArtifact();
+  int refused = 0;
+  for (size_t i = 0; i < good.size(); i += 3) {
+    std::vector<uint8_t> bad = good;
+    bad[i] ^= 0xA5;
+    try {
+      tnlm::Artifact::fromBytes(bad, "flip.tnlm", tnlm::Target::Cpu);
+    } catch (const tnlm::Error &) {
+      ++refused;
+    }
+  }
+  EXPECT_GT(refused, 0);
+}
+
+class WeightsTest : public ::testing::Test {
+protected:
+  std::string dir = std::filesystem::temp_directory_path() / "tnlm-weights-test";
+  void SetUp() override { std::filesystem::create_directories(dir); }
+  void TearDown() override { std::filesystem::remove_all(dir); }
+};
+
+TEST_F(WeightsTest, MismatchesAreListedTogether) {
+  tnlm::Artifact a = tnlm::Artifact::fromBytes(tinyArtifact(), "tiny.tnlm", tnlm::Target::Cpu);
+  tnlm::ParamValues v = tnlm::randomWeights(a, 1);
+  std::string path = dir + "/w.safetensors";
+  tnlm::saveWeights(a, v, path);
+  EXPECT_NO_THROW(tnlm::loadWeights(a, path));
+
+  // Drop one tensor, reshape one, retype one, add one.
+  tnlm::SafetensorsFile f = tnlm::SafetensorsFile::read(path);
+  std::vector<tnlm::TensorData> ts;
+  for (const tnlm::TensorData &t : f.tensors()) {
+    if (t.name == "model.layers.1.channel_mixer.l3.weight")
+      continue;
+    tnlm::TensorData c = t;
+    if (c.name == "model.layers.0.token_mixer.out_proj.weight")
+      c.shape = {32, 128};
+    if (c.name == "model.layers.0.token_mixer.lrpe.theta") {
+      c.dtype = tnlm::DType::I32;
+    }
+    ts.push_back(c);
+  }
+  ts.push_back(tnlm::TensorData::fromF32("lm_head.bias", tnlm::DType::F32, {2}, {1, 2}));
+  std::string bad = dir + "/bad.safetensors";
+  tnlm::writeSafetensors(bad, ts);
+  std::string e = errorOf([&] { tnlm::loadWeights(a, bad); });
+  EXPECT_NE(e.find("4 problems"), std::string::npos) << e;
+  EXPECT_NE(e.find("missing 'model.layers.1.channel_mixer.l3.weight' [64, 128]"),
+            std::string::npos) << e;
+  EXPECT_NE(e.find("'model.layers.0.token_mixer.out_proj.weight' has shape [32, 128], expected "
+                   "[64, 64]"),
+            std::string::npos) << e;
+  EXPECT_NE(e.find("'model.layers.0.token_mixer.lrpe.theta' has dtype I32"), std::string::npos)
+      << e;
+  EXPECT_NE(e.find("unexpected 'lm_head.bias'"), std::string::npos) << e;
+}
+
+TEST_F(WeightsTest, Bf16WeightsAreConvertedOnLoad) {
+  tnlm::Artifact a = tnlm::Artifact::fromBytes(tinyArtifact(), "tiny.tnlm", tnlm::Target::Cpu);
+  tnlm::ParamValues v = tnlm::randomWeights(a, 2);
+  std::vector<tnlm::TensorData> ts;
+  for (size_t i = 0; i < v.size(); ++i) {
+    const auto *p = a.root().params()->Get(i);
+    ts.push_back(tnlm::TensorData::fromF32(p->name()->str(), tnlm::DType::BF16,
+                                           {p->shape()->begin(), p->shape()->end()}, v[i]));
+  }
+  std::string path = dir + "/bf16.safetensors";
+  tnlm::writeSafetensors(path, ts);
+  tnlm::ParamValues loaded = tnlm::loadWeights(a, path);
+  ASSERT_EQ(loaded.size(), v.size());
+  for (size_t i = 0; i < v.size(); ++i)
+    for (size_t j = 0; j < v[i].size(); ++j)
+      // bf16 keeps 8 significant bits (7 stored): round-to-nearest error ≤ 2^-8 relative.
+      ASSERT_NEAR(loaded[i][j], v[i][j], std::fabs(v[i][j]) / 256.0 + 1e-30) << i << "," << j;
+}
+
+} // namespace
