@@ -15,6 +15,7 @@ config.test_exec_root = os.path.join(config.tnlm_obj_root, "test")
 config.environment["PATH"] = os.pathsep.join(
     [config.tnlm_tools_dir, config.llvm_tools_dir, config.environment.get("PATH", "")])
 config.substitutions.append(("%models", os.path.join(config.tnlm_src_root, "models")))
+config.substitutions.append(("%tnlm_tools", config.tnlm_tools_dir))
 config.substitutions.append(("%inputs", os.path.join(config.test_source_root, "Inputs")))
 if config.tnlm_have_cuda:
     config.available_features.add("cuda-toolkit")
