@@ -66,8 +66,8 @@ int main(int argc, char **argv) {
     for (int64_t i = 0; i < iters; ++i) {
       auto t0 = std::chrono::steady_clock::now();
       exec.forward(ids.data(), batch, seq);
-      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                       .count());
+      ms.push_back(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     }
     std::sort(ms.begin(), ms.end());
     double median = ms[ms.size() / 2];

@@ -59,7 +59,9 @@ std::vector<Param> parameterList(const ModelConfig &c, Type et) {
 
 DictionaryAttr configAttr(const ModelConfig &c, Builder &b) {
   SmallVector<NamedAttribute> fields;
-  auto i = [&](const char *n, int64_t v) { fields.push_back(b.getNamedAttr(n, b.getI64IntegerAttr(v))); };
+  auto i = [&](const char *n, int64_t v) {
+    fields.push_back(b.getNamedAttr(n, b.getI64IntegerAttr(v)));
+  };
   fields.push_back(b.getNamedAttr("name", b.getStringAttr(c.name)));
   i("vocab_size", c.vocabSize);
   i("decoder_embed_dim", c.embedDim);
@@ -74,8 +76,7 @@ DictionaryAttr configAttr(const ModelConfig &c, Builder &b) {
     lrpe.push_back(f ? 1 : 0);
   fields.push_back(b.getNamedAttr("linear_use_lrpe_list", b.getDenseI64ArrayAttr(lrpe)));
   fields.push_back(b.getNamedAttr(
-      "linear_act_fun",
-      b.getStringAttr(c.activation == Activation::Silu ? "silu" : "none")));
+      "linear_act_fun", b.getStringAttr(c.activation == Activation::Silu ? "silu" : "none")));
   fields.push_back(b.getNamedAttr("norm_type", b.getStringAttr("simplermsnorm")));
   fields.push_back(b.getNamedAttr("dtype", b.getStringAttr(dtypeName(c.dtype))));
   i("pad_token_id", c.padTokenId);
@@ -126,14 +127,13 @@ private:
       inputs.push_back(p.type);
     auto fn = func::FuncOp::create(b, fileLoc, name, b.getFunctionType(inputs, {result}));
     for (auto [i, p] : llvm::enumerate(params))
-      fn.setArgAttr(leading.size() + i, TnlmDialect::getParamAttrName(),
-                    b.getStringAttr(p.name));
+      fn.setArgAttr(leading.size() + i, TnlmDialect::getParamAttrName(), b.getStringAttr(p.name));
     return fn;
   }
 
   func::FuncOp buildForward(ArrayRef<Param> params) {
-    auto idsType = RankedTensorType::get({ShapedType::kDynamic, ShapedType::kDynamic},
-                                         b.getI32Type());
+    auto idsType =
+        RankedTensorType::get({ShapedType::kDynamic, ShapedType::kDynamic}, b.getI32Type());
     auto logitsType = RankedTensorType::get(
         {ShapedType::kDynamic, ShapedType::kDynamic, c.vocabSize}, b.getF32Type());
     func::FuncOp fn = makeFunc("forward", {idsType}, params, logitsType);
@@ -145,12 +145,10 @@ private:
 
     Value embed = param("model.embed_tokens.weight");
     Value x = EmbeddingOp::create(b, loc("model.embed_tokens"), act({c.embedDim}),
-                                        entry->getArgument(0), embed,
-                                        b.getF32FloatAttr(c.embedScale()));
+                                  entry->getArgument(0), embed, b.getF32FloatAttr(c.embedScale()));
     for (int64_t l = 0; l < c.layers; ++l)
       x = buildLayer(l, x);
-    Value n = SrmsNormOp::create(b, loc("model.final_norm"), x,
-                                       b.getF32FloatAttr(c.normEps));
+    Value n = SrmsNormOp::create(b, loc("model.final_norm"), x, b.getF32FloatAttr(c.normEps));
     Value head = c.tieWordEmbeddings ? embed : param("lm_head.weight");
     Value logits = LmHeadOp::create(b, loc("lm_head"), logitsType, n, head);
     func::ReturnOp::create(b, fileLoc, logits);
@@ -169,7 +167,7 @@ private:
     Location tm = loc(p + "token_mixer");
     Value n1 = norm(p + "token_norm", x);
     Value qkvu = LinearOp::create(b, loc(p + "token_mixer.qkvu_proj"), act({4 * D}), n1,
-                                        param(p + "token_mixer.qkvu_proj.weight"));
+                                  param(p + "token_mixer.qkvu_proj.weight"));
     auto split = SplitOp::create(b, tm, SmallVector<Type>(4, act({D})), qkvu);
     Value q = split.getResult(0), k = split.getResult(1), v = split.getResult(2),
           u = split.getResult(3);
@@ -189,28 +187,27 @@ private:
       dk = 2 * dh;
     }
     (void)dk;
-    Value o = DecayLinearAttentionOp::create(
-        b, loc(p + "token_mixer.attention"), act({H, dh}), q, k, v,
-        b.getDenseF32ArrayAttr(layerDecaySlopes(H, l, c.layers)));
+    Value o =
+        DecayLinearAttentionOp::create(b, loc(p + "token_mixer.attention"), act({H, dh}), q, k, v,
+                                       b.getDenseF32ArrayAttr(layerDecaySlopes(H, l, c.layers)));
     o = MergeHeadsOp::create(b, tm, act({D}), o);
     o = norm(p + "token_mixer.norm", o);
     o = MulOp::create(b, tm, u, o);
     o = LinearOp::create(b, loc(p + "token_mixer.out_proj"), act({c.embedDim}), o,
-                               param(p + "token_mixer.out_proj.weight"));
+                         param(p + "token_mixer.out_proj.weight"));
     Value h = AddOp::create(b, loc(p + "residual"), x, o);
 
     // Channel mixer: SGLU.
     Value n2 = norm(p + "channel_norm", h);
-    Value m = SgluOp::create(b, loc(p + "channel_mixer"), act({c.embedDim}), n2,
-                                   param(p + "channel_mixer.l1.weight"),
-                                   param(p + "channel_mixer.l2.weight"),
-                                   param(p + "channel_mixer.l3.weight"));
+    Value m = SgluOp::create(
+        b, loc(p + "channel_mixer"), act({c.embedDim}), n2, param(p + "channel_mixer.l1.weight"),
+        param(p + "channel_mixer.l2.weight"), param(p + "channel_mixer.l3.weight"));
     return AddOp::create(b, loc(p + "residual"), h, m);
   }
 
   void buildLoss(ArrayRef<Param> params, func::FuncOp forward) {
-    auto idsType = RankedTensorType::get({ShapedType::kDynamic, ShapedType::kDynamic},
-                                         b.getI32Type());
+    auto idsType =
+        RankedTensorType::get({ShapedType::kDynamic, ShapedType::kDynamic}, b.getI32Type());
     auto lossType = RankedTensorType::get({}, b.getF32Type());
     func::FuncOp fn = makeFunc("loss", {idsType, idsType}, params, lossType);
     Block *entry = fn.addEntryBlock();
@@ -221,7 +218,7 @@ private:
       args.push_back(entry->getArgument(2 + i));
     auto call = func::CallOp::create(b, fileLoc, forward, args);
     Value loss = CrossEntropyOp::create(b, loc("loss"), lossType, call.getResult(0),
-                                              entry->getArgument(1), b.getI64IntegerAttr(-100));
+                                        entry->getArgument(1), b.getI64IntegerAttr(-100));
     func::ReturnOp::create(b, fileLoc, loss);
   }
 };

@@ -61,9 +61,9 @@ std::vector<double> alibiSlopes(int64_t heads) {
 
 std::vector<float> layerDecaySlopes(int64_t heads, int64_t layer, int64_t layers) {
   // Reference: slopes (python floats → f32 tensor) * (1 - l/(L-1) + 1e-5) (python float → f32).
-  double factor = layers > 1 ? 1.0 - static_cast<double>(layer) / static_cast<double>(layers - 1) +
-                                   1e-5
-                             : 1.0 + 1e-5;
+  double factor = layers > 1
+                      ? 1.0 - static_cast<double>(layer) / static_cast<double>(layers - 1) + 1e-5
+                      : 1.0 + 1e-5;
   float f = static_cast<float>(factor);
   std::vector<float> out;
   for (double s : alibiSlopes(heads))
@@ -75,13 +75,35 @@ namespace {
 
 // Fields of the reference config that tnlm reads or knowingly ignores; anything else is
 // reported as a warning. Fields starting with '_' are comments/metadata.
-const std::set<std::string> kKnownFields = {
-    "vocab_size", "decoder_embed_dim", "decoder_layers", "decoder_attention_heads",
-    "hidden_dim", "glu_dim", "no_scale_embedding", "linear_use_lrpe_list", "linear_act_fun",
-    "norm_type", "tie_word_embeddings", "torch_dtype", "pad_token_id", "bos_token_id",
-    "eos_token_id", "architectures", "auto_map", "model_type", "transformers_version",
-    "use_cache", "init_std", "add_bos_token", "add_eos_token", "causal", "bias", "glu_act",
-    "max_position_embeddings", "fp32_ln", "fp32_attn"};
+const std::set<std::string> kKnownFields = {"vocab_size",
+                                            "decoder_embed_dim",
+                                            "decoder_layers",
+                                            "decoder_attention_heads",
+                                            "hidden_dim",
+                                            "glu_dim",
+                                            "no_scale_embedding",
+                                            "linear_use_lrpe_list",
+                                            "linear_act_fun",
+                                            "norm_type",
+                                            "tie_word_embeddings",
+                                            "torch_dtype",
+                                            "pad_token_id",
+                                            "bos_token_id",
+                                            "eos_token_id",
+                                            "architectures",
+                                            "auto_map",
+                                            "model_type",
+                                            "transformers_version",
+                                            "use_cache",
+                                            "init_std",
+                                            "add_bos_token",
+                                            "add_eos_token",
+                                            "causal",
+                                            "bias",
+                                            "glu_act",
+                                            "max_position_embeddings",
+                                            "fp32_ln",
+                                            "fp32_attn"};
 
 struct Parser {
   const json &root;
@@ -184,8 +206,9 @@ ConfigResult parseModelConfig(const std::string &text, const std::string &source
     }
     std::string msg = e.what();
     size_t colon = msg.find(": ");
-    result.error = source + ":" + std::to_string(line) + ":" + std::to_string(col) +
-                   ": malformed JSON: " + (colon == std::string::npos ? msg : msg.substr(colon + 2));
+    result.error =
+        source + ":" + std::to_string(line) + ":" + std::to_string(col) +
+        ": malformed JSON: " + (colon == std::string::npos ? msg : msg.substr(colon + 2));
     return result;
   }
   if (!root.is_object()) {
@@ -209,9 +232,9 @@ ConfigResult parseModelConfig(const std::string &text, const std::string &source
   c.scaleEmbedding = !noScale;
 
   if (ok && c.hiddenDim % c.heads != 0)
-    ok = p.fail("decoder_attention_heads",
-                std::to_string(c.heads) + " heads do not divide hidden_dim " +
-                    std::to_string(c.hiddenDim));
+    ok = p.fail("decoder_attention_heads", std::to_string(c.heads) +
+                                               " heads do not divide hidden_dim " +
+                                               std::to_string(c.hiddenDim));
 
   std::string act, norm, dtype, gluAct;
   ok = ok && p.string("linear_act_fun", act, "silu") &&
@@ -223,14 +246,14 @@ ConfigResult parseModelConfig(const std::string &text, const std::string &source
     else if (act == "none" || act == "identity")
       c.activation = Activation::Identity;
     else
-      ok = p.fail("linear_act_fun", "unknown activation '" + act +
-                                        "' (supported: silu, swish, none)");
+      ok = p.fail("linear_act_fun",
+                  "unknown activation '" + act + "' (supported: silu, swish, none)");
   }
   if (ok && norm != "simplermsnorm")
     ok = p.fail("norm_type", "unsupported norm type '" + norm + "' (supported: simplermsnorm)");
   if (ok && gluAct != "none" && gluAct != "identity")
-    ok = p.fail("glu_act", "unsupported SGLU activation '" + gluAct +
-                               "' (TransNormerLLM's SGLU has none)");
+    ok = p.fail("glu_act",
+                "unsupported SGLU activation '" + gluAct + "' (TransNormerLLM's SGLU has none)");
   if (ok) {
     if (auto t = parseDType(dtype))
       c.dtype = *t;
@@ -245,20 +268,20 @@ ConfigResult parseModelConfig(const std::string &text, const std::string &source
     ok = p.fail("bias", "biases are not supported (TransNormerLLM has none)");
   if (ok && !causal)
     ok = p.fail("causal", "only causal language models are supported");
-  ok = ok && p.intOr("pad_token_id", c.padTokenId, 0) &&
-       p.intOr("bos_token_id", c.bosTokenId, 1) && p.intOr("eos_token_id", c.eosTokenId, 2);
+  ok = ok && p.intOr("pad_token_id", c.padTokenId, 0) && p.intOr("bos_token_id", c.bosTokenId, 1) &&
+       p.intOr("eos_token_id", c.eosTokenId, 2);
 
   if (ok) {
     c.lrpe.assign(static_cast<size_t>(c.layers), false);
     auto it = root.find("linear_use_lrpe_list");
     if (it != root.end()) {
       if (!it->is_array())
-        ok = p.fail("linear_use_lrpe_list", "expected a list of 0/1 flags, got a " +
-                                                std::string(it->type_name()));
-      else if (it->size() != static_cast<size_t>(c.layers))
         ok = p.fail("linear_use_lrpe_list",
-                    "has " + std::to_string(it->size()) + " entries but decoder_layers is " +
-                        std::to_string(c.layers));
+                    "expected a list of 0/1 flags, got a " + std::string(it->type_name()));
+      else if (it->size() != static_cast<size_t>(c.layers))
+        ok = p.fail("linear_use_lrpe_list", "has " + std::to_string(it->size()) +
+                                                " entries but decoder_layers is " +
+                                                std::to_string(c.layers));
       else
         for (size_t i = 0; ok && i < it->size(); ++i) {
           const json &f = (*it)[i];

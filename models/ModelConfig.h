@@ -17,20 +17,20 @@ namespace mlir::tnlm {
 enum class Activation { Silu, Identity };
 enum class ParamDType { F32, BF16, F16 };
 
-const char *dtypeName(ParamDType t);              // "f32", "bf16", "f16"
+const char *dtypeName(ParamDType t);                           // "f32", "bf16", "f16"
 std::optional<ParamDType> parseDType(const std::string &name); // also torch names
 
 struct ModelConfig {
-  std::string name;          // file stem, e.g. "tnl-7b"
-  int64_t vocabSize = 0;     // V
-  int64_t embedDim = 0;      // d   (decoder_embed_dim)
-  int64_t layers = 0;        // L   (decoder_layers)
-  int64_t heads = 0;         // H   (decoder_attention_heads)
-  int64_t hiddenDim = 0;     // D   (hidden_dim, defaults to d)
-  int64_t gluDim = 0;        // F   (glu_dim)
-  bool scaleEmbedding = true;      // !no_scale_embedding
-  bool tieWordEmbeddings = true;   // tie_word_embeddings
-  std::vector<bool> lrpe;          // linear_use_lrpe_list, one flag per layer
+  std::string name;                         // file stem, e.g. "tnl-7b"
+  int64_t vocabSize = 0;                    // V
+  int64_t embedDim = 0;                     // d   (decoder_embed_dim)
+  int64_t layers = 0;                       // L   (decoder_layers)
+  int64_t heads = 0;                        // H   (decoder_attention_heads)
+  int64_t hiddenDim = 0;                    // D   (hidden_dim, defaults to d)
+  int64_t gluDim = 0;                       // F   (glu_dim)
+  bool scaleEmbedding = true;               // !no_scale_embedding
+  bool tieWordEmbeddings = true;            // tie_word_embeddings
+  std::vector<bool> lrpe;                   // linear_use_lrpe_list, one flag per layer
   Activation activation = Activation::Silu; // linear_act_fun
   ParamDType dtype = ParamDType::F32;       // torch_dtype
   float normEps = 1e-6f;

@@ -2,9 +2,9 @@
 #include "models/Summary.h"
 
 #include "dialect/TnlmOps.h"
-#include "passes/ParamTable.h"
 #include "mlir/IR/BuiltinTypes.h"
 #include "mlir/Interfaces/FunctionInterfaces.h"
+#include "passes/ParamTable.h"
 #include "llvm/Support/FormatVariadic.h"
 
 namespace mlir::tnlm {
@@ -50,8 +50,9 @@ FailureOr<ModelSummary> summarizeModel(ModuleOp module, StringRef function) {
   for (const FunctionParams &fp : collectParams(module)) {
     if (fp.function != function)
       continue;
-    std::vector<std::string> order = {"embedding", "token mixer (qkvu, out)", "lrpe theta",
-                                      "channel mixer (sglu)", "lm head", "other"};
+    std::vector<std::string> order = {"embedding",  "token mixer (qkvu, out)",
+                                      "lrpe theta", "channel mixer (sglu)",
+                                      "lm head",    "other"};
     std::map<std::string, int64_t> counts;
     for (const ParamInfo &p : fp.params) {
       counts[componentOf(p.name)] += p.numElements;
@@ -96,11 +97,11 @@ void printSummary(const ModelSummary &s, ModuleOp module, llvm::raw_ostream &os)
         if (f)
           lrpe += (lrpe.empty() ? "" : ",") + std::to_string(l);
     auto noScale = cfg.getAs<BoolAttr>("no_scale_embedding");
-    os << "model " << name << (cfg.get("reconstructed") ? " (shape reconstructed, not released)" : "")
-       << "\n";
+    os << "model " << name
+       << (cfg.get("reconstructed") ? " (shape reconstructed, not released)" : "") << "\n";
     os << "  d=" << i("decoder_embed_dim") << " L=" << i("decoder_layers")
-       << " H=" << i("decoder_attention_heads") << " D=" << i("hidden_dim")
-       << " F=" << i("glu_dim") << " V=" << i("vocab_size") << "\n";
+       << " H=" << i("decoder_attention_heads") << " D=" << i("hidden_dim") << " F=" << i("glu_dim")
+       << " V=" << i("vocab_size") << "\n";
     os << "  lrpe layers: " << (lrpe.empty() ? "none" : lrpe)
        << "  embedding scale: " << (noScale && noScale.getValue() ? "off" : "sqrt(d)")
        << "  lm head: " << (s.tiedLmHead ? "tied to embedding" : "separate") << "\n";

@@ -13,10 +13,10 @@
 namespace mlir::tnlm {
 
 struct ModelSummary {
-  std::string function;                                 // summarized function, "forward"
+  std::string function;                                    // summarized function, "forward"
   std::vector<std::pair<std::string, int64_t>> components; // parameter count per component
   int64_t totalParams = 0;
-  std::map<std::string, int64_t> bytesPerDType;         // weight bytes by element type
+  std::map<std::string, int64_t> bytesPerDType; // weight bytes by element type
   bool tiedLmHead = false;
   // Forward FLOPs per token (multiply-add = 2 FLOPs): projections (linear, SGLU, lm head)
   // and attention in its recurrent form (4·H·dk·dv per layer), independent of the sequence.

@@ -18,9 +18,9 @@ struct DTypeInfo {
 
 // One table so that sizes, names and parsing cannot drift apart.
 constexpr DTypeInfo kDTypes[] = {
-    {DType::F64, "F64", 8}, {DType::F32, "F32", 4}, {DType::BF16, "BF16", 2},
-    {DType::F16, "F16", 2}, {DType::I64, "I64", 8}, {DType::I32, "I32", 4},
-    {DType::I16, "I16", 2}, {DType::I8, "I8", 1},   {DType::U8, "U8", 1},
+    {DType::F64, "F64", 8},   {DType::F32, "F32", 4}, {DType::BF16, "BF16", 2},
+    {DType::F16, "F16", 2},   {DType::I64, "I64", 8}, {DType::I32, "I32", 4},
+    {DType::I16, "I16", 2},   {DType::I8, "I8", 1},   {DType::U8, "U8", 1},
     {DType::Bool, "BOOL", 1},
 };
 
@@ -74,8 +74,7 @@ std::optional<DType> parseDType(std::string_view name) {
 }
 
 bool isFloatingPoint(DType dtype) {
-  return dtype == DType::F64 || dtype == DType::F32 || dtype == DType::BF16 ||
-         dtype == DType::F16;
+  return dtype == DType::F64 || dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16;
 }
 
 float bf16ToF32(uint16_t bits) { return floatOf(static_cast<uint32_t>(bits) << 16); }

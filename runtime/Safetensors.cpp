@@ -202,8 +202,8 @@ std::vector<float> TensorData::toF32() const {
   size_t n = static_cast<size_t>(numElements());
   if (bytes.size() != n * elementSize(dtype))
     throw Error("tensor " + inQuotes(name) + ": holds " + std::to_string(bytes.size()) +
-                " bytes but shape " + shapeString(shape) + " of " + dtypeName(dtype) +
-                " needs " + std::to_string(n * elementSize(dtype)));
+                " bytes but shape " + shapeString(shape) + " of " + dtypeName(dtype) + " needs " +
+                std::to_string(n * elementSize(dtype)));
   std::vector<float> out(n);
   tnlm::toF32(dtype, bytes.data(), out.data(), n);
   return out;

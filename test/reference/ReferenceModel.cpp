@@ -191,8 +191,8 @@ std::vector<double> attentionRecurrent(const std::vector<double> &q, const std::
       // S_t = λ S_{t−1} + k_tᵀ v_t
       for (int64_t i = 0; i < dk; ++i)
         for (int64_t j = 0; j < dv; ++j)
-          S[static_cast<size_t>(i * dv + j)] = lambda * S[static_cast<size_t>(i * dv + j)] +
-                                               kt[i] * vt[j];
+          S[static_cast<size_t>(i * dv + j)] =
+              lambda * S[static_cast<size_t>(i * dv + j)] + kt[i] * vt[j];
       // o_t = q_t S_t
       for (int64_t j = 0; j < dv; ++j) {
         double acc = 0.0;
@@ -281,8 +281,7 @@ std::vector<double> tokenMixer(const Config &cfg, const Weights &w, int64_t l,
                                const std::vector<double> &y, int64_t n, int64_t offset) {
   const int64_t d = cfg.d, D = cfg.hidden, H = cfg.heads, dh = cfg.headDim();
   // [q | k | v | u] = y · Wqkvuᵀ; each block head-major, dh-minor, so [N, D] == [N, H, dh].
-  const auto qkvu =
-      linear(y, n, d, tensor(w, layerName(l, "token_mixer.qkvu_proj.weight")), 4 * D);
+  const auto qkvu = linear(y, n, d, tensor(w, layerName(l, "token_mixer.qkvu_proj.weight")), 4 * D);
   std::vector<double> q(static_cast<size_t>(n * D)), k(q.size()), v(q.size()), u(q.size());
   for (int64_t t = 0; t < n; ++t)
     for (int64_t c = 0; c < D; ++c) {
@@ -356,8 +355,7 @@ std::vector<double> logits(const Config &cfg, const Weights &w, const std::vecto
   return linear(x, n, d, cfg.tied ? E : tensor(w, "lm_head.weight"), V);
 }
 
-double crossEntropy(const std::vector<double> &lg, int64_t vocab,
-                    const std::vector<int32_t> &ids) {
+double crossEntropy(const std::vector<double> &lg, int64_t vocab, const std::vector<int32_t> &ids) {
   const int64_t n = static_cast<int64_t>(ids.size());
   if (n < 2 || static_cast<int64_t>(lg.size()) != n * vocab)
     throw std::invalid_argument("crossEntropy: needs N >= 2 and logits [N, V]");

@@ -1,8 +1,8 @@
 //===- ArtifactTest.cpp - the runtime refuses bad artifacts and weights ---===//
+#include "runtime/Artifact.h"
 #include "codegen/ArtifactWriter.h"
 #include "codegen/KernelPlan.h"
 #include "models/Import.h"
-#include "runtime/Artifact.h"
 #include "runtime/Error.h"
 #include "runtime/Safetensors.h"
 #include "runtime/Weights.h"
@@ -67,8 +67,7 @@ TEST(Artifact, OtherTargetIsRefused) {
 
 TEST(Artifact, OtherFormatVersionIsRefused) {
   std::string e = errorOf([] {
-    tnlm::Artifact::fromBytes(minimalArtifact(99, sc::Target_CPU), "old.tnlm",
-                              tnlm::Target::Cpu);
+    tnlm::Artifact::fromBytes(minimalArtifact(99, sc::Target_CPU), "old.tnlm", tnlm::Target::Cpu);
   });
   EXPECT_NE(e.find("old.tnlm: artifact format version 99 is not supported"), std::string::npos)
       << e;
@@ -78,24 +77,25 @@ TEST(Artifact, TruncatedAndCorruptedAreRefused) {
   std::vector<uint8_t> good = tinyArtifact();
   for (size_t keep : {size_t(0), size_t(6), good.size() / 2, good.size() - 1}) {
     std::vector<uint8_t> cut(good.begin(), good.begin() + keep);
-    std::string e = errorOf([&] {
-      tnlm::Artifact::fromBytes(cut, "cut.tnlm", tnlm::Target::Cpu);
-    });
+    std::string e = errorOf([&] { tnlm::Artifact::fromBytes(cut, "cut.tnlm", tnlm::Target::Cpu); });
     EXPECT_EQ(e.rfind("cut.tnlm: ", 0), 0u) << keep << ": " << e;
   }
   // Overwrite the root offset so it points past the end: the verifier must catch it.
   std::vector<uint8_t> bad = good;
   bad[4] = bad[5] = bad[6] = 0x7f;
-  EXPECT_NE(errorOf([&] { tnlm::Artifact::fromBytes(bad, "bad.tnlm", tnlm::Target::Cpu); })
-                .find("corrupted artifact"),
+  EXPECT_NE(errorOf([&] {
+              tnlm::Artifact::fromBytes(bad, "bad.tnlm", tnlm::Target::Cpu);
+            }).find("corrupted artifact"),
             std::string::npos);
   std::vector<uint8_t> noId = good;
   noId[8] = 'X';
-  EXPECT_NE(errorOf([&] { tnlm::Artifact::fromBytes(noId, "x.tnlm", tnlm::Target::Cpu); })
-                .find("not a tnlm artifact"),
+  EXPECT_NE(errorOf([&] {
+              tnlm::Artifact::fromBytes(noId, "x.tnlm", tnlm::Target::Cpu);
+            }).find("not a tnlm artifact"),
             std::string::npos);
-  EXPECT_NE(errorOf([] { tnlm::Artifact::load("/nonexistent.tnlm", tnlm::Target::Cpu); })
-                .find("/nonexistent.tnlm: cannot open artifact"),
+  EXPECT_NE(errorOf([] {
+              tnlm::Artifact::load("/nonexistent.tnlm", tnlm::Target::Cpu);
+            }).find("/nonexistent.tnlm: cannot open artifact"),
             std::string::npos);
 }
 
@@ -150,11 +150,12 @@ TEST_F(WeightsTest, MismatchesAreListedTogether) {
   tnlm::writeSafetensors(bad, ts);
   std::string e = errorOf([&] { tnlm::loadWeights(a, bad); });
   EXPECT_NE(e.find("4 problems"), std::string::npos) << e;
-  EXPECT_NE(e.find("missing 'model.layers.1.channel_mixer.l3.weight' [64, 128]"),
-            std::string::npos) << e;
+  EXPECT_NE(e.find("missing 'model.layers.1.channel_mixer.l3.weight' [64, 128]"), std::string::npos)
+      << e;
   EXPECT_NE(e.find("'model.layers.0.token_mixer.out_proj.weight' has shape [32, 128], expected "
                    "[64, 64]"),
-            std::string::npos) << e;
+            std::string::npos)
+      << e;
   EXPECT_NE(e.find("'model.layers.0.token_mixer.lrpe.theta' has dtype I32"), std::string::npos)
       << e;
   EXPECT_NE(e.find("unexpected 'lm_head.bias'"), std::string::npos) << e;

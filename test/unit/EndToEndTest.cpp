@@ -47,8 +47,7 @@ Compiled compile(const mt::ModelConfig &cfg, int64_t maxBatch, int64_t maxSeq) {
   EXPECT_TRUE(mlir::succeeded(plan));
   mt::planMemory(*plan);
   std::vector<uint8_t> bytes = mt::serializeArtifact(*module, {*plan}, "cpu");
-  return Compiled{tnlm::Artifact::fromBytes(std::move(bytes), cfg.name, tnlm::Target::Cpu),
-                  *plan};
+  return Compiled{tnlm::Artifact::fromBytes(std::move(bytes), cfg.name, tnlm::Target::Cpu), *plan};
 }
 
 tnlm::ref::Config refConfig(const mt::ModelConfig &c) {
@@ -67,9 +66,8 @@ tnlm::ref::Config refConfig(const mt::ModelConfig &c) {
 }
 
 // Reference weights rounded to f32 once, so both sides see identical parameters.
-std::pair<tnlm::ParamValues, tnlm::ref::Weights> weightsFor(const tnlm::Artifact &a,
-                                                          const tnlm::ref::Config &rc,
-                                                          uint64_t seed, double stddev) {
+std::pair<tnlm::ParamValues, tnlm::ref::Weights>
+weightsFor(const tnlm::Artifact &a, const tnlm::ref::Config &rc, uint64_t seed, double stddev) {
   tnlm::ref::Weights w = tnlm::ref::randomWeights(rc, seed, stddev);
   tnlm::ParamValues values;
   for (const auto *p : *a.root().params()) {
@@ -109,8 +107,8 @@ double worstError(const Compiled &c, const mt::ModelConfig &cfg, int64_t batch, 
     for (double v : want)
       scale = std::max(scale, std::fabs(v));
     for (size_t i = 0; i < want.size(); ++i)
-      worst = std::max(worst,
-                       std::fabs(got[b * n * cfg.vocabSize + i] - want[i]) / std::max(scale, 1e-30));
+      worst = std::max(worst, std::fabs(got[b * n * cfg.vocabSize + i] - want[i]) /
+                                  std::max(scale, 1e-30));
   }
   return worst;
 }
@@ -132,13 +130,15 @@ TEST(EndToEnd, SmallModelVariantsMatchReference) {
     std::string json = std::string(R"({"vocab_size": 50, "decoder_embed_dim": 24,
         "decoder_layers": 3, "decoder_attention_heads": 6, "glu_dim": 40,
         "tie_word_embeddings": false, "linear_use_lrpe_list": [1, 0, 0],
-        "no_scale_embedding": )") + (noScale ? "true" : "false") + "}";
+        "no_scale_embedding": )") +
+                       (noScale ? "true" : "false") + "}";
     mt::ModelConfig cfg = parse(json, noScale ? "small-noscale" : "small-scale");
     Compiled c = compile(cfg, 2, 300);
     for (int64_t n : {1, 7, 64, 300}) {
       double err = worstError(c, cfg, 2, n, 5, 0.3);
       EXPECT_LE(err, 1e-4) << cfg.name << ", n = " << n;
-      std::printf("%s n=%lld worst relative error %.3g\n", cfg.name.c_str(), static_cast<long long>(n), err);
+      std::printf("%s n=%lld worst relative error %.3g\n", cfg.name.c_str(),
+                  static_cast<long long>(n), err);
     }
   }
 }
@@ -147,7 +147,8 @@ TEST(EndToEnd, SmallModelVariantsMatchReference) {
 TEST(EndToEnd, IdentityActivationMatchesReference) {
   mt::ModelConfig cfg = parse(R"({"vocab_size": 40, "decoder_embed_dim": 16,
       "decoder_layers": 2, "decoder_attention_heads": 2, "glu_dim": 24,
-      "linear_act_fun": "none", "linear_use_lrpe_list": [0, 1]})", "identity");
+      "linear_act_fun": "none", "linear_use_lrpe_list": [0, 1]})",
+                              "identity");
   Compiled c = compile(cfg, 1, 64);
   EXPECT_LE(worstError(c, cfg, 1, 33, 3, 0.3), 1e-4);
 }
@@ -168,7 +169,8 @@ TEST(MemoryPlan, TinyPeakMatchesHandComputation) {
   const auto &bufs = c.plan.buffers;
   for (size_t i = 0; i < bufs.size(); ++i)
     for (size_t j = i + 1; j < bufs.size(); ++j) {
-      bool together = bufs[i].firstStep <= bufs[j].lastStep && bufs[j].firstStep <= bufs[i].lastStep;
+      bool together =
+          bufs[i].firstStep <= bufs[j].lastStep && bufs[j].firstStep <= bufs[i].lastStep;
       bool apart = bufs[i].offset + bufs[i].bytes(1024) <= bufs[j].offset ||
                    bufs[j].offset + bufs[j].bytes(1024) <= bufs[i].offset;
       EXPECT_TRUE(!together || apart) << "buffers " << i << " and " << j << " overlap";

@@ -74,17 +74,17 @@ TEST(KernelReference, AttentionWithModelDecayRates) {
   for (int64_t layer : {0, 3}) {
     std::vector<double> s = tnlm::ref::layerDecayRates(heads, layer, 4);
     std::vector<float> slopes(s.begin(), s.end());
-    std::vector<double> q = randomVec(n * heads * dk, 2, 0.3), k = randomVec(n * heads * dk, 3, 0.3),
-                        v = randomVec(n * heads * dv, 4);
+    std::vector<double> q = randomVec(n * heads * dk, 2, 0.3),
+                        k = randomVec(n * heads * dk, 3, 0.3), v = randomVec(n * heads * dv, 4);
     std::vector<double> want = tnlm::ref::attentionRecurrent(q, k, v, n, heads, dk, dv, s);
     std::vector<float> qf = toF32(q), kf = toF32(k), vf = toF32(v), rec(want.size()),
                        blk(want.size());
     tnlm::cpu::decayLinearAttentionRecurrent(qf.data(), kf.data(), vf.data(), 1, n, heads, dk, dv,
                                              heads * dk, heads * dk, heads * dv, slopes.data(),
                                              rec.data(), heads * dv);
-    tnlm::cpu::lightningAttention(qf.data(), kf.data(), vf.data(), 1, n, heads, dk, dv,
-                                  heads * dk, heads * dk, heads * dv, slopes.data(), blk.data(),
-                                  heads * dv, 64);
+    tnlm::cpu::lightningAttention(qf.data(), kf.data(), vf.data(), 1, n, heads, dk, dv, heads * dk,
+                                  heads * dk, heads * dv, slopes.data(), blk.data(), heads * dv,
+                                  64);
     EXPECT_LT(maxRelErr(rec, want), 1e-5) << "recurrent, layer " << layer;
     EXPECT_LT(maxRelErr(blk, want), 1e-5) << "lightning, layer " << layer;
   }

@@ -136,8 +136,8 @@ TEST(ModelConfig, UnknownFieldIsAWarning) {
 }
 
 TEST(ModelConfig, ShippedConfigsParseWithoutWarnings) {
-  for (const char *name : {"tiny", "tnl-385m", "tnl-1b", "tnl-3b", "tnl-7b", "tnl-13b",
-                           "tnl-15b", "tnl-65b", "tnl-175b"}) {
+  for (const char *name : {"tiny", "tnl-385m", "tnl-1b", "tnl-3b", "tnl-7b", "tnl-13b", "tnl-15b",
+                           "tnl-65b", "tnl-175b"}) {
     ConfigResult r = loadModelConfig(std::string(TNLM_MODELS_DIR) + "/" + name + ".json");
     ASSERT_TRUE(r.config) << name << ": " << r.error;
     EXPECT_TRUE(r.warnings.empty()) << name;

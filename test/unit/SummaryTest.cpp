@@ -1,6 +1,6 @@
 //===- SummaryTest.cpp - parameter counts of the released shapes ----------===//
-#include "models/Import.h"
 #include "models/Summary.h"
+#include "models/Import.h"
 
 #include "dialect/TnlmOps.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -47,7 +47,8 @@ TEST(Summary, UntiedHeadIsCounted) {
   mlir::MLIRContext ctx;
   ConfigResult r = parseModelConfig(R"({"vocab_size": 256, "decoder_embed_dim": 64,
       "decoder_layers": 2, "decoder_attention_heads": 2, "glu_dim": 128,
-      "tie_word_embeddings": false, "linear_use_lrpe_list": [1, 0]})", "m.json");
+      "tie_word_embeddings": false, "linear_use_lrpe_list": [1, 0]})",
+                                    "m.json");
   ASSERT_TRUE(r.config) << r.error;
   auto module = importModel(*r.config, &ctx, "m.json");
   ASSERT_TRUE(module);

@@ -72,8 +72,8 @@ int64_t Options::getInt(const std::string &name, int64_t dflt, int64_t min, int6
   char *end = nullptr;
   long long v = std::strtoll(it->second.c_str(), &end, 10);
   if (it->second.empty() || *end != '\0' || v < min || v > max)
-    throw Error("option '--" + name + "': expected an integer in [" + std::to_string(min) +
-                ", " + std::to_string(max) + "], got '" + it->second + "'");
+    throw Error("option '--" + name + "': expected an integer in [" + std::to_string(min) + ", " +
+                std::to_string(max) + "], got '" + it->second + "'");
   return v;
 }
 

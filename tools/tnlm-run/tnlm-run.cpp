@@ -71,8 +71,10 @@ std::vector<int32_t> readTokens(const std::string &path, int64_t vocab) {
     }
   } else {
     if (vocab < 256)
-      throw Error(path + ": text is read as bytes, which needs a vocabulary of at least 256 "
-                         "(this model has " + std::to_string(vocab) +
+      throw Error(path +
+                  ": text is read as bytes, which needs a vocabulary of at least 256 "
+                  "(this model has " +
+                  std::to_string(vocab) +
                   "); pass token ids as a .bin file of little-endian uint32");
     if (vocab > 256)
       throw Error(path + ": this model's vocabulary (" + std::to_string(vocab) +
@@ -112,8 +114,7 @@ void perplexity(CpuExecutor &exec, const std::vector<int32_t> &ids, bool quiet) 
     nllSum += mean * static_cast<double>(n);
     counted += n;
     done += batch * len;
-    double secs =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (!quiet && total > window)
       std::fprintf(stderr, "\rperplexity: %lld/%lld tokens (%.0f%%), %.0f tokens/s",
                    static_cast<long long>(done), static_cast<long long>(total),
@@ -123,8 +124,7 @@ void perplexity(CpuExecutor &exec, const std::vector<int32_t> &ids, bool quiet) 
     std::fprintf(stderr, "\n");
   double nll = nllSum / static_cast<double>(counted);
   std::printf("tokens: %lld  predicted: %lld  mean nll: %.6f  perplexity: %.4f\n",
-              static_cast<long long>(total), static_cast<long long>(counted), nll,
-              std::exp(nll));
+              static_cast<long long>(total), static_cast<long long>(counted), nll, std::exp(nll));
 }
 
 int run(int argc, char **argv) {
@@ -165,8 +165,7 @@ int run(int argc, char **argv) {
   ParamValues params =
       opts.has("weights")
           ? loadWeights(artifact, opts.get("weights"))
-          : randomWeights(artifact,
-                          static_cast<uint64_t>(opts.getInt("seed", 0, 0, INT64_MAX)));
+          : randomWeights(artifact, static_cast<uint64_t>(opts.getInt("seed", 0, 0, INT64_MAX)));
   if (opts.has("save-weights")) {
     saveWeights(artifact, params, opts.get("save-weights"));
     if (!quiet)
@@ -184,9 +183,10 @@ int run(int argc, char **argv) {
   }
   std::vector<int32_t> ids = parseTokenList(opts.get("tokens"), vocab);
   if (static_cast<int64_t>(ids.size()) > artifact.maxSeq())
-    throw Error("--tokens: " + std::to_string(ids.size()) + " tokens exceed the compiled "
-                "maximum sequence length " + std::to_string(artifact.maxSeq()) +
-                " (recompile with a larger --seq)");
+    throw Error("--tokens: " + std::to_string(ids.size()) +
+                " tokens exceed the compiled "
+                "maximum sequence length " +
+                std::to_string(artifact.maxSeq()) + " (recompile with a larger --seq)");
   const int64_t n = static_cast<int64_t>(ids.size());
   std::vector<float> logits = exec.forward(ids.data(), 1, n);
   for (int64_t t = 0; t < n; ++t) {
@@ -195,8 +195,8 @@ int run(int argc, char **argv) {
     for (int64_t v = 1; v < vocab; ++v)
       if (row[v] > row[best])
         best = v;
-    std::printf("position %lld: token %d -> argmax %lld (logit %.6g)\n",
-                static_cast<long long>(t), ids[t], static_cast<long long>(best), row[best]);
+    std::printf("position %lld: token %d -> argmax %lld (logit %.6g)\n", static_cast<long long>(t),
+                ids[t], static_cast<long long>(best), row[best]);
     if (opts.has("print-logits")) {
       std::printf("logits %lld:", static_cast<long long>(t));
       for (int64_t v = 0; v < vocab; ++v)

@@ -127,8 +127,8 @@ TEST(DType, F16HandComputed) {
   EXPECT_EQ(f32ToF16(-1e10f), 0xfc00);
   EXPECT_EQ(f32ToF16(std::numeric_limits<float>::infinity()), 0x7c00);
   EXPECT_EQ(f32ToF16(-std::numeric_limits<float>::infinity()), 0xfc00);
-  EXPECT_EQ(f32ToF16(0x1p-14f), 0x0400);           // smallest normal
-  EXPECT_EQ(f32ToF16(0x1p-24f), 0x0001);           // smallest subnormal
+  EXPECT_EQ(f32ToF16(0x1p-14f), 0x0400); // smallest normal
+  EXPECT_EQ(f32ToF16(0x1p-24f), 0x0001); // smallest subnormal
   EXPECT_EQ(f32ToF16(-0x1p-24f), 0x8001);
   EXPECT_EQ(f32ToF16(1023.0f * 0x1p-24f), 0x03ff); // largest subnormal
   // Ties to even in the normal range: 1 + 2^-11 is halfway between 0x3c00 and 0x3c01.
@@ -173,10 +173,9 @@ TEST(DType, AllHalfPatternsRoundTrip) {
     if (exp == 0x1f && mant != 0) {
       EXPECT_TRUE(std::isnan(f16)) << std::hex << h;
     } else {
-      double mag = exp == 0 ? std::ldexp(mant, -24)
-                   : exp == 0x1f
-                       ? std::numeric_limits<double>::infinity()
-                       : std::ldexp(1.0 + mant / 1024.0, static_cast<int>(exp) - 15);
+      double mag = exp == 0      ? std::ldexp(mant, -24)
+                   : exp == 0x1f ? std::numeric_limits<double>::infinity()
+                                 : std::ldexp(1.0 + mant / 1024.0, static_cast<int>(exp) - 15);
       EXPECT_EQ(static_cast<double>(f16), (h & 0x8000) ? -mag : mag) << std::hex << h;
       EXPECT_EQ(f32ToF16(f16), b) << std::hex << h;
     }

@@ -1,6 +1,6 @@
 //===- InitTest.cpp - deterministic parameter initialization --------------===//
-#include "runtime/Error.h"
 #include "runtime/Init.h"
+#include "runtime/Error.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 //===- SafetensorsTest.cpp - safetensors round trips and malformed files --===//
-#include "runtime/Error.h"
 #include "runtime/Safetensors.h"
+#include "runtime/Error.h"
 
 #include <gtest/gtest.h>
 
@@ -87,8 +87,8 @@ std::string entry(const std::string &name, const std::string &dtype, const std::
 TEST_F(Safetensors, RoundTripManyDtypesAndShapes) {
   std::vector<TensorData> tensors = {
       makeTensor("model.embed_tokens.weight", DType::BF16, {5, 3}),
-      makeTensor("scalar", DType::F32, {}),       // rank 0: one element
-      makeTensor("empty", DType::F16, {0, 4}),    // zero elements, zero bytes
+      makeTensor("scalar", DType::F32, {}),    // rank 0: one element
+      makeTensor("empty", DType::F16, {0, 4}), // zero elements, zero bytes
       makeTensor("ids", DType::I64, {2, 1, 3}),
       makeTensor("count", DType::I32, {7}),
       makeTensor("f64", DType::F64, {1, 1, 1, 2}),
@@ -133,8 +133,7 @@ TEST_F(Safetensors, WrittenLayoutFollowsTheFormat) {
   EXPECT_EQ(n % 8, 0u) << "header must be padded to 8 bytes";
   ASSERT_EQ(bytes.size(), 8 + n + 8);
   std::string header = bytes.substr(8, n);
-  EXPECT_EQ(header.rfind("{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 0),
-            0u)
+  EXPECT_EQ(header.rfind("{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 0), 0u)
       << header;
   EXPECT_EQ(header.find_first_not_of(' ', header.find_last_of('}') + 1), std::string::npos);
   float data[2];
@@ -280,9 +279,9 @@ TEST_F(Safetensors, ErrorMalformedJson) {
 TEST_F(Safetensors, ErrorUnknownDtype) {
   expectReadError(craft("dtype", "{" + entry("w.q", "F8_E4M3", "[1]", "[0,1]") + "}", "x"),
                   {"tensor 'w.q'", "unknown dtype 'F8_E4M3'"});
-  expectReadError(craft("dtype2", "{\"w\":{\"dtype\":4,\"shape\":[],\"data_offsets\":[0,4]}}",
-                        "abcd"),
-                  {"tensor 'w'", "\"dtype\" is not a string"});
+  expectReadError(
+      craft("dtype2", "{\"w\":{\"dtype\":4,\"shape\":[],\"data_offsets\":[0,4]}}", "abcd"),
+      {"tensor 'w'", "\"dtype\" is not a string"});
 }
 
 TEST_F(Safetensors, ErrorNegativeShape) {
@@ -298,9 +297,9 @@ TEST_F(Safetensors, ErrorNonIntegerShape) {
   expectReadError(craft("notarray", "{" + entry("w", "F32", "2", "[0,8]") + "}", "01234567"),
                   {"tensor 'w'", "\"shape\" is not an array"});
   // Dimensions whose product overflows int64.
-  expectReadError(craft("overflow",
-                        "{" + entry("w", "F32", "[4294967296,4294967296]", "[0,0]") + "}"),
-                  {"tensor 'w'", "too many elements"});
+  expectReadError(
+      craft("overflow", "{" + entry("w", "F32", "[4294967296,4294967296]", "[0,0]") + "}"),
+      {"tensor 'w'", "too many elements"});
 }
 
 TEST_F(Safetensors, ErrorOffsetsOutOfRange) {
@@ -336,25 +335,26 @@ TEST_F(Safetensors, ErrorOverlappingTensors) {
                         data),
                   {"'a'", "'c'", "overlap"});
   // Aliasing by identical offsets.
-  expectReadError(craft("same",
-                        "{" + entry("a", "F32", "[2]", "[0,8]") + "," +
-                            entry("b", "I32", "[2]", "[0,8]") + "}",
-                        data),
-                  {"'a'", "'b'", "overlap"});
+  expectReadError(
+      craft("same",
+            "{" + entry("a", "F32", "[2]", "[0,8]") + "," + entry("b", "I32", "[2]", "[0,8]") + "}",
+            data),
+      {"'a'", "'b'", "overlap"});
   // Empty tensors anywhere are fine, and so is a gap between tensors.
-  SafetensorsFile ok = SafetensorsFile::read(craft(
-      "ok", "{" + entry("a", "F32", "[1]", "[0,4]") + "," + entry("e", "F32", "[0]", "[2,2]") +
-                "," + entry("b", "F32", "[1]", "[8,12]") + "}",
-      data));
+  SafetensorsFile ok = SafetensorsFile::read(craft("ok",
+                                                   "{" + entry("a", "F32", "[1]", "[0,4]") + "," +
+                                                       entry("e", "F32", "[0]", "[2,2]") + "," +
+                                                       entry("b", "F32", "[1]", "[8,12]") + "}",
+                                                   data));
   EXPECT_EQ(ok.tensors().size(), 3u);
 }
 
 TEST_F(Safetensors, ErrorDuplicateNames) {
-  expectReadError(craft("dup",
-                        "{" + entry("w", "F32", "[1]", "[0,4]") + "," +
-                            entry("w", "F32", "[1]", "[4,8]") + "}",
-                        "01234567"),
-                  {"duplicate entry 'w'"});
+  expectReadError(
+      craft("dup",
+            "{" + entry("w", "F32", "[1]", "[0,4]") + "," + entry("w", "F32", "[1]", "[4,8]") + "}",
+            "01234567"),
+      {"duplicate entry 'w'"});
   expectReadError(craft("dupmeta", "{\"__metadata__\":{},\"__metadata__\":{}}"),
                   {"duplicate entry '__metadata__'"});
 }
