@@ -45,6 +45,12 @@ sc::KernelKind kindOf(KernelKind k) {
     return sc::KernelKind_DecayAttention;
   case KernelKind::CrossEntropy:
     return sc::KernelKind_CrossEntropy;
+  case KernelKind::LightningAttention:
+    return sc::KernelKind_LightningAttention;
+  case KernelKind::AddSrmsNorm:
+    return sc::KernelKind_AddSrmsNorm;
+  case KernelKind::GatedLinear:
+    return sc::KernelKind_GatedLinear;
   }
   return sc::KernelKind_Linear;
 }

@@ -28,7 +28,10 @@ enum class KernelKind {
   Add,
   Lrpe,
   DecayAttention,
-  CrossEntropy
+  CrossEntropy,
+  LightningAttention, // tnlm.lightning_attention
+  AddSrmsNorm,        // tnlm.add_srms_norm
+  GatedLinear         // tnlm.gated_linear
 };
 const char *kernelName(KernelKind kind);
 

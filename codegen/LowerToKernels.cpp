@@ -28,6 +28,12 @@ const char *kernelName(KernelKind kind) {
     return "decay_attention";
   case KernelKind::CrossEntropy:
     return "cross_entropy";
+  case KernelKind::LightningAttention:
+    return "lightning_attention";
+  case KernelKind::AddSrmsNorm:
+    return "add_srms_norm";
+  case KernelKind::GatedLinear:
+    return "gated_linear";
   }
   return "?";
 }
@@ -200,6 +206,45 @@ private:
     return success();
   }
 
+  // One step: qkvu (+ θ) in; the gated, normalized output and, when φ or LRPE has to be
+  // applied, a workspace for q', k' that lives for this step only (the CPU kernel's prologue
+  // writes it; see runtime/cpu/Fused.h).
+  LogicalResult lightningAttention(LightningAttentionOp la) {
+    Operation *op = la.getOperation();
+    if (la.getOffset())
+      return la.emitError() << "a runtime position offset is bound by recurrent mode; "
+                               "infer artifacts start at position 0";
+    int64_t block = la.getBlockSizeAttr().getInt();
+    if (block <= 0)
+      return la.emitError() << "the Lightning Attention block size is not chosen; run "
+                               "tnlm-choose-tiles (part of tnlm-infer-pipeline) or give "
+                               "tnlm-fuse-lightning-attention a block-size";
+    FailureOr<PlanOperand> qkvu = useActivation(op, la.getQkvu());
+    if (failed(qkvu))
+      return failure();
+    std::vector<PlanOperand> inputs = {*qkvu};
+    if (Value theta = la.getTheta()) {
+      FailureOr<PlanOperand> t = useParam(op, theta, "LRPE theta");
+      if (failed(t))
+        return failure();
+      inputs.push_back(*t);
+    }
+    int64_t heads = la.getHeads(), dh = la.getHeadDim();
+    bool lrpe = static_cast<bool>(la.getTheta()), silu = la.hasSilu();
+    int64_t step = plan.steps.size();
+    std::vector<PlanOperand> outputs = {newBuffer(heads * dh, step)};
+    if (silu || lrpe)
+      outputs.push_back(newBuffer(2 * heads * la.getKeyDim(), step));
+    PlanStep &s = addStep(KernelKind::LightningAttention, op);
+    s.inputs = std::move(inputs);
+    s.outputs = outputs;
+    s.i64Attrs = {heads, dh, block, lrpe ? 1 : 0, silu ? 1 : 0, /*position offset*/ 0};
+    s.f32Attrs = {la.getEps().convertToFloat()};
+    s.slopes.assign(la.getSlopes().begin(), la.getSlopes().end());
+    values[la.getResult()] = outputs.front();
+    return success();
+  }
+
   LogicalResult lower(Operation &op) {
     if (auto e = llvm::dyn_cast<EmbeddingOp>(op)) {
       FailureOr<PlanOperand> ids = use(&op, e.getIds());
@@ -281,6 +326,36 @@ private:
       s.i64Attrs = {heads, dk, dv, /*block: recurrent form*/ 0};
       s.slopes.assign(at.getSlopes().begin(), at.getSlopes().end());
       values[at.getResult()] = y;
+      return success();
+    }
+    if (auto la = llvm::dyn_cast<LightningAttentionOp>(op))
+      return lightningAttention(la);
+    if (auto an = llvm::dyn_cast<AddSrmsNormOp>(op)) {
+      FailureOr<PlanOperand> a = useActivation(&op, an.getLhs());
+      FailureOr<PlanOperand> b = useActivation(&op, an.getRhs());
+      if (failed(a) || failed(b))
+        return failure();
+      int64_t step = plan.steps.size();
+      PlanOperand sum = newBuffer(a->cols, step), y = newBuffer(a->cols, step);
+      PlanStep &s = addStep(KernelKind::AddSrmsNorm, &op);
+      s.inputs = {*a, *b};
+      s.outputs = {sum, y};
+      s.f32Attrs = {an.getEps().convertToFloat()};
+      values[an.getSum()] = sum;
+      values[an.getResult()] = y;
+      return success();
+    }
+    if (auto gl = llvm::dyn_cast<GatedLinearOp>(op)) {
+      FailureOr<PlanOperand> x = useActivation(&op, gl.getInput());
+      FailureOr<PlanOperand> w1 = useParam(&op, gl.getW1(), "the W1 of a gated projection");
+      FailureOr<PlanOperand> w2 = useParam(&op, gl.getW2(), "the W2 of a gated projection");
+      if (failed(x) || failed(w1) || failed(w2))
+        return failure();
+      PlanOperand y = newBuffer(lastDim(gl.getResult()), plan.steps.size());
+      PlanStep &s = addStep(KernelKind::GatedLinear, &op);
+      s.inputs = {*x, *w1, *w2};
+      s.outputs = {y};
+      values[gl.getResult()] = y;
       return success();
     }
     if (auto sg = llvm::dyn_cast<SgluOp>(op)) {

@@ -261,5 +261,88 @@ LogicalResult CrossEntropyOp::verify() {
   return success();
 }
 
+LogicalResult LightningAttentionOp::verify() {
+  auto x = tensorOf(getQkvu()), y = tensorOf(getResult());
+  if (failed(expectRank(*this, "qkvu", x, 3)) || failed(expectRank(*this, "result", y, 3)) ||
+      failed(expectSameElementType(*this, "qkvu", x, "result", y)) ||
+      failed(expectDim(*this, "batch", x, 0, y, 0)) ||
+      failed(expectDim(*this, "sequence", x, 1, y, 1)))
+    return failure();
+  int64_t heads = getHeads(), dh = getHeadDim();
+  if (heads <= 0 || dh <= 0)
+    return emitOpError() << "heads and head_dim must be positive, got " << heads << " and "
+                         << dh;
+  int64_t width = heads * dh;
+  if (y.isDynamicDim(2) || y.getDimSize(2) != width)
+    return emitOpError() << "result width must be heads x head_dim = " << width << ", got "
+                         << dimStr(y.getDimSize(2));
+  if (!x.isDynamicDim(2) && x.getDimSize(2) != 4 * width)
+    return emitOpError() << "qkvu width must be 4 x " << width << " = " << 4 * width
+                         << " (q, k, v, u), got " << x.getDimSize(2);
+  ArrayRef<float> slopes = getSlopes();
+  if (static_cast<int64_t>(slopes.size()) != heads)
+    return emitOpError() << "has " << heads << " heads but " << slopes.size()
+                         << " decay slopes";
+  for (auto [h, s] : llvm::enumerate(slopes))
+    if (!std::isfinite(s) || s < 0.0f)
+      return emitOpError() << "decay slope of head " << h << " must be finite and >= 0, got "
+                           << s;
+  if (getBlockSizeAttr().getInt() < 0)
+    return emitOpError() << "block_size must be >= 0 (0: not chosen yet), got "
+                         << getBlockSizeAttr().getInt();
+  if (getActivation() != "silu" && getActivation() != "none")
+    return emitOpError() << "activation must be \"silu\" or \"none\", got \""
+                         << getActivation() << "\"";
+  float eps = getEps().convertToFloat();
+  if (!std::isfinite(eps) || eps < 0.0f)
+    return emitOpError() << "eps must be finite and >= 0, got " << eps;
+  if (Value theta = getTheta()) {
+    auto th = tensorOf(theta);
+    if (failed(expectSameElementType(*this, "qkvu", x, "theta", th)))
+      return failure();
+    if (th.getRank() != 3 || th.getDimSize(0) != heads || th.getDimSize(1) != 1 ||
+        th.getDimSize(2) != dh)
+      return emitOpError() << "theta must have shape [" << heads << ", 1, " << dh << "], got "
+                           << th;
+  } else if (getOffset()) {
+    return emitOpError() << "a position offset needs LRPE (a theta operand)";
+  }
+  return success();
+}
+
+LogicalResult AddSrmsNormOp::verify() {
+  if (tensorOf(getLhs()).getRank() < 1)
+    return emitOpError() << "operands must have rank >= 1";
+  float eps = getEps().convertToFloat();
+  if (!std::isfinite(eps) || eps < 0.0f)
+    return emitOpError() << "eps must be finite and >= 0, got " << eps;
+  return success();
+}
+
+LogicalResult GatedLinearOp::verify() {
+  auto x = tensorOf(getInput()), w1 = tensorOf(getW1()), w2 = tensorOf(getW2()),
+       y = tensorOf(getResult());
+  if (x.getRank() < 1)
+    return emitOpError() << "input must have rank >= 1";
+  if (failed(expectRank(*this, "w1", w1, 2)) || failed(expectRank(*this, "w2", w2, 2)) ||
+      failed(expectSameElementType(*this, "input", x, "w1", w1)) ||
+      failed(expectSameElementType(*this, "input", x, "w2", w2)) ||
+      failed(expectSameElementType(*this, "input", x, "result", y)))
+    return failure();
+  if (w1.getShape() != w2.getShape())
+    return emitOpError() << "w1 and w2 must have one shape, got " << w1 << " and " << w2;
+  if (y.getRank() != x.getRank())
+    return emitOpError() << "result rank " << y.getRank() << " must equal input rank "
+                         << x.getRank();
+  int64_t r = x.getRank();
+  if (failed(expectDim(*this, "input width vs w1 dim 1", x, r - 1, w1, 1)) ||
+      failed(expectDim(*this, "result width vs w1 dim 0 (glu width)", y, r - 1, w1, 0)))
+    return failure();
+  for (int64_t i = 0; i + 1 < r; ++i)
+    if (failed(expectDim(*this, "leading dim " + std::to_string(i), x, i, y, i)))
+      return failure();
+  return success();
+}
+
 #define GET_OP_CLASSES
 #include "dialect/TnlmOps.cpp.inc"

@@ -196,6 +196,137 @@ def Tnlm_DecayLinearAttentionOp : Tnlm_Op<"decay_linear_attention", [Pure]> {
 }
 
 //===----------------------------------------------------------------------===//
+// Fused forms (produced by the fusion passes of passes/, never by the importer)
+//===----------------------------------------------------------------------===//
+
+def Tnlm_LightningAttentionOp : Tnlm_Op<"lightning_attention",
+                                        [Pure, AttrSizedOperandSegments]> {
+  let summary = "the whole gated linear attention core as one tiled Lightning Attention";
+  let description = [{
+    Replaces the token mixer between the `qkvu_proj` output and `out_proj` (MODEL.md,
+    "TokenMixer"): with `[q | k | v | u] = qkvu` (four contiguous blocks of width
+    `D = heads · head_dim`, each head-major, dh-minor) and per head h,
+
+    ```
+    q_h, k_h = φ(q_h), φ(k_h)                    # activation: "silu" or "none"
+    q_h, k_h = LRPE(q_h), LRPE(k_h)              # only when θ is given (dk = 2·head_dim)
+    O_h      = Σ_{s≤t} λ_h^{t−s} (q_t·k_s) v_s   # λ_h = exp(−slopes[h]), causal
+    result   = u ⊙ SRMSNorm(concat_h O_h)        # ONE norm over all D features, eps
+    ```
+
+    which is exactly `split` → `silu` → `split_heads` → `lrpe` → `decay_linear_attention`
+    → `merge_heads` → `srms_norm` → `mul` with u (tnlm-fuse-lightning-attention).
+
+    **Why one qkvu operand.** The kernel reads q, k, v and u of a token from one row of the
+    projection output at column offsets 0, D, 2D, 3D: one base address and one row stride
+    (on GPU one TMA descriptor), and the split is part of what is fused. φ and LRPE are a
+    prologue applied to the Q and K tiles as they are loaded, so neither the activated nor
+    the position-encoded q and k exist as tensors.
+
+    **Tiling.** `block_size` is the Lightning Attention block B (MODEL.md): per (batch,
+    head), the intra-block part `((Q Kᵀ) ⊙ M) V` is a left product inside a B×B tile, the
+    inter-block part `Λ Q KV` a right product against the running f32 state KV (dk × dv),
+    updated as `KV = λ^B KV + (λ^B Λ⁻¹ K)ᵀ V`. The result does not depend on B (up to
+    rounding); 0 means "not chosen yet" and is filled in by `tnlm-choose-tiles`; the
+    kernel-level lowering requires B > 0.
+
+    **Cross-head norm.** SRMSNorm spans all heads, while the attention is computed one head
+    (one (b, h) tile) at a time. The reduction is split in two:
+    - on GPU, the attention kernel writes each head's un-normalized O_h tile and, per row t,
+      the partial sum of squares `Σ_c O_h[t, c]²` (f32) into a side buffer [B·N, H]; the
+      output projection reads its input through a prologue that sums the H partials,
+      applies `rsqrt(Σ/D + eps)` and multiplies by u, so the normalized, gated O is never
+      written;
+    - on CPU, the executor runs the blocked attention for all heads of the batch into the
+      result rows, then one epilogue pass per row normalizes the full row (sum of squares
+      in f64 over all D features) and multiplies by u while the row is in cache.
+    Both equal `u ⊙ SRMSNorm(O)` up to f32 rounding.
+
+    **LRPE.** Present iff `theta` is given (θ of shape [heads, 1, head_dim], the
+    checkpoint's `lrpe.theta`); positions are `t + offset`, offset an optional `index`
+    (0 when absent; recurrent decoding passes the prompt length), as in `tnlm.lrpe`.
+
+    Rules: `qkvu` is rank 3 `[B, N, 4·D]` and the result `[B, N, D]` with
+    `D = heads · head_dim` static and B, N agreeing; one element type throughout; `heads`
+    and `head_dim` > 0; `slopes` has `heads` entries, each finite and ≥ 0; `block_size`
+    ≥ 0; `activation` is "silu" or "none"; `eps` finite and ≥ 0; `theta`, if given, is
+    `[heads, 1, head_dim]`; `offset` needs `theta`.
+
+    ```mlir
+    %o = tnlm.lightning_attention %qkvu lrpe(%theta : tensor<2x1x32xf32>)
+        {heads = 2 : i64, head_dim = 32 : i64, block_size = 64 : i64,
+         slopes = array<f32: 0.0625, 0.00390625>}
+        : tensor<?x?x256xf32> -> tensor<?x?x64xf32>
+    ```
+  }];
+  let arguments = (ins Tnlm_FloatTensor:$qkvu, Optional<Tnlm_FloatTensor>:$theta,
+                       Optional<Index>:$offset,
+                       I64Attr:$heads, I64Attr:$head_dim,
+                       DefaultValuedAttr<I64Attr, "0">:$block_size,
+                       DenseF32ArrayAttr:$slopes,
+                       DefaultValuedStrAttr<StrAttr, "silu">:$activation,
+                       DefaultValuedAttr<F32Attr, "1.0e-6f">:$eps);
+  let results = (outs Tnlm_FloatTensor:$result);
+  let assemblyFormat = [{
+    $qkvu (`lrpe` `(` $theta^ `:` type($theta) `)`)? (`offset` `(` $offset^ `)`)? attr-dict
+    `:` type($qkvu) `->` type($result)
+  }];
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    /// q/k feature dim seen by the attention: 2·head_dim with LRPE, else head_dim.
+    int64_t getKeyDim() { return getTheta() ? 2 * getHeadDim() : getHeadDim(); }
+    bool hasSilu() { return getActivation() == "silu"; }
+  }];
+}
+
+def Tnlm_AddSrmsNormOp : Tnlm_Op<"add_srms_norm", [Pure, SameOperandsAndResultType]> {
+  let summary = "residual add and SRMSNorm of the sum in one pass";
+  let description = [{
+    `sum = lhs + rhs; result = sum · rsqrt(mean(sum², last axis) + eps)`: the residual
+    connection and the pre-norm of the next block (MODEL.md, "Forward pass") read their
+    operands once and write both the residual stream (`sum`, for the next residual add) and
+    its normalization (`result`, for the next projection). The sum is rounded to the element
+    type before it is normalized, exactly as `tnlm.add` followed by `tnlm.srms_norm`
+    (tnlm-fuse-add-norm). `sum` may be unused (the final norm before the LM head).
+
+    Rules: rank ≥ 1; both operands and both results have one type; `eps` finite and ≥ 0.
+
+    ```mlir
+    %h, %n = tnlm.add_srms_norm %x, %o {eps = 1.0e-6 : f32} : tensor<?x?x64xf32>
+    ```
+  }];
+  let arguments = (ins Tnlm_FloatTensor:$lhs, Tnlm_FloatTensor:$rhs,
+                       DefaultValuedAttr<F32Attr, "1.0e-6f">:$eps);
+  let results = (outs Tnlm_FloatTensor:$sum, Tnlm_FloatTensor:$result);
+  let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($sum)";
+  let hasVerifier = 1;
+}
+
+def Tnlm_GatedLinearOp : Tnlm_Op<"gated_linear", [Pure]> {
+  let summary = "the SGLU up-projections with their product: (x·W1ᵀ) ⊙ (x·W2ᵀ)";
+  let description = [{
+    `result[..., f] = (Σ_i x[..., i] W1[f, i]) · (Σ_i x[..., i] W2[f, i])`: the two
+    projections of SGLU that read the same normalized input, with the product applied where
+    the second projection's tile is produced (its epilogue), so neither `x·W1ᵀ` nor `x·W2ᵀ`
+    is written out (tnlm-fuse-sglu). W1 and W2 stay separate parameters with their Hugging
+    Face names: one GEMM over the concatenation [W1; W2] would need a second copy of the
+    weights (or a non-checkpoint layout); a backend may still build that copy at load time.
+
+    Rules: `input` has rank ≥ 1 with last dim d; `w1` and `w2` are both `[F, d]`; the result
+    has the input's leading dims and last dim F; all element types equal.
+
+    ```mlir
+    %p = tnlm.gated_linear %x, %w1, %w2
+        : (tensor<?x?x64xf32>, tensor<128x64xf32>, tensor<128x64xf32>) -> tensor<?x?x128xf32>
+    ```
+  }];
+  let arguments = (ins Tnlm_FloatTensor:$input, Tnlm_FloatTensor:$w1, Tnlm_FloatTensor:$w2);
+  let results = (outs Tnlm_FloatTensor:$result);
+  let assemblyFormat = "$input `,` $w1 `,` $w2 attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
 // Channel mixer, head, loss
 //===----------------------------------------------------------------------===//
 

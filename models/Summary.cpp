@@ -70,6 +70,10 @@ FailureOr<ModelSummary> summarizeModel(ModuleOp module, StringRef function) {
     else if (auto sg = llvm::dyn_cast<SgluOp>(op))
       s.projectionFlopsPerToken +=
           2 * (elements(sg.getW1()) + elements(sg.getW2()) + elements(sg.getW3()));
+    else if (auto gl = llvm::dyn_cast<GatedLinearOp>(op))
+      s.projectionFlopsPerToken += 2 * (elements(gl.getW1()) + elements(gl.getW2()));
+    else if (auto la = llvm::dyn_cast<LightningAttentionOp>(op))
+      s.attentionFlopsPerToken += 4 * la.getHeads() * la.getKeyDim() * la.getHeadDim();
     else if (auto head = llvm::dyn_cast<LmHeadOp>(op))
       s.projectionFlopsPerToken += 2 * elements(head.getWeight());
     else if (auto att = llvm::dyn_cast<DecayLinearAttentionOp>(op)) {

@@ -17,8 +17,24 @@ namespace mlir::tnlm {
 #define GEN_PASS_REGISTRATION
 #include "passes/Passes.h.inc"
 
-/// The model-level clean-up pipeline run before lowering for inference
-/// (`tnlm-infer-pipeline`): canonicalize and CSE. Later stages add fusion.
+/// Options of `tnlm-infer-pipeline`; tnlmc fills them from --target, --seq, --block-size.
+struct InferPipelineOptions : public PassPipelineOptions<InferPipelineOptions> {
+  Option<std::string> target{*this, "target",
+                             llvm::cl::desc("Target of the tile cost model: cpu or cuda:sm_90a"),
+                             llvm::cl::init("cpu")};
+  Option<int64_t> maxSeq{*this, "max-seq",
+                         llvm::cl::desc("Longest sequence the compiled model runs"),
+                         llvm::cl::init(2048)};
+  Option<int64_t> blockSize{
+      *this, "block-size",
+      llvm::cl::desc("Lightning Attention block size for every layer (0: cost model)"),
+      llvm::cl::init(0)};
+};
+
+/// The model-level pipeline run before lowering for inference (`tnlm-infer-pipeline`), in
+/// order: canonicalize, CSE, tnlm-fuse-lightning-attention, tnlm-fuse-sglu,
+/// tnlm-fuse-add-norm, tnlm-choose-tiles, canonicalize, CSE (docs/passes.md).
+void buildInferPipeline(OpPassManager &pm, const InferPipelineOptions &options);
 void buildInferPipeline(OpPassManager &pm);
 
 /// Registers every tnlm pass and the named pipelines with the global registry.

@@ -27,4 +27,92 @@ def PrintParamTable : Pass<"tnlm-print-param-table", "::mlir::ModuleOp"> {
   ];
 }
 
+def FuseLightningAttention : Pass<"tnlm-fuse-lightning-attention", "::mlir::ModuleOp"> {
+  let summary = "Fuse the gated linear attention core into tnlm.lightning_attention";
+  let description = [{
+    Matches the token mixer core of MODEL.md ("TokenMixer") as the importer builds it:
+
+    ```
+    %q, %k, %v, %u = tnlm.split %qkvu                      (4 parts, in this order)
+    φ(q), φ(k)       tnlm.silu on both or on neither        (activation "silu" / "none")
+    tnlm.split_heads of q, k and v                          (v without activation)
+    tnlm.lrpe of q and k with one θ and one offset, or of neither
+    tnlm.decay_linear_attention → tnlm.merge_heads → tnlm.srms_norm (over all D)
+    tnlm.mul with %u                                        (the output gate)
+    ```
+
+    and replaces it with one `tnlm.lightning_attention %qkvu` carrying heads, head_dim,
+    the decay slopes, the activation, θ and offset, the norm's eps and `block_size`. Every
+    intermediate value must have exactly one use; anything else (the attention output or
+    its normalization used elsewhere, a per-head norm before merge_heads, silu on only one
+    of q and k or on v, LRPE with different θ or on one side only, q and k swapped, a gate
+    other than the fourth part of the same split) leaves the graph as it was. The split
+    itself is kept if its parts have other users.
+  }];
+  let options = [
+    Option<"blockSize", "block-size", "int64_t", /*default=*/"0",
+           "Lightning Attention block size to record (0: leave it to tnlm-choose-tiles)">
+  ];
+  let dependentDialects = ["::mlir::tnlm::TnlmDialect"];
+}
+
+def FuseSglu : Pass<"tnlm-fuse-sglu", "::mlir::ModuleOp"> {
+  let summary = "Fuse the SGLU up-projections and their product into tnlm.gated_linear";
+  let description = [{
+    The channel mixer `(x·W1ᵀ ⊙ x·W2ᵀ)·W3ᵀ` reads its normalized input twice. Both forms
+    are rewritten:
+    - `tnlm.sglu %x, %w1, %w2, %w3` → `tnlm.gated_linear %x, %w1, %w2` + `tnlm.linear` with W3;
+    - `tnlm.mul(tnlm.linear(%x, %w1), tnlm.linear(%x, %w2))`, both projections of one input
+      and used only by the product (the form `tnlm-decompose-sglu` leaves) →
+      `tnlm.gated_linear %x, %w1, %w2`.
+    Projections of different inputs, or one whose result is also used elsewhere, are left
+    alone. W1 and W2 stay separate parameters (checkpoint names are unchanged).
+  }];
+  let dependentDialects = ["::mlir::tnlm::TnlmDialect"];
+}
+
+def FuseAddNorm : Pass<"tnlm-fuse-add-norm", "::mlir::ModuleOp"> {
+  let summary = "Fuse a residual add with the SRMSNorm that reads it into tnlm.add_srms_norm";
+  let description = [{
+    `%h = tnlm.add %a, %b` followed by `%n = tnlm.srms_norm %h` becomes
+    `%h, %n = tnlm.add_srms_norm %a, %b` (both results; other users of `%h` read the first).
+    In a TransNormerLLM this is every pre-norm except the first layer's (whose input is the
+    embedding) and the final norm before the LM head. A norm of anything but an add is left
+    alone, as is an add without a norm.
+  }];
+  let dependentDialects = ["::mlir::tnlm::TnlmDialect"];
+}
+
+def ChooseTiles : Pass<"tnlm-choose-tiles", "::mlir::ModuleOp"> {
+  let summary = "Pick the Lightning Attention block size of every fused attention";
+  let description = [{
+    For every `tnlm.lightning_attention` whose `block_size` is 0 (not chosen), picks B from
+    the candidates 16, 32, 64, 128, 256 with the cost model of passes/TileCostModel.h, for
+    one (batch, head) over `max-seq` tokens with dk = 2·head_dim (LRPE) or head_dim and
+    dv = head_dim, m = min(B, max-seq), T = ceil(max-seq / m):
+
+    ```
+    flops(B)   = T · (2·m²·(dk + dv) + 4·m·dk·dv)     intra-block tiles + state products
+    seconds(B) = flops / (rate · min(1, m / B_full)) + T · t_block
+    subject to   e·m·(2·dk + 2·dv) + 4·(m² + dk·dv) ≤ on-chip bytes
+    ```
+
+    (Q, K, V, O tiles of element size e, the f32 score tile and the f32 state). Target
+    constants (rate, B_full, t_block, on-chip bytes, e): `cpu` one core at 50 GFLOP/s,
+    32, 2 µs (four BLAS calls), 1 MiB L2, f32; `cuda:sm_90a` one SM at 7.5 TFLOP/s bf16,
+    64 (wgmma M), 1 µs, 227 KiB shared memory, bf16. The smallest cost wins, ties to the
+    smaller block. A block size already set (e.g. by tnlm-fuse-lightning-attention's
+    block-size) is kept; the `block-size` option overrides every op.
+  }];
+  let options = [
+    Option<"target", "target", "std::string", /*default=*/"\"cpu\"",
+           "Target whose constants the cost model uses: cpu or cuda:sm_90a">,
+    Option<"maxSeq", "max-seq", "int64_t", /*default=*/"2048",
+           "Longest sequence the compiled model runs (tnlmc --seq)">,
+    Option<"blockSize", "block-size", "int64_t", /*default=*/"0",
+           "Use this block size for every fused attention (0: the cost model decides)">
+  ];
+  let dependentDialects = ["::mlir::tnlm::TnlmDialect"];
+}
+
 #endif // TNLM_PASSES_TD

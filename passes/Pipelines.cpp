@@ -6,14 +6,35 @@
 
 using namespace mlir;
 
-void mlir::tnlm::buildInferPipeline(OpPassManager &pm) {
+// Clean-up first, so the fusion patterns see one op per value (CSE merges duplicates that
+// would otherwise count as extra uses); fusions before tiling, which sizes the fused ops;
+// a last clean-up removes what the rewrites left dead.
+void mlir::tnlm::buildInferPipeline(OpPassManager &pm, const InferPipelineOptions &options) {
+  pm.addPass(createCanonicalizerPass());
+  pm.addPass(createCSEPass());
+  pm.addPass(createFuseLightningAttention());
+  pm.addPass(createFuseSglu());
+  pm.addPass(createFuseAddNorm());
+  ChooseTilesOptions tiles;
+  tiles.target = options.target;
+  tiles.maxSeq = options.maxSeq;
+  tiles.blockSize = options.blockSize;
+  pm.addPass(createChooseTiles(tiles));
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
 }
 
+void mlir::tnlm::buildInferPipeline(OpPassManager &pm) {
+  buildInferPipeline(pm, InferPipelineOptions());
+}
+
 void mlir::tnlm::registerTnlmPassesAndPipelines() {
   registerTnlmPasses();
-  PassPipelineRegistration<>("tnlm-infer-pipeline",
-                             "Model-level clean-up for inference: canonicalize, CSE",
-                             buildInferPipeline);
+  PassPipelineRegistration<InferPipelineOptions>(
+      "tnlm-infer-pipeline",
+      "Model-level pipeline for inference: canonicalize, CSE, fuse Lightning Attention, SGLU "
+      "and add+norm, choose tiles, canonicalize, CSE",
+      [](OpPassManager &pm, const InferPipelineOptions &options) {
+        buildInferPipeline(pm, options);
+      });
 }

@@ -16,6 +16,39 @@ Target fromSchema(schema::Target t) {
   return t == schema::Target_CUDA_SM90A ? Target::CudaSm90a : Target::Cpu;
 }
 
+// LightningAttention: attributes [heads, head_dim, block, lrpe, silu, position_offset] decide
+// which operands exist and how wide they are (tnlm.fbs).
+template <typename ParamShape, typename Fail>
+void checkLightningAttention(const schema::Step &s, ParamShape paramShape, Fail fail) {
+  auto attr = [&](unsigned i) { return s.i64_attrs()->Get(i); };
+  const int64_t h = attr(0), dh = attr(1), block = attr(2), lrpe = attr(3), silu = attr(4);
+  constexpr int64_t kLimit = int64_t(1) << 24; // keeps the width products below overflow
+  if (h <= 0 || h > kLimit || dh <= 0 || dh > kLimit || block <= 0 || (lrpe != 0 && lrpe != 1) ||
+      (silu != 0 && silu != 1) || attr(5) < 0)
+    fail(" has invalid Lightning Attention attributes");
+  const int64_t dk = lrpe ? 2 * dh : dh;
+  const unsigned inputs = 1 + static_cast<unsigned>(lrpe);
+  const unsigned outputs = (silu || lrpe) ? 2 : 1;
+  if (s.inputs()->size() != inputs || s.outputs()->size() != outputs)
+    fail(" has operands that do not match its LRPE and activation flags");
+  if (!s.slopes() || s.slopes()->size() != static_cast<unsigned>(h))
+    fail(" has attention shapes that do not agree with its heads and slopes");
+  const schema::Operand *x = s.inputs()->Get(0), *y = s.outputs()->Get(0);
+  if (x->kind() != schema::OperandKind_Arena || x->cols() != 4 * h * dh || y->cols() != h * dh)
+    fail(" has attention shapes that do not agree with its heads and slopes");
+  if (lrpe) {
+    auto t = paramShape(s.inputs()->Get(1));
+    if (t->size() != 3 || t->Get(0) != h || t->Get(1) != 1 || t->Get(2) != dh)
+      fail(" has LRPE shapes that do not agree");
+  }
+  if (outputs == 2) {
+    const schema::Operand *ws = s.outputs()->Get(1);
+    if (ws->kind() != schema::OperandKind_Arena || ws->cols() != 2 * h * dk ||
+        ws->ld() != ws->cols() || ws->col_offset() != 0)
+      fail(" has a workspace that does not fit its q and k");
+  }
+}
+
 // Checks that go beyond the FlatBuffers verifier: every index and shape the executor will
 // follow must be in range, so a crafted artifact cannot make it read out of bounds.
 void checkStructure(const schema::Artifact &a, const std::string &src) {
@@ -41,15 +74,31 @@ void checkStructure(const schema::Artifact &a, const std::string &src) {
       if (!s->inputs() || !s->outputs())
         fail(at + " lacks operands");
       // Arity and attributes per kernel, so the executor never indexes past a vector.
-      struct Arity { unsigned in, f32, i64; };
-      static const Arity arity[] = {{2, 1, 0}, {1, 1, 0}, {2, 0, 0}, {1, 0, 0}, {2, 0, 0},
-                                    {2, 0, 0}, {2, 0, 3}, {3, 0, 4}, {2, 0, 1}};
+      // Operand counts are ranges: LightningAttention takes θ and a workspace only when
+      // its LRPE / prologue flags say so (checked below).
+      struct Arity { unsigned in, inMax, out, outMax, f32, i64; };
+      static const Arity arity[] = {
+          {2, 2, 1, 1, 1, 0}, // Embedding
+          {1, 1, 1, 1, 1, 0}, // SrmsNorm
+          {2, 2, 1, 1, 0, 0}, // Linear
+          {1, 1, 1, 1, 0, 0}, // Silu
+          {2, 2, 1, 1, 0, 0}, // Mul
+          {2, 2, 1, 1, 0, 0}, // Add
+          {2, 2, 1, 1, 0, 3}, // Lrpe
+          {3, 3, 1, 1, 0, 4}, // DecayAttention
+          {2, 2, 1, 1, 0, 1}, // CrossEntropy
+          {1, 2, 1, 2, 1, 6}, // LightningAttention
+          {2, 2, 2, 2, 1, 0}, // AddSrmsNorm
+          {3, 3, 1, 1, 0, 0}, // GatedLinear
+      };
       unsigned kind = static_cast<unsigned>(s->kind());
       if (kind >= sizeof(arity) / sizeof(arity[0]))
         fail(at + " has unknown kernel kind " + std::to_string(kind));
       auto count = [](auto *v) { return v ? v->size() : 0u; };
-      if (s->inputs()->size() != arity[kind].in || s->outputs()->size() != 1 ||
-          count(s->f32_attrs()) < arity[kind].f32 || count(s->i64_attrs()) < arity[kind].i64)
+      const Arity &ar = arity[kind];
+      if (s->inputs()->size() < ar.in || s->inputs()->size() > ar.inMax ||
+          s->outputs()->size() < ar.out || s->outputs()->size() > ar.outMax ||
+          count(s->f32_attrs()) < ar.f32 || count(s->i64_attrs()) < ar.i64)
         fail(at + " has the wrong number of operands or attributes");
       auto paramShape = [&](const schema::Operand *o) {
         if (o->kind() != schema::OperandKind_Param || o->offset() >= a.params()->size())
@@ -79,7 +128,18 @@ void checkStructure(const schema::Artifact &a, const std::string &src) {
             s->inputs()->Get(0)->cols() != h * dk || s->inputs()->Get(1)->cols() != h * dk ||
             s->inputs()->Get(2)->cols() != h * dv || y->cols() != h * dv)
           fail(at + " has attention shapes that do not agree with its heads and slopes");
+      } else if (s->kind() == schema::KernelKind_LightningAttention) {
+        checkLightningAttention(*s, paramShape, [&](const std::string &w) { fail(at + w); });
+      } else if (s->kind() == schema::KernelKind_GatedLinear) {
+        const schema::Operand *x = s->inputs()->Get(0);
+        for (unsigned i : {1u, 2u}) {
+          auto w = paramShape(s->inputs()->Get(i));
+          if (w->size() != 2 || w->Get(1) != x->cols() || w->Get(0) != y->cols())
+            fail(at + " has a weight whose shape does not match its operands");
+        }
       } else if (s->kind() != schema::KernelKind_CrossEntropy) {
+        if (s->outputs()->size() > 1 && s->outputs()->Get(1)->cols() != y->cols())
+          fail(at + " has operands whose widths do not agree");
         for (const schema::Operand *o : *s->inputs())
           if (o->kind() != schema::OperandKind_Arena || o->cols() != y->cols())
             fail(at + " has operands whose widths do not agree");

@@ -2,6 +2,7 @@
 #include "runtime/CpuExecutor.h"
 
 #include "runtime/Error.h"
+#include "runtime/cpu/Fused.h"
 #include "runtime/cpu/Kernels.h"
 
 #include <cmath>
@@ -112,6 +113,25 @@ std::vector<float> CpuExecutor::forward(const int32_t *ids, int64_t batch, int64
                                            y->ld());
       break;
     }
+    case schema::KernelKind_LightningAttention: {
+      // Operands as checked by Artifact's checkStructure: θ iff lrpe, workspace iff prologue.
+      bool lrpe = i64(3) != 0, silu = i64(4) != 0;
+      cpu::fusedLightningAttention(ptr(in.Get(0)), in.Get(0)->ld(), batch, seq, i64(0), i64(1),
+                                   silu, lrpe ? ptr(in.Get(1)) : nullptr, i64(5),
+                                   s->slopes()->data(), i64(2), f32(0),
+                                   out.size() > 1 ? ptr(out.Get(1)) : nullptr, ptr(y), y->ld());
+      break;
+    }
+    case schema::KernelKind_AddSrmsNorm: {
+      const schema::Operand *n = out.Get(1);
+      cpu::addSrmsNorm(ptr(in.Get(0)), ptr(in.Get(1)), rows, y->cols(), in.Get(0)->ld(),
+                       in.Get(1)->ld(), f32(0), ptr(y), y->ld(), ptr(n), n->ld());
+      break;
+    }
+    case schema::KernelKind_GatedLinear:
+      cpu::gatedLinear(ptr(in.Get(0)), rows, in.Get(0)->cols(), in.Get(0)->ld(), ptr(in.Get(1)),
+                       ptr(in.Get(2)), y->cols(), ptr(y), y->ld());
+      break;
     default:
       throw Error(src + ": step '" + s->name()->str() + "' has a kernel kind (" +
                   std::to_string(static_cast<int>(s->kind())) +

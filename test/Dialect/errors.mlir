@@ -277,3 +277,171 @@ module attributes {tnlm.bogus = 1 : i64} {
 func.func @unknown_arg_attr(%a: tensor<4xf32> {tnlm.weight = "w"}) {
   return
 }
+
+// -----
+
+func.func @lightning_slopes(%x: tensor<1x8x256xf32>) {
+  // expected-error @+1 {{has 2 heads but 1 decay slopes}}
+  %o = tnlm.lightning_attention %x {heads = 2 : i64, head_dim = 32 : i64, slopes = array<f32: 0.5>} : tensor<1x8x256xf32> -> tensor<1x8x64xf32>
+  return
+}
+
+// -----
+
+func.func @lightning_negative_slope(%x: tensor<1x8x256xf32>) {
+  // expected-error @+1 {{decay slope of head 0 must be finite and >= 0, got -1}}
+  %o = tnlm.lightning_attention %x {heads = 2 : i64, head_dim = 32 : i64, slopes = array<f32: -1.0, 0.5>} : tensor<1x8x256xf32> -> tensor<1x8x64xf32>
+  return
+}
+
+// -----
+
+func.func @lightning_qkvu_width(%x: tensor<1x8x192xf32>) {
+  // expected-error @+1 {{qkvu width must be 4 x 64 = 256 (q, k, v, u), got 192}}
+  %o = tnlm.lightning_attention %x {heads = 2 : i64, head_dim = 32 : i64, slopes = array<f32: 0.5, 0.25>} : tensor<1x8x192xf32> -> tensor<1x8x64xf32>
+  return
+}
+
+// -----
+
+func.func @lightning_result_width(%x: tensor<1x8x256xf32>) {
+  // expected-error @+1 {{result width must be heads x head_dim = 64, got 32}}
+  %o = tnlm.lightning_attention %x {heads = 2 : i64, head_dim = 32 : i64, slopes = array<f32: 0.5, 0.25>} : tensor<1x8x256xf32> -> tensor<1x8x32xf32>
+  return
+}
+
+// -----
+
+func.func @lightning_heads(%x: tensor<1x8x256xf32>) {
+  // expected-error @+1 {{heads and head_dim must be positive, got 0 and 32}}
+  %o = tnlm.lightning_attention %x {heads = 0 : i64, head_dim = 32 : i64, slopes = array<f32>} : tensor<1x8x256xf32> -> tensor<1x8x64xf32>
+  return
+}
+
+// -----
+
+func.func @lightning_sequence(%x: tensor<1x8x256xf32>) {
+  // expected-error @+1 {{sequence mismatch: 8 vs 9}}
+  %o = tnlm.lightning_attention %x {heads = 2 : i64, head_dim = 32 : i64, slopes = array<f32: 0.5, 0.25>} : tensor<1x8x256xf32> -> tensor<1x9x64xf32>
+  return
+}
+
+// -----
+
+func.func @lightning_block(%x: tensor<1x8x256xf32>) {
+  // expected-error @+1 {{block_size must be >= 0 (0: not chosen yet), got -64}}
+  %o = tnlm.lightning_attention %x {heads = 2 : i64, head_dim = 32 : i64, block_size = -64 : i64, slopes = array<f32: 0.5, 0.25>} : tensor<1x8x256xf32> -> tensor<1x8x64xf32>
+  return
+}
+
+// -----
+
+func.func @lightning_activation(%x: tensor<1x8x256xf32>) {
+  // expected-error @+1 {{activation must be "silu" or "none", got "relu"}}
+  %o = tnlm.lightning_attention %x {heads = 2 : i64, head_dim = 32 : i64, activation = "relu", slopes = array<f32: 0.5, 0.25>} : tensor<1x8x256xf32> -> tensor<1x8x64xf32>
+  return
+}
+
+// -----
+
+func.func @lightning_eps(%x: tensor<1x8x256xf32>) {
+  // expected-error @+1 {{eps must be finite and >= 0, got -1}}
+  %o = tnlm.lightning_attention %x {heads = 2 : i64, head_dim = 32 : i64, eps = -1.0 : f32, slopes = array<f32: 0.5, 0.25>} : tensor<1x8x256xf32> -> tensor<1x8x64xf32>
+  return
+}
+
+// -----
+
+func.func @lightning_theta_shape(%x: tensor<1x8x256xf32>, %t: tensor<2x1x16xf32>) {
+  // expected-error @+1 {{theta must have shape [2, 1, 32], got 'tensor<2x1x16xf32>'}}
+  %o = tnlm.lightning_attention %x lrpe(%t : tensor<2x1x16xf32>) {heads = 2 : i64, head_dim = 32 : i64, slopes = array<f32: 0.5, 0.25>} : tensor<1x8x256xf32> -> tensor<1x8x64xf32>
+  return
+}
+
+// -----
+
+func.func @lightning_theta_type(%x: tensor<1x8x256xf32>, %t: tensor<2x1x32xbf16>) {
+  // expected-error @+1 {{qkvu and theta must have the same element type, got 'f32' and 'bf16'}}
+  %o = tnlm.lightning_attention %x lrpe(%t : tensor<2x1x32xbf16>) {heads = 2 : i64, head_dim = 32 : i64, slopes = array<f32: 0.5, 0.25>} : tensor<1x8x256xf32> -> tensor<1x8x64xf32>
+  return
+}
+
+// -----
+
+func.func @lightning_offset_without_lrpe(%x: tensor<1x8x256xf32>, %off: index) {
+  // expected-error @+1 {{a position offset needs LRPE (a theta operand)}}
+  %o = tnlm.lightning_attention %x offset(%off) {heads = 2 : i64, head_dim = 32 : i64, slopes = array<f32: 0.5, 0.25>} : tensor<1x8x256xf32> -> tensor<1x8x64xf32>
+  return
+}
+
+// -----
+
+func.func @lightning_element_type(%x: tensor<1x8x256xbf16>) {
+  // expected-error @+1 {{qkvu and result must have the same element type, got 'bf16' and 'f32'}}
+  %o = tnlm.lightning_attention %x {heads = 2 : i64, head_dim = 32 : i64, slopes = array<f32: 0.5, 0.25>} : tensor<1x8x256xbf16> -> tensor<1x8x64xf32>
+  return
+}
+
+// -----
+
+func.func @add_norm_types(%a: tensor<4x8xf32>, %b: tensor<4x8xf16>) {
+  // expected-error @+1 {{requires the same type for all operands and results}}
+  %s, %n = "tnlm.add_srms_norm"(%a, %b) : (tensor<4x8xf32>, tensor<4x8xf16>) -> (tensor<4x8xf32>, tensor<4x8xf32>)
+  return
+}
+
+// -----
+
+func.func @add_norm_eps(%a: tensor<4x8xf32>) {
+  // expected-error @+1 {{eps must be finite and >= 0, got -1}}
+  %s, %n = tnlm.add_srms_norm %a, %a {eps = -1.0 : f32} : tensor<4x8xf32>
+  return
+}
+
+// -----
+
+func.func @add_norm_rank(%a: tensor<f32>) {
+  // expected-error @+1 {{operands must have rank >= 1}}
+  %s, %n = tnlm.add_srms_norm %a, %a : tensor<f32>
+  return
+}
+
+// -----
+
+func.func @gated_linear_shapes(%x: tensor<4x8xf32>, %w1: tensor<16x8xf32>, %w2: tensor<12x8xf32>) {
+  // expected-error @+1 {{w1 and w2 must have one shape, got 'tensor<16x8xf32>' and 'tensor<12x8xf32>'}}
+  %y = tnlm.gated_linear %x, %w1, %w2 : (tensor<4x8xf32>, tensor<16x8xf32>, tensor<12x8xf32>) -> tensor<4x16xf32>
+  return
+}
+
+// -----
+
+func.func @gated_linear_in(%x: tensor<4x6xf32>, %w: tensor<16x8xf32>) {
+  // expected-error @+1 {{input width vs w1 dim 1 mismatch: 6 vs 8}}
+  %y = tnlm.gated_linear %x, %w, %w : (tensor<4x6xf32>, tensor<16x8xf32>, tensor<16x8xf32>) -> tensor<4x16xf32>
+  return
+}
+
+// -----
+
+func.func @gated_linear_out(%x: tensor<4x8xf32>, %w: tensor<16x8xf32>) {
+  // expected-error @+1 {{result width vs w1 dim 0 (glu width) mismatch: 12 vs 16}}
+  %y = tnlm.gated_linear %x, %w, %w : (tensor<4x8xf32>, tensor<16x8xf32>, tensor<16x8xf32>) -> tensor<4x12xf32>
+  return
+}
+
+// -----
+
+func.func @gated_linear_rows(%x: tensor<4x8xf32>, %w: tensor<16x8xf32>) {
+  // expected-error @+1 {{leading dim 0 mismatch: 4 vs 5}}
+  %y = tnlm.gated_linear %x, %w, %w : (tensor<4x8xf32>, tensor<16x8xf32>, tensor<16x8xf32>) -> tensor<5x16xf32>
+  return
+}
+
+// -----
+
+func.func @gated_linear_type(%x: tensor<4x8xf32>, %w: tensor<16x8xbf16>) {
+  // expected-error @+1 {{input and w1 must have the same element type, got 'f32' and 'bf16'}}
+  %y = tnlm.gated_linear %x, %w, %w : (tensor<4x8xf32>, tensor<16x8xbf16>, tensor<16x8xbf16>) -> tensor<4x16xf32>
+  return
+}

@@ -67,3 +67,19 @@ func.func @f16_ops(%a: tensor<3x5xf16>) -> tensor<3x5xf16> {
   %p = tnlm.mul %s, %a : tensor<3x5xf16>
   return %p : tensor<3x5xf16>
 }
+
+// The fused forms produced by the fusion passes.
+// CHECK-LABEL: func.func @fused_forms
+func.func @fused_forms(%qkvu: tensor<?x?x256xf32>, %theta: tensor<2x1x32xf32>, %off: index,
+                       %x: tensor<?x?x64xf32>, %w1: tensor<128x64xf32>, %w2: tensor<128x64xf32>)
+    -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<?x?x128xf32>) {
+  // CHECK: tnlm.lightning_attention %{{.*}} lrpe(%{{.*}} : tensor<2x1x32xf32>) offset(%{{.*}}) {block_size = 64 : i64, head_dim = 32 : i64, heads = 2 : i64, slopes = array<f32: 6.250000e-02, 3.906250e-08>} : tensor<?x?x256xf32> -> tensor<?x?x64xf32>
+  %a = tnlm.lightning_attention %qkvu lrpe(%theta : tensor<2x1x32xf32>) offset(%off) {heads = 2 : i64, head_dim = 32 : i64, block_size = 64 : i64, slopes = array<f32: 0.0625, 3.90625e-08>} : tensor<?x?x256xf32> -> tensor<?x?x64xf32>
+  // CHECK: tnlm.lightning_attention %{{.*}} {activation = "none", eps = 9.99999974E-6 : f32, head_dim = 16 : i64, heads = 4 : i64, slopes = array<f32: 5.000000e-01, 2.500000e-01, 1.250000e-01, 6.250000e-02>} : tensor<?x?x256xf32> -> tensor<?x?x64xf32>
+  %b = tnlm.lightning_attention %qkvu {heads = 4 : i64, head_dim = 16 : i64, activation = "none", eps = 1.0e-5 : f32, slopes = array<f32: 0.5, 0.25, 0.125, 0.0625>} : tensor<?x?x256xf32> -> tensor<?x?x64xf32>
+  // CHECK: %{{.*}}, %{{.*}} = tnlm.add_srms_norm %{{.*}}, %{{.*}} : tensor<?x?x64xf32>
+  %h, %n = tnlm.add_srms_norm %x, %a : tensor<?x?x64xf32>
+  // CHECK: tnlm.gated_linear %{{.*}}, %{{.*}}, %{{.*}} : (tensor<?x?x64xf32>, tensor<128x64xf32>, tensor<128x64xf32>) -> tensor<?x?x128xf32>
+  %p = tnlm.gated_linear %n, %w1, %w2 : (tensor<?x?x64xf32>, tensor<128x64xf32>, tensor<128x64xf32>) -> tensor<?x?x128xf32>
+  return %b, %h, %n, %p : tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<?x?x128xf32>
+}

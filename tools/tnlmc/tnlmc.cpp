@@ -1,6 +1,7 @@
 //===- tnlmc.cpp - the tnlm compiler driver -------------------------------===//
 //
-//   tnlmc CONFIG.json|MODEL.mlir [--emit=mlir] [--summary] [--dtype=bf16] [-o FILE]
+//   tnlmc CONFIG.json|MODEL.mlir [--emit=mlir|plan|artifact] [--pipeline=none|infer]
+//         [--block-size=N] [--summary] [--dtype=bf16] [-o FILE]
 //
 // Reads a Hugging Face-style TransNormerLLM config (imported into model-level tnlm IR) or a
 // hand-written .mlir module, and emits or summarizes it. Every flag is documented in --help
@@ -69,6 +70,20 @@ cl::opt<int64_t> maxSeq("seq", cl::cat(category), cl::init(2048),
 cl::opt<bool> summary("summary", cl::cat(category), cl::init(false),
                       cl::desc("Print parameters per component and in total, weight bytes per "
                                "dtype and forward FLOPs per token"));
+enum class Pipeline { Auto, None, Infer };
+cl::opt<Pipeline> pipeline(
+    "pipeline", cl::cat(category), cl::init(Pipeline::Auto),
+    cl::desc("Model-level pass pipeline run before emitting IR or lowering to kernels "
+             "(default: infer for --emit=plan|artifact and --summary, none for --emit=mlir)"),
+    cl::values(clEnumValN(Pipeline::None, "none", "the imported or parsed IR as it is"),
+               clEnumValN(Pipeline::Infer, "infer",
+                          "tnlm-infer-pipeline: fuse Lightning Attention, SGLU and add+norm, "
+                          "choose tiles for --target and --seq")));
+cl::opt<int64_t> blockSize("block-size", cl::cat(category), cl::init(0),
+                           cl::desc("Lightning Attention block size of every layer with "
+                                    "--pipeline=infer (default 0: the tile cost model picks it "
+                                    "from the head dim, --seq and --target)"),
+                           cl::value_desc("n"));
 cl::opt<std::string> dtype("dtype", cl::cat(category), cl::init(""),
                            cl::desc("Parameter dtype: f32, bf16 or f16 (default: the config's "
                                     "torch_dtype, else f32); configs only"),
@@ -130,7 +145,8 @@ int main(int argc, char **argv) {
       "tnlm compiler: TransNormerLLM config or tnlm IR -> IR, kernel plan, artifact\n\n"
       "  tnlmc models/tnl-7b.json --summary\n"
       "  tnlmc models/tiny.json --emit=mlir -o tiny.mlir\n"
-      "  tnlmc models/tiny.json --mode=infer --target=cpu --batch=4 --seq=256 -o tiny.tnlm\n");
+      "  tnlmc models/tiny.json --mode=infer --target=cpu --batch=4 --seq=256 -o tiny.tnlm\n"
+      "  tnlmc models/tiny.json --pipeline=infer --emit=mlir --mlir-print-ir-after-all\n");
 
   DialectRegistry registry;
   registry.insert<tnlm::TnlmDialect, func::FuncDialect>();
@@ -161,6 +177,29 @@ int main(int argc, char **argv) {
   if (what == Emit::Artifact && outputPath == "-") {
     error("--emit=artifact needs an output file: -o model.tnlm");
     return 1;
+  }
+  // Compiled outputs are fused by default; printed IR shows what was imported or parsed.
+  Pipeline stages = pipeline;
+  if (stages == Pipeline::Auto)
+    stages = what == Emit::Mlir ? Pipeline::None : Pipeline::Infer;
+
+  if (blockSize < 0 || (blockSize.getNumOccurrences() && stages != Pipeline::Infer)) {
+    error("--block-size must be >= 0 and applies with --pipeline=infer only");
+    return 1;
+  }
+  // The summary's parameter and FLOP counts do not depend on the pipeline; the planned arena
+  // below does. --mlir-print-ir-after-all shows each stage of the pipeline on stderr.
+  if (stages == Pipeline::Infer) {
+    PassManager pm(&context);
+    if (failed(applyPassManagerCLOptions(pm)))
+      return 1;
+    tnlm::InferPipelineOptions options;
+    options.target = target;
+    options.maxSeq = maxSeq;
+    options.blockSize = blockSize;
+    tnlm::buildInferPipeline(pm, options);
+    if (failed(pm.run(*module)))
+      return 1;
   }
 
   // The kernel plan serves the summary (planned arena) and the plan/artifact outputs.
