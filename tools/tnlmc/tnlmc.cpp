@@ -74,7 +74,7 @@ enum class Pipeline { Auto, None, Infer };
 cl::opt<Pipeline> pipeline(
     "pipeline", cl::cat(category), cl::init(Pipeline::Auto),
     cl::desc("Model-level pass pipeline run before emitting IR or lowering to kernels "
-             "(default: infer for --emit=plan|artifact and --summary, none for --emit=mlir)"),
+             "(default: infer)"),
     cl::values(clEnumValN(Pipeline::None, "none", "the imported or parsed IR as it is"),
                clEnumValN(Pipeline::Infer, "infer",
                           "tnlm-infer-pipeline: fuse Lightning Attention, SGLU and add+norm, "
@@ -178,10 +178,9 @@ int main(int argc, char **argv) {
     error("--emit=artifact needs an output file: -o model.tnlm");
     return 1;
   }
-  // Compiled outputs are fused by default; printed IR shows what was imported or parsed.
-  Pipeline stages = pipeline;
-  if (stages == Pipeline::Auto)
-    stages = what == Emit::Mlir ? Pipeline::None : Pipeline::Infer;
+  // Everything tnlmc emits has been through the pipeline unless --pipeline=none asks for the
+  // IR as imported or parsed.
+  Pipeline stages = pipeline == Pipeline::Auto ? Pipeline::Infer : pipeline;
 
   if (blockSize < 0 || (blockSize.getNumOccurrences() && stages != Pipeline::Infer)) {
     error("--block-size must be >= 0 and applies with --pipeline=infer only");
