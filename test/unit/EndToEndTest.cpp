@@ -19,6 +19,7 @@
 #include "runtime/CpuExecutor.h"
 #include "runtime/Error.h"
 #include "test/reference/ReferenceModel.h"
+#include "test/unit/ModelTestSupport.h"
 
 #include "dialect/TnlmOps.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -32,6 +33,9 @@
 namespace {
 
 namespace mt = mlir::tnlm;
+using tnlm::testing::refConfig;
+using tnlm::testing::weightsFor;
+const auto parse = tnlm::testing::parseConfig;
 
 struct Compiled {
   tnlm::Artifact artifact;
@@ -50,48 +54,11 @@ Compiled compile(const mt::ModelConfig &cfg, int64_t maxBatch, int64_t maxSeq) {
   return Compiled{tnlm::Artifact::fromBytes(std::move(bytes), cfg.name, tnlm::Target::Cpu), *plan};
 }
 
-tnlm::ref::Config refConfig(const mt::ModelConfig &c) {
-  tnlm::ref::Config r;
-  r.vocab = c.vocabSize;
-  r.d = c.embedDim;
-  r.layers = c.layers;
-  r.heads = c.heads;
-  r.hidden = c.hiddenDim;
-  r.glu = c.gluDim;
-  r.scaleEmbedding = c.scaleEmbedding;
-  r.tied = c.tieWordEmbeddings;
-  r.silu = c.activation == mt::Activation::Silu;
-  r.lrpe = c.lrpe;
-  return r;
-}
-
-// Reference weights rounded to f32 once, so both sides see identical parameters.
-std::pair<tnlm::ParamValues, tnlm::ref::Weights>
-weightsFor(const tnlm::Artifact &a, const tnlm::ref::Config &rc, uint64_t seed, double stddev) {
-  tnlm::ref::Weights w = tnlm::ref::randomWeights(rc, seed, stddev);
-  tnlm::ParamValues values;
-  for (const auto *p : *a.root().params()) {
-    std::vector<double> &src = w.at(p->name()->str());
-    std::vector<float> f(src.begin(), src.end());
-    for (size_t i = 0; i < f.size(); ++i)
-      src[i] = f[i];
-    values.push_back(std::move(f));
-  }
-  EXPECT_EQ(values.size(), w.size()) << "artifact and reference disagree on the parameters";
-  return {std::move(values), std::move(w)};
-}
-
-mt::ModelConfig parse(const std::string &json, const std::string &name) {
-  mt::ConfigResult r = mt::parseModelConfig(json, name + ".json");
-  EXPECT_TRUE(r.config) << r.error;
-  return *r.config;
-}
-
 // Runs batch sequences of length n through both and returns the worst relative error.
 double worstError(const Compiled &c, const mt::ModelConfig &cfg, int64_t batch, int64_t n,
                   uint64_t seed, double stddev) {
   tnlm::ref::Config rc = refConfig(cfg);
-  auto [values, refWeights] = weightsFor(c.artifact, rc, seed, stddev);
+  auto [values, refWeights] = weightsFor(c.artifact, cfg, seed, stddev);
   tnlm::CpuExecutor exec(c.artifact, values);
   std::mt19937 rng(static_cast<uint32_t>(seed * 7 + n));
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(cfg.vocabSize - 1));
@@ -181,8 +148,7 @@ TEST(EndToEnd, BadCallsAreErrors) {
   mt::ConfigResult r = mt::loadModelConfig(std::string(TNLM_MODELS_DIR) + "/tiny.json");
   ASSERT_TRUE(r.config) << r.error;
   Compiled c = compile(*r.config, 2, 16);
-  tnlm::ref::Config rc = refConfig(*r.config);
-  auto [values, refWeights] = weightsFor(c.artifact, rc, 1, 0.02);
+  auto [values, refWeights] = weightsFor(c.artifact, *r.config, 1, 0.02);
   tnlm::CpuExecutor exec(c.artifact, values);
   std::vector<int32_t> ids(64, 3);
   EXPECT_THROW(exec.forward(ids.data(), 3, 4), tnlm::Error);  // batch > max

@@ -23,6 +23,7 @@
 #include "runtime/Error.h"
 #include "runtime/cpu/Fused.h"
 #include "test/reference/ReferenceModel.h"
+#include "test/unit/ModelTestSupport.h"
 
 #include "dialect/TnlmOps.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -39,6 +40,9 @@
 namespace {
 
 namespace mt = mlir::tnlm;
+using tnlm::testing::refConfig;
+using tnlm::testing::weightsFor;
+const auto parse = tnlm::testing::parseConfig;
 
 struct Compiled {
   tnlm::Artifact artifact;
@@ -65,41 +69,6 @@ Compiled compile(mlir::ModuleOp module, bool fused, int64_t block, int64_t maxBa
   return Compiled{
       tnlm::Artifact::fromBytes(std::move(bytes), fused ? "fused" : "unfused", tnlm::Target::Cpu),
       *plan};
-}
-
-mt::ModelConfig parse(const std::string &json, const std::string &name) {
-  mt::ConfigResult r = mt::parseModelConfig(json, name + ".json");
-  EXPECT_TRUE(r.config) << r.error;
-  return *r.config;
-}
-
-tnlm::ref::Config refConfig(const mt::ModelConfig &c) {
-  tnlm::ref::Config r;
-  r.vocab = c.vocabSize;
-  r.d = c.embedDim;
-  r.layers = c.layers;
-  r.heads = c.heads;
-  r.hidden = c.hiddenDim;
-  r.glu = c.gluDim;
-  r.scaleEmbedding = c.scaleEmbedding;
-  r.tied = c.tieWordEmbeddings;
-  r.silu = c.activation == mt::Activation::Silu;
-  r.lrpe = c.lrpe;
-  return r;
-}
-
-// Reference weights rounded to f32 once; both artifacts get the same values.
-std::pair<tnlm::ParamValues, tnlm::ref::Weights>
-weightsFor(const tnlm::Artifact &a, const mt::ModelConfig &cfg, uint64_t seed, double stddev) {
-  tnlm::ref::Weights w = tnlm::ref::randomWeights(refConfig(cfg), seed, stddev);
-  tnlm::ParamValues values;
-  for (const auto *p : *a.root().params()) {
-    std::vector<double> &src = w.at(p->name()->str());
-    std::vector<float> f(src.begin(), src.end());
-    std::copy(f.begin(), f.end(), src.begin());
-    values.push_back(std::move(f));
-  }
-  return {std::move(values), std::move(w)};
 }
 
 std::vector<int32_t> randomIds(int64_t count, int64_t vocab, uint64_t seed) {
