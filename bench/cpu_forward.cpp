@@ -5,7 +5,7 @@
 // Random weights (MODEL.md init), one warm-up call, then K timed calls of @forward on
 // random ids; prints one JSON line: median/min ms, tokens/s, and GFLOP/s where the FLOPs are
 // counted from the plan (2·in·out per row for each projection, 4·H·dk·dv per token for the
-// attention in its recurrent form).
+// attention in its recurrent form; fused kernels count their parts).
 //
 //===----------------------------------------------------------------------===//
 #include "runtime/Artifact.h"
@@ -29,8 +29,14 @@ static double flopsPerToken(const Artifact &a) {
       const schema::Operand *w = s->inputs()->Get(1);
       auto shape = a.root().params()->Get(w->offset())->shape();
       f += 2.0 * shape->Get(0) * shape->Get(1);
-    } else if (s->kind() == schema::KernelKind_DecayAttention) {
+    } else if (s->kind() == schema::KernelKind_GatedLinear) {
+      auto shape = a.root().params()->Get(s->inputs()->Get(1)->offset())->shape();
+      f += 2.0 * 2.0 * shape->Get(0) * shape->Get(1); // two projections
+    } else if (s->kind() == schema::KernelKind_DecayAttention) { // [heads, dk, dv, block]
       f += 4.0 * s->i64_attrs()->Get(0) * s->i64_attrs()->Get(1) * s->i64_attrs()->Get(2);
+    } else if (s->kind() == schema::KernelKind_LightningAttention) { // [heads, dh, block, lrpe]
+      double dh = s->i64_attrs()->Get(1), dk = s->i64_attrs()->Get(3) ? 2 * dh : dh;
+      f += 4.0 * s->i64_attrs()->Get(0) * dk * dh;
     }
   }
   return f;

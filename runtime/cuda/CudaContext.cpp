@@ -1,0 +1,313 @@
+//===- CudaContext.cpp - device, stream, arena, modules, launches, graphs -===//
+#include "runtime/cuda/CudaContext.h"
+
+#include "runtime/Error.h"
+
+#include <cstdio>
+#include <utility>
+
+namespace tnlm::cuda {
+namespace {
+
+std::string join(std::string_view context, const std::string &what) {
+  if (context.empty())
+    return what;
+  return std::string(context) + ": " + what;
+}
+
+std::string humanBytes(size_t bytes) {
+  char text[64];
+  if (bytes >= (size_t(1) << 30))
+    std::snprintf(text, sizeof text, "%.2f GiB", double(bytes) / double(size_t(1) << 30));
+  else if (bytes >= (size_t(1) << 20))
+    std::snprintf(text, sizeof text, "%.2f MiB", double(bytes) / double(size_t(1) << 20));
+  else
+    std::snprintf(text, sizeof text, "%zu bytes", bytes);
+  return text;
+}
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// Context
+//===----------------------------------------------------------------------===//
+
+Context::Context(int ordinal) : ordinal_(ordinal) {
+  const DriverApi &api = driver(); // throws the no-driver sentence
+  std::string why;
+  if (!deviceAvailable(&why))
+    throw Error(why);
+  int count = 0;
+  TNLM_CU(cuDeviceGetCount, (&count), "counting CUDA devices");
+  if (ordinal < 0 || ordinal >= count)
+    throw Error("CUDA device " + std::to_string(ordinal) + " does not exist (this machine has " +
+                std::to_string(count) + ")");
+  TNLM_CU(cuDeviceGet, (&device_, ordinal), "opening CUDA device " + std::to_string(ordinal));
+  TNLM_CU(cuDevicePrimaryCtxRetain, (&context_, device_), "creating the CUDA context");
+  try {
+    TNLM_CU(cuCtxSetCurrent, (context_), "making the CUDA context current");
+    char name[256] = {};
+    TNLM_CU(cuDeviceGetName, (name, sizeof name - 1, device_), "querying the CUDA device");
+    name_ = name;
+    auto attribute = [&](CUdevice_attribute which) {
+      int value = 0;
+      TNLM_CU(cuDeviceGetAttribute, (&value, which, device_), "querying the CUDA device");
+      return value;
+    };
+    capability_ = 10 * attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR) +
+                  attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
+    multiprocessors_ = attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
+    maxSharedOptIn_ = size_t(attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN));
+    TNLM_CU(cuDeviceTotalMem, (&totalMemory_, device_), "querying the CUDA device");
+    // Non-blocking: the plan's stream never waits on work others queue on the legacy stream.
+    TNLM_CU(cuStreamCreate, (&stream_, CU_STREAM_NON_BLOCKING), "creating the CUDA stream");
+  } catch (...) {
+    api.cuDevicePrimaryCtxRelease(device_);
+    throw;
+  }
+}
+
+Context::~Context() {
+  // Destructors do not throw; a failure here would only be a fault reported earlier.
+  const DriverApi &api = driver();
+  if (stream_) {
+    api.cuStreamSynchronize(stream_);
+    api.cuStreamDestroy(stream_);
+  }
+  api.cuDevicePrimaryCtxRelease(device_);
+}
+
+void Context::makeCurrent() const {
+  TNLM_CU(cuCtxSetCurrent, (context_), "making the CUDA context current");
+}
+
+void Context::synchronize(std::string_view context) const {
+  TNLM_CU(cuStreamSynchronize, (stream_), context);
+}
+
+void Context::copyToDevice(CUdeviceptr dst, const void *src, size_t bytes,
+                           std::string_view context) const {
+  if (bytes)
+    TNLM_CU(cuMemcpyHtoDAsync, (dst, src, bytes, stream_), context);
+}
+
+void Context::copyToHost(void *dst, CUdeviceptr src, size_t bytes, std::string_view context) const {
+  if (bytes)
+    TNLM_CU(cuMemcpyDtoHAsync, (dst, src, bytes, stream_), context);
+  synchronize(context);
+}
+
+void Context::copyOnDevice(CUdeviceptr dst, CUdeviceptr src, size_t bytes,
+                           std::string_view context) const {
+  if (bytes)
+    TNLM_CU(cuMemcpyDtoDAsync, (dst, src, bytes, stream_), context);
+}
+
+void Context::fillBytes(CUdeviceptr dst, unsigned char value, size_t bytes,
+                        std::string_view context) const {
+  if (bytes)
+    TNLM_CU(cuMemsetD8Async, (dst, value, bytes, stream_), context);
+}
+
+void Context::launch(Kernel &kernel, const LaunchConfig &config, void **params,
+                     std::string_view context) const {
+  const DriverApi &api = driver();
+  if (config.sharedBytes > kernel.sharedOptIn) {
+    CUresult result = api.cuFuncSetAttribute(
+        kernel.function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, int(config.sharedBytes));
+    if (result != CUDA_SUCCESS)
+      throwCuError(result, "cuFuncSetAttribute",
+                   join(context, "kernel '" + kernel.name + "' asking for " +
+                                     std::to_string(config.sharedBytes) +
+                                     " bytes of shared memory (the device allows " +
+                                     std::to_string(maxSharedOptIn_) + ")"));
+    kernel.sharedOptIn = config.sharedBytes;
+  }
+  const Dim3 &g = config.grid, &b = config.block;
+  CUresult result = api.cuLaunchKernel(kernel.function, g.x, g.y, g.z, b.x, b.y, b.z,
+                                       config.sharedBytes, stream_, params, nullptr);
+  if (result != CUDA_SUCCESS) {
+    char shape[160];
+    std::snprintf(shape, sizeof shape, " (grid %ux%ux%u, block %ux%ux%u, %u bytes shared)", g.x,
+                  g.y, g.z, b.x, b.y, b.z, config.sharedBytes);
+    throwCuError(result, "cuLaunchKernel", join(context, "kernel '" + kernel.name + "'" + shape));
+  }
+}
+
+Graph Context::capture(const std::function<void()> &record, std::string_view context) const {
+  const DriverApi &api = driver();
+  // Thread-local mode: only this thread's calls that are unsafe during capture (e.g. a
+  // cuMemAlloc) are refused, as they should be: the plan allocates nothing per call.
+  TNLM_CU(cuStreamBeginCapture, (stream_, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+          join(context, "beginning graph capture"));
+  try {
+    record();
+  } catch (...) {
+    CUgraph broken = nullptr;
+    api.cuStreamEndCapture(stream_, &broken);
+    if (broken)
+      api.cuGraphDestroy(broken);
+    throw;
+  }
+  CUgraph graph = nullptr;
+  TNLM_CU(cuStreamEndCapture, (stream_, &graph), join(context, "ending graph capture"));
+  CUgraphExec exec = nullptr;
+  CUresult result = api.cuGraphInstantiate(&exec, graph, 0);
+  if (result != CUDA_SUCCESS) {
+    api.cuGraphDestroy(graph);
+    throwCuError(result, "cuGraphInstantiate", join(context, "instantiating the captured graph"));
+  }
+  return Graph(graph, exec);
+}
+
+//===----------------------------------------------------------------------===//
+// Graph
+//===----------------------------------------------------------------------===//
+
+Graph::~Graph() { reset(); }
+
+Graph::Graph(Graph &&other) noexcept
+    : graph_(std::exchange(other.graph_, nullptr)), exec_(std::exchange(other.exec_, nullptr)) {}
+
+Graph &Graph::operator=(Graph &&other) noexcept {
+  if (this != &other) {
+    reset();
+    graph_ = std::exchange(other.graph_, nullptr);
+    exec_ = std::exchange(other.exec_, nullptr);
+  }
+  return *this;
+}
+
+void Graph::reset() {
+  if (!graph_ && !exec_)
+    return;
+  const DriverApi &api = driver();
+  if (exec_)
+    api.cuGraphExecDestroy(exec_);
+  if (graph_)
+    api.cuGraphDestroy(graph_);
+  graph_ = nullptr;
+  exec_ = nullptr;
+}
+
+void Graph::launch(CUstream stream, std::string_view context) const {
+  if (!exec_)
+    throw Error(join(context, "launching an empty CUDA graph"));
+  TNLM_CU(cuGraphLaunch, (exec_, stream), context);
+}
+
+size_t Graph::nodeCount() const {
+  size_t count = 0;
+  if (graph_)
+    TNLM_CU(cuGraphGetNodes, (graph_, nullptr, &count), "counting graph nodes");
+  return count;
+}
+
+//===----------------------------------------------------------------------===//
+// DeviceBuffer and Arena
+//===----------------------------------------------------------------------===//
+
+DeviceBuffer::DeviceBuffer(size_t bytes, std::string_view what) : bytes_(bytes) {
+  if (bytes)
+    TNLM_CU(cuMemAlloc, (&ptr_, bytes),
+            "allocating " + std::string(what) + " (" + humanBytes(bytes) + ") on the GPU");
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (ptr_)
+    driver().cuMemFree(ptr_);
+}
+
+DeviceBuffer::DeviceBuffer(DeviceBuffer &&other) noexcept
+    : ptr_(std::exchange(other.ptr_, 0)), bytes_(std::exchange(other.bytes_, 0)) {}
+
+DeviceBuffer &DeviceBuffer::operator=(DeviceBuffer &&other) noexcept {
+  if (this != &other) {
+    if (ptr_)
+      driver().cuMemFree(ptr_);
+    ptr_ = std::exchange(other.ptr_, 0);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+Arena::Arena(size_t bytes, std::string_view what) : buffer_(bytes, what) {}
+
+CUdeviceptr Arena::at(size_t offset, size_t bytes, std::string_view what) const {
+  if (offset > size() || bytes > size() - offset)
+    throw Error(join(what, "arena range [" + std::to_string(offset) + ", +" +
+                               std::to_string(bytes) + ") lies outside the " +
+                               std::to_string(size()) + "-byte arena"));
+  return base() + offset;
+}
+
+CUdeviceptr Arena::allocate(size_t bytes, std::string_view what, size_t alignment) {
+  size_t start = (used_ + alignment - 1) / alignment * alignment;
+  if (start > size() || bytes > size() - start)
+    throw Error("the device arena is full: " + std::string(what) + " needs " + humanBytes(bytes) +
+                ", " + humanBytes(start > size() ? 0 : size() - start) + " of " +
+                humanBytes(size()) + " are left");
+  used_ = start + bytes;
+  return base() + start;
+}
+
+//===----------------------------------------------------------------------===//
+// Module
+//===----------------------------------------------------------------------===//
+
+ImageKind imageKind(std::string_view image) {
+  auto startsWith = [&](std::string_view magic) { return image.substr(0, magic.size()) == magic; };
+  if (startsWith(std::string_view("\177ELF", 4)))
+    return ImageKind::Cubin;
+  if (startsWith(std::string_view("\x50\xed\x55\xba", 4)))
+    return ImageKind::Fatbin; // fatbin header magic 0xBA55ED50, little-endian
+  std::string_view head = image.substr(0, 4096);
+  if (head.find(".version") != std::string_view::npos &&
+      head.find(".target") != std::string_view::npos)
+    return ImageKind::Ptx;
+  return ImageKind::Unknown;
+}
+
+Module::Module(const Context &context, std::string_view image, std::string name)
+    : context_(context), name_(std::move(name)) {
+  if (imageKind(image) == ImageKind::Unknown)
+    throw Error("kernel module '" + name_ + "' (" + std::to_string(image.size()) +
+                " bytes) is neither a cubin, a fatbin nor PTX");
+  // PTX has to end in a NUL; a copy also gives cubins the driver's preferred alignment.
+  std::string copy(image);
+  char log[8192] = {};
+  CUjit_option options[] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES};
+  void *values[] = {log, reinterpret_cast<void *>(uintptr_t(sizeof log - 1))};
+  CUresult result = driver().cuModuleLoadDataEx(&module_, copy.c_str(), 2, options, values);
+  if (result != CUDA_SUCCESS) {
+    std::string what = "loading kernel module '" + name_ + "'";
+    if (log[0])
+      what += " (JIT log: " + std::string(log) + ")";
+    throwCuError(result, "cuModuleLoadData", what);
+  }
+}
+
+Module::~Module() {
+  if (module_)
+    driver().cuModuleUnload(module_);
+}
+
+Kernel &Module::kernel(const std::string &kernelName, std::string_view context) {
+  auto found = kernels_.find(kernelName);
+  if (found != kernels_.end())
+    return *found->second;
+  auto kernel = std::make_unique<Kernel>();
+  kernel->name = kernelName;
+  CUresult result = driver().cuModuleGetFunction(&kernel->function, module_, kernelName.c_str());
+  if (result != CUDA_SUCCESS)
+    throwCuError(result, "cuModuleGetFunction",
+                 join(context, "kernel '" + kernelName + "' in module '" + name_ + "'"));
+  return *kernels_.emplace(kernelName, std::move(kernel)).first->second;
+}
+
+void Module::launch(const std::string &kernelName, const LaunchConfig &config, void **params,
+                    std::string_view context) {
+  context_.launch(kernel(kernelName, context), config, params, context);
+}
+
+} // namespace tnlm::cuda

@@ -1,0 +1,198 @@
+//===- CudaContext.h - device, stream, arena, modules, launches, graphs -*- C++ -*-===//
+//
+// The pieces a CUDA executor needs to run a compiled plan:
+//   Context  the device's primary context made current on this thread, and one stream on
+//            which every copy, launch and GEMM of the plan is queued in order;
+//   Arena    one device allocation that holds every activation (the compiler planned the
+//            offsets) plus what is bump-allocated from it (weights, workspaces);
+//   Module   a kernel image from the artifact (cubin, fatbin or PTX) and its kernels by name;
+//   Graph    the launches of one call captured from the stream once and replayed with one
+//            cuGraphLaunch, which removes the per-launch CPU cost on decode-sized steps.
+// Errors are tnlm::Error naming the CUDA call and the caller's context (step, kernel, tensor).
+// Use a Context from the thread that created it.
+//
+//===----------------------------------------------------------------------===//
+#ifndef TNLM_RUNTIME_CUDA_CUDACONTEXT_H
+#define TNLM_RUNTIME_CUDA_CUDACONTEXT_H
+
+#include "runtime/cuda/CudaApi.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+namespace tnlm::cuda {
+
+struct Dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+
+struct LaunchConfig {
+  Dim3 grid, block;
+  unsigned sharedBytes = 0; // dynamic shared memory; above 48 KiB the kernel is opted in
+};
+
+/// A kernel of a loaded Module.
+struct Kernel {
+  CUfunction function = nullptr;
+  std::string name;
+  unsigned sharedOptIn = 48 * 1024; // dynamic shared memory the function is allowed so far
+};
+
+class Graph;
+
+class Context {
+public:
+  /// Retains device `ordinal`'s primary context, makes it current and creates the stream.
+  /// Throws the one-sentence error when there is no driver or no such device.
+  explicit Context(int ordinal = 0);
+  ~Context();
+  Context(const Context &) = delete;
+  Context &operator=(const Context &) = delete;
+
+  int ordinal() const { return ordinal_; }
+  const std::string &deviceName() const { return name_; }
+  int computeCapability() const { return capability_; } // 90 for the H100 and H200
+  int multiprocessors() const { return multiprocessors_; }
+  size_t totalMemory() const { return totalMemory_; }
+  size_t maxSharedPerBlock() const { return maxSharedOptIn_; } // with opt-in
+  CUstream stream() const { return stream_; }
+
+  /// Makes the primary context current on the calling thread.
+  void makeCurrent() const;
+  /// Waits for everything queued on the stream; an asynchronous kernel fault surfaces here.
+  void synchronize(std::string_view context = {}) const;
+
+  /// Queued on the stream; `src` must stay valid until the stream reaches the copy.
+  void copyToDevice(CUdeviceptr dst, const void *src, size_t bytes,
+                    std::string_view context = {}) const;
+  /// Queues the copy and waits for it (and everything before it).
+  void copyToHost(void *dst, CUdeviceptr src, size_t bytes, std::string_view context = {}) const;
+  void copyOnDevice(CUdeviceptr dst, CUdeviceptr src, size_t bytes,
+                    std::string_view context = {}) const;
+  void fillBytes(CUdeviceptr dst, unsigned char value, size_t bytes,
+                 std::string_view context = {}) const;
+
+  /// Queues `kernel` on the stream. `params` points at one pointer per kernel parameter.
+  void launch(Kernel &kernel, const LaunchConfig &config, void **params,
+              std::string_view context = {}) const;
+  /// The same with the parameters given as values (each passed by address to the driver,
+  /// which copies them before returning).
+  template <typename... Args>
+  void launchWith(Kernel &kernel, const LaunchConfig &config, std::string_view context,
+                  const Args &...args) const {
+    void *params[] = {const_cast<void *>(static_cast<const void *>(&args))..., nullptr};
+    launch(kernel, config, params, context);
+  }
+
+  /// Captures what `record` queues on the stream (launches, GEMMs, device copies) into a
+  /// graph instead of running it. Nothing runs until Graph::launch. If `record` throws, the
+  /// capture is ended and discarded and the exception propagates.
+  Graph capture(const std::function<void()> &record, std::string_view context = {}) const;
+
+private:
+  int ordinal_ = 0;
+  CUdevice device_ = 0;
+  CUcontext context_ = nullptr;
+  CUstream stream_ = nullptr;
+  std::string name_;
+  int capability_ = 0, multiprocessors_ = 0;
+  size_t totalMemory_ = 0, maxSharedOptIn_ = 0;
+};
+
+/// An instantiated CUDA graph; replays its launches on a stream, in order after what is
+/// already queued there.
+class Graph {
+public:
+  Graph() = default;
+  Graph(CUgraph graph, CUgraphExec exec) : graph_(graph), exec_(exec) {}
+  ~Graph();
+  Graph(Graph &&other) noexcept;
+  Graph &operator=(Graph &&other) noexcept;
+
+  void launch(CUstream stream, std::string_view context = {}) const;
+  size_t nodeCount() const;
+  bool empty() const { return exec_ == nullptr; }
+
+private:
+  void reset();
+  CUgraph graph_ = nullptr;
+  CUgraphExec exec_ = nullptr;
+};
+
+/// One cuMemAlloc owned for its lifetime.
+class DeviceBuffer {
+public:
+  DeviceBuffer() = default;
+  /// `what` names the buffer in the out-of-memory error ("the activation arena").
+  DeviceBuffer(size_t bytes, std::string_view what);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer &&other) noexcept;
+  DeviceBuffer &operator=(DeviceBuffer &&other) noexcept;
+
+  CUdeviceptr get() const { return ptr_; }
+  size_t size() const { return bytes_; }
+
+private:
+  CUdeviceptr ptr_ = 0;
+  size_t bytes_ = 0;
+};
+
+/// One device allocation carved up by offset: the compiler's planned arena offsets go
+/// through at(); allocate() hands out the rest front to back.
+class Arena {
+public:
+  static constexpr size_t kAlignment = 256; // cuBLASLt's and TMA's preferred alignment
+
+  Arena(size_t bytes, std::string_view what = "the device arena");
+
+  CUdeviceptr base() const { return buffer_.get(); }
+  size_t size() const { return buffer_.size(); }
+  size_t used() const { return used_; }
+
+  /// base + offset, after checking that [offset, offset + bytes) lies inside the arena.
+  CUdeviceptr at(size_t offset, size_t bytes, std::string_view what = {}) const;
+  /// The next `bytes`, aligned; throws naming `what` when the arena is full.
+  CUdeviceptr allocate(size_t bytes, std::string_view what, size_t alignment = kAlignment);
+  void reset() { used_ = 0; }
+
+private:
+  DeviceBuffer buffer_;
+  size_t used_ = 0;
+};
+
+/// What a kernel image is, by its first bytes: an ELF cubin, a fatbin, or PTX text.
+enum class ImageKind { Cubin, Fatbin, Ptx, Unknown };
+ImageKind imageKind(std::string_view image);
+
+/// A loaded kernel image. Kernels are looked up by name once and kept.
+class Module {
+public:
+  /// Loads `image` (cubin, fatbin or PTX; PTX is JIT-compiled by the driver for this GPU and
+  /// its JIT log goes into the error). `name` names the module in errors.
+  Module(const Context &context, std::string_view image, std::string name);
+  ~Module();
+  Module(const Module &) = delete;
+  Module &operator=(const Module &) = delete;
+
+  const std::string &name() const { return name_; }
+  /// The kernel with this (extern "C" or lowered) name; throws naming it and the module.
+  Kernel &kernel(const std::string &kernelName, std::string_view context = {});
+  /// kernel(kernelName) launched on the context's stream.
+  void launch(const std::string &kernelName, const LaunchConfig &config, void **params,
+              std::string_view context = {});
+
+private:
+  const Context &context_;
+  std::string name_;
+  CUmodule module_ = nullptr;
+  std::unordered_map<std::string, std::unique_ptr<Kernel>> kernels_;
+};
+
+} // namespace tnlm::cuda
+
+#endif // TNLM_RUNTIME_CUDA_CUDACONTEXT_H

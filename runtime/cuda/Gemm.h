@@ -1,0 +1,70 @@
+//===- Gemm.h - y = x·Wᵀ on the GPU through cuBLASLt -----------*- C++ -*-===//
+//
+// The linear layers of a plan: y[rows, out] = alpha · x[rows, in] · W[out, in]ᵀ + beta · y,
+// all row-major with leading dimensions (so q, k, v, u read as column slices of one fused
+// projection output), weights in their Hugging Face [out, in] layout.
+//   Bf16: bf16 x, W, y; fp32 accumulation and scaling (CUBLAS_COMPUTE_32F), so the only
+//         rounding beyond fp32 sums is the final one to bf16 (relative 2^-8 at most).
+//   F32:  fp32 everything, no TF32.
+// In cuBLASLt's column-major terms this is yᵀ[out, rows] = W · xᵀ: A = W stored as a
+// column-major [in, out] matrix with op T, B = xᵀ as column-major [in, rows], which is the
+// "TN" layout Hopper's kernels prefer.
+//
+// A plan (descriptors, layouts, the algorithm cuBLASLt's heuristic chose) is made on the
+// first call of each shape and pointer alignment and kept, so the calls inside a captured
+// CUDA graph, and all later calls, do no set-up. The workspace is allocated once.
+//
+//===----------------------------------------------------------------------===//
+#ifndef TNLM_RUNTIME_CUDA_GEMM_H
+#define TNLM_RUNTIME_CUDA_GEMM_H
+
+#include "runtime/cuda/CudaContext.h"
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string_view>
+#include <tuple>
+
+namespace tnlm::cuda {
+
+enum class GemmType { Bf16, F32 };
+
+struct GemmShape {
+  int64_t rows = 0, in = 0, out = 0;
+  /// Leading dimensions in elements; 0 means dense (in, in, out).
+  int64_t ldx = 0, ldw = 0, ldy = 0;
+};
+
+class Gemm {
+public:
+  static constexpr size_t kDefaultWorkspace = 32u << 20; // what Hopper's kernels ask for
+
+  /// Creates the cuBLASLt handle and the workspace. Throws if cuBLASLt is missing.
+  explicit Gemm(const Context &context, size_t workspaceBytes = kDefaultWorkspace);
+  ~Gemm();
+  Gemm(const Gemm &) = delete;
+  Gemm &operator=(const Gemm &) = delete;
+
+  /// Queues y = alpha·x·Wᵀ + beta·y on the context's stream. `context` names the step in
+  /// errors, to which the shape is added.
+  void linear(GemmType type, const GemmShape &shape, CUdeviceptr x, CUdeviceptr w, CUdeviceptr y,
+              std::string_view context = {}, float alpha = 1.0f, float beta = 0.0f);
+
+  size_t planCount() const { return plans_.size(); }
+
+private:
+  struct Plan;
+  // type, rows, in, out, ldx, ldw, ldy, alignment of x, W, y
+  using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int>;
+  Plan &plan(const Key &key, std::string_view context);
+
+  const Context &context_;
+  cublasLtHandle_t handle_ = nullptr;
+  DeviceBuffer workspace_;
+  std::map<Key, std::unique_ptr<Plan>> plans_;
+};
+
+} // namespace tnlm::cuda
+
+#endif // TNLM_RUNTIME_CUDA_GEMM_H

@@ -1,0 +1,103 @@
+//===- DriverTest.cpp - the runtime with and without a CUDA driver ----------===//
+//
+// Runs everywhere. Where libcuda.so.1 is absent (CI, this project's build machines) a
+// context must fail with the one sentence a user sees; where it is present, it must work.
+//
+//===----------------------------------------------------------------------===//
+#include "runtime/cuda/CudaContext.h"
+
+#include "runtime/Error.h"
+
+#include <dlfcn.h>
+#include <gtest/gtest.h>
+
+namespace tnlm::cuda {
+namespace {
+
+bool driverLibraryPresent() {
+  void *handle = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (handle)
+    dlclose(handle);
+  return handle != nullptr;
+}
+
+std::string contextError() {
+  try {
+    Context context;
+    return {};
+  } catch (const Error &e) {
+    return e.what();
+  }
+}
+
+TEST(CudaDriver, ContextWithoutDriverSaysSoInOneSentence) {
+  if (driverLibraryPresent())
+    GTEST_SKIP() << "libcuda.so.1 is present; CudaDriver.ContextWithDriver covers this machine";
+  const std::string expected =
+      "no CUDA driver on this machine (libcuda.so.1 not found): CUDA artifacts need an NVIDIA "
+      "GPU; compile with --target=cpu to run on the CPU";
+  EXPECT_EQ(contextError(), expected);
+  EXPECT_EQ(contextError(), expected); // the failed load is remembered, same sentence
+  std::string why;
+  EXPECT_FALSE(deviceAvailable(&why));
+  EXPECT_EQ(why, expected);
+  EXPECT_THROW(driver(), Error);
+}
+
+TEST(CudaDriver, ContextWithDriver) {
+  if (!driverLibraryPresent())
+    GTEST_SKIP() << "no libcuda.so.1; CudaDriver.ContextWithoutDriverSaysSoInOneSentence covers "
+                    "this machine";
+  std::string why;
+  if (!deviceAvailable(&why)) {
+    // A driver without a usable device (or only the toolkit's stub) is one sentence too.
+    EXPECT_EQ(contextError(), why);
+    EXPECT_NE(why.find("compile with --target=cpu"), std::string::npos) << why;
+    return;
+  }
+  Context context;
+  EXPECT_FALSE(context.deviceName().empty());
+  EXPECT_GE(context.computeCapability(), 50);
+  EXPECT_GT(context.totalMemory(), size_t(1) << 30);
+  EXPECT_NE(context.stream(), nullptr);
+  EXPECT_GE(driver().version, CUDA_VERSION);
+}
+
+// Errors name the call, the library's own words and the caller's context.
+TEST(CudaErrors, DriverErrorNamesCallAndContext) {
+  try {
+    throwCuError(CUDA_ERROR_OUT_OF_MEMORY, "cuMemAlloc", "step 3 (kernel 'silu')");
+  } catch (const Error &e) {
+    std::string message = e.what();
+    EXPECT_EQ(message.rfind("step 3 (kernel 'silu'): cuMemAlloc failed: ", 0), 0u) << message;
+    if (deviceAvailable())
+      EXPECT_NE(message.find("CUDA_ERROR_OUT_OF_MEMORY"), std::string::npos) << message;
+    else // no driver to ask for the string: the code is given by number
+      EXPECT_NE(message.find("CUresult 2"), std::string::npos) << message;
+  }
+}
+
+TEST(CudaErrors, NvrtcErrorNamesCallAndContext) {
+  try {
+    checkNvrtc(NVRTC_ERROR_INVALID_OPTION, "nvrtcCompileProgram", "compiling lightning.cu");
+    FAIL();
+  } catch (const Error &e) {
+    EXPECT_STREQ(e.what(),
+                 "compiling lightning.cu: nvrtcCompileProgram failed: NVRTC_ERROR_INVALID_OPTION");
+  }
+}
+
+TEST(CudaErrors, CublasLtErrorNamesCallAndContext) {
+  try {
+    checkCublasLt(CUBLAS_STATUS_NOT_SUPPORTED, "cublasLtMatmul", "step 7 (linear 'q_proj')");
+    FAIL();
+  } catch (const Error &e) {
+    std::string message = e.what();
+    EXPECT_EQ(message.rfind("step 7 (linear 'q_proj'): cublasLtMatmul failed: ", 0), 0u) << message;
+    EXPECT_NE(message.find("CUBLAS_STATUS_NOT_SUPPORTED"), std::string::npos) << message;
+  }
+  checkCublasLt(CUBLAS_STATUS_SUCCESS, "cublasLtMatmul", "no error, no throw");
+}
+
+} // namespace
+} // namespace tnlm::cuda
