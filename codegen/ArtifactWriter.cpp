@@ -110,16 +110,24 @@ fb::Offset<sc::Operand> writeOperand(fb::FlatBufferBuilder &b, const KernelPlan 
   return sc::CreateOperand(b, kind, offset, o.colOffset, o.cols, o.ld, dtypeOf(o.dtype));
 }
 
-fb::Offset<sc::Function> writeFunction(fb::FlatBufferBuilder &b, const KernelPlan &plan) {
+fb::Offset<sc::Function> writeFunction(fb::FlatBufferBuilder &b, const KernelPlan &plan,
+                                       const CudaProgram *program) {
   std::vector<fb::Offset<sc::Step>> steps;
-  for (const PlanStep &s : plan.steps) {
+  for (auto [i, s] : llvm::enumerate(plan.steps)) {
     std::vector<fb::Offset<sc::Operand>> ins, outs;
     for (const PlanOperand &o : s.inputs)
       ins.push_back(writeOperand(b, plan, o));
     for (const PlanOperand &o : s.outputs)
       outs.push_back(writeOperand(b, plan, o));
+    std::vector<fb::Offset<sc::KernelLaunch>> launches;
+    if (program)
+      for (const CudaLaunch &l : program->steps[i])
+        launches.push_back(sc::CreateKernelLaunch(
+            b, static_cast<sc::LaunchKind>(l.kind), static_cast<int32_t>(l.kernel),
+            static_cast<int32_t>(l.block), static_cast<int32_t>(l.sharedMem), l.gemmN, l.gemmK));
     steps.push_back(sc::CreateStepDirect(b, kindOf(s.kind), s.name.c_str(), &ins, &outs,
-                                         &s.f32Attrs, &s.i64Attrs, &s.slopes));
+                                         &s.f32Attrs, &s.i64Attrs, &s.slopes,
+                                         program ? &launches : nullptr));
   }
   std::vector<fb::Offset<sc::FunctionIO>> ins, outs;
   for (const PlanIO &io : plan.inputs)
@@ -136,7 +144,8 @@ fb::Offset<sc::Function> writeFunction(fb::FlatBufferBuilder &b, const KernelPla
 } // namespace
 
 std::vector<uint8_t> serializeArtifact(ModuleOp module, const std::vector<KernelPlan> &plans,
-                                       StringRef target) {
+                                       StringRef target, const CudaProgram *program,
+                                       const CudaImage *image) {
   fb::FlatBufferBuilder b(1 << 16);
   auto config = writeConfig(b, module);
   std::vector<fb::Offset<sc::Param>> params;
@@ -144,10 +153,20 @@ std::vector<uint8_t> serializeArtifact(ModuleOp module, const std::vector<Kernel
     params.push_back(sc::CreateParamDirect(b, p.name.c_str(), dtypeOf(p.dtype), &p.shape));
   std::vector<fb::Offset<sc::Function>> functions;
   for (const KernelPlan &plan : plans)
-    functions.push_back(writeFunction(b, plan));
+    functions.push_back(writeFunction(b, plan, &plan == &plans.front() ? program : nullptr));
+  fb::Offset<sc::Kernels> kernels = 0;
+  if (program && image) {
+    auto bytes = b.CreateVector(reinterpret_cast<const uint8_t *>(image->image.data()),
+                                image->image.size());
+    auto arch = b.CreateString(program->arch);
+    auto names = b.CreateVectorOfStrings(image->symbols);
+    kernels = sc::CreateKernels(b, bytes, image->ptx ? sc::ImageKind_Ptx : sc::ImageKind_Cubin,
+                                arch, names);
+  }
   auto root = sc::CreateArtifactDirect(
       b, sc::FormatVersion_Current, target == "cpu" ? sc::Target_CPU : sc::Target_CUDA_SM90A,
-      "tnlmc 0.1", config, plans.front().maxBatch, plans.front().maxSeq, &params, &functions);
+      "tnlmc 0.1", config, plans.front().maxBatch, plans.front().maxSeq, &params, &functions,
+      kernels);
   // Size-prefixed: the loader can tell a truncated file from a complete one.
   sc::FinishSizePrefixedArtifactBuffer(b, root);
   return std::vector<uint8_t>(b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize());

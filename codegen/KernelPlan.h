@@ -57,7 +57,9 @@ struct PlanStep {
 };
 
 struct PlanBuffer {
-  int64_t bytesPerRow = 0; // row-proportional buffers (activations)
+  int64_t cols = 0;              // row-proportional buffers (activations): [rows, cols]
+  std::string dtype = "f32";     // element type of every operand that views this buffer
+  int64_t bytesPerRow = 0;       // cols × the element size of dtype
   int64_t fixedBytes = 0;  // scalars (loss)
   int64_t firstStep = 0, lastStep = 0; // live interval, inclusive
   int64_t offset = -1;     // arena byte offset, set by the memory planner
@@ -91,10 +93,16 @@ struct KernelPlan {
   int64_t maxRows() const { return maxBatch * maxSeq; }
 };
 
-/// Lowers `function` of a model-level module to a kernel plan for the CPU target (f32
-/// activations). Emits a diagnostic and fails on ops or forms it cannot lower.
+/// Bytes per element of a plan dtype ("f32", "bf16", "f16", "i32").
+int64_t dtypeBytes(llvm::StringRef dtype);
+
+/// Lowers `function` of a model-level module to a kernel plan for `target`: "cpu" (f32
+/// activations) or "cuda:sm_90a" (bf16 activations, f32 logits; gated_linear becomes two GEMMs
+/// and a product, since cuBLASLt has no product epilogue). Emits a diagnostic and fails on ops
+/// or forms it cannot lower.
 FailureOr<KernelPlan> lowerToKernelPlan(ModuleOp module, llvm::StringRef function,
-                                        int64_t maxBatch, int64_t maxSeq);
+                                        int64_t maxBatch, int64_t maxSeq,
+                                        llvm::StringRef target = "cpu");
 
 /// Liveness-based static planning of all buffers into one arena (greedy by size, first fit).
 /// Sets every buffer's offset and the plan's arenaBytes.

@@ -38,6 +38,8 @@ const char *kernelName(KernelKind kind) {
   return "?";
 }
 
+int64_t dtypeBytes(StringRef dtype) { return dtype == "bf16" || dtype == "f16" ? 2 : 4; }
+
 namespace {
 
 std::string locName(Location loc) {
@@ -53,7 +55,8 @@ int64_t lastDim(Value v) { return llvm::cast<RankedTensorType>(v.getType()).getS
 
 class Lowering {
 public:
-  Lowering(KernelPlan &plan) : plan(plan) {}
+  Lowering(KernelPlan &plan, StringRef target)
+      : plan(plan), cuda(target != "cpu"), actDtype(cuda ? "bf16" : "f32") {}
 
   LogicalResult run(func::FuncOp fn) {
     // Arguments: parameters (tnlm.param) and per-call inputs (token ids).
@@ -92,6 +95,8 @@ public:
 
 private:
   KernelPlan &plan;
+  bool cuda;            // CUDA target: bf16 activations, no fused gated GEMM
+  std::string actDtype; // dtype of activation buffers
   llvm::DenseMap<Value, PlanOperand> values;
 
   LogicalResult checkDims(Operation *where, RankedTensorType type) {
@@ -110,11 +115,13 @@ private:
 
   PlanOperand newBuffer(int64_t cols, int64_t step) {
     PlanBuffer b;
-    b.bytesPerRow = cols * 4;
+    b.cols = cols;
+    b.dtype = actDtype;
+    b.bytesPerRow = cols * dtypeBytes(actDtype);
     b.firstStep = b.lastStep = step;
     plan.buffers.push_back(b);
     return PlanOperand{OperandKind::Arena, static_cast<int64_t>(plan.buffers.size() - 1), 0,
-                       cols, cols, "f32"};
+                       cols, cols, actDtype};
   }
 
   FailureOr<PlanOperand> use(Operation *op, Value v) {
@@ -159,6 +166,21 @@ private:
     PlanOperand y = newBuffer(cols, step);
     plan.steps.push_back(PlanStep{kind, std::move(name), std::move(inputs), {y}, {}, {}, {}});
     return y;
+  }
+
+  // Results (logits) stay f32 on every target: retypes buffer `id` and every view of it.
+  void setF32(int64_t id) {
+    PlanBuffer &b = plan.buffers[id];
+    b.dtype = "f32";
+    b.bytesPerRow = b.cols * 4;
+    for (PlanStep &s : plan.steps)
+      for (auto *list : {&s.inputs, &s.outputs})
+        for (PlanOperand &o : *list)
+          if (o.kind == OperandKind::Arena && o.index == id)
+            o.dtype = "f32";
+    for (auto &entry : values)
+      if (entry.second.kind == OperandKind::Arena && entry.second.index == id)
+        entry.second.dtype = "f32";
   }
 
   PlanStep &addStep(KernelKind kind, Operation *op) {
@@ -351,6 +373,15 @@ private:
       FailureOr<PlanOperand> w2 = useParam(&op, gl.getW2(), "the W2 of a gated projection");
       if (failed(x) || failed(w1) || failed(w2))
         return failure();
+      if (cuda) {
+        // Two cuBLASLt GEMMs and a product: cuBLASLt has no product-of-two-GEMMs epilogue.
+        int64_t out = lastDim(gl.getResult());
+        std::string name = locName(op.getLoc());
+        PlanOperand a = emit(KernelKind::Linear, name + ".l1", {*x, *w1}, out);
+        PlanOperand b = emit(KernelKind::Linear, name + ".l2", {*x, *w2}, out);
+        values[gl.getResult()] = emit(KernelKind::Mul, name + ".product", {a, b}, out);
+        return success();
+      }
       PlanOperand y = newBuffer(lastDim(gl.getResult()), plan.steps.size());
       PlanStep &s = addStep(KernelKind::GatedLinear, &op);
       s.inputs = {*x, *w1, *w2};
@@ -382,6 +413,8 @@ private:
           return failure();
         if (o->colOffset != 0 || o->ld != o->cols)
           return op.emitError() << "a function result must be a whole buffer, not a view";
+        if (o->dtype != "f32")
+          setF32(o->index);
         auto type = llvm::cast<RankedTensorType>(v.getType());
         PlanIO io{"logits", "f32", {kDimBatch, kDimSeq, type.getShape().back()}, o->index};
         // Results stay live to the end of the function.
@@ -390,14 +423,14 @@ private:
       }
       return success();
     }
-    return op.emitError() << "'" << op.getName() << "' cannot be lowered to CPU kernels";
+    return op.emitError() << "'" << op.getName() << "' cannot be lowered to " << (cuda ? "CUDA" : "CPU") << " kernels";
   }
 };
 
 } // namespace
 
 FailureOr<KernelPlan> lowerToKernelPlan(ModuleOp module, StringRef function, int64_t maxBatch,
-                                        int64_t maxSeq) {
+                                        int64_t maxSeq, StringRef target) {
   auto fn = module.lookupSymbol<func::FuncOp>(function);
   if (!fn)
     return module.emitError() << "no function @" << function << " to compile";
@@ -407,7 +440,7 @@ FailureOr<KernelPlan> lowerToKernelPlan(ModuleOp module, StringRef function, int
   plan.function = function.str();
   plan.maxBatch = maxBatch;
   plan.maxSeq = maxSeq;
-  if (failed(Lowering(plan).run(fn)))
+  if (failed(Lowering(plan, target).run(fn)))
     return failure();
   // Steps index their buffers' live intervals; the output stays live through the last step.
   for (const PlanIO &out : plan.outputs)

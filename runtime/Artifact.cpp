@@ -49,6 +49,40 @@ void checkLightningAttention(const schema::Step &s, ParamShape paramShape, Fail 
   }
 }
 
+// CUDA artifacts: one non-empty image, and launches whose kernel indices name its symbols.
+template <typename Fail> void checkKernels(const schema::Artifact &a, Fail fail) {
+  const schema::Kernels *k = a.kernels();
+  if (!k || k->image()->size() == 0)
+    fail("a CUDA artifact without a kernel image");
+  if (k->image_kind() != schema::ImageKind_Cubin && k->image_kind() != schema::ImageKind_Ptx)
+    fail("unknown kernel image kind");
+  for (const flatbuffers::String *n : *k->names())
+    if (!n || n->size() == 0)
+      fail("a kernel without a name");
+  const int64_t kernels = k->names()->size();
+  for (const schema::Function *f : *a.functions())
+    for (const schema::Step *s : *f->steps()) {
+      std::string at = "step '" + (s->name() ? s->name()->str() : std::string("?")) + "'";
+      if (!s->launches() || s->launches()->size() == 0)
+        fail(at + " has no kernel launches");
+      for (const schema::KernelLaunch *l : *s->launches()) {
+        if (l->kind() == schema::LaunchKind_Gemm) {
+          if (l->kernel() != -1 || l->gemm_n() <= 0 || l->gemm_k() <= 0)
+            fail(at + " has an invalid GEMM launch");
+          continue;
+        }
+        if (l->kind() > schema::LaunchKind_MAX)
+          fail(at + " has a launch of unknown kind");
+        if (l->kernel() < 0 || l->kernel() >= kernels)
+          fail(at + " launches kernel #" + std::to_string(l->kernel()) + " of " +
+               std::to_string(kernels));
+        if (l->block() <= 0 || l->block() > 1024 || l->shared_mem() < 0 ||
+            l->shared_mem() > 227 * 1024)
+          fail(at + " has an invalid block or shared-memory size");
+      }
+    }
+}
+
 // Checks that go beyond the FlatBuffers verifier: every index and shape the executor will
 // follow must be in range, so a crafted artifact cannot make it read out of bounds.
 void checkStructure(const schema::Artifact &a, const std::string &src) {
@@ -171,6 +205,8 @@ void checkStructure(const schema::Artifact &a, const std::string &src) {
         }
     }
   }
+  if (a.target() == schema::Target_CUDA_SM90A)
+    checkKernels(a, fail);
 }
 
 } // namespace

@@ -1,7 +1,8 @@
 //===- tnlmc.cpp - the tnlm compiler driver -------------------------------===//
 //
-//   tnlmc CONFIG.json|MODEL.mlir [--emit=mlir|plan|artifact] [--pipeline=none|infer]
-//         [--block-size=N] [--summary] [--dtype=bf16] [-o FILE]
+//   tnlmc CONFIG.json|MODEL.mlir [--emit=mlir|plan|cuda-source|artifact]
+//         [--target=cpu|cuda:sm_90a] [--pipeline=none|infer] [--block-size=N] [--summary]
+//         [--dtype=bf16] [-o FILE|DIR]
 //
 // Reads a Hugging Face-style TransNormerLLM config (imported into model-level tnlm IR) or a
 // hand-written .mlir module, and emits or summarizes it. Every flag is documented in --help
@@ -13,6 +14,7 @@
 #include "models/ModelConfig.h"
 #include "models/Summary.h"
 #include "codegen/ArtifactWriter.h"
+#include "codegen/CudaEmitter.h"
 #include "codegen/KernelPlan.h"
 #include "passes/Passes.h"
 
@@ -24,6 +26,8 @@
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Support/FileUtilities.h"
 #include "llvm/Support/CommandLine.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Path.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/SourceMgr.h"
@@ -31,6 +35,8 @@
 #include "llvm/Support/WithColor.h"
 
 #include <optional>
+
+#include "tools/tnlmc/CudaCompile.h"
 
 using namespace mlir;
 namespace cl = llvm::cl;
@@ -45,7 +51,7 @@ cl::opt<std::string> outputPath("o", cl::cat(category), cl::init("-"),
                                 cl::desc("Output file ('-' for stdout, the default)"),
                                 cl::value_desc("file"));
 
-enum class Emit { None, Mlir, Plan, Artifact };
+enum class Emit { None, Mlir, Plan, CudaSource, Artifact };
 cl::opt<Emit> emit(
     "emit", cl::cat(category), cl::init(Emit::None),
     cl::desc("What to emit (default: artifact when -o ends in .tnlm, nothing when only "
@@ -53,13 +59,16 @@ cl::opt<Emit> emit(
     cl::values(clEnumValN(Emit::Mlir, "mlir", "model-level tnlm IR"),
                clEnumValN(Emit::Plan, "plan",
                           "kernel-level plan: one step per kernel, arena offsets"),
+               clEnumValN(Emit::CudaSource, "cuda-source",
+                          "--target=cuda:sm_90a: the generated CUDA C++ and its launch "
+                          "manifest, written into the directory -o names"),
                clEnumValN(Emit::Artifact, "artifact", "compiled model (.tnlm, FlatBuffers)")));
 enum class Mode { Infer };
 cl::opt<Mode> mode("mode", cl::cat(category), cl::init(Mode::Infer),
                    cl::desc("What the artifact runs"),
                    cl::values(clEnumValN(Mode::Infer, "infer", "@forward: ids -> logits")));
 cl::opt<std::string> target("target", cl::cat(category), cl::init("cpu"),
-                            cl::desc("Backend the artifact is compiled for: cpu"),
+                            cl::desc("Backend the artifact is compiled for: cpu or cuda:sm_90a"),
                             cl::value_desc("target"));
 cl::opt<int64_t> maxBatch("batch", cl::cat(category), cl::init(1),
                           cl::desc("Largest batch the artifact runs (buffers are planned for "
@@ -131,6 +140,57 @@ OwningOpRef<ModuleOp> loadInput(MLIRContext &context, llvm::SourceMgr &sourceMgr
   return parseSourceFile<ModuleOp>(sourceMgr, &context);
 }
 
+bool isCuda() { return target == "cuda:sm_90a"; }
+
+/// --emit=cuda-source: DIR/<function>.cu and DIR/<function>.launches.txt.
+int writeCudaSource(const tnlm::KernelPlan &plan, const tnlm::CudaProgram &program) {
+  if (outputPath == "-") {
+    error("--emit=cuda-source needs an output directory: -o DIR");
+    return 1;
+  }
+  if (std::error_code ec = llvm::sys::fs::create_directories(outputPath)) {
+    error("cannot create directory '" + outputPath + "': " + ec.message());
+    return 1;
+  }
+  auto write = [&](const std::string &name, auto print) {
+    llvm::SmallString<256> path(outputPath.getValue());
+    llvm::sys::path::append(path, name);
+    std::string message;
+    auto file = openOutputFile(path, &message);
+    if (!file) {
+      error(message);
+      return false;
+    }
+    print(file->os());
+    file->keep();
+    return true;
+  };
+  bool ok = write(program.sourceName, [&](llvm::raw_ostream &os) { os << program.source; }) &&
+            write(plan.function + ".launches.txt", [&](llvm::raw_ostream &os) {
+              tnlm::printCudaManifest(plan, program, os);
+            });
+  return ok ? 0 : 1;
+}
+
+/// Compiles the program with NVRTC (no GPU needed) into `image`.
+bool compileCudaProgram(const tnlm::CudaProgram &program, tnlm::CudaImage &image) {
+  std::vector<std::string> expressions;
+  for (const tnlm::CudaKernel &k : program.kernels)
+    if (!k.expression.empty())
+      expressions.push_back(k.expression);
+  std::map<std::string, std::string> lowered;
+  std::string message;
+  if (!tnlmc::compileCudaSource(program.source, program.sourceName, program.arch,
+                                tnlm::cudaDeviceHeaders(), expressions, image.image, lowered,
+                                message)) {
+    error(message);
+    return false;
+  }
+  for (const tnlm::CudaKernel &k : program.kernels)
+    image.symbols.push_back(k.expression.empty() ? k.name : lowered[k.expression]);
+  return true;
+}
+
 } // namespace
 
 
@@ -146,7 +206,8 @@ int main(int argc, char **argv) {
       "  tnlmc models/tnl-7b.json --summary\n"
       "  tnlmc models/tiny.json --emit=mlir -o tiny.mlir\n"
       "  tnlmc models/tiny.json --mode=infer --target=cpu --batch=4 --seq=256 -o tiny.tnlm\n"
-      "  tnlmc models/tiny.json --pipeline=infer --emit=mlir --mlir-print-ir-after-all\n");
+      "  tnlmc models/tiny.json --pipeline=infer --emit=mlir --mlir-print-ir-after-all\n"
+      "  tnlmc models/tnl-1b.json --target=cuda:sm_90a --emit=cuda-source -o gen/\n");
 
   DialectRegistry registry;
   registry.insert<tnlm::TnlmDialect, func::FuncDialect>();
@@ -161,8 +222,9 @@ int main(int argc, char **argv) {
   if (failed(verify(*module)))
     return 1;
 
-  if (target != "cpu") {
-    error("--target=" + target + ": unknown or not yet supported target (supported: cpu)");
+  if (target != "cpu" && !isCuda()) {
+    error("--target=" + target +
+          ": unknown or not yet supported target (supported: cpu, cuda:sm_90a)");
     return 1;
   }
   if (maxBatch < 1 || maxSeq < 1) {
@@ -174,6 +236,10 @@ int main(int argc, char **argv) {
   Emit what = emit;
   if (what == Emit::None)
     what = out.ends_with(".tnlm") ? Emit::Artifact : summary ? Emit::None : Emit::Mlir;
+  if (what == Emit::CudaSource && !isCuda()) {
+    error("--emit=cuda-source needs --target=cuda:sm_90a");
+    return 1;
+  }
   if (what == Emit::Artifact && outputPath == "-") {
     error("--emit=artifact needs an output file: -o model.tnlm");
     return 1;
@@ -204,8 +270,8 @@ int main(int argc, char **argv) {
   // The kernel plan serves the summary (planned arena) and the plan/artifact outputs.
   std::optional<tnlm::KernelPlan> plan;
   std::string planError;
-  if (summary || what == Emit::Plan || what == Emit::Artifact) {
-    bool needed = what == Emit::Plan || what == Emit::Artifact;
+  if (summary || what == Emit::Plan || what == Emit::Artifact || what == Emit::CudaSource) {
+    bool needed = what != Emit::None;
     // For a summary alone the plan is optional: a module that cannot be lowered still gets
     // its parameter and FLOP counts, and the reason instead of the arena size.
     std::optional<ScopedDiagnosticHandler> quiet;
@@ -216,7 +282,7 @@ int main(int argc, char **argv) {
         return success();
       });
     FailureOr<tnlm::KernelPlan> lowered =
-        tnlm::lowerToKernelPlan(*module, "forward", maxBatch, maxSeq);
+        tnlm::lowerToKernelPlan(*module, "forward", maxBatch, maxSeq, target);
     if (failed(lowered)) {
       if (needed)
         return 1;
@@ -246,8 +312,22 @@ int main(int argc, char **argv) {
   if (what == Emit::None)
     return 0;
 
+  std::optional<tnlm::CudaProgram> program;
+  if (isCuda() && (what == Emit::Artifact || what == Emit::CudaSource)) {
+    FailureOr<tnlm::CudaProgram> emitted = tnlm::emitCudaProgram(*plan, module->getLoc());
+    if (failed(emitted))
+      return 1;
+    program = std::move(*emitted);
+    if (what == Emit::CudaSource)
+      return writeCudaSource(*plan, *program);
+  }
+
   if (what == Emit::Artifact) {
-    std::vector<uint8_t> bytes = tnlm::serializeArtifact(*module, {*plan}, target);
+    tnlm::CudaImage image;
+    if (program && !compileCudaProgram(*program, image))
+      return 1;
+    std::vector<uint8_t> bytes = tnlm::serializeArtifact(
+        *module, {*plan}, target, program ? &*program : nullptr, program ? &image : nullptr);
     std::string err = tnlm::writeFileAtomically(outputPath, bytes);
     if (!err.empty()) {
       error(err);

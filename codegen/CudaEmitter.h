@@ -1,0 +1,64 @@
+//===- CudaEmitter.h - kernel plan → CUDA C++ + launch metadata -*- C++ -*-===//
+//
+// For the cuda:sm_90a target: turns a memory-planned kernel plan into ONE deterministic CUDA
+// C++ source (same plan → byte-identical text) and per-step launch metadata. Row-wise and
+// elementwise steps become extern "C" wrappers around the device templates of
+// codegen/cuda/Elementwise.cuh, one per distinct specialization (identical layers share a
+// kernel, e.g. tnlm_srms_norm_c1024); GEMMs run through cuBLASLt at run time and are recorded
+// as GEMM launches; Lightning Attention instantiates the Hopper template of
+// codegen/cuda/LightningAttentionFwd.cuh (head dim 128, no LRPE) between a SiLU prologue and
+// a gated-norm epilogue. The device headers are embedded in the compiler and handed to NVRTC
+// as in-memory headers, so artifacts never depend on the source tree.
+//
+//===----------------------------------------------------------------------===//
+#ifndef TNLM_CODEGEN_CUDAEMITTER_H
+#define TNLM_CODEGEN_CUDAEMITTER_H
+
+#include "codegen/KernelPlan.h"
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace mlir::tnlm {
+
+/// Mirrors tnlm.fbs LaunchKind: how one launch of a step runs and how its grid follows rows.
+enum class CudaLaunchKind { Gemm, PerRow, LightningState, LightningScan, LightningMain };
+const char *launchKindName(CudaLaunchKind kind);
+
+struct CudaLaunch {
+  CudaLaunchKind kind = CudaLaunchKind::PerRow;
+  int64_t kernel = -1; // index into CudaProgram::kernels; -1 for Gemm
+  int64_t block = 0, sharedMem = 0;
+  int64_t gemmN = 0, gemmK = 0; // Gemm: out[rows, n] = in[rows, k] · W[n, k]ᵀ
+  std::string note;             // what the launch does, for the manifest
+};
+
+struct CudaKernel {
+  std::string name;       // readable name; the symbol itself for extern "C" kernels
+  std::string expression; // template kernels: NVRTC name expression (symbol = lowered name)
+};
+
+struct CudaProgram {
+  std::string arch = "sm_90a";
+  std::string sourceName; // e.g. "forward.cu"
+  std::string source;
+  std::vector<CudaKernel> kernels;
+  std::vector<std::vector<CudaLaunch>> steps; // one list per plan step, in plan order
+};
+
+/// Emits the CUDA program of `plan` (memory-planned, lowered for cuda). Fails with a
+/// diagnostic at `loc` naming the step (layer) when a step has no CUDA kernel yet.
+FailureOr<CudaProgram> emitCudaProgram(const KernelPlan &plan, Location loc);
+
+/// The device headers the source includes, by include name ("tnlm/Elementwise.cuh").
+const std::map<std::string, std::string> &cudaDeviceHeaders();
+
+/// The readable launch manifest (`tnlmc --emit=cuda-source` writes it next to the source).
+/// `symbols`, when given, are the resolved kernel symbols (same order as program.kernels).
+void printCudaManifest(const KernelPlan &plan, const CudaProgram &program,
+                       llvm::raw_ostream &os, const std::vector<std::string> *symbols = nullptr);
+
+} // namespace mlir::tnlm
+
+#endif // TNLM_CODEGEN_CUDAEMITTER_H
