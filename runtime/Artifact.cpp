@@ -3,6 +3,7 @@
 
 #include "runtime/Error.h"
 
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 
@@ -83,6 +84,77 @@ template <typename Fail> void checkKernels(const schema::Artifact &a, Fail fail)
     }
 }
 
+// Dimensions, row strides and row counts stay below 2^31 (BLAS and CUDA index with 32 bits),
+// so the byte products below cannot overflow 64 bits.
+constexpr int64_t kMaxDim = (int64_t(1) << 31) - 1;
+
+bool smallPositive(int64_t v) { return v > 0 && v <= (int64_t(1) << 24); }
+
+uint64_t elementBytes(schema::DType t) {
+  switch (t) {
+  case schema::DType_F32:
+  case schema::DType_I32:
+    return 4;
+  case schema::DType_BF16:
+  case schema::DType_F16:
+    return 2;
+  default:
+    return 0;
+  }
+}
+
+// offset + ld·rows·elem <= arena, without wrapping.
+bool fitsArena(uint64_t offset, uint64_t ld, uint64_t rows, uint64_t elem, uint64_t arena) {
+  uint64_t bytes = 0, end = 0;
+  return !__builtin_mul_overflow(ld, rows, &bytes) && !__builtin_mul_overflow(bytes, elem, &bytes) &&
+         !__builtin_add_overflow(offset, bytes, &end) && end <= arena;
+}
+
+// The kind of operand each input slot of each kernel must be (tnlm.fbs KernelKind comments).
+schema::OperandKind inputRole(schema::KernelKind kind, unsigned slot) {
+  switch (kind) {
+  case schema::KernelKind_Embedding: // ids, table
+    return slot == 0 ? schema::OperandKind_Input : schema::OperandKind_Param;
+  case schema::KernelKind_Linear:             // x, W
+  case schema::KernelKind_Lrpe:               // x, θ
+  case schema::KernelKind_LightningAttention: // qkvu, θ
+  case schema::KernelKind_GatedLinear:        // x, W1, W2
+    return slot == 0 ? schema::OperandKind_Arena : schema::OperandKind_Param;
+  case schema::KernelKind_CrossEntropy: // logits, labels
+    return slot == 0 ? schema::OperandKind_Arena : schema::OperandKind_Input;
+  default:
+    return schema::OperandKind_Arena;
+  }
+}
+
+// The function's result: one f32 [batch·seq, vocab] block inside the arena.
+template <typename Fail>
+void checkOutputs(const schema::Artifact &a, const schema::Function &f, uint64_t rows,
+                  Fail fail) {
+  std::string at = "function '" + f.name()->str() + "'";
+  if (f.outputs()->size() != 1)
+    fail(at + " must have exactly one result");
+  const schema::FunctionIO *out = f.outputs()->Get(0);
+  if (!out->shape() || out->shape()->size() == 0 || out->kind() != schema::OperandKind_Arena ||
+      out->dtype() != schema::DType_F32)
+    fail(at + " has a result that is not an f32 arena block");
+  int64_t vocab = out->shape()->Get(out->shape()->size() - 1);
+  if (vocab <= 0 || vocab > kMaxDim ||
+      !fitsArena(out->offset(), static_cast<uint64_t>(vocab), rows, 4, f.arena_bytes()))
+    fail(at + " has a result outside the arena");
+  // Some step must write exactly that block.
+  bool written = false;
+  for (const schema::Step *s : *f.steps()) {
+    if (!s->outputs())
+      continue; // reported with the step
+    for (const schema::Operand *o : *s->outputs())
+      written |= o->kind() == schema::OperandKind_Arena && o->offset() == out->offset() &&
+                 o->col_offset() == 0 && o->cols() == vocab && o->ld() == vocab;
+  }
+  if (!written)
+    fail(at + " returns a block that no step writes");
+}
+
 // Checks that go beyond the FlatBuffers verifier: every index and shape the executor will
 // follow must be in range, so a crafted artifact cannot make it read out of bounds.
 void checkStructure(const schema::Artifact &a, const std::string &src) {
@@ -94,15 +166,27 @@ void checkStructure(const schema::Artifact &a, const std::string &src) {
   for (const schema::Param *p : *a.params()) {
     if (!p->shape() || p->shape()->size() == 0)
       fail("parameter without a shape");
+    uint64_t elements = 1;
     for (int64_t d : *p->shape())
-      if (d <= 0)
-        fail("parameter '" + p->name()->str() + "' has a non-positive dimension");
+      if (d <= 0 || d > kMaxDim ||
+          __builtin_mul_overflow(elements, static_cast<uint64_t>(d), &elements) ||
+          elements > (uint64_t(1) << 40))
+        fail("parameter '" + p->name()->str() + "' has a dimension that is not in 1.." +
+             std::to_string(kMaxDim) + " or more than 2^40 elements");
   }
   for (const schema::Function *f : *a.functions()) {
     if (!f->steps() || !f->outputs() || !f->inputs())
       fail("function '" + f->name()->str() + "' lacks steps, inputs or outputs");
     uint64_t arena = f->arena_bytes();
-    uint64_t rows = static_cast<uint64_t>(a.max_batch()) * static_cast<uint64_t>(a.max_seq());
+    // Rows index BLAS calls (32-bit sizes); every product below stays far from 2^64.
+    uint64_t rows = 0;
+    if (__builtin_mul_overflow(static_cast<uint64_t>(a.max_batch()),
+                               static_cast<uint64_t>(a.max_seq()), &rows) ||
+        rows > kMaxDim)
+      fail("max batch x max sequence (" + std::to_string(a.max_batch()) + " x " +
+           std::to_string(a.max_seq()) + ") exceeds " + std::to_string(kMaxDim) + " rows");
+    checkOutputs(a, *f, rows, fail);
+    uint64_t used = 0; // end of the furthest operand: the arena the plan really needs
     for (const schema::Step *s : *f->steps()) {
       std::string at = "step '" + (s->name() ? s->name()->str() : std::string("?")) + "'";
       if (!s->inputs() || !s->outputs())
@@ -151,6 +235,8 @@ void checkStructure(const schema::Artifact &a, const std::string &src) {
       } else if (s->kind() == schema::KernelKind_Lrpe) {
         auto t = paramShape(s->inputs()->Get(1));
         int64_t h = s->i64_attrs()->Get(0), dh = s->i64_attrs()->Get(1);
+        if (!smallPositive(h) || !smallPositive(dh) || s->i64_attrs()->Get(2) < 0)
+          fail(at + " has invalid LRPE attributes");
         if (t->size() != 3 || t->Get(0) != h || t->Get(2) != dh ||
             s->inputs()->Get(0)->cols() != h * dh || y->cols() != 2 * h * dh ||
             y->ld() != y->cols())
@@ -158,6 +244,9 @@ void checkStructure(const schema::Artifact &a, const std::string &src) {
       } else if (s->kind() == schema::KernelKind_DecayAttention) {
         int64_t h = s->i64_attrs()->Get(0), dk = s->i64_attrs()->Get(1),
                 dv = s->i64_attrs()->Get(2);
+        if (!smallPositive(h) || !smallPositive(dk) || !smallPositive(dv) ||
+            s->i64_attrs()->Get(3) < 0)
+          fail(at + " has invalid attention attributes");
         if (count(s->slopes()) != static_cast<unsigned>(h) ||
             s->inputs()->Get(0)->cols() != h * dk || s->inputs()->Get(1)->cols() != h * dk ||
             s->inputs()->Get(2)->cols() != h * dv || y->cols() != h * dv)
@@ -178,23 +267,45 @@ void checkStructure(const schema::Artifact &a, const std::string &src) {
           if (o->kind() != schema::OperandKind_Arena || o->cols() != y->cols())
             fail(at + " has operands whose widths do not agree");
       }
+      const bool cpu = a.target() == schema::Target_CPU;
       for (auto *list : {s->inputs(), s->outputs()})
-        for (const schema::Operand *o : *list) {
-          if (o->cols() <= 0 || o->ld() < o->cols() + o->col_offset() || o->col_offset() < 0)
+        for (unsigned i = 0; i < list->size(); ++i) {
+          const schema::Operand *o = list->Get(i);
+          if (o->cols() <= 0 || o->col_offset() < 0 || o->cols() > kMaxDim ||
+              o->ld() > kMaxDim || o->ld() < o->cols() + o->col_offset())
             fail(at + " has an operand with an invalid view");
+          // Every slot has one role: token ids, a parameter, or an activation in the arena.
+          schema::OperandKind role = list == s->outputs() ? schema::OperandKind_Arena
+                                                          : inputRole(s->kind(), i);
+          if (o->kind() != role)
+            fail(at + " has " + (list == s->outputs() ? "output" : "input") + " #" +
+                 std::to_string(i) + " of the wrong kind (expected " +
+                 schema::EnumNameOperandKind(role) + ")");
           switch (o->kind()) {
           case schema::OperandKind_Arena: {
-            uint64_t elem = o->dtype() == schema::DType_F32 ? 4 : 2;
+            uint64_t elem = elementBytes(o->dtype());
+            if (elem == 0 || (cpu && o->dtype() != schema::DType_F32))
+              fail(at + " has an activation of a dtype this target does not store");
             bool scalar = s->kind() == schema::KernelKind_CrossEntropy && list == s->outputs();
-            if (o->offset() + static_cast<uint64_t>(o->ld()) * (scalar ? 1 : rows) * elem > arena)
+            if (!fitsArena(o->offset(), static_cast<uint64_t>(o->ld()), scalar ? 1 : rows,
+                           elem, arena))
               fail(at + " reads or writes past the end of the arena");
+            used = std::max(used, o->offset() + static_cast<uint64_t>(o->ld()) *
+                                                    (scalar ? 1 : rows) * elem);
             break;
           }
-          case schema::OperandKind_Param:
+          case schema::OperandKind_Param: {
             if (o->offset() >= a.params()->size())
-              fail(at + " refers to parameter #" + std::to_string(o->offset()) +
-                   " of " + std::to_string(a.params()->size()));
+              fail(at + " refers to parameter #" + std::to_string(o->offset()) + " of " +
+                   std::to_string(a.params()->size()));
+            // Parameters are read whole: no view may start or stride outside the tensor.
+            auto shape = a.params()->Get(o->offset())->shape();
+            int64_t last = shape->Get(shape->size() - 1);
+            if (o->col_offset() != 0 || o->cols() != last || o->ld() != last)
+              fail(at + " views parameter '" + a.params()->Get(o->offset())->name()->str() +
+                   "' with a column offset or width other than the tensor's");
             break;
+          }
           case schema::OperandKind_Input:
             if (o->offset() >= f->inputs()->size())
               fail(at + " refers to a missing function input");
@@ -204,6 +315,11 @@ void checkStructure(const schema::Artifact &a, const std::string &src) {
           }
         }
     }
+    // The planner's arena is the furthest buffer end rounded up to its 64-byte alignment; a
+    // larger declared size would only make the runtime allocate what no step touches.
+    if (arena > used + 4096)
+      fail("function '" + f->name()->str() + "' declares an arena of " + std::to_string(arena) +
+           " bytes but its steps use " + std::to_string(used));
   }
   if (a.target() == schema::Target_CUDA_SM90A)
     checkKernels(a, fail);

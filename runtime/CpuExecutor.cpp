@@ -32,7 +32,15 @@ CpuExecutor::CpuExecutor(const Artifact &artifact, ParamValues params)
                   std::to_string(params_[i].size()) + " values, expected " +
                   std::to_string(paramElements(*table[i])));
   const schema::Function &fn = artifact.function("forward");
-  arena_.assign(fn.arena_bytes() / sizeof(float) + 1, 0.0f);
+  try {
+    arena_.assign(fn.arena_bytes() / sizeof(float) + 1, 0.0f);
+  } catch (const std::bad_alloc &) {
+    throw Error(artifact.source() + ": cannot allocate the activation arena of " +
+                std::to_string(fn.arena_bytes()) + " bytes");
+  } catch (const std::length_error &) {
+    throw Error(artifact.source() + ": cannot allocate the activation arena of " +
+                std::to_string(fn.arena_bytes()) + " bytes");
+  }
   const schema::FunctionIO *out = fn.outputs()->Get(0);
   vocab_ = out->shape()->Get(out->shape()->size() - 1);
 }
@@ -68,7 +76,7 @@ std::vector<float> CpuExecutor::forward(const int32_t *ids, int64_t batch, int64
     case schema::KernelKind_Embedding: {
       const schema::Operand *table = in.Get(1);
       int64_t vocab = artifact_.root().params()->Get(table->offset())->shape()->Get(0);
-      cpu::embedding(ids, rows, ptr(table), vocab, table->cols(), f32(0), ptr(y));
+      cpu::embedding(ids, rows, ptr(table), vocab, y->cols(), f32(0), ptr(y));
       break;
     }
     case schema::KernelKind_SrmsNorm:

@@ -85,7 +85,13 @@ ParamValues randomWeights(const Artifact &artifact, uint64_t seed) {
   ParamValues values(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     std::vector<int64_t> shape = paramShape(*params[i]);
-    values[i].resize(static_cast<size_t>(numElements(shape, params[i]->name()->str())));
+    int64_t n = numElements(shape, params[i]->name()->str());
+    try {
+      values[i].resize(static_cast<size_t>(n));
+    } catch (const std::bad_alloc &) {
+      throw Error(artifact.source() + ": cannot allocate parameter '" +
+                  params[i]->name()->str() + "' (" + std::to_string(n) + " elements)");
+    }
     initParameter(params[i]->name()->str(), shape, seed, values[i].data());
   }
   return values;

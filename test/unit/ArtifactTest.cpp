@@ -1,5 +1,6 @@
 //===- ArtifactTest.cpp - the runtime refuses bad artifacts and weights ---===//
 #include "runtime/Artifact.h"
+#include "runtime/CpuExecutor.h"
 #include "codegen/ArtifactWriter.h"
 #include "codegen/KernelPlan.h"
 #include "models/Import.h"
@@ -13,13 +14,17 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 
 namespace {
 
 namespace mt = mlir::tnlm;
 namespace sc = tnlm::schema;
 
-std::vector<uint8_t> tinyArtifact(llvm::StringRef target = "cpu") {
+// The tiny model's artifact (max batch 2, seq 32), with `mutate` applied to the memory-planned
+// plan before it is written: the way to craft artifacts that tnlmc would never produce.
+std::vector<uint8_t> tinyArtifact(llvm::StringRef target = "cpu",
+                                  const std::function<void(mt::KernelPlan &)> &mutate = {}) {
   mlir::MLIRContext ctx;
   mt::ConfigResult r = mt::loadModelConfig(std::string(TNLM_MODELS_DIR) + "/tiny.json");
   EXPECT_TRUE(r.config) << r.error;
@@ -27,6 +32,8 @@ std::vector<uint8_t> tinyArtifact(llvm::StringRef target = "cpu") {
   auto plan = mt::lowerToKernelPlan(*module, "forward", 2, 32);
   EXPECT_TRUE(mlir::succeeded(plan));
   mt::planMemory(*plan);
+  if (mutate)
+    mutate(*plan);
   return mt::serializeArtifact(*module, {*plan}, target);
 }
 
@@ -115,6 +122,99 @@ TEST(Artifact, ByteFlipsNeverCrashTheLoader) {
     }
   }
   EXPECT_GT(refused, 0);
+}
+
+// Accepted mutants must also run: the structural checks are what keeps the executor in range
+// (under AddressSanitizer this test is the fuzz harness for it).
+TEST(Artifact, AcceptedByteFlipsRunInBounds) {
+  std::vector<uint8_t> good = tinyArtifact();
+  tnlm::ParamValues params =
+      tnlm::randomWeights(tnlm::Artifact::fromBytes(good, "good", tnlm::Target::Cpu), 1);
+  std::vector<int32_t> ids(64);
+  for (size_t i = 0; i < ids.size(); ++i)
+    ids[i] = static_cast<int32_t>(i * 7 % 256);
+  int ran = 0;
+  for (size_t i = 0; i < good.size(); i += 5) {
+    std::vector<uint8_t> bad = good;
+    bad[i] ^= 0x5A;
+    try {
+      tnlm::Artifact a = tnlm::Artifact::fromBytes(bad, "flip.tnlm", tnlm::Target::Cpu);
+      tnlm::CpuExecutor exec(a, params);
+      exec.forward(ids.data(), 2, 32);
+      ++ran;
+    } catch (const tnlm::Error &) {
+    }
+  }
+  EXPECT_GT(ran, 0);
+}
+
+// Crafted plans that tnlmc never writes, each refused with a message naming the problem.
+struct Mutation {
+  const char *what;
+  std::function<void(mt::KernelPlan &)> apply;
+  const char *expected;
+};
+
+TEST(Artifact, CraftedOutOfRangePlansAreRefused) {
+  auto stepOf = [](mt::KernelPlan &p, mt::KernelKind k) -> mt::PlanStep & {
+    for (mt::PlanStep &s : p.steps)
+      if (s.kind == k)
+        return s;
+    return p.steps.front();
+  };
+  const Mutation mutations[] = {
+      {"rows overflow", [](mt::KernelPlan &p) { p.maxSeq = int64_t(1) << 62; },
+       "exceeds 2147483647 rows"},
+      {"output into a parameter",
+       [&](mt::KernelPlan &p) {
+         stepOf(p, mt::KernelKind::SrmsNorm).outputs[0] =
+             mt::PlanOperand{mt::OperandKind::Param, 3, 0, 64, 64, "f32"};
+       },
+       "output #0 of the wrong kind (expected Arena)"},
+      {"activation input from a parameter",
+       [&](mt::KernelPlan &p) {
+         stepOf(p, mt::KernelKind::Linear).inputs[0] =
+             mt::PlanOperand{mt::OperandKind::Param, 3, 0, 64, 64, "f32"};
+       },
+       "input #0 of the wrong kind (expected Arena)"},
+      {"embedding table wider than the tensor",
+       [&](mt::KernelPlan &p) {
+         auto &t = stepOf(p, mt::KernelKind::Embedding).inputs[1];
+         t.cols = t.ld = 128;
+       },
+       "views parameter 'model.embed_tokens.weight' with a column offset or width"},
+      {"parameter column offset",
+       [&](mt::KernelPlan &p) {
+         auto &w = stepOf(p, mt::KernelKind::Linear).inputs[1];
+         w.colOffset = 100000;
+         w.ld = 100064;
+       },
+       "with a column offset or width other than the tensor's"},
+      {"bf16 activation on the cpu",
+       [&](mt::KernelPlan &p) { p.steps.back().outputs[0].dtype = "bf16"; },
+       "an activation of a dtype this target does not store"},
+      {"arena offset that wraps",
+       [&](mt::KernelPlan &p) {
+         p.buffers[stepOf(p, mt::KernelKind::SrmsNorm).outputs[0].index].offset = -16;
+       },
+       "reads or writes past the end of the arena"},
+      {"result outside the arena", [](mt::KernelPlan &p) { p.arenaBytes = 1024; },
+       "has a result outside the arena"},
+      {"huge row stride",
+       [&](mt::KernelPlan &p) { stepOf(p, mt::KernelKind::Silu).inputs[0].ld = int64_t(1) << 40; },
+       "an operand with an invalid view"},
+      {"attention dims that wrap",
+       [&](mt::KernelPlan &p) {
+         stepOf(p, mt::KernelKind::DecayAttention).i64Attrs[1] = (int64_t(1) << 62) + 1;
+       },
+       "invalid attention attributes"},
+  };
+  for (const Mutation &m : mutations) {
+    std::vector<uint8_t> bytes = tinyArtifact("cpu", m.apply);
+    std::string e = errorOf([&] { tnlm::Artifact::fromBytes(bytes, "m.tnlm", tnlm::Target::Cpu); });
+    EXPECT_NE(e.find(m.expected), std::string::npos) << m.what << ": " << e;
+    EXPECT_EQ(e.rfind("m.tnlm: invalid artifact: ", 0), 0u) << m.what << ": " << e;
+  }
 }
 
 class WeightsTest : public ::testing::Test {

@@ -218,5 +218,8 @@ int main(int argc, char **argv) {
   } catch (const std::bad_alloc &) {
     std::fprintf(stderr, "tnlm-run: error: out of memory\n");
     return 1;
+  } catch (const std::exception &e) { // e.g. a size no kernel can take
+    std::fprintf(stderr, "tnlm-run: error: %s\n", e.what());
+    return 1;
   }
 }

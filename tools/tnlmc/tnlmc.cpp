@@ -227,6 +227,12 @@ int main(int argc, char **argv) {
           ": unknown or not yet supported target (supported: cpu, cuda:sm_90a)");
     return 1;
   }
+  // Rows (batch x seq) index 32-bit BLAS/CUDA sizes; the runtime refuses more.
+  if (maxBatch >= 1 && maxSeq >= 1 && maxBatch > ((int64_t(1) << 31) - 1) / maxSeq) {
+    error("--batch x --seq = " + std::to_string(maxBatch) + " x " + std::to_string(maxSeq) +
+          " exceeds 2^31 - 1 rows");
+    return 1;
+  }
   if (maxBatch < 1 || maxSeq < 1) {
     error("--batch and --seq must be positive, got " + std::to_string(maxBatch) + " and " +
           std::to_string(maxSeq));
