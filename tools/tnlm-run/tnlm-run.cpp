@@ -3,6 +3,7 @@
 //   tnlm-run MODEL.tnlm --init=random --seed=1 --save-weights=w.safetensors
 //   tnlm-run MODEL.tnlm --weights=w.safetensors --tokens=1,5,9 --print-logits
 //   tnlm-run MODEL.tnlm --weights=w.safetensors --perplexity=text.txt
+//   tnlm-run MODEL-cuda.tnlm --device=cuda --init=random --tokens=1,5,9
 //
 // Links the runtime only (no MLIR, no LLVM). Every failure is one sentence on stderr that
 // names the file, tensor or flag at fault, and a non-zero exit status.
@@ -14,6 +15,9 @@
 #include "runtime/Weights.h"
 #include "runtime/cpu/Kernels.h"
 #include "tools/tnlm-run/Options.h"
+#if TNLM_RUN_HAVE_CUDA
+#include "runtime/cuda/CudaExecutor.h"
+#endif
 
 #include <chrono>
 #include <cmath>
@@ -89,7 +93,8 @@ std::vector<int32_t> readTokens(const std::string &path, int64_t vocab) {
 
 // Mean negative log-likelihood over non-overlapping windows of at most max_seq tokens,
 // max_batch windows per forward call; each window predicts its own tokens 1..len-1.
-void perplexity(CpuExecutor &exec, const std::vector<int32_t> &ids, bool quiet) {
+template <class Executor>
+void perplexity(Executor &exec, const std::vector<int32_t> &ids, bool quiet) {
   const Artifact &a = exec.artifact();
   const int64_t window = a.maxSeq(), vocab = exec.vocabSize();
   const int64_t total = static_cast<int64_t>(ids.size());
@@ -127,6 +132,8 @@ void perplexity(CpuExecutor &exec, const std::vector<int32_t> &ids, bool quiet) 
               static_cast<long long>(total), static_cast<long long>(counted), nll, std::exp(nll));
 }
 
+template <class Executor> int execute(Executor &exec, const Options &opts, bool quiet);
+
 int run(int argc, char **argv) {
   Options opts("tnlm-run", "tnlm-run MODEL.tnlm (--weights=FILE | --init=random) [actions]");
   opts.value("weights", "file", "Parameters as safetensors (Hugging Face names; f32/bf16/f16)");
@@ -139,6 +146,8 @@ int run(int argc, char **argv) {
              "Perplexity over a file: bytes for a 256-token vocabulary, else a .bin of uint32 ids");
   opts.value("threads", "n", "CPU threads (default: all cores)");
   opts.flag("quiet", "No progress line on stderr");
+  opts.value("device", "cpu|cuda",
+             "Executor (default cpu); cuda runs a --target=cuda:sm_90a artifact on GPU 0");
   if (!opts.parse(argc, argv))
     return 0;
   if (opts.positional().size() != 1)
@@ -161,7 +170,15 @@ int run(int argc, char **argv) {
     cpu::setNumThreads(static_cast<int>(opts.getInt("threads", 0, 1, 1024)));
   bool quiet = opts.has("quiet");
 
-  Artifact artifact = Artifact::load(opts.positional()[0], Target::Cpu);
+  const std::string device = opts.get("device", "cpu");
+  if (device != "cpu" && device != "cuda")
+    throw Error("--device: unknown device '" + device + "' (expected cpu or cuda)");
+#if !TNLM_RUN_HAVE_CUDA
+  if (device == "cuda")
+    throw Error("--device=cuda: this tnlm-run was built without the CUDA runtime");
+#endif
+  Artifact artifact =
+      Artifact::load(opts.positional()[0], device == "cuda" ? Target::CudaSm90a : Target::Cpu);
   ParamValues params =
       opts.has("weights")
           ? loadWeights(artifact, opts.get("weights"))
@@ -175,7 +192,18 @@ int run(int argc, char **argv) {
   if (!opts.has("tokens") && !opts.has("perplexity"))
     return 0;
 
+#if TNLM_RUN_HAVE_CUDA
+  if (device == "cuda") {
+    cuda::CudaExecutor exec(artifact, params);
+    return execute(exec, opts, quiet);
+  }
+#endif
   CpuExecutor exec(artifact, std::move(params));
+  return execute(exec, opts, quiet);
+}
+
+template <class Executor> int execute(Executor &exec, const Options &opts, bool quiet) {
+  const Artifact &artifact = exec.artifact();
   const int64_t vocab = exec.vocabSize();
   if (opts.has("perplexity")) {
     perplexity(exec, readTokens(opts.get("perplexity"), vocab), quiet);
