@@ -19,3 +19,10 @@ config.substitutions.append(("%tnlm_tools", config.tnlm_tools_dir))
 config.substitutions.append(("%inputs", os.path.join(config.test_source_root, "Inputs")))
 if config.tnlm_have_cuda:
     config.available_features.add("cuda-toolkit")
+# Whether an NVIDIA driver can be loaded here (the device machine has one; CI does not).
+import ctypes
+try:
+    ctypes.CDLL("libcuda.so.1")
+    config.available_features.add("cuda-device")
+except OSError:
+    config.available_features.add("no-cuda-driver")
