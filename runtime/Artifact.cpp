@@ -373,6 +373,15 @@ const schema::Function &Artifact::function(const std::string &name) const {
   throw Error(source_ + ": artifact has no function '" + name + "'");
 }
 
+void Artifact::checkCallShape(int64_t batch, int64_t seq) const {
+  if (batch < 1 || batch > maxBatch())
+    throw Error(source_ + ": batch " + std::to_string(batch) + " is outside 1.." +
+                std::to_string(maxBatch()) + " (the compiled --batch)");
+  if (seq < 1 || seq > maxSeq())
+    throw Error(source_ + ": sequence length " + std::to_string(seq) + " is outside 1.." +
+                std::to_string(maxSeq()) + " (the compiled --seq)");
+}
+
 int64_t Artifact::vocabSize() const {
   return root().config() ? root().config()->vocab_size() : 0;
 }

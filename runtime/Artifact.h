@@ -33,6 +33,8 @@ public:
   int64_t maxBatch() const { return root().max_batch(); }
   int64_t maxSeq() const { return root().max_seq(); }
   int64_t vocabSize() const;
+  /// Throws tnlm::Error unless 1 ≤ batch ≤ max batch and 1 ≤ seq ≤ max sequence.
+  void checkCallShape(int64_t batch, int64_t seq) const;
 
 private:
   std::vector<uint8_t> bytes_;

@@ -9,35 +9,13 @@
 
 namespace tnlm {
 
-namespace {
-
-int64_t paramElements(const schema::Param &p) {
-  int64_t n = 1;
-  for (int64_t d : *p.shape())
-    n *= d;
-  return n;
-}
-
-} // namespace
-
 CpuExecutor::CpuExecutor(const Artifact &artifact, ParamValues params)
     : artifact_(artifact), params_(std::move(params)) {
-  const auto &table = *artifact.root().params();
-  if (params_.size() != table.size())
-    throw Error(artifact.source() + ": " + std::to_string(params_.size()) +
-                " parameter tensors given for " + std::to_string(table.size()) + " parameters");
-  for (size_t i = 0; i < table.size(); ++i)
-    if (static_cast<int64_t>(params_[i].size()) != paramElements(*table[i]))
-      throw Error(artifact.source() + ": parameter '" + table[i]->name()->str() + "' has " +
-                  std::to_string(params_[i].size()) + " values, expected " +
-                  std::to_string(paramElements(*table[i])));
+  checkParamValues(artifact, params_);
   const schema::Function &fn = artifact.function("forward");
   try {
     arena_.assign(fn.arena_bytes() / sizeof(float) + 1, 0.0f);
-  } catch (const std::bad_alloc &) {
-    throw Error(artifact.source() + ": cannot allocate the activation arena of " +
-                std::to_string(fn.arena_bytes()) + " bytes");
-  } catch (const std::length_error &) {
+  } catch (const std::exception &) { // bad_alloc or length_error
     throw Error(artifact.source() + ": cannot allocate the activation arena of " +
                 std::to_string(fn.arena_bytes()) + " bytes");
   }
@@ -47,12 +25,7 @@ CpuExecutor::CpuExecutor(const Artifact &artifact, ParamValues params)
 
 std::vector<float> CpuExecutor::forward(const int32_t *ids, int64_t batch, int64_t seq) {
   const std::string &src = artifact_.source();
-  if (batch < 1 || batch > artifact_.maxBatch())
-    throw Error(src + ": batch " + std::to_string(batch) + " is outside 1.." +
-                std::to_string(artifact_.maxBatch()) + " (the compiled --batch)");
-  if (seq < 1 || seq > artifact_.maxSeq())
-    throw Error(src + ": sequence length " + std::to_string(seq) + " is outside 1.." +
-                std::to_string(artifact_.maxSeq()) + " (the compiled --seq)");
+  artifact_.checkCallShape(batch, seq);
   const int64_t rows = batch * seq;
   float *arena = arena_.data();
   auto ptr = [&](const schema::Operand *o) -> float * {

@@ -97,6 +97,20 @@ ParamValues randomWeights(const Artifact &artifact, uint64_t seed) {
   return values;
 }
 
+void checkParamValues(const Artifact &artifact, const ParamValues &values) {
+  const auto &table = *artifact.root().params();
+  if (values.size() != table.size())
+    throw Error(artifact.source() + ": " + std::to_string(values.size()) +
+                " parameter tensors given for " + std::to_string(table.size()) + " parameters");
+  for (size_t i = 0; i < table.size(); ++i) {
+    int64_t expected = numElements(paramShape(*table[i]), table[i]->name()->str());
+    if (static_cast<int64_t>(values[i].size()) != expected)
+      throw Error(artifact.source() + ": parameter '" + table[i]->name()->str() + "' has " +
+                  std::to_string(values[i].size()) + " values, expected " +
+                  std::to_string(expected));
+  }
+}
+
 void saveWeights(const Artifact &artifact, const ParamValues &values, const std::string &path) {
   const auto &params = *artifact.root().params();
   if (values.size() != params.size())

@@ -21,6 +21,9 @@ ParamValues loadWeights(const Artifact &artifact, const std::string &path);
 /// MODEL.md initialization with `seed` (N(0, 0.02), padding row zero, LRPE θ formula).
 ParamValues randomWeights(const Artifact &artifact, uint64_t seed);
 
+/// Throws tnlm::Error unless `values` holds one tensor of the right size per parameter.
+void checkParamValues(const Artifact &artifact, const ParamValues &values);
+
 /// Writes the parameters as safetensors in the artifact's parameter dtypes.
 void saveWeights(const Artifact &artifact, const ParamValues &values, const std::string &path);
 

@@ -62,13 +62,6 @@ size_t dtypeBytes(schema::DType d) {
   return d == schema::DType_F32 || d == schema::DType_I32 ? 4 : 2;
 }
 
-int64_t paramElements(const schema::Param &p) {
-  int64_t n = 1;
-  for (int64_t d : *p.shape())
-    n *= d;
-  return n;
-}
-
 } // namespace
 
 CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, Context *context,
@@ -79,15 +72,9 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
   if (root.target() != schema::Target_CUDA_SM90A || !root.kernels())
     throw Error(src + ": not a CUDA artifact (compile with --target=cuda:sm_90a)");
   const auto &table = *root.params();
-  if (params.size() != table.size())
-    throw Error(src + ": " + std::to_string(params.size()) + " parameter tensors given for " +
-                std::to_string(table.size()) + " parameters");
+  checkParamValues(artifact, params);
   size_t paramBytes = 0;
   for (size_t i = 0; i < table.size(); ++i) {
-    if (static_cast<int64_t>(params[i].size()) != paramElements(*table[i]))
-      throw Error(src + ": parameter '" + table[i]->name()->str() + "' has " +
-                  std::to_string(params[i].size()) + " values, expected " +
-                  std::to_string(paramElements(*table[i])));
     paramBytes +=
         (params[i].size() * 2 + Arena::kAlignment - 1) / Arena::kAlignment * Arena::kAlignment;
   }
@@ -346,12 +333,7 @@ void CudaExecutor::runStep(unsigned index, const schema::Step &s, int64_t batch,
 
 std::vector<float> CudaExecutor::forward(const int32_t *ids, int64_t batch, int64_t seq) {
   const std::string &src = artifact_.source();
-  if (batch < 1 || batch > artifact_.maxBatch())
-    throw Error(src + ": batch " + std::to_string(batch) + " is outside 1.." +
-                std::to_string(artifact_.maxBatch()) + " (the compiled --batch)");
-  if (seq < 1 || seq > artifact_.maxSeq())
-    throw Error(src + ": sequence length " + std::to_string(seq) + " is outside 1.." +
-                std::to_string(artifact_.maxSeq()) + " (the compiled --seq)");
+  artifact_.checkCallShape(batch, seq);
   const int64_t rows = batch * seq;
   // The embedding kernel gathers without a bounds check; check the ids here.
   const int64_t tableRows = vocab_;
