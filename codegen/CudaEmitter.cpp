@@ -105,16 +105,23 @@ private:
   }
 
   // extern "C" wrapper `tnlm_<op>_c<cols>` of tnlm::ew::<op><cols, block>(args).
+  // `flag` (optional) is a further bool template argument, named in the kernel's name.
   CudaLaunch rowKernel(const char *op, int64_t cols, const char *params, const char *args,
-                       const char *math, std::string note) {
+                       const char *math, std::string note, const char *flag = nullptr,
+                       bool flagValue = false) {
     const int64_t block = rowBlock(cols);
     std::string name = llvm::formatv("tnlm_{0}_c{1}", op, cols).str();
+    std::string targs = llvm::formatv("{0}, {1}", cols, block).str();
+    if (flag) {
+      name += llvm::formatv("_{0}{1}", flag, flagValue ? 1 : 0).str();
+      targs += flagValue ? ", true" : ", false";
+    }
     std::string def = llvm::formatv("// {0}\n"
                                     "extern \"C\" __global__ void __launch_bounds__({1})\n"
                                     "{2}({3}) {{\n"
-                                    "  tnlm::ew::{4}<{5}, {1}>({6});\n"
+                                    "  tnlm::ew::{4}<{5}>({6});\n"
                                     "}\n",
-                                    math, block, name, params, op, cols, args)
+                                    math, block, name, params, op, targs, args)
                           .str();
     CudaLaunch l;
     l.kind = CudaLaunchKind::PerRow;
@@ -149,8 +156,8 @@ private:
       l.kind = CudaLaunchKind::Gemm;
       l.gemmN = cols;
       l.gemmK = s.inputs[0].cols;
-      l.note = llvm::formatv("cuBLASLt: {0} [rows x {1}] = {2} . W[{1}, {3}]^T (out {4})",
-                             "y", cols, view("x", s.inputs[0]), l.gemmK, s.outputs[0].dtype)
+      l.note = llvm::formatv("cuBLASLt: {0} [rows x {1}] = {2} . W[{1}, {3}]^T (out {4})", "y",
+                             cols, view("x", s.inputs[0]), l.gemmK, s.outputs[0].dtype)
                    .str();
       out.push_back(l);
       return success();
@@ -178,13 +185,11 @@ private:
           "a, lda, b, ldb, sum, lds, y, ldy, eps",
           "s = a + b; y[r, :] = s[r, :] * rsqrt(mean_c(s[r, c]^2) + eps)",
           llvm::formatv("{0}, {1}, sum(ld {2}), y(ld {3}), eps {4:e}", view("a", s.inputs[0]),
-                        view("b", s.inputs[1]), s.outputs[0].ld, s.outputs[1].ld,
-                        s.f32Attrs[0])));
+                        view("b", s.inputs[1]), s.outputs[0].ld, s.outputs[1].ld, s.f32Attrs[0])));
       return success();
     case KernelKind::Silu:
       out.push_back(rowKernel("silu", cols, "const bf16 *x, long long ldx, bf16 *y, long long ldy",
-                              "x, ldx, y, ldy", "y = x * sigmoid(x)",
-                              view("x", s.inputs[0])));
+                              "x, ldx, y, ldy", "y = x * sigmoid(x)", view("x", s.inputs[0])));
       return success();
     case KernelKind::Mul:
     case KernelKind::Add: {
@@ -204,27 +209,48 @@ private:
     }
   }
 
-  // Prologue φ = SiLU on q, k into the workspace; the Hopper forward (state pass and scan
-  // only when the run-time segment plan has pieces, then the main pass) writes o into y;
-  // the epilogue y = u ⊙ SRMSNorm(o) runs in place.
+  // Plain layer: the prologue φ = SiLU on q, k (in place in qkvu at run time, see
+  // CudaExecutor), the Hopper forward (state pass and scan only when the run-time segment plan
+  // has pieces, then the main pass) writes o into y, and the epilogue y = u ⊙ SRMSNorm(o)
+  // runs in place.
+  // LRPE layer: the prologue writes φ(q), φ(k) rotated into four planes of the step's
+  // workspace (q cos, k cos, q sin, k sin; see ew::lrpe_split), the forward runs twice with
+  // head dim dh (cos planes -> y, sin planes -> the workspace's first plane, free by then),
+  // and the epilogue norms and gates the sum.
   LogicalResult lightning(const PlanStep &s, std::vector<CudaLaunch> &out) {
     const int64_t heads = s.i64Attrs[0], dh = s.i64Attrs[1], block = s.i64Attrs[2];
     const bool lrpe = s.i64Attrs[3] != 0, silu = s.i64Attrs[4] != 0;
-    if (lrpe || dh != kLaHeadDim) {
-      std::string what = dh != kLaHeadDim ? llvm::formatv("head dim {0}", dh).str() : "";
-      if (lrpe)
-        what += what.empty() ? "LRPE" : " / LRPE";
+    if (dh != kLaHeadDim)
       return mlir::emitError(loc)
-             << "layer '" << s.name << "': " << what << (lrpe && dh != kLaHeadDim ? " are" : " is")
-             << " not supported by the CUDA Lightning Attention kernel yet (it needs head dim "
-             << kLaHeadDim << " without LRPE)";
-    }
+             << "layer '" << s.name << "': head dim " << dh
+             << " is not supported by the CUDA Lightning Attention kernel yet (it needs head dim "
+             << kLaHeadDim << "; every released config has it)";
     const int64_t d = heads * dh;
-    if (silu)
+    const PlanOperand &qkvu = s.inputs[0];
+    if (lrpe) {
+      if (s.outputs.size() < 2 || s.inputs.size() < 2)
+        return fail(s) << "an LRPE layer needs θ and a workspace";
+      const PlanOperand &ws = s.outputs[1];
+      if (ws.cols != 4 * d || ws.ld != qkvu.ld)
+        return fail(s) << "the LRPE workspace must be [rows, " << 4 * d
+                       << "] with qkvu's row stride " << qkvu.ld << " (got " << ws.cols
+                       << " columns, ld " << ws.ld << ")";
+      out.push_back(rowKernel(
+          "lrpe_split", d,
+          "const bf16 *x, long long ldx, const float *theta, int seq, bf16 *w, long long ldw",
+          "x, ldx, theta, seq, w, ldw",
+          silu ? "w = [q c, k c, q s, k s], q, k = silu(x[:, 0:2D]), c, s = cos, sin(pos * theta)"
+               : "w = [q c, k c, q s, k s], q, k = x[:, 0:2D], c, s = cos, sin(pos * theta)",
+          llvm::formatv("prologue: {0}{1}, LRPE (theta f32, positions from 0) -> workspace "
+                        "planes (ld {2})",
+                        silu ? "silu " : "", view("qkvu", qkvu), ws.ld)
+              .str(),
+          "silu", silu));
+    } else if (silu) {
       out.push_back(rowKernel("silu", 2 * d, "const bf16 *x, long long ldx, bf16 *y, long long ldy",
                               "x, ldx, y, ldy", "y = x * sigmoid(x)",
-                              "prologue q, k = silu(" + view("qkvu", s.inputs[0]) +
-                                  ") -> workspace"));
+                              "prologue q, k = silu(" + view("qkvu", qkvu) + "), in place"));
+    }
     if (!usesLightning) {
       usesLightning = true;
       body += llvm::formatv(
@@ -237,11 +263,8 @@ private:
           kLaHeadDim, kLaChunk, kLaThreads, kLaSmemMain, kLaSmemState);
     }
     std::string cfg = llvm::formatv("tnlm_la_sm90_d{0}", kLaHeadDim).str();
-    // q, k: the prologue's workspace [rows, 2D] (k at column D), or qkvu itself without φ.
-    std::string qk = silu ? llvm::formatv("q, k = workspace (ld {0})", 2 * d).str()
-                          : llvm::formatv("q, k = qkvu (ld {0})", s.inputs[0].ld).str();
     auto la = [&](CudaLaunchKind kind, const char *suffix, std::string expr, int64_t threads,
-                  int64_t smem) {
+                  int64_t smem, const std::string &operands) {
       CudaLaunch l;
       l.kind = kind;
       std::string name = llvm::formatv("tnlm_la_sm90_{0}_d{1}", suffix, kLaHeadDim).str();
@@ -252,26 +275,57 @@ private:
       l.kernel = byName[name];
       l.block = threads;
       l.sharedMem = smem;
-      l.note = llvm::formatv("H {0}, dk = dv = {1}, {2}, v = qkvu[:, {3}:{4}], o -> y (ld {5}), "
-                             "slopes of the step; plan block {6} (kernel tile {7})",
-                             heads, dh, qk, 2 * d, 3 * d, s.outputs[0].ld, block, kLaChunk)
+      l.note = llvm::formatv("H {0}, dk = dv = {1}, {2}, v = qkvu[:, {3}:{4}], slopes of the "
+                             "step; plan block {5} (kernel tile {6})",
+                             heads, dh, operands, 2 * d, 3 * d, block, kLaChunk)
                    .str();
       out.push_back(l);
     };
-    la(CudaLaunchKind::LightningState, "state",
-       "&tnlm::la::lightning_fwd_sm90_state_kernel<" + cfg + ">", kLaThreads, kLaSmemState);
-    la(CudaLaunchKind::LightningScan, "scan",
-       llvm::formatv("&tnlm::la::lightning_fwd_scan_kernel<{0}, {0}>", kLaHeadDim).str(),
-       kLaScanThreads, 0);
-    la(CudaLaunchKind::LightningMain, "main",
-       "&tnlm::la::lightning_fwd_sm90_main_kernel<" + cfg + ">", kLaThreads, kLaSmemMain);
-    PlanOperand u = s.inputs[0];
+    std::vector<std::string> passes;
+    if (lrpe) {
+      int64_t ld = s.outputs[1].ld;
+      passes = {llvm::formatv("cos half: q, k = workspace[:, 0:{0}], [:, {0}:{1}] (ld {2}), "
+                              "o -> y (ld {3})",
+                              d, 2 * d, ld, s.outputs[0].ld)
+                    .str(),
+                llvm::formatv("sin half: q, k = workspace[:, {0}:{1}], [:, {1}:{2}] (ld {3}), "
+                              "o -> workspace[:, 0:{4}]",
+                              2 * d, 3 * d, 4 * d, ld, d)
+                    .str()};
+    } else {
+      passes = {
+          llvm::formatv("q, k = qkvu (ld {0}), o -> y (ld {1})", qkvu.ld, s.outputs[0].ld).str()};
+    }
+    for (const std::string &operands : passes) {
+      la(CudaLaunchKind::LightningState, "state",
+         "&tnlm::la::lightning_fwd_sm90_state_kernel<" + cfg + ">", kLaThreads, kLaSmemState,
+         operands);
+      la(CudaLaunchKind::LightningScan, "scan",
+         llvm::formatv("&tnlm::la::lightning_fwd_scan_kernel<{0}, {0}>", kLaHeadDim).str(),
+         kLaScanThreads, 0, operands);
+      la(CudaLaunchKind::LightningMain, "main",
+         "&tnlm::la::lightning_fwd_sm90_main_kernel<" + cfg + ">", kLaThreads, kLaSmemMain,
+         operands);
+    }
+    PlanOperand u = qkvu;
     u.colOffset += 3 * d;
     u.cols = d;
-    out.push_back(rowKernel(
-        "gated_srms_norm", d, "const bf16 *u, long long ldu, bf16 *y, long long ldy, float eps",
-        "u, ldu, y, ldy, eps", "y[r, :] = u[r, :] * y[r, :] * rsqrt(mean_c(y[r, c]^2) + eps)",
-        llvm::formatv("epilogue y = {0} * srms_norm(y), eps {1:e}", view("u", u), s.f32Attrs[0])));
+    if (lrpe) {
+      out.push_back(rowKernel(
+          "gated_srms_norm_sum", d,
+          "const bf16 *u, long long ldu, const bf16 *y2, long long ldy2, bf16 *y, long long ldy, "
+          "float eps",
+          "u, ldu, y2, ldy2, y, ldy, eps",
+          "o = y + y2; y[r, :] = u[r, :] * o[r, :] * rsqrt(mean_c(o[r, c]^2) + eps)",
+          llvm::formatv("epilogue y = {0} * srms_norm(y + workspace[:, 0:{1}]), eps {2:e}",
+                        view("u", u), d, s.f32Attrs[0])));
+    } else {
+      out.push_back(rowKernel(
+          "gated_srms_norm", d, "const bf16 *u, long long ldu, bf16 *y, long long ldy, float eps",
+          "u, ldu, y, ldy, eps", "y[r, :] = u[r, :] * y[r, :] * rsqrt(mean_c(y[r, c]^2) + eps)",
+          llvm::formatv("epilogue y = {0} * srms_norm(y), eps {1:e}", view("u", u),
+                        s.f32Attrs[0])));
+    }
     return success();
   }
 };
@@ -282,11 +336,10 @@ FailureOr<CudaProgram> emitCudaProgram(const KernelPlan &plan, Location loc) {
   return Emitter(plan, loc).run();
 }
 
-void printCudaManifest(const KernelPlan &plan, const CudaProgram &program,
-                       llvm::raw_ostream &os, const std::vector<std::string> *symbols) {
-  os << "# tnlm CUDA launch manifest: @" << plan.function << ", " << program.arch
-     << ", max batch " << plan.maxBatch << ", max seq " << plan.maxSeq << ", arena "
-     << plan.arenaBytes << " bytes\n"
+void printCudaManifest(const KernelPlan &plan, const CudaProgram &program, llvm::raw_ostream &os,
+                       const std::vector<std::string> *symbols) {
+  os << "# tnlm CUDA launch manifest: @" << plan.function << ", " << program.arch << ", max batch "
+     << plan.maxBatch << ", max seq " << plan.maxSeq << ", arena " << plan.arenaBytes << " bytes\n"
      << "# rows = batch * seq of the call; per-row grids are (rows); Lightning grids follow the\n"
      << "# run-time segment plan (plan_lightning_fwd); gemm steps run through cuBLASLt.\n"
      << "kernels " << program.kernels.size() << " (source " << program.sourceName << ")\n";
@@ -306,9 +359,8 @@ void printCudaManifest(const KernelPlan &plan, const CudaProgram &program,
         os << llvm::formatv("       gemm m=rows n={0} k={1}: {2}\n", l.gemmN, l.gemmK, l.note);
         continue;
       }
-      os << llvm::formatv("       {0} k{1} {2} block {3} smem {4}: {5}\n",
-                          launchKindName(l.kind), l.kernel, program.kernels[l.kernel].name,
-                          l.block, l.sharedMem, l.note);
+      os << llvm::formatv("       {0} k{1} {2} block {3} smem {4}: {5}\n", launchKindName(l.kind),
+                          l.kernel, program.kernels[l.kernel].name, l.block, l.sharedMem, l.note);
     }
   }
 }

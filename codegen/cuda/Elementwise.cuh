@@ -105,6 +105,55 @@ __device__ __forceinline__ void gated_srms_norm(const bf16 *u, long long ldu, bf
     st(y + r * ldy + c, ld(u + r * ldu + c) * ld(y + r * ldy + c) * inv);
 }
 
+// gated_srms_norm_sum (epilogue of an LRPE layer, whose attention output is the sum of two
+// halves, see lrpe_split): o = y + y2 in fp32 (never rounded), then
+// y[r, :] = u[r, :] ⊙ o[r, :] · rsqrt(mean_c(o[r, c]²) + eps)
+template <int COLS, int BLOCK>
+__device__ __forceinline__ void gated_srms_norm_sum(const bf16 *u, long long ldu, const bf16 *y2,
+                                                    long long ldy2, bf16 *y, long long ldy,
+                                                    float eps) {
+  const long long r = blockIdx.x;
+  float ss = 0.0f;
+  for (int c = threadIdx.x; c < COLS; c += BLOCK) {
+    const float v = ld(y + r * ldy + c) + ld(y2 + r * ldy2 + c);
+    ss += v * v;
+  }
+  const float inv = rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
+  for (int c = threadIdx.x; c < COLS; c += BLOCK) {
+    const float v = ld(y + r * ldy + c) + ld(y2 + r * ldy2 + c);
+    st(y + r * ldy + c, ld(u + r * ldu + c) * v * inv);
+  }
+}
+
+// lrpe_split (prologue of an LRPE layer, D = COLS = H·dh): q = φ(x[r, 0:D]), k = φ(x[r, D:2D])
+// (φ = SiLU when SILU, else identity) at position p = r mod seq (each call starts at 0), angle
+// a_c = p · θ[c] in fp32 (one rounding, as the CPU backend), and
+//   w[r, 0:D] = q ⊙ cos a,  w[r, D:2D] = k ⊙ cos a,  w[r, 2D:3D] = q ⊙ sin a,  w[r, 3D:4D] = k ⊙ sin a.
+// LRPE(q)ᵀ LRPE(k) = (q cos)ᵀ(k cos) + (q sin)ᵀ(k sin) per head, and the attention output is
+// linear in the scores, so the layer's output is the sum of two head-dim-dh attentions,
+// (w[0:D], w[D:2D], v) and (w[2D:3D], w[3D:4D], v): the same kernel as a plain layer, and q',
+// k' in four planes with the stride of qkvu.
+template <int COLS, int BLOCK, bool SILU>
+__device__ __forceinline__ void lrpe_split(const bf16 *x, long long ldx, const float *theta,
+                                           int seq, bf16 *w, long long ldw) {
+  const long long r = blockIdx.x;
+  const float p = static_cast<float>(r % seq);
+  for (int c = threadIdx.x; c < COLS; c += BLOCK) {
+    float q = ld(x + r * ldx + c), k = ld(x + r * ldx + COLS + c);
+    if (SILU) {
+      q = q / (1.0f + __expf(-q));
+      k = k / (1.0f + __expf(-k));
+    }
+    float sn, cs;
+    sincosf(p * theta[c], &sn, &cs); // full range reduction: angles reach 10^4 and beyond
+    bf16 *wr = w + r * ldw;
+    st(wr + c, q * cs);
+    st(wr + COLS + c, k * cs);
+    st(wr + 2 * COLS + c, q * sn);
+    st(wr + 3 * COLS + c, k * sn);
+  }
+}
+
 // silu: y = x · sigmoid(x) = x / (1 + exp(-x))
 template <int COLS, int BLOCK>
 __device__ __forceinline__ void silu(const bf16 *x, long long ldx, bf16 *y, long long ldy) {

@@ -73,22 +73,33 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
     throw Error(src + ": not a CUDA artifact (compile with --target=cuda:sm_90a)");
   const auto &table = *root.params();
   checkParamValues(artifact, params);
+  const schema::Function &fn = artifact.function("forward");
+  // Parameters are uploaded as bf16 (what the GEMMs and kernels read), except LRPE's θ, which
+  // the prologue reads as f32: angles p·θ reach 10^4 rad, where θ's bf16 rounding (2^-9)
+  // would move them by tens of radians.
+  f32Param_.assign(table.size(), false);
+  for (const schema::Step *s : *fn.steps())
+    if (s->kind() == schema::KernelKind_LightningAttention && s->i64_attrs() &&
+        s->i64_attrs()->size() > 3 && s->i64_attrs()->Get(3) != 0 && s->inputs()->size() > 1 &&
+        s->inputs()->Get(1)->kind() == schema::OperandKind_Param)
+      f32Param_.at(s->inputs()->Get(1)->offset()) = true;
   size_t paramBytes = 0;
   for (size_t i = 0; i < table.size(); ++i) {
-    paramBytes +=
-        (params[i].size() * 2 + Arena::kAlignment - 1) / Arena::kAlignment * Arena::kAlignment;
+    paramBytes += (params[i].size() * (f32Param_[i] ? 4 : 2) + Arena::kAlignment - 1) /
+                  Arena::kAlignment * Arena::kAlignment;
   }
-  const schema::Function &fn = artifact.function("forward");
   const schema::FunctionIO *out = fn.outputs()->Get(0);
   vocab_ = out->shape()->Get(out->shape()->size() - 1);
   const int64_t maxRows = artifact.maxBatch() * artifact.maxSeq();
-  bool logitsLinear = false; // forward() reads the logits from the f32 GEMM's staging buffer
+  bool logitsLinear = false; // the f32 logits come straight from the last GEMM (bf16 in)
   for (const schema::Step *s : *fn.steps())
     logitsLinear |= s->kind() == schema::KernelKind_Linear && s->outputs()->size() == 1 &&
                     s->outputs()->Get(0)->dtype() == schema::DType_F32 &&
-                    s->outputs()->Get(0)->offset() == out->offset();
-  if (!logitsLinear)
-    throw Error(src + ": @forward's logits are not the f32 output of a linear step");
+                    s->outputs()->Get(0)->offset() == out->offset() &&
+                    s->outputs()->Get(0)->ld() == vocab_;
+  if (!logitsLinear || out->kind() != schema::OperandKind_Arena)
+    throw Error(src + ": @forward's logits are not the dense f32 output of a linear step");
+  logitsOffset_ = out->offset();
 
   if (context) {
     context_ = context;
@@ -114,20 +125,24 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
     if (s->slopes())
       slopeBytes += up(s->slopes()->size() * sizeof(float));
   const size_t total = up(fn.arena_bytes()) + up(maxRows * sizeof(int32_t)) + slopeBytes +
-                       paramBytes + up(workspaceBytes_) + up(maxRows * vocab_ * 2) +
-                       Arena::kAlignment;
+                       paramBytes + up(workspaceBytes_) + Arena::kAlignment;
   arena_ = std::make_unique<Arena>(total, src + ": the device arena");
   activations_ = arena_->allocate(std::max<size_t>(fn.arena_bytes(), 1), "the activations");
   ids_ = arena_->allocate(maxRows * sizeof(int32_t), "the ids");
   if (workspaceBytes_)
     workspace_ = arena_->allocate(workspaceBytes_, "the Lightning Attention workspace");
-  logitsStage_ = arena_->allocate(maxRows * vocab_ * 2, "the bf16 logits");
 
-  // Parameters as bf16 (one host buffer per tensor, kept until the copies have run).
+  // Parameters as bf16 (one host buffer per tensor, kept until the copies have run), θ as f32.
   std::vector<std::vector<uint16_t>> staged(table.size());
   params_.resize(table.size());
   for (size_t i = 0; i < table.size(); ++i) {
     const std::string name = table[i]->name()->str();
+    if (f32Param_[i]) {
+      params_[i] = arena_->allocate(params[i].size() * 4, "parameter '" + name + "'");
+      context_->copyToDevice(params_[i], params[i].data(), params[i].size() * 4,
+                             src + ": uploading parameter '" + name + "'");
+      continue;
+    }
     staged[i].resize(params[i].size());
     std::transform(params[i].begin(), params[i].end(), staged[i].begin(), f32ToBf16);
     params_[i] = arena_->allocate(staged[i].size() * 2, "parameter '" + name + "'");
@@ -153,37 +168,39 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
     module_->kernel(name->str(), src + ": loading the kernels");
   gemm_ = std::make_unique<Gemm>(*context_);
   context_->synchronize(src + ": uploading the parameters");
-  hostLogits_.resize(maxRows * vocab_);
 }
 
 CudaExecutor::~CudaExecutor() = default;
+
+CUdeviceptr CudaExecutor::operand(const schema::Operand *o, const std::string &where) const {
+  switch (o->kind()) {
+  case schema::OperandKind_Arena:
+    return activations_ + o->offset() + o->col_offset() * dtypeBytes(o->dtype());
+  case schema::OperandKind_Param:
+    return params_.at(o->offset()) + o->col_offset() * (f32Param_.at(o->offset()) ? 4 : 2);
+  case schema::OperandKind_Input:
+    return ids_;
+  default:
+    throw Error(where + ": an operand of unknown kind");
+  }
+}
+
+Kernel &CudaExecutor::kernel(const schema::KernelLaunch *l, const std::string &where) {
+  const auto &names = *artifact_.root().kernels()->names();
+  if (l->kernel() < 0 || static_cast<unsigned>(l->kernel()) >= names.size())
+    throw Error(where + ": launch of kernel index " + std::to_string(l->kernel()) + " of " +
+                std::to_string(names.size()));
+  return module_->kernel(names.Get(l->kernel())->str(), where);
+}
 
 void CudaExecutor::runStep(unsigned index, const schema::Step &s, int64_t batch, int64_t seq,
                            const std::string &where) {
   const int64_t rows = batch * seq;
   const auto &in = *s.inputs();
   const auto &out = *s.outputs();
-  auto ptr = [&](const schema::Operand *o) -> CUdeviceptr {
-    switch (o->kind()) {
-    case schema::OperandKind_Arena:
-      return activations_ + o->offset() + o->col_offset() * dtypeBytes(o->dtype());
-    case schema::OperandKind_Param:
-      return params_.at(o->offset()) + o->col_offset() * 2;
-    case schema::OperandKind_Input:
-      return ids_;
-    default:
-      throw Error(where + ": an operand of unknown kind");
-    }
-  };
+  auto ptr = [&](const schema::Operand *o) { return operand(o, where); };
   auto f32 = [&](unsigned i) { return s.f32_attrs()->Get(i); };
-  auto i64 = [&](unsigned i) { return s.i64_attrs()->Get(i); };
-  const auto &names = *artifact_.root().kernels()->names();
-  auto kernelOf = [&](const schema::KernelLaunch *l) -> Kernel & {
-    if (l->kernel() < 0 || static_cast<unsigned>(l->kernel()) >= names.size())
-      throw Error(where + ": launch of kernel index " + std::to_string(l->kernel()) + " of " +
-                  std::to_string(names.size()));
-    return module_->kernel(names.Get(l->kernel())->str(), where);
-  };
+  auto kernelOf = [&](const schema::KernelLaunch *l) -> Kernel & { return kernel(l, where); };
   auto perRow = [&](const schema::KernelLaunch *l) {
     LaunchConfig c;
     c.grid.x = static_cast<unsigned>(rows);
@@ -204,94 +221,13 @@ void CudaExecutor::runStep(unsigned index, const schema::Step &s, int64_t batch,
     shape.out = l->gemm_n();
     shape.ldx = in.Get(0)->ld();
     shape.ldy = y->ld();
-    if (y->dtype() == schema::DType_F32) {
-      // The logits: bf16 x and W with an f32 result, which Gemm's types (all bf16 or all f32)
-      // do not express; the bf16 result goes to the staging buffer and forward() widens it.
-      shape.ldy = shape.out;
-      gemm_->linear(GemmType::Bf16, shape, ptr(in.Get(0)), ptr(in.Get(1)), logitsStage_, where);
-    } else {
-      gemm_->linear(GemmType::Bf16, shape, ptr(in.Get(0)), ptr(in.Get(1)), ptr(y), where);
-    }
+    // The logits (f32 output): bf16 x and W, f32 accumulation and result.
+    gemm_->linear(y->dtype() == schema::DType_F32 ? GemmType::Bf16F32Out : GemmType::Bf16, shape,
+                  ptr(in.Get(0)), ptr(in.Get(1)), ptr(y), where);
     return;
   }
   if (s.kind() == schema::KernelKind_LightningAttention) {
-    const int heads = static_cast<int>(i64(0)), dh = static_cast<int>(i64(1));
-    const bool lrpe = i64(3) != 0;
-    if (lrpe || dh != kLaHeadDim)
-      throw Error(where + ": the CUDA Lightning Attention kernel needs head dim 128 without LRPE");
-    if (!slopes_[index])
-      throw Error(where + ": the step has no slopes");
-    const schema::Operand *qkvu = in.Get(0);
-    const int64_t d = int64_t(heads) * dh;
-    const CUdeviceptr base = ptr(qkvu);
-    LightningPlan plan =
-        planLightning(int(batch), heads, int(seq), kLaChunk, context_->multiprocessors());
-    const size_t need = size_t(batch) * heads * plan.piecesPerBh * kLaStateBytes;
-    if (need > workspaceBytes_)
-      throw Error(where + ": the Lightning Attention plan needs " + std::to_string(need) +
-                  " bytes of piece states, " + std::to_string(workspaceBytes_) + " allocated");
-    LightningArgs a{};
-    a.q = reinterpret_cast<const void *>(base);
-    a.k = reinterpret_cast<const void *>(base + d * 2);
-    a.v = reinterpret_cast<const void *>(base + 2 * d * 2);
-    a.o = reinterpret_cast<void *>(ptr(y));
-    a.slopes = reinterpret_cast<const float *>(slopes_[index]);
-    a.pieceStates = plan.piecesPerBh > 0 ? reinterpret_cast<float *>(workspace_) : nullptr;
-    a.finalState = nullptr;
-    a.B = int(batch);
-    a.N = int(seq);
-    a.H = heads;
-    a.inSn = qkvu->ld();
-    a.inSb = seq * qkvu->ld();
-    a.inSh = dh;
-    a.outSn = y->ld();
-    a.outSb = seq * y->ld();
-    a.outSh = dh;
-    a.segLen = plan.segLen;
-    a.numSegs = plan.numSegs;
-    a.pieceLen = plan.pieceLen;
-    a.piecesPerBh = plan.piecesPerBh;
-    const unsigned bh = static_cast<unsigned>(batch * heads);
-    bool attended = false; // per-row launches before the attention: prologue; after: epilogue
-    for (const schema::KernelLaunch *l : *s.launches()) {
-      Kernel &k = kernelOf(l);
-      LaunchConfig c;
-      c.block.x = static_cast<unsigned>(l->block());
-      c.sharedBytes = static_cast<unsigned>(l->shared_mem());
-      switch (l->kind()) {
-      case schema::LaunchKind_PerRow:
-        if (!attended) {
-          // Prologue φ(q), φ(k): in place in qkvu rather than into the step's workspace, so
-          // that q, k and v share the strides LightningFwdArgs has one set of (the workspace,
-          // ld 2D, and v in qkvu, ld 4D, would not). qkvu is not read after this step.
-          context_->launchWith(k, perRow(l), where, base, ld(qkvu), base, ld(qkvu));
-        } else { // epilogue y = u ⊙ SRMSNorm(y), in place
-          const CUdeviceptr u = base + 3 * d * 2;
-          context_->launchWith(k, perRow(l), where, u, ld(qkvu), ptr(y), ld(y), f32(0));
-        }
-        break;
-      case schema::LaunchKind_LightningState:
-        if (plan.piecesPerBh > 0) {
-          c.grid.x = bh * static_cast<unsigned>(plan.piecesPerBh);
-          context_->launchWith(k, c, where, a);
-        }
-        break;
-      case schema::LaunchKind_LightningScan:
-        if (plan.piecesPerBh > 0) {
-          c.grid.x = kLaHeadDim * kLaHeadDim / 1024;
-          c.grid.y = bh;
-          context_->launchWith(k, c, where, a);
-        }
-        break;
-      case schema::LaunchKind_LightningMain:
-        attended = true;
-        c.grid.x = bh * static_cast<unsigned>(plan.numSegs);
-        context_->launchWith(k, c, where, a);
-        break;
-      default:
-        throw Error(where + ": unexpected launch kind in a Lightning Attention step");
-      }
-    }
+    runLightning(index, s, batch, seq, where);
     return;
   }
   for (const schema::KernelLaunch *l : *s.launches()) {
@@ -331,18 +267,132 @@ void CudaExecutor::runStep(unsigned index, const schema::Step &s, int64_t batch,
   }
 }
 
-std::vector<float> CudaExecutor::forward(const int32_t *ids, int64_t batch, int64_t seq) {
-  const std::string &src = artifact_.source();
-  artifact_.checkCallShape(batch, seq);
+// A Lightning Attention step (launches from CudaEmitter::lightning). Plain layer: prologue
+// φ(q), φ(k) in place in qkvu, one forward pass (state, scan, main) -> y, epilogue
+// y = u ⊙ SRMSNorm(y). LRPE layer: the prologue writes the planes [q cos | k cos | q sin |
+// k sin] into the step's workspace (same row stride as qkvu, so q, k and v share the strides
+// LightningFwdArgs has one set of), pass 0 runs on the cos planes -> y, pass 1 on the sin
+// planes -> workspace plane 0 (no longer read), and the epilogue norms and gates the sum.
+void CudaExecutor::runLightning(unsigned index, const schema::Step &s, int64_t batch, int64_t seq,
+                                const std::string &where) {
   const int64_t rows = batch * seq;
-  // The embedding kernel gathers without a bounds check; check the ids here.
-  const int64_t tableRows = vocab_;
-  for (int64_t i = 0; i < rows; ++i)
-    if (ids[i] < 0 || ids[i] >= tableRows)
-      throw Error(src + ": token id " + std::to_string(ids[i]) + " at position " +
-                  std::to_string(i) + " is outside the vocabulary of " + std::to_string(tableRows));
-  context_->makeCurrent();
-  context_->copyToDevice(ids_, ids, rows * sizeof(int32_t), src + ": uploading the ids");
+  const auto &in = *s.inputs();
+  const auto &out = *s.outputs();
+  auto i64 = [&](unsigned i) { return s.i64_attrs()->Get(i); };
+  const int heads = static_cast<int>(i64(0)), dh = static_cast<int>(i64(1));
+  const bool lrpe = i64(3) != 0;
+  if (dh != kLaHeadDim)
+    throw Error(where + ": the CUDA Lightning Attention kernel needs head dim 128, not " +
+                std::to_string(dh));
+  if (!slopes_[index])
+    throw Error(where + ": the step has no slopes");
+  const schema::Operand *qkvu = in.Get(0);
+  const schema::Operand *y = out.Get(0);
+  const schema::Operand *ws = lrpe && out.size() > 1 ? out.Get(1) : nullptr;
+  if (lrpe && (!ws || in.size() < 2 || ws->ld() != qkvu->ld()))
+    throw Error(where + ": an LRPE layer needs θ and a workspace with qkvu's row stride");
+  const int64_t d = int64_t(heads) * dh;
+  const CUdeviceptr base = operand(qkvu, where);
+  LightningPlan plan =
+      planLightning(int(batch), heads, int(seq), kLaChunk, context_->multiprocessors());
+  const size_t need = size_t(batch) * heads * plan.piecesPerBh * kLaStateBytes;
+  if (need > workspaceBytes_)
+    throw Error(where + ": the Lightning Attention plan needs " + std::to_string(need) +
+                " bytes of piece states, " + std::to_string(workspaceBytes_) + " allocated");
+  // Pass p's q, k, o and their strides.
+  auto argsOf = [&](int pass) {
+    LightningArgs a{};
+    CUdeviceptr q = base, o = operand(y, where);
+    long long ldo = y->ld();
+    if (lrpe) {
+      const CUdeviceptr w = operand(ws, where);
+      q = w + (pass == 0 ? 0 : 2 * d * 2);
+      if (pass == 1)
+        o = w, ldo = ws->ld();
+    }
+    a.q = reinterpret_cast<const void *>(q);
+    a.k = reinterpret_cast<const void *>(q + d * 2);
+    a.v = reinterpret_cast<const void *>(base + 2 * d * 2);
+    a.o = reinterpret_cast<void *>(o);
+    a.slopes = reinterpret_cast<const float *>(slopes_[index]);
+    a.pieceStates = plan.piecesPerBh > 0 ? reinterpret_cast<float *>(workspace_) : nullptr;
+    a.finalState = nullptr;
+    a.B = int(batch);
+    a.N = int(seq);
+    a.H = heads;
+    a.inSn = qkvu->ld();
+    a.inSb = seq * qkvu->ld();
+    a.inSh = dh;
+    a.outSn = ldo;
+    a.outSb = seq * ldo;
+    a.outSh = dh;
+    a.segLen = plan.segLen;
+    a.numSegs = plan.numSegs;
+    a.pieceLen = plan.pieceLen;
+    a.piecesPerBh = plan.piecesPerBh;
+    return a;
+  };
+  const unsigned bh = static_cast<unsigned>(batch * heads);
+  int pass = 0;          // forward passes started (a main launch ends one)
+  bool attended = false; // per-row launches before the attention: prologue; after: epilogue
+  LightningArgs a = argsOf(0);
+  for (const schema::KernelLaunch *l : *s.launches()) {
+    Kernel &k = kernel(l, where);
+    LaunchConfig c;
+    c.block.x = static_cast<unsigned>(l->block());
+    c.sharedBytes = static_cast<unsigned>(l->shared_mem());
+    switch (l->kind()) {
+    case schema::LaunchKind_PerRow:
+      c.grid.x = static_cast<unsigned>(rows);
+      if (!attended && lrpe) {
+        const schema::Operand *theta = in.Get(1);
+        context_->launchWith(k, c, where, base, qkvu->ld(), operand(theta, where), int(seq),
+                             operand(ws, where), ws->ld());
+      } else if (!attended) {
+        // φ(q), φ(k) in place in qkvu (not read after this step) rather than into the
+        // workspace, whose row stride (2D) differs from v's in qkvu (4D).
+        context_->launchWith(k, c, where, base, qkvu->ld(), base, qkvu->ld());
+      } else if (lrpe) { // y = u ⊙ SRMSNorm(y + workspace plane 0), in place
+        context_->launchWith(k, c, where, base + 3 * d * 2, qkvu->ld(), operand(ws, where),
+                             ws->ld(), operand(y, where), y->ld(), s.f32_attrs()->Get(0));
+      } else { // y = u ⊙ SRMSNorm(y), in place
+        context_->launchWith(k, c, where, base + 3 * d * 2, qkvu->ld(), operand(y, where), y->ld(),
+                             s.f32_attrs()->Get(0));
+      }
+      break;
+    case schema::LaunchKind_LightningState:
+      if (pass >= (lrpe ? 2 : 1))
+        throw Error(where + ": more Lightning Attention passes than the layer has");
+      a = argsOf(pass);
+      if (plan.piecesPerBh > 0) {
+        c.grid.x = bh * static_cast<unsigned>(plan.piecesPerBh);
+        context_->launchWith(k, c, where, a);
+      }
+      break;
+    case schema::LaunchKind_LightningScan:
+      if (plan.piecesPerBh > 0) {
+        c.grid.x = kLaHeadDim * kLaHeadDim / 1024;
+        c.grid.y = bh;
+        context_->launchWith(k, c, where, a);
+      }
+      break;
+    case schema::LaunchKind_LightningMain:
+      attended = true;
+      c.grid.x = bh * static_cast<unsigned>(plan.numSegs);
+      context_->launchWith(k, c, where, a);
+      ++pass;
+      break;
+    default:
+      throw Error(where + ": unexpected launch kind in a Lightning Attention step");
+    }
+  }
+  if (pass != (lrpe ? 2 : 1))
+    throw Error(where + ": the step has " + std::to_string(pass) +
+                " Lightning Attention passes, the layer needs " + std::to_string(lrpe ? 2 : 1));
+}
+
+void CudaExecutor::runSteps(int64_t batch, int64_t seq) {
+  const std::string &src = artifact_.source();
   const schema::Function &fn = artifact_.function("forward");
   for (unsigned i = 0; i < fn.steps()->size(); ++i) {
     const schema::Step *s = fn.steps()->Get(i);
@@ -352,12 +402,48 @@ std::vector<float> CudaExecutor::forward(const int32_t *ids, int64_t batch, int6
     if (syncSteps_)
       context_->synchronize(where);
   }
-  context_->copyToHost(hostLogits_.data(), logitsStage_, rows * vocab_ * 2,
-                       src + ": forward (copying the logits back)");
-  std::vector<float> logits(rows * vocab_);
-  std::transform(hostLogits_.begin(), hostLogits_.begin() + rows * vocab_, logits.begin(),
-                 bf16ToF32);
-  return logits;
+}
+
+void CudaExecutor::enqueue(const int32_t *ids, int64_t batch, int64_t seq) {
+  const std::string &src = artifact_.source();
+  artifact_.checkCallShape(batch, seq);
+  const int64_t rows = batch * seq;
+  // The embedding kernel gathers without a bounds check; check the ids here.
+  for (int64_t i = 0; i < rows; ++i)
+    if (ids[i] < 0 || ids[i] >= vocab_)
+      throw Error(src + ": token id " + std::to_string(ids[i]) + " at position " +
+                  std::to_string(i) + " is outside the vocabulary of " + std::to_string(vocab_));
+  context_->makeCurrent();
+  context_->copyToDevice(ids_, ids, rows * sizeof(int32_t), src + ": uploading the ids");
+  if (!useGraphs_ || syncSteps_) {
+    runSteps(batch, seq);
+    return;
+  }
+  // One graph per call shape (the grids and the Lightning segment plan depend on it). The
+  // first call of a shape runs the steps directly, which also does the one-time work inside
+  // them (cuBLASLt plans, kernel attributes), then captures them for the calls after it.
+  const std::pair<int64_t, int64_t> key{batch, seq};
+  auto it = graphs_.find(key);
+  if (it == graphs_.end()) {
+    runSteps(batch, seq);
+    graphs_.emplace(key, context_->capture([&] { runSteps(batch, seq); },
+                                           src + ": capturing the forward as a CUDA graph"));
+    return;
+  }
+  it->second.launch(context_->stream(), src + ": replaying the forward's CUDA graph");
+}
+
+std::vector<float> CudaExecutor::logits(int64_t batch, int64_t seq) {
+  artifact_.checkCallShape(batch, seq);
+  std::vector<float> result(size_t(batch * seq) * size_t(vocab_));
+  context_->copyToHost(result.data(), activations_ + logitsOffset_, result.size() * sizeof(float),
+                       artifact_.source() + ": forward (copying the logits back)");
+  return result;
+}
+
+std::vector<float> CudaExecutor::forward(const int32_t *ids, int64_t batch, int64_t seq) {
+  enqueue(ids, batch, seq);
+  return logits(batch, seq);
 }
 
 } // namespace tnlm::cuda

@@ -21,8 +21,11 @@ std::string describe(GemmType type, const GemmShape &s) {
   char text[200];
   std::snprintf(text, sizeof text,
                 "%s GEMM rows=%lld in=%lld out=%lld (ldx=%lld ldw=%lld ldy=%lld)",
-                type == GemmType::Bf16 ? "bf16" : "f32", (long long)s.rows, (long long)s.in,
-                (long long)s.out, (long long)s.ldx, (long long)s.ldw, (long long)s.ldy);
+                type == GemmType::Bf16         ? "bf16"
+                : type == GemmType::Bf16F32Out ? "bf16 -> f32"
+                                               : "f32",
+                (long long)s.rows, (long long)s.in, (long long)s.out, (long long)s.ldx,
+                (long long)s.ldw, (long long)s.ldy);
   return text;
 }
 
@@ -69,7 +72,8 @@ Gemm::Plan &Gemm::plan(const Key &key, std::string_view context) {
 
   auto [typeCode, rows, in, out, ldx, ldw, ldy, alignX, alignW, alignY] = key;
   GemmType type = GemmType(typeCode);
-  cudaDataType_t data = type == GemmType::Bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType_t data = type == GemmType::F32 ? CUDA_R_32F : CUDA_R_16BF;
+  const cudaDataType_t yType = type == GemmType::Bf16 ? CUDA_R_16BF : CUDA_R_32F;
   auto plan = std::make_unique<Plan>();
   const std::string where = join(context, describe(type, {rows, in, out, ldx, ldw, ldy}));
 
@@ -85,7 +89,7 @@ Gemm::Plan &Gemm::plan(const Key &key, std::string_view context) {
                 where);
   TNLM_CUBLASLT(cublasLtMatrixLayoutCreate, (&plan->x, data, uint64_t(in), uint64_t(rows), ldx),
                 where);
-  TNLM_CUBLASLT(cublasLtMatrixLayoutCreate, (&plan->y, data, uint64_t(out), uint64_t(rows), ldy),
+  TNLM_CUBLASLT(cublasLtMatrixLayoutCreate, (&plan->y, yType, uint64_t(out), uint64_t(rows), ldy),
                 where);
 
   TNLM_CUBLASLT(cublasLtMatmulPreferenceCreate, (&plan->preference), where);

@@ -5,6 +5,8 @@
 // projection output), weights in their Hugging Face [out, in] layout.
 //   Bf16: bf16 x, W, y; fp32 accumulation and scaling (CUBLAS_COMPUTE_32F), so the only
 //         rounding beyond fp32 sums is the final one to bf16 (relative 2^-8 at most).
+//   Bf16F32Out: bf16 x and W, fp32 accumulation and an fp32 y (the logits: no bf16 rounding
+//         of the result).
 //   F32:  fp32 everything, no TF32.
 // In cuBLASLt's column-major terms this is yᵀ[out, rows] = W · xᵀ: A = W stored as a
 // column-major [in, out] matrix with op T, B = xᵀ as column-major [in, rows], which is the
@@ -28,7 +30,7 @@
 
 namespace tnlm::cuda {
 
-enum class GemmType { Bf16, F32 };
+enum class GemmType { Bf16, F32, Bf16F32Out };
 
 struct GemmShape {
   int64_t rows = 0, in = 0, out = 0;

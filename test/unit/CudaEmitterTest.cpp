@@ -6,8 +6,8 @@
 // and the runtime's verifier accepts the artifact and rejects broken kernel metadata.
 //
 //===----------------------------------------------------------------------===//
-#include "codegen/ArtifactWriter.h"
 #include "codegen/CudaEmitter.h"
+#include "codegen/ArtifactWriter.h"
 #include "codegen/KernelPlan.h"
 #include "models/Import.h"
 #include "models/ModelConfig.h"
@@ -156,14 +156,40 @@ TEST(CudaCodegen, CompilesWithNvrtcAndNamesEveryKernel) {
   EXPECT_NE(refused(*program, empty).find("without a kernel image"), std::string::npos);
 }
 
-TEST(CudaCodegen, UnsupportedAttentionShapesNameTheLayer) {
+TEST(CudaCodegen, LrpeLayerRunsTwoForwardPassesBetweenItsPrologueAndEpilogue) {
   std::string lrpe = kConfig;
   lrpe.replace(lrpe.find("[0, 0]"), 6, "[0, 1]");
   auto l = lower(lrpe, "cuda:sm_90a");
-  EXPECT_TRUE(mlir::failed(emit(*l)));
-  EXPECT_EQ(l->diagnostic, "layer 'model.layers.1.token_mixer.attention': LRPE is not supported "
-                           "by the CUDA Lightning Attention kernel yet (it needs head dim 128 "
-                           "without LRPE)");
+  mlir::FailureOr<mt::CudaProgram> program = emit(*l);
+  ASSERT_TRUE(mlir::succeeded(program)) << l->diagnostic;
+  int lrpeSteps = 0;
+  for (size_t i = 0; i < l->plan.steps.size(); ++i) {
+    const mt::PlanStep &s = l->plan.steps[i];
+    if (s.kind != mt::KernelKind::LightningAttention || s.i64Attrs[3] == 0)
+      continue;
+    ++lrpeSteps;
+    std::vector<std::string> kinds;
+    for (const mt::CudaLaunch &launch : program->steps[i])
+      kinds.push_back(std::string(mt::launchKindName(launch.kind)) + " " +
+                      program->kernels[launch.kernel].name);
+    EXPECT_EQ(kinds, (std::vector<std::string>{
+                         "per-row tnlm_lrpe_split_c256_silu1",
+                         "lightning-state tnlm_la_sm90_state_d128",
+                         "lightning-scan tnlm_la_sm90_scan_d128",
+                         "lightning-main tnlm_la_sm90_main_d128",
+                         "lightning-state tnlm_la_sm90_state_d128",
+                         "lightning-scan tnlm_la_sm90_scan_d128",
+                         "lightning-main tnlm_la_sm90_main_d128",
+                         "per-row tnlm_gated_srms_norm_sum_c256",
+                     }));
+    // The planes share qkvu's row stride (LightningFwdArgs has one set of input strides).
+    EXPECT_EQ(s.outputs[1].ld, s.inputs[0].ld);
+    EXPECT_EQ(s.outputs[1].cols, 4 * s.i64Attrs[0] * s.i64Attrs[1]);
+  }
+  EXPECT_EQ(lrpeSteps, 1);
+}
+
+TEST(CudaCodegen, UnsupportedAttentionShapesNameTheLayer) {
   std::string d64 = kConfig;
   d64.replace(d64.find("\"decoder_attention_heads\": 2"), 28, "\"decoder_attention_heads\": 4");
   auto m = lower(d64, "cuda:sm_90a");

@@ -56,10 +56,10 @@ Operands makeOperands(GemmType type, const Case &c, unsigned seed) {
   for (std::vector<float> *v : {&ops.x, &ops.w})
     for (float &value : *v) {
       value = dist(rng);
-      if (type == GemmType::Bf16)
+      if (type != GemmType::F32)
         value = bf16ToF32(f32ToBf16(value));
     }
-  if (type == GemmType::Bf16) {
+  if (type != GemmType::F32) {
     ops.xBits.resize(ops.x.size());
     ops.wBits.resize(ops.w.size());
     for (size_t i = 0; i < ops.x.size(); ++i)
@@ -101,14 +101,15 @@ double runAndCheck(GemmType type, Case c) {
   c.ldw = c.ldw ? c.ldw : c.in;
   c.ldy = c.ldy ? c.ldy : c.out;
   Operands ops = makeOperands(type, c, unsigned(c.rows * 7 + c.in * 3 + c.out));
-  const size_t elem = type == GemmType::Bf16 ? 2 : 4;
-  const size_t xBytes = c.rows * c.ldx * elem, wBytes = c.out * c.ldw * elem;
+  const size_t inElem = type == GemmType::F32 ? 4 : 2; // x and W
+  const size_t elem = type == GemmType::Bf16 ? 2 : 4;  // y
+  const size_t xBytes = c.rows * c.ldx * inElem, wBytes = c.out * c.ldw * inElem;
   const size_t yBytes = c.rows * c.ldy * elem;
   Arena arena(xBytes + wBytes + yBytes + 3 * Arena::kAlignment, "the GEMM test arena");
   CUdeviceptr x = arena.allocate(xBytes, "x"), w = arena.allocate(wBytes, "W");
   CUdeviceptr y = arena.allocate(yBytes, "y");
-  const void *xHost = elem == 2 ? (const void *)ops.xBits.data() : ops.x.data();
-  const void *wHost = elem == 2 ? (const void *)ops.wBits.data() : ops.w.data();
+  const void *xHost = inElem == 2 ? (const void *)ops.xBits.data() : ops.x.data();
+  const void *wHost = inElem == 2 ? (const void *)ops.wBits.data() : ops.w.data();
   gpu().copyToDevice(x, xHost, xBytes);
   gpu().copyToDevice(w, wHost, wBytes);
   gpu().fillBytes(y, 0x7f, yBytes); // a sentinel the gaps between rows must keep
@@ -168,8 +169,10 @@ TEST_P(GemmVsCpu, WithinTheRoundingBound) {
   const GemmParam &p = GetParam();
   double worst = runAndCheck(p.type, p.shape);
   std::printf("%s rows=%lld in=%lld out=%lld: max |Δ| / bound = %.3f\n",
-              p.type == GemmType::Bf16 ? "bf16" : "f32", (long long)p.shape.rows,
-              (long long)p.shape.in, (long long)p.shape.out, worst);
+              p.type == GemmType::Bf16         ? "bf16"
+              : p.type == GemmType::Bf16F32Out ? "bf16->f32"
+                                               : "f32",
+              (long long)p.shape.rows, (long long)p.shape.in, (long long)p.shape.out, worst);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -180,6 +183,10 @@ INSTANTIATE_TEST_SUITE_P(
                       // Column slices of wider matrices, as q/k/v of a fused projection.
                       GemmParam{GemmType::Bf16, {37, 100, 300, 136, 104, 320}, "Bf16_Strided"},
                       GemmParam{GemmType::F32, {37, 100, 300}, "F32_37x100x300"},
+                      // The logits: bf16 in, f32 out (no output rounding in the bound).
+                      GemmParam{GemmType::Bf16F32Out, {130, 256, 300}, "Bf16F32Out_130x256x300"},
+                      GemmParam{
+                          GemmType::Bf16F32Out, {37, 100, 300, 136, 0, 0}, "Bf16F32Out_Strided"},
                       GemmParam{GemmType::F32, {256, 1024, 512, 1040, 0, 520}, "F32_Strided"}),
     [](const auto &info) { return std::string(info.param.name); });
 
