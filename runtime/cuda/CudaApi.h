@@ -38,7 +38,8 @@ namespace tnlm::cuda {
   X(cuMemsetD8Async) X(cuModuleLoadDataEx) X(cuModuleUnload) X(cuModuleGetFunction)            \
   X(cuFuncSetAttribute) X(cuLaunchKernel) X(cuStreamBeginCapture) X(cuStreamEndCapture)        \
   X(cuGraphInstantiate) X(cuGraphLaunch) X(cuGraphGetNodes) X(cuGraphDestroy)                  \
-  X(cuGraphExecDestroy)
+  X(cuGraphExecDestroy) X(cuEventCreate) X(cuEventDestroy) X(cuEventRecord)                   \
+  X(cuEventSynchronize) X(cuEventElapsedTime)
 
 #define TNLM_CUDA_NVRTC_SYMBOLS(X)                                                             \
   X(nvrtcVersion) X(nvrtcGetErrorString) X(nvrtcCreateProgram) X(nvrtcDestroyProgram)          \

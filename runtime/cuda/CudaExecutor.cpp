@@ -404,7 +404,7 @@ void CudaExecutor::runSteps(int64_t batch, int64_t seq) {
   }
 }
 
-void CudaExecutor::enqueue(const int32_t *ids, int64_t batch, int64_t seq) {
+void CudaExecutor::uploadIds(const int32_t *ids, int64_t batch, int64_t seq) {
   const std::string &src = artifact_.source();
   artifact_.checkCallShape(batch, seq);
   const int64_t rows = batch * seq;
@@ -415,6 +415,11 @@ void CudaExecutor::enqueue(const int32_t *ids, int64_t batch, int64_t seq) {
                   std::to_string(i) + " is outside the vocabulary of " + std::to_string(vocab_));
   context_->makeCurrent();
   context_->copyToDevice(ids_, ids, rows * sizeof(int32_t), src + ": uploading the ids");
+}
+
+void CudaExecutor::enqueue(const int32_t *ids, int64_t batch, int64_t seq) {
+  const std::string &src = artifact_.source();
+  uploadIds(ids, batch, seq);
   if (!useGraphs_ || syncSteps_) {
     runSteps(batch, seq);
     return;
@@ -439,6 +444,44 @@ std::vector<float> CudaExecutor::logits(int64_t batch, int64_t seq) {
   context_->copyToHost(result.data(), activations_ + logitsOffset_, result.size() * sizeof(float),
                        artifact_.source() + ": forward (copying the logits back)");
   return result;
+}
+
+std::vector<CudaExecutor::StepTime> CudaExecutor::profileSteps(const int32_t *ids, int64_t batch,
+                                                               int64_t seq) {
+  const std::string &src = artifact_.source();
+  uploadIds(ids, batch, seq);
+  const schema::Function &fn = artifact_.function("forward");
+  const unsigned n = fn.steps()->size();
+  std::vector<CUevent> events(n + 1, nullptr);
+  const std::string what = src + ": profiling the steps";
+  struct Release {
+    std::vector<CUevent> &events;
+    ~Release() {
+      for (CUevent e : events)
+        if (e)
+          driver().cuEventDestroy(e);
+    }
+  } release{events};
+  for (CUevent &e : events)
+    TNLM_CU(cuEventCreate, (&e, CU_EVENT_DEFAULT), what);
+  TNLM_CU(cuEventRecord, (events[0], context_->stream()), what);
+  for (unsigned i = 0; i < n; ++i) {
+    const schema::Step *s = fn.steps()->Get(i);
+    runStep(i, *s, batch, seq,
+            src + ": step " + std::to_string(i) + " '" +
+                (s->name() ? s->name()->str() : std::string()) + "'");
+    TNLM_CU(cuEventRecord, (events[i + 1], context_->stream()), what);
+  }
+  TNLM_CU(cuEventSynchronize, (events[n]), what);
+  std::vector<StepTime> times;
+  for (unsigned i = 0; i < n; ++i) {
+    const schema::Step *s = fn.steps()->Get(i);
+    float ms = 0;
+    TNLM_CU(cuEventElapsedTime, (&ms, events[i], events[i + 1]), what);
+    times.push_back({i, s->name() ? s->name()->str() : std::string(),
+                     schema::EnumNameKernelKind(s->kind()), double(ms)});
+  }
+  return times;
 }
 
 std::vector<float> CudaExecutor::forward(const int32_t *ids, int64_t batch, int64_t seq) {

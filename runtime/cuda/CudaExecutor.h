@@ -56,6 +56,15 @@ public:
   /// (batch and seq as given to enqueue).
   std::vector<float> logits(int64_t batch, int64_t seq);
 
+  /// GPU time of each step of one forward (CUDA events around every step, steps launched one
+  /// by one, no graph), after the same checks as enqueue(); for finding where time goes.
+  struct StepTime {
+    unsigned index;
+    std::string name, kind;
+    double ms;
+  };
+  std::vector<StepTime> profileSteps(const int32_t *ids, int64_t batch, int64_t seq);
+
   /// CUDA-graph replay of the forward (default on). Off: every call launches each step.
   void setUseGraphs(bool on) { useGraphs_ = on; }
   /// Number of forward graphs captured so far (one per (batch, seq) called).
@@ -74,6 +83,7 @@ private:
   void runLightning(unsigned index, const schema::Step &step, int64_t batch, int64_t seq,
                     const std::string &where);
   void runSteps(int64_t batch, int64_t seq);
+  void uploadIds(const int32_t *ids, int64_t batch, int64_t seq);
   CUdeviceptr operand(const schema::Operand *o, const std::string &where) const;
   Kernel &kernel(const schema::KernelLaunch *launch, const std::string &where);
 

@@ -1,10 +1,21 @@
 //===- ExecutorGpuTest.cpp - CudaExecutor against CpuExecutor, same weights -----===//
 //
-//   tnlm-gpu-executor <cuda artifact> <cpu artifact> [batch seq]
-// Both artifacts are compiled by tnlmc from one model config (test/unit/cuda/
-// cuda-exec-model.json: d 256, H 2 so head dim 128, no LRPE, L 2, F 512, V 300) with the same
-// --batch/--seq; ctest makes them first (a fixture) where the compiler is built. The same
-// seeded random weights and ids go through both executors and the logits are compared.
+//   tnlm-gpu-executor <cuda artifact> <cpu artifact> [BxN ...]
+//   e.g. tnlm-gpu-executor cuda.tnlm cpu.tnlm 1x1 2x63 2x64 1x65 2x2048 1x32768
+// Both artifacts are compiled by tnlmc from one model config with the same --batch/--seq; every
+// call shape B x N (batch B, sequence N) must lie within them (default: the artifact's max
+// batch x max seq). ctest compiles them first (a fixture) where the compiler is built, for two
+// models: test/unit/cuda/cuda-exec-model.json (d 256, H 2 so head dim 128, no LRPE, L 2, F 512,
+// V 300, tied head) and cuda-exec-lrpe.json (d 768, H 6: head dim 128 with a head count that is
+// not a power of two, layer 0 with LRPE and layer 1 without, F 1536, V 512, separate head);
+// scripts/device-test compiles the same pairs for the device. The same seeded random weights
+// go through both executors and, per shape, the same seeded random ids; the logits are
+// compared and one line per shape gives the numbers.
+//
+// Checks: per shape, no non-finite logit and max |gpu - cpu| ≤ 3e-2 · max |cpu|, and a second
+// GPU call of the shape (the replay of its CUDA graph) bit-identical to the first; an
+// out-of-vocabulary id (too large, negative) rejected with an error; then every shape again, in
+// order, so each one right after another shape (A, B, A), bit-identical to its first call.
 //
 // Tolerance: the GPU path keeps activations, weights and the logits in bf16 (8 bits of
 // significand: relative rounding 2^-9, 2^-8 per op at worst), with fp32 accumulation in the
@@ -12,7 +23,13 @@
 // norm, GEMM out, silu, attention out, gate/norm, projection, residual add + norm, two GLU
 // GEMMs, product, down projection, add + norm; then the head), and the errors are mostly
 // independent, so the expected error is a few 2^-8 of the activations' scale; the bound is
-// max |gpu - cpu| ≤ 3e-2 · max |cpu| (about 8 · 2^-8). Exit 0 pass, 1 fail, 77 no device.
+// max |gpu - cpu| ≤ 3e-2 · max |cpu| (about 8 · 2^-8). LRPE adds one rounded product per q and
+// k feature; its angles θ·p are fp32 on both sides (MODEL.md), so they agree as long as the GPU
+// computes cos and sin accurately at arguments up to 32767 rad (a fast-math __sinf would not:
+// the 32768-token shape checks that). The attention sums over up to 32768 positions are fp32,
+// so the sequence length adds only fp32-sized error.
+// The artifacts are loaded (verified) and the shapes checked before the device is looked for.
+// Exit 0 pass, 1 fail, 2 usage (a malformed or out-of-range shape), 77 no device.
 //
 //===----------------------------------------------------------------------===//
 #include "runtime/CpuExecutor.h"
@@ -20,27 +37,96 @@
 #include "runtime/cuda/CudaApi.h"
 #include "runtime/cuda/CudaExecutor.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
 
+namespace {
+
+struct Shape {
+  int64_t batch = 0, seq = 0;
+};
+
+/// Parses "BxN" (two positive decimal integers); false on anything else.
+bool parseShape(const std::string &s, Shape &out) {
+  auto number = [](const std::string &t, int64_t &v) {
+    if (t.empty() || t.size() > 12 || t.find_first_not_of("0123456789") != std::string::npos)
+      return false;
+    v = std::atoll(t.c_str());
+    return v > 0;
+  };
+  const size_t x = s.find('x');
+  return x != std::string::npos && number(s.substr(0, x), out.batch) &&
+         number(s.substr(x + 1), out.seq);
+}
+
+/// Seeded random ids in [0, vocab) for one shape (the seed depends on the shape).
+std::vector<int32_t> randomIds(const Shape &s, int64_t vocab) {
+  std::vector<int32_t> ids(static_cast<size_t>(s.batch * s.seq));
+  uint64_t x =
+      88172645463325252ull ^ (static_cast<uint64_t>(s.batch) << 40) ^ static_cast<uint64_t>(s.seq);
+  for (auto &id : ids) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    id = static_cast<int32_t>(x % static_cast<uint64_t>(vocab));
+  }
+  return ids;
+}
+
+double msSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+} // namespace
+
 int main(int argc, char **argv) {
-  if (argc != 3 && argc != 5) {
-    std::fprintf(stderr, "usage: %s <cuda artifact> <cpu artifact> [batch seq]\n", argv[0]);
+  if (argc < 3) {
+    std::fprintf(stderr,
+                 "usage: %s <cuda artifact> <cpu artifact> [BxN ...]\n"
+                 "  e.g. %s cuda.tnlm cpu.tnlm 1x1 2x63 2x64 1x65 2x2048 1x32768\n"
+                 "  (batch B x sequence N; default: the artifact's max batch x max seq)\n",
+                 argv[0], argv[0]);
     return 2;
   }
-  std::string why;
-  if (!tnlm::cuda::deviceAvailable(&why)) {
-    std::printf("SKIPPED: no CUDA device (%s)\n", why.c_str());
-    return 77;
+  std::vector<Shape> shapes;
+  for (int i = 3; i < argc; ++i) {
+    Shape s;
+    if (!parseShape(argv[i], s)) {
+      std::fprintf(stderr,
+                   "%s: bad shape '%s': expected BxN, batch B and sequence length N positive "
+                   "integers (e.g. 2x63)\n",
+                   argv[0], argv[i]);
+      return 2;
+    }
+    shapes.push_back(s);
   }
   try {
+    // The artifacts and shapes are checked first, so that a bad call fails without a device.
     tnlm::Artifact gpuArt = tnlm::Artifact::load(argv[1], tnlm::Target::CudaSm90a);
     tnlm::Artifact cpuArt = tnlm::Artifact::load(argv[2], tnlm::Target::Cpu);
-    const int64_t batch = argc == 5 ? std::atoll(argv[3]) : gpuArt.maxBatch();
-    const int64_t seq = argc == 5 ? std::atoll(argv[4]) : gpuArt.maxSeq();
+    if (gpuArt.maxBatch() != cpuArt.maxBatch() || gpuArt.maxSeq() != cpuArt.maxSeq()) {
+      std::printf("FAIL: the artifacts were compiled for %lldx%lld (cuda) and %lldx%lld (cpu)\n",
+                  (long long)gpuArt.maxBatch(), (long long)gpuArt.maxSeq(),
+                  (long long)cpuArt.maxBatch(), (long long)cpuArt.maxSeq());
+      return 1;
+    }
+    if (shapes.empty())
+      shapes.push_back({gpuArt.maxBatch(), gpuArt.maxSeq()});
+    for (const Shape &s : shapes)
+      if (s.batch > gpuArt.maxBatch() || s.seq > gpuArt.maxSeq()) {
+        std::fprintf(stderr, "%s: shape %lldx%lld is outside the artifacts' %lldx%lld\n", argv[0],
+                     (long long)s.batch, (long long)s.seq, (long long)gpuArt.maxBatch(),
+                     (long long)gpuArt.maxSeq());
+        return 2;
+      }
+    std::string why;
+    if (!tnlm::cuda::deviceAvailable(&why)) {
+      std::printf("SKIPPED: no CUDA device (%s)\n", why.c_str());
+      return 77;
+    }
     tnlm::ParamValues weights = tnlm::randomWeights(cpuArt, 1234);
     tnlm::ParamValues same = tnlm::randomWeights(gpuArt, 1234);
     if (weights != same) {
@@ -49,74 +135,106 @@ int main(int argc, char **argv) {
     }
     tnlm::CpuExecutor cpu(cpuArt, weights);
     tnlm::cuda::CudaExecutor gpu(gpuArt, weights);
-    std::printf("device: %s, %d SMs\n", gpu.context().deviceName().c_str(),
-                gpu.context().multiprocessors());
+    std::printf("device: %s, %d SMs; artifacts for %lldx%lld; %zu shapes\n",
+                gpu.context().deviceName().c_str(), gpu.context().multiprocessors(),
+                (long long)gpuArt.maxBatch(), (long long)gpuArt.maxSeq(), shapes.size());
     if (cpu.vocabSize() != gpu.vocabSize()) {
       std::printf("FAIL: vocab %lld vs %lld\n", (long long)cpu.vocabSize(),
                   (long long)gpu.vocabSize());
       return 1;
     }
-    std::vector<int32_t> ids(batch * seq);
-    uint64_t x = 88172645463325252ull;
-    for (auto &id : ids) {
-      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-      id = static_cast<int32_t>(x % static_cast<uint64_t>(cpu.vocabSize()));
-    }
+    const int64_t vocab = cpu.vocabSize();
     int failures = 0;
-    // Twice on the GPU: the second call must reuse everything and give the same logits.
-    std::vector<float> want = cpu.forward(ids.data(), batch, seq);
-    std::vector<float> got = gpu.forward(ids.data(), batch, seq);
-    std::vector<float> again = gpu.forward(ids.data(), batch, seq);
-    double maxRef = 0, maxErr = 0, sumSq = 0;
-    size_t at = 0, nonFinite = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-      maxRef = std::max(maxRef, std::fabs(double(want[i])));
-      if (!std::isfinite(got[i]))
-        ++nonFinite;
-      double e = std::fabs(double(got[i]) - double(want[i]));
-      sumSq += e * e;
-      if (e > maxErr)
-        maxErr = e, at = i;
+    std::vector<std::vector<float>> first(shapes.size()); // each shape's first GPU logits
+    for (size_t k = 0; k < shapes.size(); ++k) {
+      const Shape &s = shapes[k];
+      const std::vector<int32_t> ids = randomIds(s, vocab);
+      auto t0 = std::chrono::steady_clock::now();
+      const std::vector<float> want = cpu.forward(ids.data(), s.batch, s.seq);
+      const double cpuMs = msSince(t0);
+      t0 = std::chrono::steady_clock::now();
+      std::vector<float> got = gpu.forward(ids.data(), s.batch, s.seq);
+      const double gpuMs = msSince(t0);
+      t0 = std::chrono::steady_clock::now();
+      const std::vector<float> again = gpu.forward(ids.data(), s.batch, s.seq);
+      const double replayMs = msSince(t0);
+      if (want.size() != static_cast<size_t>(s.batch * s.seq * vocab) ||
+          got.size() != want.size()) {
+        std::printf("FAIL %lldx%lld: %zu cpu and %zu gpu logits, expected %lld\n",
+                    (long long)s.batch, (long long)s.seq, want.size(), got.size(),
+                    (long long)(s.batch * s.seq * vocab));
+        ++failures;
+        continue;
+      }
+      double maxRef = 0, maxErr = 0, sumSq = 0;
+      size_t at = 0, nonFinite = 0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        if (!std::isfinite(got[i]) || !std::isfinite(want[i])) {
+          ++nonFinite;
+          continue;
+        }
+        maxRef = std::max(maxRef, std::fabs(double(want[i])));
+        const double e = std::fabs(double(got[i]) - double(want[i]));
+        sumSq += e * e;
+        if (e > maxErr)
+          maxErr = e, at = i;
+      }
+      const double rel = maxRef > 0 ? maxErr / maxRef : maxErr;
+      const double rms = std::sqrt(sumSq / double(want.size())) / (maxRef > 0 ? maxRef : 1);
+      const bool identical = again == got;
+      const bool ok = nonFinite == 0 && maxRef > 0 && rel <= 3e-2 && identical;
+      std::printf("%s %lldx%lld: max |cpu| %.4f, max |gpu - cpu| %.5f (row %lld col %lld: cpu "
+                  "%.5f gpu %.5f), relative %.3e (bound 3e-2), rms relative %.3e, non-finite "
+                  "%zu, second call %s; cpu %.1f ms, gpu %.2f ms, second call %.2f ms\n",
+                  ok ? "ok  " : "FAIL", (long long)s.batch, (long long)s.seq, maxRef, maxErr,
+                  (long long)(at / vocab), (long long)(at % vocab), want[at], got[at], rel, rms,
+                  nonFinite, identical ? "identical" : "DIFFERS", cpuMs, gpuMs, replayMs);
+      std::fflush(stdout);
+      if (!ok)
+        ++failures;
+      first[k] = std::move(got);
     }
-    const double rel = maxRef > 0 ? maxErr / maxRef : maxErr;
-    const double rms = std::sqrt(sumSq / double(want.size())) / (maxRef > 0 ? maxRef : 1);
-    std::printf("logits [%lld x %lld], batch %lld seq %lld: max |cpu| %.4f, max |gpu - cpu| "
-                "%.5f (at %zu: cpu %.5f gpu %.5f), relative to max %.3e, rms relative %.3e\n",
-                (long long)(batch * seq), (long long)cpu.vocabSize(), (long long)batch,
-                (long long)seq, maxRef, maxErr, at, want[at], got[at], rel, rms);
-    if (nonFinite || !(rel <= 3e-2)) {
-      std::printf("FAIL: %zu non-finite logits, relative error %.3e > 3e-2\n", nonFinite, rel);
-      ++failures;
+    std::printf("graphs captured: %zu\n", gpu.graphCount());
+    // Errors name the artifact: an out-of-vocabulary id, too large or negative.
+    {
+      const Shape &s = shapes.front();
+      for (int32_t badId : {static_cast<int32_t>(vocab), int32_t(-1)}) {
+        std::vector<int32_t> bad = randomIds(s, vocab);
+        bad[bad.size() / 2] = badId;
+        try {
+          gpu.forward(bad.data(), s.batch, s.seq);
+          std::printf("FAIL: the out-of-vocabulary id %d was accepted\n", badId);
+          ++failures;
+        } catch (const tnlm::Error &e) {
+          std::printf("bad id rejected: %s\n", e.what());
+        }
+      }
     }
-    if (again != got) {
-      std::printf("FAIL: the second GPU forward differs from the first\n");
-      ++failures;
+    // Every shape again, in order: each call follows a call of another shape (the first one
+    // the last shape's, e.g. A, B, A) and the rejected calls above, and must give its first
+    // logits bit for bit.
+    int replayFailures = 0;
+    for (size_t k = 0; k < shapes.size(); ++k) {
+      if (first[k].empty())
+        continue;
+      const Shape &s = shapes[k];
+      const std::vector<int32_t> ids = randomIds(s, vocab);
+      if (gpu.forward(ids.data(), s.batch, s.seq) != first[k]) {
+        std::printf("FAIL %lldx%lld: called again after %lldx%lld, the logits differ from its "
+                    "first call\n",
+                    (long long)s.batch, (long long)s.seq,
+                    (long long)shapes[k ? k - 1 : shapes.size() - 1].batch,
+                    (long long)shapes[k ? k - 1 : shapes.size() - 1].seq);
+        ++replayFailures;
+      }
     }
-    // A shorter call on the same executor (fewer rows, another Lightning plan).
-    const int64_t seq2 = seq > 65 ? 65 : seq;
-    std::vector<float> want2 = cpu.forward(ids.data(), 1, seq2);
-    std::vector<float> got2 = gpu.forward(ids.data(), 1, seq2);
-    double maxRef2 = 0, maxErr2 = 0;
-    for (size_t i = 0; i < want2.size(); ++i) {
-      maxRef2 = std::max(maxRef2, std::fabs(double(want2[i])));
-      maxErr2 = std::max(maxErr2, std::fabs(double(got2[i]) - double(want2[i])));
-    }
-    std::printf("batch 1 seq %lld: relative to max %.3e\n", (long long)seq2, maxErr2 / maxRef2);
-    if (!(maxErr2 <= 3e-2 * maxRef2)) {
-      std::printf("FAIL: batch 1 relative error above 3e-2\n");
-      ++failures;
-    }
-    // Errors name the artifact: a bad id.
-    try {
-      std::vector<int32_t> bad(ids.begin(), ids.begin() + seq);
-      bad[3] = static_cast<int32_t>(gpu.vocabSize());
-      gpu.forward(bad.data(), 1, seq);
-      std::printf("FAIL: an out-of-vocabulary id was accepted\n");
-      ++failures;
-    } catch (const tnlm::Error &e) {
-      std::printf("bad id rejected: %s\n", e.what());
-    }
-    std::printf(failures ? "FAILED\n" : "PASSED\n");
+    failures += replayFailures;
+    std::printf("every shape called again after another: %s\n",
+                replayFailures ? "DIFFERS (see above)" : "bit-identical to its first call");
+    if (failures)
+      std::printf("FAILED (%d failed checks)\n", failures);
+    else
+      std::printf("PASSED\n");
     return failures ? 1 : 0;
   } catch (const std::exception &e) {
     std::printf("FAIL: %s\n", e.what());
