@@ -4,7 +4,10 @@
 // Every activation is a row-major bf16 matrix [rows, COLS] with a row stride (ld, elements);
 // math is fp32 and rounds to bf16 once, on store. Every kernel runs one CTA of BLOCK threads
 // per row (grid.x = rows): the threads stride over the row's COLS columns, and the norms reduce
-// over the row with warp shuffles and one shared-memory pass. COLS and BLOCK are compile-time
+// over the row with warp shuffles and one shared-memory pass. Each body is written once over
+// W consecutive columns per access: W = 8 (16-byte loads and stores) when COLS is a multiple
+// of 8 and every pointer and row stride of the call keeps 16-byte alignment (checked at run
+// time, the same for the whole grid), else W = 1. COLS and BLOCK are compile-time
 // (the emitter specializes on them); strides, eps and scales are kernel arguments, so identical
 // layers share one kernel.
 //
@@ -26,6 +29,54 @@ using bf16 = __nv_bfloat16;
 __device__ __forceinline__ float ld(const bf16 *p) { return __bfloat162float(*p); }
 __device__ __forceinline__ void st(bf16 *p, float v) { *p = __float2bfloat16(v); }
 
+// W consecutive bf16 <-> fp32 (W = 1 or 8; for 8 the address is 16-byte aligned).
+template <int W> __device__ __forceinline__ void ldv(const bf16 *p, float (&f)[W]) {
+  if constexpr (W == 1) {
+    f[0] = __bfloat162float(*p);
+  } else {
+    static_assert(W == 8, "W: 1 or 8");
+    const uint4 u = *reinterpret_cast<const uint4 *>(p);
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 t = __bfloat1622float2(h[i]);
+      f[2 * i] = t.x;
+      f[2 * i + 1] = t.y;
+    }
+  }
+}
+template <int W> __device__ __forceinline__ void stv(bf16 *p, const float (&f)[W]) {
+  if constexpr (W == 1) {
+    *p = __float2bfloat16(f[0]);
+  } else {
+    uint4 u;
+    __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+    *reinterpret_cast<uint4 *>(p) = u;
+  }
+}
+// W consecutive f32 (for θ).
+template <int W> __device__ __forceinline__ void ldv(const float *p, float (&f)[W]) {
+  if constexpr (W == 1) {
+    f[0] = *p;
+  } else {
+    const float4 a = reinterpret_cast<const float4 *>(p)[0];
+    const float4 b = reinterpret_cast<const float4 *>(p)[1];
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+  }
+}
+
+// Whether 16-byte accesses are possible: COLS a multiple of 8, every pointer 16-byte aligned
+// and every row stride a multiple of 8 elements.
+template <int COLS> __device__ __forceinline__ bool aligned16() { return COLS % 8 == 0; }
+template <int COLS, class... Rest>
+__device__ __forceinline__ bool aligned16(const void *p, long long ldp, Rest... rest) {
+  return (reinterpret_cast<unsigned long long>(p) % 16 == 0) && (ldp % 8 == 0) &&
+         aligned16<COLS>(rest...);
+}
+
 // Sum of v over the CTA (BLOCK a multiple of 32, at most 1024); every thread gets the result.
 template <int BLOCK> __device__ __forceinline__ float block_sum(float v) {
   static_assert(BLOCK % 32 == 0 && BLOCK <= 1024, "BLOCK: whole warps, at most 1024 threads");
@@ -44,6 +95,20 @@ template <int BLOCK> __device__ __forceinline__ float block_sum(float v) {
   return v;
 }
 
+// Runs the body (a block that uses the constant W) with W = 8 when `vec`, else with W = 1.
+#define TNLM_EW_DISPATCH(vec, ...)                                                                 \
+  do {                                                                                             \
+    auto tnlm_body = [&](auto tnlm_w) {                                                            \
+      constexpr int W = decltype(tnlm_w)::value;                                                   \
+      __VA_ARGS__                                                                                  \
+    };                                                                                             \
+    if (vec)                                                                                       \
+      tnlm_body(Width<8>{});                                                                       \
+    else                                                                                           \
+      tnlm_body(Width<1>{});                                                                       \
+  } while (0)
+template <int N> struct Width { static constexpr int value = N; };
+
 // embedding: y[r, c] = scale · table[ids[r], c]   (ids outside [0, vocab) give zeros)
 template <int COLS, int BLOCK>
 __device__ __forceinline__ void embedding(const int *ids, const bf16 *table, int vocab, bf16 *y,
@@ -51,8 +116,17 @@ __device__ __forceinline__ void embedding(const int *ids, const bf16 *table, int
   const long long r = blockIdx.x;
   const int id = ids[r];
   const bool ok = id >= 0 && id < vocab;
-  for (int c = threadIdx.x; c < COLS; c += BLOCK)
-    st(y + r * ldy + c, ok ? scale * ld(table + static_cast<long long>(id) * COLS + c) : 0.0f);
+  const bf16 *t = table + static_cast<long long>(ok ? id : 0) * COLS;
+  TNLM_EW_DISPATCH(aligned16<COLS>(table, COLS, y, ldy), {
+    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
+      float v[W];
+      ldv<W>(t + c, v);
+#pragma unroll
+      for (int i = 0; i < W; ++i)
+        v[i] = ok ? scale * v[i] : 0.0f;
+      stv<W>(y + r * ldy + c, v);
+    }
+  });
 }
 
 // srms_norm: y[r, :] = x[r, :] · rsqrt(mean_c(x[r, c]²) + eps)
@@ -60,14 +134,25 @@ template <int COLS, int BLOCK>
 __device__ __forceinline__ void srms_norm(const bf16 *x, long long ldx, bf16 *y, long long ldy,
                                           float eps) {
   const long long r = blockIdx.x;
-  float ss = 0.0f;
-  for (int c = threadIdx.x; c < COLS; c += BLOCK) {
-    const float v = ld(x + r * ldx + c);
-    ss += v * v;
-  }
-  const float inv = rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
-  for (int c = threadIdx.x; c < COLS; c += BLOCK)
-    st(y + r * ldy + c, ld(x + r * ldx + c) * inv);
+  TNLM_EW_DISPATCH(aligned16<COLS>(x, ldx, y, ldy), {
+    float ss = 0.0f;
+    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
+      float v[W];
+      ldv<W>(x + r * ldx + c, v);
+#pragma unroll
+      for (int i = 0; i < W; ++i)
+        ss += v[i] * v[i];
+    }
+    const float inv = rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
+    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
+      float v[W];
+      ldv<W>(x + r * ldx + c, v);
+#pragma unroll
+      for (int i = 0; i < W; ++i)
+        v[i] *= inv;
+      stv<W>(y + r * ldy + c, v);
+    }
+  });
 }
 
 // add_srms_norm: s = a + b (stored as bf16); y[r, :] = s[r, :] · rsqrt(mean_c(s[r, c]²) + eps)
@@ -77,16 +162,29 @@ __device__ __forceinline__ void add_srms_norm(const bf16 *a, long long lda, cons
                                               long long ldb, bf16 *sum, long long lds, bf16 *y,
                                               long long ldy, float eps) {
   const long long r = blockIdx.x;
-  float ss = 0.0f;
-  for (int c = threadIdx.x; c < COLS; c += BLOCK) {
-    const bf16 s = __float2bfloat16(ld(a + r * lda + c) + ld(b + r * ldb + c));
-    sum[r * lds + c] = s;
-    const float v = __bfloat162float(s);
-    ss += v * v;
-  }
-  const float inv = rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
-  for (int c = threadIdx.x; c < COLS; c += BLOCK) // each thread rereads what it wrote
-    st(y + r * ldy + c, __bfloat162float(sum[r * lds + c]) * inv);
+  TNLM_EW_DISPATCH(aligned16<COLS>(a, lda, b, ldb, sum, lds, y, ldy), {
+    float ss = 0.0f;
+    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
+      float va[W], vb[W];
+      ldv<W>(a + r * lda + c, va);
+      ldv<W>(b + r * ldb + c, vb);
+#pragma unroll
+      for (int i = 0; i < W; ++i) {
+        va[i] = __bfloat162float(__float2bfloat16(va[i] + vb[i])); // the stored value
+        ss += va[i] * va[i];
+      }
+      stv<W>(sum + r * lds + c, va);
+    }
+    const float inv = rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
+    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) { // each thread rereads its own
+      float v[W];
+      ldv<W>(sum + r * lds + c, v);
+#pragma unroll
+      for (int i = 0; i < W; ++i)
+        v[i] *= inv;
+      stv<W>(y + r * ldy + c, v);
+    }
+  });
 }
 
 // gated_srms_norm (Lightning Attention epilogue, in place): y[r, :] = u[r, :] ⊙ y[r, :] ·
@@ -95,14 +193,26 @@ template <int COLS, int BLOCK>
 __device__ __forceinline__ void gated_srms_norm(const bf16 *u, long long ldu, bf16 *y,
                                                 long long ldy, float eps) {
   const long long r = blockIdx.x;
-  float ss = 0.0f;
-  for (int c = threadIdx.x; c < COLS; c += BLOCK) {
-    const float v = ld(y + r * ldy + c);
-    ss += v * v;
-  }
-  const float inv = rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
-  for (int c = threadIdx.x; c < COLS; c += BLOCK)
-    st(y + r * ldy + c, ld(u + r * ldu + c) * ld(y + r * ldy + c) * inv);
+  TNLM_EW_DISPATCH(aligned16<COLS>(u, ldu, y, ldy), {
+    float ss = 0.0f;
+    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
+      float v[W];
+      ldv<W>(y + r * ldy + c, v);
+#pragma unroll
+      for (int i = 0; i < W; ++i)
+        ss += v[i] * v[i];
+    }
+    const float inv = rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
+    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
+      float v[W], g[W];
+      ldv<W>(y + r * ldy + c, v);
+      ldv<W>(u + r * ldu + c, g);
+#pragma unroll
+      for (int i = 0; i < W; ++i)
+        v[i] = g[i] * v[i] * inv;
+      stv<W>(y + r * ldy + c, v);
+    }
+  });
 }
 
 // gated_srms_norm_sum (epilogue of an LRPE layer, whose attention output is the sum of two
@@ -113,22 +223,35 @@ __device__ __forceinline__ void gated_srms_norm_sum(const bf16 *u, long long ldu
                                                     long long ldy2, bf16 *y, long long ldy,
                                                     float eps) {
   const long long r = blockIdx.x;
-  float ss = 0.0f;
-  for (int c = threadIdx.x; c < COLS; c += BLOCK) {
-    const float v = ld(y + r * ldy + c) + ld(y2 + r * ldy2 + c);
-    ss += v * v;
-  }
-  const float inv = rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
-  for (int c = threadIdx.x; c < COLS; c += BLOCK) {
-    const float v = ld(y + r * ldy + c) + ld(y2 + r * ldy2 + c);
-    st(y + r * ldy + c, ld(u + r * ldu + c) * v * inv);
-  }
+  TNLM_EW_DISPATCH(aligned16<COLS>(u, ldu, y2, ldy2, y, ldy), {
+    float ss = 0.0f;
+    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
+      float v[W], v2[W];
+      ldv<W>(y + r * ldy + c, v);
+      ldv<W>(y2 + r * ldy2 + c, v2);
+#pragma unroll
+      for (int i = 0; i < W; ++i)
+        ss += (v[i] + v2[i]) * (v[i] + v2[i]);
+    }
+    const float inv = rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
+    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
+      float v[W], v2[W], g[W];
+      ldv<W>(y + r * ldy + c, v);
+      ldv<W>(y2 + r * ldy2 + c, v2);
+      ldv<W>(u + r * ldu + c, g);
+#pragma unroll
+      for (int i = 0; i < W; ++i)
+        v[i] = g[i] * (v[i] + v2[i]) * inv;
+      stv<W>(y + r * ldy + c, v);
+    }
+  });
 }
 
 // lrpe_split (prologue of an LRPE layer, D = COLS = H·dh): q = φ(x[r, 0:D]), k = φ(x[r, D:2D])
 // (φ = SiLU when SILU, else identity) at position p = r mod seq (each call starts at 0), angle
 // a_c = p · θ[c] in fp32 (one rounding, as the CPU backend), and
-//   w[r, 0:D] = q ⊙ cos a,  w[r, D:2D] = k ⊙ cos a,  w[r, 2D:3D] = q ⊙ sin a,  w[r, 3D:4D] = k ⊙ sin a.
+//   w[r, 0:D] = q ⊙ cos a,  w[r, D:2D] = k ⊙ cos a,  w[r, 2D:3D] = q ⊙ sin a,  w[r, 3D:4D] = k ⊙
+//   sin a.
 // LRPE(q)ᵀ LRPE(k) = (q cos)ᵀ(k cos) + (q sin)ᵀ(k sin) per head, and the attention output is
 // linear in the scores, so the layer's output is the sum of two head-dim-dh attentions,
 // (w[0:D], w[D:2D], v) and (w[2D:3D], w[3D:4D], v): the same kernel as a plain layer, and q',
@@ -138,30 +261,46 @@ __device__ __forceinline__ void lrpe_split(const bf16 *x, long long ldx, const f
                                            int seq, bf16 *w, long long ldw) {
   const long long r = blockIdx.x;
   const float p = static_cast<float>(r % seq);
-  for (int c = threadIdx.x; c < COLS; c += BLOCK) {
-    float q = ld(x + r * ldx + c), k = ld(x + r * ldx + COLS + c);
-    if (SILU) {
-      q = q / (1.0f + __expf(-q));
-      k = k / (1.0f + __expf(-k));
+  TNLM_EW_DISPATCH(aligned16<COLS>(x, ldx, w, ldw, theta, 8), {
+    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
+      float q[W], k[W], th[W], qc[W], kc[W];
+      ldv<W>(x + r * ldx + c, q);
+      ldv<W>(x + r * ldx + COLS + c, k);
+      ldv<W>(theta + c, th);
+#pragma unroll
+      for (int i = 0; i < W; ++i) {
+        if (SILU) {
+          q[i] = q[i] / (1.0f + __expf(-q[i]));
+          k[i] = k[i] / (1.0f + __expf(-k[i]));
+        }
+        float sn, cs;
+        sincosf(p * th[i], &sn, &cs); // full range reduction: angles reach 10^4 and beyond
+        qc[i] = q[i] * cs, kc[i] = k[i] * cs;
+        q[i] *= sn, k[i] *= sn;
+      }
+      bf16 *wr = w + r * ldw;
+      stv<W>(wr + c, qc);
+      stv<W>(wr + COLS + c, kc);
+      stv<W>(wr + 2 * COLS + c, q);
+      stv<W>(wr + 3 * COLS + c, k);
     }
-    float sn, cs;
-    sincosf(p * theta[c], &sn, &cs); // full range reduction: angles reach 10^4 and beyond
-    bf16 *wr = w + r * ldw;
-    st(wr + c, q * cs);
-    st(wr + COLS + c, k * cs);
-    st(wr + 2 * COLS + c, q * sn);
-    st(wr + 3 * COLS + c, k * sn);
-  }
+  });
 }
 
 // silu: y = x · sigmoid(x) = x / (1 + exp(-x))
 template <int COLS, int BLOCK>
 __device__ __forceinline__ void silu(const bf16 *x, long long ldx, bf16 *y, long long ldy) {
   const long long r = blockIdx.x;
-  for (int c = threadIdx.x; c < COLS; c += BLOCK) {
-    const float v = ld(x + r * ldx + c);
-    st(y + r * ldy + c, v / (1.0f + __expf(-v)));
-  }
+  TNLM_EW_DISPATCH(aligned16<COLS>(x, ldx, y, ldy), {
+    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
+      float v[W];
+      ldv<W>(x + r * ldx + c, v);
+#pragma unroll
+      for (int i = 0; i < W; ++i)
+        v[i] = v[i] / (1.0f + __expf(-v[i]));
+      stv<W>(y + r * ldy + c, v);
+    }
+  });
 }
 
 // mul: y = a ⊙ b
@@ -169,8 +308,17 @@ template <int COLS, int BLOCK>
 __device__ __forceinline__ void mul(const bf16 *a, long long lda, const bf16 *b, long long ldb,
                                     bf16 *y, long long ldy) {
   const long long r = blockIdx.x;
-  for (int c = threadIdx.x; c < COLS; c += BLOCK)
-    st(y + r * ldy + c, ld(a + r * lda + c) * ld(b + r * ldb + c));
+  TNLM_EW_DISPATCH(aligned16<COLS>(a, lda, b, ldb, y, ldy), {
+    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
+      float va[W], vb[W];
+      ldv<W>(a + r * lda + c, va);
+      ldv<W>(b + r * ldb + c, vb);
+#pragma unroll
+      for (int i = 0; i < W; ++i)
+        va[i] *= vb[i];
+      stv<W>(y + r * ldy + c, va);
+    }
+  });
 }
 
 // add: y = a + b
@@ -178,9 +326,20 @@ template <int COLS, int BLOCK>
 __device__ __forceinline__ void add(const bf16 *a, long long lda, const bf16 *b, long long ldb,
                                     bf16 *y, long long ldy) {
   const long long r = blockIdx.x;
-  for (int c = threadIdx.x; c < COLS; c += BLOCK)
-    st(y + r * ldy + c, ld(a + r * lda + c) + ld(b + r * ldb + c));
+  TNLM_EW_DISPATCH(aligned16<COLS>(a, lda, b, ldb, y, ldy), {
+    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
+      float va[W], vb[W];
+      ldv<W>(a + r * lda + c, va);
+      ldv<W>(b + r * ldb + c, vb);
+#pragma unroll
+      for (int i = 0; i < W; ++i)
+        va[i] += vb[i];
+      stv<W>(y + r * ldy + c, va);
+    }
+  });
 }
+
+#undef TNLM_EW_DISPATCH
 
 } // namespace ew
 } // namespace tnlm
