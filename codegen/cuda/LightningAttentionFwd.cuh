@@ -53,28 +53,13 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+#include "LightningFwdPlan.h"
+
 namespace tnlm {
 namespace la {
 
-// ----------------------------------------------------------------------------------------------
-// Launch arguments
-// ----------------------------------------------------------------------------------------------
-struct LightningFwdArgs {
-  const __nv_bfloat16 *q; // [B, N, H, DK] with strides in_sb / in_sn / in_sh (elements)
-  const __nv_bfloat16 *k; // same strides as q
-  const __nv_bfloat16 *v; // same strides as q (last dim DV)
-  __nv_bfloat16 *o;       // [B, N, H, DV] with strides out_sb / out_sn / out_sh
-  const float *slopes;    // [H] decay rates s_h (λ_h = exp(-s_h)), s_h > 0
-  float *piece_states;    // workspace [B*H][pieces_per_bh][DK][DV] fp32 (nullptr if none)
-  float *final_state;     // optional [B*H][DK][DV] fp32: state after the last token
-  int B, N, H;
-  long long in_sb, in_sn, in_sh;
-  long long out_sb, out_sn, out_sh;
-  int seg_len;       // tokens per segment, multiple of C
-  int num_segs;      // ceil(N / seg_len)
-  int piece_len;     // tokens per state piece, divides seg_len, multiple of C
-  int pieces_per_bh; // (num_segs - 1) * seg_len / piece_len
-};
+// Launch arguments (LightningFwdPlan.h, shared with the host runtime).
+using LightningFwdArgs = LightningFwdArgsT<__nv_bfloat16>;
 
 // ----------------------------------------------------------------------------------------------
 // Configuration (all shapes compile-time)
@@ -1185,46 +1170,7 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
 // ----------------------------------------------------------------------------------------------
 // Host side: planning the segment split and launching both passes.
 // ----------------------------------------------------------------------------------------------
-struct LightningFwdPlan {
-  int seg_len = 0, num_segs = 1, piece_len = 0, pieces_per_bh = 0;
-  size_t workspace_bytes = 0; // piece states
-};
-
-// Chooses segments so that B·H·segments ≈ the number of SMs (one CTA per SM), and state
-// pieces so that pass 1 has about one CTA per SM too. force_* > 0 overrides the choice
-// (force_pieces = pieces per segment).
-inline LightningFwdPlan plan_lightning_fwd(int B, int H, int N, int DK, int DV, int C, int num_sms,
-                                           int force_segs = 0, int force_pieces = 0) {
-  LightningFwdPlan p;
-  const int BH = B * H;
-  const int chunks = (N + C - 1) / C;
-  int segs = force_segs > 0 ? force_segs : (BH >= num_sms ? 1 : num_sms / BH);
-  if (segs < 1)
-    segs = 1;
-  if (segs > chunks)
-    segs = chunks;
-  const int seg_chunks = (chunks + segs - 1) / segs;
-  p.seg_len = seg_chunks * C;
-  p.num_segs = (N + p.seg_len - 1) / p.seg_len;
-  if (p.num_segs <= 1) {
-    p.num_segs = 1;
-    p.piece_len = p.seg_len;
-    return p;
-  }
-  int k = 1;
-  if (force_pieces > 0) {
-    k = force_pieces;
-    while (seg_chunks % k != 0)
-      --k;
-  } else {
-    while (2 * BH * (p.num_segs - 1) * k <= num_sms && seg_chunks % (2 * k) == 0)
-      k *= 2;
-  }
-  p.piece_len = p.seg_len / k;
-  p.pieces_per_bh = (p.num_segs - 1) * k;
-  p.workspace_bytes = static_cast<size_t>(BH) * p.pieces_per_bh * DK * DV * sizeof(float);
-  return p;
-}
+// LightningFwdPlan and plan_lightning_fwd: LightningFwdPlan.h.
 
 // Launches pass 1 (if the plan has pieces) and pass 2 on `stream`. `a` must carry the plan's
 // fields and a workspace of plan.workspace_bytes in piece_states.

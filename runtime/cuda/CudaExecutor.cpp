@@ -1,6 +1,8 @@
 //===- CudaExecutor.cpp - run a CUDA artifact's plan on the GPU -----------===//
 #include "runtime/cuda/CudaExecutor.h"
 
+#include "codegen/cuda/LightningFwdPlan.h"
+
 #include "runtime/DType.h"
 #include "runtime/Error.h"
 
@@ -11,49 +13,9 @@ namespace tnlm::cuda {
 
 namespace {
 
-// The kernel-side layout of tnlm::la::LightningFwdArgs (codegen/cuda/LightningAttentionFwd.cuh),
-// which is passed by value: same member types in the same order, so the same layout on the
-// host (bf16 pointers travel as void pointers).
-struct LightningArgs {
-  const void *q, *k, *v;
-  void *o;
-  const float *slopes;
-  float *pieceStates;
-  float *finalState;
-  int B, N, H;
-  long long inSb, inSn, inSh;
-  long long outSb, outSn, outSh;
-  int segLen, numSegs, pieceLen, piecesPerBh;
-};
-static_assert(sizeof(LightningArgs) == 7 * 8 + 3 * 4 + 4 + 6 * 8 + 4 * 4, "LightningFwdArgs");
-
-// The header's segment plan (plan_lightning_fwd without the force_* overrides), which the
-// generated launch metadata defers to run time.
-struct LightningPlan {
-  int segLen = 0, numSegs = 1, pieceLen = 0, piecesPerBh = 0;
-};
-
-LightningPlan planLightning(int B, int H, int N, int C, int numSms) {
-  LightningPlan p;
-  const int bh = B * H;
-  const int chunks = (N + C - 1) / C;
-  int segs = bh >= numSms ? 1 : numSms / bh;
-  segs = std::max(1, std::min(segs, chunks));
-  const int segChunks = (chunks + segs - 1) / segs;
-  p.segLen = segChunks * C;
-  p.numSegs = (N + p.segLen - 1) / p.segLen;
-  if (p.numSegs <= 1) {
-    p.numSegs = 1;
-    p.pieceLen = p.segLen;
-    return p;
-  }
-  int k = 1;
-  while (2 * bh * (p.numSegs - 1) * k <= numSms && segChunks % (2 * k) == 0)
-    k *= 2;
-  p.pieceLen = p.segLen / k;
-  p.piecesPerBh = (p.numSegs - 1) * k;
-  return p;
-}
+// The Lightning Attention kernels' arguments (bf16 pointers as 16-bit words; same layout) and
+// their segment plan, from the header the kernels use.
+using LightningArgs = la::LightningFwdArgsT<uint16_t>;
 
 constexpr int kLaHeadDim = 128, kLaChunk = 64;
 constexpr size_t kLaStateBytes = size_t(kLaHeadDim) * kLaHeadDim * sizeof(float);
@@ -293,9 +255,9 @@ void CudaExecutor::runLightning(unsigned index, const schema::Step &s, int64_t b
     throw Error(where + ": an LRPE layer needs θ and a workspace with qkvu's row stride");
   const int64_t d = int64_t(heads) * dh;
   const CUdeviceptr base = operand(qkvu, where);
-  LightningPlan plan =
-      planLightning(int(batch), heads, int(seq), kLaChunk, context_->multiprocessors());
-  const size_t need = size_t(batch) * heads * plan.piecesPerBh * kLaStateBytes;
+  const la::LightningFwdPlan plan = la::plan_lightning_fwd(
+      int(batch), heads, int(seq), kLaHeadDim, kLaHeadDim, kLaChunk, context_->multiprocessors());
+  const size_t need = plan.workspace_bytes;
   if (need > workspaceBytes_)
     throw Error(where + ": the Lightning Attention plan needs " + std::to_string(need) +
                 " bytes of piece states, " + std::to_string(workspaceBytes_) + " allocated");
@@ -310,26 +272,26 @@ void CudaExecutor::runLightning(unsigned index, const schema::Step &s, int64_t b
       if (pass == 1)
         o = w, ldo = ws->ld();
     }
-    a.q = reinterpret_cast<const void *>(q);
-    a.k = reinterpret_cast<const void *>(q + d * 2);
-    a.v = reinterpret_cast<const void *>(base + 2 * d * 2);
-    a.o = reinterpret_cast<void *>(o);
+    a.q = reinterpret_cast<const uint16_t *>(q);
+    a.k = reinterpret_cast<const uint16_t *>(q + d * 2);
+    a.v = reinterpret_cast<const uint16_t *>(base + 2 * d * 2);
+    a.o = reinterpret_cast<uint16_t *>(o);
     a.slopes = reinterpret_cast<const float *>(slopes_[index]);
-    a.pieceStates = plan.piecesPerBh > 0 ? reinterpret_cast<float *>(workspace_) : nullptr;
-    a.finalState = nullptr;
+    a.piece_states = plan.pieces_per_bh > 0 ? reinterpret_cast<float *>(workspace_) : nullptr;
+    a.final_state = nullptr;
     a.B = int(batch);
     a.N = int(seq);
     a.H = heads;
-    a.inSn = qkvu->ld();
-    a.inSb = seq * qkvu->ld();
-    a.inSh = dh;
-    a.outSn = ldo;
-    a.outSb = seq * ldo;
-    a.outSh = dh;
-    a.segLen = plan.segLen;
-    a.numSegs = plan.numSegs;
-    a.pieceLen = plan.pieceLen;
-    a.piecesPerBh = plan.piecesPerBh;
+    a.in_sn = qkvu->ld();
+    a.in_sb = seq * qkvu->ld();
+    a.in_sh = dh;
+    a.out_sn = ldo;
+    a.out_sb = seq * ldo;
+    a.out_sh = dh;
+    a.seg_len = plan.seg_len;
+    a.num_segs = plan.num_segs;
+    a.piece_len = plan.piece_len;
+    a.pieces_per_bh = plan.pieces_per_bh;
     return a;
   };
   const unsigned bh = static_cast<unsigned>(batch * heads);
@@ -364,13 +326,13 @@ void CudaExecutor::runLightning(unsigned index, const schema::Step &s, int64_t b
       if (pass >= (lrpe ? 2 : 1))
         throw Error(where + ": more Lightning Attention passes than the layer has");
       a = argsOf(pass);
-      if (plan.piecesPerBh > 0) {
-        c.grid.x = bh * static_cast<unsigned>(plan.piecesPerBh);
+      if (plan.pieces_per_bh > 0) {
+        c.grid.x = bh * static_cast<unsigned>(plan.pieces_per_bh);
         context_->launchWith(k, c, where, a);
       }
       break;
     case schema::LaunchKind_LightningScan:
-      if (plan.piecesPerBh > 0) {
+      if (plan.pieces_per_bh > 0) {
         c.grid.x = kLaHeadDim * kLaHeadDim / 1024;
         c.grid.y = bh;
         context_->launchWith(k, c, where, a);
@@ -378,7 +340,7 @@ void CudaExecutor::runLightning(unsigned index, const schema::Step &s, int64_t b
       break;
     case schema::LaunchKind_LightningMain:
       attended = true;
-      c.grid.x = bh * static_cast<unsigned>(plan.numSegs);
+      c.grid.x = bh * static_cast<unsigned>(plan.num_segs);
       context_->launchWith(k, c, where, a);
       ++pass;
       break;

@@ -1,0 +1,74 @@
+// Lightning Attention forward: the launch arguments and the segment plan, shared by the device
+// templates (LightningAttentionFwd.cuh, compiled by NVRTC or nvcc) and the host runtime
+// (runtime/cuda/CudaExecutor.cpp, plain C++): no CUDA headers, no standard library.
+// The arguments are a template over the element type so that the host fills the same layout
+// with its own 16-bit type (the kernels take LightningFwdArgs = LightningFwdArgsT<bf16> by
+// value; every member is a pointer, an int or a long long, so the layout does not depend
+// on T).
+#pragma once
+
+namespace tnlm {
+namespace la {
+
+template <class T> struct LightningFwdArgsT {
+  const T *q;          // [B, N, H, DK] with strides in_sb / in_sn / in_sh (elements)
+  const T *k;          // same strides as q
+  const T *v;          // same strides as q (last dim DV)
+  T *o;                // [B, N, H, DV] with strides out_sb / out_sn / out_sh
+  const float *slopes; // [H] decay rates s_h (λ_h = exp(-s_h)), s_h > 0
+  float *piece_states; // workspace [B*H][pieces_per_bh][DK][DV] fp32 (nullptr if none)
+  float *final_state;  // optional [B*H][DK][DV] fp32: state after the last token
+  int B, N, H;
+  long long in_sb, in_sn, in_sh;
+  long long out_sb, out_sn, out_sh;
+  int seg_len;       // tokens per segment, multiple of C
+  int num_segs;      // ceil(N / seg_len)
+  int piece_len;     // tokens per state piece, divides seg_len, multiple of C
+  int pieces_per_bh; // (num_segs - 1) * seg_len / piece_len
+};
+
+// The segment split (LightningAttentionFwd.cuh, "Sequence segments").
+struct LightningFwdPlan {
+  int seg_len = 0, num_segs = 1, piece_len = 0, pieces_per_bh = 0;
+  unsigned long long workspace_bytes = 0; // piece states
+};
+
+// Chooses segments so that B·H·segments ≈ the number of SMs (one CTA per SM), and state
+// pieces so that pass 1 has about one CTA per SM too: pieces double only while
+// 2·B·H·(segs − 1)·k ≤ #SMs, so B·H·pieces_per_bh ≤ #SMs always (a workspace of #SMs states
+// covers every call). force_* > 0 overrides the choice (force_pieces = pieces per segment).
+inline LightningFwdPlan plan_lightning_fwd(int B, int H, int N, int DK, int DV, int C, int num_sms,
+                                           int force_segs = 0, int force_pieces = 0) {
+  LightningFwdPlan p;
+  const int BH = B * H;
+  const int chunks = (N + C - 1) / C;
+  int segs = force_segs > 0 ? force_segs : (BH >= num_sms ? 1 : num_sms / BH);
+  if (segs < 1)
+    segs = 1;
+  if (segs > chunks)
+    segs = chunks;
+  const int seg_chunks = (chunks + segs - 1) / segs;
+  p.seg_len = seg_chunks * C;
+  p.num_segs = (N + p.seg_len - 1) / p.seg_len;
+  if (p.num_segs <= 1) {
+    p.num_segs = 1;
+    p.piece_len = p.seg_len;
+    return p;
+  }
+  int k = 1;
+  if (force_pieces > 0) {
+    k = force_pieces;
+    while (seg_chunks % k != 0)
+      --k;
+  } else {
+    while (2 * BH * (p.num_segs - 1) * k <= num_sms && seg_chunks % (2 * k) == 0)
+      k *= 2;
+  }
+  p.piece_len = p.seg_len / k;
+  p.pieces_per_bh = (p.num_segs - 1) * k;
+  p.workspace_bytes = static_cast<unsigned long long>(BH) * p.pieces_per_bh * DK * DV * 4;
+  return p;
+}
+
+} // namespace la
+} // namespace tnlm
