@@ -404,7 +404,10 @@ std::vector<float> CudaExecutor::logits(int64_t batch, int64_t seq) {
   artifact_.checkCallShape(batch, seq);
   std::vector<float> result(size_t(batch * seq) * size_t(vocab_));
   context_->copyToHost(result.data(), activations_ + logitsOffset_, result.size() * sizeof(float),
-                       artifact_.source() + ": forward (copying the logits back)");
+                       artifact_.source() +
+                           ": forward (copying the logits back; a kernel fault of any step "
+                           "surfaces here: synchronizing after every step, e.g. tnlm-run "
+                           "--sync-steps, names the step)");
   return result;
 }
 

@@ -148,6 +148,9 @@ int run(int argc, char **argv) {
   opts.flag("quiet", "No progress line on stderr");
   opts.value("device", "cpu|cuda",
              "Executor (default cpu); cuda runs a --target=cuda:sm_90a artifact on GPU 0");
+  opts.flag("sync-steps", "With --device=cuda: wait for every step and launch the steps one by "
+                          "one instead of replaying the forward's CUDA graph, so that a kernel "
+                          "fault names its step (slower; for debugging)");
   if (!opts.parse(argc, argv))
     return 0;
   if (opts.positional().size() != 1)
@@ -173,6 +176,8 @@ int run(int argc, char **argv) {
   const std::string device = opts.get("device", "cpu");
   if (device != "cpu" && device != "cuda")
     throw Error("--device: unknown device '" + device + "' (expected cpu or cuda)");
+  if (opts.has("sync-steps") && device != "cuda")
+    throw Error("--sync-steps only applies to --device=cuda");
 #if !TNLM_RUN_HAVE_CUDA
   if (device == "cuda")
     throw Error("--device=cuda: this tnlm-run was built without the CUDA runtime");
@@ -195,6 +200,7 @@ int run(int argc, char **argv) {
 #if TNLM_RUN_HAVE_CUDA
   if (device == "cuda") {
     cuda::CudaExecutor exec(artifact, params);
+    exec.setSynchronizeSteps(opts.has("sync-steps"));
     return execute(exec, opts, quiet);
   }
 #endif
