@@ -27,7 +27,7 @@
 #include <string>
 #include <vector>
 
-#include "../codegen/cuda/LightningAttentionFwd.cuh"
+#include "../codegen/cuda/LightningAttentionFwdSm90.cuh"
 
 using bf16 = __nv_bfloat16;
 using namespace tnlm::la;

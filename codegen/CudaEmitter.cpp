@@ -75,7 +75,7 @@ public:
        << " steps; GEMMs run through cuBLASLt at run time. Do not edit.\n"
        << "#include \"tnlm/Elementwise.cuh\"\n";
     if (usesLightning)
-      os << "#include \"tnlm/LightningAttentionFwd.cuh\"\n";
+      os << "#include \"tnlm/LightningAttentionFwdSm90.cuh\"\n";
     os << "\nusing bf16 = __nv_bfloat16;\n" << body;
     program.source = std::move(text);
     return std::move(program);
@@ -259,7 +259,7 @@ private:
           "static_assert(tnlm_la_sm90_d{0}::NTHREADS == {2} && tnlm_la_sm90_d{0}::C == {1} &&\n"
           "              tnlm_la_sm90_d{0}::SMEM_MAIN == {3} && tnlm_la_sm90_d{0}::SMEM_STATE == "
           "{4},\n"
-          "              \"tnlmc's launch metadata disagrees with LightningAttentionFwd.cuh\");\n",
+          "              \"tnlmc's launch metadata disagrees with LightningAttentionFwdSm90.cuh\");\n",
           kLaHeadDim, kLaChunk, kLaThreads, kLaSmemMain, kLaSmemState);
     }
     std::string cfg = llvm::formatv("tnlm_la_sm90_d{0}", kLaHeadDim).str();

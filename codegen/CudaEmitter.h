@@ -6,7 +6,7 @@
 // codegen/cuda/Elementwise.cuh, one per distinct specialization (identical layers share a
 // kernel, e.g. tnlm_srms_norm_c1024); GEMMs run through cuBLASLt at run time and are recorded
 // as GEMM launches; Lightning Attention instantiates the Hopper template of
-// codegen/cuda/LightningAttentionFwd.cuh (head dim 128, no LRPE) between a SiLU prologue and
+// codegen/cuda/LightningAttentionFwdSm90.cuh (head dim 128) between a SiLU prologue and
 // a gated-norm epilogue. The device headers are embedded in the compiler and handed to NVRTC
 // as in-memory headers, so artifacts never depend on the source tree.
 //

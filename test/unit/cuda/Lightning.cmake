@@ -1,5 +1,5 @@
 # tnlm-gpu-lightning (label "gpu"): the Hopper Lightning Attention forward kernels of
-# codegen/cuda/LightningAttentionFwd.cuh as tnlmc instantiates them
+# codegen/cuda/LightningAttentionFwdSm90.cuh as tnlmc instantiates them
 # (LightningFwdSm90Config<128, 128>: state pass, scan, main pass), NVRTC-compiled for the test
 # device and launched as CudaExecutor::runLightning does, against the CPU backend's
 # cpu::lightningAttention and an fp64 recurrence (LightningGpuTest.cpp). Without a driver or
@@ -12,7 +12,7 @@ set(_tnlm_lt_gen ${CMAKE_CURRENT_BINARY_DIR}/lightning)
 
 # The headers' text as raw string literals, embedded at build time: the test binary runs on the
 # device machine without the source tree. Reconfigured (and so regenerated) when one changes.
-foreach(_name LightningAttentionFwd.cuh LightningFwdPlan.h)
+foreach(_name LightningAttentionFwdSm90.cuh LightningAttentionFwd.cuh LightningFwdPlan.h)
   set(_path ${_tnlm_lt_root}/codegen/cuda/${_name})
   string(REPLACE "." "_" _stem ${_name})
   set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${_path})

@@ -89,7 +89,11 @@ using test::gpu;
 // The kernels' arguments with bf16 as 16-bit words (same layout), as CudaExecutor fills them.
 using LightningArgs = la::LightningFwdArgsT<uint16_t>;
 
-// codegen/cuda/LightningAttentionFwd.cuh and LightningFwdPlan.h at build time (Lightning.cmake).
+// codegen/cuda/LightningAttentionFwdSm90.cuh, LightningAttentionFwd.cuh and LightningFwdPlan.h
+// at build time (Lightning.cmake).
+const char *const kLightningSm90Cuh =
+#include "Lightning_LightningAttentionFwdSm90_cuh.inc"
+    ;
 const char *const kLightningCuh =
 #include "Lightning_LightningAttentionFwd_cuh.inc"
     ;
@@ -117,22 +121,23 @@ const char *const kScanExpr = "&tnlm::la::lightning_fwd_scan_kernel<128, 128>";
 const char *const kMainExpr = "&tnlm::la::lightning_fwd_sm90_main_kernel<Cfg>";
 
 std::string lightningSource() {
-  return "#include \"tnlm/LightningAttentionFwd.cuh\"\n\n"
+  return "#include \"tnlm/LightningAttentionFwdSm90.cuh\"\n\n"
          "using Cfg = tnlm::la::LightningFwdSm90Config<128, 128>;\n"
          "static_assert(Cfg::NTHREADS == " +
          std::to_string(kThreads) + " && Cfg::C == " + std::to_string(kC) +
          " && Cfg::SMEM_MAIN == " + std::to_string(kSmemMain) +
          " && Cfg::SMEM_STATE == " + std::to_string(kSmemState) +
          ",\n              \"the test's launch numbers disagree with "
-         "LightningAttentionFwd.cuh\");\n";
+         "LightningAttentionFwdSm90.cuh\");\n";
 }
 
 NvrtcOptions lightningOptions(const std::string &arch) {
   NvrtcOptions options;
   options.arch = arch;
-  options.headers = {{"tnlm/LightningAttentionFwd.cuh", kLightningCuh},
-                     {"tnlm/LightningFwdPlan.h", kLightningPlanH},
-                     {"LightningFwdPlan.h", kLightningPlanH}, // the .cuh includes it by bare name
+  // The headers include each other by bare name.
+  options.headers = {{"tnlm/LightningAttentionFwdSm90.cuh", kLightningSm90Cuh},
+                     {"LightningAttentionFwd.cuh", kLightningCuh},
+                     {"LightningFwdPlan.h", kLightningPlanH},
                      {"stdint.h", kStdintStub}};
   options.nameExpressions = {kStateExpr, kScanExpr, kMainExpr};
   return options;
