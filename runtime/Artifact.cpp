@@ -106,7 +106,8 @@ uint64_t elementBytes(schema::DType t) {
 // offset + ld·rows·elem <= arena, without wrapping.
 bool fitsArena(uint64_t offset, uint64_t ld, uint64_t rows, uint64_t elem, uint64_t arena) {
   uint64_t bytes = 0, end = 0;
-  return !__builtin_mul_overflow(ld, rows, &bytes) && !__builtin_mul_overflow(bytes, elem, &bytes) &&
+  return !__builtin_mul_overflow(ld, rows, &bytes) &&
+         !__builtin_mul_overflow(bytes, elem, &bytes) &&
          !__builtin_add_overflow(offset, bytes, &end) && end <= arena;
 }
 
@@ -129,8 +130,7 @@ schema::OperandKind inputRole(schema::KernelKind kind, unsigned slot) {
 
 // The function's result: one f32 [batch·seq, vocab] block inside the arena.
 template <typename Fail>
-void checkOutputs(const schema::Artifact &a, const schema::Function &f, uint64_t rows,
-                  Fail fail) {
+void checkOutputs(const schema::Artifact &a, const schema::Function &f, uint64_t rows, Fail fail) {
   std::string at = "function '" + f.name()->str() + "'";
   if (f.outputs()->size() != 1)
     fail(at + " must have exactly one result");
@@ -194,7 +194,9 @@ void checkStructure(const schema::Artifact &a, const std::string &src) {
       // Arity and attributes per kernel, so the executor never indexes past a vector.
       // Operand counts are ranges: LightningAttention takes θ and a workspace only when
       // its LRPE / prologue flags say so (checked below).
-      struct Arity { unsigned in, inMax, out, outMax, f32, i64; };
+      struct Arity {
+        unsigned in, inMax, out, outMax, f32, i64;
+      };
       static const Arity arity[] = {
           {2, 2, 1, 1, 1, 0}, // Embedding
           {1, 1, 1, 1, 1, 0}, // SrmsNorm
@@ -271,12 +273,12 @@ void checkStructure(const schema::Artifact &a, const std::string &src) {
       for (auto *list : {s->inputs(), s->outputs()})
         for (unsigned i = 0; i < list->size(); ++i) {
           const schema::Operand *o = list->Get(i);
-          if (o->cols() <= 0 || o->col_offset() < 0 || o->cols() > kMaxDim ||
-              o->ld() > kMaxDim || o->ld() < o->cols() + o->col_offset())
+          if (o->cols() <= 0 || o->col_offset() < 0 || o->cols() > kMaxDim || o->ld() > kMaxDim ||
+              o->ld() < o->cols() + o->col_offset())
             fail(at + " has an operand with an invalid view");
           // Every slot has one role: token ids, a parameter, or an activation in the arena.
-          schema::OperandKind role = list == s->outputs() ? schema::OperandKind_Arena
-                                                          : inputRole(s->kind(), i);
+          schema::OperandKind role =
+              list == s->outputs() ? schema::OperandKind_Arena : inputRole(s->kind(), i);
           if (o->kind() != role)
             fail(at + " has " + (list == s->outputs() ? "output" : "input") + " #" +
                  std::to_string(i) + " of the wrong kind (expected " +
@@ -287,11 +289,11 @@ void checkStructure(const schema::Artifact &a, const std::string &src) {
             if (elem == 0 || (cpu && o->dtype() != schema::DType_F32))
               fail(at + " has an activation of a dtype this target does not store");
             bool scalar = s->kind() == schema::KernelKind_CrossEntropy && list == s->outputs();
-            if (!fitsArena(o->offset(), static_cast<uint64_t>(o->ld()), scalar ? 1 : rows,
-                           elem, arena))
+            if (!fitsArena(o->offset(), static_cast<uint64_t>(o->ld()), scalar ? 1 : rows, elem,
+                           arena))
               fail(at + " reads or writes past the end of the arena");
-            used = std::max(used, o->offset() + static_cast<uint64_t>(o->ld()) *
-                                                    (scalar ? 1 : rows) * elem);
+            used = std::max(used, o->offset() +
+                                      static_cast<uint64_t>(o->ld()) * (scalar ? 1 : rows) * elem);
             break;
           }
           case schema::OperandKind_Param: {
@@ -328,7 +330,7 @@ void checkStructure(const schema::Artifact &a, const std::string &src) {
 } // namespace
 
 Artifact Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &source,
-                             Target expected) {
+                             std::optional<Target> expected) {
   // Layout: uint32 size prefix, then the FlatBuffer whose identifier sits at bytes 8..11.
   if (bytes.size() < 12 || !schema::SizePrefixedArtifactBufferHasIdentifier(bytes.data()))
     throw Error(source + ": not a tnlm artifact (missing the \"TNLM\" file identifier)");
@@ -345,9 +347,9 @@ Artifact Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &sour
                 " is not supported by this runtime (expects " +
                 std::to_string(schema::FormatVersion_Current) + "); recompile it with tnlmc");
   Target target = fromSchema(root->target());
-  if (target != expected)
+  if (expected && target != *expected)
     throw Error(source + ": artifact was compiled for target " + targetName(target) +
-                " but is being run on the " + targetName(expected) + " backend");
+                " but is being run on the " + targetName(*expected) + " backend");
   checkStructure(*root, source);
   Artifact a;
   a.bytes_ = std::move(bytes);
@@ -355,7 +357,9 @@ Artifact Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &sour
   return a;
 }
 
-Artifact Artifact::load(const std::string &path, Target expected) {
+Target Artifact::target() const { return fromSchema(root().target()); }
+
+Artifact Artifact::load(const std::string &path, std::optional<Target> expected) {
   std::ifstream in(path, std::ios::binary);
   if (!in)
     throw Error(path + ": cannot open artifact");
@@ -382,8 +386,6 @@ void Artifact::checkCallShape(int64_t batch, int64_t seq) const {
                 std::to_string(maxSeq()) + " (the compiled --seq)");
 }
 
-int64_t Artifact::vocabSize() const {
-  return root().config() ? root().config()->vocab_size() : 0;
-}
+int64_t Artifact::vocabSize() const { return root().config() ? root().config()->vocab_size() : 0; }
 
 } // namespace tnlm

@@ -10,6 +10,7 @@
 #include "runtime/schema/tnlm_generated.h"
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,11 +22,14 @@ const char *targetName(Target t);
 class Artifact {
 public:
   /// Reads and verifies `path`; throws tnlm::Error naming the file and the problem.
-  /// `expected` is the backend that will run it.
-  static Artifact load(const std::string &path, Target expected);
+  /// `expected` is the backend that will run it (none: any target; see target()).
+  static Artifact load(const std::string &path, std::optional<Target> expected);
   /// Same for bytes already in memory (`source` names them in messages).
   static Artifact fromBytes(std::vector<uint8_t> bytes, const std::string &source,
-                            Target expected);
+                            std::optional<Target> expected);
+
+  /// The backend the artifact was compiled for.
+  Target target() const;
 
   const schema::Artifact &root() const { return *schema::GetSizePrefixedArtifact(bytes_.data()); }
   const schema::Function &function(const std::string &name) const;

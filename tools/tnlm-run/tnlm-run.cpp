@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <sstream>
 
 using namespace tnlm;
@@ -147,7 +148,8 @@ int run(int argc, char **argv) {
   opts.value("threads", "n", "CPU threads (default: all cores)");
   opts.flag("quiet", "No progress line on stderr");
   opts.value("device", "cpu|cuda",
-             "Executor (default cpu); cuda runs a --target=cuda:sm_90a artifact on GPU 0");
+             "Executor (default: the artifact's target, cpu or cuda); cuda runs a "
+             "--target=cuda:sm_90a artifact on GPU 0");
   opts.flag("sync-steps", "With --device=cuda: wait for every step and launch the steps one by "
                           "one instead of replaying the forward's CUDA graph, so that a kernel "
                           "fault names its step (slower; for debugging)");
@@ -173,17 +175,23 @@ int run(int argc, char **argv) {
     cpu::setNumThreads(static_cast<int>(opts.getInt("threads", 0, 1, 1024)));
   bool quiet = opts.has("quiet");
 
-  const std::string device = opts.get("device", "cpu");
-  if (device != "cpu" && device != "cuda")
-    throw Error("--device: unknown device '" + device + "' (expected cpu or cuda)");
+  // The device: --device, else the artifact's target (checked when loading either way).
+  std::optional<Target> wanted;
+  if (opts.has("device")) {
+    const std::string d = opts.get("device");
+    if (d != "cpu" && d != "cuda")
+      throw Error("--device: unknown device '" + d + "' (expected cpu or cuda)");
+    wanted = d == "cuda" ? Target::CudaSm90a : Target::Cpu;
+  }
+  Artifact artifact = Artifact::load(opts.positional()[0], wanted);
+  const std::string device = artifact.target() == Target::CudaSm90a ? "cuda" : "cpu";
   if (opts.has("sync-steps") && device != "cuda")
-    throw Error("--sync-steps only applies to --device=cuda");
+    throw Error("--sync-steps only applies to CUDA artifacts (--device=cuda)");
 #if !TNLM_RUN_HAVE_CUDA
   if (device == "cuda")
-    throw Error("--device=cuda: this tnlm-run was built without the CUDA runtime");
+    throw Error(artifact.source() +
+                ": a CUDA artifact, and this tnlm-run was built without the CUDA runtime");
 #endif
-  Artifact artifact =
-      Artifact::load(opts.positional()[0], device == "cuda" ? Target::CudaSm90a : Target::Cpu);
   ParamValues params =
       opts.has("weights")
           ? loadWeights(artifact, opts.get("weights"))
