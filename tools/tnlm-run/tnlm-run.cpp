@@ -191,6 +191,9 @@ int run(int argc, char **argv) {
   if (device == "cuda")
     throw Error(artifact.source() +
                 ": a CUDA artifact, and this tnlm-run was built without the CUDA runtime");
+#else
+  if (device == "cuda")
+    cuda::driver(); // no driver or no device: its one sentence now, before reading weights
 #endif
   ParamValues params =
       opts.has("weights")
