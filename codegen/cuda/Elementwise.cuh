@@ -216,7 +216,8 @@ __device__ __forceinline__ void gated_srms_norm(const bf16 *u, long long ldu, bf
 }
 
 // gated_srms_norm_sum (epilogue of an LRPE layer, whose attention output is the sum of two
-// halves, see lrpe_split): o = y + y2 in fp32 (never rounded), then
+// halves, see lrpe_split): o = y + y2 in fp32 (each half was stored as bf16; the sum itself is
+// not rounded again), then
 // y[r, :] = u[r, :] ⊙ o[r, :] · rsqrt(mean_c(o[r, c]²) + eps)
 template <int COLS, int BLOCK>
 __device__ __forceinline__ void gated_srms_norm_sum(const bf16 *u, long long ldu, const bf16 *y2,

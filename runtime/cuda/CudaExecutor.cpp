@@ -132,7 +132,12 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
   context_->synchronize(src + ": uploading the parameters");
 }
 
-CudaExecutor::~CudaExecutor() = default;
+CudaExecutor::~CudaExecutor() {
+  // enqueue() returns before the GPU is done: wait (ignoring errors) before the graphs, the
+  // module, the GEMM workspace and the arena go.
+  if (context_)
+    driver().cuStreamSynchronize(context_->stream());
+}
 
 CUdeviceptr CudaExecutor::operand(const schema::Operand *o, const std::string &where) const {
   switch (o->kind()) {
@@ -390,11 +395,21 @@ void CudaExecutor::enqueue(const int32_t *ids, int64_t batch, int64_t seq) {
   // first call of a shape runs the steps directly, which also does the one-time work inside
   // them (cuBLASLt plans, kernel attributes), then captures them for the calls after it.
   const std::pair<int64_t, int64_t> key{batch, seq};
+  lastCall_ = key;
+  if (eagerOnly_.count(key)) {
+    runSteps(batch, seq);
+    return;
+  }
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
     runSteps(batch, seq);
-    graphs_.emplace(key, context_->capture([&] { runSteps(batch, seq); },
-                                           src + ": capturing the forward as a CUDA graph"));
+    try {
+      graphs_.emplace(key, context_->capture([&] { runSteps(batch, seq); },
+                                             src + ": capturing the forward as a CUDA graph"));
+    } catch (const Error &) {
+      // This call's forward is queued already; later calls of the shape launch step by step.
+      eagerOnly_.insert(key);
+    }
     return;
   }
   it->second.launch(context_->stream(), src + ": replaying the forward's CUDA graph");
@@ -402,6 +417,10 @@ void CudaExecutor::enqueue(const int32_t *ids, int64_t batch, int64_t seq) {
 
 std::vector<float> CudaExecutor::logits(int64_t batch, int64_t seq) {
   artifact_.checkCallShape(batch, seq);
+  if (lastCall_ != std::pair<int64_t, int64_t>{batch, seq})
+    throw Error(artifact_.source() + ": logits(" + std::to_string(batch) + ", " +
+                std::to_string(seq) + ") after a forward of batch " +
+                std::to_string(lastCall_.first) + ", sequence " + std::to_string(lastCall_.second));
   std::vector<float> result(size_t(batch * seq) * size_t(vocab_));
   context_->copyToHost(result.data(), activations_ + logitsOffset_, result.size() * sizeof(float),
                        artifact_.source() +
@@ -415,6 +434,7 @@ std::vector<CudaExecutor::StepTime> CudaExecutor::profileSteps(const int32_t *id
                                                                int64_t seq) {
   const std::string &src = artifact_.source();
   uploadIds(ids, batch, seq);
+  lastCall_ = {batch, seq};
   const schema::Function &fn = artifact_.function("forward");
   const unsigned n = fn.steps()->size();
   std::vector<CUevent> events(n + 1, nullptr);

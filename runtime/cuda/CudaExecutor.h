@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -53,7 +54,7 @@ public:
   /// logits() or Context::synchronize()).
   void enqueue(const int32_t *ids, int64_t batch, int64_t seq);
   /// Waits for the forward queued last and returns its f32 logits [batch · seq, vocab]
-  /// (batch and seq as given to enqueue).
+  /// (batch and seq as given to enqueue; anything else is an error).
   std::vector<float> logits(int64_t batch, int64_t seq);
 
   /// GPU time of each step of one forward (CUDA events around every step, steps launched one
@@ -67,7 +68,8 @@ public:
 
   /// CUDA-graph replay of the forward (default on). Off: every call launches each step.
   void setUseGraphs(bool on) { useGraphs_ = on; }
-  /// Number of forward graphs captured so far (one per (batch, seq) called).
+  /// Number of forward graphs captured so far (one per (batch, seq) called; a shape whose
+  /// capture fails runs step by step instead).
   size_t graphCount() const { return graphs_.size(); }
 
   int64_t vocabSize() const { return vocab_; }
@@ -102,6 +104,8 @@ private:
   bool syncSteps_ = false;
   bool useGraphs_ = true;
   std::map<std::pair<int64_t, int64_t>, Graph> graphs_; // (batch, seq) -> the captured forward
+  std::set<std::pair<int64_t, int64_t>> eagerOnly_;     // shapes whose capture failed
+  std::pair<int64_t, int64_t> lastCall_{0, 0};          // the shape enqueued last
 };
 
 } // namespace tnlm::cuda
