@@ -387,6 +387,8 @@ void CudaExecutor::uploadIds(const int32_t *ids, int64_t batch, int64_t seq) {
 void CudaExecutor::enqueue(const int32_t *ids, int64_t batch, int64_t seq) {
   const std::string &src = artifact_.source();
   uploadIds(ids, batch, seq);
+  const std::pair<int64_t, int64_t> key{batch, seq};
+  lastCall_ = key;
   if (!useGraphs_ || syncSteps_) {
     runSteps(batch, seq);
     return;
@@ -394,8 +396,6 @@ void CudaExecutor::enqueue(const int32_t *ids, int64_t batch, int64_t seq) {
   // One graph per call shape (the grids and the Lightning segment plan depend on it). The
   // first call of a shape runs the steps directly, which also does the one-time work inside
   // them (cuBLASLt plans, kernel attributes), then captures them for the calls after it.
-  const std::pair<int64_t, int64_t> key{batch, seq};
-  lastCall_ = key;
   if (eagerOnly_.count(key)) {
     runSteps(batch, seq);
     return;

@@ -231,6 +231,23 @@ int main(int argc, char **argv) {
     failures += replayFailures;
     std::printf("every shape called again after another: %s\n",
                 replayFailures ? "DIFFERS (see above)" : "bit-identical to its first call");
+    // Without graphs (each step launched, as tnlm-run --sync-steps does) and with a wait after
+    // every step: the same kernels in the same order, so the first shape's logits bit for bit.
+    {
+      const Shape &s = shapes.front();
+      const std::vector<int32_t> ids = randomIds(s, vocab);
+      gpu.setUseGraphs(false);
+      const bool eagerSame = gpu.forward(ids.data(), s.batch, s.seq) == first.front();
+      gpu.setSynchronizeSteps(true);
+      const bool syncSame = gpu.forward(ids.data(), s.batch, s.seq) == first.front();
+      gpu.setSynchronizeSteps(false);
+      gpu.setUseGraphs(true);
+      std::printf("%s %lldx%lld without graphs: %s; synchronizing every step: %s\n",
+                  eagerSame && syncSame ? "ok  " : "FAIL", (long long)s.batch, (long long)s.seq,
+                  eagerSame ? "identical" : "DIFFERS", syncSame ? "identical" : "DIFFERS");
+      if (!eagerSame || !syncSame)
+        ++failures;
+    }
     // A replay with other ids: the graph reads the ids from the device buffer each call
     // (nothing of the first call's ids is baked in), so it must match the CPU on the new ids.
     {
