@@ -2,8 +2,8 @@
 #include "codegen/KernelPlan.h"
 
 #include "dialect/TnlmOps.h"
-#include "passes/ParamTable.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "passes/ParamTable.h"
 #include "llvm/ADT/DenseMap.h"
 
 namespace mlir::tnlm {
@@ -69,8 +69,12 @@ public:
                                                       TnlmDialect::getParamAttrName())) {
         PlanParam p{name.str(), dtypeName(type.getElementType()),
                     std::vector<int64_t>(type.getShape().begin(), type.getShape().end())};
-        PlanOperand op{OperandKind::Param, static_cast<int64_t>(plan.params.size()), 0,
-                       type.getShape().back(), type.getShape().back(), p.dtype};
+        PlanOperand op{OperandKind::Param,
+                       static_cast<int64_t>(plan.params.size()),
+                       0,
+                       type.getShape().back(),
+                       type.getShape().back(),
+                       p.dtype};
         plan.params.push_back(std::move(p));
         values[arg] = op;
         continue;
@@ -81,8 +85,7 @@ public:
       PlanIO io{"ids", "i32", {kDimBatch, kDimSeq}, -1};
       if (failed(checkDims(fn, type)))
         return failure();
-      PlanOperand op{OperandKind::Input, static_cast<int64_t>(plan.inputs.size()), 0, 1, 1,
-                     "i32"};
+      PlanOperand op{OperandKind::Input, static_cast<int64_t>(plan.inputs.size()), 0, 1, 1, "i32"};
       plan.inputs.push_back(io);
       values[arg] = op;
     }
@@ -120,8 +123,8 @@ private:
     b.bytesPerRow = cols * dtypeBytes(actDtype);
     b.firstStep = b.lastStep = step;
     plan.buffers.push_back(b);
-    return PlanOperand{OperandKind::Arena, static_cast<int64_t>(plan.buffers.size() - 1), 0,
-                       cols, cols, actDtype};
+    return PlanOperand{
+        OperandKind::Arena, static_cast<int64_t>(plan.buffers.size() - 1), 0, cols, cols, actDtype};
   }
 
   FailureOr<PlanOperand> use(Operation *op, Value v) {
@@ -255,7 +258,8 @@ private:
     bool lrpe = static_cast<bool>(la.getTheta()), silu = la.hasSilu();
     int64_t step = plan.steps.size();
     std::vector<PlanOperand> outputs = {newBuffer(heads * dh, step)};
-    if (silu || lrpe)
+    // The CUDA executor applies φ in place in qkvu: there, only LRPE needs the workspace.
+    if (lrpe || (silu && !cuda))
       outputs.push_back(newBuffer(2 * heads * la.getKeyDim(), step));
     PlanStep &s = addStep(KernelKind::LightningAttention, op);
     s.inputs = std::move(inputs);
@@ -423,7 +427,8 @@ private:
       }
       return success();
     }
-    return op.emitError() << "'" << op.getName() << "' cannot be lowered to " << (cuda ? "CUDA" : "CPU") << " kernels";
+    return op.emitError() << "'" << op.getName() << "' cannot be lowered to "
+                          << (cuda ? "CUDA" : "CPU") << " kernels";
   }
 };
 

@@ -18,9 +18,10 @@ Target fromSchema(schema::Target t) {
 }
 
 // LightningAttention: attributes [heads, head_dim, block, lrpe, silu, position_offset] decide
-// which operands exist and how wide they are (tnlm.fbs).
+// which operands exist and how wide they are (tnlm.fbs). The workspace exists for LRPE, and for
+// φ on the CPU (CUDA applies φ in place in qkvu).
 template <typename ParamShape, typename Fail>
-void checkLightningAttention(const schema::Step &s, ParamShape paramShape, Fail fail) {
+void checkLightningAttention(const schema::Step &s, bool cuda, ParamShape paramShape, Fail fail) {
   auto attr = [&](unsigned i) { return s.i64_attrs()->Get(i); };
   const int64_t h = attr(0), dh = attr(1), block = attr(2), lrpe = attr(3), silu = attr(4);
   constexpr int64_t kLimit = int64_t(1) << 24; // keeps the width products below overflow
@@ -29,8 +30,10 @@ void checkLightningAttention(const schema::Step &s, ParamShape paramShape, Fail 
     fail(" has invalid Lightning Attention attributes");
   const int64_t dk = lrpe ? 2 * dh : dh;
   const unsigned inputs = 1 + static_cast<unsigned>(lrpe);
-  const unsigned outputs = (silu || lrpe) ? 2 : 1;
-  if (s.inputs()->size() != inputs || s.outputs()->size() != outputs)
+  // (CUDA artifacts compiled before φ moved into qkvu carry the unused workspace: accepted.)
+  const unsigned outputs = (lrpe || (silu && !cuda)) ? 2 : 1;
+  const bool oldCudaWorkspace = cuda && silu && !lrpe && s.outputs()->size() == 2;
+  if (s.inputs()->size() != inputs || (s.outputs()->size() != outputs && !oldCudaWorkspace))
     fail(" has operands that do not match its LRPE and activation flags");
   if (!s.slopes() || s.slopes()->size() != static_cast<unsigned>(h))
     fail(" has attention shapes that do not agree with its heads and slopes");
@@ -42,7 +45,7 @@ void checkLightningAttention(const schema::Step &s, ParamShape paramShape, Fail 
     if (t->size() != 3 || t->Get(0) != h || t->Get(1) != 1 || t->Get(2) != dh)
       fail(" has LRPE shapes that do not agree");
   }
-  if (outputs == 2) {
+  if (s.outputs()->size() == 2) {
     const schema::Operand *ws = s.outputs()->Get(1);
     if (ws->kind() != schema::OperandKind_Arena || ws->cols() != 2 * h * dk ||
         ws->ld() != ws->cols() || ws->col_offset() != 0)
@@ -254,7 +257,8 @@ void checkStructure(const schema::Artifact &a, const std::string &src) {
             s->inputs()->Get(2)->cols() != h * dv || y->cols() != h * dv)
           fail(at + " has attention shapes that do not agree with its heads and slopes");
       } else if (s->kind() == schema::KernelKind_LightningAttention) {
-        checkLightningAttention(*s, paramShape, [&](const std::string &w) { fail(at + w); });
+        checkLightningAttention(*s, a.target() == schema::Target_CUDA_SM90A, paramShape,
+                                [&](const std::string &w) { fail(at + w); });
       } else if (s->kind() == schema::KernelKind_GatedLinear) {
         const schema::Operand *x = s->inputs()->Get(0);
         for (unsigned i : {1u, 2u}) {
