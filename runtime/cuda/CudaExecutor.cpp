@@ -88,6 +88,14 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
       slopeBytes += up(s->slopes()->size() * sizeof(float));
   const size_t total = up(fn.arena_bytes()) + up(maxRows * sizeof(int32_t)) + slopeBytes +
                        paramBytes + up(workspaceBytes_) + Arena::kAlignment;
+  if (total > context_->totalMemory()) {
+    auto gib = [](size_t b) { return std::to_string(b / double(1u << 30)).substr(0, 6) + " GiB"; };
+    throw Error(src + ": the parameters (" + gib(paramBytes) + ") and the planned activations (" +
+                gib(fn.arena_bytes()) + " for batch " + std::to_string(artifact.maxBatch()) +
+                " x sequence " + std::to_string(artifact.maxSeq()) + ") need " + gib(total) +
+                ", more than the " + gib(context_->totalMemory()) + " of " +
+                context_->deviceName() + ": compile with a smaller --batch or --seq");
+  }
   arena_ = std::make_unique<Arena>(total, src + ": the device arena");
   activations_ = arena_->allocate(std::max<size_t>(fn.arena_bytes(), 1), "the activations");
   ids_ = arena_->allocate(maxRows * sizeof(int32_t), "the ids");
