@@ -109,6 +109,39 @@ template <int BLOCK> __device__ __forceinline__ float block_sum(float v) {
   } while (0)
 template <int N> struct Width { static constexpr int value = N; };
 
+// rsqrt(mean_c(v[c]²) + eps) of this CTA's row, the threads loading W columns at a time with
+// load(c, v) (v = W fp32 values from column c); every thread gets the result.
+template <int COLS, int BLOCK, int W, class Load>
+__device__ __forceinline__ float row_rstd(Load load, float eps) {
+  float ss = 0.0f;
+  for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
+    float v[W];
+    load(c, v);
+#pragma unroll
+    for (int i = 0; i < W; ++i)
+      ss += v[i] * v[i];
+  }
+  return rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
+}
+
+// y[r, c] = op(a[r, c], b[r, c]) for the elementwise binary kernels.
+template <int COLS, int BLOCK, class Op>
+__device__ __forceinline__ void binary(const bf16 *a, long long lda, const bf16 *b, long long ldb,
+                                       bf16 *y, long long ldy, Op op) {
+  const long long r = blockIdx.x;
+  TNLM_EW_DISPATCH(aligned16<COLS>(a, lda, b, ldb, y, ldy), {
+    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
+      float va[W], vb[W];
+      ldv<W>(a + r * lda + c, va);
+      ldv<W>(b + r * ldb + c, vb);
+#pragma unroll
+      for (int i = 0; i < W; ++i)
+        va[i] = op(va[i], vb[i]);
+      stv<W>(y + r * ldy + c, va);
+    }
+  });
+}
+
 // embedding: y[r, c] = scale · table[ids[r], c]   (ids outside [0, vocab) give zeros)
 template <int COLS, int BLOCK>
 __device__ __forceinline__ void embedding(const int *ids, const bf16 *table, int vocab, bf16 *y,
@@ -135,15 +168,8 @@ __device__ __forceinline__ void srms_norm(const bf16 *x, long long ldx, bf16 *y,
                                           float eps) {
   const long long r = blockIdx.x;
   TNLM_EW_DISPATCH(aligned16<COLS>(x, ldx, y, ldy), {
-    float ss = 0.0f;
-    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
-      float v[W];
-      ldv<W>(x + r * ldx + c, v);
-#pragma unroll
-      for (int i = 0; i < W; ++i)
-        ss += v[i] * v[i];
-    }
-    const float inv = rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
+    const float inv =
+        row_rstd<COLS, BLOCK, W>([&](int c, float(&v)[W]) { ldv<W>(x + r * ldx + c, v); }, eps);
     for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
       float v[W];
       ldv<W>(x + r * ldx + c, v);
@@ -194,15 +220,8 @@ __device__ __forceinline__ void gated_srms_norm(const bf16 *u, long long ldu, bf
                                                 long long ldy, float eps) {
   const long long r = blockIdx.x;
   TNLM_EW_DISPATCH(aligned16<COLS>(u, ldu, y, ldy), {
-    float ss = 0.0f;
-    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
-      float v[W];
-      ldv<W>(y + r * ldy + c, v);
-#pragma unroll
-      for (int i = 0; i < W; ++i)
-        ss += v[i] * v[i];
-    }
-    const float inv = rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
+    const float inv =
+        row_rstd<COLS, BLOCK, W>([&](int c, float(&v)[W]) { ldv<W>(y + r * ldy + c, v); }, eps);
     for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
       float v[W], g[W];
       ldv<W>(y + r * ldy + c, v);
@@ -225,16 +244,16 @@ __device__ __forceinline__ void gated_srms_norm_sum(const bf16 *u, long long ldu
                                                     float eps) {
   const long long r = blockIdx.x;
   TNLM_EW_DISPATCH(aligned16<COLS>(u, ldu, y2, ldy2, y, ldy), {
-    float ss = 0.0f;
-    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
-      float v[W], v2[W];
-      ldv<W>(y + r * ldy + c, v);
-      ldv<W>(y2 + r * ldy2 + c, v2);
+    const float inv = row_rstd<COLS, BLOCK, W>(
+        [&](int c, float(&v)[W]) {
+          float v2[W];
+          ldv<W>(y + r * ldy + c, v);
+          ldv<W>(y2 + r * ldy2 + c, v2);
 #pragma unroll
-      for (int i = 0; i < W; ++i)
-        ss += (v[i] + v2[i]) * (v[i] + v2[i]);
-    }
-    const float inv = rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
+          for (int i = 0; i < W; ++i)
+            v[i] += v2[i];
+        },
+        eps);
     for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
       float v[W], v2[W], g[W];
       ldv<W>(y + r * ldy + c, v);
@@ -308,36 +327,14 @@ __device__ __forceinline__ void silu(const bf16 *x, long long ldx, bf16 *y, long
 template <int COLS, int BLOCK>
 __device__ __forceinline__ void mul(const bf16 *a, long long lda, const bf16 *b, long long ldb,
                                     bf16 *y, long long ldy) {
-  const long long r = blockIdx.x;
-  TNLM_EW_DISPATCH(aligned16<COLS>(a, lda, b, ldb, y, ldy), {
-    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
-      float va[W], vb[W];
-      ldv<W>(a + r * lda + c, va);
-      ldv<W>(b + r * ldb + c, vb);
-#pragma unroll
-      for (int i = 0; i < W; ++i)
-        va[i] *= vb[i];
-      stv<W>(y + r * ldy + c, va);
-    }
-  });
+  binary<COLS, BLOCK>(a, lda, b, ldb, y, ldy, [](float p, float q) { return p * q; });
 }
 
 // add: y = a + b
 template <int COLS, int BLOCK>
 __device__ __forceinline__ void add(const bf16 *a, long long lda, const bf16 *b, long long ldb,
                                     bf16 *y, long long ldy) {
-  const long long r = blockIdx.x;
-  TNLM_EW_DISPATCH(aligned16<COLS>(a, lda, b, ldb, y, ldy), {
-    for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
-      float va[W], vb[W];
-      ldv<W>(a + r * lda + c, va);
-      ldv<W>(b + r * ldb + c, vb);
-#pragma unroll
-      for (int i = 0; i < W; ++i)
-        va[i] += vb[i];
-      stv<W>(y + r * ldy + c, va);
-    }
-  });
+  binary<COLS, BLOCK>(a, lda, b, ldb, y, ldy, [](float p, float q) { return p + q; });
 }
 
 #undef TNLM_EW_DISPATCH

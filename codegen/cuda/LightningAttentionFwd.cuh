@@ -600,19 +600,23 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
 // ----------------------------------------------------------------------------------------------
 // LightningFwdPlan and plan_lightning_fwd: LightningFwdPlan.h.
 
-// Launches pass 1 (if the plan has pieces) and pass 2 on `stream`. `a` must carry the plan's
-// fields and a workspace of plan.workspace_bytes in piece_states.
+using LightningKernel = void (*)(const LightningFwdArgs);
+
+// Launches pass 1 and the scan (if the plan has pieces), then pass 2, with the state and main
+// kernels of either version on `stream`; `a` must carry the plan's fields and a workspace of
+// plan.workspace_bytes in piece_states. `configured` (one flag per kernel pair) records that
+// their shared-memory limits were raised.
 template <class Cfg>
-inline cudaError_t launch_lightning_fwd(const LightningFwdArgs &a, cudaStream_t stream) {
-  static bool configured = false;
+inline cudaError_t launch_lightning_passes(LightningKernel state, LightningKernel main,
+                                           bool &configured, const LightningFwdArgs &a,
+                                           cudaStream_t stream) {
   if (!configured) {
     cudaError_t e =
-        cudaFuncSetAttribute(lightning_fwd_main_kernel<Cfg>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_MAIN);
+        cudaFuncSetAttribute(main, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_MAIN);
     if (e != cudaSuccess)
       return e;
-    e = cudaFuncSetAttribute(lightning_fwd_state_kernel<Cfg>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_STATE);
+    e = cudaFuncSetAttribute(state, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             Cfg::SMEM_STATE);
     if (e != cudaSuccess)
       return e;
     configured = true;
@@ -621,16 +625,23 @@ inline cudaError_t launch_lightning_fwd(const LightningFwdArgs &a, cudaStream_t 
   if (a.N <= 0 || BH <= 0)
     return cudaSuccess;
   if (a.pieces_per_bh > 0) {
-    lightning_fwd_state_kernel<Cfg>
-        <<<BH * a.pieces_per_bh, Cfg::NTHREADS, Cfg::SMEM_STATE, stream>>>(a);
+    state<<<BH * a.pieces_per_bh, Cfg::NTHREADS, Cfg::SMEM_STATE, stream>>>(a);
     lightning_fwd_scan_kernel<Cfg::DK, Cfg::DV>
         <<<dim3(Cfg::DK * Cfg::DV / 1024, BH), 256, 0, stream>>>(a);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess)
       return e;
   }
-  lightning_fwd_main_kernel<Cfg><<<BH * a.num_segs, Cfg::NTHREADS, Cfg::SMEM_MAIN, stream>>>(a);
+  main<<<BH * a.num_segs, Cfg::NTHREADS, Cfg::SMEM_MAIN, stream>>>(a);
   return cudaGetLastError();
+}
+
+// The portable (mma.sync) version.
+template <class Cfg>
+inline cudaError_t launch_lightning_fwd(const LightningFwdArgs &a, cudaStream_t stream) {
+  static bool configured = false;
+  return launch_lightning_passes<Cfg>(lightning_fwd_state_kernel<Cfg>,
+                                      lightning_fwd_main_kernel<Cfg>, configured, a, stream);
 }
 #endif // !__CUDACC_RTC__
 

@@ -583,37 +583,13 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
 }
 
 #if !defined(__CUDACC_RTC__)
-// Hopper (sm_90a) version: same arguments and plan.
+// Hopper (sm_90a) version: same arguments and plan (launch_lightning_passes,
+// LightningAttentionFwd.cuh).
 template <class Cfg>
 inline cudaError_t launch_lightning_fwd_sm90(const LightningFwdArgs &a, cudaStream_t stream) {
   static bool configured = false;
-  if (!configured) {
-    cudaError_t e =
-        cudaFuncSetAttribute(lightning_fwd_sm90_main_kernel<Cfg>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_MAIN);
-    if (e != cudaSuccess)
-      return e;
-    e = cudaFuncSetAttribute(lightning_fwd_sm90_state_kernel<Cfg>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_STATE);
-    if (e != cudaSuccess)
-      return e;
-    configured = true;
-  }
-  const int BH = a.B * a.H;
-  if (a.N <= 0 || BH <= 0)
-    return cudaSuccess;
-  if (a.pieces_per_bh > 0) {
-    lightning_fwd_sm90_state_kernel<Cfg>
-        <<<BH * a.pieces_per_bh, Cfg::NTHREADS, Cfg::SMEM_STATE, stream>>>(a);
-    lightning_fwd_scan_kernel<Cfg::DK, Cfg::DV>
-        <<<dim3(Cfg::DK * Cfg::DV / 1024, BH), 256, 0, stream>>>(a);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess)
-      return e;
-  }
-  lightning_fwd_sm90_main_kernel<Cfg>
-      <<<BH * a.num_segs, Cfg::NTHREADS, Cfg::SMEM_MAIN, stream>>>(a);
-  return cudaGetLastError();
+  return launch_lightning_passes<Cfg>(lightning_fwd_sm90_state_kernel<Cfg>,
+                                      lightning_fwd_sm90_main_kernel<Cfg>, configured, a, stream);
 }
 #endif // !__CUDACC_RTC__
 

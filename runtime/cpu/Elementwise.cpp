@@ -7,6 +7,7 @@
 #include "runtime/cpu/Kernels.h"
 
 #include "runtime/Error.h"
+#include "runtime/cpu/RowMath.h"
 
 #include <algorithm>
 #include <cmath>
@@ -18,24 +19,7 @@
 namespace tnlm::cpu {
 namespace {
 
-constexpr int64_t kMinWork = 1 << 15;
-
-int64_t rowGrain(int64_t cols) {
-  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(cols, 1));
-}
-
-// Σ x² of one row in f64; eight independent partial sums let the compiler vectorize without
-// reassociating (no -ffast-math).
-double sumSquares(const float *x, int64_t n) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t c = 0;
-  for (; c + 8 <= n; c += 8)
-    for (int j = 0; j < 8; ++j)
-      acc[j] += static_cast<double>(x[c + j]) * x[c + j];
-  for (; c < n; ++c)
-    acc[0] += static_cast<double>(x[c]) * x[c];
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
+using detail::rowGrain;
 
 // logsumexp of one row: max-shifted, exponentials in f32 (they are in (0, 1]), sum in f64.
 double logSumExp(const float *x, int64_t n) {
@@ -87,8 +71,7 @@ void srmsNorm(const float *x, int64_t rows, int64_t d, int64_t ldx, float eps, f
   forEachRow(rows, d, [&](int64_t r) {
     const float *xr = x + r * ldx;
     float *yr = y + r * ldy;
-    double meanSq = sumSquares(xr, d) / static_cast<double>(d);
-    float rstd = static_cast<float>(1.0 / std::sqrt(meanSq + static_cast<double>(eps)));
+    const float rstd = detail::rstdOf(xr, d, eps);
     for (int64_t c = 0; c < d; ++c)
       yr[c] = xr[c] * rstd;
   });

@@ -13,6 +13,7 @@
 #include "runtime/cpu/Kernels.h"
 
 #include "runtime/Error.h"
+#include "runtime/cpu/RowMath.h"
 
 #include <algorithm>
 #include <cmath>
@@ -21,33 +22,11 @@
 namespace tnlm::cpu {
 namespace {
 
-// A thread wake-up costs about as much as ~10^4 flops: chunks of at least this many elements.
-constexpr int64_t kMinWork = 1 << 15;
+using detail::rowGrain;
+using detail::rstdOf;
+
 // gatedLinear tiles: 64 rows × 256 outputs keep the scratch tile (64 KiB) in L2.
 constexpr int64_t kRowTile = 64, kColTile = 256;
-
-int64_t rowGrain(int64_t cols) {
-  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(cols, 1));
-}
-
-// Σ x² in f64 with eight partial sums: the same association as srmsNorm's, so the fused
-// norms round exactly like the unfused ones.
-double sumSquares(const float *x, int64_t n) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t c = 0;
-  for (; c + 8 <= n; c += 8)
-    for (int j = 0; j < 8; ++j)
-      acc[j] += static_cast<double>(x[c + j]) * x[c + j];
-  for (; c < n; ++c)
-    acc[0] += static_cast<double>(x[c]) * x[c];
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
-// rsqrt(mean(x²) + eps), evaluated in f64 and rounded once.
-float rstdOf(const float *x, int64_t d, float eps) {
-  double meanSq = sumSquares(x, d) / static_cast<double>(d);
-  return static_cast<float>(1.0 / std::sqrt(meanSq + static_cast<double>(eps)));
-}
 
 } // namespace
 

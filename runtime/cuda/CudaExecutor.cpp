@@ -366,7 +366,8 @@ void CudaExecutor::runLightning(unsigned index, const schema::Step &s, int64_t b
                 " Lightning Attention passes, the layer needs " + std::to_string(lrpe ? 2 : 1));
 }
 
-void CudaExecutor::runSteps(int64_t batch, int64_t seq) {
+void CudaExecutor::runSteps(int64_t batch, int64_t seq,
+                            const std::function<void(unsigned)> &afterStep) {
   const std::string &src = artifact_.source();
   const schema::Function &fn = artifact_.function("forward");
   for (unsigned i = 0; i < fn.steps()->size(); ++i) {
@@ -376,6 +377,8 @@ void CudaExecutor::runSteps(int64_t batch, int64_t seq) {
     runStep(i, *s, batch, seq, where);
     if (syncSteps_)
       context_->synchronize(where);
+    if (afterStep)
+      afterStep(i);
   }
 }
 
@@ -458,13 +461,8 @@ std::vector<CudaExecutor::StepTime> CudaExecutor::profileSteps(const int32_t *id
   for (CUevent &e : events)
     TNLM_CU(cuEventCreate, (&e, CU_EVENT_DEFAULT), what);
   TNLM_CU(cuEventRecord, (events[0], context_->stream()), what);
-  for (unsigned i = 0; i < n; ++i) {
-    const schema::Step *s = fn.steps()->Get(i);
-    runStep(i, *s, batch, seq,
-            src + ": step " + std::to_string(i) + " '" +
-                (s->name() ? s->name()->str() : std::string()) + "'");
-    TNLM_CU(cuEventRecord, (events[i + 1], context_->stream()), what);
-  }
+  runSteps(batch, seq,
+           [&](unsigned i) { TNLM_CU(cuEventRecord, (events[i + 1], context_->stream()), what); });
   TNLM_CU(cuEventSynchronize, (events[n]), what);
   std::vector<StepTime> times;
   for (unsigned i = 0; i < n; ++i) {

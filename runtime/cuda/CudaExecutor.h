@@ -22,6 +22,7 @@
 #include "runtime/cuda/Gemm.h"
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -84,7 +85,8 @@ private:
                const std::string &where);
   void runLightning(unsigned index, const schema::Step &step, int64_t batch, int64_t seq,
                     const std::string &where);
-  void runSteps(int64_t batch, int64_t seq);
+  /// Queues every step of @forward; `afterStep(i)`, when given, runs after step i is queued.
+  void runSteps(int64_t batch, int64_t seq, const std::function<void(unsigned)> &afterStep = {});
   void uploadIds(const int32_t *ids, int64_t batch, int64_t seq);
   CUdeviceptr operand(const schema::Operand *o, const std::string &where) const;
   Kernel &kernel(const schema::KernelLaunch *launch, const std::string &where);

@@ -37,21 +37,13 @@ using tnlm::testing::refConfig;
 using tnlm::testing::weightsFor;
 const auto parse = tnlm::testing::parseConfig;
 
-struct Compiled {
-  tnlm::Artifact artifact;
-  mt::KernelPlan plan;
-};
+using Compiled = tnlm::testing::CompiledCpu;
 
 Compiled compile(const mt::ModelConfig &cfg, int64_t maxBatch, int64_t maxSeq) {
   mlir::MLIRContext ctx;
   auto module = mt::importModel(cfg, &ctx, cfg.name + ".json");
   EXPECT_TRUE(module);
-  mlir::FailureOr<mt::KernelPlan> plan =
-      mt::lowerToKernelPlan(*module, "forward", maxBatch, maxSeq);
-  EXPECT_TRUE(mlir::succeeded(plan));
-  mt::planMemory(*plan);
-  std::vector<uint8_t> bytes = mt::serializeArtifact(*module, {*plan}, "cpu");
-  return Compiled{tnlm::Artifact::fromBytes(std::move(bytes), cfg.name, tnlm::Target::Cpu), *plan};
+  return tnlm::testing::compileCpu(*module, maxBatch, maxSeq, cfg.name);
 }
 
 // Runs batch sequences of length n through both and returns the worst relative error.
@@ -60,11 +52,7 @@ double worstError(const Compiled &c, const mt::ModelConfig &cfg, int64_t batch, 
   tnlm::ref::Config rc = refConfig(cfg);
   auto [values, refWeights] = weightsFor(c.artifact, cfg, seed, stddev);
   tnlm::CpuExecutor exec(c.artifact, values);
-  std::mt19937 rng(static_cast<uint32_t>(seed * 7 + n));
-  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(cfg.vocabSize - 1));
-  std::vector<int32_t> ids(static_cast<size_t>(batch * n));
-  for (int32_t &t : ids)
-    t = tok(rng);
+  std::vector<int32_t> ids = tnlm::testing::randomIds(batch * n, cfg.vocabSize, seed * 7 + n);
   std::vector<float> got = exec.forward(ids.data(), batch, n);
   double worst = 0.0;
   for (int64_t b = 0; b < batch; ++b) {

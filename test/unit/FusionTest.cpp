@@ -44,10 +44,8 @@ using tnlm::testing::refConfig;
 using tnlm::testing::weightsFor;
 const auto parse = tnlm::testing::parseConfig;
 
-struct Compiled {
-  tnlm::Artifact artifact;
-  mt::KernelPlan plan;
-};
+using Compiled = tnlm::testing::CompiledCpu;
+using tnlm::testing::randomIds;
 
 // Compiles a clone of `module`; fused: through tnlm-infer-pipeline with `block` (0: the
 // cost model) for `maxSeq` on the cpu target.
@@ -62,22 +60,7 @@ Compiled compile(mlir::ModuleOp module, bool fused, int64_t block, int64_t maxBa
     mt::buildInferPipeline(pm, options);
     EXPECT_TRUE(mlir::succeeded(pm.run(*m)));
   }
-  mlir::FailureOr<mt::KernelPlan> plan = mt::lowerToKernelPlan(*m, "forward", maxBatch, maxSeq);
-  EXPECT_TRUE(mlir::succeeded(plan));
-  mt::planMemory(*plan);
-  std::vector<uint8_t> bytes = mt::serializeArtifact(*m, {*plan}, "cpu");
-  return Compiled{
-      tnlm::Artifact::fromBytes(std::move(bytes), fused ? "fused" : "unfused", tnlm::Target::Cpu),
-      *plan};
-}
-
-std::vector<int32_t> randomIds(int64_t count, int64_t vocab, uint64_t seed) {
-  std::mt19937 rng(static_cast<uint32_t>(seed));
-  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(vocab - 1));
-  std::vector<int32_t> ids(static_cast<size_t>(count));
-  for (int32_t &t : ids)
-    t = tok(rng);
-  return ids;
+  return tnlm::testing::compileCpu(*m, maxBatch, maxSeq, fused ? "fused" : "unfused");
 }
 
 // max |got − want| / max |want|

@@ -2,6 +2,8 @@
 #ifndef TNLM_TEST_UNIT_MODELTESTSUPPORT_H
 #define TNLM_TEST_UNIT_MODELTESTSUPPORT_H
 
+#include "codegen/ArtifactWriter.h"
+#include "codegen/KernelPlan.h"
 #include "models/ModelConfig.h"
 #include "runtime/Artifact.h"
 #include "runtime/Weights.h"
@@ -10,8 +12,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <random>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace tnlm::testing {
 
@@ -39,9 +44,8 @@ inline ref::Config refConfig(const mlir::tnlm::ModelConfig &c) {
 
 /// Reference weights rounded to f32 once, so the artifact (f32) and the reference (f64) see
 /// identical parameters; returned in the artifact's parameter order and by name.
-inline std::pair<ParamValues, ref::Weights> weightsFor(const Artifact &a,
-                                                       const mlir::tnlm::ModelConfig &cfg,
-                                                       uint64_t seed, double stddev) {
+inline std::pair<ParamValues, ref::Weights>
+weightsFor(const Artifact &a, const mlir::tnlm::ModelConfig &cfg, uint64_t seed, double stddev) {
   ref::Weights w = ref::randomWeights(refConfig(cfg), seed, stddev);
   ParamValues values;
   for (const auto *p : *a.root().params()) {
@@ -52,6 +56,34 @@ inline std::pair<ParamValues, ref::Weights> weightsFor(const Artifact &a,
   }
   EXPECT_EQ(values.size(), w.size()) << "artifact and reference disagree on the parameters";
   return {std::move(values), std::move(w)};
+}
+
+/// A CPU artifact and the kernel plan it was written from.
+struct CompiledCpu {
+  Artifact artifact;
+  mlir::tnlm::KernelPlan plan;
+};
+
+/// Lowers @forward of `module` as it is (no passes), plans its memory and loads the written
+/// artifact back through the verifier; `source` names it in messages.
+inline CompiledCpu compileCpu(mlir::ModuleOp module, int64_t maxBatch, int64_t maxSeq,
+                              const std::string &source) {
+  mlir::FailureOr<mlir::tnlm::KernelPlan> plan =
+      mlir::tnlm::lowerToKernelPlan(module, "forward", maxBatch, maxSeq);
+  EXPECT_TRUE(mlir::succeeded(plan));
+  mlir::tnlm::planMemory(*plan);
+  std::vector<uint8_t> bytes = mlir::tnlm::serializeArtifact(module, {*plan}, "cpu");
+  return CompiledCpu{Artifact::fromBytes(std::move(bytes), source, Target::Cpu), *plan};
+}
+
+/// `count` token ids uniform in [0, vocab), from mt19937(seed).
+inline std::vector<int32_t> randomIds(int64_t count, int64_t vocab, uint64_t seed) {
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> ids(static_cast<size_t>(count));
+  for (int32_t &t : ids)
+    t = tok(rng);
+  return ids;
 }
 
 } // namespace tnlm::testing
