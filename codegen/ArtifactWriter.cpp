@@ -51,6 +51,42 @@ sc::KernelKind kindOf(KernelKind k) {
     return sc::KernelKind_AddSrmsNorm;
   case KernelKind::GatedLinear:
     return sc::KernelKind_GatedLinear;
+  case KernelKind::LinearGradInput:
+    return sc::KernelKind_LinearGradInput;
+  case KernelKind::LinearGradWeight:
+    return sc::KernelKind_LinearGradWeight;
+  case KernelKind::SrmsNormGrad:
+    return sc::KernelKind_SrmsNormGrad;
+  case KernelKind::AddSrmsNormGrad:
+    return sc::KernelKind_AddSrmsNormGrad;
+  case KernelKind::SiluGrad:
+    return sc::KernelKind_SiluGrad;
+  case KernelKind::LrpeGrad:
+    return sc::KernelKind_LrpeGrad;
+  case KernelKind::DecayAttentionGrad:
+    return sc::KernelKind_DecayAttentionGrad;
+  case KernelKind::LightningAttentionGrad:
+    return sc::KernelKind_LightningAttentionGrad;
+  case KernelKind::GatedLinearGrad:
+    return sc::KernelKind_GatedLinearGrad;
+  case KernelKind::EmbeddingGrad:
+    return sc::KernelKind_EmbeddingGrad;
+  case KernelKind::CrossEntropyGrad:
+    return sc::KernelKind_CrossEntropyGrad;
+  case KernelKind::Concat:
+    return sc::KernelKind_Concat;
+  case KernelKind::Fill:
+    return sc::KernelKind_Fill;
+  case KernelKind::GlobalNorm:
+    return sc::KernelKind_GlobalNorm;
+  case KernelKind::LrSchedule:
+    return sc::KernelKind_LrSchedule;
+  case KernelKind::ClipScale:
+    return sc::KernelKind_ClipScale;
+  case KernelKind::AdamW:
+    return sc::KernelKind_AdamW;
+  case KernelKind::Increment:
+    return sc::KernelKind_Increment;
   }
   return sc::KernelKind_Linear;
 }
@@ -83,10 +119,9 @@ fb::Offset<sc::ModelConfig> writeConfig(fb::FlatBufferBuilder &b, ModuleOp modul
   auto nameOff = b.CreateString(name);
   auto lrpeOff = b.CreateVector(lrpe);
   return sc::CreateModelConfig(b, nameOff, i("vocab_size", 0), d, i("decoder_layers", 0),
-                               i("decoder_attention_heads", 0), i("hidden_dim", d),
-                               i("glu_dim", 0), scale, flag("tie_word_embeddings", true), lrpeOff,
-                               silu, 1e-6f, i("pad_token_id", 0), i("bos_token_id", 1),
-                               i("eos_token_id", 2));
+                               i("decoder_attention_heads", 0), i("hidden_dim", d), i("glu_dim", 0),
+                               scale, flag("tie_word_embeddings", true), lrpeOff, silu, 1e-6f,
+                               i("pad_token_id", 0), i("bos_token_id", 1), i("eos_token_id", 2));
 }
 
 fb::Offset<sc::Operand> writeOperand(fb::FlatBufferBuilder &b, const KernelPlan &plan,
@@ -106,8 +141,12 @@ fb::Offset<sc::Operand> writeOperand(fb::FlatBufferBuilder &b, const KernelPlan 
     kind = sc::OperandKind_Input;
     offset = static_cast<uint64_t>(o.index);
     break;
+  case OperandKind::State:
+    kind = sc::OperandKind_State;
+    offset = static_cast<uint64_t>(o.index);
+    break;
   }
-  return sc::CreateOperand(b, kind, offset, o.colOffset, o.cols, o.ld, dtypeOf(o.dtype));
+  return sc::CreateOperand(b, kind, offset, o.colOffset, o.cols, o.ld, dtypeOf(o.dtype), o.rows);
 }
 
 fb::Offset<sc::Function> writeFunction(fb::FlatBufferBuilder &b, const KernelPlan &plan,
@@ -130,9 +169,9 @@ fb::Offset<sc::Function> writeFunction(fb::FlatBufferBuilder &b, const KernelPla
                                          program ? &launches : nullptr));
   }
   std::vector<fb::Offset<sc::FunctionIO>> ins, outs;
-  for (const PlanIO &io : plan.inputs)
+  for (auto [i, io] : llvm::enumerate(plan.inputs))
     ins.push_back(sc::CreateFunctionIODirect(b, io.name.c_str(), dtypeOf(io.dtype), &io.shape,
-                                             sc::OperandKind_Input, 0));
+                                             sc::OperandKind_Input, i));
   for (const PlanIO &io : plan.outputs)
     outs.push_back(sc::CreateFunctionIODirect(
         b, io.name.c_str(), dtypeOf(io.dtype), &io.shape, sc::OperandKind_Arena,
@@ -154,10 +193,24 @@ std::vector<uint8_t> serializeArtifact(ModuleOp module, const std::vector<Kernel
   std::vector<fb::Offset<sc::Function>> functions;
   for (const KernelPlan &plan : plans)
     functions.push_back(writeFunction(b, plan, &plan == &plans.front() ? program : nullptr));
+  std::vector<fb::Offset<sc::StateBuffer>> state;
+  for (const PlanState &st : plans.front().state) {
+    sc::StateKind kind = st.kind == "adam_m"   ? sc::StateKind_AdamExpAvg
+                         : st.kind == "adam_v" ? sc::StateKind_AdamExpAvgSq
+                         : st.kind == "step"   ? sc::StateKind_StepCounter
+                                               : sc::StateKind_Gradient;
+    int32_t param = -1;
+    for (auto [i, p] : llvm::enumerate(plans.front().params))
+      if (p.name == st.param)
+        param = static_cast<int32_t>(i);
+    state.push_back(
+        sc::CreateStateBufferDirect(b, st.name.c_str(), kind, dtypeOf(st.dtype), &st.shape, param));
+  }
+  bool train = llvm::any_of(plans, [](const KernelPlan &p) { return p.function == "train_step"; });
   fb::Offset<sc::Kernels> kernels = 0;
   if (program && image) {
-    auto bytes = b.CreateVector(reinterpret_cast<const uint8_t *>(image->image.data()),
-                                image->image.size());
+    auto bytes =
+        b.CreateVector(reinterpret_cast<const uint8_t *>(image->image.data()), image->image.size());
     auto arch = b.CreateString(program->arch);
     auto names = b.CreateVectorOfStrings(image->symbols);
     kernels = sc::CreateKernels(b, bytes, image->ptx ? sc::ImageKind_Ptx : sc::ImageKind_Cubin,
@@ -166,7 +219,7 @@ std::vector<uint8_t> serializeArtifact(ModuleOp module, const std::vector<Kernel
   auto root = sc::CreateArtifactDirect(
       b, sc::FormatVersion_Current, target == "cpu" ? sc::Target_CPU : sc::Target_CUDA_SM90A,
       "tnlmc 0.1", config, plans.front().maxBatch, plans.front().maxSeq, &params, &functions,
-      kernels);
+      kernels, train ? &state : nullptr, train ? sc::Mode_Train : sc::Mode_Infer);
   // Size-prefixed: the loader can tell a truncated file from a complete one.
   sc::FinishSizePrefixedArtifactBuffer(b, root);
   return std::vector<uint8_t>(b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize());

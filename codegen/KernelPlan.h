@@ -31,20 +31,46 @@ enum class KernelKind {
   CrossEntropy,
   LightningAttention, // tnlm.lightning_attention
   AddSrmsNorm,        // tnlm.add_srms_norm
-  GatedLinear         // tnlm.gated_linear
+  GatedLinear,        // tnlm.gated_linear
+  // Backward (tnlm-autodiff), in the order of runtime/schema/tnlm.fbs.
+  LinearGradInput,
+  LinearGradWeight,
+  SrmsNormGrad,
+  AddSrmsNormGrad,
+  SiluGrad,
+  LrpeGrad,
+  DecayAttentionGrad,
+  LightningAttentionGrad,
+  GatedLinearGrad,
+  EmbeddingGrad,
+  CrossEntropyGrad,
+  Concat,
+  Fill,
+  // Optimizer.
+  GlobalNorm,
+  LrSchedule,
+  ClipScale,
+  AdamW,
+  Increment
 };
 const char *kernelName(KernelKind kind);
 
-enum class OperandKind { Arena, Param, Input };
+enum class OperandKind { Arena, Param, Input, State };
 
 /// A 2-D view [rows, cols] with row stride `ld` (elements) and a column offset into its base.
+/// rows = kRowsPerCall: the call's batch · seq rows; otherwise a fixed count (parameter-shaped
+/// gradients and state, scalars as [1, 1]).
+constexpr int64_t kRowsPerCall = -1;
 struct PlanOperand {
   OperandKind kind = OperandKind::Arena;
-  int64_t index = 0; // buffer id (Arena), param index (Param), function input (Input)
+  int64_t index = 0; // buffer id (Arena), param index (Param), function input (Input), state
   int64_t colOffset = 0;
   int64_t cols = 0;
   int64_t ld = 0;
   std::string dtype = "f32"; // "f32", "bf16", "f16", "i32"
+  int64_t rows = kRowsPerCall;
+
+  bool sameStorage(const PlanOperand &o) const { return kind == o.kind && index == o.index; }
 };
 
 struct PlanStep {
@@ -57,12 +83,12 @@ struct PlanStep {
 };
 
 struct PlanBuffer {
-  int64_t cols = 0;              // row-proportional buffers (activations): [rows, cols]
-  std::string dtype = "f32";     // element type of every operand that views this buffer
-  int64_t bytesPerRow = 0;       // cols × the element size of dtype
-  int64_t fixedBytes = 0;  // scalars (loss)
+  int64_t cols = 0;                    // row-proportional buffers (activations): [rows, cols]
+  std::string dtype = "f32";           // element type of every operand that views this buffer
+  int64_t bytesPerRow = 0;             // cols × the element size of dtype
+  int64_t fixedBytes = 0;              // scalars (loss)
   int64_t firstStep = 0, lastStep = 0; // live interval, inclusive
-  int64_t offset = -1;     // arena byte offset, set by the memory planner
+  int64_t offset = -1;                 // arena byte offset, set by the memory planner
   int64_t bytes(int64_t rows) const { return bytesPerRow * rows + fixedBytes; }
 };
 
@@ -70,6 +96,16 @@ struct PlanParam {
   std::string name;
   std::string dtype;
   std::vector<int64_t> shape;
+};
+
+/// Persistent state besides the parameters (train artifacts): gradients, AdamW moments, the
+/// step counter. `kind` is the schema's StateKind name ("grad", "adam_m", "adam_v", "step").
+struct PlanState {
+  std::string name; // "grad/<param>", "adam_m/<param>", "adam_v/<param>", "step"
+  std::string kind;
+  std::string dtype; // "f32" or "i32"
+  std::vector<int64_t> shape;
+  std::string param; // the parameter it belongs to, or ""
 };
 
 struct PlanIO {
@@ -85,6 +121,7 @@ struct KernelPlan {
   std::string function;
   int64_t maxBatch = 1, maxSeq = 1;
   std::vector<PlanParam> params;
+  std::vector<PlanState> state;
   std::vector<PlanIO> inputs, outputs;
   std::vector<PlanStep> steps;
   std::vector<PlanBuffer> buffers;
@@ -100,9 +137,16 @@ int64_t dtypeBytes(llvm::StringRef dtype);
 /// activations) or "cuda:sm_90a" (bf16 activations, f32 logits; gated_linear becomes two GEMMs
 /// and a product, since cuBLASLt has no product epilogue). Emits a diagnostic and fails on ops
 /// or forms it cannot lower.
-FailureOr<KernelPlan> lowerToKernelPlan(ModuleOp module, llvm::StringRef function,
-                                        int64_t maxBatch, int64_t maxSeq,
-                                        llvm::StringRef target = "cpu");
+FailureOr<KernelPlan> lowerToKernelPlan(ModuleOp module, llvm::StringRef function, int64_t maxBatch,
+                                        int64_t maxSeq, llvm::StringRef target = "cpu");
+
+/// Lowers several functions of one module into plans that share one parameter table and one
+/// state table (the first plan's params, the union of the state in order of appearance), so
+/// their operands index the same artifact tables.
+FailureOr<std::vector<KernelPlan>> lowerFunctions(ModuleOp module,
+                                                  llvm::ArrayRef<std::string> functions,
+                                                  int64_t maxBatch, int64_t maxSeq,
+                                                  llvm::StringRef target = "cpu");
 
 /// Liveness-based static planning of all buffers into one arena (greedy by size, first fit).
 /// Sets every buffer's offset and the plan's arenaBytes.

@@ -80,6 +80,9 @@ void printPlan(const KernelPlan &plan, llvm::raw_ostream &os) {
     case OperandKind::Input:
       s = "%in" + std::to_string(o.index);
       break;
+    case OperandKind::State:
+      s = "&" + plan.state[o.index].name;
+      break;
     }
     if (o.colOffset != 0 || o.ld != o.cols)
       s += llvm::formatv("[:, {0}:{1}] ld={2}", o.colOffset, o.colOffset + o.cols, o.ld).str();
@@ -91,7 +94,9 @@ void printPlan(const KernelPlan &plan, llvm::raw_ostream &os) {
   for (auto [i, s] : llvm::enumerate(plan.steps)) {
     os << llvm::formatv("  {0,3}: ", i);
     for (auto [j, o] : llvm::enumerate(s.outputs))
-      os << (j ? ", " : "") << operand(o) << " [rows x " << o.cols << "]";
+      os << (j ? ", " : "") << operand(o) << " ["
+         << (o.rows == kRowsPerCall ? std::string("rows") : std::to_string(o.rows)) << " x "
+         << o.cols << "]";
     os << " = " << kernelName(s.kind) << "(";
     for (auto [j, o] : llvm::enumerate(s.inputs))
       os << (j ? ", " : "") << operand(o);
@@ -107,8 +112,8 @@ void printPlan(const KernelPlan &plan, llvm::raw_ostream &os) {
     os << "  // " << s.name << "\n";
   }
   for (const PlanIO &out : plan.outputs)
-    os << "  return " << out.name << " = %b" << out.buffer << "@"
-       << plan.buffers[out.buffer].offset << "\n";
+    os << "  return " << out.name << " = %b" << out.buffer << "@" << plan.buffers[out.buffer].offset
+       << "\n";
 }
 
 } // namespace mlir::tnlm

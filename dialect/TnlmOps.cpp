@@ -5,6 +5,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "dialect/TnlmOps.h"
+#include "dialect/TnlmVerify.h"
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/OpImplementation.h"
@@ -14,46 +15,9 @@
 using namespace mlir;
 using namespace mlir::tnlm;
 
-namespace {
+#include "dialect/TnlmInterfaces.cpp.inc"
 
-bool compatible(int64_t a, int64_t b) {
-  return a == b || ShapedType::isDynamic(a) || ShapedType::isDynamic(b);
-}
-
-std::string dimStr(int64_t d) { return ShapedType::isDynamic(d) ? "?" : std::to_string(d); }
-
-RankedTensorType tensorOf(Value v) { return llvm::cast<RankedTensorType>(v.getType()); }
-
-LogicalResult expectRank(Operation *op, StringRef what, RankedTensorType t, int64_t rank) {
-  if (t.getRank() != rank)
-    return op->emitOpError() << what << " must have rank " << rank << ", got " << t;
-  return success();
-}
-
-LogicalResult expectSameElementType(Operation *op, StringRef a, RankedTensorType ta,
-                                    StringRef b, RankedTensorType tb) {
-  if (ta.getElementType() != tb.getElementType())
-    return op->emitOpError() << a << " and " << b << " must have the same element type, got "
-                             << ta.getElementType() << " and " << tb.getElementType();
-  return success();
-}
-
-// Checks dim `ia` of `ta` against dim `ib` of `tb`, where either may be dynamic.
-LogicalResult expectDim(Operation *op, StringRef what, RankedTensorType ta, int64_t ia,
-                        RankedTensorType tb, int64_t ib) {
-  if (!compatible(ta.getDimSize(ia), tb.getDimSize(ib)))
-    return op->emitOpError() << what << " mismatch: " << dimStr(ta.getDimSize(ia)) << " vs "
-                             << dimStr(tb.getDimSize(ib));
-  return success();
-}
-
-LogicalResult expectDimEq(Operation *op, StringRef what, int64_t a, int64_t b) {
-  if (!compatible(a, b))
-    return op->emitOpError() << what << " mismatch: " << dimStr(a) << " vs " << dimStr(b);
-  return success();
-}
-
-} // namespace
+using namespace mlir::tnlm::verify;
 
 LogicalResult EmbeddingOp::verify() {
   auto ids = tensorOf(getIds()), table = tensorOf(getTable()), res = tensorOf(getResult());
@@ -137,8 +101,9 @@ LogicalResult SplitHeadsOp::verify() {
     return emitOpError() << "heads and head dim of the result must be static, got " << y;
   int64_t width = y.getDimSize(2) * y.getDimSize(3);
   if (!x.isDynamicDim(2) && x.getDimSize(2) != width)
-    return emitOpError() << "width " << x.getDimSize(2) << " must equal heads x head dim = "
-                         << y.getDimSize(2) << " x " << y.getDimSize(3);
+    return emitOpError() << "width " << x.getDimSize(2)
+                         << " must equal heads x head dim = " << y.getDimSize(2) << " x "
+                         << y.getDimSize(3);
   return success();
 }
 
@@ -175,14 +140,13 @@ LogicalResult LrpeOp::verify() {
     return failure();
   int64_t dh = x.getDimSize(3);
   if (!ShapedType::isDynamic(dh) && !y.isDynamicDim(3) && y.getDimSize(3) != 2 * dh)
-    return emitOpError() << "result feature dim must be 2 x " << dh << " = " << 2 * dh
-                         << ", got " << y.getDimSize(3);
+    return emitOpError() << "result feature dim must be 2 x " << dh << " = " << 2 * dh << ", got "
+                         << y.getDimSize(3);
   return success();
 }
 
 LogicalResult DecayLinearAttentionOp::verify() {
-  auto q = tensorOf(getQ()), k = tensorOf(getK()), v = tensorOf(getV()),
-       o = tensorOf(getResult());
+  auto q = tensorOf(getQ()), k = tensorOf(getK()), v = tensorOf(getV()), o = tensorOf(getResult());
   if (failed(expectRank(*this, "q", q, 4)) || failed(expectRank(*this, "k", k, 4)) ||
       failed(expectRank(*this, "v", v, 4)) || failed(expectRank(*this, "result", o, 4)))
     return failure();
@@ -204,12 +168,10 @@ LogicalResult DecayLinearAttentionOp::verify() {
   if (ShapedType::isDynamic(heads))
     return emitOpError() << "the head count must be static";
   if (static_cast<int64_t>(slopes.size()) != heads)
-    return emitOpError() << "has " << heads << " heads but " << slopes.size()
-                         << " decay slopes";
+    return emitOpError() << "has " << heads << " heads but " << slopes.size() << " decay slopes";
   for (auto [h, s] : llvm::enumerate(slopes))
     if (!std::isfinite(s) || s < 0.0f)
-      return emitOpError() << "decay slope of head " << h << " must be finite and >= 0, got "
-                           << s;
+      return emitOpError() << "decay slope of head " << h << " must be finite and >= 0, got " << s;
   return success();
 }
 
@@ -270,8 +232,7 @@ LogicalResult LightningAttentionOp::verify() {
     return failure();
   int64_t heads = getHeads(), dh = getHeadDim();
   if (heads <= 0 || dh <= 0)
-    return emitOpError() << "heads and head_dim must be positive, got " << heads << " and "
-                         << dh;
+    return emitOpError() << "heads and head_dim must be positive, got " << heads << " and " << dh;
   int64_t width = heads * dh;
   if (y.isDynamicDim(2) || y.getDimSize(2) != width)
     return emitOpError() << "result width must be heads x head_dim = " << width << ", got "
@@ -281,18 +242,16 @@ LogicalResult LightningAttentionOp::verify() {
                          << " (q, k, v, u), got " << x.getDimSize(2);
   ArrayRef<float> slopes = getSlopes();
   if (static_cast<int64_t>(slopes.size()) != heads)
-    return emitOpError() << "has " << heads << " heads but " << slopes.size()
-                         << " decay slopes";
+    return emitOpError() << "has " << heads << " heads but " << slopes.size() << " decay slopes";
   for (auto [h, s] : llvm::enumerate(slopes))
     if (!std::isfinite(s) || s < 0.0f)
-      return emitOpError() << "decay slope of head " << h << " must be finite and >= 0, got "
-                           << s;
+      return emitOpError() << "decay slope of head " << h << " must be finite and >= 0, got " << s;
   if (getBlockSizeAttr().getInt() < 0)
     return emitOpError() << "block_size must be >= 0 (0: not chosen yet), got "
                          << getBlockSizeAttr().getInt();
   if (getActivation() != "silu" && getActivation() != "none")
-    return emitOpError() << "activation must be \"silu\" or \"none\", got \""
-                         << getActivation() << "\"";
+    return emitOpError() << "activation must be \"silu\" or \"none\", got \"" << getActivation()
+                         << "\"";
   float eps = getEps().convertToFloat();
   if (!std::isfinite(eps) || eps < 0.0f)
     return emitOpError() << "eps must be finite and >= 0, got " << eps;

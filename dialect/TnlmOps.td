@@ -8,10 +8,14 @@
 #define TNLM_OPS_TD
 
 include "dialect/TnlmDialect.td"
+include "dialect/TnlmInterfaces.td"
 include "mlir/IR/CommonAttrConstraints.td"
 include "mlir/IR/CommonTypeConstraints.td"
 include "mlir/Interfaces/InferTypeOpInterface.td"
 include "mlir/Interfaces/SideEffectInterfaces.td"
+
+// Differentiable: the op builds its VJP (tnlm-autodiff).
+def Vjp : DeclareOpInterfaceMethods<Tnlm_VjpOpInterface>;
 
 def Tnlm_Float : AnyTypeOf<[F32, BF16, F16]>;
 def Tnlm_FloatTensor : RankedTensorOf<[F32, BF16, F16]>;
@@ -21,7 +25,7 @@ def Tnlm_TokenTensor : RankedTensorOf<[I32]>;
 // Embedding, norm, projections
 //===----------------------------------------------------------------------===//
 
-def Tnlm_EmbeddingOp : Tnlm_Op<"embedding", [Pure]> {
+def Tnlm_EmbeddingOp : Tnlm_Op<"embedding", [Vjp, Pure]> {
   let summary = "token embedding lookup with optional scale";
   let description = [{
     `result[b, t, :] = scale · table[ids[b, t], :]`.
@@ -43,7 +47,7 @@ def Tnlm_EmbeddingOp : Tnlm_Op<"embedding", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tnlm_SrmsNormOp : Tnlm_Op<"srms_norm", [Pure, SameOperandsAndResultType]> {
+def Tnlm_SrmsNormOp : Tnlm_Op<"srms_norm", [Vjp, Pure, SameOperandsAndResultType]> {
   let summary = "simple RMS norm over the last axis (no parameters)";
   let description = [{
     `y = x · rsqrt(mean(x², last axis) + eps)`, computed in f32 and cast back to the input
@@ -57,7 +61,7 @@ def Tnlm_SrmsNormOp : Tnlm_Op<"srms_norm", [Pure, SameOperandsAndResultType]> {
   let hasVerifier = 1;
 }
 
-def Tnlm_LinearOp : Tnlm_Op<"linear", [Pure]> {
+def Tnlm_LinearOp : Tnlm_Op<"linear", [Vjp, Pure]> {
   let summary = "bias-free projection x · Wᵀ";
   let description = [{
     `result[..., o] = Σ_i input[..., i] · weight[o, i]` (PyTorch `nn.Linear` layout, no bias).
@@ -70,7 +74,7 @@ def Tnlm_LinearOp : Tnlm_Op<"linear", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tnlm_SiluOp : Tnlm_Op<"silu", [Pure, SameOperandsAndResultType, Elementwise]> {
+def Tnlm_SiluOp : Tnlm_Op<"silu", [Vjp, Pure, SameOperandsAndResultType, Elementwise]> {
   let summary = "SiLU activation x · sigmoid(x)";
   let description = [{
     Elementwise `x / (1 + exp(−x))`. Rules: result type equals the input type.
@@ -80,7 +84,7 @@ def Tnlm_SiluOp : Tnlm_Op<"silu", [Pure, SameOperandsAndResultType, Elementwise]
   let assemblyFormat = "$input attr-dict `:` type($input)";
 }
 
-def Tnlm_MulOp : Tnlm_Op<"mul", [Pure, SameOperandsAndResultType, Elementwise, Commutative]> {
+def Tnlm_MulOp : Tnlm_Op<"mul", [Vjp, Pure, SameOperandsAndResultType, Elementwise, Commutative]> {
   let summary = "elementwise product";
   let description = [{
     `result = lhs ⊙ rhs` (the u gate and the SGLU product). Rules: both operands and the
@@ -91,7 +95,7 @@ def Tnlm_MulOp : Tnlm_Op<"mul", [Pure, SameOperandsAndResultType, Elementwise, C
   let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($result)";
 }
 
-def Tnlm_AddOp : Tnlm_Op<"add", [Pure, SameOperandsAndResultType, Elementwise, Commutative]> {
+def Tnlm_AddOp : Tnlm_Op<"add", [Vjp, Pure, SameOperandsAndResultType, Elementwise, Commutative]> {
   let summary = "elementwise sum (residual connections)";
   let description = [{
     `result = lhs + rhs`. Rules: both operands and the result have one type.
@@ -105,7 +109,7 @@ def Tnlm_AddOp : Tnlm_Op<"add", [Pure, SameOperandsAndResultType, Elementwise, C
 // Token mixer pieces
 //===----------------------------------------------------------------------===//
 
-def Tnlm_SplitOp : Tnlm_Op<"split", [Pure]> {
+def Tnlm_SplitOp : Tnlm_Op<"split", [Vjp, Pure]> {
   let summary = "split the last axis into equal contiguous parts";
   let description = [{
     Splits `[..., n·w]` into n results `[..., w]`, in order (the q, k, v, u blocks of
@@ -122,7 +126,7 @@ def Tnlm_SplitOp : Tnlm_Op<"split", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tnlm_SplitHeadsOp : Tnlm_Op<"split_heads", [Pure]> {
+def Tnlm_SplitHeadsOp : Tnlm_Op<"split_heads", [Vjp, Pure]> {
   let summary = "view [B, N, H·dh] as [B, N, H, dh]";
   let description = [{
     Head-major, dh-minor split of the feature axis (MODEL.md). Rules: input rank 3
@@ -134,7 +138,7 @@ def Tnlm_SplitHeadsOp : Tnlm_Op<"split_heads", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tnlm_MergeHeadsOp : Tnlm_Op<"merge_heads", [Pure]> {
+def Tnlm_MergeHeadsOp : Tnlm_Op<"merge_heads", [Vjp, Pure]> {
   let summary = "view [B, N, H, dh] as [B, N, H·dh]";
   let description = [{
     Inverse of `tnlm.split_heads`. Rules: input rank 4 `[B, N, H, dh]`, result rank 3
@@ -146,7 +150,7 @@ def Tnlm_MergeHeadsOp : Tnlm_Op<"merge_heads", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tnlm_LrpeOp : Tnlm_Op<"lrpe", [Pure]> {
+def Tnlm_LrpeOp : Tnlm_Op<"lrpe", [Vjp, Pure]> {
   let summary = "linearized relative positional encoding (doubles the feature dim)";
   let description = [{
     For `x: [B, N, H, dh]` at absolute positions `p = t + offset`:
@@ -167,7 +171,7 @@ def Tnlm_LrpeOp : Tnlm_Op<"lrpe", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tnlm_DecayLinearAttentionOp : Tnlm_Op<"decay_linear_attention", [Pure]> {
+def Tnlm_DecayLinearAttentionOp : Tnlm_Op<"decay_linear_attention", [Vjp, Pure]> {
   let summary = "causal linear attention with per-head exponential decay";
   let description = [{
     Per batch b and head h, with `λ_h = exp(−slopes[h])`:
@@ -200,7 +204,7 @@ def Tnlm_DecayLinearAttentionOp : Tnlm_Op<"decay_linear_attention", [Pure]> {
 //===----------------------------------------------------------------------===//
 
 def Tnlm_LightningAttentionOp : Tnlm_Op<"lightning_attention",
-                                        [Pure, AttrSizedOperandSegments]> {
+                                        [Vjp, Pure, AttrSizedOperandSegments]> {
   let summary = "the whole gated linear attention core as one tiled Lightning Attention";
   let description = [{
     Replaces the token mixer between the `qkvu_proj` output and `out_proj` (MODEL.md,
@@ -279,7 +283,7 @@ def Tnlm_LightningAttentionOp : Tnlm_Op<"lightning_attention",
   }];
 }
 
-def Tnlm_AddSrmsNormOp : Tnlm_Op<"add_srms_norm", [Pure, SameOperandsAndResultType]> {
+def Tnlm_AddSrmsNormOp : Tnlm_Op<"add_srms_norm", [Vjp, Pure, SameOperandsAndResultType]> {
   let summary = "residual add and SRMSNorm of the sum in one pass";
   let description = [{
     `sum = lhs + rhs; result = sum · rsqrt(mean(sum², last axis) + eps)`: the residual
@@ -302,7 +306,7 @@ def Tnlm_AddSrmsNormOp : Tnlm_Op<"add_srms_norm", [Pure, SameOperandsAndResultTy
   let hasVerifier = 1;
 }
 
-def Tnlm_GatedLinearOp : Tnlm_Op<"gated_linear", [Pure]> {
+def Tnlm_GatedLinearOp : Tnlm_Op<"gated_linear", [Vjp, Pure]> {
   let summary = "the SGLU up-projections with their product: (x·W1ᵀ) ⊙ (x·W2ᵀ)";
   let description = [{
     `result[..., f] = (Σ_i x[..., i] W1[f, i]) · (Σ_i x[..., i] W2[f, i])`: the two
@@ -330,7 +334,7 @@ def Tnlm_GatedLinearOp : Tnlm_Op<"gated_linear", [Pure]> {
 // Channel mixer, head, loss
 //===----------------------------------------------------------------------===//
 
-def Tnlm_SgluOp : Tnlm_Op<"sglu", [Pure]> {
+def Tnlm_SgluOp : Tnlm_Op<"sglu", [Vjp, Pure]> {
   let summary = "simple gated linear unit (x·W1ᵀ ⊙ x·W2ᵀ)·W3ᵀ, no activation";
   let description = [{
     The TransNormerLLM channel mixer. Rules: `input` rank ≥ 1 with last dim d; `w1` and `w2`
@@ -346,7 +350,7 @@ def Tnlm_SgluOp : Tnlm_Op<"sglu", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tnlm_LmHeadOp : Tnlm_Op<"lm_head", [Pure]> {
+def Tnlm_LmHeadOp : Tnlm_Op<"lm_head", [Vjp, Pure]> {
   let summary = "logits = x · Wlmᵀ";
   let description = [{
     Vocabulary projection (tied to the embedding matrix unless `lm_head.weight` is given).
@@ -359,7 +363,7 @@ def Tnlm_LmHeadOp : Tnlm_Op<"lm_head", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Tnlm_CrossEntropyOp : Tnlm_Op<"cross_entropy", [Pure]> {
+def Tnlm_CrossEntropyOp : Tnlm_Op<"cross_entropy", [Vjp, Pure]> {
   let summary = "mean token cross-entropy of logits against labels";
   let description = [{
     `loss = mean over {(b, t) : labels[b, t] ≠ ignore_index} of
@@ -375,5 +379,7 @@ def Tnlm_CrossEntropyOp : Tnlm_Op<"cross_entropy", [Pure]> {
   let assemblyFormat = "$logits `,` $labels attr-dict `:` functional-type(operands, results)";
   let hasVerifier = 1;
 }
+
+include "dialect/TnlmGradOps.td"
 
 #endif // TNLM_OPS_TD

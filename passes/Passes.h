@@ -37,6 +37,10 @@ struct InferPipelineOptions : public PassPipelineOptions<InferPipelineOptions> {
 void buildInferPipeline(OpPassManager &pm, const InferPipelineOptions &options);
 void buildInferPipeline(OpPassManager &pm);
 
+/// The pipeline for training (`tnlm-train-pipeline`): the infer pipeline, then tnlm-autodiff
+/// and canonicalize.
+void buildTrainPipeline(OpPassManager &pm, const InferPipelineOptions &options);
+
 /// Registers every tnlm pass and the named pipelines with the global registry.
 void registerTnlmPassesAndPipelines();
 

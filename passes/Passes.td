@@ -115,4 +115,31 @@ def ChooseTiles : Pass<"tnlm-choose-tiles", "::mlir::ModuleOp"> {
   let dependentDialects = ["::mlir::tnlm::TnlmDialect"];
 }
 
+def Autodiff : Pass<"tnlm-autodiff", "::mlir::ModuleOp"> {
+  let summary = "Build @train_step, @optimizer_step and @eval_loss from @loss (reverse mode)";
+  let description = [{
+    Differentiates the loss function (default `@loss`, which may call `@forward`; calls are
+    inlined) and adds three functions:
+
+    - `@eval_loss(ids, labels, params…) -> loss`;
+    - `@train_step(ids, labels, params…, grads…) -> (loss, grads + ∂loss/∂params)`: the
+      forward, the loss and the reverse sweep, in which every op with a cotangent builds its
+      vector-Jacobian product (`VjpOpInterface`) and cotangents of a value used several times
+      are summed; the gradients of the parameters are added to the f32 gradient state
+      (`tnlm.state = "grad/<param>"`), so k calls accumulate k micro-batches;
+    - `@optimizer_step(hparams, params…, grads…, m…, v…, step)`: the global norm of the
+      averaged gradient, clipping, the learning rate of the step counter, one AdamW update per
+      parameter (no weight decay on LRPE θ), zeroed gradients and step + 1.
+
+    Persistent values are arguments marked `tnlm.state` whose new values are results marked
+    `tnlm.updates`; backward ops are located at `<forward name>/grad`. The fused
+    `tnlm.lightning_attention` gets its fused backward `tnlm.lightning_attention_grad`.
+  }];
+  let options = [
+    Option<"function", "function", "std::string", /*default=*/"\"loss\"",
+           "The loss function to differentiate">
+  ];
+  let dependentDialects = ["::mlir::tnlm::TnlmDialect", "::mlir::func::FuncDialect"];
+}
+
 #endif // TNLM_PASSES_TD

@@ -24,6 +24,14 @@ void mlir::tnlm::buildInferPipeline(OpPassManager &pm, const InferPipelineOption
   pm.addPass(createCSEPass());
 }
 
+// Training differentiates the fused, tiled forward: the fused ops have fused backward ops.
+// No CSE after autodiff: the recompute pass duplicates forward ops on purpose.
+void mlir::tnlm::buildTrainPipeline(OpPassManager &pm, const InferPipelineOptions &options) {
+  buildInferPipeline(pm, options);
+  pm.addPass(createAutodiff());
+  pm.addPass(createCanonicalizerPass());
+}
+
 void mlir::tnlm::buildInferPipeline(OpPassManager &pm) {
   buildInferPipeline(pm, InferPipelineOptions());
 }
@@ -36,5 +44,12 @@ void mlir::tnlm::registerTnlmPassesAndPipelines() {
       "and add+norm, choose tiles, canonicalize, CSE",
       [](OpPassManager &pm, const InferPipelineOptions &options) {
         buildInferPipeline(pm, options);
+      });
+  PassPipelineRegistration<InferPipelineOptions>(
+      "tnlm-train-pipeline",
+      "Model-level pipeline for training: tnlm-infer-pipeline, then tnlm-autodiff "
+      "(@train_step, @optimizer_step, @eval_loss) and canonicalize",
+      [](OpPassManager &pm, const InferPipelineOptions &options) {
+        buildTrainPipeline(pm, options);
       });
 }

@@ -6,12 +6,15 @@
 #include "runtime/Weights.h"
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace tnlm {
 
-/// Executes the steps of an artifact function with the CPU kernels over one arena allocated
-/// once (arena_bytes of the plan). Parameters are f32, in parameter-table order.
+/// Executes the functions of an artifact with the CPU kernels over one arena allocated once
+/// (the largest arena_bytes of its functions). Parameters are f32, in parameter-table order;
+/// train artifacts also hold their state (gradients, AdamW moments, step counter), zeroed at
+/// construction and kept between calls.
 class CpuExecutor {
 public:
   CpuExecutor(const Artifact &artifact, ParamValues params);
@@ -20,12 +23,42 @@ public:
   /// sequence; returns logits [batch · seq, vocab]. Throws tnlm::Error on bad shapes or ids.
   std::vector<float> forward(const int32_t *ids, int64_t batch, int64_t seq);
 
+  /// One per-call input of a function, by the name in the artifact (ids, labels: int32
+  /// [batch · seq]; hparams: f32 [HyperParam.Count]).
+  struct Input {
+    std::string name;
+    const void *data;
+  };
+
+  /// Runs function `name` for a call of batch × seq; returns its outputs by name (scalars
+  /// as one value, logits as [batch · seq, vocab]). Throws tnlm::Error on a missing input,
+  /// a bad shape or bad ids/labels.
+  std::vector<std::pair<std::string, std::vector<float>>>
+  run(const std::string &name, const std::vector<Input> &inputs, int64_t batch, int64_t seq);
+
   int64_t vocabSize() const { return vocab_; }
   const Artifact &artifact() const { return artifact_; }
+  ParamValues &params() { return params_; }
+  const ParamValues &params() const { return params_; }
+
+  /// Persistent state in state-table order, stored as 32-bit words (f32; the step counter
+  /// is an int32 in its word).
+  std::vector<std::vector<float>> &state() { return state_; }
+  const std::vector<std::vector<float>> &state() const { return state_; }
+  /// Index of the state named `name`, or -1.
+  int64_t stateIndex(const std::string &name) const;
+  /// The step counter (completed optimizer steps); 0 for artifacts without one.
+  int64_t stepCounter() const;
+  void setStepCounter(int64_t step);
 
 private:
+  struct Call;
+  void runStep(const schema::Step &s, Call &call);
+  bool runTrainingStep(const schema::Step &s, Call &call); // CpuTrainSteps.cpp
+
   const Artifact &artifact_;
   ParamValues params_;
+  std::vector<std::vector<float>> state_;
   std::vector<float> arena_;
   int64_t vocab_ = 0;
 };

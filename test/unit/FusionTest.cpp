@@ -318,8 +318,9 @@ TEST(FusedArtifact, MalformedFusedStepsAreRefused) {
          "do not agree with its heads and slopes");
   refuse([&](mt::KernelPlan &p) { first(p, K::LightningAttention).outputs[1].cols -= 8; },
          "workspace that does not fit");
+  // Another parameter in W2's slot: its view (rows x cols of W2) does not cover the tensor.
   refuse([&](mt::KernelPlan &p) { first(p, K::GatedLinear).inputs[2].index = 0; },
-         "weight whose shape does not match");
+         "views parameter 'model.embed_tokens.weight'");
   refuse([&](mt::KernelPlan &p) { first(p, K::AddSrmsNorm).outputs.pop_back(); },
          "wrong number of operands");
 }

@@ -5,6 +5,7 @@
 #include "codegen/ArtifactWriter.h"
 #include "codegen/KernelPlan.h"
 #include "models/ModelConfig.h"
+#include "passes/Passes.h"
 #include "runtime/Artifact.h"
 #include "runtime/Weights.h"
 #include "test/reference/ReferenceModel.h"
@@ -74,6 +75,32 @@ inline CompiledCpu compileCpu(mlir::ModuleOp module, int64_t maxBatch, int64_t m
   mlir::tnlm::planMemory(*plan);
   std::vector<uint8_t> bytes = mlir::tnlm::serializeArtifact(module, {*plan}, "cpu");
   return CompiledCpu{Artifact::fromBytes(std::move(bytes), source, Target::Cpu), *plan};
+}
+
+/// A train artifact of `module` (the forward as imported): tnlm-train-pipeline for the cpu
+/// target, then @train_step, @optimizer_step and @eval_loss lowered, planned and loaded back
+/// through the verifier. `blockSize` > 0 forces the Lightning Attention block size.
+/// `fuse` = false differentiates the unfused forward as imported (tnlm-autodiff alone).
+inline Artifact compileTrainCpu(mlir::ModuleOp module, int64_t maxBatch, int64_t maxSeq,
+                                const std::string &source, int64_t blockSize = 0,
+                                bool fuse = true) {
+  mlir::PassManager pm(module.getContext());
+  mlir::tnlm::InferPipelineOptions options;
+  options.target = "cpu";
+  options.maxSeq = maxSeq;
+  options.blockSize = blockSize;
+  if (fuse)
+    mlir::tnlm::buildTrainPipeline(pm, options);
+  else
+    pm.addPass(mlir::tnlm::createAutodiff());
+  EXPECT_TRUE(mlir::succeeded(pm.run(module)));
+  auto plans = mlir::tnlm::lowerFunctions(module, {"train_step", "optimizer_step", "eval_loss"},
+                                          maxBatch, maxSeq);
+  EXPECT_TRUE(mlir::succeeded(plans));
+  for (mlir::tnlm::KernelPlan &p : *plans)
+    mlir::tnlm::planMemory(p);
+  std::vector<uint8_t> bytes = mlir::tnlm::serializeArtifact(module, *plans, "cpu");
+  return Artifact::fromBytes(std::move(bytes), source, Target::Cpu);
 }
 
 /// `count` token ids uniform in [0, vocab), from mt19937(seed).

@@ -9,13 +9,13 @@
 // and in README.md.
 //
 //===----------------------------------------------------------------------===//
+#include "codegen/ArtifactWriter.h"
+#include "codegen/CudaEmitter.h"
+#include "codegen/KernelPlan.h"
 #include "dialect/TnlmDialect.h"
 #include "models/Import.h"
 #include "models/ModelConfig.h"
 #include "models/Summary.h"
-#include "codegen/ArtifactWriter.h"
-#include "codegen/CudaEmitter.h"
-#include "codegen/KernelPlan.h"
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -27,13 +27,14 @@
 #include "mlir/Support/FileUtilities.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
-#include "llvm/Support/Path.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/Path.h"
 #include "llvm/Support/SourceMgr.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/WithColor.h"
 
+#include <map>
 #include <optional>
 
 #include "tools/tnlmc/CudaCompile.h"
@@ -52,21 +53,25 @@ cl::opt<std::string> outputPath("o", cl::cat(category), cl::init("-"),
                                 cl::value_desc("file"));
 
 enum class Emit { None, Mlir, Plan, CudaSource, Artifact };
-cl::opt<Emit> emit(
-    "emit", cl::cat(category), cl::init(Emit::None),
-    cl::desc("What to emit (default: artifact when -o ends in .tnlm, nothing when only "
-             "--summary is given, else mlir)"),
-    cl::values(clEnumValN(Emit::Mlir, "mlir", "model-level tnlm IR"),
-               clEnumValN(Emit::Plan, "plan",
-                          "kernel-level plan: one step per kernel, arena offsets"),
-               clEnumValN(Emit::CudaSource, "cuda-source",
-                          "--target=cuda:sm_90a: the generated CUDA C++ and its launch "
-                          "manifest, written into the directory -o names"),
-               clEnumValN(Emit::Artifact, "artifact", "compiled model (.tnlm, FlatBuffers)")));
-enum class Mode { Infer };
-cl::opt<Mode> mode("mode", cl::cat(category), cl::init(Mode::Infer),
-                   cl::desc("What the artifact runs"),
-                   cl::values(clEnumValN(Mode::Infer, "infer", "@forward: ids -> logits")));
+cl::opt<Emit>
+    emit("emit", cl::cat(category), cl::init(Emit::None),
+         cl::desc("What to emit (default: artifact when -o ends in .tnlm, nothing when only "
+                  "--summary is given, else mlir)"),
+         cl::values(clEnumValN(Emit::Mlir, "mlir", "model-level tnlm IR"),
+                    clEnumValN(Emit::Plan, "plan",
+                               "kernel-level plan: one step per kernel, arena offsets"),
+                    clEnumValN(Emit::CudaSource, "cuda-source",
+                               "--target=cuda:sm_90a: the generated CUDA C++ and its launch "
+                               "manifest, written into the directory -o names"),
+                    clEnumValN(Emit::Artifact, "artifact", "compiled model (.tnlm, FlatBuffers)")));
+enum class Mode { Infer, Train };
+cl::opt<Mode>
+    mode("mode", cl::cat(category), cl::init(Mode::Infer), cl::desc("What the artifact runs"),
+         cl::values(clEnumValN(Mode::Infer, "infer", "@forward: ids -> logits"),
+                    clEnumValN(Mode::Train, "train",
+                               "@train_step (forward, loss, backward, gradient accumulation), "
+                               "@optimizer_step (clipping, AdamW, LR schedule) and @eval_loss, "
+                               "for tnlm-train")));
 cl::opt<std::string> target("target", cl::cat(category), cl::init("cpu"),
                             cl::desc("Backend the artifact is compiled for: cpu or cuda:sm_90a"),
                             cl::value_desc("target"));
@@ -79,7 +84,7 @@ cl::opt<int64_t> maxSeq("seq", cl::cat(category), cl::init(2048),
 cl::opt<bool> summary("summary", cl::cat(category), cl::init(false),
                       cl::desc("Print parameters per component and in total, weight bytes per "
                                "dtype and forward FLOPs per token"));
-enum class Pipeline { Auto, None, Infer };
+enum class Pipeline { Auto, None, Infer, Train };
 cl::opt<Pipeline> pipeline(
     "pipeline", cl::cat(category), cl::init(Pipeline::Auto),
     cl::desc("Model-level pass pipeline run before emitting IR or lowering to kernels "
@@ -87,7 +92,10 @@ cl::opt<Pipeline> pipeline(
     cl::values(clEnumValN(Pipeline::None, "none", "the imported or parsed IR as it is"),
                clEnumValN(Pipeline::Infer, "infer",
                           "tnlm-infer-pipeline: fuse Lightning Attention, SGLU and add+norm, "
-                          "choose tiles for --target and --seq")));
+                          "choose tiles for --target and --seq"),
+               clEnumValN(Pipeline::Train, "train",
+                          "tnlm-train-pipeline: the infer pipeline, then tnlm-autodiff "
+                          "(default with --mode=train)")));
 cl::opt<int64_t> blockSize("block-size", cl::cat(category), cl::init(0),
                            cl::desc("Lightning Attention block size of every layer with "
                                     "--pipeline=infer (default 0: the tile cost model picks it "
@@ -166,9 +174,8 @@ int writeCudaSource(const tnlm::KernelPlan &plan, const tnlm::CudaProgram &progr
     return true;
   };
   bool ok = write(program.sourceName, [&](llvm::raw_ostream &os) { os << program.source; }) &&
-            write(plan.function + ".launches.txt", [&](llvm::raw_ostream &os) {
-              tnlm::printCudaManifest(plan, program, os);
-            });
+            write(plan.function + ".launches.txt",
+                  [&](llvm::raw_ostream &os) { tnlm::printCudaManifest(plan, program, os); });
   return ok ? 0 : 1;
 }
 
@@ -191,8 +198,34 @@ bool compileCudaProgram(const tnlm::CudaProgram &program, tnlm::CudaImage &image
   return true;
 }
 
-} // namespace
+/// The persistent training state of a train artifact, by kind (--summary).
+void printTrainState(const tnlm::KernelPlan &plan) {
+  std::map<std::string, std::pair<int64_t, int64_t>> byKind; // kind -> (tensors, bytes)
+  int64_t total = 0;
+  for (const tnlm::PlanState &s : plan.state) {
+    int64_t n = 1;
+    for (int64_t d : s.shape)
+      n *= d;
+    byKind[s.kind].first += 1;
+    byKind[s.kind].second += 4 * n;
+    total += 4 * n;
+  }
+  llvm::outs() << "training state (persistent, besides the parameters)\n";
+  const std::pair<const char *, const char *> names[] = {{"grad", "gradients (f32)"},
+                                                         {"adam_m", "AdamW exp_avg (f32)"},
+                                                         {"adam_v", "AdamW exp_avg_sq (f32)"},
+                                                         {"step", "step counter (i32)"}};
+  for (auto [kind, label] : names)
+    if (byKind.count(kind))
+      llvm::outs() << llvm::formatv("  {0,-26} {1,18}  ({2:F2} MiB, {3} tensors)\n", label,
+                                    tnlm::withThousands(byKind[kind].second),
+                                    byKind[kind].second / (1024.0 * 1024.0), byKind[kind].first);
+  llvm::outs() << llvm::formatv("  {0,-26} {1,18}  ({2:F2} MiB)\n", "total",
+                                tnlm::withThousands(total), total / (1024.0 * 1024.0));
+  llvm::outs() << "  (the CPU backend keeps parameters in f32: no separate master weights)\n";
+}
 
+} // namespace
 
 int main(int argc, char **argv) {
   llvm::InitLLVM init(argc, argv);
@@ -252,15 +285,30 @@ int main(int argc, char **argv) {
   }
   // Everything tnlmc emits has been through the pipeline unless --pipeline=none asks for the
   // IR as imported or parsed.
-  Pipeline stages = pipeline == Pipeline::Auto ? Pipeline::Infer : pipeline;
-
-  if (blockSize < 0 || (blockSize.getNumOccurrences() && stages != Pipeline::Infer)) {
-    error("--block-size must be >= 0 and applies with --pipeline=infer only");
+  bool train = mode == Mode::Train;
+  Pipeline stages =
+      pipeline == Pipeline::Auto ? (train ? Pipeline::Train : Pipeline::Infer) : pipeline;
+  if (train && stages == Pipeline::Infer) {
+    error("--mode=train needs --pipeline=train (the default) or --pipeline=none on a module "
+          "that already has @train_step");
+    return 1;
+  }
+  if (!train && stages == Pipeline::Train) {
+    error("--pipeline=train builds training functions: use it with --mode=train");
+    return 1;
+  }
+  if (train && isCuda()) {
+    error("--mode=train --target=cuda:sm_90a: training on the GPU is not implemented yet "
+          "(train on --target=cpu)");
+    return 1;
+  }
+  if (blockSize < 0 || (blockSize.getNumOccurrences() && stages == Pipeline::None)) {
+    error("--block-size must be >= 0 and applies with --pipeline=infer or train only");
     return 1;
   }
   // The summary's parameter and FLOP counts do not depend on the pipeline; the planned arena
   // below does. --mlir-print-ir-after-all shows each stage of the pipeline on stderr.
-  if (stages == Pipeline::Infer) {
+  if (stages != Pipeline::None) {
     PassManager pm(&context);
     if (failed(applyPassManagerCLOptions(pm)))
       return 1;
@@ -268,13 +316,20 @@ int main(int argc, char **argv) {
     options.target = target;
     options.maxSeq = maxSeq;
     options.blockSize = blockSize;
-    tnlm::buildInferPipeline(pm, options);
+    if (stages == Pipeline::Train)
+      tnlm::buildTrainPipeline(pm, options);
+    else
+      tnlm::buildInferPipeline(pm, options);
     if (failed(pm.run(*module)))
       return 1;
   }
+  std::vector<std::string> functions = {"forward"};
+  if (train)
+    functions = {"train_step", "optimizer_step", "eval_loss"};
 
   // The kernel plan serves the summary (planned arena) and the plan/artifact outputs.
-  std::optional<tnlm::KernelPlan> plan;
+  std::optional<tnlm::KernelPlan> plan; // the first function's
+  std::vector<tnlm::KernelPlan> plans;
   std::string planError;
   if (summary || what == Emit::Plan || what == Emit::Artifact || what == Emit::CudaSource) {
     bool needed = what != Emit::None;
@@ -287,14 +342,16 @@ int main(int argc, char **argv) {
           planError = d.str();
         return success();
       });
-    FailureOr<tnlm::KernelPlan> lowered =
-        tnlm::lowerToKernelPlan(*module, "forward", maxBatch, maxSeq, target);
+    FailureOr<std::vector<tnlm::KernelPlan>> lowered =
+        tnlm::lowerFunctions(*module, functions, maxBatch, maxSeq, target);
     if (failed(lowered)) {
       if (needed)
         return 1;
     } else {
-      tnlm::planMemory(*lowered);
-      plan = std::move(*lowered);
+      for (tnlm::KernelPlan &p : *lowered)
+        tnlm::planMemory(p);
+      plans = std::move(*lowered);
+      plan = plans.front();
     }
   }
 
@@ -303,16 +360,21 @@ int main(int argc, char **argv) {
     if (failed(s))
       return 1;
     tnlm::printSummary(*s, *module, llvm::outs());
-    llvm::outs() << "activation memory (" << target << ", batch " << maxBatch << ", seq "
-                 << maxSeq << ")\n";
-    if (plan)
-      llvm::outs() << llvm::formatv("  {0,-26} {1,18}  ({2:F2} MiB, {3} kernel steps, {4} "
-                                    "buffers)\n",
-                                    "planned arena peak", tnlm::withThousands(plan->arenaBytes),
-                                    plan->arenaBytes / (1024.0 * 1024.0), plan->steps.size(),
-                                    plan->buffers.size());
-    else
+    llvm::outs() << "activation memory (" << target << ", batch " << maxBatch << ", seq " << maxSeq
+                 << ")\n";
+    if (plan) {
+      for (const tnlm::KernelPlan &p : plans)
+        llvm::outs() << llvm::formatv(
+            "  {0,-26} {1,18}  ({2:F2} MiB, {3} kernel steps, {4} "
+            "buffers)\n",
+            train ? "@" + p.function + " arena peak" : std::string("planned arena peak"),
+            tnlm::withThousands(p.arenaBytes), p.arenaBytes / (1024.0 * 1024.0), p.steps.size(),
+            p.buffers.size());
+      if (train)
+        printTrainState(plans.front());
+    } else {
       llvm::outs() << "  not planned: " << planError << "\n";
+    }
   }
 
   if (what == Emit::None)
@@ -333,7 +395,7 @@ int main(int argc, char **argv) {
     if (program && !compileCudaProgram(*program, image))
       return 1;
     std::vector<uint8_t> bytes = tnlm::serializeArtifact(
-        *module, {*plan}, target, program ? &*program : nullptr, program ? &image : nullptr);
+        *module, plans, target, program ? &*program : nullptr, program ? &image : nullptr);
     std::string err = tnlm::writeFileAtomically(outputPath, bytes);
     if (!err.empty()) {
       error(err);
@@ -348,7 +410,8 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (what == Emit::Plan)
-    tnlm::printPlan(*plan, file->os());
+    for (const tnlm::KernelPlan &p : plans)
+      tnlm::printPlan(p, file->os());
   else
     module->print(file->os());
   file->os() << "\n";

@@ -1,0 +1,237 @@
+//===- LowerTraining.cpp - backward and optimizer ops → kernel steps ------===//
+//
+// The ops tnlm-autodiff builds (TnlmGradOps.td) become one step each (tnlm.fbs documents every
+// kernel's operands). Parameter-shaped values (weight gradients, state) are fixed-row
+// operands; a result that updates a parameter or state (tnlm.updates) is written in place.
+//
+//===----------------------------------------------------------------------===//
+#include "codegen/Lowering.h"
+
+#include "dialect/TnlmOps.h"
+
+namespace mlir::tnlm::detail {
+
+namespace {
+// Columns per row of the fused Lightning backward's workspace (runtime/cpu/Backward.h,
+// fusedAttentionGradWorkspaceCols): q', k', dq', dk' (H·dk each) and O, dO (H·dh each).
+int64_t lightningGradWorkspaceCols(int64_t heads, int64_t dh, bool lrpe) {
+  int64_t dk = lrpe ? 2 * dh : dh;
+  return 4 * heads * dk + 2 * heads * dh;
+}
+} // namespace
+
+LogicalResult Lowering::fixedBinary(Operation *op, KernelKind kind) {
+  FailureOr<PlanOperand> a = use(op, op->getOperand(0));
+  FailureOr<PlanOperand> b = use(op, op->getOperand(1));
+  if (failed(a) || failed(b))
+    return failure();
+  for (const PlanOperand *o : {&*a, &*b})
+    if (o->rows == kRowsPerCall || o->kind == OperandKind::Input)
+      return op->emitError() << "operands of a parameter-shaped " << op->getName()
+                             << " must be parameter-shaped";
+  FailureOr<PlanOperand> y = resultOperand(op, op->getResult(0), a->cols);
+  if (failed(y))
+    return failure();
+  PlanStep &s = addStep(kind, op);
+  s.inputs = {*a, *b};
+  s.outputs = {*y};
+  values[op->getResult(0)] = *y;
+  return success();
+}
+
+LogicalResult Lowering::lightningAttentionGrad(LightningAttentionGradOp la) {
+  Operation *op = la.getOperation();
+  if (la.getOffset())
+    return la.emitError() << "a runtime position offset is not supported in training";
+  int64_t block = la.getBlockSizeAttr().getInt();
+  if (block <= 0)
+    return la.emitError() << "the Lightning Attention block size is not chosen; run "
+                             "tnlm-choose-tiles before tnlm-autodiff";
+  FailureOr<PlanOperand> qkvu = useActivation(op, la.getQkvu());
+  FailureOr<PlanOperand> dy = useActivation(op, la.getGrad());
+  if (failed(qkvu) || failed(dy))
+    return failure();
+  std::vector<PlanOperand> inputs = {*qkvu};
+  if (Value theta = la.getTheta()) {
+    FailureOr<PlanOperand> t = useParam(op, theta, "LRPE theta");
+    if (failed(t))
+      return failure();
+    inputs.push_back(*t);
+  }
+  inputs.push_back(*dy);
+  int64_t heads = la.getHeads(), dh = la.getHeadDim();
+  bool lrpe = static_cast<bool>(la.getTheta()), silu = la.getActivation() == "silu";
+  int64_t step = plan.steps.size();
+  FailureOr<PlanOperand> dqkvu = resultOperand(op, la.getQkvuGrad(), 4 * heads * dh);
+  if (failed(dqkvu))
+    return failure();
+  std::vector<PlanOperand> outputs = {*dqkvu};
+  if (lrpe) {
+    FailureOr<PlanOperand> dtheta = resultOperand(op, la.getThetaGrad(), dh);
+    if (failed(dtheta))
+      return failure();
+    outputs.push_back(*dtheta);
+    values[la.getThetaGrad()] = *dtheta;
+  }
+  outputs.push_back(newBuffer(lightningGradWorkspaceCols(heads, dh, lrpe), step));
+  outputs.back().dtype = plan.buffers[outputs.back().index].dtype = "f32";
+  plan.buffers[outputs.back().index].bytesPerRow = outputs.back().cols * 4;
+  PlanStep &s = addStep(KernelKind::LightningAttentionGrad, op);
+  s.inputs = std::move(inputs);
+  s.outputs = outputs;
+  s.i64Attrs = {heads, dh, block, lrpe ? 1 : 0, silu ? 1 : 0, /*position offset*/ 0};
+  s.f32Attrs = {la.getEps().convertToFloat()};
+  s.slopes.assign(la.getSlopes().begin(), la.getSlopes().end());
+  values[la.getQkvuGrad()] = *dqkvu;
+  return success();
+}
+
+LogicalResult Lowering::lowerTraining(Operation &op, bool &handled) {
+  handled = true;
+  // One step with the given inputs and one output per result of `op`.
+  auto step = [&](KernelKind kind, std::vector<Value> ins, std::vector<int64_t> cols,
+                  std::vector<float> f32 = {}, std::vector<int64_t> i64 = {}) -> LogicalResult {
+    std::vector<PlanOperand> inputs;
+    for (Value v : ins) {
+      FailureOr<PlanOperand> o = use(&op, v);
+      if (failed(o))
+        return failure();
+      inputs.push_back(*o);
+    }
+    std::vector<PlanOperand> outputs;
+    for (auto [r, c] : llvm::zip(op.getResults(), cols)) {
+      FailureOr<PlanOperand> y = resultOperand(&op, r, c);
+      if (failed(y))
+        return failure();
+      outputs.push_back(*y);
+      values[r] = *y;
+    }
+    PlanStep &s = addStep(kind, &op);
+    s.inputs = std::move(inputs);
+    s.outputs = std::move(outputs);
+    s.f32Attrs = std::move(f32);
+    s.i64Attrs = std::move(i64);
+    return success();
+  };
+  auto cols = [](Value v) { return lastDim(v); };
+
+  if (auto ce = llvm::dyn_cast<CrossEntropyOp>(op))
+    return step(KernelKind::CrossEntropy, {ce.getLogits(), ce.getLabels()}, {1}, {},
+                {ce.getIgnoreIndex()});
+  if (auto g = llvm::dyn_cast<CrossEntropyGradOp>(op))
+    return step(KernelKind::CrossEntropyGrad, {g.getLogits(), g.getLabels(), g.getLossGrad()},
+                {cols(g.getLogits())}, {}, {g.getIgnoreIndex()});
+  if (auto g = llvm::dyn_cast<LinearInputGradOp>(op)) {
+    if (failed(useParam(&op, g.getWeight(), "the weight of a projection")))
+      return failure();
+    return step(KernelKind::LinearGradInput, {g.getGrad(), g.getWeight()}, {cols(g.getResult())});
+  }
+  if (auto g = llvm::dyn_cast<LinearWeightGradOp>(op))
+    return step(KernelKind::LinearGradWeight, {g.getGrad(), g.getInput()}, {cols(g.getResult())});
+  if (auto g = llvm::dyn_cast<SrmsNormGradOp>(op))
+    return step(KernelKind::SrmsNormGrad, {g.getInput(), g.getGrad()}, {cols(g.getInput())},
+                {g.getEps().convertToFloat()});
+  if (auto g = llvm::dyn_cast<AddSrmsNormGradOp>(op)) {
+    std::vector<Value> ins = {g.getSum(), g.getGrad()};
+    if (g.getSumGrad())
+      ins.push_back(g.getSumGrad());
+    return step(KernelKind::AddSrmsNormGrad, ins, {cols(g.getSum())},
+                {g.getEps().convertToFloat()});
+  }
+  if (auto g = llvm::dyn_cast<SiluGradOp>(op))
+    return step(KernelKind::SiluGrad, {g.getInput(), g.getGrad()}, {cols(g.getInput())});
+  if (auto g = llvm::dyn_cast<LrpeGradOp>(op)) {
+    if (g.getOffset())
+      return op.emitError() << "a runtime position offset is not supported in training";
+    auto xt = llvm::cast<RankedTensorType>(g.getInput().getType());
+    int64_t heads = xt.getDimSize(2), dh = xt.getDimSize(3);
+    if (failed(useParam(&op, g.getTheta(), "LRPE theta")))
+      return failure();
+    return step(KernelKind::LrpeGrad, {g.getInput(), g.getTheta(), g.getGrad()}, {heads * dh, dh},
+                {}, {heads, dh, 0});
+  }
+  if (auto g = llvm::dyn_cast<DecayLinearAttentionGradOp>(op)) {
+    auto qt = llvm::cast<RankedTensorType>(g.getQ().getType());
+    auto vt = llvm::cast<RankedTensorType>(g.getV().getType());
+    int64_t heads = qt.getDimSize(2), dk = qt.getDimSize(3), dv = vt.getDimSize(3);
+    if (failed(step(KernelKind::DecayAttentionGrad, {g.getQ(), g.getK(), g.getV(), g.getGrad()},
+                    {heads * dk, heads * dk, heads * dv}, {}, {heads, dk, dv, 0})))
+      return failure();
+    plan.steps.back().slopes.assign(g.getSlopes().begin(), g.getSlopes().end());
+    return success();
+  }
+  if (auto g = llvm::dyn_cast<LightningAttentionGradOp>(op))
+    return lightningAttentionGrad(g);
+  if (auto g = llvm::dyn_cast<GatedLinearGradOp>(op)) {
+    if (failed(useParam(&op, g.getW1(), "W1")) || failed(useParam(&op, g.getW2(), "W2")))
+      return failure();
+    return step(KernelKind::GatedLinearGrad, {g.getInput(), g.getW1(), g.getW2(), g.getGrad()},
+                {cols(g.getInput()), cols(g.getW1()), cols(g.getW2())});
+  }
+  if (auto g = llvm::dyn_cast<EmbeddingGradOp>(op))
+    return step(KernelKind::EmbeddingGrad, {g.getIds(), g.getGrad()}, {cols(g.getResult())},
+                {g.getScale().convertToFloat()});
+  if (auto c = llvm::dyn_cast<ConcatOp>(op)) {
+    std::vector<Value> ins(c.getInputs().begin(), c.getInputs().end());
+    return step(KernelKind::Concat, ins, {cols(c.getResult())});
+  }
+  if (auto f = llvm::dyn_cast<FillOp>(op)) {
+    float value = f.getValue().convertToFloat();
+    auto it = updates.find(f.getResult());
+    if (it == updates.end())
+      return step(KernelKind::Fill, {}, {cols(f.getResult())}, {value});
+    for (const PlanOperand &target : it->second) { // one fill per state it zeroes
+      PlanStep &s = addStep(KernelKind::Fill, &op);
+      s.outputs = {target};
+      s.f32Attrs = {value};
+    }
+    values[f.getResult()] = it->second.front();
+    return success();
+  }
+  if (auto n = llvm::dyn_cast<GlobalNormOp>(op)) {
+    std::vector<Value> ins = {n.getHparams()};
+    ins.insert(ins.end(), n.getGrads().begin(), n.getGrads().end());
+    return step(KernelKind::GlobalNorm, ins, {1});
+  }
+  if (auto l = llvm::dyn_cast<LrScheduleOp>(op))
+    return step(KernelKind::LrSchedule, {l.getStep(), l.getHparams()}, {1});
+  if (auto c = llvm::dyn_cast<ClipScaleOp>(op))
+    return step(KernelKind::ClipScale, {c.getNorm(), c.getHparams()}, {1});
+  if (auto a = llvm::dyn_cast<AdamWOp>(op)) {
+    std::vector<PlanOperand> inputs;
+    for (Value v : op.getOperands()) {
+      FailureOr<PlanOperand> o = use(&op, v);
+      if (failed(o))
+        return failure();
+      inputs.push_back(*o);
+    }
+    if (inputs[0].kind != OperandKind::Param || inputs[2].kind != OperandKind::State ||
+        inputs[3].kind != OperandKind::State)
+      return op.emitError() << "AdamW updates a parameter and its moments in place: they must "
+                               "be parameter and state arguments";
+    PlanStep &s = addStep(KernelKind::AdamW, &op);
+    s.inputs = inputs;
+    s.outputs = {inputs[0], inputs[2], inputs[3]};
+    s.i64Attrs = {a.getWeightDecay() ? 1 : 0};
+    values[a.getNewParam()] = inputs[0];
+    values[a.getNewExpAvg()] = inputs[2];
+    values[a.getNewExpAvgSq()] = inputs[3];
+    return success();
+  }
+  if (auto inc = llvm::dyn_cast<IncrementOp>(op)) {
+    FailureOr<PlanOperand> s = use(&op, inc.getStep());
+    if (failed(s))
+      return failure();
+    if (s->kind != OperandKind::State)
+      return op.emitError() << "the step counter must be a state argument";
+    PlanStep &st = addStep(KernelKind::Increment, &op);
+    st.inputs = {*s};
+    st.outputs = {*s};
+    values[inc.getResult()] = *s;
+    return success();
+  }
+  handled = false;
+  return success();
+}
+
+} // namespace mlir::tnlm::detail

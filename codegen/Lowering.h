@@ -1,0 +1,67 @@
+//===- Lowering.h - the model-level → kernel-plan lowering (private) -*- C++ -*-===//
+//
+// One Lowering per function: values map to plan operands (arena buffers, views of them,
+// parameters, inputs, state); each op appends steps. LowerToKernels.cpp lowers the forward
+// ops and the function boundary, LowerTraining.cpp the backward and optimizer ops.
+//
+//===----------------------------------------------------------------------===//
+#ifndef TNLM_CODEGEN_LOWERING_H
+#define TNLM_CODEGEN_LOWERING_H
+
+#include "codegen/KernelPlan.h"
+#include "dialect/TnlmOps.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "llvm/ADT/DenseMap.h"
+
+namespace mlir::tnlm::detail {
+
+std::string locName(Location loc);
+int64_t lastDim(Value v);
+
+class Lowering {
+public:
+  Lowering(KernelPlan &plan, StringRef target)
+      : plan(plan), cuda(target != "cpu"), actDtype(cuda ? "bf16" : "f32") {}
+
+  LogicalResult run(func::FuncOp fn);
+
+private:
+  KernelPlan &plan;
+  bool cuda;            // CUDA target: bf16 activations, no fused gated GEMM
+  std::string actDtype; // dtype of activation buffers
+  llvm::DenseMap<Value, PlanOperand> values;
+  // Results that are the new value of a parameter or state (tnlm.updates): where they live.
+  llvm::DenseMap<Value, SmallVector<PlanOperand, 1>> updates;
+
+  LogicalResult bindArguments(func::FuncOp fn);
+  LogicalResult checkDims(Operation *where, RankedTensorType type);
+  PlanOperand newBuffer(int64_t cols, int64_t step);
+  // A buffer of a static shape: [numel / last, last] (rank 0: [1, 1]), f32 or i32.
+  PlanOperand newFixedBuffer(RankedTensorType type, int64_t step);
+  // Where result `r` of the next step goes: its update target, or a new buffer (static
+  // shapes: fixed rows; otherwise `cols` columns per call row).
+  FailureOr<PlanOperand> resultOperand(Operation *op, Value r, int64_t cols);
+  FailureOr<PlanOperand> use(Operation *op, Value v);
+  FailureOr<PlanOperand> useParam(Operation *op, Value v, const char *what);
+  FailureOr<PlanOperand> useActivation(Operation *op, Value v);
+  PlanOperand emit(KernelKind kind, std::string name, std::vector<PlanOperand> inputs,
+                   int64_t cols);
+  void setF32(int64_t id);
+  PlanStep &addStep(KernelKind kind, Operation *op);
+  LogicalResult unary(Operation *op, KernelKind kind, std::vector<float> f32Attrs = {});
+  LogicalResult binary(Operation *op, KernelKind kind);
+  LogicalResult linear(Operation *op, Value x, Value w, Value result);
+  LogicalResult lightningAttention(LightningAttentionOp la);
+  LogicalResult lowerReturn(func::ReturnOp ret, func::FuncOp fn);
+  LogicalResult lower(Operation &op);
+  // LowerTraining.cpp: backward and optimizer ops; failure() with a diagnostic, or
+  // std::nullopt-like `handled = false` when `op` is none of them.
+  LogicalResult lowerTraining(Operation &op, bool &handled);
+  LogicalResult fixedBinary(Operation *op, KernelKind kind);
+  LogicalResult lightningAttentionGrad(LightningAttentionGradOp op);
+};
+
+} // namespace mlir::tnlm::detail
+
+#endif // TNLM_CODEGEN_LOWERING_H
