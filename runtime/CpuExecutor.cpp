@@ -85,8 +85,39 @@ CpuExecutor::run(const std::string &name, const std::vector<Input> &inputs, int6
                   in->name()->str() + "'");
     call.inputs.push_back(it->data);
   }
-  for (const schema::Step *s : *fn.steps())
+  if (checkFinite_) {
+    const auto *params = artifact_.root().params();
+    for (unsigned i = 0; i < params->size(); ++i)
+      for (float v : params_[i])
+        if (!std::isfinite(v))
+          throw NonFiniteError("parameter '" + params->Get(i)->name()->str() +
+                                   "' holds non-finite values before @" + name,
+                               params->Get(i)->name()->str());
+  }
+  for (const schema::Step *s : *fn.steps()) {
     runStep(*s, call);
+    if (!checkFinite_)
+      continue;
+    const auto *outs = s->outputs();
+    for (unsigned k = 0; k < outs->size(); ++k) {
+      const schema::Operand *o = outs->Get(k);
+      // Workspaces hold scratch, not results.
+      const bool workspace =
+          (s->kind() == schema::KernelKind_LightningAttention && k > 0) ||
+          (s->kind() == schema::KernelKind_LightningAttentionGrad && k + 1 == outs->size());
+      if (o->dtype() != schema::DType_F32 || workspace)
+        continue;
+      const float *p = call.ptr(o);
+      const int64_t n = call.rowsOf(o);
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t c = 0; c < o->cols(); ++c)
+          if (!std::isfinite(p[r * o->ld() + c]))
+            throw NonFiniteError("non-finite values first appear in the output of step '" +
+                                     s->name()->str() + "' (" +
+                                     schema::EnumNameKernelKind(s->kind()) + ") of @" + name,
+                                 s->name()->str());
+    }
+  }
   std::vector<std::pair<std::string, std::vector<float>>> results;
   for (const schema::FunctionIO *out : *fn.outputs()) {
     const float *p = arena_.data() + out->offset() / sizeof(float);

@@ -3,6 +3,7 @@
 #define TNLM_RUNTIME_CPUEXECUTOR_H
 
 #include "runtime/Artifact.h"
+#include "runtime/Error.h"
 #include "runtime/Weights.h"
 
 #include <cstdint>
@@ -36,6 +37,11 @@ public:
   std::vector<std::pair<std::string, std::vector<float>>>
   run(const std::string &name, const std::vector<Input> &inputs, int64_t batch, int64_t seq);
 
+  /// With checks on, every step's outputs are scanned after it runs (and the parameters and
+  /// state before the first step): the first non-finite value throws NonFiniteError naming
+  /// the step (or tensor) and the function. For finding where a NaN starts; slow.
+  void setCheckFinite(bool on) { checkFinite_ = on; }
+
   int64_t vocabSize() const { return vocab_; }
   const Artifact &artifact() const { return artifact_; }
   ParamValues &params() { return params_; }
@@ -61,6 +67,19 @@ private:
   std::vector<std::vector<float>> state_;
   std::vector<float> arena_;
   int64_t vocab_ = 0;
+  bool checkFinite_ = false;
+};
+
+/// A NaN or infinity found by CpuExecutor's finite checks.
+class NonFiniteError : public Error {
+public:
+  NonFiniteError(const std::string &message, std::string where)
+      : Error(message), where_(std::move(where)) {}
+  /// The step name (Hugging Face module) or tensor name.
+  const std::string &where() const { return where_; }
+
+private:
+  std::string where_;
 };
 
 } // namespace tnlm

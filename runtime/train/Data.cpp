@@ -10,7 +10,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fnmatch.h>
+#include <fstream>
 #include <limits>
+#include <set>
 #include <memory>
 
 namespace tnlm::train {
@@ -133,7 +135,23 @@ std::vector<std::string> collectFiles(const std::string &what, const std::string
     failSource(what, path, "not a file or a folder");
   }
   std::sort(files.begin(), files.end());
-  return files;
+  // A folder may hold links to its own files (fortune's "art.u8 -> art"): each file once.
+  std::set<std::string> seen;
+  std::vector<std::string> unique;
+  for (const std::string &f : files) {
+    std::string real = fs::weakly_canonical(f, ec).string();
+    if (seen.insert(ec ? f : real).second)
+      unique.push_back(f);
+  }
+  return unique;
+}
+
+// A file holding a NUL byte in its first 4 KiB is not text (e.g. fortune's strfile indexes).
+bool looksBinary(const std::string &file) {
+  std::ifstream in(file, std::ios::binary);
+  char buf[4096];
+  in.read(buf, sizeof buf);
+  return std::memchr(buf, 0, static_cast<size_t>(in.gcount())) != nullptr;
 }
 
 // The shard version when the file starts with the shard magic, 0 when it does not (-1 for a
@@ -230,12 +248,26 @@ int64_t readText(const std::string &file, std::vector<int32_t> &out) {
 struct Source {
   std::string format;
   int64_t files = 0;
+  int64_t skippedBinary = 0; // files of a folder skipped as not text
 };
 
 // Reads every file of a source into `out` (see Data.h for the formats and rules).
 Source loadSource(const std::string &what, const std::string &path, const DataConfig &config,
                   std::vector<int32_t> &out) {
   std::vector<std::string> files = collectFiles(what, path);
+  // In a folder of text, binary files are skipped (and counted); a single file is always read.
+  int64_t skippedBinary = 0;
+  if (files.size() > 1 && fs::is_directory(path)) {
+    std::vector<std::string> kept;
+    for (const std::string &f : files)
+      if (!endsWith(f, ".bin") && peekShardVersion(f) == 0 && looksBinary(f))
+        ++skippedBinary;
+      else
+        kept.push_back(f);
+    if (kept.empty())
+      failSource(what, path, "the folder holds only binary files (no text, no token shards)");
+    files = std::move(kept);
+  }
   std::vector<bool> isShard(files.size());
   std::string firstShard, firstText;
   uint64_t reserve = 0;
@@ -256,6 +288,7 @@ Source loadSource(const std::string &what, const std::string &path, const DataCo
   Source src;
   src.format = firstShard.empty() ? "text" : "shards";
   src.files = int64_t(files.size());
+  src.skippedBinary = skippedBinary;
   if (src.format == "text" && config.vocabSize < 256)
     failFile(firstText, "text is read as bytes (token ids 0-255), which needs a vocabulary of at "
                         "least 256, but the model's vocabulary size is " +
@@ -392,6 +425,7 @@ DataLoader DataLoader::open(const DataConfig &config) {
   Source train = loadSource("train data", config.trainPath, config, d.tokens_);
   d.summary_.format = train.format;
   d.summary_.trainFiles = train.files;
+  d.summary_.skippedBinary = train.skippedBinary;
   int64_t n = int64_t(d.tokens_.size());
   const int32_t *valStream = nullptr; // only read here
   if (!config.valPath.empty()) {
@@ -447,7 +481,10 @@ DataLoader DataLoader::open(const DataConfig &config) {
 std::string DataLoader::describe() const {
   const DataSummary &s = summary_;
   std::string line = "data: " + s.format + ", " + withCommas(s.trainFiles) +
-                     (s.trainFiles == 1 ? " file" : " files") + "; train " +
+                     (s.trainFiles == 1 ? " file" : " files") +
+                     (s.skippedBinary ? " (" + withCommas(s.skippedBinary) + " binary skipped)"
+                                      : std::string()) +
+                     "; train " +
                      withCommas(s.trainTokens) + " tokens, ";
   if (s.valTokens == 0)
     return line + "no validation";

@@ -11,7 +11,9 @@
 //     are concatenated as they are (they carry their own end-of-text tokens).
 // A file whose name ends in ".bin" must be a shard; any other file is a shard if it starts
 // with the magic and text otherwise. A folder holding any *.bin file is a shard folder and
-// only its *.bin files are read; otherwise every file is read. Names starting with '.' are
+// only its *.bin files are read; otherwise every file is read, except files that hold a NUL
+// byte in their first 4 KiB (binary, e.g. fortune's .dat indexes) and links to files already
+// read (each file once, by its canonical path). Names starting with '.' are
 // skipped and files are taken in bytewise order of their paths, so the stream is the same on
 // every machine. One source may not mix text and shards.
 //
@@ -87,6 +89,7 @@ struct DataSummary {
   std::string format; // "text" or "shards"
   int64_t trainFiles = 0;
   int64_t valFiles = 0; // 0 when validation is split from the train source
+  int64_t skippedBinary = 0; // files of a text folder skipped as binary (a NUL in 4 KiB)
   int64_t trainTokens = 0;
   int64_t valTokens = 0;
   /// How the validation set was made: "none", "separate source", "split at a document

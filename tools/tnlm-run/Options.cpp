@@ -3,6 +3,7 @@
 
 #include "runtime/Error.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
@@ -73,6 +74,18 @@ int64_t Options::getInt(const std::string &name, int64_t dflt, int64_t min, int6
   long long v = std::strtoll(it->second.c_str(), &end, 10);
   if (it->second.empty() || *end != '\0' || v < min || v > max)
     throw Error("option '--" + name + "': expected an integer in [" + std::to_string(min) + ", " +
+                std::to_string(max) + "], got '" + it->second + "'");
+  return v;
+}
+
+double Options::getDouble(const std::string &name, double dflt, double min, double max) const {
+  auto it = given_.find(name);
+  if (it == given_.end())
+    return dflt;
+  char *end = nullptr;
+  double v = std::strtod(it->second.c_str(), &end);
+  if (it->second.empty() || *end != '\0' || !std::isfinite(v) || v < min || v > max)
+    throw Error("option '--" + name + "': expected a number in [" + std::to_string(min) + ", " +
                 std::to_string(max) + "], got '" + it->second + "'");
   return v;
 }

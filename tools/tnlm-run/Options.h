@@ -31,6 +31,9 @@ public:
   /// Integer value of a flag; throws tnlm::Error naming the flag if it is not an integer in
   /// [min, max].
   int64_t getInt(const std::string &name, int64_t dflt, int64_t min, int64_t max) const;
+  /// Floating-point value of a flag; throws tnlm::Error naming the flag if it is not a
+  /// finite number in [min, max].
+  double getDouble(const std::string &name, double dflt, double min, double max) const;
   const std::vector<std::string> &positional() const { return positional_; }
   void printHelp() const;
 

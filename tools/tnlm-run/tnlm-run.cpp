@@ -184,6 +184,10 @@ int run(int argc, char **argv) {
     wanted = d == "cuda" ? Target::CudaSm90a : Target::Cpu;
   }
   Artifact artifact = Artifact::load(opts.positional()[0], wanted);
+  if (artifact.root().mode() == schema::Mode_Train)
+    throw Error(artifact.source() + " is a train artifact (@train_step, @optimizer_step, "
+                "@eval_loss): run it with tnlm-train, or compile the model with tnlmc "
+                "--mode=infer for tnlm-run (the trained weights load into either)");
   const std::string device = artifact.target() == Target::CudaSm90a ? "cuda" : "cpu";
   if (opts.has("sync-steps") && device != "cuda")
     throw Error("--sync-steps only applies to CUDA artifacts (--device=cuda)");
