@@ -2,7 +2,7 @@
 //
 //   tnlm-bench-cpu-forward MODEL.tnlm --batch=B --seq=N [--iters=K] [--threads=T]
 //
-// Random weights (MODEL.md init), one warm-up call, then K timed calls of @forward on
+// Random weights (docs/model.md init), one warm-up call, then K timed calls of @forward on
 // random ids; prints one JSON line: median/min ms, tokens/s, and GFLOP/s where the FLOPs are
 // counted from the plan (2·in·out per row for each projection, 4·H·dk·dv per token for the
 // attention in its recurrent form; fused kernels count their parts).

@@ -68,7 +68,7 @@ __global__ void init_kernel(bf16 *p, long long n, uint64_t seed, int silu) {
   }
 }
 
-// ALiBi slopes (MODEL.md "Decay rates"), times a per-layer factor.
+// ALiBi slopes (docs/model.md "Decay rates"), times a per-layer factor.
 static std::vector<float> alibi(int H) {
   auto pow2 = [](int n) {
     std::vector<float> s(n);

@@ -4,7 +4,7 @@
 //   MODEL.tnlm from `tnlmc CONFIG --mode=infer --target=cuda:sm_90a`; one JSON line on stdout.
 //   Run on the device machine by scripts/device-bench-prefill; exits 77 without a CUDA device.
 //
-// What is timed: random weights (MODEL.md init, seed 1) and random ids (seed 7); one forward()
+// What is timed: random weights (docs/model.md init, seed 1) and random ids (seed 7); one forward()
 // whose logits must all be finite (exit 1 otherwise); `warmup` untimed calls; then `iters`
 // calls of CudaExecutor::enqueue + Context::synchronize, each timed on the host with
 // std::chrono::steady_clock (so a time includes the id check and upload and the graph launch,

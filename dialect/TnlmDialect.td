@@ -11,7 +11,7 @@ def Tnlm_Dialect : Dialect {
   let description = [{
     The `tnlm` dialect describes TransNormerLLM-family models (Lightning Attention with
     exponential decay, LRPE, gated linear attention, SGLU, SRMSNorm) at the level of the
-    paper's equations (docs: shared MODEL.md). Tensors are builtin ranked tensors of f32,
+    paper's equations (docs/model.md). Tensors are builtin ranked tensors of f32,
     bf16 or f16; batch and sequence dimensions may be dynamic.
 
     Parameters are function arguments that carry the discardable argument attribute

@@ -51,7 +51,7 @@ def Tnlm_SrmsNormOp : Tnlm_Op<"srms_norm", [Vjp, Pure, SameOperandsAndResultType
   let summary = "simple RMS norm over the last axis (no parameters)";
   let description = [{
     `y = x · rsqrt(mean(x², last axis) + eps)`, computed in f32 and cast back to the input
-    type (MODEL.md, SRMSNorm). Rules: rank ≥ 1; result type equals the input type; `eps` is
+    type (docs/model.md, SRMSNorm). Rules: rank ≥ 1; result type equals the input type; `eps` is
     finite and ≥ 0 (default 1e-6, the TransNormerLLM value).
   }];
   let arguments = (ins Tnlm_FloatTensor:$input,
@@ -129,7 +129,7 @@ def Tnlm_SplitOp : Tnlm_Op<"split", [Vjp, Pure]> {
 def Tnlm_SplitHeadsOp : Tnlm_Op<"split_heads", [Vjp, Pure]> {
   let summary = "view [B, N, H·dh] as [B, N, H, dh]";
   let description = [{
-    Head-major, dh-minor split of the feature axis (MODEL.md). Rules: input rank 3
+    Head-major, dh-minor split of the feature axis (docs/model.md). Rules: input rank 3
     `[B, N, D]`, result rank 4 `[B, N, H, dh]` with `H · dh = D`, same element type.
   }];
   let arguments = (ins Tnlm_FloatTensor:$input);
@@ -155,7 +155,7 @@ def Tnlm_LrpeOp : Tnlm_Op<"lrpe", [Vjp, Pure]> {
   let description = [{
     For `x: [B, N, H, dh]` at absolute positions `p = t + offset`:
     `result[b, t, h] = concat(x ⊙ cos(θ_h · p), x ⊙ sin(θ_h · p))`, shape `[B, N, H, 2·dh]`.
-    Positions and angles are computed in f32 (MODEL.md, LRPE). `offset` is an optional
+    Positions and angles are computed in f32 (docs/model.md, LRPE). `offset` is an optional
     `index` operand (0 when absent): recurrent decoding passes the prompt length.
 
     Rules: `input` rank 4 `[B, N, H, dh]`; `theta` rank 3 `[H, 1, dh]` with the input's H and
@@ -207,7 +207,7 @@ def Tnlm_LightningAttentionOp : Tnlm_Op<"lightning_attention",
                                         [Vjp, Pure, AttrSizedOperandSegments]> {
   let summary = "the whole gated linear attention core as one tiled Lightning Attention";
   let description = [{
-    Replaces the token mixer between the `qkvu_proj` output and `out_proj` (MODEL.md,
+    Replaces the token mixer between the `qkvu_proj` output and `out_proj` (docs/model.md,
     "TokenMixer"): with `[q | k | v | u] = qkvu` (four contiguous blocks of width
     `D = heads · head_dim`, each head-major, dh-minor) and per head h,
 
@@ -227,7 +227,7 @@ def Tnlm_LightningAttentionOp : Tnlm_Op<"lightning_attention",
     prologue applied to the Q and K tiles as they are loaded, so neither the activated nor
     the position-encoded q and k exist as tensors.
 
-    **Tiling.** `block_size` is the Lightning Attention block B (MODEL.md): per (batch,
+    **Tiling.** `block_size` is the Lightning Attention block B (docs/model.md): per (batch,
     head), the intra-block part `((Q Kᵀ) ⊙ M) V` is a left product inside a B×B tile, the
     inter-block part `Λ Q KV` a right product against the running f32 state KV (dk × dv),
     updated as `KV = λ^B KV + (λ^B Λ⁻¹ K)ᵀ V`. The result does not depend on B (up to
@@ -287,7 +287,7 @@ def Tnlm_AddSrmsNormOp : Tnlm_Op<"add_srms_norm", [Vjp, Pure, SameOperandsAndRes
   let summary = "residual add and SRMSNorm of the sum in one pass";
   let description = [{
     `sum = lhs + rhs; result = sum · rsqrt(mean(sum², last axis) + eps)`: the residual
-    connection and the pre-norm of the next block (MODEL.md, "Forward pass") read their
+    connection and the pre-norm of the next block (docs/model.md, "Forward pass") read their
     operands once and write both the residual stream (`sum`, for the next residual add) and
     its normalization (`result`, for the next projection). The sum is rounded to the element
     type before it is normalized, exactly as `tnlm.add` followed by `tnlm.srms_norm`

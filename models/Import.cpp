@@ -1,6 +1,6 @@
 //===- Import.cpp - ModelConfig → model-level tnlm IR ---------------------===//
 //
-// Builds the forward pass of MODEL.md op by op:
+// Builds the forward pass of docs/model.md op by op:
 //   x0 = scale · E[ids]
 //   per layer: h = x + TokenMixer(SRMSNorm(x)); x = h + SGLU(SRMSNorm(h))
 //   logits = SRMSNorm(x) · Wlmᵀ
@@ -37,7 +37,7 @@ struct Param {
   RankedTensorType type;
 };
 
-// Parameters in Hugging Face state-dict order (MODEL.md "Checkpoint layout").
+// Parameters in Hugging Face state-dict order (docs/model.md "Checkpoint layout").
 std::vector<Param> parameterList(const ModelConfig &c, Type et) {
   auto t = [&](std::initializer_list<int64_t> shape) { return RankedTensorType::get(shape, et); };
   std::vector<Param> ps;
@@ -163,7 +163,7 @@ private:
     const std::string p = "model.layers." + std::to_string(l) + ".";
     const int64_t D = c.hiddenDim, H = c.heads, dh = c.headDim();
 
-    // Token mixer: gated linear attention with decay (MODEL.md "TokenMixer").
+    // Token mixer: gated linear attention with decay (docs/model.md "TokenMixer").
     Location tm = loc(p + "token_mixer");
     Value n1 = norm(p + "token_norm", x);
     Value qkvu = LinearOp::create(b, loc(p + "token_mixer.qkvu_proj"), act({4 * D}), n1,

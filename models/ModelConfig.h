@@ -1,6 +1,6 @@
 //===- ModelConfig.h - Hugging Face TransNormerLLM configs ------*- C++ -*-===//
 //
-// The config fields and their meaning are those of MODEL.md ("Symbols"). Parsing never
+// The config fields and their meaning are those of docs/model.md ("Symbols"). Parsing never
 // throws to the caller: it returns either a config or one error naming the file and field.
 //
 //===----------------------------------------------------------------------===//
@@ -55,7 +55,7 @@ ConfigResult parseModelConfig(const std::string &text, const std::string &source
 /// Reads and parses a config file.
 ConfigResult loadModelConfig(const std::string &path);
 
-/// ALiBi base slopes for H heads (MODEL.md "Decay rates"): s_h = 2^(−8(h+1)/H) for H a
+/// ALiBi base slopes for H heads (docs/model.md "Decay rates"): s_h = 2^(−8(h+1)/H) for H a
 /// power of two; otherwise slopes(P) + slopes(2P)[0::2][:H−P] with P = 2^floor(log2 H).
 std::vector<double> alibiSlopes(int64_t heads);
 

@@ -21,7 +21,7 @@ std::string withThousands(int64_t value) {
 
 namespace {
 
-// Component of a Hugging Face parameter name (MODEL.md "Checkpoint layout").
+// Component of a Hugging Face parameter name (docs/model.md "Checkpoint layout").
 std::string componentOf(llvm::StringRef name) {
   if (name == "model.embed_tokens.weight")
     return "embedding";

@@ -1,6 +1,6 @@
 //===- FuseAddNorm.cpp - residual add + SRMSNorm → tnlm.add_srms_norm -----===//
 //
-// Pre-norm residual blocks (MODEL.md) compute h = x + f(x) and immediately SRMSNorm(h) for
+// Pre-norm residual blocks (docs/model.md) compute h = x + f(x) and immediately SRMSNorm(h) for
 // the next block; h itself is read again only by the next residual add. One pass over the
 // row produces both, so the sum is not read back from memory to be normalized.
 //

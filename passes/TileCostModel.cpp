@@ -1,6 +1,6 @@
 //===- TileCostModel.cpp - Lightning Attention block sizes ----------------===//
 //
-// Per (batch, head) and block of m tokens, Lightning Attention (MODEL.md) does
+// Per (batch, head) and block of m tokens, Lightning Attention (docs/model.md) does
 //   Q Kᵀ and ((Q Kᵀ) ⊙ M) V   2·m²·dk + 2·m²·dv flops (full m×m tiles; half is masked)
 //   Λ Q KV and Kᵀ V (state)   2·m·dk·dv + 2·m·dk·dv flops
 // and the T = ceil(n/m) blocks run one after the other (the state carries over). Small

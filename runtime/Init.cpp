@@ -94,7 +94,7 @@ void initParameter(const std::string &name, const std::vector<int64_t> &shape, u
     uint64_t key = streamKey(seed, name);
     for (uint64_t i = 0; i < n; ++i)
       out[i] = static_cast<float>(kInitStd * normalAt(key, i));
-    // Token 0 is padding (MODEL.md): its embedding row starts at zero.
+    // Token 0 is padding (docs/model.md): its embedding row starts at zero.
     if (name == "model.embed_tokens.weight")
       for (int64_t j = 0; j < shape[1] && shape[0] > 0; ++j)
         out[j] = 0.0f;

@@ -1,6 +1,6 @@
 //===- Init.h - deterministic initialization of parameters ------*- C++ -*-===//
 //
-// Training from scratch starts from the initialization in MODEL.md ("Initialization"):
+// Training from scratch starts from the initialization in docs/model.md ("Initialization"):
 // linear and embedding weights ~ N(0, 0.02), the padding row (row 0) of the embedding zero,
 // and LRPE θ from its closed form. The random streams are counter-based: element i of a
 // tensor is a pure function of (seed, tensor name, i), so a parameter's values do not depend

@@ -18,7 +18,7 @@ using ParamValues = std::vector<std::vector<float>>;
 /// mis-shaped or non-float tensor is collected and reported in one tnlm::Error.
 ParamValues loadWeights(const Artifact &artifact, const std::string &path);
 
-/// MODEL.md initialization with `seed` (N(0, 0.02), padding row zero, LRPE θ formula).
+/// docs/model.md initialization with `seed` (N(0, 0.02), padding row zero, LRPE θ formula).
 ParamValues randomWeights(const Artifact &artifact, uint64_t seed);
 
 /// Throws tnlm::Error unless `values` holds one tensor of the right size per parameter.

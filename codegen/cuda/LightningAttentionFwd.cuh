@@ -1,5 +1,5 @@
 // Lightning Attention forward (causal linear attention with per-head decay): CUDA device
-// templates and launchers, for the compiler to emit (docs/MODEL.md, "Lightning Attention").
+// templates and launchers, for the compiler to emit (docs/model.md, "Lightning Attention").
 //
 //   o_t = q_t · S_t,   S_t = λ_h · S_{t-1} + k_tᵀ v_t,   λ_h = exp(-s_h),   S in fp32 on chip
 //

@@ -1,6 +1,6 @@
 //===- Attention.cpp - LRPE and causal decayed linear attention -----------===//
 //
-// Two evaluations of o_t = q_t · Σ_{s≤t} λ^{t−s} k_sᵀ v_s (MODEL.md):
+// Two evaluations of o_t = q_t · Σ_{s≤t} λ^{t−s} k_sᵀ v_s (docs/model.md):
 //   the recurrence (Algorithm 4), O(N·dk·dv) sequential per head: the decode step and the
 //   plain reference;
 //   Lightning Attention (blocked), whose four products per block are GEMMs: the prefill.

@@ -3,7 +3,7 @@
 // The vector-Jacobian products of Attention.cpp and of the fused token mixer (Fused.cpp):
 //   lrpeGrad                            dx and dθ of y = [x⊙cos(θp), x⊙sin(θp)];
 //   decayLinearAttentionGradRecurrent   the reverse recurrence (reference, O(N·dk·dv));
-//   lightningAttentionGrad              Algorithm 2 of MODEL.md, GEMMs per block;
+//   lightningAttentionGrad              Algorithm 2 of docs/model.md, GEMMs per block;
 //   fusedLightningAttentionGrad         recompute φ/LRPE and O, then gate/norm, attention,
 //                                       LRPE and SiLU backward.
 // Determinism: attention work is split over (b, h) pairs, row work over rows, and the θ

@@ -2,7 +2,7 @@
 //
 // The CPU backend's kernels: plain C++17 over flat f32 buffers, GEMMs through OpenBLAS, work
 // split through the pool in runtime/cpu/Parallel.h. The math of every kernel is the numeric
-// contract in docs/MODEL.md; each has a naive f64 comparison in test/unit/cpu.
+// contract in docs/model.md; each has a naive f64 comparison in test/unit/cpu.
 //
 // Conventions
 // - All tensors are row-major f32. A 2-D operand [rows, cols] is read with a leading
@@ -79,7 +79,7 @@ inline void sgluProduct(const float *a, const float *b, int64_t rows, int64_t co
 void lrpe(const float *x, int64_t B, int64_t N, int64_t H, int64_t dh, int64_t ldx,
           const float *theta, int64_t offset, float *y);
 
-/// Causal linear attention with decay, by the recurrence (MODEL.md, Algorithm 4):
+/// Causal linear attention with decay, by the recurrence (docs/model.md, Algorithm 4):
 ///   S_t = λ_h S_{t−1} + k_tᵀ v_t ;  o_t = q_t S_t,  λ_h = exp(−slopes[h]),
 /// per (b, h), parallel over (b, h). q, k: [B, N, H, dk], v, o: [B, N, H, dv], each with its
 /// own token stride. S is stored in f32; the update λ·S + k v and the product q·S are
@@ -93,12 +93,12 @@ void decayLinearAttentionRecurrent(const float *q, const float *k, const float *
                                    int64_t ldk, int64_t ldv, const float *slopes, float *o,
                                    int64_t ldo, float *state = nullptr);
 
-/// The same function by the blocked Lightning Attention forward (MODEL.md), block size
+/// The same function by the blocked Lightning Attention forward (docs/model.md), block size
 /// `block` (> 0), per (b, h) over blocks of m = min(block, rest) tokens:
 ///   O  = ((Q Kᵀ) ⊙ M) V + Λ Q KV          M[i,j] = λ^{i−j} (i ≥ j), Λ = diag(λ¹ … λ^m)
 ///   KV = λ^m KV + (λ^m Λ⁻¹ K)ᵀ V          (λ^m Λ⁻¹)_ii = λ^{m−1−i}, rows 0-indexed
 /// Every decay factor is λ^r = exp(−s·r) evaluated in f64 and rounded once to f32: never a
-/// product of λ's and never a division by a power of λ (overflow for large r, MODEL.md).
+/// product of λ's and never a division by a power of λ (overflow for large r, docs/model.md).
 /// The four products are sgemm calls on in-place operand views; KV is f32. `state` as in
 /// decayLinearAttentionRecurrent (the prefill hands its final KV to the decode loop).
 void lightningAttention(const float *q, const float *k, const float *v, int64_t B, int64_t N,

@@ -1,5 +1,5 @@
 // Independent float64 reference of the TransNormerLLM forward pass. See ReferenceModel.h and
-// docs/MODEL.md; each step below names the MODEL.md line it implements.
+// docs/model.md; each step below names the docs/model.md line it implements.
 #include "test/reference/ReferenceModel.h"
 
 #include <algorithm>
@@ -276,7 +276,7 @@ std::vector<double> linear(const std::vector<double> &x, int64_t rows, int64_t i
 
 namespace {
 
-// TokenMixer_l applied to y = SRMSNorm(x) ([N, d]) → [N, d] (MODEL.md "TokenMixer").
+// TokenMixer_l applied to y = SRMSNorm(x) ([N, d]) → [N, d] (docs/model.md "TokenMixer").
 std::vector<double> tokenMixer(const Config &cfg, const Weights &w, int64_t l,
                                const std::vector<double> &y, int64_t n, int64_t offset) {
   const int64_t d = cfg.d, D = cfg.hidden, H = cfg.heads, dh = cfg.headDim();
@@ -308,7 +308,7 @@ std::vector<double> tokenMixer(const Config &cfg, const Weights &w, int64_t l,
   return linear(o, n, D, tensor(w, layerName(l, "token_mixer.out_proj.weight")), d);
 }
 
-// SGLU(y) = (y·W1ᵀ ⊙ y·W2ᵀ) · W3ᵀ (MODEL.md "SGLU").
+// SGLU(y) = (y·W1ᵀ ⊙ y·W2ᵀ) · W3ᵀ (docs/model.md "SGLU").
 std::vector<double> sglu(const Config &cfg, const Weights &w, int64_t l,
                          const std::vector<double> &y, int64_t n) {
   const int64_t d = cfg.d, F = cfg.glu;

@@ -1,6 +1,6 @@
 // Independent float64 reference of the TransNormerLLM forward pass (tests only).
 //
-// Written straight from docs/MODEL.md ("the numeric contract") with plain loops: no BLAS, no
+// Written straight from docs/model.md ("the numeric contract") with plain loops: no BLAS, no
 // code shared with the runtime or the compiler. Tests use it as the numerics oracle, so it
 // favours obviousness over speed. Every tensor is a row-major std::vector<double>.
 #pragma once
@@ -12,7 +12,7 @@
 
 namespace tnlm::ref {
 
-/// Model hyper-parameters (MODEL.md "Symbols").
+/// Model hyper-parameters (docs/model.md "Symbols").
 struct Config {
   int64_t vocab = 0;          ///< V
   int64_t d = 0;              ///< model width
@@ -32,7 +32,7 @@ struct Config {
   }
 };
 
-/// Hugging Face state-dict names (MODEL.md "Checkpoint layout") → row-major data.
+/// Hugging Face state-dict names (docs/model.md "Checkpoint layout") → row-major data.
 /// "lm_head.weight" is read only when !tied; "...lrpe.theta" only for LRPE layers.
 using Weights = std::map<std::string, std::vector<double>>;
 
@@ -48,7 +48,7 @@ Weights randomWeights(const Config &cfg, uint64_t seed, double stddev = 0.02);
 /// needs is missing or has the wrong number of elements.
 void validate(const Config &cfg, const Weights &w);
 
-// ---- decay rates (MODEL.md "Decay rates") ----
+// ---- decay rates (docs/model.md "Decay rates") ----
 
 /// ALiBi base slopes s_h for H heads, in double (not yet rounded to float).
 std::vector<double> alibiSlopes(int64_t heads);

@@ -1,5 +1,5 @@
 // Tests of the independent f64 reference model. Expected values are derived here by hand from
-// docs/MODEL.md, not by calling the code under test a second time.
+// docs/model.md, not by calling the code under test a second time.
 #include "test/reference/ReferenceModel.h"
 
 #include <gtest/gtest.h>

@@ -226,7 +226,7 @@ TEST(LightningAttentionKernel, MatchesRecurrenceForEveryCandidateBlock) {
   const int64_t batch = 2, H = 2, dh = 16, D = H * dh;
   const std::vector<float> slopes = {0.844f, 1e-5f};
   std::vector<float> theta(D);
-  for (int64_t i = 0; i < D; ++i) // MODEL.md's initialization, θ_flat[i] = 10000^(−2i/D)
+  for (int64_t i = 0; i < D; ++i) // docs/model.md's initialization, θ_flat[i] = 10000^(−2i/D)
     theta[i] = static_cast<float>(std::pow(10000.0, -2.0 * i / D));
   double worst = 0.0;
   for (int64_t block : mt::attentionBlockCandidates())

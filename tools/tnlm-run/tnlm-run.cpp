@@ -138,7 +138,7 @@ template <class Executor> int execute(Executor &exec, const Options &opts, bool 
 int run(int argc, char **argv) {
   Options opts("tnlm-run", "tnlm-run MODEL.tnlm (--weights=FILE | --init=random) [actions]");
   opts.value("weights", "file", "Parameters as safetensors (Hugging Face names; f32/bf16/f16)");
-  opts.value("init", "random", "Initialize parameters instead (MODEL.md: N(0, 0.02), ...)");
+  opts.value("init", "random", "Initialize parameters instead (docs/model.md: N(0, 0.02), ...)");
   opts.value("seed", "n", "Seed for --init=random (default 0)");
   opts.value("save-weights", "file", "Write the parameters as safetensors");
   opts.value("tokens", "ids", "Comma-separated token ids of one sequence to run");
@@ -185,7 +185,8 @@ int run(int argc, char **argv) {
   }
   Artifact artifact = Artifact::load(opts.positional()[0], wanted);
   if (artifact.root().mode() == schema::Mode_Train)
-    throw Error(artifact.source() + " is a train artifact (@train_step, @optimizer_step, "
+    throw Error(artifact.source() +
+                " is a train artifact (@train_step, @optimizer_step, "
                 "@eval_loss): run it with tnlm-train, or compile the model with tnlmc "
                 "--mode=infer for tnlm-run (the trained weights load into either)");
   const std::string device = artifact.target() == Target::CudaSm90a ? "cuda" : "cpu";

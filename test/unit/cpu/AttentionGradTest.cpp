@@ -337,7 +337,7 @@ TEST(LightningAttentionGrad, MatchesFiniteDifferencesOfForward) {
               worst);
 }
 
-// θ_flat[i] = 10000^(−2i/D) (MODEL.md initialization).
+// θ_flat[i] = 10000^(−2i/D) (docs/model.md initialization).
 std::vector<float> initTheta(int64_t D) {
   std::vector<float> theta(D);
   for (int64_t i = 0; i < D; ++i)

@@ -1,7 +1,7 @@
 //===- BackwardTest.cpp - VJPs vs f64 loops and finite differences --------===//
 //
 // Each kernel is checked three ways:
-// - per element against the f64 formula of docs/MODEL.md ("Training"), written here as plain
+// - per element against the f64 formula of docs/model.md ("Training"), written here as plain
 //   loops, with an error bound from the f32 arithmetic (u = 2^-24, Higham's γ_K: an f32 sum
 //   of K products is within K·u·Σ|terms| of the exact one, to first order);
 // - as a VJP: <grad, e> against the central difference (L(x + he) − L(x − he)) / 2h of

@@ -18,7 +18,7 @@ namespace {
 
 using naive::kU;
 
-// θ_flat[i] = 10000^(−2i/D) (MODEL.md initialization), as f32.
+// θ_flat[i] = 10000^(−2i/D) (docs/model.md initialization), as f32.
 std::vector<float> initTheta(int64_t H, int64_t dh) {
   int64_t D = H * dh;
   std::vector<float> theta(D);

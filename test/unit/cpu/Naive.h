@@ -1,6 +1,6 @@
 //===- Naive.h - f64 loop references for the CPU kernel tests ---*- C++ -*-===//
 //
-// Written straight from docs/MODEL.md, independent of runtime/cpu: plain loops in f64, no
+// Written straight from docs/model.md, independent of runtime/cpu: plain loops in f64, no
 // blocking, no BLAS, no threads. Each function also returns, where useful, the same sum taken
 // over absolute values ("abs"), which scales the rounding-error bounds in the tests: an f32
 // sum of K products has |error| <= K·2^-24·Σ|terms| in the worst case (Higham, γ_K).
@@ -28,7 +28,7 @@ inline std::vector<float> randomVector(size_t n, uint32_t seed, float lo = -1.0f
   return out;
 }
 
-/// Causal decayed linear attention by its dense masked definition (MODEL.md):
+/// Causal decayed linear attention by its dense masked definition (docs/model.md):
 ///   o_t = q_t · (λ^{t+1} S0 + Σ_{s≤t} λ^{t−s} k_sᵀ v_s),  λ^r = exp(−slope·r) in f64,
 /// for 0-indexed t (S0 = initial state [B, H, dk, dv] or null). Output [B·N, H·dv]
 /// contiguous, plus abs: the same with |q_t·k_s| replaced by Σ_c |q_tc k_sc| and every other

@@ -124,7 +124,7 @@ TEST(AdamW, StepBelowOneThrows) {
   EXPECT_EQ(m, 0.0f);
 }
 
-// The f64 formulas of docs/MODEL.md for one tensor (sqrt(v/(1 − β2^t)), not the kernel's
+// The f64 formulas of docs/model.md for one tensor (sqrt(v/(1 − β2^t)), not the kernel's
 // sqrt(v)/sqrt(1 − β2^t)), with the error bound of the top comment accumulated in `tol`.
 struct Reference {
   std::vector<double> p, m, v, mAbs, tol;

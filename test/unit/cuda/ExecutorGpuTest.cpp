@@ -24,10 +24,10 @@
 // GEMMs, product, down projection, add + norm; then the head), and the errors are mostly
 // independent, so the expected error is a few 2^-8 of the activations' scale; the bound is
 // max |gpu - cpu| ≤ 3e-2 · max |cpu| (about 8 · 2^-8). LRPE adds one rounded product per q and
-// k feature; its angles θ·p are fp32 on both sides (MODEL.md), so they agree as long as the GPU
-// computes cos and sin accurately at arguments up to 32767 rad (a fast-math __sinf would not:
-// the 32768-token shape checks that). The attention sums over up to 32768 positions are fp32,
-// so the sequence length adds only fp32-sized error.
+// k feature; its angles θ·p are fp32 on both sides (docs/model.md), so they agree as long as the
+// GPU computes cos and sin accurately at arguments up to 32767 rad (a fast-math __sinf would
+// not: the 32768-token shape checks that). The attention sums over up to 32768 positions are
+// fp32, so the sequence length adds only fp32-sized error.
 // The artifacts are loaded (verified) and the shapes checked before the device is looked for.
 // Exit 0 pass, 1 fail, 2 usage (a malformed or out-of-range shape), 77 no device.
 //
