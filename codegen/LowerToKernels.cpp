@@ -195,6 +195,22 @@ LogicalResult Lowering::run(func::FuncOp fn) {
         if (fn.getArgAttrOfType<StringAttr>(arg.getArgNumber(), attr) == name && v != Value(arg))
           updates[v].push_back(values[arg]);
   }
+  // Accumulation chains (state + a + b …, tnlm-autodiff's gradient updates): every add of
+  // the chain writes the state in place when each partial sum has no other use.
+  SmallVector<std::pair<Value, PlanOperand>> chains;
+  for (auto &[v, targets] : updates)
+    if (targets.size() == 1)
+      chains.push_back({v, targets.front()});
+  for (auto [v, target] : chains) {
+    Value x = v;
+    while (auto add = x.getDefiningOp<AddOp>()) {
+      Value lhs = add.getLhs();
+      if (!lhs.getDefiningOp<AddOp>() || !lhs.hasOneUse() || updates.count(lhs))
+        break;
+      updates[lhs].push_back(target);
+      x = lhs;
+    }
+  }
   for (Operation &op : fn.getBody().front())
     if (failed(lower(op)))
       return failure();

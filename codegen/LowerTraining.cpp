@@ -117,10 +117,10 @@ LogicalResult Lowering::lowerTraining(Operation &op, bool &handled) {
 
   if (auto ce = llvm::dyn_cast<CrossEntropyOp>(op))
     return step(KernelKind::CrossEntropy, {ce.getLogits(), ce.getLabels()}, {1}, {},
-                {ce.getIgnoreIndex()});
+                {ce.getIgnoreIndexAttr().getInt()});
   if (auto g = llvm::dyn_cast<CrossEntropyGradOp>(op))
     return step(KernelKind::CrossEntropyGrad, {g.getLogits(), g.getLabels(), g.getLossGrad()},
-                {cols(g.getLogits())}, {}, {g.getIgnoreIndex()});
+                {cols(g.getLogits())}, {}, {g.getIgnoreIndexAttr().getInt()});
   if (auto g = llvm::dyn_cast<LinearInputGradOp>(op)) {
     if (failed(useParam(&op, g.getWeight(), "the weight of a projection")))
       return failure();

@@ -114,9 +114,10 @@ LogicalResult LrpeGradOp::verify() {
   auto x = tensorOf(getInput()), th = tensorOf(getTheta()), dy = tensorOf(getGrad());
   if (failed(expectRank(*this, "input", x, 4)) || failed(expectRank(*this, "grad", dy, 4)))
     return failure();
+  // One diagnostic for a bad theta (expectDim would add a second one).
   if (th.getRank() != 3 || th.getDimSize(1) != 1 ||
-      failed(expectDim(*this, "heads of theta", th, 0, x, 2)) ||
-      failed(expectDim(*this, "head dim of theta", th, 2, x, 3)))
+      !compatible(th.getDimSize(0), x.getDimSize(2)) ||
+      !compatible(th.getDimSize(2), x.getDimSize(3)))
     return emitOpError() << "theta must be [H, 1, dh] for input " << x << ", got " << th;
   for (int64_t i = 0; i < 3; ++i)
     if (failed(expectDim(*this, "grad dim " + std::to_string(i), dy, i, x, i)))
@@ -179,9 +180,10 @@ LogicalResult LightningAttentionGradOp::verify() {
         th.getDimSize(2) != dh)
       return emitOpError() << "theta must have shape [" << heads << ", 1, " << dh << "], got "
                            << th;
-    if (!getThetaGrad() ||
-        failed(expectSameShape(*this, "theta", theta, "theta_grad", getThetaGrad())))
+    if (!getThetaGrad())
       return emitOpError() << "with theta, a theta_grad result of theta's shape is required";
+    if (failed(expectSameShape(*this, "theta", theta, "theta_grad", getThetaGrad())))
+      return failure();
   } else {
     if (getThetaGrad())
       return emitOpError() << "theta_grad needs a theta operand";
@@ -205,6 +207,9 @@ LogicalResult GatedLinearGradOp::verify() {
   if (failed(expectDim(*this, "input width vs w1 dim 1", x, r - 1, w1, 1)) ||
       failed(expectDim(*this, "grad width vs w1 dim 0", dy, r - 1, w1, 0)))
     return failure();
+  for (int64_t i = 0; i + 1 < r; ++i)
+    if (failed(expectDim(*this, "leading dim " + std::to_string(i), x, i, dy, i)))
+      return failure();
   return success();
 }
 

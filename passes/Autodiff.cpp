@@ -62,6 +62,11 @@ FailureOr<SmallVector<Value>> inlineBody(OpBuilder &b, ModuleOp module, func::Fu
       auto target = module.lookupSymbol<func::FuncOp>(call.getCallee());
       if (!target)
         return call.emitError() << "calls unknown function @" << call.getCallee();
+      // Name the call, not the declaration: the call is what puts it on the loss's path.
+      if (target.isExternal())
+        return call.emitError() << "calls @" << call.getCallee()
+                                << ", a declaration without a body, which cannot be "
+                                   "differentiated";
       SmallVector<Value> actuals;
       for (Value v : call.getOperands())
         actuals.push_back(map.lookup(v));
@@ -111,8 +116,15 @@ private:
   SmallVector<unsigned> dataArgs; // ids, labels
 
   LogicalResult checkLoss() {
-    if (loss.getNumResults() != 1 || !llvm::isa<RankedTensorType>(loss.getResultTypes()[0]) ||
-        llvm::cast<RankedTensorType>(loss.getResultTypes()[0]).getRank() != 0)
+    // Before anything is built: a declaration has nothing to inline (and its argument
+    // attributes are not type-checked by the dialect).
+    if (loss.isExternal())
+      return loss.emitError() << "@" << loss.getSymName()
+                              << " is a declaration without a body, nothing to differentiate";
+    auto result = loss.getNumResults() == 1
+                      ? llvm::dyn_cast<RankedTensorType>(loss.getResultTypes()[0])
+                      : RankedTensorType();
+    if (!result || result.getRank() != 0 || !result.getElementType().isF32())
       return loss.emitError() << "@loss must return one rank-0 f32 tensor (the mean loss)";
     for (unsigned i = 0; i < loss.getNumArguments(); ++i) {
       auto type = llvm::dyn_cast<RankedTensorType>(loss.getArgumentTypes()[i]);
@@ -206,7 +218,29 @@ private:
     llvm::DenseMap<Value, Value> cot;
     cot[*l] = FillOp::create(b, gradLoc(l->getLoc()), llvm::cast<RankedTensorType>(lossType()),
                              Value(), b.getF32FloatAttr(1.0f));
+    // A parameter's gradient is added to its state as soon as each contribution exists
+    // (state ← state + dW, written in place), so no weight gradient stays live to the end of
+    // the backward; other cotangents are summed until their value's VJP reads them.
+    const unsigned n = params.size();
+    llvm::DenseMap<Value, Value> stateCur;
+    for (unsigned i = 0; i < n; ++i)
+      stateCur[fn.getArgument(2 + i)] = fn.getArgument(2 + n + i);
+    bool typeError = false;
     auto accumulate = [&](Value v, Value g, Location loc) {
+      auto state = stateCur.find(v);
+      if (state != stateCur.end()) {
+        unsigned i = llvm::cast<BlockArgument>(v).getArgNumber() - 2;
+        if (g.getType() != state->second.getType()) {
+          loss.emitError() << "gradient of '" << params[i].name << "' has type " << g.getType()
+                           << ", expected " << state->second.getType();
+          typeError = true;
+          return;
+        }
+        state->second = AddOp::create(
+            b, NameLoc::get(b.getStringAttr(params[i].name + "/accumulate"), loss.getLoc()),
+            state->second, g);
+        return;
+      }
       auto it = cot.find(v);
       if (it == cot.end()) {
         cot[v] = g;
@@ -244,22 +278,13 @@ private:
           accumulate(operand, g, loc);
     }
 
-    // New gradient state: grads + ∂loss/∂p (f32).
+    if (typeError)
+      return failure();
+    // New gradient state: grads + ∂loss/∂p (f32); unchanged where the loss does not depend
+    // on the parameter.
     SmallVector<Value> rets = {*l};
-    for (auto [i, p] : llvm::enumerate(params)) {
-      Value state = fn.getArgument(2 + params.size() + i);
-      auto it = cot.find(fn.getArgument(2 + i));
-      if (it == cot.end()) {
-        rets.push_back(state); // the loss does not depend on it
-        continue;
-      }
-      Value g = it->second;
-      if (g.getType() != state.getType())
-        return loss.emitError() << "gradient of '" << p.name << "' has type " << g.getType()
-                                << ", expected " << state.getType();
-      rets.push_back(AddOp::create(
-          b, NameLoc::get(b.getStringAttr(p.name + "/accumulate"), loss.getLoc()), state, g));
-    }
+    for (unsigned i = 0; i < n; ++i)
+      rets.push_back(stateCur[fn.getArgument(2 + i)]);
     func::ReturnOp::create(b, loss.getLoc(), rets);
     fn.setResultAttr(0, TnlmDialect::getOutputAttrName(), b.getStringAttr("loss"));
     for (auto [i, p] : llvm::enumerate(params))

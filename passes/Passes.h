@@ -37,9 +37,32 @@ struct InferPipelineOptions : public PassPipelineOptions<InferPipelineOptions> {
 void buildInferPipeline(OpPassManager &pm, const InferPipelineOptions &options);
 void buildInferPipeline(OpPassManager &pm);
 
-/// The pipeline for training (`tnlm-train-pipeline`): the infer pipeline, then tnlm-autodiff
-/// and canonicalize.
-void buildTrainPipeline(OpPassManager &pm, const InferPipelineOptions &options);
+/// Options of `tnlm-train-pipeline`: those of the infer pipeline and the activation
+/// checkpointing policy; tnlmc fills them from --target, --seq, --block-size, --recompute.
+struct TrainPipelineOptions : public PassPipelineOptions<TrainPipelineOptions> {
+  Option<std::string> target{*this, "target",
+                             llvm::cl::desc("Target of the tile cost model: cpu or cuda:sm_90a"),
+                             llvm::cl::init("cpu")};
+  Option<int64_t> maxSeq{*this, "max-seq",
+                         llvm::cl::desc("Longest sequence the compiled model runs"),
+                         llvm::cl::init(2048)};
+  Option<int64_t> blockSize{
+      *this, "block-size",
+      llvm::cl::desc("Lightning Attention block size for every layer (0: cost model)"),
+      llvm::cl::init(0)};
+  Option<std::string> recompute{
+      *this, "recompute",
+      llvm::cl::desc("What @train_step recomputes in the backward (tnlm-recompute): none, "
+                     "attention or full"),
+      llvm::cl::init("none")};
+};
+
+/// The pipeline for training (`tnlm-train-pipeline`): the infer pipeline, then tnlm-autodiff,
+/// canonicalize and tnlm-recompute with `recompute` (none, attention or full; no CSE after
+/// it, which would merge the recomputed ops back into the forward).
+void buildTrainPipeline(OpPassManager &pm, const InferPipelineOptions &options,
+                        llvm::StringRef recompute = "none");
+void buildTrainPipeline(OpPassManager &pm, const TrainPipelineOptions &options);
 
 /// Registers every tnlm pass and the named pipelines with the global registry.
 void registerTnlmPassesAndPipelines();

@@ -30,7 +30,7 @@ def PrintParamTable : Pass<"tnlm-print-param-table", "::mlir::ModuleOp"> {
 def FuseLightningAttention : Pass<"tnlm-fuse-lightning-attention", "::mlir::ModuleOp"> {
   let summary = "Fuse the gated linear attention core into tnlm.lightning_attention";
   let description = [{
-    Matches the token mixer core of MODEL.md ("TokenMixer") as the importer builds it:
+    Matches the token mixer core of docs/model.md ("TokenMixer") as the importer builds it:
 
     ```
     %q, %k, %v, %u = tnlm.split %qkvu                      (4 parts, in this order)
@@ -140,6 +140,37 @@ def Autodiff : Pass<"tnlm-autodiff", "::mlir::ModuleOp"> {
            "The loss function to differentiate">
   ];
   let dependentDialects = ["::mlir::tnlm::TnlmDialect", "::mlir::func::FuncDialect"];
+}
+
+def Recompute : Pass<"tnlm-recompute", "::mlir::ModuleOp"> {
+  let summary = "Activation checkpointing: recompute forward values in @train_step's backward";
+  let description = [{
+    The backward of `@train_step` reads forward values, which therefore stay live from the
+    forward to their backward use. This pass clones forward ops right before their first
+    backward reader, so that fewer values live across the step (a smaller planned arena for
+    more compute):
+
+    - `none`: unchanged.
+    - `attention`: every `tnlm.lightning_attention` output read by the backward (the out_proj
+      weight gradient) is recomputed from its input qkvu, which is kept.
+    - `full`: only the residual stream is kept (the embedding output, the sums of
+      `tnlm.add_srms_norm`, and `tnlm.add`s of a residual-stream value), besides parameters
+      and arguments; every other forward value the backward reads is recomputed from it,
+      with the producers it needs. The norm of an `add_srms_norm` becomes
+      `tnlm.srms_norm %sum` (the same rounding). The head after the last residual value
+      (final norm, logits) is kept: its backward comes first.
+
+    A recompute region is the backward of one segment between two residual-stream values
+    (a token or channel mixer): each forward value is cloned once per region, before its
+    first reader there. Results are bit-identical to `none`. The forward is what precedes
+    the first op located at `…/grad`; clones are located at `<name>/recompute`. Do not run
+    CSE afterwards: it would merge the clones back into the forward.
+  }];
+  let options = [
+    Option<"policy", "policy", "std::string", /*default=*/"\"none\"",
+           "What to recompute: none, attention or full">
+  ];
+  let dependentDialects = ["::mlir::tnlm::TnlmDialect"];
 }
 
 #endif // TNLM_PASSES_TD

@@ -25,11 +25,24 @@ void mlir::tnlm::buildInferPipeline(OpPassManager &pm, const InferPipelineOption
 }
 
 // Training differentiates the fused, tiled forward: the fused ops have fused backward ops.
-// No CSE after autodiff: the recompute pass duplicates forward ops on purpose.
-void mlir::tnlm::buildTrainPipeline(OpPassManager &pm, const InferPipelineOptions &options) {
+// No CSE after autodiff: the recompute pass duplicates forward ops on purpose. Recompute
+// runs last, after the clean-up, so nothing merges its clones back.
+void mlir::tnlm::buildTrainPipeline(OpPassManager &pm, const InferPipelineOptions &options,
+                                    StringRef recompute) {
   buildInferPipeline(pm, options);
   pm.addPass(createAutodiff());
   pm.addPass(createCanonicalizerPass());
+  RecomputeOptions checkpointing;
+  checkpointing.policy = recompute.str();
+  pm.addPass(createRecompute(checkpointing));
+}
+
+void mlir::tnlm::buildTrainPipeline(OpPassManager &pm, const TrainPipelineOptions &options) {
+  InferPipelineOptions infer;
+  infer.target = options.target.getValue();
+  infer.maxSeq = options.maxSeq.getValue();
+  infer.blockSize = options.blockSize.getValue();
+  buildTrainPipeline(pm, infer, options.recompute.getValue());
 }
 
 void mlir::tnlm::buildInferPipeline(OpPassManager &pm) {
@@ -45,11 +58,11 @@ void mlir::tnlm::registerTnlmPassesAndPipelines() {
       [](OpPassManager &pm, const InferPipelineOptions &options) {
         buildInferPipeline(pm, options);
       });
-  PassPipelineRegistration<InferPipelineOptions>(
+  PassPipelineRegistration<TrainPipelineOptions>(
       "tnlm-train-pipeline",
       "Model-level pipeline for training: tnlm-infer-pipeline, then tnlm-autodiff "
-      "(@train_step, @optimizer_step, @eval_loss) and canonicalize",
-      [](OpPassManager &pm, const InferPipelineOptions &options) {
+      "(@train_step, @optimizer_step, @eval_loss), canonicalize and tnlm-recompute",
+      [](OpPassManager &pm, const TrainPipelineOptions &options) {
         buildTrainPipeline(pm, options);
       });
 }

@@ -445,3 +445,157 @@ func.func @gated_linear_type(%x: tensor<4x8xf32>, %w: tensor<16x8xbf16>) {
   %y = tnlm.gated_linear %x, %w, %w : (tensor<4x8xf32>, tensor<16x8xbf16>, tensor<16x8xbf16>) -> tensor<4x16xf32>
   return
 }
+
+// -----
+
+// The backward and optimizer ops (TnlmGradOps.td).
+
+func.func @linear_weight_grad_features(%dy: tensor<2x5x16xf32>, %x: tensor<2x5x8xf32>) {
+  // expected-error @+1 {{result dim 1 vs input features mismatch: 9 vs 8}}
+  %dw = tnlm.linear_weight_grad %dy, %x : (tensor<2x5x16xf32>, tensor<2x5x8xf32>) -> tensor<16x9xf32>
+  return
+}
+
+// -----
+
+func.func @linear_weight_grad_out(%dy: tensor<2x5x16xf32>, %x: tensor<2x5x8xf32>) {
+  // expected-error @+1 {{result dim 0 vs grad features mismatch: 12 vs 16}}
+  %dw = tnlm.linear_weight_grad %dy, %x : (tensor<2x5x16xf32>, tensor<2x5x8xf32>) -> tensor<12x8xf32>
+  return
+}
+
+// -----
+
+func.func @linear_weight_grad_rows(%dy: tensor<2x5x16xf32>, %x: tensor<2x6x8xf32>) {
+  // expected-error @+1 {{leading dim 1 mismatch: 5 vs 6}}
+  %dw = tnlm.linear_weight_grad %dy, %x : (tensor<2x5x16xf32>, tensor<2x6x8xf32>) -> tensor<16x8xf32>
+  return
+}
+
+// -----
+
+func.func @linear_weight_grad_rank(%dy: tensor<10x16xf32>, %x: tensor<2x5x8xf32>) {
+  // expected-error @+1 {{grad and input must have one rank >= 1, got 'tensor<10x16xf32>' and 'tensor<2x5x8xf32>'}}
+  %dw = tnlm.linear_weight_grad %dy, %x : (tensor<10x16xf32>, tensor<2x5x8xf32>) -> tensor<16x8xf32>
+  return
+}
+
+// -----
+
+func.func @linear_weight_grad_dynamic(%dy: tensor<?x?x16xf32>, %x: tensor<?x?x8xf32>) {
+  // expected-error @+1 {{result must have a static shape, got 'tensor<16x?xf32>'}}
+  %dw = tnlm.linear_weight_grad %dy, %x : (tensor<?x?x16xf32>, tensor<?x?x8xf32>) -> tensor<16x?xf32>
+  return
+}
+
+// -----
+
+func.func @linear_weight_grad_bf16(%dy: tensor<2x5x16xf32>, %x: tensor<2x5x8xf32>) {
+  // expected-error @+1 {{result #0 must be tensor of 32-bit float values}}
+  %dw = tnlm.linear_weight_grad %dy, %x : (tensor<2x5x16xf32>, tensor<2x5x8xf32>) -> tensor<16x8xbf16>
+  return
+}
+
+// -----
+
+func.func @lightning_grad_theta_without_theta_grad(%qkvu: tensor<1x8x64xf32>, %th: tensor<2x1x8xf32>, %dy: tensor<1x8x16xf32>) {
+  // expected-error @+1 {{with theta, a theta_grad result of theta's shape is required}}
+  %dx = tnlm.lightning_attention_grad %qkvu lrpe(%th : tensor<2x1x8xf32>), %dy {heads = 2 : i64, head_dim = 8 : i64, slopes = array<f32: 0.5, 0.25>} : tensor<1x8x64xf32>, tensor<1x8x16xf32> -> tensor<1x8x64xf32>
+  return
+}
+
+// -----
+
+func.func @lightning_grad_theta_grad_shape(%qkvu: tensor<1x8x64xf32>, %th: tensor<2x1x8xf32>, %dy: tensor<1x8x16xf32>) {
+  // expected-error @+1 {{theta and theta_grad must have one shape, got 'tensor<2x1x8xf32>' and 'tensor<2x1x4xf32>'}}
+  %dx, %dth = tnlm.lightning_attention_grad %qkvu lrpe(%th : tensor<2x1x8xf32>), %dy {heads = 2 : i64, head_dim = 8 : i64, slopes = array<f32: 0.5, 0.25>} : tensor<1x8x64xf32>, tensor<1x8x16xf32> -> tensor<1x8x64xf32>, tensor<2x1x4xf32>
+  return
+}
+
+// -----
+
+func.func @lightning_grad_theta_grad_without_theta(%qkvu: tensor<1x8x64xf32>, %dy: tensor<1x8x16xf32>) {
+  // expected-error @+1 {{theta_grad needs a theta operand}}
+  %dx, %dth = tnlm.lightning_attention_grad %qkvu, %dy {heads = 2 : i64, head_dim = 8 : i64, slopes = array<f32: 0.5, 0.25>} : tensor<1x8x64xf32>, tensor<1x8x16xf32> -> tensor<1x8x64xf32>, tensor<2x1x8xf32>
+  return
+}
+
+// -----
+
+func.func @lightning_grad_width(%qkvu: tensor<1x8x64xf32>, %dy: tensor<1x8x32xf32>) {
+  // expected-error @+1 {{grad width must be heads x head_dim = 16, got 32}}
+  %dx = tnlm.lightning_attention_grad %qkvu, %dy {heads = 2 : i64, head_dim = 8 : i64, slopes = array<f32: 0.5, 0.25>} : tensor<1x8x64xf32>, tensor<1x8x32xf32> -> tensor<1x8x64xf32>
+  return
+}
+
+// -----
+
+func.func @fill_dynamic_without_like() {
+  // expected-error @+1 {{a result with dynamic dims 'tensor<?x8xf32>' needs a 'like' operand}}
+  %z = tnlm.fill {value = 0.0 : f32} : tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @fill_like_rank(%x: tensor<?x?x8xf32>) {
+  // expected-error @+1 {{'like' must have the result's rank 2, got 'tensor<?x?x8xf32>'}}
+  %z = tnlm.fill like(%x : tensor<?x?x8xf32>) {value = 0.0 : f32} : tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @fill_not_finite() {
+  // expected-error @+1 {{value must be finite}}
+  %z = tnlm.fill {value = 0x7F800000 : f32} : tensor<4xf32>
+  return
+}
+
+// -----
+
+func.func @adamw_param_vs_grad(%p: tensor<4x8xf32>, %g: tensor<8x4xf32>, %step: tensor<i32>, %s: tensor<f32>, %hp: tensor<16xf32>) {
+  // expected-error @+1 {{param and grad must have one shape, got 'tensor<4x8xf32>' and 'tensor<8x4xf32>'}}
+  %np, %m, %v = tnlm.adamw %p, %g, %g, %g, %step, %s, %s, %hp : (tensor<4x8xf32>, tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4xf32>, tensor<i32>, tensor<f32>, tensor<f32>, tensor<16xf32>) -> (tensor<4x8xf32>, tensor<8x4xf32>, tensor<8x4xf32>)
+  return
+}
+
+// -----
+
+func.func @adamw_moments_vs_grad(%p: tensor<4x8xf32>, %m: tensor<4x4xf32>, %step: tensor<i32>, %s: tensor<f32>, %hp: tensor<16xf32>) {
+  // expected-error @+1 {{all of {grad, exp_avg, exp_avg_sq, new_exp_avg, new_exp_avg_sq} have same type}}
+  %np, %nm, %nv = tnlm.adamw %p, %p, %m, %p, %step, %s, %s, %hp : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x8xf32>, tensor<i32>, tensor<f32>, tensor<f32>, tensor<16xf32>) -> (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>)
+  return
+}
+
+// -----
+
+func.func @adamw_new_param_type(%p: tensor<4x8xbf16>, %g: tensor<4x8xf32>, %step: tensor<i32>, %s: tensor<f32>, %hp: tensor<16xf32>) {
+  // expected-error @+1 {{all of {param, new_param} have same type}}
+  %np, %m, %v = tnlm.adamw %p, %g, %g, %g, %step, %s, %s, %hp : (tensor<4x8xbf16>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<i32>, tensor<f32>, tensor<f32>, tensor<16xf32>) -> (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>)
+  return
+}
+
+// -----
+
+func.func @global_norm_no_grads(%hp: tensor<16xf32>) {
+  // expected-error @+1 {{needs at least one gradient}}
+  %n = "tnlm.global_norm"(%hp) : (tensor<16xf32>) -> tensor<f32>
+  return
+}
+
+// -----
+
+func.func @lrpe_grad_theta_heads(%x: tensor<1x8x2x4xf32>, %th: tensor<3x1x4xf32>, %dy: tensor<1x8x2x8xf32>) {
+  // expected-error @+1 {{theta must be [H, 1, dh] for input 'tensor<1x8x2x4xf32>', got 'tensor<3x1x4xf32>'}}
+  %dx, %dth = tnlm.lrpe_grad %x, %th, %dy : (tensor<1x8x2x4xf32>, tensor<3x1x4xf32>, tensor<1x8x2x8xf32>) -> (tensor<1x8x2x4xf32>, tensor<3x1x4xf32>)
+  return
+}
+
+// -----
+
+func.func @gated_linear_grad_rows(%x: tensor<2x5x8xf32>, %w: tensor<12x8xf32>, %dy: tensor<2x6x12xf32>) {
+  // expected-error @+1 {{leading dim 1 mismatch: 5 vs 6}}
+  %dx, %dw1, %dw2 = tnlm.gated_linear_grad %x, %w, %w, %dy : (tensor<2x5x8xf32>, tensor<12x8xf32>, tensor<12x8xf32>, tensor<2x6x12xf32>) -> (tensor<2x5x8xf32>, tensor<12x8xf32>, tensor<12x8xf32>)
+  return
+}

@@ -12,6 +12,8 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -219,7 +221,11 @@ TEST(Artifact, CraftedOutOfRangePlansAreRefused) {
 
 class WeightsTest : public ::testing::Test {
 protected:
-  std::string dir = std::filesystem::temp_directory_path() / "tnlm-weights-test";
+  // One folder per test and process: ctest runs the tests of this fixture in parallel.
+  std::string dir = std::filesystem::temp_directory_path() /
+                    ("tnlm-weights-test-" +
+                     std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+                     "-" + std::to_string(::getpid()));
   void SetUp() override { std::filesystem::create_directories(dir); }
   void TearDown() override { std::filesystem::remove_all(dir); }
 };

@@ -81,18 +81,21 @@ inline CompiledCpu compileCpu(mlir::ModuleOp module, int64_t maxBatch, int64_t m
 /// target, then @train_step, @optimizer_step and @eval_loss lowered, planned and loaded back
 /// through the verifier. `blockSize` > 0 forces the Lightning Attention block size.
 /// `fuse` = false differentiates the unfused forward as imported (tnlm-autodiff alone).
+/// `recompute` is the tnlm-recompute policy of @train_step (none, attention, full).
 inline Artifact compileTrainCpu(mlir::ModuleOp module, int64_t maxBatch, int64_t maxSeq,
-                                const std::string &source, int64_t blockSize = 0,
-                                bool fuse = true) {
+                                const std::string &source, int64_t blockSize = 0, bool fuse = true,
+                                const std::string &recompute = "none") {
   mlir::PassManager pm(module.getContext());
   mlir::tnlm::InferPipelineOptions options;
   options.target = "cpu";
   options.maxSeq = maxSeq;
   options.blockSize = blockSize;
-  if (fuse)
-    mlir::tnlm::buildTrainPipeline(pm, options);
-  else
+  if (fuse) {
+    mlir::tnlm::buildTrainPipeline(pm, options, recompute);
+  } else {
     pm.addPass(mlir::tnlm::createAutodiff());
+    pm.addPass(mlir::tnlm::createRecompute({recompute}));
+  }
   EXPECT_TRUE(mlir::succeeded(pm.run(module)));
   auto plans = mlir::tnlm::lowerFunctions(module, {"train_step", "optimizer_step", "eval_loss"},
                                           maxBatch, maxSeq);

@@ -1,6 +1,6 @@
 //===- tnlm-train.cpp - run a compiled training job -----------------------===//
 //
-//   tnlm-train tiny-train.tnlm --data=/usr/share/games/fortunes --val-fraction=0.05 \
+//   tnlm-train tiny-train.tnlm --data=/usr/share/games/fortunes --val-fraction=0.05
 //       --steps=2000 --lr=3e-3 --warmup=100 --out=runs/tiny
 //   tnlm-train tiny-train.tnlm --resume=runs/tiny --steps=3000
 //

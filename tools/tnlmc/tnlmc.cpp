@@ -2,7 +2,7 @@
 //
 //   tnlmc CONFIG.json|MODEL.mlir [--emit=mlir|plan|cuda-source|artifact]
 //         [--target=cpu|cuda:sm_90a] [--pipeline=none|infer] [--block-size=N] [--summary]
-//         [--dtype=bf16] [-o FILE|DIR]
+//         [--mode=infer|train] [--recompute=none|attention|full] [--dtype=bf16] [-o FILE|DIR]
 //
 // Reads a Hugging Face-style TransNormerLLM config (imported into model-level tnlm IR) or a
 // hand-written .mlir module, and emits or summarizes it. Every flag is documented in --help
@@ -25,6 +25,7 @@
 #include "mlir/Parser/Parser.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Support/FileUtilities.h"
+#include "mlir/Support/Timing.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/FormatVariadic.h"
@@ -94,13 +95,28 @@ cl::opt<Pipeline> pipeline(
                           "tnlm-infer-pipeline: fuse Lightning Attention, SGLU and add+norm, "
                           "choose tiles for --target and --seq"),
                clEnumValN(Pipeline::Train, "train",
-                          "tnlm-train-pipeline: the infer pipeline, then tnlm-autodiff "
-                          "(default with --mode=train)")));
+                          "tnlm-train-pipeline: the infer pipeline, then tnlm-autodiff and "
+                          "tnlm-recompute (--recompute) (default with --mode=train)")));
 cl::opt<int64_t> blockSize("block-size", cl::cat(category), cl::init(0),
                            cl::desc("Lightning Attention block size of every layer with "
                                     "--pipeline=infer (default 0: the tile cost model picks it "
                                     "from the head dim, --seq and --target)"),
                            cl::value_desc("n"));
+enum class Recompute { None, Attention, Full };
+cl::opt<Recompute> recompute(
+    "recompute", cl::cat(category), cl::init(Recompute::None),
+    cl::desc("Activation checkpointing of @train_step (tnlm-recompute), with --mode=train; "
+             "--summary reports the planned arena of every policy"),
+    cl::values(clEnumValN(Recompute::None, "none",
+                          "keep every forward value the backward reads (the default)"),
+               clEnumValN(Recompute::Attention, "attention",
+                          "recompute each layer's Lightning Attention output from its qkvu"),
+               clEnumValN(Recompute::Full, "full",
+                          "keep only the residual stream; recompute the rest of each layer "
+                          "in its backward")));
+const char *policyName(Recompute r) {
+  return r == Recompute::Full ? "full" : r == Recompute::Attention ? "attention" : "none";
+}
 cl::opt<std::string> dtype("dtype", cl::cat(category), cl::init(""),
                            cl::desc("Parameter dtype: f32, bf16 or f16 (default: the config's "
                                     "torch_dtype, else f32); configs only"),
@@ -198,6 +214,27 @@ bool compileCudaProgram(const tnlm::CudaProgram &program, tnlm::CudaImage &image
   return true;
 }
 
+/// The planned @train_step arena of `module` (as imported) through tnlm-train-pipeline with
+/// recompute `policy`, or failure with the first diagnostic in `why` (--summary).
+FailureOr<int64_t> trainStepArena(ModuleOp module, const tnlm::InferPipelineOptions &options,
+                                  llvm::StringRef policy, std::string &why) {
+  ScopedDiagnosticHandler quiet(module.getContext(), [&](Diagnostic &d) {
+    if (why.empty())
+      why = d.str();
+    return success();
+  });
+  PassManager pm(module.getContext());
+  tnlm::buildTrainPipeline(pm, options, policy);
+  if (failed(pm.run(module)))
+    return failure();
+  FailureOr<tnlm::KernelPlan> p =
+      tnlm::lowerToKernelPlan(module, "train_step", maxBatch, maxSeq, target);
+  if (failed(p))
+    return failure();
+  tnlm::planMemory(*p);
+  return p->arenaBytes;
+}
+
 /// The persistent training state of a train artifact, by kind (--summary).
 void printTrainState(const tnlm::KernelPlan &plan) {
   std::map<std::string, std::pair<int64_t, int64_t>> byKind; // kind -> (tensors, bytes)
@@ -229,10 +266,15 @@ void printTrainState(const tnlm::KernelPlan &plan) {
 
 int main(int argc, char **argv) {
   llvm::InitLLVM init(argc, argv);
+  // libLLVM.so's static initializers register hundreds of backend options (AArch64, AMDGPU…)
+  // in the general category, so hiding by category would keep them along with MLIR's: hide
+  // everything registered so far but tnlmc's own (and --help, --version), then register the
+  // MLIR options (--mlir-print-ir-after-all, --mlir-print-debuginfo, --mlir-timing, …).
+  cl::HideUnrelatedOptions(category);
   registerAsmPrinterCLOptions();
   registerMLIRContextCLOptions();
   registerPassManagerCLOptions();
-  cl::HideUnrelatedOptions({&category, &cl::getGeneralCategory()});
+  registerDefaultTimingManagerCLOptions();
   cl::ParseCommandLineOptions(
       argc, argv,
       "tnlm compiler: TransNormerLLM config or tnlm IR -> IR, kernel plan, artifact\n\n"
@@ -240,6 +282,7 @@ int main(int argc, char **argv) {
       "  tnlmc models/tiny.json --emit=mlir -o tiny.mlir\n"
       "  tnlmc models/tiny.json --mode=infer --target=cpu --batch=4 --seq=256 -o tiny.tnlm\n"
       "  tnlmc models/tiny.json --pipeline=infer --emit=mlir --mlir-print-ir-after-all\n"
+      "  tnlmc models/tnl-7b.json --mode=train --recompute=full --summary\n"
       "  tnlmc models/tnl-1b.json --target=cuda:sm_90a --emit=cuda-source -o gen/\n");
 
   DialectRegistry registry;
@@ -302,22 +345,35 @@ int main(int argc, char **argv) {
           "(train on --target=cpu)");
     return 1;
   }
+  if (recompute.getNumOccurrences() && stages != Pipeline::Train) {
+    error("--recompute applies with --mode=train and --pipeline=train (the default there)");
+    return 1;
+  }
   if (blockSize < 0 || (blockSize.getNumOccurrences() && stages == Pipeline::None)) {
     error("--block-size must be >= 0 and applies with --pipeline=infer or train only");
     return 1;
   }
   // The summary's parameter and FLOP counts do not depend on the pipeline; the planned arena
   // below does. --mlir-print-ir-after-all shows each stage of the pipeline on stderr.
+  DefaultTimingManager timing;
+  applyDefaultTimingManagerCLOptions(timing);
+  TimingScope timingRoot = timing.getRootScope();
+  tnlm::InferPipelineOptions options;
+  options.target = target;
+  options.maxSeq = maxSeq;
+  options.blockSize = blockSize;
+  // A train summary compares the recompute policies: each other one compiles a copy of the
+  // module as imported.
+  OwningOpRef<ModuleOp> imported;
+  if (summary && stages == Pipeline::Train)
+    imported = module->clone();
   if (stages != Pipeline::None) {
     PassManager pm(&context);
     if (failed(applyPassManagerCLOptions(pm)))
       return 1;
-    tnlm::InferPipelineOptions options;
-    options.target = target;
-    options.maxSeq = maxSeq;
-    options.blockSize = blockSize;
+    pm.enableTiming(timingRoot);
     if (stages == Pipeline::Train)
-      tnlm::buildTrainPipeline(pm, options);
+      tnlm::buildTrainPipeline(pm, options, policyName(recompute));
     else
       tnlm::buildInferPipeline(pm, options);
     if (failed(pm.run(*module)))
@@ -331,6 +387,7 @@ int main(int argc, char **argv) {
   std::optional<tnlm::KernelPlan> plan; // the first function's
   std::vector<tnlm::KernelPlan> plans;
   std::string planError;
+  TimingScope lowerTiming = timingRoot.nest("lower to kernels, plan memory");
   if (summary || what == Emit::Plan || what == Emit::Artifact || what == Emit::CudaSource) {
     bool needed = what != Emit::None;
     // For a summary alone the plan is optional: a module that cannot be lowered still gets
@@ -354,6 +411,7 @@ int main(int argc, char **argv) {
       plan = plans.front();
     }
   }
+  lowerTiming.stop();
 
   if (summary) {
     FailureOr<tnlm::ModelSummary> s = tnlm::summarizeModel(*module, "forward");
@@ -370,6 +428,26 @@ int main(int argc, char **argv) {
             train ? "@" + p.function + " arena peak" : std::string("planned arena peak"),
             tnlm::withThousands(p.arenaBytes), p.arenaBytes / (1024.0 * 1024.0), p.steps.size(),
             p.buffers.size());
+      if (train && imported) {
+        TimingScope policyTiming = timingRoot.nest("summary: the other recompute policies");
+        llvm::outs() << "@train_step arena per --recompute policy (this artifact: "
+                     << policyName(recompute) << ")\n";
+        for (Recompute r : {Recompute::None, Recompute::Attention, Recompute::Full}) {
+          std::string why;
+          FailureOr<int64_t> bytes = plans.front().arenaBytes;
+          if (r != recompute) {
+            OwningOpRef<ModuleOp> copy = imported->clone();
+            bytes = trainStepArena(*copy, options, policyName(r), why);
+          }
+          if (failed(bytes)) {
+            llvm::outs() << "  " << policyName(r) << ": not planned: " << why << "\n";
+            continue;
+          }
+          llvm::outs() << llvm::formatv("  {0,-26} {1,18}  ({2:F2} MiB){3}\n", policyName(r),
+                                        tnlm::withThousands(*bytes), *bytes / (1024.0 * 1024.0),
+                                        r == recompute ? "  <- chosen" : "");
+        }
+      }
       if (train)
         printTrainState(plans.front());
     } else {
