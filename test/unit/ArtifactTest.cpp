@@ -80,6 +80,14 @@ TEST(Artifact, OtherFormatVersionIsRefused) {
   });
   EXPECT_NE(e.find("old.tnlm: artifact format version 99 is not supported"), std::string::npos)
       << e;
+  // Version 2 (before training: one function, no state table) asks for a recompile.
+  e = errorOf([] {
+    tnlm::Artifact::fromBytes(minimalArtifact(2, sc::Target_CPU), "v2.tnlm", tnlm::Target::Cpu);
+  });
+  EXPECT_NE(e.find("v2.tnlm: artifact format version 2 is not supported by this runtime "
+                   "(expects 3); recompile it with tnlmc"),
+            std::string::npos)
+      << e;
 }
 
 TEST(Artifact, TruncatedAndCorruptedAreRefused) {
