@@ -87,6 +87,12 @@ sc::KernelKind kindOf(KernelKind k) {
     return sc::KernelKind_AdamW;
   case KernelKind::Increment:
     return sc::KernelKind_Increment;
+  case KernelKind::LightningPrefill:
+    return sc::KernelKind_LightningPrefill;
+  case KernelKind::LightningDecode:
+    return sc::KernelKind_LightningDecode;
+  case KernelKind::GatherLast:
+    return sc::KernelKind_GatherLast;
   }
   return sc::KernelKind_Linear;
 }
@@ -195,10 +201,11 @@ std::vector<uint8_t> serializeArtifact(ModuleOp module, const std::vector<Kernel
     functions.push_back(writeFunction(b, plan, &plan == &plans.front() ? program : nullptr));
   std::vector<fb::Offset<sc::StateBuffer>> state;
   for (const PlanState &st : plans.front().state) {
-    sc::StateKind kind = st.kind == "adam_m"   ? sc::StateKind_AdamExpAvg
-                         : st.kind == "adam_v" ? sc::StateKind_AdamExpAvgSq
-                         : st.kind == "step"   ? sc::StateKind_StepCounter
-                                               : sc::StateKind_Gradient;
+    sc::StateKind kind = st.kind == "adam_m"      ? sc::StateKind_AdamExpAvg
+                         : st.kind == "adam_v"    ? sc::StateKind_AdamExpAvgSq
+                         : st.kind == "step"      ? sc::StateKind_StepCounter
+                         : st.kind == "recurrent" ? sc::StateKind_RecurrentState
+                                                  : sc::StateKind_Gradient;
     int32_t param = -1;
     for (auto [i, p] : llvm::enumerate(plans.front().params))
       if (p.name == st.param)
@@ -207,6 +214,8 @@ std::vector<uint8_t> serializeArtifact(ModuleOp module, const std::vector<Kernel
         sc::CreateStateBufferDirect(b, st.name.c_str(), kind, dtypeOf(st.dtype), &st.shape, param));
   }
   bool train = llvm::any_of(plans, [](const KernelPlan &p) { return p.function == "train_step"; });
+  bool recurrent =
+      llvm::any_of(plans, [](const KernelPlan &p) { return p.function == "decode_step"; });
   fb::Offset<sc::Kernels> kernels = 0;
   if (program && image) {
     auto bytes =
@@ -219,7 +228,8 @@ std::vector<uint8_t> serializeArtifact(ModuleOp module, const std::vector<Kernel
   auto root = sc::CreateArtifactDirect(
       b, sc::FormatVersion_Current, target == "cpu" ? sc::Target_CPU : sc::Target_CUDA_SM90A,
       "tnlmc 0.1", config, plans.front().maxBatch, plans.front().maxSeq, &params, &functions,
-      kernels, train ? &state : nullptr, train ? sc::Mode_Train : sc::Mode_Infer);
+      kernels, train || recurrent ? &state : nullptr,
+      train ? sc::Mode_Train : recurrent ? sc::Mode_Recurrent : sc::Mode_Infer);
   // Size-prefixed: the loader can tell a truncated file from a complete one.
   sc::FinishSizePrefixedArtifactBuffer(b, root);
   return std::vector<uint8_t>(b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize());

@@ -51,7 +51,11 @@ enum class KernelKind {
   LrSchedule,
   ClipScale,
   AdamW,
-  Increment
+  Increment,
+  // Recurrent inference.
+  LightningPrefill,
+  LightningDecode,
+  GatherLast
 };
 const char *kernelName(KernelKind kind);
 
@@ -61,6 +65,9 @@ enum class OperandKind { Arena, Param, Input, State };
 /// rows = kRowsPerCall: the call's batch · seq rows; otherwise a fixed count (parameter-shaped
 /// gradients and state, scalars as [1, 1]).
 constexpr int64_t kRowsPerCall = -1;
+/// rows = kRowsPerBatch: one row per slot of the call (batch rows; the prefill's last
+/// positions).
+constexpr int64_t kRowsPerBatch = -2;
 struct PlanOperand {
   OperandKind kind = OperandKind::Arena;
   int64_t index = 0; // buffer id (Arena), param index (Param), function input (Input), state

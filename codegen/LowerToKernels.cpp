@@ -71,6 +71,12 @@ const char *kernelName(KernelKind kind) {
     return "adamw";
   case KernelKind::Increment:
     return "increment";
+  case KernelKind::LightningPrefill:
+    return "lightning_prefill";
+  case KernelKind::LightningDecode:
+    return "lightning_decode";
+  case KernelKind::GatherLast:
+    return "gather_last";
   }
   return "?";
 }
@@ -107,6 +113,8 @@ std::string stateKind(StringRef name) {
   for (const char *k : {"grad", "adam_m", "adam_v"})
     if (name.starts_with(std::string(k) + "/"))
       return k;
+  if (name.starts_with("state/"))
+    return "recurrent";
   return name == "step" ? "step" : "";
 }
 
@@ -134,15 +142,19 @@ LogicalResult Lowering::bindArguments(func::FuncOp fn) {
     }
     if (auto name = fn.getArgAttrOfType<StringAttr>(i, TnlmDialect::getStateAttrName())) {
       std::string kind = stateKind(name.getValue());
-      bool counter = kind == "step";
+      bool counter = kind == "step", recurrent = kind == "recurrent";
       if (kind.empty() || !type.hasStaticShape() ||
           (counter ? !type.getElementType().isInteger(32) : !type.getElementType().isF32()))
         return fn.emitError() << "state argument '" << name.getValue()
-                              << "' must be a static f32 tensor named grad/, adam_m/ or "
-                                 "adam_v/<param>, or the i32 counter 'step'";
+                              << "' must be a static f32 tensor named grad/, adam_m/, "
+                                 "adam_v/<param> or state/<layer>, or the i32 counter 'step'";
+      if (recurrent && (type.getRank() != 4 || type.getDimSize(0) != plan.maxBatch))
+        return fn.emitError() << "recurrent state '" << name.getValue()
+                              << "' must be [max batch = " << plan.maxBatch
+                              << ", H, dk, dv], got " << type;
       PlanState st{name.str(), kind, counter ? "i32" : "f32",
                    std::vector<int64_t>(type.getShape().begin(), type.getShape().end()),
-                   counter ? "" : name.getValue().split('/').second.str()};
+                   counter || recurrent ? "" : name.getValue().split('/').second.str()};
       auto [rows, cols] = fixedShape(type);
       values[arg] = PlanOperand{OperandKind::State,
                                 static_cast<int64_t>(plan.state.size()),
@@ -167,6 +179,15 @@ LogicalResult Lowering::bindArguments(func::FuncOp fn) {
                                 "f32",
                                 1};
       plan.inputs.push_back(PlanIO{name, "f32", {type.getDimSize(0)}, -1});
+      continue;
+    }
+    if (name == "lengths" || name == "positions") {
+      if (type.getRank() != 1 || !type.getElementType().isInteger(32))
+        return fn.emitError() << "input '" << name << "' must be i32 [batch], got " << type;
+      values[arg] = PlanOperand{OperandKind::Input, static_cast<int64_t>(plan.inputs.size()), 0,
+                                1,                  1,
+                                "i32",              kRowsPerBatch};
+      plan.inputs.push_back(PlanIO{name, "i32", {kDimBatch}, -1});
       continue;
     }
     if (type.getRank() != 2 || !type.getElementType().isInteger(32))
@@ -242,6 +263,19 @@ PlanOperand Lowering::newBuffer(int64_t cols, int64_t step) {
       OperandKind::Arena, static_cast<int64_t>(plan.buffers.size() - 1), 0, cols, cols, actDtype};
 }
 
+PlanOperand Lowering::newBatchBuffer(int64_t cols, int64_t step) {
+  PlanBuffer b;
+  b.cols = cols;
+  b.dtype = actDtype;
+  b.fixedBytes = plan.maxBatch * cols * dtypeBytes(actDtype);
+  b.firstStep = b.lastStep = step;
+  plan.buffers.push_back(b);
+  return PlanOperand{OperandKind::Arena, static_cast<int64_t>(plan.buffers.size() - 1), 0, cols,
+                     cols,
+                     actDtype,
+                     kRowsPerBatch};
+}
+
 PlanOperand Lowering::newFixedBuffer(RankedTensorType type, int64_t step) {
   auto [rows, cols] = fixedShape(type);
   std::string dtype = type.getElementType().isInteger(32) ? "i32" : "f32";
@@ -295,12 +329,15 @@ FailureOr<PlanOperand> Lowering::useParam(Operation *op, Value v, const char *wh
 }
 
 FailureOr<PlanOperand> Lowering::useActivation(Operation *op, Value v) {
-  if (failed(checkDims(op, llvm::cast<RankedTensorType>(v.getType()))))
+  // One row per slot ([B, 1, d]): the sequence dim is 1 by construction.
+  auto known = values.find(v);
+  bool perSlot = known != values.end() && known->second.rows == kRowsPerBatch;
+  if (!perSlot && failed(checkDims(op, llvm::cast<RankedTensorType>(v.getType()))))
     return failure();
   FailureOr<PlanOperand> o = use(op, v);
   if (failed(o))
     return failure();
-  if (o->kind != OperandKind::Arena || o->rows != kRowsPerCall)
+  if (o->kind != OperandKind::Arena || (o->rows != kRowsPerCall && o->rows != kRowsPerBatch))
     return op->emitError() << "operand must be an activation, not a parameter, state or input";
   return o;
 }
@@ -322,7 +359,8 @@ PlanOperand Lowering::emit(KernelKind kind, std::string name, std::vector<PlanOp
 void Lowering::setF32(int64_t id) {
   PlanBuffer &b = plan.buffers[id];
   b.dtype = "f32";
-  b.bytesPerRow = b.cols * 4;
+  if (b.bytesPerRow > 0) // fixed-size buffers (batch rows) are resized by the caller
+    b.bytesPerRow = b.cols * 4;
   for (PlanStep &s : plan.steps)
     for (auto *list : {&s.inputs, &s.outputs})
       for (PlanOperand &o : *list)
@@ -373,7 +411,8 @@ LogicalResult Lowering::linear(Operation *op, Value x, Value w, Value result) {
   FailureOr<PlanOperand> wo = useParam(op, w, "the weight of a projection");
   if (failed(xo) || failed(wo))
     return failure();
-  PlanOperand y = newBuffer(lastDim(result), plan.steps.size());
+  PlanOperand y = xo->rows == kRowsPerBatch ? newBatchBuffer(lastDim(result), plan.steps.size())
+                                              : newBuffer(lastDim(result), plan.steps.size());
   PlanStep &s = addStep(KernelKind::Linear, op);
   s.inputs = {*xo, *wo};
   s.outputs = {y};
@@ -567,6 +606,10 @@ LogicalResult Lowering::lower(Operation &op) {
     return failure();
   if (handled)
     return success();
+  if (failed(lowerRecurrent(op, handled)))
+    return failure();
+  if (handled)
+    return success();
   return op.emitError() << "'" << op.getName() << "' cannot be lowered to "
                         << (cuda ? "CUDA" : "CPU") << " kernels";
 }
@@ -595,10 +638,13 @@ LogicalResult Lowering::lowerReturn(func::ReturnOp ret, func::FuncOp fn) {
     auto type = llvm::cast<RankedTensorType>(v.getType());
     auto outName = fn.getResultAttrOfType<StringAttr>(i, TnlmDialect::getOutputAttrName());
     PlanIO io{outName ? outName.str() : "logits", "f32", {}, o->index};
-    if (o->rows == kRowsPerCall) {
-      if (o->dtype != "f32")
+    if (o->rows == kRowsPerCall || o->rows == kRowsPerBatch) {
+      if (o->dtype != "f32") {
         setF32(o->index);
-      io.shape = {kDimBatch, kDimSeq, type.getShape().back()};
+        if (o->rows == kRowsPerBatch)
+          plan.buffers[o->index].fixedBytes = plan.maxBatch * o->cols * 4;
+      }
+      io.shape = {kDimBatch, o->rows == kRowsPerBatch ? 1 : kDimSeq, type.getShape().back()};
     } else {
       io.dtype = o->dtype;
       io.shape.assign(type.getShape().begin(), type.getShape().end());

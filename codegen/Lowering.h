@@ -37,6 +37,8 @@ private:
   LogicalResult bindArguments(func::FuncOp fn);
   LogicalResult checkDims(Operation *where, RankedTensorType type);
   PlanOperand newBuffer(int64_t cols, int64_t step);
+  // A buffer of one row per slot (kRowsPerBatch), planned for the max batch.
+  PlanOperand newBatchBuffer(int64_t cols, int64_t step);
   // A buffer of a static shape: [numel / last, last] (rank 0: [1, 1]), f32 or i32.
   PlanOperand newFixedBuffer(RankedTensorType type, int64_t step);
   // Where result `r` of the next step goes: its update target, or a new buffer (static
@@ -60,6 +62,8 @@ private:
   LogicalResult lowerTraining(Operation &op, bool &handled);
   LogicalResult fixedBinary(Operation *op, KernelKind kind);
   LogicalResult lightningAttentionGrad(LightningAttentionGradOp op);
+  // LowerTraining.cpp as well: tnlm.lightning_prefill / lightning_decode / gather_last.
+  LogicalResult lowerRecurrent(Operation &op, bool &handled);
 };
 
 } // namespace mlir::tnlm::detail

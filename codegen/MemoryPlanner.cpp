@@ -95,7 +95,10 @@ void printPlan(const KernelPlan &plan, llvm::raw_ostream &os) {
     os << llvm::formatv("  {0,3}: ", i);
     for (auto [j, o] : llvm::enumerate(s.outputs))
       os << (j ? ", " : "") << operand(o) << " ["
-         << (o.rows == kRowsPerCall ? std::string("rows") : std::to_string(o.rows)) << " x "
+         << (o.rows == kRowsPerCall    ? std::string("rows")
+             : o.rows == kRowsPerBatch ? std::string("batch")
+                                       : std::to_string(o.rows))
+         << " x "
          << o.cols << "]";
     os << " = " << kernelName(s.kind) << "(";
     for (auto [j, o] : llvm::enumerate(s.inputs))

@@ -381,5 +381,6 @@ def Tnlm_CrossEntropyOp : Tnlm_Op<"cross_entropy", [Vjp, Pure]> {
 }
 
 include "dialect/TnlmGradOps.td"
+include "dialect/TnlmRecurrentOps.td"
 
 #endif // TNLM_OPS_TD

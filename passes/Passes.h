@@ -37,6 +37,11 @@ struct InferPipelineOptions : public PassPipelineOptions<InferPipelineOptions> {
 void buildInferPipeline(OpPassManager &pm, const InferPipelineOptions &options);
 void buildInferPipeline(OpPassManager &pm);
 
+/// The pipeline for recurrent inference: the infer pipeline, then tnlm-recurrent with
+/// `maxBatch` state slots (@prefill, @decode_step).
+void buildRecurrentPipeline(OpPassManager &pm, const InferPipelineOptions &options,
+                            int64_t maxBatch);
+
 /// Options of `tnlm-train-pipeline`: those of the infer pipeline and the activation
 /// checkpointing policy; tnlmc fills them from --target, --seq, --block-size, --recompute.
 struct TrainPipelineOptions : public PassPipelineOptions<TrainPipelineOptions> {

@@ -173,4 +173,30 @@ def Recompute : Pass<"tnlm-recompute", "::mlir::ModuleOp"> {
   let dependentDialects = ["::mlir::tnlm::TnlmDialect"];
 }
 
+def Recurrent : Pass<"tnlm-recurrent", "::mlir::ModuleOp"> {
+  let summary = "Build @prefill and @decode_step (recurrent inference) from the fused @forward";
+  let description = [{
+    Generation at constant memory and time per token (docs/model.md, "Recurrent form",
+    Algorithm 4). From the fused, tiled `@forward` (run after tnlm-infer-pipeline):
+
+    - `@prefill(ids [B, N], lengths [B], params…, states…) -> (logits [B, 1, V], states′…)`:
+      every `tnlm.lightning_attention` becomes `tnlm.lightning_prefill` (the blocked
+      algorithm per slot up to its length, leaving the state after the prompt), and the LM
+      head reads only each slot's last position (`tnlm.gather_last`);
+    - `@decode_step(ids [B, 1], positions [B], params…, states…) -> (logits [B, 1, V],
+      states′…)`: `tnlm.lightning_decode`, the recurrence `S ← λS + kᵀv; o = qS` for one
+      token per slot at its position.
+
+    The per-layer fp32 state `[max-batch, H, dk, dv]` is a persistent argument marked
+    `tnlm.state = "state/model.layers.<l>.token_mixer"` whose new value is written in place.
+    A slot with length 0 (prefill) or a negative position (decode) keeps its state, so one
+    slot can be refilled with a new prompt while the others keep decoding.
+  }];
+  let options = [
+    Option<"maxBatch", "max-batch", "int64_t", /*default=*/"1",
+           "Slots of the recurrent state (tnlmc --batch)">
+  ];
+  let dependentDialects = ["::mlir::tnlm::TnlmDialect", "::mlir::func::FuncDialect"];
+}
+
 #endif // TNLM_PASSES_TD

@@ -45,6 +45,15 @@ void mlir::tnlm::buildTrainPipeline(OpPassManager &pm, const TrainPipelineOption
   buildTrainPipeline(pm, infer, options.recompute.getValue());
 }
 
+// Recurrent inference: the fused, tiled forward, then @prefill and @decode_step from it.
+void mlir::tnlm::buildRecurrentPipeline(OpPassManager &pm, const InferPipelineOptions &options,
+                                        int64_t maxBatch) {
+  buildInferPipeline(pm, options);
+  RecurrentOptions recurrent;
+  recurrent.maxBatch = maxBatch;
+  pm.addPass(createRecurrent(recurrent));
+}
+
 void mlir::tnlm::buildInferPipeline(OpPassManager &pm) {
   buildInferPipeline(pm, InferPipelineOptions());
 }

@@ -306,6 +306,43 @@ void checkStepShapes(const schema::Artifact &a, const schema::Step &s,
     if (!is(in(0), 1, 1) || in(0)->dtype() != schema::DType_I32 || y->offset() != in(0)->offset())
       fail(" must increment the i32 step counter in place");
     break;
+  case schema::KernelKind_LightningPrefill:
+  case schema::KernelKind_LightningDecode: {
+    const bool prefill = s.kind() == schema::KernelKind_LightningPrefill;
+    const int64_t h = attr(0), dh = attr(1), lrpe = attr(prefill ? 3 : 2),
+                  silu = attr(prefill ? 4 : 3);
+    if (!smallPositive(h) || !smallPositive(dh) || (prefill && attr(2) <= 0) ||
+        (lrpe != 0 && lrpe != 1) || (silu != 0 && silu != 1))
+      fail(" has invalid recurrent attention attributes");
+    slopesFor(h);
+    const int64_t dk = lrpe ? 2 * dh : dh;
+    if (nin != 3u + lrpe || nout != (prefill && (lrpe || silu) ? 3u : 2u))
+      fail(" has operands that do not match its LRPE and activation flags");
+    const schema::Operand *x = in(0), *state = in(1);
+    allPerCall({x, y});
+    if (x->cols() != 4 * h * dh || y->cols() != h * dh)
+      fail(" has attention shapes that do not agree with its heads");
+    if (state->cols() != dh || state->rows() != a.max_batch() * h * dk ||
+        out(1)->kind() != state->kind() || out(1)->offset() != state->offset())
+      fail(" must update a [max batch, heads, dk, dv] state in place");
+    if (in(2)->dtype() != schema::DType_I32 || in(2)->rows() != -2)
+      fail(" needs one i32 length or position per slot");
+    if (lrpe) {
+      auto t = pshape(in(3));
+      if (t->size() != 3 || t->Get(0) != h || t->Get(1) != 1 || t->Get(2) != dh)
+        fail(" has LRPE shapes that do not agree");
+    }
+    if (nout == 3 && (out(2)->cols() != 2 * h * dk || out(2)->ld() != out(2)->cols() ||
+                      out(2)->col_offset() != 0 || !perCall(out(2))))
+      fail(" has a workspace that does not fit its q and k");
+    break;
+  }
+  case schema::KernelKind_GatherLast:
+    allPerCall({in(0)});
+    if (y->rows() != -2 || y->cols() != in(0)->cols() || in(1)->dtype() != schema::DType_I32 ||
+        in(1)->rows() != -2)
+      fail(" must gather one row of the input's width per slot");
+    break;
   default: // Silu, Mul, Add, SrmsNorm, AddSrmsNorm: one width, one row count throughout
     for (unsigned i = 0; i < nin; ++i)
       if (in(i)->cols() != y->cols() || in(i)->rows() != y->rows())
@@ -359,6 +396,11 @@ unsigned inputRoles(schema::KernelKind kind, unsigned slot) {
     return slot == 0 ? P : slot == 1 ? A | S : slot <= 4 ? S : slot <= 6 ? A : I;
   case schema::KernelKind_Increment:
     return S;
+  case schema::KernelKind_LightningPrefill: // qkvu, state, lengths, θ
+  case schema::KernelKind_LightningDecode:  // qkvu, state, positions, θ
+    return slot == 0 ? A : slot == 1 ? S : slot == 2 ? I : P;
+  case schema::KernelKind_GatherLast: // x, lengths
+    return slot == 0 ? A : I;
   default:
     return A;
   }
@@ -370,6 +412,9 @@ unsigned outputRoles(schema::KernelKind kind, unsigned slot) {
     return slot == 0 ? P : S;
   case schema::KernelKind_Increment:
     return S;
+  case schema::KernelKind_LightningPrefill: // y, state, workspace
+  case schema::KernelKind_LightningDecode:  // y, state
+    return slot == 1 ? S : A;
   case schema::KernelKind_Add:
   case schema::KernelKind_Mul:
   case schema::KernelKind_Fill:
@@ -400,13 +445,21 @@ void checkOutputs(const schema::Artifact &a, const schema::Function &f, uint64_t
         out->dtype() != schema::DType_F32)
       fail(at + " has a result that is not an f32 arena block");
     const bool perCall = out->shape()->size() == 3 && out->shape()->Get(0) == -1;
+    const bool perSlot = perCall && out->shape()->Get(1) == 1; // [batch, 1, V]
     int64_t cols = out->shape()->size() == 0 ? 1 : out->shape()->Get(out->shape()->size() - 1);
-    uint64_t outRows = 1;
+    uint64_t outRows = perSlot ? static_cast<uint64_t>(a.max_batch()) : 1;
+    // Per call: [batch, seq, V] or [batch, 1, V]; otherwise fixed dims, each in 1..kMaxDim.
+    if (perCall && !perSlot && out->shape()->Get(1) != -2)
+      fail(at + " has a result of an unknown per-call shape");
     if (!perCall)
-      for (unsigned i = 0; i + 1 < out->shape()->size(); ++i)
-        outRows *= static_cast<uint64_t>(std::max<int64_t>(out->shape()->Get(i), 0));
+      for (unsigned i = 0; i + 1 < out->shape()->size(); ++i) {
+        int64_t d = out->shape()->Get(i);
+        if (d < 1 || d > kMaxDim || __builtin_mul_overflow(outRows, uint64_t(d), &outRows) ||
+            outRows > kMaxDim)
+          fail(at + " has a result whose shape is out of range");
+      }
     if (cols <= 0 || cols > kMaxDim ||
-        !fitsArena(out->offset(), static_cast<uint64_t>(cols), perCall ? rows : outRows, 4,
+        !fitsArena(out->offset(), static_cast<uint64_t>(cols), perCall && !perSlot ? rows : outRows, 4,
                    f.arena_bytes()))
       fail(at + " has a result outside the arena");
     bool written = false;
@@ -457,6 +510,9 @@ const Arity kArity[] = {
     {2, 2, 1, 1, 0, 0},        // ClipScale
     {8, 8, 3, 3, 0, 1},        // AdamW
     {1, 1, 1, 1, 0, 0},        // Increment
+    {3, 4, 2, 3, 1, 5},        // LightningPrefill
+    {3, 4, 2, 2, 1, 4},        // LightningDecode
+    {2, 2, 1, 1, 0, 0},        // GatherLast
 };
 static_assert(sizeof(kArity) / sizeof(kArity[0]) == schema::KernelKind_MAX + 1,
               "one arity per kernel kind");
@@ -538,13 +594,15 @@ void checkStructure(const schema::Artifact &a, const std::string &src) {
           const schema::Operand *o = list->Get(i);
           const bool output = list == s->outputs();
           if (o->cols() <= 0 || o->col_offset() < 0 || o->cols() > kMaxDim || o->ld() > kMaxDim ||
-              o->ld() < o->cols() + o->col_offset() || o->rows() < -1 || o->rows() > kMaxDim)
+              o->ld() < o->cols() + o->col_offset() || o->rows() < -2 || o->rows() > kMaxDim)
             fail(at + " has an operand with an invalid view");
           unsigned roles = output ? outputRoles(s->kind(), i) : inputRoles(s->kind(), i);
           if (o->kind() > schema::OperandKind_MAX || !(roles & (1u << o->kind())))
             fail(at + " has " + (output ? "output" : "input") + " #" + std::to_string(i) +
                  " of the wrong kind (expected " + roleNames(roles) + ")");
-          const uint64_t viewRows = o->rows() < 0 ? rows : static_cast<uint64_t>(o->rows());
+          const uint64_t viewRows = o->rows() == -1   ? rows
+                                    : o->rows() == -2 ? static_cast<uint64_t>(a.max_batch())
+                                                      : static_cast<uint64_t>(o->rows());
           switch (o->kind()) {
           case schema::OperandKind_Arena: {
             uint64_t elem = elementBytes(o->dtype());

@@ -16,8 +16,10 @@ struct CpuExecutor::Call {
   std::vector<std::vector<float>> &state;
   std::vector<const void *> inputs;
 
-  /// Rows of an operand: the call's rows, or its fixed row count.
-  int64_t rowsOf(const schema::Operand *o) const { return o->rows() < 0 ? rows : o->rows(); }
+  /// Rows of an operand: the call's rows (batch · seq), its batch, or a fixed row count.
+  int64_t rowsOf(const schema::Operand *o) const {
+    return o->rows() == -1 ? rows : o->rows() == -2 ? batch : o->rows();
+  }
 
   float *ptr(const schema::Operand *o) const {
     switch (o->kind()) {

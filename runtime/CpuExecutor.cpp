@@ -122,8 +122,9 @@ CpuExecutor::run(const std::string &name, const std::vector<Input> &inputs, int6
   for (const schema::FunctionIO *out : *fn.outputs()) {
     const float *p = arena_.data() + out->offset() / sizeof(float);
     int64_t n = 1;
-    if (out->shape()->size() == 3)
-      n = call.rows * out->shape()->Get(2);
+    if (out->shape()->size() == 3) // [batch, seq or 1, vocab]
+      n = (out->shape()->Get(1) == -2 ? call.rows : call.batch * out->shape()->Get(1)) *
+          out->shape()->Get(2);
     else
       for (int64_t d : *out->shape())
         n *= d;
@@ -156,8 +157,8 @@ void CpuExecutor::runStep(const schema::Step &step, Call &call) {
   case schema::KernelKind_Linear: {
     const schema::Operand *w = in.Get(1);
     int64_t outFeatures = artifact_.root().params()->Get(w->offset())->shape()->Get(0);
-    cpu::linear(ptr(in.Get(0)), rows, in.Get(0)->cols(), in.Get(0)->ld(), ptr(w), outFeatures,
-                ptr(y), y->ld());
+    cpu::linear(ptr(in.Get(0)), call.rowsOf(in.Get(0)), in.Get(0)->cols(), in.Get(0)->ld(), ptr(w),
+                outFeatures, ptr(y), y->ld());
     break;
   }
   case schema::KernelKind_Silu:

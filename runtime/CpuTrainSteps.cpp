@@ -11,6 +11,7 @@
 #include "runtime/cpu/Fused.h"
 #include "runtime/cpu/Kernels.h"
 #include "runtime/cpu/Parallel.h"
+#include "runtime/cpu/Recurrent.h"
 
 #include <algorithm>
 #include <cmath>
@@ -205,6 +206,29 @@ bool CpuExecutor::runTrainingStep(const schema::Step &step, Call &call) {
   }
   case schema::KernelKind_Increment:
     *call.i32(y) = *call.i32(in.Get(0)) + 1;
+    return true;
+  case schema::KernelKind_LightningPrefill: {
+    const bool lrpe = i64(3) != 0, silu = i64(4) != 0;
+    cpu::lightningPrefill(ptr(in.Get(0)), ld(0), batch, seq, i64(0), i64(1), silu,
+                          lrpe ? ptr(in.Get(3)) : nullptr, call.ids(in.Get(2)),
+                          s->slopes()->data(), i64(2), f32(0),
+                          out.size() > 2 ? ptr(out.Get(2)) : nullptr, ptr(out.Get(1)), ptr(y),
+                          y->ld());
+    return true;
+  }
+  case schema::KernelKind_LightningDecode: {
+    if (seq != 1)
+      throw Error(call.source + ": step '" + s->name()->str() + "' decodes one token per slot, "
+                  "but the call has " + std::to_string(seq) + " per slot");
+    const bool lrpe = i64(2) != 0, silu = i64(3) != 0;
+    cpu::lightningDecode(ptr(in.Get(0)), ld(0), batch, i64(0), i64(1), silu,
+                         lrpe ? ptr(in.Get(3)) : nullptr, call.ids(in.Get(2)),
+                         s->slopes()->data(), f32(0), ptr(out.Get(1)), ptr(y), y->ld());
+    return true;
+  }
+  case schema::KernelKind_GatherLast:
+    cpu::gatherLastRows(ptr(in.Get(0)), ld(0), batch, seq, y->cols(), call.ids(in.Get(1)),
+                        ptr(y), y->ld());
     return true;
   default:
     return false;

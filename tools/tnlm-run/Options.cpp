@@ -18,6 +18,16 @@ void Options::value(const std::string &name, const std::string &valueName,
   decls_.push_back({name, valueName, help, true});
 }
 
+void Options::repeated(const std::string &name, const std::string &valueName,
+                       const std::string &help) {
+  decls_.push_back({name, valueName, help, true, true});
+}
+
+std::vector<std::string> Options::all(const std::string &name) const {
+  auto it = repeatedValues_.find(name);
+  return it == repeatedValues_.end() ? std::vector<std::string>() : it->second;
+}
+
 const Options::Decl *Options::find(const std::string &name) const {
   for (const Decl &d : decls_)
     if (d.name == name)
@@ -54,9 +64,11 @@ bool Options::parse(int argc, char **argv) {
     } else if (!d->takesValue && hasValue) {
       throw Error("option '--" + name + "' takes no value");
     }
-    if (given_.count(name))
+    if (given_.count(name) && !d->repeats)
       throw Error("option '--" + name + "' given twice");
     given_[name] = value;
+    if (d->repeats)
+      repeatedValues_[name].push_back(value);
   }
   return true;
 }
@@ -93,7 +105,8 @@ double Options::getDouble(const std::string &name, double dflt, double min, doub
 void Options::printHelp() const {
   std::printf("USAGE: %s\n\nOPTIONS:\n", usage_.c_str());
   for (const Decl &d : decls_) {
-    std::string left = "--" + d.name + (d.takesValue ? "=<" + d.valueName + ">" : "");
+    std::string left = "--" + d.name + (d.takesValue ? "=<" + d.valueName + ">" : "") +
+                       (d.repeats ? " ..." : "");
     std::printf("  %-26s %s\n", left.c_str(), d.help.c_str());
   }
   std::printf("  %-26s %s\n", "--help", "Print this help");

@@ -21,6 +21,8 @@ public:
 
   void flag(const std::string &name, const std::string &help);
   void value(const std::string &name, const std::string &valueName, const std::string &help);
+  /// A value that may be given several times (all() returns them in order).
+  void repeated(const std::string &name, const std::string &valueName, const std::string &help);
 
   /// Parses argv; throws tnlm::Error on an unknown option or a missing value. Returns false
   /// if --help was given (help already printed).
@@ -28,6 +30,8 @@ public:
 
   bool has(const std::string &name) const { return given_.count(name) != 0; }
   std::string get(const std::string &name, const std::string &dflt = "") const;
+  /// Every value of a repeated option, in the order given.
+  std::vector<std::string> all(const std::string &name) const;
   /// Integer value of a flag; throws tnlm::Error naming the flag if it is not an integer in
   /// [min, max].
   int64_t getInt(const std::string &name, int64_t dflt, int64_t min, int64_t max) const;
@@ -41,10 +45,12 @@ private:
   struct Decl {
     std::string name, valueName, help;
     bool takesValue;
+    bool repeats = false;
   };
   std::string tool_, usage_;
   std::vector<Decl> decls_;
   std::map<std::string, std::string> given_;
+  std::map<std::string, std::vector<std::string>> repeatedValues_;
   std::vector<std::string> positional_;
   const Decl *find(const std::string &name) const;
 };

@@ -14,6 +14,7 @@
 #include "runtime/Error.h"
 #include "runtime/Weights.h"
 #include "runtime/cpu/Kernels.h"
+#include "tools/tnlm-run/Generate.h"
 #include "tools/tnlm-run/Options.h"
 #if TNLM_RUN_HAVE_CUDA
 #include "runtime/cuda/CudaExecutor.h"
@@ -139,12 +140,27 @@ int run(int argc, char **argv) {
   Options opts("tnlm-run", "tnlm-run MODEL.tnlm (--weights=FILE | --init=random) [actions]");
   opts.value("weights", "file", "Parameters as safetensors (Hugging Face names; f32/bf16/f16)");
   opts.value("init", "random", "Initialize parameters instead (docs/model.md: N(0, 0.02), ...)");
-  opts.value("seed", "n", "Seed for --init=random (default 0)");
+  opts.value("seed", "n", "Seed of --init=random and of sampling (default 0)");
   opts.value("save-weights", "file", "Write the parameters as safetensors");
   opts.value("tokens", "ids", "Comma-separated token ids of one sequence to run");
   opts.flag("print-logits", "With --tokens: print every position's full logits row");
   opts.value("perplexity", "file",
              "Perplexity over a file: bytes for a 256-token vocabulary, else a .bin of uint32 ids");
+  opts.value("prompt", "text", "Generate a continuation of this text (an artifact of "
+                               "tnlmc --mode=recurrent); the text goes to stdout as it is produced");
+  opts.value("prompts", "file", "Generate for every line of the file, as one batch of slots "
+                                "(finished slots take the next prompt)");
+  opts.value("max-tokens", "n", "New tokens per prompt (default 128); also stops at EOS and --stop");
+  opts.repeated("stop", "text", "Stop a completion where this text appears (not printed)");
+  opts.value("temperature", "t", "Sampling temperature (default 1; 0: greedy argmax)");
+  opts.value("top-k", "k", "Sample from the k most likely tokens (default 0: all)");
+  opts.value("top-p", "p", "Sample from the smallest set of tokens with probability >= p, in "
+                           "(0, 1] (default 1: all)");
+  opts.value("repetition-penalty", "r",
+             "Divide positive / multiply negative logits of tokens seen already by r (default 1)");
+  opts.value("tokenizer", "bytes|file", "bytes (byte-vocabulary models, the default for a 256 "
+                                        "vocabulary) or a SentencePiece tokenizer.model");
+  opts.flag("echo", "Print each prompt before its completion");
   opts.value("threads", "n", "CPU threads (default: all cores)");
   opts.flag("quiet", "No progress line on stderr");
   opts.value("device", "cpu|cuda",
@@ -163,14 +179,21 @@ int run(int argc, char **argv) {
                                     : "give the parameters: --weights=FILE or --init=random");
   if (opts.has("init") && opts.get("init") != "random")
     throw Error("--init: unknown initialization '" + opts.get("init") + "' (expected random)");
-  if (opts.has("seed") && !opts.has("init"))
-    throw Error("--seed only applies to --init=random");
-  if (opts.has("tokens") && opts.has("perplexity"))
-    throw Error("--tokens and --perplexity are contradictory: run one at a time");
+  const bool generating = opts.has("prompt") || opts.has("prompts");
+  if (opts.has("seed") && !opts.has("init") && !generating)
+    throw Error("--seed only applies to --init=random and to sampling (--prompt)");
+  if (int(opts.has("tokens")) + int(opts.has("perplexity")) + int(generating) > 1 ||
+      (opts.has("prompt") && opts.has("prompts")))
+    throw Error("--tokens, --perplexity, --prompt and --prompts are contradictory: run one at a "
+                "time");
   if (opts.has("print-logits") && !opts.has("tokens"))
     throw Error("--print-logits needs --tokens");
-  if (!opts.has("tokens") && !opts.has("perplexity") && !opts.has("save-weights"))
-    throw Error("nothing to do: give --tokens, --perplexity or --save-weights");
+  for (const char *flag : {"max-tokens", "stop", "temperature", "top-k", "top-p",
+                           "repetition-penalty", "tokenizer", "echo"})
+    if (opts.has(flag) && !generating)
+      throw Error(std::string("--") + flag + " applies to generation (--prompt or --prompts)");
+  if (!opts.has("tokens") && !opts.has("perplexity") && !opts.has("save-weights") && !generating)
+    throw Error("nothing to do: give --prompt, --tokens, --perplexity or --save-weights");
   if (opts.has("threads"))
     cpu::setNumThreads(static_cast<int>(opts.getInt("threads", 0, 1, 1024)));
   bool quiet = opts.has("quiet");
@@ -184,6 +207,24 @@ int run(int argc, char **argv) {
     wanted = d == "cuda" ? Target::CudaSm90a : Target::Cpu;
   }
   Artifact artifact = Artifact::load(opts.positional()[0], wanted);
+  const bool recurrent = artifact.root().mode() == schema::Mode_Recurrent;
+  if (generating && !recurrent)
+    throw Error(artifact.source() + " has no @prefill and @decode_step: generation (--prompt) "
+                "needs an artifact of tnlmc --mode=recurrent");
+  if (recurrent && (opts.has("tokens") || opts.has("perplexity")))
+    throw Error(artifact.source() + " is a recurrent artifact (@prefill, @decode_step): use "
+                "--prompt, or compile the model with tnlmc --mode=infer for --tokens and "
+                "--perplexity");
+  // Sampling flags are checked before the weights are read.
+  generate::SamplingOptions sampling;
+  if (generating) {
+    sampling.temperature = opts.getDouble("temperature", 1.0, -1e30, 1e30);
+    sampling.topK = opts.getInt("top-k", 0, INT64_MIN, INT64_MAX);
+    sampling.topP = opts.getDouble("top-p", 1.0, -1e30, 1e30);
+    sampling.repetitionPenalty = opts.getDouble("repetition-penalty", 1.0, -1e30, 1e30);
+    sampling.seed = static_cast<uint64_t>(opts.getInt("seed", 0, 0, INT64_MAX));
+    sampling.validate();
+  }
   if (artifact.root().mode() == schema::Mode_Train)
     throw Error(artifact.source() +
                 " is a train artifact (@train_step, @optimizer_step, "
@@ -210,8 +251,35 @@ int run(int argc, char **argv) {
       std::fprintf(stderr, "wrote %zu parameters to %s\n", params.size(),
                    opts.get("save-weights").c_str());
   }
-  if (!opts.has("tokens") && !opts.has("perplexity"))
+  if (!opts.has("tokens") && !opts.has("perplexity") && !generating)
     return 0;
+  if (generating) {
+    if (device != "cpu")
+      throw Error("generation on the GPU is not implemented yet (compile with --target=cpu)");
+    GenerateOptions g;
+    if (opts.has("prompt")) {
+      g.prompts = {opts.get("prompt")};
+    } else {
+      std::ifstream in(opts.get("prompts"));
+      if (!in)
+        throw Error(opts.get("prompts") + ": cannot open the prompts file");
+      for (std::string line; std::getline(in, line);)
+        if (!line.empty())
+          g.prompts.push_back(line);
+      if (g.prompts.empty())
+        throw Error(opts.get("prompts") + ": no prompts (one per line)");
+    }
+    g.maxTokens = opts.getInt("max-tokens", 128, 0, INT32_MAX);
+    g.stops = opts.all("stop");
+    g.sampling = sampling;
+    g.echoPrompt = opts.has("echo");
+    g.quiet = quiet;
+    CpuExecutor exec(artifact, std::move(params));
+    std::unique_ptr<generate::Tokenizer> tokenizer =
+        generate::loadTokenizer(opts.get("tokenizer", "bytes"), exec.vocabSize());
+    generateText(exec, *tokenizer, g);
+    return 0;
+  }
 
 #if TNLM_RUN_HAVE_CUDA
   if (device == "cuda") {

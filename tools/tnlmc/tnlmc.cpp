@@ -65,14 +65,18 @@ cl::opt<Emit>
                                "--target=cuda:sm_90a: the generated CUDA C++ and its launch "
                                "manifest, written into the directory -o names"),
                     clEnumValN(Emit::Artifact, "artifact", "compiled model (.tnlm, FlatBuffers)")));
-enum class Mode { Infer, Train };
+enum class Mode { Infer, Train, Recurrent };
 cl::opt<Mode>
     mode("mode", cl::cat(category), cl::init(Mode::Infer), cl::desc("What the artifact runs"),
          cl::values(clEnumValN(Mode::Infer, "infer", "@forward: ids -> logits"),
                     clEnumValN(Mode::Train, "train",
                                "@train_step (forward, loss, backward, gradient accumulation), "
                                "@optimizer_step (clipping, AdamW, LR schedule) and @eval_loss, "
-                               "for tnlm-train")));
+                               "for tnlm-train"),
+                    clEnumValN(Mode::Recurrent, "recurrent",
+                               "@prefill (prompts of --batch slots up to --seq tokens -> the "
+                               "last position's logits and the per-layer state) and "
+                               "@decode_step (one token per slot), for tnlm-run --prompt")));
 cl::opt<std::string> target("target", cl::cat(category), cl::init("cpu"),
                             cl::desc("Backend the artifact is compiled for: cpu or cuda:sm_90a"),
                             cl::value_desc("target"));
@@ -340,6 +344,16 @@ int main(int argc, char **argv) {
     error("--pipeline=train builds training functions: use it with --mode=train");
     return 1;
   }
+  const bool recurrentMode = mode == Mode::Recurrent;
+  if (recurrentMode && isCuda()) {
+    error("--mode=recurrent --target=cuda:sm_90a: recurrent inference on the GPU is not "
+          "implemented yet (compile with --target=cpu)");
+    return 1;
+  }
+  if (recurrentMode && stages == Pipeline::Train) {
+    error("--pipeline=train builds training functions: use it with --mode=train");
+    return 1;
+  }
   if (train && isCuda()) {
     error("--mode=train --target=cuda:sm_90a: training on the GPU is not implemented yet "
           "(train on --target=cpu)");
@@ -374,6 +388,8 @@ int main(int argc, char **argv) {
     pm.enableTiming(timingRoot);
     if (stages == Pipeline::Train)
       tnlm::buildTrainPipeline(pm, options, policyName(recompute));
+    else if (recurrentMode)
+      tnlm::buildRecurrentPipeline(pm, options, maxBatch);
     else
       tnlm::buildInferPipeline(pm, options);
     if (failed(pm.run(*module)))
@@ -382,6 +398,18 @@ int main(int argc, char **argv) {
   std::vector<std::string> functions = {"forward"};
   if (train)
     functions = {"train_step", "optimizer_step", "eval_loss"};
+  if (recurrentMode)
+    functions = {"prefill", "decode_step"};
+  const bool lowering = what == Emit::Plan || what == Emit::Artifact || what == Emit::CudaSource;
+  for (const std::string &f : functions)
+    if (lowering && !module->lookupSymbol<func::FuncOp>(f)) {
+      error(inputPath + ": the module has no @" + f + " to compile for --mode=" +
+            (train ? "train" : recurrentMode ? "recurrent" : "infer") +
+            (stages == Pipeline::None ? " (--pipeline=none compiles the module as it is: drop "
+                                        "it to run the mode's pipeline)"
+                                      : ""));
+      return 1;
+    }
 
   // The kernel plan serves the summary (planned arena) and the plan/artifact outputs.
   std::optional<tnlm::KernelPlan> plan; // the first function's

@@ -1,0 +1,230 @@
+//===- Generate.cpp - text generation with a recurrent artifact -----------===//
+#include "tools/tnlm-run/Generate.h"
+
+#include "runtime/Error.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <deque>
+#include <memory>
+
+namespace tnlm {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// One slot's sequence while it generates.
+struct Slot {
+  int64_t prompt = -1;          // index into the prompts, -1: free
+  std::vector<int32_t> history; // prompt + generated ids (the repetition penalty's)
+  int64_t position = 0;         // tokens in the state
+  int64_t generated = 0;
+  int32_t next = 0;   // the token to feed to the next decode step
+  std::string text;   // completion so far (decoded)
+  size_t printed = 0; // bytes of text already written (streaming)
+  std::unique_ptr<generate::StreamDecoder> decoder;
+  bool done = false;
+};
+
+// The length of the longest suffix of `text` that is a proper prefix of some stop string:
+// that much may still turn into a stop string, so streaming holds it back.
+size_t heldBack(const std::string &text, const std::vector<std::string> &stops) {
+  size_t hold = 0;
+  for (const std::string &s : stops)
+    for (size_t k = std::min(s.size() - 1, text.size()); k > hold; --k)
+      if (text.compare(text.size() - k, k, s, 0, k) == 0) {
+        hold = k;
+        break;
+      }
+  return hold;
+}
+
+} // namespace
+
+std::vector<std::string> generateText(CpuExecutor &exec, const generate::Tokenizer &tokenizer,
+                                      const GenerateOptions &options) {
+  const Artifact &artifact = exec.artifact();
+  const int64_t slots = artifact.maxBatch(), maxSeq = artifact.maxSeq();
+  const int64_t vocab = exec.vocabSize();
+  const int32_t eos = artifact.root().config()
+                          ? static_cast<int32_t>(artifact.root().config()->eos_token_id())
+                          : -1;
+  if (options.prompts.empty())
+    throw Error("--prompt: no prompt given");
+  for (const std::string &s : options.stops)
+    if (s.empty())
+      throw Error("--stop: a stop string must not be empty");
+  std::vector<std::vector<int32_t>> encoded;
+  for (size_t i = 0; i < options.prompts.size(); ++i) {
+    std::vector<int32_t> ids = tokenizer.encode(options.prompts[i]);
+    const std::string which =
+        options.prompts.size() == 1 ? "the prompt" : "prompt " + std::to_string(i + 1);
+    if (ids.empty())
+      throw Error(which + " is empty (it encodes to no tokens)");
+    if (static_cast<int64_t>(ids.size()) > maxSeq)
+      throw Error(which + " has " + std::to_string(ids.size()) + " tokens, more than the " +
+                  std::to_string(maxSeq) + " the artifact was compiled for (tnlmc --seq)");
+    for (int32_t id : ids)
+      if (id < 0 || id >= vocab)
+        throw Error(which + ": token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                    std::to_string(vocab) + ")");
+    encoded.push_back(std::move(ids));
+  }
+  const bool stream = options.prompts.size() == 1;
+  generate::Sampler sampler(options.sampling, slots);
+  std::vector<Slot> slot(slots);
+  std::deque<int64_t> waiting;
+  for (size_t i = 0; i < encoded.size(); ++i)
+    waiting.push_back(static_cast<int64_t>(i));
+  std::vector<std::string> completions(encoded.size());
+  std::vector<bool> finished(encoded.size(), false);
+  size_t nextToPrint = 0; // several prompts: completions are printed in prompt order
+  int64_t promptTokens = 0, decodedTokens = 0, decodeSteps = 0;
+  Clock::duration prefillTime{}, decodeTime{};
+
+  auto flushStream = [&](Slot &s, bool final) {
+    size_t end = final ? s.text.size() : s.text.size() - heldBack(s.text, options.stops);
+    if (end > s.printed) {
+      std::fwrite(s.text.data() + s.printed, 1, end - s.printed, stdout);
+      std::fflush(stdout);
+      s.printed = end;
+    }
+  };
+  auto printFinished = [&]() {
+    while (nextToPrint < completions.size() && finished[nextToPrint]) {
+      if (options.prompts.size() > 1) {
+        std::string line =
+            (options.echoPrompt ? options.prompts[nextToPrint] : "") + completions[nextToPrint];
+        std::fprintf(stdout, "%s\n", line.c_str());
+        std::fflush(stdout);
+      }
+      ++nextToPrint;
+    }
+  };
+  // Appends a sampled token to slot s; returns false when the slot is done.
+  auto accept = [&](Slot &s, int32_t token) {
+    if (token == eos)
+      return false;
+    s.history.push_back(token);
+    s.generated += 1;
+    s.next = token;
+    const size_t before = s.text.size();
+    s.text += s.decoder->push(token);
+    // A stop string can only be new where the text just grew.
+    for (const std::string &stop : options.stops) {
+      size_t from = before >= stop.size() ? before - stop.size() + 1 : 0;
+      size_t at = s.text.find(stop, from);
+      if (at != std::string::npos) {
+        s.text.resize(at);
+        return false;
+      }
+    }
+    if (stream)
+      flushStream(s, false);
+    // Positions are int32 (LRPE angles in f32 are exact to 2^24): the state itself has no
+    // length limit.
+    return s.generated < options.maxTokens && s.position < (int64_t(1) << 24);
+  };
+  auto finish = [&](Slot &s) {
+    s.text += s.decoder->finish();
+    if (stream) {
+      flushStream(s, true);
+      std::fputc('\n', stdout);
+      std::fflush(stdout);
+    }
+    completions[s.prompt] = s.text;
+    finished[s.prompt] = true;
+    s = Slot();
+    printFinished();
+  };
+
+  std::vector<int32_t> lengths(slots), positions(slots), stepIds(slots);
+  while (true) {
+    // Refill free slots with waiting prompts: one @prefill for all of them.
+    std::fill(lengths.begin(), lengths.end(), 0);
+    int64_t longest = 0;
+    for (int64_t b = 0; b < slots && !waiting.empty(); ++b) {
+      if (slot[b].prompt >= 0)
+        continue;
+      Slot &s = slot[b];
+      s.prompt = waiting.front();
+      waiting.pop_front();
+      s.history = encoded[s.prompt];
+      s.decoder = std::make_unique<generate::StreamDecoder>(tokenizer, s.history);
+      // Each prompt's samples depend on (seed, prompt), not on the slot it lands in.
+      sampler.reset(
+          b, generate::Sampler::streamSeed(options.sampling.seed, static_cast<uint64_t>(s.prompt)));
+      lengths[b] = static_cast<int32_t>(s.history.size());
+      longest = std::max<int64_t>(longest, lengths[b]);
+      if (stream && options.echoPrompt) {
+        std::fwrite(options.prompts[s.prompt].data(), 1, options.prompts[s.prompt].size(), stdout);
+        std::fflush(stdout);
+      }
+    }
+    if (longest > 0) {
+      std::vector<int32_t> ids(slots * longest, 0);
+      for (int64_t b = 0; b < slots; ++b)
+        for (int32_t t = 0; t < lengths[b]; ++t)
+          ids[b * longest + t] = slot[b].history[t];
+      const auto t0 = Clock::now();
+      auto out =
+          exec.run("prefill", {{"ids", ids.data()}, {"lengths", lengths.data()}}, slots, longest);
+      prefillTime += Clock::now() - t0;
+      const std::vector<float> &logits = out.front().second;
+      for (int64_t b = 0; b < slots; ++b) {
+        if (lengths[b] == 0)
+          continue;
+        Slot &s = slot[b];
+        s.position = lengths[b];
+        promptTokens += lengths[b];
+        int32_t token = sampler.sample(b, logits.data() + b * vocab, vocab, s.history);
+        if (options.maxTokens == 0 || !accept(s, token))
+          finish(s);
+      }
+    }
+    bool any = false;
+    for (int64_t b = 0; b < slots; ++b) {
+      positions[b] = slot[b].prompt >= 0 ? static_cast<int32_t>(slot[b].position) : -1;
+      stepIds[b] = slot[b].prompt >= 0 ? slot[b].next : 0;
+      any |= slot[b].prompt >= 0;
+    }
+    if (!any) {
+      if (waiting.empty())
+        break;
+      continue;
+    }
+    const auto t0 = Clock::now();
+    auto out = exec.run("decode_step", {{"ids", stepIds.data()}, {"positions", positions.data()}},
+                        slots, 1);
+    decodeTime += Clock::now() - t0;
+    decodeSteps += 1;
+    const std::vector<float> &logits = out.front().second;
+    for (int64_t b = 0; b < slots; ++b) {
+      Slot &s = slot[b];
+      if (s.prompt < 0)
+        continue;
+      s.position += 1;
+      decodedTokens += 1;
+      int32_t token = sampler.sample(b, logits.data() + b * vocab, vocab, s.history);
+      if (!accept(s, token))
+        finish(s);
+    }
+  }
+  if (!options.quiet) {
+    const double p = seconds(prefillTime), d = seconds(decodeTime);
+    std::fprintf(stderr,
+                 "prefill: %lld tokens in %.3f s (%.0f tokens/s); decode: %lld tokens in %.3f s "
+                 "(%.0f tokens/s; %lld steps of %lld slots, %.3f ms per step)\n",
+                 static_cast<long long>(promptTokens), p, p > 0 ? promptTokens / p : 0.0,
+                 static_cast<long long>(decodedTokens), d, d > 0 ? decodedTokens / d : 0.0,
+                 static_cast<long long>(decodeSteps), static_cast<long long>(slots),
+                 decodeSteps > 0 ? 1e3 * d / decodeSteps : 0.0);
+  }
+  return completions;
+}
+
+} // namespace tnlm

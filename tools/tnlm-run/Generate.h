@@ -1,0 +1,40 @@
+//===- Generate.h - text generation with a recurrent artifact ---*- C++ -*-===//
+//
+// The generation loop of tnlm-run --prompt (and of emitted executables): prompts are
+// encoded, prefilled into the artifact's slots (@prefill), then every active slot decodes one
+// token per step (@decode_step) until EOS, a stop string or the token budget; a finished
+// slot is refilled with the next waiting prompt (one @prefill of that slot alone) while the
+// others keep their state. Text goes to stdout (streamed as produced for a single prompt),
+// statistics to stderr.
+//
+//===----------------------------------------------------------------------===//
+#ifndef TNLM_TOOLS_TNLM_RUN_GENERATE_H
+#define TNLM_TOOLS_TNLM_RUN_GENERATE_H
+
+#include "runtime/CpuExecutor.h"
+#include "runtime/generate/Sampler.h"
+#include "runtime/generate/Tokenizer.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tnlm {
+
+struct GenerateOptions {
+  std::vector<std::string> prompts;
+  int64_t maxTokens = 128;            // new tokens per prompt
+  std::vector<std::string> stops;     // stop strings (not printed)
+  generate::SamplingOptions sampling; // greedy, temperature, top-k, top-p, penalty, seed
+  bool echoPrompt = true;             // print the prompt before its completion
+  bool quiet = false;                 // no statistics
+};
+
+/// The completions (without prompts), in prompt order. Throws tnlm::Error on a prompt that
+/// is empty or longer than the artifact's --seq, or ids outside the vocabulary.
+std::vector<std::string> generateText(CpuExecutor &exec, const generate::Tokenizer &tokenizer,
+                                      const GenerateOptions &options);
+
+} // namespace tnlm
+
+#endif // TNLM_TOOLS_TNLM_RUN_GENERATE_H
