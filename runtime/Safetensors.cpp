@@ -225,22 +225,38 @@ TensorData TensorData::fromF32(std::string name, DType dtype, std::vector<int64_
 }
 
 SafetensorsFile SafetensorsFile::read(const std::string &path) {
+  return read(path, 0, UINT64_MAX);
+}
+
+SafetensorsFile SafetensorsFile::read(const std::string &source, uint64_t offset,
+                                      uint64_t size) {
   namespace fs = std::filesystem;
+  const bool region = offset != 0 || size != UINT64_MAX;
+  const std::string path = region ? source + " (embedded weights)" : source;
   std::error_code ec;
-  fs::file_status status = fs::status(path, ec);
+  fs::file_status status = fs::status(source, ec);
   if (status.type() == fs::file_type::not_found)
     fail(path, "cannot open safetensors file: no such file");
   if (ec)
     fail(path, "cannot open safetensors file: " + ec.message());
   if (!fs::is_regular_file(status))
     fail(path, "cannot open safetensors file: not a regular file");
-  uint64_t fileSize = fs::file_size(path, ec);
+  uint64_t fileSize = fs::file_size(source, ec);
   if (ec)
     fail(path, "cannot read safetensors file: " + ec.message());
+  if (region) {
+    if (offset > fileSize || size > fileSize - offset)
+      fail(path, "the region [" + std::to_string(offset) + ", +" + std::to_string(size) +
+                     ") lies outside the file (" + std::to_string(fileSize) + " bytes)");
+    fileSize = size;
+  }
 
-  std::ifstream in(path, std::ios::binary);
+  std::ifstream in(source, std::ios::binary);
   if (!in)
     fail(path, "cannot open safetensors file: " + systemError());
+  // Reads below are relative to the region's start.
+  auto seekTo = [&](uint64_t at) { in.seekg(static_cast<std::streamoff>(offset + at)); };
+  seekTo(0);
   if (fileSize < 8)
     fail(path, "file is " + std::to_string(fileSize) +
                    " bytes, shorter than the 8-byte header length field");
@@ -307,7 +323,7 @@ SafetensorsFile SafetensorsFile::read(const std::string &path) {
     t.bytes.resize(e.end - e.begin);
     if (t.bytes.empty())
       continue;
-    in.seekg(static_cast<std::streamoff>(dataStart + e.begin));
+    seekTo(dataStart + e.begin);
     if (!in.read(reinterpret_cast<char *>(t.bytes.data()),
                  static_cast<std::streamsize>(t.bytes.size())))
       failTensor(path, t.name, "cannot read data: " + systemError());

@@ -50,6 +50,9 @@ public:
   /// Reads and validates `path`. Throws tnlm::Error naming the file (and tensor) if it is
   /// missing, unreadable, truncated, or its header is malformed or inconsistent.
   static SafetensorsFile read(const std::string &path);
+  /// The same for a safetensors image stored in `size` bytes at `offset` of `file` (weights
+  /// embedded in an emitted executable); messages name it "<file> (embedded weights)".
+  static SafetensorsFile read(const std::string &file, uint64_t offset, uint64_t size);
 
   const std::string &path() const { return path_; }
 

@@ -40,7 +40,11 @@ DType paramDType(const schema::Param &p) {
 } // namespace
 
 ParamValues loadWeights(const Artifact &artifact, const std::string &path) {
-  SafetensorsFile file = SafetensorsFile::read(path);
+  return loadWeights(artifact, SafetensorsFile::read(path));
+}
+
+ParamValues loadWeights(const Artifact &artifact, const SafetensorsFile &file) {
+  const std::string &path = file.path();
   const auto &params = *artifact.root().params();
   ParamValues values(params.size());
   std::vector<std::string> problems;

@@ -3,6 +3,7 @@
 #define TNLM_RUNTIME_WEIGHTS_H
 
 #include "runtime/Artifact.h"
+#include "runtime/Safetensors.h"
 
 #include <cstdint>
 #include <string>
@@ -17,6 +18,8 @@ using ParamValues = std::vector<std::vector<float>>;
 /// Hugging Face name. bf16/f16/f32 tensors are converted to f32. Every missing, extra,
 /// mis-shaped or non-float tensor is collected and reported in one tnlm::Error.
 ParamValues loadWeights(const Artifact &artifact, const std::string &path);
+/// The same for a file already read (e.g. weights embedded in an executable).
+ParamValues loadWeights(const Artifact &artifact, const SafetensorsFile &file);
 
 /// docs/model.md initialization with `seed` (N(0, 0.02), padding row zero, LRPE θ formula).
 ParamValues randomWeights(const Artifact &artifact, uint64_t seed);

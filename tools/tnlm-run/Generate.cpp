@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <deque>
+#include <fstream>
 #include <memory>
 
 namespace tnlm {
@@ -44,6 +45,69 @@ size_t heldBack(const std::string &text, const std::vector<std::string> &stops) 
 }
 
 } // namespace
+
+void declareGenerationFlags(Options &opts) {
+  opts.value("prompt", "text", "Generate a continuation of this text (an artifact of "
+                               "tnlmc --mode=recurrent); the text goes to stdout as it is produced");
+  opts.value("prompts", "file", "Generate for every line of the file, as one batch of slots "
+                                "(finished slots take the next prompt)");
+  opts.value("max-tokens", "n", "New tokens per prompt (default 128); also stops at EOS and --stop");
+  opts.repeated("stop", "text", "Stop a completion where this text appears (not printed)");
+  opts.value("temperature", "t", "Sampling temperature (default 1; 0: greedy argmax)");
+  opts.value("top-k", "k", "Sample from the k most likely tokens (default 0: all)");
+  opts.value("top-p", "p", "Sample from the smallest set of tokens with probability >= p, in "
+                           "(0, 1] (default 1: all)");
+  opts.value("repetition-penalty", "r",
+             "Divide positive / multiply negative logits of tokens seen already by r (default 1)");
+  opts.value("tokenizer", "bytes|file", "bytes (byte-vocabulary models, the default for a 256 "
+                                        "vocabulary) or a SentencePiece tokenizer.model");
+  opts.flag("echo", "Print each prompt before its completion");
+}
+
+void checkNoGenerationFlags(const Options &opts) {
+  for (const char *flag : {"max-tokens", "stop", "temperature", "top-k", "top-p",
+                           "repetition-penalty", "tokenizer", "echo"})
+    if (opts.has(flag))
+      throw Error(std::string("--") + flag + " applies to generation (--prompt or --prompts)");
+}
+
+generate::SamplingOptions samplingFromFlags(const Options &opts) {
+  generate::SamplingOptions sampling;
+  sampling.temperature = opts.getDouble("temperature", 1.0, -1e30, 1e30);
+  sampling.topK = opts.getInt("top-k", 0, INT64_MIN, INT64_MAX);
+  sampling.topP = opts.getDouble("top-p", 1.0, -1e30, 1e30);
+  sampling.repetitionPenalty = opts.getDouble("repetition-penalty", 1.0, -1e30, 1e30);
+  sampling.seed = static_cast<uint64_t>(opts.getInt("seed", 0, 0, INT64_MAX));
+  sampling.validate();
+  return sampling;
+}
+
+GenerateOptions generateOptionsFromFlags(const Options &opts,
+                                         const generate::SamplingOptions &sampling, bool quiet) {
+  GenerateOptions g;
+  if (opts.has("prompt") && opts.has("prompts"))
+    throw Error("--prompt and --prompts are contradictory: give one");
+  if (opts.has("prompt")) {
+    g.prompts = {opts.get("prompt")};
+  } else if (opts.has("prompts")) {
+    std::ifstream in(opts.get("prompts"));
+    if (!in)
+      throw Error(opts.get("prompts") + ": cannot open the prompts file");
+    for (std::string line; std::getline(in, line);)
+      if (!line.empty())
+        g.prompts.push_back(line);
+    if (g.prompts.empty())
+      throw Error(opts.get("prompts") + ": no prompts (one per line)");
+  } else {
+    throw Error("give a prompt: --prompt=TEXT or --prompts=FILE");
+  }
+  g.maxTokens = opts.getInt("max-tokens", 128, 0, INT32_MAX);
+  g.stops = opts.all("stop");
+  g.sampling = sampling;
+  g.echoPrompt = opts.has("echo");
+  g.quiet = quiet;
+  return g;
+}
 
 std::vector<std::string> generateText(CpuExecutor &exec, const generate::Tokenizer &tokenizer,
                                       const GenerateOptions &options) {

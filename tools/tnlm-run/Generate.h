@@ -14,6 +14,7 @@
 #include "runtime/CpuExecutor.h"
 #include "runtime/generate/Sampler.h"
 #include "runtime/generate/Tokenizer.h"
+#include "tools/tnlm-run/Options.h"
 
 #include <cstdint>
 #include <string>
@@ -29,6 +30,18 @@ struct GenerateOptions {
   bool echoPrompt = true;             // print the prompt before its completion
   bool quiet = false;                 // no statistics
 };
+
+/// The command-line flags of generation, shared by tnlm-run and emitted executables:
+/// --prompt, --prompts, --max-tokens, --stop, --temperature, --top-k, --top-p,
+/// --repetition-penalty, --tokenizer, --echo (and --seed, declared by the caller).
+void declareGenerationFlags(Options &opts);
+/// Throws tnlm::Error naming a generation flag given without --prompt / --prompts.
+void checkNoGenerationFlags(const Options &opts);
+/// The sampling flags, validated (tnlm::Error naming the flag).
+generate::SamplingOptions samplingFromFlags(const Options &opts);
+/// Prompts (--prompt or every non-empty line of --prompts) and the other flags.
+GenerateOptions generateOptionsFromFlags(const Options &opts,
+                                         const generate::SamplingOptions &sampling, bool quiet);
 
 /// The completions (without prompts), in prompt order. Throws tnlm::Error on a prompt that
 /// is empty or longer than the artifact's --seq, or ids outside the vocabulary.

@@ -146,21 +146,7 @@ int run(int argc, char **argv) {
   opts.flag("print-logits", "With --tokens: print every position's full logits row");
   opts.value("perplexity", "file",
              "Perplexity over a file: bytes for a 256-token vocabulary, else a .bin of uint32 ids");
-  opts.value("prompt", "text", "Generate a continuation of this text (an artifact of "
-                               "tnlmc --mode=recurrent); the text goes to stdout as it is produced");
-  opts.value("prompts", "file", "Generate for every line of the file, as one batch of slots "
-                                "(finished slots take the next prompt)");
-  opts.value("max-tokens", "n", "New tokens per prompt (default 128); also stops at EOS and --stop");
-  opts.repeated("stop", "text", "Stop a completion where this text appears (not printed)");
-  opts.value("temperature", "t", "Sampling temperature (default 1; 0: greedy argmax)");
-  opts.value("top-k", "k", "Sample from the k most likely tokens (default 0: all)");
-  opts.value("top-p", "p", "Sample from the smallest set of tokens with probability >= p, in "
-                           "(0, 1] (default 1: all)");
-  opts.value("repetition-penalty", "r",
-             "Divide positive / multiply negative logits of tokens seen already by r (default 1)");
-  opts.value("tokenizer", "bytes|file", "bytes (byte-vocabulary models, the default for a 256 "
-                                        "vocabulary) or a SentencePiece tokenizer.model");
-  opts.flag("echo", "Print each prompt before its completion");
+  declareGenerationFlags(opts);
   opts.value("threads", "n", "CPU threads (default: all cores)");
   opts.flag("quiet", "No progress line on stderr");
   opts.value("device", "cpu|cuda",
@@ -188,10 +174,8 @@ int run(int argc, char **argv) {
                 "time");
   if (opts.has("print-logits") && !opts.has("tokens"))
     throw Error("--print-logits needs --tokens");
-  for (const char *flag : {"max-tokens", "stop", "temperature", "top-k", "top-p",
-                           "repetition-penalty", "tokenizer", "echo"})
-    if (opts.has(flag) && !generating)
-      throw Error(std::string("--") + flag + " applies to generation (--prompt or --prompts)");
+  if (!generating)
+    checkNoGenerationFlags(opts);
   if (!opts.has("tokens") && !opts.has("perplexity") && !opts.has("save-weights") && !generating)
     throw Error("nothing to do: give --prompt, --tokens, --perplexity or --save-weights");
   if (opts.has("threads"))
@@ -216,15 +200,10 @@ int run(int argc, char **argv) {
                 "--prompt, or compile the model with tnlmc --mode=infer for --tokens and "
                 "--perplexity");
   // Sampling flags are checked before the weights are read.
+  // Sampling flags are checked before the weights are read.
   generate::SamplingOptions sampling;
-  if (generating) {
-    sampling.temperature = opts.getDouble("temperature", 1.0, -1e30, 1e30);
-    sampling.topK = opts.getInt("top-k", 0, INT64_MIN, INT64_MAX);
-    sampling.topP = opts.getDouble("top-p", 1.0, -1e30, 1e30);
-    sampling.repetitionPenalty = opts.getDouble("repetition-penalty", 1.0, -1e30, 1e30);
-    sampling.seed = static_cast<uint64_t>(opts.getInt("seed", 0, 0, INT64_MAX));
-    sampling.validate();
-  }
+  if (generating)
+    sampling = samplingFromFlags(opts);
   if (artifact.root().mode() == schema::Mode_Train)
     throw Error(artifact.source() +
                 " is a train artifact (@train_step, @optimizer_step, "
@@ -256,24 +235,7 @@ int run(int argc, char **argv) {
   if (generating) {
     if (device != "cpu")
       throw Error("generation on the GPU is not implemented yet (compile with --target=cpu)");
-    GenerateOptions g;
-    if (opts.has("prompt")) {
-      g.prompts = {opts.get("prompt")};
-    } else {
-      std::ifstream in(opts.get("prompts"));
-      if (!in)
-        throw Error(opts.get("prompts") + ": cannot open the prompts file");
-      for (std::string line; std::getline(in, line);)
-        if (!line.empty())
-          g.prompts.push_back(line);
-      if (g.prompts.empty())
-        throw Error(opts.get("prompts") + ": no prompts (one per line)");
-    }
-    g.maxTokens = opts.getInt("max-tokens", 128, 0, INT32_MAX);
-    g.stops = opts.all("stop");
-    g.sampling = sampling;
-    g.echoPrompt = opts.has("echo");
-    g.quiet = quiet;
+    GenerateOptions g = generateOptionsFromFlags(opts, sampling, quiet);
     CpuExecutor exec(artifact, std::move(params));
     std::unique_ptr<generate::Tokenizer> tokenizer =
         generate::loadTokenizer(opts.get("tokenizer", "bytes"), exec.vocabSize());

@@ -17,6 +17,7 @@
 #include "models/ModelConfig.h"
 #include "models/Summary.h"
 #include "passes/Passes.h"
+#include "tools/tnlmc/Executable.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/AsmState.h"
@@ -53,7 +54,7 @@ cl::opt<std::string> outputPath("o", cl::cat(category), cl::init("-"),
                                 cl::desc("Output file ('-' for stdout, the default)"),
                                 cl::value_desc("file"));
 
-enum class Emit { None, Mlir, Plan, CudaSource, Artifact };
+enum class Emit { None, Mlir, Plan, CudaSource, Artifact, Executable };
 cl::opt<Emit>
     emit("emit", cl::cat(category), cl::init(Emit::None),
          cl::desc("What to emit (default: artifact when -o ends in .tnlm, nothing when only "
@@ -64,7 +65,16 @@ cl::opt<Emit>
                     clEnumValN(Emit::CudaSource, "cuda-source",
                                "--target=cuda:sm_90a: the generated CUDA C++ and its launch "
                                "manifest, written into the directory -o names"),
-                    clEnumValN(Emit::Artifact, "artifact", "compiled model (.tnlm, FlatBuffers)")));
+                    clEnumValN(Emit::Artifact, "artifact", "compiled model (.tnlm, FlatBuffers)"),
+                    clEnumValN(Emit::Executable, "executable",
+                               "with --mode=recurrent: one standalone program that generates "
+                               "text (the runtime with the artifact, and with --embed-weights "
+                               "the weights, inside; the flags of tnlm-run --prompt)")));
+cl::opt<std::string> embedWeights(
+    "embed-weights", cl::cat(category), cl::init(""),
+    cl::desc("With --emit=executable: put these weights (safetensors, Hugging Face names) into "
+             "the executable, checked against the model's parameter table"),
+    cl::value_desc("file"));
 enum class Mode { Infer, Train, Recurrent };
 cl::opt<Mode>
     mode("mode", cl::cat(category), cl::init(Mode::Infer), cl::desc("What the artifact runs"),
@@ -326,7 +336,18 @@ int main(int argc, char **argv) {
     error("--emit=cuda-source needs --target=cuda:sm_90a");
     return 1;
   }
-  if (what == Emit::Artifact && outputPath == "-") {
+  if (what == Emit::Executable && (mode != Mode::Recurrent || isCuda())) {
+    error(mode != Mode::Recurrent
+              ? "--emit=executable generates text: compile with --mode=recurrent"
+              : "--emit=executable for --target=cuda:sm_90a is not implemented yet (use "
+                "--target=cpu)");
+    return 1;
+  }
+  if (!embedWeights.empty() && what != Emit::Executable) {
+    error("--embed-weights applies to --emit=executable");
+    return 1;
+  }
+  if ((what == Emit::Artifact || what == Emit::Executable) && outputPath == "-") {
     error("--emit=artifact needs an output file: -o model.tnlm");
     return 1;
   }
@@ -400,7 +421,8 @@ int main(int argc, char **argv) {
     functions = {"train_step", "optimizer_step", "eval_loss"};
   if (recurrentMode)
     functions = {"prefill", "decode_step"};
-  const bool lowering = what == Emit::Plan || what == Emit::Artifact || what == Emit::CudaSource;
+  const bool lowering = what == Emit::Plan || what == Emit::Artifact ||
+                        what == Emit::CudaSource || what == Emit::Executable;
   for (const std::string &f : functions)
     if (lowering && !module->lookupSymbol<func::FuncOp>(f)) {
       error(inputPath + ": the module has no @" + f + " to compile for --mode=" +
@@ -416,7 +438,7 @@ int main(int argc, char **argv) {
   std::vector<tnlm::KernelPlan> plans;
   std::string planError;
   TimingScope lowerTiming = timingRoot.nest("lower to kernels, plan memory");
-  if (summary || what == Emit::Plan || what == Emit::Artifact || what == Emit::CudaSource) {
+  if (summary || lowering) {
     bool needed = what != Emit::None;
     // For a summary alone the plan is optional: a module that cannot be lowered still gets
     // its parameter and FLOP counts, and the reason instead of the arena size.
@@ -496,6 +518,22 @@ int main(int argc, char **argv) {
       return writeCudaSource(*plan, *program);
   }
 
+  if (what == Emit::Executable) {
+    std::vector<std::pair<std::string, std::vector<int64_t>>> params;
+    for (const tnlm::PlanParam &p : plans.front().params)
+      params.push_back({p.name, p.shape});
+    llvm::SmallString<256> runner(llvm::sys::path::parent_path(llvm::sys::fs::getMainExecutable(
+        argv[0], reinterpret_cast<void *>(&writeCudaSource))));
+    llvm::sys::path::append(runner, "tnlm-exe-runner");
+    std::string err = tnlmc::writeExecutable(
+        outputPath, tnlm::serializeArtifact(*module, plans, target, nullptr, nullptr),
+        runner.str().str(), embedWeights, params);
+    if (!err.empty()) {
+      error(err);
+      return 1;
+    }
+    return 0;
+  }
   if (what == Emit::Artifact) {
     tnlm::CudaImage image;
     if (program && !compileCudaProgram(*program, image))
