@@ -10,6 +10,7 @@
 //===----------------------------------------------------------------------===//
 #include "runtime/cpu/Blas.h"
 #include "runtime/cpu/Kernels.h"
+#include "runtime/cpu/RowMath.h"
 
 #include "runtime/Error.h"
 
@@ -97,24 +98,8 @@ void decayLinearAttentionRecurrent(const float *q, const float *k, const float *
         const float *qt = q + row * ldq + h * dk;
         const float *kt = k + row * ldk + h * dk;
         const float *vt = v + row * ldv + h * dv;
-        // S_t = λ S_{t−1} + k_tᵀ v_t, one f32 rounding per entry (k_i·v_j is exact in f64).
-        for (int64_t i = 0; i < dk; ++i) {
-          const double ki = kt[i];
-          float *Si = S + i * dv;
-          for (int64_t j = 0; j < dv; ++j)
-            Si[j] = static_cast<float>(lambda * Si[j] + ki * vt[j]);
-        }
-        // o_t = q_t S_t
-        std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t i = 0; i < dk; ++i) {
-          const double qi = qt[i];
-          const float *Si = S + i * dv;
-          for (int64_t j = 0; j < dv; ++j)
-            acc[j] += qi * Si[j];
-        }
-        float *ot = o + row * ldo + h * dv;
-        for (int64_t j = 0; j < dv; ++j)
-          ot[j] = static_cast<float>(acc[j]);
+        // S_t = λ S_{t−1} + k_tᵀ v_t, o_t = q_t S_t.
+        detail::recurrenceStep(S, qt, kt, vt, dk, dv, lambda, acc.data(), o + row * ldo + h * dv);
       }
     }
   });

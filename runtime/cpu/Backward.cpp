@@ -331,16 +331,7 @@ void embeddingGrad(const int32_t *ids, int64_t tokens, const float *dx, int64_t 
 // gradient.
 double crossEntropyGrad(const float *logits, const int32_t *labels, int64_t rows, int64_t vocab,
                         int64_t ignoreIndex, float dloss, float *dlogits, int64_t *counted) {
-  int64_t count = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    if (labels[r] == ignoreIndex)
-      continue;
-    if (labels[r] < 0 || labels[r] >= vocab)
-      throw Error("cross_entropy: label " + std::to_string(labels[r]) + " at row " +
-                  std::to_string(r) + " is outside the vocabulary [0, " + std::to_string(vocab) +
-                  ") and is not the ignore index " + std::to_string(ignoreIndex));
-    ++count;
-  }
+  const int64_t count = detail::countLabels(labels, rows, vocab, ignoreIndex);
   const double k = static_cast<double>(dloss) / static_cast<double>(count);
   std::vector<double> loss(static_cast<size_t>(std::max<int64_t>(rows, 0)), 0.0);
   forEachRow(rows, vocab, [&](int64_t r) {

@@ -119,8 +119,8 @@ void logSoftmax(const float *x, int64_t rows, int64_t cols, int64_t ldx, float *
   });
 }
 
-double crossEntropy(const float *logits, const int32_t *labels, int64_t rows, int64_t vocab,
-                    int64_t ignoreIndex, int64_t *counted) {
+int64_t detail::countLabels(const int32_t *labels, int64_t rows, int64_t vocab,
+                            int64_t ignoreIndex) {
   int64_t count = 0;
   for (int64_t r = 0; r < rows; ++r) {
     if (labels[r] == ignoreIndex)
@@ -131,6 +131,12 @@ double crossEntropy(const float *logits, const int32_t *labels, int64_t rows, in
                   ") and is not the ignore index " + std::to_string(ignoreIndex));
     ++count;
   }
+  return count;
+}
+
+double crossEntropy(const float *logits, const int32_t *labels, int64_t rows, int64_t vocab,
+                    int64_t ignoreIndex, int64_t *counted) {
+  const int64_t count = detail::countLabels(labels, rows, vocab, ignoreIndex);
   // Per-row losses summed in row order afterwards: the result does not depend on threads.
   std::vector<double> loss(static_cast<size_t>(rows), 0.0);
   forEachRow(rows, vocab, [&](int64_t r) {

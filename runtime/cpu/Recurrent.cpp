@@ -201,24 +201,9 @@ void lightningDecode(const float *qkvu, int64_t ldqkvu, int64_t B, int64_t H, in
       }
       // S = λ S + kᵀv with λ = exp(−s) in f64 and one f32 rounding per entry, then o = q S
       // in f64: decayLinearAttentionRecurrent's step, so λ is never rounded to f32.
-      float *S = state + p * dk * dv;
       const double lambda = std::exp(-static_cast<double>(slopes[h]));
-      for (int64_t i = 0; i < dk; ++i) {
-        const double ki = kt[i];
-        float *Si = S + i * dv;
-        for (int64_t j = 0; j < dv; ++j)
-          Si[j] = static_cast<float>(lambda * Si[j] + ki * vt[j]);
-      }
-      std::fill(acc.begin(), acc.end(), 0.0);
-      for (int64_t i = 0; i < dk; ++i) {
-        const double qi = qt[i];
-        const float *Si = S + i * dv;
-        for (int64_t j = 0; j < dv; ++j)
-          acc[j] += qi * Si[j];
-      }
-      float *ot = y + b * ldy + h * dv;
-      for (int64_t j = 0; j < dv; ++j)
-        ot[j] = static_cast<float>(acc[j]);
+      detail::recurrenceStep(state + p * dk * dv, qt, kt, vt, dk, dv, lambda, acc.data(),
+                             y + b * ldy + h * dv);
     }
   });
 

@@ -41,6 +41,35 @@ inline float rstdOf(const float *x, int64_t d, float eps) {
   return static_cast<float>(1.0 / std::sqrt(meanSq + static_cast<double>(eps)));
 }
 
+
+
+/// Rows whose label is not ignoreIndex; a label outside [0, vocab) that is not ignoreIndex
+/// throws tnlm::Error naming it and its row (before anything is written).
+int64_t countLabels(const int32_t *labels, int64_t rows, int64_t vocab, int64_t ignoreIndex);
+
+/// One step of the robust recurrence for one head (docs/model.md, Algorithm 4):
+///   S ← λ S + kᵀ v (one f32 rounding per entry; λ·S + k_i·v_j in f64), then o = q S (f64
+///   accumulation in `acc`, dv entries, rounded once into o).
+/// λ is f64 (exp(−s) in f64, never rounded to f32: it would drop the decay for s < 6e-8).
+inline void recurrenceStep(float *S, const float *q, const float *k, const float *v, int64_t dk,
+                           int64_t dv, double lambda, double *acc, float *o) {
+  for (int64_t i = 0; i < dk; ++i) {
+    const double ki = k[i];
+    float *Si = S + i * dv;
+    for (int64_t j = 0; j < dv; ++j)
+      Si[j] = static_cast<float>(lambda * Si[j] + ki * v[j]);
+  }
+  std::fill(acc, acc + dv, 0.0);
+  for (int64_t i = 0; i < dk; ++i) {
+    const double qi = q[i];
+    const float *Si = S + i * dv;
+    for (int64_t j = 0; j < dv; ++j)
+      acc[j] += qi * Si[j];
+  }
+  for (int64_t j = 0; j < dv; ++j)
+    o[j] = static_cast<float>(acc[j]);
+}
+
 } // namespace tnlm::cpu::detail
 
 #endif // TNLM_RUNTIME_CPU_ROWMATH_H
