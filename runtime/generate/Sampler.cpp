@@ -32,15 +32,18 @@ uint64_t splitmix64(uint64_t x) {
 } // namespace
 
 void SamplingOptions::validate() const {
-  if (!std::isfinite(temperature) || temperature < 0)
-    throw Error("--temperature must be a finite number >= 0 (0 = greedy), got " + str(temperature));
+  // Below 1e-6 the scaled logits (z − max)/T leave the range where sampling differs from
+  // argmax and 1/T approaches overflow: ask for greedy instead.
+  if (!std::isfinite(temperature) || temperature < 0 || (temperature > 0 && temperature < 1e-6))
+    throw Error("--temperature must be 0 (greedy) or a finite number >= 1e-6, got " +
+                str(temperature));
   if (topK < 0)
     throw Error("--top-k must be >= 0 (0 = off), got " + std::to_string(topK));
   // Written as !(in range) so that NaN is rejected too.
   if (!(topP > 0 && topP <= 1))
     throw Error("--top-p must be in (0, 1] (1 = off), got " + str(topP));
-  if (!std::isfinite(repetitionPenalty) || repetitionPenalty <= 0)
-    throw Error("--repetition-penalty must be a finite number > 0 (1 = off), got " +
+  if (!std::isfinite(repetitionPenalty) || repetitionPenalty < 1e-6 || repetitionPenalty > 1e6)
+    throw Error("--repetition-penalty must be a number in [1e-6, 1e6] (1 = off), got " +
                 str(repetitionPenalty));
 }
 
@@ -71,10 +74,16 @@ Sampler::Slot &Sampler::slotAt(int64_t slot) {
 }
 
 void Sampler::reset(int64_t slot) {
-  slotAt(slot).rng.seed(streamSeed(options_.seed, uint64_t(slot)));
+  Slot &s = slotAt(slot);
+  s.rng.seed(streamSeed(options_.seed, uint64_t(slot)));
+  s.seen.clear();
 }
 
-void Sampler::reset(int64_t slot, uint64_t seed) { slotAt(slot).rng.seed(streamSeed(seed, 0)); }
+void Sampler::reset(int64_t slot, uint64_t seed) {
+  Slot &s = slotAt(slot);
+  s.rng.seed(streamSeed(seed, 0));
+  s.seen.clear();
+}
 
 int32_t Sampler::sample(int64_t slot, const float *logits, int64_t vocab,
                         const std::vector<int32_t> &history) {
@@ -97,15 +106,27 @@ int32_t Sampler::sample(int64_t slot, const float *logits, int64_t vocab,
   //    seen five times is penalized once, not five times).
   const double penalty = options_.repetitionPenalty;
   if (penalty != 1.0) {
-    s.seen.assign(n, 0);
-    for (int32_t id : history) {
+    // The distinct ids of the history, kept across calls: a slot's history only grows
+    // between resets, so each call marks just the new entries (O(new + distinct), not
+    // O(history) per token).
+    if (s.seen.size() != n || history.size() < s.seenUpTo) {
+      s.seen.assign(n, 0);
+      s.seenIds.clear();
+      s.seenUpTo = 0;
+    }
+    for (size_t i = s.seenUpTo; i < history.size(); ++i) {
+      const int32_t id = history[i];
       if (id < 0 || int64_t(id) >= vocab)
         throw Error("sampler: the history of slot " + std::to_string(slot) + " holds token id " +
                     std::to_string(id) + ", outside the vocabulary [0, " + std::to_string(vocab) +
                     ")");
-      if (s.seen[size_t(id)])
-        continue;
-      s.seen[size_t(id)] = 1;
+      if (!s.seen[size_t(id)]) {
+        s.seen[size_t(id)] = 1;
+        s.seenIds.push_back(id);
+      }
+    }
+    s.seenUpTo = history.size();
+    for (int32_t id : s.seenIds) {
       double &v = z[size_t(id)];
       v = v > 0 ? v / penalty : v * penalty;
     }

@@ -68,7 +68,9 @@ public:
   Sampler(const SamplingOptions &options, int64_t slots);
 
   /// The next token of the sequence in `slot`, from logits[0 .. vocab). `history` is the
-  /// sequence so far (prompt + generated) and only matters for the repetition penalty; ids
+  /// sequence so far (prompt + generated) and only matters for the repetition penalty; between
+  /// resets of the slot it must extend the history of the slot's previous call (the sampler
+  /// keeps its distinct ids, so each token costs O(new + distinct ids)); ids
   /// outside [0, vocab) in it are an error. A NaN or infinite logit is a tnlm::Error naming
   /// the slot and the token id where it sits.
   int32_t sample(int64_t slot, const float *logits, int64_t vocab,
@@ -99,7 +101,9 @@ private:
     // Scratch reused between calls so that sampling does not allocate per token.
     std::vector<double> z, tmp;
     std::vector<Candidate> cand;
-    std::vector<uint8_t> seen;
+    std::vector<uint8_t> seen;      // by id: in the history (repetition penalty)
+    std::vector<int32_t> seenIds;   // the ids marked in `seen`, in first-seen order
+    size_t seenUpTo = 0;            // history entries already marked
   };
   static size_t nucleusEnd(std::vector<Candidate> &cand, double need);
   Slot &slotAt(int64_t slot);

@@ -46,8 +46,9 @@ int run(int argc, char **argv) {
       !in.seekg(static_cast<std::streamoff>(size - sizeof trailer)) ||
       !in.read(reinterpret_cast<char *>(trailer), sizeof trailer) ||
       !payload.parse(trailer, size))
-    throw Error(self + " carries no model: it is the runner that tnlmc --emit=executable "
-                       "copies; run the executable tnlmc wrote");
+    throw Error(self + " carries no model (no tnlm trailer at its end): it is the runner that "
+                       "tnlmc --emit=executable copies, or an emitted executable that was "
+                       "truncated or modified; emit it again");
   std::vector<uint8_t> bytes(payload.artifactSize);
   in.seekg(static_cast<std::streamoff>(payload.artifactOffset));
   if (!in.read(reinterpret_cast<char *>(bytes.data()), static_cast<std::streamsize>(bytes.size())))

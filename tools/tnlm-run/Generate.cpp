@@ -10,6 +10,8 @@
 #include <fstream>
 #include <memory>
 
+#include <nlohmann/json.hpp>
+
 namespace tnlm {
 
 namespace {
@@ -148,6 +150,7 @@ std::vector<std::string> generateText(CpuExecutor &exec, const generate::Tokeniz
   std::vector<bool> finished(encoded.size(), false);
   size_t nextToPrint = 0; // several prompts: completions are printed in prompt order
   int64_t promptTokens = 0, decodedTokens = 0, decodeSteps = 0;
+  const auto started = Clock::now();
   Clock::duration prefillTime{}, decodeTime{};
 
   auto flushStream = [&](Slot &s, bool final) {
@@ -158,12 +161,17 @@ std::vector<std::string> generateText(CpuExecutor &exec, const generate::Tokeniz
       s.printed = end;
     }
   };
+  // Several prompts: one JSON object per line, in prompt order (completions may hold newlines
+  // and any bytes; invalid UTF-8 is replaced by U+FFFD in the JSON only).
   auto printFinished = [&]() {
     while (nextToPrint < completions.size() && finished[nextToPrint]) {
       if (options.prompts.size() > 1) {
-        std::string line =
-            (options.echoPrompt ? options.prompts[nextToPrint] : "") + completions[nextToPrint];
-        std::fprintf(stdout, "%s\n", line.c_str());
+        nlohmann::json line = {{"index", nextToPrint}, {"completion", completions[nextToPrint]}};
+        if (options.echoPrompt)
+          line["prompt"] = options.prompts[nextToPrint];
+        std::string text =
+            line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+        std::fwrite(text.data(), 1, text.size(), stdout);
         std::fflush(stdout);
       }
       ++nextToPrint;
@@ -178,20 +186,30 @@ std::vector<std::string> generateText(CpuExecutor &exec, const generate::Tokeniz
     s.next = token;
     const size_t before = s.text.size();
     s.text += s.decoder->push(token);
-    // A stop string can only be new where the text just grew.
+    // A stop string can only be new where the text just grew; a token may complete several,
+    // and the completion ends at the earliest.
+    size_t cut = std::string::npos;
     for (const std::string &stop : options.stops) {
       size_t from = before >= stop.size() ? before - stop.size() + 1 : 0;
-      size_t at = s.text.find(stop, from);
-      if (at != std::string::npos) {
-        s.text.resize(at);
-        return false;
-      }
+      cut = std::min(cut, s.text.find(stop, from));
+    }
+    if (cut != std::string::npos) {
+      s.text.resize(cut);
+      return false;
     }
     if (stream)
       flushStream(s, false);
-    // Positions are int32 (LRPE angles in f32 are exact to 2^24): the state itself has no
-    // length limit.
-    return s.generated < options.maxTokens && s.position < (int64_t(1) << 24);
+    // Positions stop at 2^24, where float(p) (the LRPE angle's position) stops being exact;
+    // the state has a constant size, but a head whose decay is below f32's resolution (slope
+    // < 6e-8: λ rounds to 1 next to an f32 state) only accumulates, so such lengths are
+    // untested.
+    if (s.position + 1 >= (int64_t(1) << 24)) {
+      if (!options.quiet)
+        std::fprintf(stderr, "note: a completion stopped at position 2^24 (the limit of exact "
+                             "f32 positions)\n");
+      return false;
+    }
+    return s.generated < options.maxTokens;
   };
   auto finish = [&](Slot &s) {
     s.text += s.decoder->finish();
@@ -278,15 +296,18 @@ std::vector<std::string> generateText(CpuExecutor &exec, const generate::Tokeniz
         finish(s);
     }
   }
+  if (std::ferror(stdout))
+    throw Error("cannot write the generated text to stdout");
   if (!options.quiet) {
     const double p = seconds(prefillTime), d = seconds(decodeTime);
+    const double total = seconds(Clock::now() - started);
     std::fprintf(stderr,
                  "prefill: %lld tokens in %.3f s (%.0f tokens/s); decode: %lld tokens in %.3f s "
-                 "(%.0f tokens/s; %lld steps of %lld slots, %.3f ms per step)\n",
+                 "(%.0f tokens/s; %lld steps of %lld slots, %.3f ms per step); %.3f s in all\n",
                  static_cast<long long>(promptTokens), p, p > 0 ? promptTokens / p : 0.0,
                  static_cast<long long>(decodedTokens), d, d > 0 ? decodedTokens / d : 0.0,
                  static_cast<long long>(decodeSteps), static_cast<long long>(slots),
-                 decodeSteps > 0 ? 1e3 * d / decodeSteps : 0.0);
+                 decodeSteps > 0 ? 1e3 * d / decodeSteps : 0.0, total);
   }
   return completions;
 }

@@ -3,9 +3,12 @@
 // The generation loop of tnlm-run --prompt (and of emitted executables): prompts are
 // encoded, prefilled into the artifact's slots (@prefill), then every active slot decodes one
 // token per step (@decode_step) until EOS, a stop string or the token budget; a finished
-// slot is refilled with the next waiting prompt (one @prefill of that slot alone) while the
-// others keep their state. Text goes to stdout (streamed as produced for a single prompt),
-// statistics to stderr.
+// slot is refilled with the next waiting prompt (one @prefill call in which the other slots
+// are inactive and keep their state; it still computes their padded rows). Text goes to
+// stdout: streamed as produced for a single prompt, else one JSON object per prompt and line
+// ({"index", "completion"[, "prompt"]}, in prompt order); statistics go to stderr. Sampling is
+// seeded per prompt index; sampled text may differ in rare near-ties between artifacts
+// compiled for different --batch (other GEMM shapes round the logits differently).
 //
 //===----------------------------------------------------------------------===//
 #ifndef TNLM_TOOLS_TNLM_RUN_GENERATE_H

@@ -90,6 +90,14 @@ int64_t Options::getInt(const std::string &name, int64_t dflt, int64_t min, int6
   return v;
 }
 
+namespace {
+std::string shortNumber(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+} // namespace
+
 double Options::getDouble(const std::string &name, double dflt, double min, double max) const {
   auto it = given_.find(name);
   if (it == given_.end())
@@ -97,8 +105,11 @@ double Options::getDouble(const std::string &name, double dflt, double min, doub
   char *end = nullptr;
   double v = std::strtod(it->second.c_str(), &end);
   if (it->second.empty() || *end != '\0' || !std::isfinite(v) || v < min || v > max)
-    throw Error("option '--" + name + "': expected a number in [" + std::to_string(min) + ", " +
-                std::to_string(max) + "], got '" + it->second + "'");
+    throw Error("option '--" + name + "': expected " +
+                (min < -1e29 && max > 1e29
+                     ? std::string("a finite number")
+                     : "a number in [" + shortNumber(min) + ", " + shortNumber(max) + "]") +
+                ", got '" + it->second + "'");
   return v;
 }
 

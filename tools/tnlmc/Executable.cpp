@@ -37,6 +37,10 @@ std::string checkWeights(const std::string &path,
       add("missing '" + name + "'");
     else if (t->shape != shape)
       add("'" + name + "' has another shape than the model's");
+    else if (t->dtype != tnlm::DType::F32 && t->dtype != tnlm::DType::BF16 &&
+             t->dtype != tnlm::DType::F16)
+      add("'" + name + "' has dtype " + tnlm::dtypeName(t->dtype) +
+          " (expected F32, BF16 or F16)");
   }
   for (const tnlm::TensorData &t : file.tensors()) {
     bool known = false;

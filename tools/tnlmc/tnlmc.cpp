@@ -348,7 +348,8 @@ int main(int argc, char **argv) {
     return 1;
   }
   if ((what == Emit::Artifact || what == Emit::Executable) && outputPath == "-") {
-    error("--emit=artifact needs an output file: -o model.tnlm");
+    error(what == Emit::Executable ? "--emit=executable needs an output file: -o NAME"
+                                   : "--emit=artifact needs an output file: -o model.tnlm");
     return 1;
   }
   // Everything tnlmc emits has been through the pipeline unless --pipeline=none asks for the

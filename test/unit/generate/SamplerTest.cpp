@@ -295,6 +295,23 @@ TEST(Sampler, RepetitionPenaltyBothSigns) {
   EXPECT_THROW(s.sample(0, pos.data(), 4, {-1}), Error);
 }
 
+// The sampler keeps a slot's distinct history ids between calls: a growing history penalizes
+// exactly what a fresh sampler with the whole history penalizes, and a reset forgets it.
+TEST(Sampler, RepetitionPenaltyFollowsAGrowingHistoryAndResets) {
+  std::vector<float> logits = {1.0f, 4.0f, 3.9f, 3.8f, 0.5f};
+  Sampler kept(opts(0.0, 0, 1.0, 2.0), 1);
+  std::vector<int32_t> history = {1};
+  EXPECT_EQ(kept.sample(0, logits.data(), 5, history), 2); // 4/2 = 2 < 3.9
+  history.push_back(2);
+  EXPECT_EQ(kept.sample(0, logits.data(), 5, history), 3); // 1 and 2 both penalized
+  Sampler fresh(opts(0.0, 0, 1.0, 2.0), 1);
+  EXPECT_EQ(fresh.sample(0, logits.data(), 5, history), 3);
+  kept.reset(0);
+  EXPECT_EQ(kept.sample(0, logits.data(), 5, {4}), 1); // the old history is gone
+  kept.reset(0, 7);
+  EXPECT_EQ(kept.sample(0, logits.data(), 5, {1}), 2);
+}
+
 TEST(Sampler, SeededStreams) {
   std::vector<float> z(50);
   for (size_t i = 0; i < z.size(); ++i)
@@ -401,6 +418,10 @@ TEST(Sampler, BadOptionsNameTheFlag) {
   expectRejected(opts(1.0, 0, 1.0, -2.0), "--repetition-penalty");
   expectRejected(opts(1.0, 0, 1.0, inf), "--repetition-penalty");
   expectRejected(opts(1.0, 0, 1.0, nan), "--repetition-penalty");
+  // Temperatures that are not greedy but would overflow 1/T, and absurd penalties.
+  expectRejected(opts(1e-9), "--temperature");
+  expectRejected(opts(1.0, 0, 1.0, 1e-9), "--repetition-penalty");
+  expectRejected(opts(1.0, 0, 1.0, 1e9), "--repetition-penalty");
   // The edges of the valid ranges are accepted.
   EXPECT_NO_THROW(Sampler(opts(0.0, 0, 1.0, 1.0), 1));
   EXPECT_NO_THROW(Sampler(opts(1e-6, 1, 1e-12, 1e-3), 1));
