@@ -42,10 +42,8 @@ int run(int argc, char **argv) {
   const uint64_t size = static_cast<uint64_t>(in.tellg());
   EmbeddedPayload payload;
   unsigned char trailer[EmbeddedPayload::kTrailerBytes];
-  if (size < sizeof trailer ||
-      !in.seekg(static_cast<std::streamoff>(size - sizeof trailer)) ||
-      !in.read(reinterpret_cast<char *>(trailer), sizeof trailer) ||
-      !payload.parse(trailer, size))
+  if (size < sizeof trailer || !in.seekg(static_cast<std::streamoff>(size - sizeof trailer)) ||
+      !in.read(reinterpret_cast<char *>(trailer), sizeof trailer) || !payload.parse(trailer, size))
     throw Error(self + " carries no model (no tnlm trailer at its end): it is the runner that "
                        "tnlmc --emit=executable copies, or an emitted executable that was "
                        "truncated or modified; emit it again");
@@ -53,8 +51,8 @@ int run(int argc, char **argv) {
   in.seekg(static_cast<std::streamoff>(payload.artifactOffset));
   if (!in.read(reinterpret_cast<char *>(bytes.data()), static_cast<std::streamsize>(bytes.size())))
     throw Error(self + ": cannot read the embedded artifact");
-  Artifact artifact = Artifact::fromBytes(std::move(bytes), self + " (embedded artifact)",
-                                          Target::Cpu);
+  Artifact artifact =
+      Artifact::fromBytes(std::move(bytes), self + " (embedded artifact)", Target::Cpu);
   const std::string model = artifact.root().config() && artifact.root().config()->name()
                                 ? artifact.root().config()->name()->str()
                                 : "model";
@@ -85,10 +83,9 @@ int run(int argc, char **argv) {
   generate::SamplingOptions sampling = samplingFromFlags(opts);
   GenerateOptions g = generateOptionsFromFlags(opts, sampling, quiet);
   ParamValues params =
-      opts.has("weights")
-          ? loadWeights(artifact, opts.get("weights"))
-          : loadWeights(artifact,
-                        SafetensorsFile::read(self, payload.weightsOffset, payload.weightsSize));
+      opts.has("weights") ? loadWeights(artifact, opts.get("weights"))
+                          : loadWeights(artifact, SafetensorsFile::read(self, payload.weightsOffset,
+                                                                        payload.weightsSize));
   CpuExecutor exec(artifact, std::move(params));
   std::unique_ptr<generate::Tokenizer> tokenizer =
       generate::loadTokenizer(opts.get("tokenizer", "bytes"), exec.vocabSize());

@@ -49,20 +49,25 @@ size_t heldBack(const std::string &text, const std::vector<std::string> &stops) 
 } // namespace
 
 void declareGenerationFlags(Options &opts) {
-  opts.value("prompt", "text", "Generate a continuation of this text (an artifact of "
-                               "tnlmc --mode=recurrent); the text goes to stdout as it is produced");
-  opts.value("prompts", "file", "Generate for every line of the file, as one batch of slots "
-                                "(finished slots take the next prompt)");
-  opts.value("max-tokens", "n", "New tokens per prompt (default 128); also stops at EOS and --stop");
+  opts.value("prompt", "text",
+             "Generate a continuation of this text (an artifact of "
+             "tnlmc --mode=recurrent); the text goes to stdout as it is produced");
+  opts.value("prompts", "file",
+             "Generate for every line of the file, as one batch of slots "
+             "(finished slots take the next prompt)");
+  opts.value("max-tokens", "n",
+             "New tokens per prompt (default 128); also stops at EOS and --stop");
   opts.repeated("stop", "text", "Stop a completion where this text appears (not printed)");
   opts.value("temperature", "t", "Sampling temperature (default 1; 0: greedy argmax)");
   opts.value("top-k", "k", "Sample from the k most likely tokens (default 0: all)");
-  opts.value("top-p", "p", "Sample from the smallest set of tokens with probability >= p, in "
-                           "(0, 1] (default 1: all)");
+  opts.value("top-p", "p",
+             "Sample from the smallest set of tokens with probability >= p, in "
+             "(0, 1] (default 1: all)");
   opts.value("repetition-penalty", "r",
              "Divide positive / multiply negative logits of tokens seen already by r (default 1)");
-  opts.value("tokenizer", "bytes|file", "bytes (byte-vocabulary models, the default for a 256 "
-                                        "vocabulary) or a SentencePiece tokenizer.model");
+  opts.value("tokenizer", "bytes|file",
+             "bytes (byte-vocabulary models, the default for a 256 "
+             "vocabulary) or a SentencePiece tokenizer.model");
   opts.flag("echo", "Print each prompt before its completion");
 }
 

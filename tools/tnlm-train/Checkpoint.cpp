@@ -62,9 +62,31 @@ RunFolder RunFolder::create(const std::string &path, const nlohmann::json &run) 
   if (fs::exists(path, ec)) {
     if (!fs::is_directory(path, ec))
       throw Error("--out=" + path + ": exists and is not a folder");
-    if (fs::exists(fs::path(path) / "run.json", ec))
-      throw Error("--out=" + path + " holds another run (run.json); continue it with --resume=" +
-                  path + " or choose another --out");
+    if (fs::exists(fs::path(path) / "run.json", ec)) {
+      RunFolder old;
+      old.path_ = path;
+      if (!old.checkpoints().empty())
+        throw Error("--out=" + path + " holds another run (run.json); continue it with --resume=" +
+                    path + " or choose another --out");
+      // A run that never reached a checkpoint has nothing to resume: start it again here, if
+      // the folder holds only what tnlm-train writes (else nothing is touched).
+      std::vector<fs::path> ours;
+      for (const auto &entry : fs::directory_iterator(path, ec)) {
+        const std::string name = entry.path().filename().string();
+        if (name == "run.json" || name == "metrics.jsonl" || name == "loss.png" ||
+            name.rfind("checkpoint-", 0) == 0 || name.rfind("model.safetensors", 0) == 0 ||
+            name.rfind("loss.png", 0) == 0 || name.rfind("run.json", 0) == 0 ||
+            name.rfind("metrics.jsonl", 0) == 0)
+          ours.push_back(entry.path());
+        else
+          throw Error("--out=" + path + " holds a run without a checkpoint and other files ('" +
+                      name + "'); choose another --out");
+      }
+      for (const fs::path &p : ours)
+        fs::remove_all(p, ec);
+      std::fprintf(stderr, "note: %s held a run without a checkpoint; starting it again\n",
+                   path.c_str());
+    }
     if (!fs::is_empty(path, ec))
       throw Error("--out=" + path +
                   " is not empty; tnlm-train writes a run only into a new or "
@@ -93,6 +115,11 @@ RunFolder RunFolder::open(const std::string &path) {
     throw Error(runFile + ": not a valid run description: " + e.what());
   }
   return r;
+}
+
+void RunFolder::updateRun(const nlohmann::json &run) {
+  run_ = run;
+  writeTextAtomically(file("run.json"), run.dump(2) + "\n");
 }
 
 std::vector<int64_t> RunFolder::checkpoints() const {

@@ -36,7 +36,8 @@ struct TrainerState {
 class RunFolder {
 public:
   /// A new run in `path`: the folder is created if missing; it must not hold another run
-  /// (run.json) or other files, else tnlm::Error naming it (nothing is touched).
+  /// (run.json with a checkpoint) or other files, else tnlm::Error naming it (nothing is
+  /// touched). A run that stopped before its first checkpoint is started again in place.
   static RunFolder create(const std::string &path, const nlohmann::json &run);
   /// An existing run (--resume): needs run.json.
   static RunFolder open(const std::string &path);
@@ -44,6 +45,9 @@ public:
   const std::string &path() const { return path_; }
   const nlohmann::json &run() const { return run_; }
   std::string file(const std::string &name) const { return path_ + "/" + name; }
+
+  /// Rewrites run.json (resume records the options given then).
+  void updateRun(const nlohmann::json &run);
 
   /// Steps of the complete checkpoints, oldest first.
   std::vector<int64_t> checkpoints() const;

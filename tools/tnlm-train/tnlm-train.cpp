@@ -22,10 +22,12 @@
 #include "tools/tnlm-train/Progress.h"
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 
 using namespace tnlm;
 using namespace tnlm::train;
@@ -33,7 +35,11 @@ using namespace tnlm::train;
 namespace {
 
 std::atomic<int> stopSignal{0};
-extern "C" void onSignal(int sig) { stopSignal = sig; }
+// The first SIGINT/SIGTERM asks for a checkpoint and a clean stop; a second one kills.
+extern "C" void onSignal(int sig) {
+  stopSignal = sig;
+  std::signal(sig, SIG_DFL);
+}
 
 void declareOptions(Options &o) {
   o.value("data", "path",
@@ -53,8 +59,8 @@ void declareOptions(Options &o) {
   o.value("min-lr", "x", "Learning rate at the end of the cosine schedule (default lr / 10)");
   o.value("warmup", "n", "Linear warmup steps, from lr/n to lr (default 0)");
   o.value("schedule", "cosine|constant",
-          "After warmup: cosine decay to --min-lr at the last "
-          "step (default) or constant");
+          "After warmup: cosine decay reaching --min-lr at step --steps (default), or "
+          "constant");
   o.value("beta1", "x", "AdamW beta1 (default 0.9)");
   o.value("beta2", "x", "AdamW beta2 (default 0.999)");
   o.value("eps", "x", "AdamW epsilon (default 1e-8)");
@@ -86,39 +92,55 @@ struct Settings {
   std::string get(const std::string &name, const std::string &dflt = "") const {
     if (flags.has(name))
       return flags.get(name);
-    if (saved.contains(name))
+    if (saved.contains(name)) {
+      if (!saved[name].is_string())
+        throw Error("run.json: option '" + name + "' must be a string, as tnlm-train writes it");
       return saved[name].get<std::string>();
+    }
     return dflt;
   }
   bool has(const std::string &name) const { return flags.has(name) || saved.contains(name); }
   double number(const std::string &name, double dflt, double min, double max) const {
-    std::string v = get(name);
-    if (v.empty())
+    if (!has(name))
       return dflt;
+    std::string v = get(name);
     char *end = nullptr;
+    errno = 0;
     double x = std::strtod(v.c_str(), &end);
-    if (*end != '\0' || !std::isfinite(x) || x < min || x > max)
+    if (v.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(x) || x < min || x > max)
       throw Error("option '--" + name + "': expected a number in [" + fmt(min) + ", " + fmt(max) +
                   "], got '" + v + "'");
     return x;
   }
   int64_t integer(const std::string &name, int64_t dflt, int64_t min, int64_t max) const {
-    std::string v = get(name);
-    if (v.empty())
+    if (!has(name))
       return dflt;
+    std::string v = get(name);
     char *end = nullptr;
+    errno = 0;
     long long x = std::strtoll(v.c_str(), &end, 10);
-    if (*end != '\0' || x < min || x > max)
+    if (v.empty() || *end != '\0' || errno == ERANGE || x < min || x > max)
       throw Error("option '--" + name + "': expected an integer in [" + std::to_string(min) + ", " +
                   std::to_string(max) + "], got '" + v + "'");
     return x;
   }
   static std::string fmt(double x) {
     char buf[32];
-    std::snprintf(buf, sizeof buf, "%g", x);
+    std::snprintf(buf, sizeof buf, "%.9g", x);
     return buf;
   }
 };
+
+// Paths are stored absolute, so a run resumes from any working directory.
+std::string storedOption(const std::string &name, const std::string &value) {
+  if ((name == "data" || name == "val-data" || name == "init-from") && !value.empty()) {
+    std::error_code ec;
+    std::filesystem::path abs = std::filesystem::absolute(value, ec);
+    if (!ec)
+      return abs.string();
+  }
+  return value;
+}
 
 const char *kRunOptions[] = {"data",         "val-data",   "val-fraction", "order", "steps",
                              "tokens",       "batch",      "seq",          "lr",    "min-lr",
@@ -171,20 +193,30 @@ int runTraining(const Options &flags) {
   const uint64_t seed = static_cast<uint64_t>(s.integer("seed", 1, 0, INT64_MAX));
   if (!s.has("data"))
     throw Error("--data is required (text or token shards)");
-  if (s.has("steps") == s.has("tokens") && !(flags.has("steps") || flags.has("tokens")))
+  if (flags.has("steps") && flags.has("tokens"))
+    throw Error("--steps and --tokens exclude each other: give the length of the run once");
+  // On resume, a length given now replaces the saved one (whichever flag it used).
+  const bool byTokens = flags.has("tokens") || (!flags.has("steps") && s.saved.contains("tokens"));
+  if (!flags.has("steps") && !flags.has("tokens") && !s.saved.contains("steps") &&
+      !s.saved.contains("tokens"))
     throw Error("give the length of the run as --steps=n or --tokens=n");
   const int64_t tokensPerStep = batch * seq * accum;
   int64_t steps = 0;
-  if (flags.has("tokens") || (!flags.has("steps") && s.has("tokens")))
-    steps = std::max<int64_t>(1, s.integer("tokens", 0, 1, INT64_MAX) / tokensPerStep);
-  else
+  if (byTokens) {
+    const int64_t tokens = s.integer("tokens", 0, 1, INT64_MAX);
+    steps = std::max<int64_t>(1, tokens / tokensPerStep);
+    if (steps > INT32_MAX)
+      throw Error("--tokens=" + std::to_string(tokens) + " makes " + std::to_string(steps) +
+                  " steps, more than the 2^31 - 1 the step counter holds");
+  } else {
     steps = s.integer("steps", 0, 1, INT32_MAX);
+  }
 
   // Hyperparameters, in the layout of tnlm::schema::HyperParam.
   std::vector<float> hp(schema::HyperParam_Count, 0.0f);
   const double lr = s.number("lr", 3e-4, 0, 10);
   hp[schema::HyperParam_Lr] = lr;
-  hp[schema::HyperParam_MinLr] = s.number("min-lr", lr / 10, 0, 10);
+  hp[schema::HyperParam_MinLr] = s.number("min-lr", lr / 10, 0, lr);
   hp[schema::HyperParam_Warmup] = s.integer("warmup", 0, 0, INT32_MAX);
   hp[schema::HyperParam_TotalSteps] = steps;
   const std::string schedule = s.get("schedule", "cosine");
@@ -192,8 +224,9 @@ int runTraining(const Options &flags) {
     throw Error("--schedule: unknown value '" + schedule + "' (expected cosine or constant)");
   hp[schema::HyperParam_Schedule] =
       schedule == "cosine" ? schema::LrScheduleKind_Cosine : schema::LrScheduleKind_Constant;
-  hp[schema::HyperParam_Beta1] = s.number("beta1", 0.9, 0, 0.999999);
-  hp[schema::HyperParam_Beta2] = s.number("beta2", 0.999, 0, 0.99999999);
+  // The optimizer reads f32: β must stay below 1 after rounding (1 − β^t would be 0).
+  hp[schema::HyperParam_Beta1] = s.number("beta1", 0.9, 0, 0.9999999);
+  hp[schema::HyperParam_Beta2] = s.number("beta2", 0.999, 0, 0.9999999);
   hp[schema::HyperParam_Eps] = s.number("eps", 1e-8, 0, 1);
   hp[schema::HyperParam_WeightDecay] = s.number("weight-decay", 0.01, 0, 10);
   hp[schema::HyperParam_ClipGrad] = s.number("clip-grad", 1.0, 0, 1e30);
@@ -230,21 +263,32 @@ int runTraining(const Options &flags) {
   if (resumed) {
     folder = resumed;
     state = folder->load(exec);
-    data.restore(state.data);
-    for (const nlohmann::json &m : folder->metricsUpTo(state.step)) {
-      if (m.contains("loss"))
-        curve.addTrain(m["step"], m["loss"]);
-      if (m.contains("val_loss"))
-        curve.addVal(m["step"], m["val_loss"]);
-    }
     if (state.step >= steps)
       throw Error("--resume: the run already has " + std::to_string(state.step) +
                   " steps; give a larger --steps to continue it");
+    data.restore(state.data);
+    for (const nlohmann::json &m : folder->metricsUpTo(state.step)) {
+      if (m.contains("loss") && m["loss"].is_number())
+        curve.addTrain(m["step"], m["loss"]);
+      if (m.contains("val_loss") && m["val_loss"].is_number())
+        curve.addVal(m["step"], m["val_loss"]);
+    }
+    // The flags given now become the run's options, so that a later resume keeps them.
+    nlohmann::json run = folder->run();
+    nlohmann::json &options = run["options"];
+    for (const char *name : kRunOptions)
+      if (flags.has(name))
+        options[name] = storedOption(name, flags.get(name));
+    if (flags.has("steps"))
+      options.erase("tokens");
+    if (flags.has("tokens"))
+      options.erase("steps");
+    folder->updateRun(run);
   } else {
     nlohmann::json options = nlohmann::json::object();
     for (const char *name : kRunOptions)
       if (flags.has(name))
-        options[name] = flags.get(name);
+        options[name] = storedOption(name, flags.get(name));
     nlohmann::json run = {{"artifact", artifactPath},
                           {"model", artifact.root().config() && artifact.root().config()->name()
                                         ? artifact.root().config()->name()->str()
@@ -257,6 +301,12 @@ int runTraining(const Options &flags) {
                                     " loss (nats/token)"});
   std::signal(SIGINT, onSignal);
   std::signal(SIGTERM, onSignal);
+  auto stoppedWithoutSaving = [&]() {
+    std::vector<int64_t> kept = folder->checkpoints();
+    return kept.empty() ? std::string("stopped without saving (the run has no checkpoint)")
+                        : "stopped without saving (checkpoint-" + std::to_string(kept.back()) +
+                              " is intact)";
+  };
 
   Progress progress(quiet, logEvery);
   if (!quiet) {
@@ -272,13 +322,17 @@ int runTraining(const Options &flags) {
 
   auto evaluate = [&]() {
     std::vector<double> losses;
-    for (const Batch &b : data.validationBatches())
+    for (const Batch &b : data.validationBatches()) {
+      if (stopSignal != 0)
+        return double(NAN); // a stop request does not wait for the evaluation
       losses.push_back(
           exec.run("eval_loss", {{"ids", b.ids.data()}, {"labels", b.labels.data()}}, batch, seq)
               .front()
               .second[0]);
+    }
     return mean(losses);
   };
+
   auto drawPlot = [&]() {
     PlotResult r = curve.write();
     if (r.changed && !r.message.empty() && !quiet)
@@ -315,8 +369,8 @@ int runTraining(const Options &flags) {
           where = e.what();
         }
         throw Error("step " + std::to_string(state.step + 1) + ": the loss is " +
-                    std::to_string(loss) + ": " + where +
-                    "; stopped without saving (the last checkpoint is intact)");
+                    (std::isnan(loss) ? std::string("nan") : std::to_string(loss)) + ": " + where +
+                    "; " + stoppedWithoutSaving());
       }
       lossSum += loss;
     }
@@ -328,10 +382,17 @@ int runTraining(const Options &flags) {
       for (float g : exec.state()[i])
         if (!std::isfinite(g))
           throw Error("step " + std::to_string(state.step + 1) + ": the gradient '" +
-                      st->Get(i)->name()->str() +
-                      "' is not finite; stopped without saving (the last checkpoint is intact)");
+                      st->Get(i)->name()->str() + "' is not finite; " + stoppedWithoutSaving());
     }
     auto opt = exec.run("optimizer_step", {{"hparams", hp.data()}}, batch, seq);
+    // Weights that went non-finite in the update are never saved.
+    const auto *params = artifact.root().params();
+    for (unsigned i = 0; i < params->size(); ++i)
+      for (float w : exec.params()[i])
+        if (!std::isfinite(w))
+          throw Error("step " + std::to_string(state.step + 1) + ": the optimizer made '" +
+                      params->Get(i)->name()->str() + "' non-finite (check --lr, --beta1, " +
+                      "--beta2, --eps); " + stoppedWithoutSaving());
     const double gradNorm = opt[0].second[0], stepLr = opt[1].second[0];
     state.step += 1;
     state.tokens += tokensPerStep;
@@ -340,17 +401,22 @@ int runTraining(const Options &flags) {
     const double stepSeconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - stepStart).count();
     const double loss = lossSum / accum;
-    const double tokensPerSecond = (state.step - firstStep) * tokensPerStep / std::max(now, 1e-9);
+    // Throughput of this optimizer step (evaluations and checkpoints are not steps).
+    const double tokensPerSecond = tokensPerStep / std::max(stepSeconds, 1e-9);
     curve.addTrain(state.step, loss);
     nlohmann::json line = {{"step", state.step},     {"loss", loss},
                            {"lr", stepLr},           {"grad_norm", gradNorm},
                            {"tokens", state.tokens}, {"tokens_per_s", tokensPerSecond},
                            {"step_s", stepSeconds},  {"elapsed_s", state.elapsed}};
     const bool last = state.step == steps;
-    if (data.hasValidation() && evalEvery > 0 && (state.step % evalEvery == 0 || last)) {
-      lastVal = evaluate();
-      line["val_loss"] = lastVal;
-      curve.addVal(state.step, lastVal);
+    if (data.hasValidation() && evalEvery > 0 && !data.validationBatches().empty() &&
+        (state.step % evalEvery == 0 || last)) {
+      double val = evaluate();
+      if (!std::isnan(val) || stopSignal == 0) {
+        lastVal = val;
+        line["val_loss"] = lastVal;
+        curve.addVal(state.step, lastVal);
+      }
     }
     folder->appendMetrics(line);
     progress.update(state.step, steps, loss, lastVal, line.contains("val_loss"), stepLr,
@@ -358,7 +424,7 @@ int runTraining(const Options &flags) {
                     (steps - state.step) * (now / std::max<int64_t>(1, state.step - firstStep)));
     if (line.contains("val_loss"))
       drawPlot();
-    const bool stopping = stopSignal != 0;
+    const bool stopping = stopSignal != 0 && !last;
     if ((saveEvery > 0 && state.step % saveEvery == 0) || last || stopping) {
       std::string where = checkpoint();
       if (stopping) {

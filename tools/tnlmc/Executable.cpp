@@ -39,8 +39,7 @@ std::string checkWeights(const std::string &path,
       add("'" + name + "' has another shape than the model's");
     else if (t->dtype != tnlm::DType::F32 && t->dtype != tnlm::DType::BF16 &&
              t->dtype != tnlm::DType::F16)
-      add("'" + name + "' has dtype " + tnlm::dtypeName(t->dtype) +
-          " (expected F32, BF16 or F16)");
+      add("'" + name + "' has dtype " + tnlm::dtypeName(t->dtype) + " (expected F32, BF16 or F16)");
   }
   for (const tnlm::TensorData &t : file.tensors()) {
     bool known = false;
@@ -54,9 +53,10 @@ std::string checkWeights(const std::string &path,
 
 } // namespace
 
-std::string writeExecutable(const std::string &output, const std::vector<uint8_t> &artifact,
-                            const std::string &runner, const std::string &weightsPath,
-                            const std::vector<std::pair<std::string, std::vector<int64_t>>> &params) {
+std::string
+writeExecutable(const std::string &output, const std::vector<uint8_t> &artifact,
+                const std::string &runner, const std::string &weightsPath,
+                const std::vector<std::pair<std::string, std::vector<int64_t>>> &params) {
   std::string program, weights;
   if (!readAll(runner, program))
     return "cannot read the generation runner '" + runner +
