@@ -81,12 +81,7 @@ LogicalResult Lowering::lowerRecurrent(Operation &op, bool &handled) {
   auto useAny = [&](Value v) { return use(&op, v); };
   auto useAct = [&](Value v) { return useActivation(&op, v); };
   auto result = [&](Value r, int64_t cols) { return resultOperand(&op, r, cols); };
-  auto workspace = [&](int64_t cols) {
-    PlanOperand w = newBuffer(cols, plan.steps.size());
-    w.dtype = plan.buffers[w.index].dtype = "f32";
-    plan.buffers[w.index].bytesPerRow = cols * 4;
-    return w;
-  };
+  auto workspace = [&](int64_t cols) { return newWorkspace(cols, plan.steps.size()); };
   if (auto p = llvm::dyn_cast<LightningPrefillOp>(op))
     return lowerMixer(
         p, plan, cuda, useAny, useAct, result, workspace,

@@ -263,6 +263,13 @@ PlanOperand Lowering::newBuffer(int64_t cols, int64_t step) {
       OperandKind::Arena, static_cast<int64_t>(plan.buffers.size() - 1), 0, cols, cols, actDtype};
 }
 
+PlanOperand Lowering::newWorkspace(int64_t cols, int64_t step) {
+  PlanOperand w = newBuffer(cols, step);
+  w.dtype = plan.buffers[w.index].dtype = "f32";
+  plan.buffers[w.index].bytesPerRow = cols * 4;
+  return w;
+}
+
 PlanOperand Lowering::newBatchBuffer(int64_t cols, int64_t step) {
   PlanBuffer b;
   b.cols = cols;

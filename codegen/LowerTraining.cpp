@@ -73,9 +73,7 @@ LogicalResult Lowering::lightningAttentionGrad(LightningAttentionGradOp la) {
     outputs.push_back(*dtheta);
     values[la.getThetaGrad()] = *dtheta;
   }
-  outputs.push_back(newBuffer(lightningGradWorkspaceCols(heads, dh, lrpe), step));
-  outputs.back().dtype = plan.buffers[outputs.back().index].dtype = "f32";
-  plan.buffers[outputs.back().index].bytesPerRow = outputs.back().cols * 4;
+  outputs.push_back(newWorkspace(lightningGradWorkspaceCols(heads, dh, lrpe), step));
   PlanStep &s = addStep(KernelKind::LightningAttentionGrad, op);
   s.inputs = std::move(inputs);
   s.outputs = outputs;

@@ -37,6 +37,8 @@ private:
   LogicalResult bindArguments(func::FuncOp fn);
   LogicalResult checkDims(Operation *where, RankedTensorType type);
   PlanOperand newBuffer(int64_t cols, int64_t step);
+  // An f32 scratch buffer of `cols` per call row, whatever the activation dtype.
+  PlanOperand newWorkspace(int64_t cols, int64_t step);
   // A buffer of one row per slot (kRowsPerBatch), planned for the max batch.
   PlanOperand newBatchBuffer(int64_t cols, int64_t step);
   // A buffer of a static shape: [numel / last, last] (rank 0: [1, 1]), f32 or i32.

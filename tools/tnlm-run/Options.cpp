@@ -3,6 +3,7 @@
 
 #include "runtime/Error.h"
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -78,39 +79,45 @@ std::string Options::get(const std::string &name, const std::string &dflt) const
   return it == given_.end() ? dflt : it->second;
 }
 
-int64_t Options::getInt(const std::string &name, int64_t dflt, int64_t min, int64_t max) const {
-  auto it = given_.find(name);
-  if (it == given_.end())
-    return dflt;
+int64_t parseIntegerFlag(const std::string &name, const std::string &text, int64_t min,
+                         int64_t max) {
   char *end = nullptr;
-  long long v = std::strtoll(it->second.c_str(), &end, 10);
-  if (it->second.empty() || *end != '\0' || v < min || v > max)
+  errno = 0;
+  long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || errno == ERANGE || v < min || v > max)
     throw Error("option '--" + name + "': expected an integer in [" + std::to_string(min) + ", " +
-                std::to_string(max) + "], got '" + it->second + "'");
+                std::to_string(max) + "], got '" + text + "'");
   return v;
 }
 
-namespace {
-std::string shortNumber(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%g", v);
-  return buf;
-}
-} // namespace
-
-double Options::getDouble(const std::string &name, double dflt, double min, double max) const {
-  auto it = given_.find(name);
-  if (it == given_.end())
-    return dflt;
+double parseNumberFlag(const std::string &name, const std::string &text, double min,
+                       double max) {
+  auto shortNumber = [](double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.9g", v);
+    return std::string(buf);
+  };
   char *end = nullptr;
-  double v = std::strtod(it->second.c_str(), &end);
-  if (it->second.empty() || *end != '\0' || !std::isfinite(v) || v < min || v > max)
+  errno = 0;
+  double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(v) || v < min ||
+      v > max)
     throw Error("option '--" + name + "': expected " +
                 (min < -1e29 && max > 1e29
                      ? std::string("a finite number")
                      : "a number in [" + shortNumber(min) + ", " + shortNumber(max) + "]") +
-                ", got '" + it->second + "'");
+                ", got '" + text + "'");
   return v;
+}
+
+int64_t Options::getInt(const std::string &name, int64_t dflt, int64_t min, int64_t max) const {
+  auto it = given_.find(name);
+  return it == given_.end() ? dflt : parseIntegerFlag(name, it->second, min, max);
+}
+
+double Options::getDouble(const std::string &name, double dflt, double min, double max) const {
+  auto it = given_.find(name);
+  return it == given_.end() ? dflt : parseNumberFlag(name, it->second, min, max);
 }
 
 void Options::printHelp() const {

@@ -8,12 +8,19 @@
 #ifndef TNLM_TOOLS_OPTIONS_H
 #define TNLM_TOOLS_OPTIONS_H
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace tnlm {
+
+/// The value `text` of flag --name as an integer / a finite number in [min, max] (strtoll /
+/// strtod, the whole text, no overflow); else tnlm::Error naming the flag and the range.
+int64_t parseIntegerFlag(const std::string &name, const std::string &text, int64_t min,
+                         int64_t max);
+double parseNumberFlag(const std::string &name, const std::string &text, double min, double max);
 
 class Options {
 public:

@@ -101,33 +101,10 @@ struct Settings {
   }
   bool has(const std::string &name) const { return flags.has(name) || saved.contains(name); }
   double number(const std::string &name, double dflt, double min, double max) const {
-    if (!has(name))
-      return dflt;
-    std::string v = get(name);
-    char *end = nullptr;
-    errno = 0;
-    double x = std::strtod(v.c_str(), &end);
-    if (v.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(x) || x < min || x > max)
-      throw Error("option '--" + name + "': expected a number in [" + fmt(min) + ", " + fmt(max) +
-                  "], got '" + v + "'");
-    return x;
+    return has(name) ? parseNumberFlag(name, get(name), min, max) : dflt;
   }
   int64_t integer(const std::string &name, int64_t dflt, int64_t min, int64_t max) const {
-    if (!has(name))
-      return dflt;
-    std::string v = get(name);
-    char *end = nullptr;
-    errno = 0;
-    long long x = std::strtoll(v.c_str(), &end, 10);
-    if (v.empty() || *end != '\0' || errno == ERANGE || x < min || x > max)
-      throw Error("option '--" + name + "': expected an integer in [" + std::to_string(min) + ", " +
-                  std::to_string(max) + "], got '" + v + "'");
-    return x;
-  }
-  static std::string fmt(double x) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.9g", x);
-    return buf;
+    return has(name) ? parseIntegerFlag(name, get(name), min, max) : dflt;
   }
 };
 
