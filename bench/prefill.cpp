@@ -25,6 +25,7 @@
 // and against the ~790 TFLOP/s measured ceiling (PERFORMANCE.md).
 //
 //===----------------------------------------------------------------------===//
+#include "bench/BenchCommon.h"
 #include "runtime/Artifact.h"
 #include "runtime/Error.h"
 #include "runtime/Init.h"
@@ -45,6 +46,9 @@
 #include <vector>
 
 using namespace tnlm;
+using bench::jsonString;
+using bench::median;
+using bench::randomWeightsParallel;
 
 namespace {
 
@@ -72,68 +76,6 @@ double forwardFlops(const Artifact &a, int64_t batch, int64_t seq) {
     }
   }
   return flops;
-}
-
-/// randomWeights(artifact, seed), with the parameters filled on all cores: each value is a
-/// pure function of (seed, name, index) (runtime/Init.h), so the result is the same; one
-/// thread takes 30-60 s for 1B parameters.
-ParamValues randomWeightsParallel(const Artifact &a, uint64_t seed) {
-  const auto &table = *a.root().params();
-  ParamValues values(table.size());
-  std::vector<std::vector<int64_t>> shapes(table.size());
-  for (size_t i = 0; i < table.size(); ++i) {
-    int64_t n = 1;
-    for (int64_t dim : *table[i]->shape()) {
-      shapes[i].push_back(dim);
-      n *= dim;
-    }
-    values[i].resize(size_t(n));
-  }
-  std::atomic<size_t> next{0};
-  std::vector<std::string> errors(table.size());
-  auto work = [&] {
-    for (size_t i; (i = next.fetch_add(1)) < table.size();) {
-      try {
-        initParameter(table[i]->name()->str(), shapes[i], seed, values[i].data());
-      } catch (const Error &e) {
-        errors[i] = e.what();
-      }
-    }
-  };
-  const unsigned n = std::max(1u, std::min(std::thread::hardware_concurrency(), 64u));
-  std::vector<std::thread> threads;
-  for (unsigned t = 1; t < n; ++t)
-    threads.emplace_back(work);
-  work();
-  for (std::thread &t : threads)
-    t.join();
-  for (const std::string &e : errors)
-    if (!e.empty())
-      throw Error(a.source() + ": " + e);
-  return values;
-}
-
-std::string jsonString(const std::string &s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 } // namespace

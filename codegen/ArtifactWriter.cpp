@@ -156,7 +156,7 @@ fb::Offset<sc::Operand> writeOperand(fb::FlatBufferBuilder &b, const KernelPlan 
 }
 
 fb::Offset<sc::Function> writeFunction(fb::FlatBufferBuilder &b, const KernelPlan &plan,
-                                       const CudaProgram *program) {
+                                       const std::vector<std::vector<CudaLaunch>> *program) {
   std::vector<fb::Offset<sc::Step>> steps;
   for (auto [i, s] : llvm::enumerate(plan.steps)) {
     std::vector<fb::Offset<sc::Operand>> ins, outs;
@@ -166,7 +166,7 @@ fb::Offset<sc::Function> writeFunction(fb::FlatBufferBuilder &b, const KernelPla
       outs.push_back(writeOperand(b, plan, o));
     std::vector<fb::Offset<sc::KernelLaunch>> launches;
     if (program)
-      for (const CudaLaunch &l : program->steps[i])
+      for (const CudaLaunch &l : (*program)[i])
         launches.push_back(sc::CreateKernelLaunch(
             b, static_cast<sc::LaunchKind>(l.kind), static_cast<int32_t>(l.kernel),
             static_cast<int32_t>(l.block), static_cast<int32_t>(l.sharedMem), l.gemmN, l.gemmK));
@@ -197,8 +197,9 @@ std::vector<uint8_t> serializeArtifact(ModuleOp module, const std::vector<Kernel
   for (const PlanParam &p : plans.front().params)
     params.push_back(sc::CreateParamDirect(b, p.name.c_str(), dtypeOf(p.dtype), &p.shape));
   std::vector<fb::Offset<sc::Function>> functions;
-  for (const KernelPlan &plan : plans)
-    functions.push_back(writeFunction(b, plan, &plan == &plans.front() ? program : nullptr));
+  for (auto [i, plan] : llvm::enumerate(plans))
+    functions.push_back(writeFunction(
+        b, plan, program && i < program->functions.size() ? &program->functions[i] : nullptr));
   std::vector<fb::Offset<sc::StateBuffer>> state;
   for (const PlanState &st : plans.front().state) {
     sc::StateKind kind = st.kind == "adam_m"      ? sc::StateKind_AdamExpAvg
@@ -229,7 +230,9 @@ std::vector<uint8_t> serializeArtifact(ModuleOp module, const std::vector<Kernel
       b, sc::FormatVersion_Current, target == "cpu" ? sc::Target_CPU : sc::Target_CUDA_SM90A,
       "tnlmc 0.1", config, plans.front().maxBatch, plans.front().maxSeq, &params, &functions,
       kernels, train || recurrent ? &state : nullptr,
-      train ? sc::Mode_Train : recurrent ? sc::Mode_Recurrent : sc::Mode_Infer);
+      train       ? sc::Mode_Train
+      : recurrent ? sc::Mode_Recurrent
+                  : sc::Mode_Infer);
   // Size-prefixed: the loader can tell a truncated file from a complete one.
   sc::FinishSizePrefixedArtifactBuffer(b, root);
   return std::vector<uint8_t>(b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize());

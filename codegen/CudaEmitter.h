@@ -23,7 +23,16 @@
 namespace mlir::tnlm {
 
 /// Mirrors tnlm.fbs LaunchKind: how one launch of a step runs and how its grid follows rows.
-enum class CudaLaunchKind { Gemm, PerRow, LightningState, LightningScan, LightningMain };
+enum class CudaLaunchKind {
+  Gemm,
+  PerRow,
+  LightningState,
+  LightningScan,
+  LightningMain,
+  StateCommit,
+  Decode,
+  PerSlot
+};
 const char *launchKindName(CudaLaunchKind kind);
 
 struct CudaLaunch {
@@ -44,20 +53,26 @@ struct CudaProgram {
   std::string sourceName; // e.g. "forward.cu"
   std::string source;
   std::vector<CudaKernel> kernels;
-  std::vector<std::vector<CudaLaunch>> steps; // one list per plan step, in plan order
+  /// Per function (in the order of the plans given to emitCudaProgram), one launch list per
+  /// plan step, in plan order.
+  std::vector<std::vector<std::vector<CudaLaunch>>> functions;
 };
 
 /// Emits the CUDA program of `plan` (memory-planned, lowered for cuda). Fails with a
 /// diagnostic at `loc` naming the step (layer) when a step has no CUDA kernel yet.
 FailureOr<CudaProgram> emitCudaProgram(const KernelPlan &plan, Location loc);
+/// One program for several functions of one artifact (recurrent: @prefill and @decode_step),
+/// their kernels shared; `plans` share one parameter table.
+FailureOr<CudaProgram> emitCudaProgram(const std::vector<KernelPlan> &plans, Location loc);
 
 /// The device headers the source includes, by include name ("tnlm/Elementwise.cuh").
 const std::map<std::string, std::string> &cudaDeviceHeaders();
 
 /// The readable launch manifest (`tnlmc --emit=cuda-source` writes it next to the source).
 /// `symbols`, when given, are the resolved kernel symbols (same order as program.kernels).
-void printCudaManifest(const KernelPlan &plan, const CudaProgram &program,
-                       llvm::raw_ostream &os, const std::vector<std::string> *symbols = nullptr);
+/// `function`: the index of `plan` among the program's functions.
+void printCudaManifest(const KernelPlan &plan, const CudaProgram &program, llvm::raw_ostream &os,
+                       const std::vector<std::string> *symbols = nullptr, size_t function = 0);
 
 } // namespace mlir::tnlm
 

@@ -24,9 +24,6 @@ static LogicalResult lowerMixer(Op op, KernelPlan &plan, bool cuda,
                                 llvm::function_ref<PlanOperand(int64_t)> workspace,
                                 llvm::function_ref<PlanStep &()> addStep,
                                 llvm::DenseMap<Value, PlanOperand> &values) {
-  if (cuda)
-    return op.emitError() << "recurrent inference on the GPU is not implemented yet "
-                             "(compile with --target=cpu)";
   FailureOr<PlanOperand> qkvu = useActivation(op.getQkvu());
   FailureOr<PlanOperand> state = useAny(op.getState());
   FailureOr<PlanOperand> slots = useAny(op->getOperand(2));
@@ -59,7 +56,7 @@ static LogicalResult lowerMixer(Op op, KernelPlan &plan, bool cuda,
     if (block <= 0)
       return op.emitError() << "the Lightning Attention block size is not chosen; run "
                                "tnlm-choose-tiles";
-    if (silu || lrpe)
+    if (lrpe || (silu && !cuda))
       outputs.push_back(workspace(2 * heads * op.getKeyDim()));
     attrs = {heads, dh, block, lrpe ? 1 : 0, silu ? 1 : 0};
   } else {
@@ -81,7 +78,11 @@ LogicalResult Lowering::lowerRecurrent(Operation &op, bool &handled) {
   auto useAny = [&](Value v) { return use(&op, v); };
   auto useAct = [&](Value v) { return useActivation(&op, v); };
   auto result = [&](Value r, int64_t cols) { return resultOperand(&op, r, cols); };
-  auto workspace = [&](int64_t cols) { return newWorkspace(cols, plan.steps.size()); };
+  // The prologue's q', k': f32 on the CPU; on CUDA only LRPE layers need them (bf16 planes
+  // [q cos | k cos | q sin | k sin], the forward's layout); SiLU runs in place in qkvu.
+  auto workspace = [&](int64_t cols) {
+    return cuda ? newBuffer(cols, plan.steps.size()) : newWorkspace(cols, plan.steps.size());
+  };
   if (auto p = llvm::dyn_cast<LightningPrefillOp>(op))
     return lowerMixer(
         p, plan, cuda, useAny, useAct, result, workspace,

@@ -316,7 +316,11 @@ void checkStepShapes(const schema::Artifact &a, const schema::Step &s,
       fail(" has invalid recurrent attention attributes");
     slopesFor(h);
     const int64_t dk = lrpe ? 2 * dh : dh;
-    if (nin != 3u + lrpe || nout != (prefill && (lrpe || silu) ? 3u : 2u))
+    // The prefill's prologue workspace: q', k' in f32 on the CPU; on CUDA, SiLU runs in
+    // place and only LRPE's bf16 planes need one.
+    const bool cuda = a.target() == schema::Target_CUDA_SM90A;
+    const bool workspace = prefill && (lrpe || (silu && !cuda));
+    if (nin != 3u + lrpe || nout != (workspace ? 3u : 2u))
       fail(" has operands that do not match its LRPE and activation flags");
     const schema::Operand *x = in(0), *state = in(1);
     allPerCall({x, y});
@@ -459,8 +463,8 @@ void checkOutputs(const schema::Artifact &a, const schema::Function &f, uint64_t
           fail(at + " has a result whose shape is out of range");
       }
     if (cols <= 0 || cols > kMaxDim ||
-        !fitsArena(out->offset(), static_cast<uint64_t>(cols), perCall && !perSlot ? rows : outRows, 4,
-                   f.arena_bytes()))
+        !fitsArena(out->offset(), static_cast<uint64_t>(cols), perCall && !perSlot ? rows : outRows,
+                   4, f.arena_bytes()))
       fail(at + " has a result outside the arena");
     bool written = false;
     for (const schema::Step *s : *f.steps()) {

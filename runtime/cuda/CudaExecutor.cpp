@@ -33,35 +33,60 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
   const schema::Artifact &root = artifact.root();
   if (root.target() != schema::Target_CUDA_SM90A || !root.kernels())
     throw Error(src + ": not a CUDA artifact (compile with --target=cuda:sm_90a)");
+  if (root.mode() == schema::Mode_Train)
+    throw Error(src + ": a training artifact: the CUDA backend runs inference and recurrent "
+                      "artifacts only");
   const auto &table = *root.params();
   checkParamValues(artifact, params);
-  const schema::Function &fn = artifact.function("forward");
+  for (const schema::Function *fn : *root.functions())
+    functions_.push_back(Function{fn->name()->str(), fn, {}, 0});
   // Parameters are uploaded as bf16 (what the GEMMs and kernels read), except LRPE's θ, which
-  // the prologue reads as f32: angles p·θ reach 10^4 rad, where θ's bf16 rounding (2^-9)
-  // would move them by tens of radians.
+  // the prologues read as f32: angles p·θ reach 10^4 rad, where θ's bf16 rounding (2^-9)
+  // would move them by tens of radians. θ is the parameter input of the attention steps.
   f32Param_.assign(table.size(), false);
-  for (const schema::Step *s : *fn.steps())
-    if (s->kind() == schema::KernelKind_LightningAttention && s->i64_attrs() &&
-        s->i64_attrs()->size() > 3 && s->i64_attrs()->Get(3) != 0 && s->inputs()->size() > 1 &&
-        s->inputs()->Get(1)->kind() == schema::OperandKind_Param)
-      f32Param_.at(s->inputs()->Get(1)->offset()) = true;
+  for (const Function &f : functions_)
+    for (const schema::Step *s : *f.fn->steps()) {
+      const auto kind = s->kind();
+      if (kind != schema::KernelKind_LightningAttention &&
+          kind != schema::KernelKind_LightningPrefill && kind != schema::KernelKind_LightningDecode)
+        continue;
+      for (unsigned i = 1; i < s->inputs()->size(); ++i)
+        if (s->inputs()->Get(i)->kind() == schema::OperandKind_Param)
+          f32Param_.at(s->inputs()->Get(i)->offset()) = true;
+    }
   size_t paramBytes = 0;
   for (size_t i = 0; i < table.size(); ++i) {
     paramBytes += (params[i].size() * (f32Param_[i] ? 4 : 2) + Arena::kAlignment - 1) /
                   Arena::kAlignment * Arena::kAlignment;
   }
-  const schema::FunctionIO *out = fn.outputs()->Get(0);
-  vocab_ = out->shape()->Get(out->shape()->size() - 1);
   const int64_t maxRows = artifact.maxBatch() * artifact.maxSeq();
-  bool logitsLinear = false; // the f32 logits come straight from the last GEMM (bf16 in)
-  for (const schema::Step *s : *fn.steps())
-    logitsLinear |= s->kind() == schema::KernelKind_Linear && s->outputs()->size() == 1 &&
-                    s->outputs()->Get(0)->dtype() == schema::DType_F32 &&
-                    s->outputs()->Get(0)->offset() == out->offset() &&
-                    s->outputs()->Get(0)->ld() == vocab_;
-  if (!logitsLinear || out->kind() != schema::OperandKind_Arena)
-    throw Error(src + ": @forward's logits are not the dense f32 output of a linear step");
-  logitsOffset_ = out->offset();
+  size_t arenaBytes = 0, inputCount = 0;
+  int64_t maxHeads = 0;
+  bool lightning = false, prefill = false;
+  for (Function &f : functions_) {
+    const schema::Function &fn = *f.fn;
+    arenaBytes = std::max<size_t>(arenaBytes, fn.arena_bytes());
+    inputCount = std::max<size_t>(inputCount, fn.inputs() ? fn.inputs()->size() : 0);
+    const schema::FunctionIO *out = fn.outputs()->Get(0);
+    vocab_ = out->shape()->Get(out->shape()->size() - 1);
+    bool logitsLinear = false; // the f32 logits come straight from the last GEMM (bf16 in)
+    for (const schema::Step *s : *fn.steps()) {
+      logitsLinear |= s->kind() == schema::KernelKind_Linear && s->outputs()->size() == 1 &&
+                      s->outputs()->Get(0)->dtype() == schema::DType_F32 &&
+                      s->outputs()->Get(0)->offset() == out->offset() &&
+                      s->outputs()->Get(0)->ld() == vocab_;
+      const auto kind = s->kind();
+      lightning |= kind == schema::KernelKind_LightningAttention ||
+                   kind == schema::KernelKind_LightningPrefill;
+      if (kind == schema::KernelKind_LightningPrefill) {
+        prefill = true;
+        maxHeads = std::max<int64_t>(maxHeads, s->i64_attrs()->Get(0));
+      }
+    }
+    if (!logitsLinear || out->kind() != schema::OperandKind_Arena)
+      throw Error(src + ": @" + f.name + "'s logits are not the dense f32 output of a linear step");
+    f.logitsOffset = out->offset();
+  }
 
   if (context) {
     context_ = context;
@@ -73,34 +98,50 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
 
   // Lightning piece states: plan_lightning_fwd keeps B·H·pieces_per_bh ≤ #SMs (pieces only
   // double while 2·B·H·(segs-1)·k ≤ #SMs; with k = 1, B·H·(segs-1) < B·H·(#SMs / (B·H))), so
-  // #SMs states of DK×DV f32 cover every call; forward() checks it anyway.
-  bool lightning = false;
-  for (const schema::Step *s : *fn.steps())
-    lightning |= s->kind() == schema::KernelKind_LightningAttention;
+  // #SMs states of DK×DV f32 cover every call; runLightning checks it anyway. The prefill's
+  // final states of one pass: [max batch · H][DK][DV] f32.
   workspaceBytes_ = lightning ? size_t(context_->multiprocessors()) * kLaStateBytes : 0;
+  scratchBytes_ = prefill ? size_t(artifact.maxBatch()) * size_t(maxHeads) * kLaStateBytes : 0;
 
   auto up = [](size_t b) {
     return (b + Arena::kAlignment - 1) / Arena::kAlignment * Arena::kAlignment;
   };
-  size_t slopeBytes = 0;
-  for (const schema::Step *s : *fn.steps())
-    if (s->slopes())
-      slopeBytes += up(s->slopes()->size() * sizeof(float));
-  const size_t total = up(fn.arena_bytes()) + up(maxRows * sizeof(int32_t)) + slopeBytes +
-                       paramBytes + up(workspaceBytes_) + Arena::kAlignment;
+  size_t slopeBytes = 0, stateBytes = 0;
+  for (const Function &f : functions_)
+    for (const schema::Step *s : *f.fn->steps())
+      if (s->slopes())
+        slopeBytes += up(s->slopes()->size() * sizeof(float));
+  if (root.state())
+    for (const schema::StateBuffer *st : *root.state()) {
+      size_t n = 1;
+      for (int64_t d : *st->shape())
+        n *= size_t(d);
+      stateBytes_.push_back(n * 4);
+      stateBytes += up(n * 4);
+    }
+  const size_t total = up(arenaBytes) + inputCount * up(maxRows * sizeof(int32_t)) + slopeBytes +
+                       paramBytes + up(workspaceBytes_) + up(scratchBytes_) + stateBytes +
+                       Arena::kAlignment;
   if (total > context_->totalMemory()) {
     auto gib = [](size_t b) { return std::to_string(b / double(1u << 30)).substr(0, 6) + " GiB"; };
-    throw Error(src + ": the parameters (" + gib(paramBytes) + ") and the planned activations (" +
-                gib(fn.arena_bytes()) + " for batch " + std::to_string(artifact.maxBatch()) +
-                " x sequence " + std::to_string(artifact.maxSeq()) + ") need " + gib(total) +
-                ", more than the " + gib(context_->totalMemory()) + " of " +
-                context_->deviceName() + ": compile with a smaller --batch or --seq");
+    throw Error(src + ": the parameters (" + gib(paramBytes) + "), the planned activations (" +
+                gib(arenaBytes) + ") and the state (" + gib(stateBytes) + ") for batch " +
+                std::to_string(artifact.maxBatch()) + " x sequence " +
+                std::to_string(artifact.maxSeq()) + " need " + gib(total) + ", more than the " +
+                gib(context_->totalMemory()) + " of " + context_->deviceName() +
+                ": compile with a smaller --batch or --seq");
   }
   arena_ = std::make_unique<Arena>(total, src + ": the device arena");
-  activations_ = arena_->allocate(std::max<size_t>(fn.arena_bytes(), 1), "the activations");
-  ids_ = arena_->allocate(maxRows * sizeof(int32_t), "the ids");
+  activations_ = arena_->allocate(std::max<size_t>(arenaBytes, 1), "the activations");
+  for (size_t i = 0; i < inputCount; ++i)
+    inputs_.push_back(arena_->allocate(maxRows * sizeof(int32_t), "the inputs"));
+  staged_.resize(inputCount);
   if (workspaceBytes_)
     workspace_ = arena_->allocate(workspaceBytes_, "the Lightning Attention workspace");
+  if (scratchBytes_)
+    scratch_ = arena_->allocate(scratchBytes_, "the prefill's final states");
+  for (size_t i = 0; i < stateBytes_.size(); ++i)
+    state_.push_back(arena_->allocate(std::max<size_t>(stateBytes_[i], 4), "the state"));
 
   // Parameters as bf16 (one host buffer per tensor, kept until the copies have run), θ as f32.
   std::vector<std::vector<uint16_t>> staged(table.size());
@@ -119,15 +160,18 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
     context_->copyToDevice(params_[i], staged[i].data(), staged[i].size() * 2,
                            src + ": uploading parameter '" + name + "'");
   }
-  slopes_.assign(fn.steps()->size(), 0);
-  for (unsigned i = 0; i < fn.steps()->size(); ++i) {
-    const schema::Step *s = fn.steps()->Get(i);
-    if (!s->slopes() || s->slopes()->size() == 0)
-      continue;
-    slopes_[i] = arena_->allocate(s->slopes()->size() * sizeof(float), "slopes");
-    context_->copyToDevice(slopes_[i], s->slopes()->data(), s->slopes()->size() * sizeof(float),
-                           src + ": uploading the slopes of step " + std::to_string(i));
+  for (Function &f : functions_) {
+    f.slopes.assign(f.fn->steps()->size(), 0);
+    for (unsigned i = 0; i < f.fn->steps()->size(); ++i) {
+      const schema::Step *s = f.fn->steps()->Get(i);
+      if (!s->slopes() || s->slopes()->size() == 0)
+        continue;
+      f.slopes[i] = arena_->allocate(s->slopes()->size() * sizeof(float), "slopes");
+      context_->copyToDevice(f.slopes[i], s->slopes()->data(), s->slopes()->size() * sizeof(float),
+                             src + ": uploading the slopes of step " + std::to_string(i));
+    }
   }
+  resetState();
   const schema::Kernels &kernels = *root.kernels();
   module_ = std::make_unique<Module>(
       *context_,
@@ -154,7 +198,15 @@ CUdeviceptr CudaExecutor::operand(const schema::Operand *o, const std::string &w
   case schema::OperandKind_Param:
     return params_.at(o->offset()) + o->col_offset() * (f32Param_.at(o->offset()) ? 4 : 2);
   case schema::OperandKind_Input:
-    return ids_;
+    if (o->offset() >= inputs_.size())
+      throw Error(where + ": an operand names function input " + std::to_string(o->offset()) +
+                  " of " + std::to_string(inputs_.size()));
+    return inputs_[o->offset()];
+  case schema::OperandKind_State:
+    if (o->offset() >= state_.size())
+      throw Error(where + ": an operand names state " + std::to_string(o->offset()) + " of " +
+                  std::to_string(state_.size()));
+    return state_[o->offset()] + o->col_offset() * 4;
   default:
     throw Error(where + ": an operand of unknown kind");
   }
@@ -168,8 +220,8 @@ Kernel &CudaExecutor::kernel(const schema::KernelLaunch *l, const std::string &w
   return module_->kernel(names.Get(l->kernel())->str(), where);
 }
 
-void CudaExecutor::runStep(unsigned index, const schema::Step &s, int64_t batch, int64_t seq,
-                           const std::string &where) {
+void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step &s, int64_t batch,
+                           int64_t seq, const std::string &where) {
   const int64_t rows = batch * seq;
   const auto &in = *s.inputs();
   const auto &out = *s.outputs();
@@ -191,7 +243,8 @@ void CudaExecutor::runStep(unsigned index, const schema::Step &s, int64_t batch,
   if (s.kind() == schema::KernelKind_Linear) {
     const schema::KernelLaunch *l = s.launches()->Get(0);
     GemmShape shape;
-    shape.rows = rows;
+    // Rows: the call's batch · seq, or one per slot (the prefill's lm head after gather_last).
+    shape.rows = in.Get(0)->rows() == -2 ? batch : rows;
     shape.in = l->gemm_k();
     shape.out = l->gemm_n();
     shape.ldx = in.Get(0)->ld();
@@ -201,8 +254,26 @@ void CudaExecutor::runStep(unsigned index, const schema::Step &s, int64_t batch,
                   ptr(in.Get(0)), ptr(in.Get(1)), ptr(y), where);
     return;
   }
-  if (s.kind() == schema::KernelKind_LightningAttention) {
-    runLightning(index, s, batch, seq, where);
+  if (s.kind() == schema::KernelKind_LightningAttention ||
+      s.kind() == schema::KernelKind_LightningPrefill) {
+    runLightning(f, index, s, batch, seq, where);
+    return;
+  }
+  if (s.kind() == schema::KernelKind_LightningDecode) {
+    if (seq != 1)
+      throw Error(where + ": a decode step takes one token per slot, not " + std::to_string(seq));
+    runDecode(f, index, s, batch, where);
+    return;
+  }
+  if (s.kind() == schema::KernelKind_GatherLast) {
+    const schema::KernelLaunch *l = s.launches()->Get(0);
+    if (l->kind() != schema::LaunchKind_PerSlot)
+      throw Error(where + ": expected a per-slot launch");
+    LaunchConfig c;
+    c.grid.x = static_cast<unsigned>(batch);
+    c.block.x = static_cast<unsigned>(l->block());
+    context_->launchWith(kernelOf(l), c, where, ptr(in.Get(0)), ld(in.Get(0)), ptr(in.Get(1)),
+                         int(seq), ptr(y), ld(y));
     return;
   }
   for (const schema::KernelLaunch *l : *s.launches()) {
@@ -248,24 +319,36 @@ void CudaExecutor::runStep(unsigned index, const schema::Step &s, int64_t batch,
 // k sin] into the step's workspace (same row stride as qkvu, so q, k and v share the strides
 // LightningFwdArgs has one set of), pass 0 runs on the cos planes -> y, pass 1 on the sin
 // planes -> workspace plane 0 (no longer read), and the epilogue norms and gates the sum.
-void CudaExecutor::runLightning(unsigned index, const schema::Step &s, int64_t batch, int64_t seq,
-                                const std::string &where) {
+// Prefill (LightningPrefill): inputs qkvu, state, lengths[, θ], outputs y, state[, the LRPE
+// workspace]; the prologue (rec::prefill_prologue) zeroes q', k' of the left padding, each
+// pass also writes its final states into scratch_ and a StateCommit launch copies them into
+// the slots' state.
+void CudaExecutor::runLightning(const Function &f, unsigned index, const schema::Step &s,
+                                int64_t batch, int64_t seq, const std::string &where) {
   const int64_t rows = batch * seq;
   const auto &in = *s.inputs();
   const auto &out = *s.outputs();
   auto i64 = [&](unsigned i) { return s.i64_attrs()->Get(i); };
   const int heads = static_cast<int>(i64(0)), dh = static_cast<int>(i64(1));
   const bool lrpe = i64(3) != 0;
+  const bool prefill = s.kind() == schema::KernelKind_LightningPrefill;
+  const unsigned wsIndex = prefill ? 2 : 1, thetaIndex = prefill ? 3 : 1;
   if (dh != kLaHeadDim)
     throw Error(where + ": the CUDA Lightning Attention kernel needs head dim 128, not " +
                 std::to_string(dh));
-  if (!slopes_[index])
+  if (!f.slopes[index])
     throw Error(where + ": the step has no slopes");
   const schema::Operand *qkvu = in.Get(0);
   const schema::Operand *y = out.Get(0);
-  const schema::Operand *ws = lrpe && out.size() > 1 ? out.Get(1) : nullptr;
-  if (lrpe && (!ws || in.size() < 2 || ws->ld() != qkvu->ld()))
+  const schema::Operand *ws = lrpe && out.size() > wsIndex ? out.Get(wsIndex) : nullptr;
+  if (lrpe && (!ws || in.size() <= thetaIndex || ws->ld() != qkvu->ld()))
     throw Error(where + ": an LRPE layer needs θ and a workspace with qkvu's row stride");
+  if (prefill && (in.size() < 3 || out.size() < 2))
+    throw Error(where + ": a prefill step needs its state and lengths");
+  if (prefill && size_t(batch) * size_t(heads) * kLaStateBytes > scratchBytes_)
+    throw Error(where + ": the prefill's final states need more than the " +
+                std::to_string(scratchBytes_) + " bytes allocated");
+  const CUdeviceptr lengths = prefill ? operand(in.Get(2), where) : 0;
   const int64_t d = int64_t(heads) * dh;
   const CUdeviceptr base = operand(qkvu, where);
   const la::LightningFwdPlan plan = la::plan_lightning_fwd(
@@ -289,9 +372,9 @@ void CudaExecutor::runLightning(unsigned index, const schema::Step &s, int64_t b
     a.k = reinterpret_cast<const uint16_t *>(q + d * 2);
     a.v = reinterpret_cast<const uint16_t *>(base + 2 * d * 2);
     a.o = reinterpret_cast<uint16_t *>(o);
-    a.slopes = reinterpret_cast<const float *>(slopes_[index]);
+    a.slopes = reinterpret_cast<const float *>(f.slopes[index]);
     a.piece_states = plan.pieces_per_bh > 0 ? reinterpret_cast<float *>(workspace_) : nullptr;
-    a.final_state = nullptr;
+    a.final_state = prefill ? reinterpret_cast<float *>(scratch_) : nullptr;
     a.B = int(batch);
     a.N = int(seq);
     a.H = heads;
@@ -319,7 +402,12 @@ void CudaExecutor::runLightning(unsigned index, const schema::Step &s, int64_t b
     switch (l->kind()) {
     case schema::LaunchKind_PerRow:
       c.grid.x = static_cast<unsigned>(rows);
-      if (!attended && lrpe) {
+      if (!attended && prefill) { // φ, LRPE and the left padding's zeros
+        const CUdeviceptr theta = lrpe ? operand(in.Get(thetaIndex), where) : 0;
+        const CUdeviceptr w = lrpe ? operand(ws, where) : base;
+        const long long ldw = lrpe ? ws->ld() : qkvu->ld();
+        context_->launchWith(k, c, where, base, qkvu->ld(), theta, lengths, int(seq), w, ldw);
+      } else if (!attended && lrpe) {
         const schema::Operand *theta = in.Get(1);
         context_->launchWith(k, c, where, base, qkvu->ld(), operand(theta, where), int(seq),
                              operand(ws, where), ws->ld());
@@ -357,6 +445,16 @@ void CudaExecutor::runLightning(unsigned index, const schema::Step &s, int64_t b
       context_->launchWith(k, c, where, a);
       ++pass;
       break;
+    case schema::LaunchKind_StateCommit: {
+      if (!prefill || pass == 0)
+        throw Error(where + ": a state commit outside a prefill pass");
+      c.grid.x = static_cast<unsigned>(kLaStateBytes / sizeof(float) / 4 / l->block());
+      c.grid.y = bh;
+      const int dkTotal = lrpe ? 2 * kLaHeadDim : kLaHeadDim;
+      context_->launchWith(k, c, where, scratch_, operand(out.Get(1), where), lengths, heads,
+                           dkTotal, (pass - 1) * kLaHeadDim);
+      break;
+    }
     default:
       throw Error(where + ": unexpected launch kind in a Lightning Attention step");
     }
@@ -366,15 +464,73 @@ void CudaExecutor::runLightning(unsigned index, const schema::Step &s, int64_t b
                 " Lightning Attention passes, the layer needs " + std::to_string(lrpe ? 2 : 1));
 }
 
-void CudaExecutor::runSteps(int64_t batch, int64_t seq,
+// A decode step (launches from CudaEmitter::decode): rec::lightning_decode, then the
+// norm/gate epilogue over each slot's row.
+void CudaExecutor::runDecode(const Function &f, unsigned index, const schema::Step &s,
+                             int64_t batch, const std::string &where) {
+  const auto &in = *s.inputs();
+  const auto &out = *s.outputs();
+  const int heads = static_cast<int>(s.i64_attrs()->Get(0));
+  const int dh = static_cast<int>(s.i64_attrs()->Get(1));
+  const bool lrpe = s.i64_attrs()->Get(2) != 0;
+  if (!f.slopes[index])
+    throw Error(where + ": the step has no slopes");
+  if (in.size() < (lrpe ? 4u : 3u) || out.size() < 2 || dh % 16 != 0)
+    throw Error(where + ": a decode step needs qkvu, its state, the positions (and θ), and a "
+                        "head dim that is a multiple of 16");
+  const schema::Operand *qkvu = in.Get(0), *y = out.Get(0);
+  const CUdeviceptr base = operand(qkvu, where);
+  for (const schema::KernelLaunch *l : *s.launches()) {
+    Kernel &k = kernel(l, where);
+    LaunchConfig c;
+    c.block.x = static_cast<unsigned>(l->block());
+    c.sharedBytes = static_cast<unsigned>(l->shared_mem());
+    if (l->kind() == schema::LaunchKind_Decode) {
+      c.grid.x = static_cast<unsigned>(batch * heads);
+      c.grid.y = static_cast<unsigned>(dh / 16);
+      const CUdeviceptr theta = lrpe ? operand(in.Get(3), where) : 0;
+      context_->launchWith(k, c, where, base, static_cast<long long>(qkvu->ld()), theta,
+                           operand(in.Get(2), where), f.slopes[index], operand(in.Get(1), where),
+                           operand(y, where), static_cast<long long>(y->ld()), heads);
+    } else if (l->kind() == schema::LaunchKind_PerRow) { // y = u ⊙ SRMSNorm(y), in place
+      c.grid.x = static_cast<unsigned>(batch);
+      context_->launchWith(k, c, where, base + 3 * int64_t(heads) * dh * 2,
+                           static_cast<long long>(qkvu->ld()), operand(y, where),
+                           static_cast<long long>(y->ld()), s.f32_attrs()->Get(0));
+    } else {
+      throw Error(where + ": unexpected launch kind in a decode step");
+    }
+  }
+}
+
+void CudaExecutor::checkInputs(size_t fi, const char *second) const {
+  const schema::Function &fn = *functions_.at(fi).fn;
+  if (!fn.inputs() || fn.inputs()->size() != 2 || !fn.inputs()->Get(0)->name() ||
+      fn.inputs()->Get(0)->name()->str() != "ids" || !fn.inputs()->Get(1)->name() ||
+      fn.inputs()->Get(1)->name()->str() != second)
+    throw Error(artifact_.source() + ": @" + functions_[fi].name + " must take (ids, " + second +
+                ")");
+}
+
+size_t CudaExecutor::functionIndex(const std::string &name) const {
+  for (size_t i = 0; i < functions_.size(); ++i)
+    if (functions_[i].name == name)
+      return i;
+  throw Error(artifact_.source() + ": the artifact has no @" + name +
+              (name == "forward" ? " (a recurrent artifact: generate with --prompt)"
+                                 : " (compile with tnlmc --mode=recurrent)"));
+}
+
+void CudaExecutor::runSteps(size_t fi, int64_t batch, int64_t seq,
                             const std::function<void(unsigned)> &afterStep) {
   const std::string &src = artifact_.source();
-  const schema::Function &fn = artifact_.function("forward");
+  const Function &f = functions_.at(fi);
+  const schema::Function &fn = *f.fn;
   for (unsigned i = 0; i < fn.steps()->size(); ++i) {
     const schema::Step *s = fn.steps()->Get(i);
-    const std::string where = src + ": step " + std::to_string(i) + " '" +
+    const std::string where = src + ": @" + f.name + " step " + std::to_string(i) + " '" +
                               (s->name() ? s->name()->str() : std::string()) + "'";
-    runStep(i, *s, batch, seq, where);
+    runStep(f, i, *s, batch, seq, where);
     if (syncSteps_)
       context_->synchronize(where);
     if (afterStep)
@@ -382,71 +538,169 @@ void CudaExecutor::runSteps(int64_t batch, int64_t seq,
   }
 }
 
+void CudaExecutor::checkIds(const int32_t *ids, int64_t n, const char *what) const {
+  // The embedding kernel gathers without a bounds check; check the ids here.
+  for (int64_t i = 0; i < n; ++i)
+    if (ids[i] < 0 || ids[i] >= vocab_)
+      throw Error(artifact_.source() + ": token id " + std::to_string(ids[i]) + " at " + what +
+                  " " + std::to_string(i) + " is outside the vocabulary of " +
+                  std::to_string(vocab_));
+}
+
 void CudaExecutor::uploadIds(const int32_t *ids, int64_t batch, int64_t seq) {
   const std::string &src = artifact_.source();
   artifact_.checkCallShape(batch, seq);
   const int64_t rows = batch * seq;
-  // The embedding kernel gathers without a bounds check; check the ids here.
-  for (int64_t i = 0; i < rows; ++i)
-    if (ids[i] < 0 || ids[i] >= vocab_)
-      throw Error(src + ": token id " + std::to_string(ids[i]) + " at position " +
-                  std::to_string(i) + " is outside the vocabulary of " + std::to_string(vocab_));
+  checkIds(ids, rows, "position");
   context_->makeCurrent();
-  context_->copyToDevice(ids_, ids, rows * sizeof(int32_t), src + ": uploading the ids");
+  context_->copyToDevice(inputs_.at(0), ids, rows * sizeof(int32_t), src + ": uploading the ids");
 }
 
-void CudaExecutor::enqueue(const int32_t *ids, int64_t batch, int64_t seq) {
+void CudaExecutor::launchFunction(size_t fi, int64_t batch, int64_t seq) {
   const std::string &src = artifact_.source();
-  uploadIds(ids, batch, seq);
-  const std::pair<int64_t, int64_t> key{batch, seq};
+  const CallKey key{fi, batch, seq};
   lastCall_ = key;
-  if (!useGraphs_ || syncSteps_) {
-    runSteps(batch, seq);
+  if (!useGraphs_ || syncSteps_ || eagerOnly_.count(key)) {
+    runSteps(fi, batch, seq);
     return;
   }
-  // One graph per call shape (the grids and the Lightning segment plan depend on it). The
-  // first call of a shape runs the steps directly, which also does the one-time work inside
-  // them (cuBLASLt plans, kernel attributes), then captures them for the calls after it.
-  if (eagerOnly_.count(key)) {
-    runSteps(batch, seq);
-    return;
-  }
+  // One graph per function and call shape (the grids and the Lightning segment plan depend
+  // on it). The first call of a shape runs the steps directly, which also does the one-time
+  // work inside them (cuBLASLt plans, kernel attributes), then captures them for the calls
+  // after it.
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
-    runSteps(batch, seq);
+    runSteps(fi, batch, seq);
     try {
-      graphs_.emplace(key, context_->capture([&] { runSteps(batch, seq); },
-                                             src + ": capturing the forward as a CUDA graph"));
+      graphs_.emplace(
+          key, context_->capture([&] { runSteps(fi, batch, seq); },
+                                 src + ": capturing @" + functions_[fi].name + " as a CUDA graph"));
     } catch (const Error &) {
-      // This call's forward is queued already; later calls of the shape launch step by step.
+      // This call is queued already; later calls of the shape launch step by step.
       eagerOnly_.insert(key);
     }
     return;
   }
-  it->second.launch(context_->stream(), src + ": replaying the forward's CUDA graph");
+  it->second.launch(context_->stream(),
+                    src + ": replaying the CUDA graph of @" + functions_[fi].name);
+}
+
+size_t CudaExecutor::graphNodes(const std::string &function, int64_t batch, int64_t seq) const {
+  for (size_t i = 0; i < functions_.size(); ++i)
+    if (functions_[i].name == function) {
+      auto it = graphs_.find(CallKey{i, batch, seq});
+      return it == graphs_.end() ? 0 : it->second.nodeCount();
+    }
+  return 0;
+}
+
+void CudaExecutor::enqueue(const int32_t *ids, int64_t batch, int64_t seq) {
+  const size_t fi = functionIndex("forward");
+  uploadIds(ids, batch, seq);
+  launchFunction(fi, batch, seq);
+}
+
+std::vector<float> CudaExecutor::copyLogits(size_t fi, int64_t rows) {
+  std::vector<float> result(size_t(rows) * size_t(vocab_));
+  context_->copyToHost(result.data(), activations_ + functions_[fi].logitsOffset,
+                       result.size() * sizeof(float),
+                       artifact_.source() + ": @" + functions_[fi].name +
+                           " (copying the logits back; a kernel fault of any step surfaces "
+                           "here: synchronizing after every step, e.g. tnlm-run --sync-steps, "
+                           "names the step)");
+  return result;
 }
 
 std::vector<float> CudaExecutor::logits(int64_t batch, int64_t seq) {
   artifact_.checkCallShape(batch, seq);
-  if (lastCall_ != std::pair<int64_t, int64_t>{batch, seq})
+  const size_t fi = functionIndex("forward");
+  if (lastCall_ != CallKey{fi, batch, seq})
     throw Error(artifact_.source() + ": logits(" + std::to_string(batch) + ", " +
-                std::to_string(seq) + ") after a forward of batch " +
-                std::to_string(lastCall_.first) + ", sequence " + std::to_string(lastCall_.second));
-  std::vector<float> result(size_t(batch * seq) * size_t(vocab_));
-  context_->copyToHost(result.data(), activations_ + logitsOffset_, result.size() * sizeof(float),
-                       artifact_.source() +
-                           ": forward (copying the logits back; a kernel fault of any step "
-                           "surfaces here: synchronizing after every step, e.g. tnlm-run "
-                           "--sync-steps, names the step)");
+                std::to_string(seq) + ") after another call than a forward of that shape");
+  return copyLogits(fi, batch * seq);
+}
+
+std::vector<float> CudaExecutor::prefill(const int32_t *ids, const int32_t *lengths, int64_t batch,
+                                         int64_t seq) {
+  const std::string &src = artifact_.source();
+  const size_t fi = functionIndex("prefill");
+  checkInputs(fi, "lengths");
+  artifact_.checkCallShape(batch, seq);
+  for (int64_t b = 0; b < batch; ++b)
+    if (lengths[b] < 0 || lengths[b] > seq)
+      throw Error(src + ": @prefill: length " + std::to_string(lengths[b]) + " of slot " +
+                  std::to_string(b) + " is outside [0, " + std::to_string(seq) + "]");
+  // Left padding (codegen/cuda/Recurrent.cuh): slot b's prompt at rows [seq - L, seq).
+  std::vector<int32_t> &padded = staged_.at(0), &lens = staged_.at(1);
+  padded.assign(size_t(batch * seq), 0);
+  for (int64_t b = 0; b < batch; ++b) {
+    checkIds(ids + b * seq, lengths[b], "prompt position");
+    std::copy_n(ids + b * seq, lengths[b], padded.begin() + b * seq + (seq - lengths[b]));
+  }
+  lens.assign(lengths, lengths + batch);
+  context_->makeCurrent();
+  context_->copyToDevice(inputs_.at(0), padded.data(), padded.size() * 4,
+                         src + ": uploading the prompts");
+  context_->copyToDevice(inputs_.at(1), lens.data(), lens.size() * 4,
+                         src + ": uploading the lengths");
+  launchFunction(fi, batch, seq);
+  return copyLogits(fi, batch);
+}
+
+std::vector<float> CudaExecutor::decodeStep(const int32_t *ids, const int32_t *positions,
+                                            int64_t batch) {
+  enqueueDecode(ids, positions, batch);
+  return copyLogits(functionIndex("decode_step"), batch);
+}
+
+size_t CudaExecutor::deviceBytes() const { return arena_ ? arena_->size() : 0; }
+
+void CudaExecutor::enqueueDecode(const int32_t *ids, const int32_t *positions, int64_t batch) {
+  const std::string &src = artifact_.source();
+  const size_t fi = functionIndex("decode_step");
+  checkInputs(fi, "positions");
+  artifact_.checkCallShape(batch, 1);
+  std::vector<int32_t> &tokens = staged_.at(0), &pos = staged_.at(1);
+  tokens.assign(ids, ids + batch);
+  pos.assign(positions, positions + batch);
+  for (int64_t b = 0; b < batch; ++b) {
+    if (pos[b] < -1)
+      throw Error(src + ": @decode_step: position " + std::to_string(pos[b]) + " of slot " +
+                  std::to_string(b) + " (-1 marks an inactive slot)");
+    if (pos[b] < 0)
+      tokens[b] = 0; // an inactive slot's id is not read for its state; keep it in range
+  }
+  checkIds(tokens.data(), batch, "slot");
+  context_->makeCurrent();
+  context_->copyToDevice(inputs_.at(0), tokens.data(), tokens.size() * 4,
+                         src + ": uploading the tokens");
+  context_->copyToDevice(inputs_.at(1), pos.data(), pos.size() * 4,
+                         src + ": uploading the positions");
+  launchFunction(fi, batch, 1);
+}
+
+std::vector<std::vector<float>> CudaExecutor::state() {
+  std::vector<std::vector<float>> result(state_.size());
+  for (size_t i = 0; i < state_.size(); ++i) {
+    result[i].resize(stateBytes_[i] / 4);
+    context_->copyToHost(result[i].data(), state_[i], stateBytes_[i],
+                         artifact_.source() + ": copying the recurrent state back");
+  }
   return result;
+}
+
+void CudaExecutor::resetState() {
+  for (size_t i = 0; i < state_.size(); ++i)
+    context_->fillBytes(state_[i], 0, stateBytes_[i], artifact_.source() + ": zeroing the state");
 }
 
 std::vector<CudaExecutor::StepTime> CudaExecutor::profileSteps(const int32_t *ids, int64_t batch,
                                                                int64_t seq) {
   const std::string &src = artifact_.source();
+  const size_t fi = functionIndex("forward");
   uploadIds(ids, batch, seq);
-  lastCall_ = {batch, seq};
-  const schema::Function &fn = artifact_.function("forward");
+  lastCall_ = {fi, batch, seq};
+  const schema::Function &fn = *functions_[fi].fn;
   const unsigned n = fn.steps()->size();
   std::vector<CUevent> events(n + 1, nullptr);
   const std::string what = src + ": profiling the steps";
@@ -461,7 +715,7 @@ std::vector<CudaExecutor::StepTime> CudaExecutor::profileSteps(const int32_t *id
   for (CUevent &e : events)
     TNLM_CU(cuEventCreate, (&e, CU_EVENT_DEFAULT), what);
   TNLM_CU(cuEventRecord, (events[0], context_->stream()), what);
-  runSteps(batch, seq,
+  runSteps(fi, batch, seq,
            [&](unsigned i) { TNLM_CU(cuEventRecord, (events[i + 1], context_->stream()), what); });
   TNLM_CU(cuEventSynchronize, (events[n]), what);
   std::vector<StepTime> times;

@@ -10,6 +10,10 @@
 //   Attention piece-state workspace (bounded by the number of SMs, see CudaExecutor.cpp);
 //   nothing is allocated per call.
 //   The forward of each call shape (batch, seq) is captured once as a CUDA graph and replayed.
+//   Recurrent artifacts (tnlmc --mode=recurrent): @prefill and @decode_step, the per-layer
+//   fp32 state in device memory for the executor's lifetime (zero at construction); each
+//   call shape of each function is one CUDA graph, so a whole decode step of the batch is
+//   one graph launch. Prefill prompts are left-padded on upload (codegen/cuda/Recurrent.cuh).
 // Every CUDA error becomes a tnlm::Error naming the artifact and the step.
 //
 //===----------------------------------------------------------------------===//
@@ -27,6 +31,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -58,6 +63,26 @@ public:
   /// (batch and seq as given to enqueue; anything else is an error).
   std::vector<float> logits(int64_t batch, int64_t seq);
 
+  /// Recurrent artifacts. @prefill: ids [batch, seq] row-major with slot b's prompt in
+  /// ids[b·seq, b·seq + lengths[b]) (the CPU executor's layout; the rest is ignored), lengths
+  /// in [0, seq] (0: the slot keeps its state); returns the f32 logits [batch, vocab] of each
+  /// slot's last prompt token (rows of length-0 slots are zero) and leaves each prompted
+  /// slot's state after its prompt.
+  std::vector<float> prefill(const int32_t *ids, const int32_t *lengths, int64_t batch,
+                             int64_t seq);
+  /// @decode_step: one token per slot at positions[b] (-1: inactive, state untouched);
+  /// returns the f32 logits [batch, vocab]. The whole step replays as one CUDA graph.
+  std::vector<float> decodeStep(const int32_t *ids, const int32_t *positions, int64_t batch);
+  /// decodeStep without waiting: checks and uploads, then queues the step's graph; the
+  /// logits stay on the device (benchmarks time back-to-back steps with it).
+  void enqueueDecode(const int32_t *ids, const int32_t *positions, int64_t batch);
+  /// Bytes of the one device allocation (parameters, activations, state, workspaces).
+  size_t deviceBytes() const;
+  /// The recurrent state, in state-table order, f32 (copied back; for tests and tools).
+  std::vector<std::vector<float>> state();
+  /// Zeroes every recurrent state.
+  void resetState();
+
   /// GPU time of each step of one forward (CUDA events around every step, steps launched one
   /// by one, no graph), after the same checks as enqueue(); for finding where time goes.
   struct StepTime {
@@ -72,6 +97,8 @@ public:
   /// Number of forward graphs captured so far (one per (batch, seq) called; a shape whose
   /// capture fails runs step by step instead).
   size_t graphCount() const { return graphs_.size(); }
+  /// Kernel launches (graph nodes) of the captured graph of `function` at (batch, seq), or 0.
+  size_t graphNodes(const std::string &function, int64_t batch, int64_t seq) const;
 
   int64_t vocabSize() const { return vocab_; }
   const Artifact &artifact() const { return artifact_; }
@@ -81,13 +108,32 @@ public:
   void setSynchronizeSteps(bool on) { syncSteps_ = on; }
 
 private:
-  void runStep(unsigned index, const schema::Step &step, int64_t batch, int64_t seq,
-               const std::string &where);
-  void runLightning(unsigned index, const schema::Step &step, int64_t batch, int64_t seq,
-                    const std::string &where);
-  /// Queues every step of @forward; `afterStep(i)`, when given, runs after step i is queued.
-  void runSteps(int64_t batch, int64_t seq, const std::function<void(unsigned)> &afterStep = {});
+  // One function of the artifact: its steps' slopes on the device and where its f32 logits
+  // [rows, vocab] are.
+  struct Function {
+    std::string name;
+    const schema::Function *fn = nullptr;
+    std::vector<CUdeviceptr> slopes; // f32 per step (0 where the step has none)
+    size_t logitsOffset = 0;
+  };
+  using CallKey = std::tuple<size_t, int64_t, int64_t>; // (function, batch, seq)
+
+  size_t functionIndex(const std::string &name) const;
+  void checkInputs(size_t function, const char *second) const; // (ids, second)
+  void runStep(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
+               int64_t seq, const std::string &where);
+  void runLightning(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
+                    int64_t seq, const std::string &where);
+  void runDecode(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
+                 const std::string &where);
+  /// Queues every step of function `f`; `afterStep(i)`, when given, runs after step i.
+  void runSteps(size_t f, int64_t batch, int64_t seq,
+                const std::function<void(unsigned)> &afterStep = {});
+  /// Runs (or replays the graph of) function `f` for this call shape.
+  void launchFunction(size_t f, int64_t batch, int64_t seq);
+  void checkIds(const int32_t *ids, int64_t n, const char *what) const;
   void uploadIds(const int32_t *ids, int64_t batch, int64_t seq);
+  std::vector<float> copyLogits(size_t f, int64_t rows);
   CUdeviceptr operand(const schema::Operand *o, const std::string &where) const;
   Kernel &kernel(const schema::KernelLaunch *launch, const std::string &where);
 
@@ -97,17 +143,21 @@ private:
   std::unique_ptr<Arena> arena_;
   std::unique_ptr<Module> module_;
   std::unique_ptr<Gemm> gemm_;
-  CUdeviceptr activations_ = 0, ids_ = 0, workspace_ = 0;
-  size_t workspaceBytes_ = 0, logitsOffset_ = 0; // the f32 logits: activations_ + offset
+  CUdeviceptr activations_ = 0, workspace_ = 0, scratch_ = 0;
+  size_t workspaceBytes_ = 0, scratchBytes_ = 0;
+  std::vector<CUdeviceptr> inputs_; // i32 [max batch · max seq] per function-input index
+  std::vector<CUdeviceptr> state_;  // f32 per state-table entry (recurrent state)
+  std::vector<size_t> stateBytes_;
+  std::vector<std::vector<int32_t>> staged_; // host copies of the inputs until uploaded
   std::vector<CUdeviceptr> params_; // in parameter-table order: bf16, or f32 where f32Param_
-  std::vector<bool> f32Param_;      // LRPE θ (read as f32 by the prologue)
-  std::vector<CUdeviceptr> slopes_; // f32 per step (0 where the step has none)
+  std::vector<bool> f32Param_;      // LRPE θ (read as f32 by the prologues)
+  std::vector<Function> functions_;
   int64_t vocab_ = 0;
   bool syncSteps_ = false;
   bool useGraphs_ = true;
-  std::map<std::pair<int64_t, int64_t>, Graph> graphs_; // (batch, seq) -> the captured forward
-  std::set<std::pair<int64_t, int64_t>> eagerOnly_;     // shapes whose capture failed
-  std::pair<int64_t, int64_t> lastCall_{0, 0};          // the shape enqueued last
+  std::map<CallKey, Graph> graphs_; // the captured calls
+  std::set<CallKey> eagerOnly_;     // call shapes whose capture failed
+  CallKey lastCall_{0, 0, 0};       // the call enqueued last
 };
 
 } // namespace tnlm::cuda

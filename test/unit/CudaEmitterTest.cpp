@@ -98,7 +98,7 @@ TEST(CudaCodegen, CompilesWithNvrtcAndNamesEveryKernel) {
   std::set<std::string> names;
   for (const mt::CudaKernel &k : program->kernels)
     EXPECT_TRUE(names.insert(k.name).second) << k.name << " emitted twice";
-  ASSERT_EQ(program->steps.size(), l->plan.steps.size());
+  ASSERT_EQ(program->functions[0].size(), l->plan.steps.size());
 
   tnlm::cuda::NvrtcOptions options;
   options.headers = mt::cudaDeviceHeaders();
@@ -117,7 +117,7 @@ TEST(CudaCodegen, CompilesWithNvrtcAndNamesEveryKernel) {
         << symbol << " is not in the cubin";
     image.symbols.push_back(symbol);
   }
-  for (const auto &launches : program->steps)
+  for (const auto &launches : program->functions[0])
     for (const mt::CudaLaunch &launch : launches)
       if (launch.kind != mt::CudaLaunchKind::Gemm) {
         ASSERT_GE(launch.kernel, 0);
@@ -149,7 +149,7 @@ TEST(CudaCodegen, CompilesWithNvrtcAndNamesEveryKernel) {
     return std::string("accepted");
   };
   mt::CudaProgram badIndex = *program;
-  badIndex.steps[0][0].kernel = 99;
+  badIndex.functions[0][0][0].kernel = 99;
   EXPECT_NE(refused(badIndex, image).find("launches kernel #99 of 9"), std::string::npos);
   mt::CudaImage empty = image;
   empty.image.clear();
@@ -169,7 +169,7 @@ TEST(CudaCodegen, LrpeLayerRunsTwoForwardPassesBetweenItsPrologueAndEpilogue) {
       continue;
     ++lrpeSteps;
     std::vector<std::string> kinds;
-    for (const mt::CudaLaunch &launch : program->steps[i])
+    for (const mt::CudaLaunch &launch : program->functions[0][i])
       kinds.push_back(std::string(mt::launchKindName(launch.kind)) + " " +
                       program->kernels[launch.kernel].name);
     EXPECT_EQ(kinds, (std::vector<std::string>{

@@ -4,7 +4,9 @@
 //
 // tnlmc --emit=executable appends a recurrent artifact (and, with --embed-weights, the
 // weights) to a copy of this program (runtime/Embedded.h); at start it reads them from its
-// own file. The flags are tnlm-run's generation flags. Without a payload it says so.
+// own file. The flags are tnlm-run's generation flags. Without a payload it says so. A CUDA
+// artifact runs on GPU 0 (the driver, cuBLASLt and NVRTC are opened at run time); without a
+// driver or a GPU it says so in one sentence before reading the weights.
 //
 //===----------------------------------------------------------------------===//
 #include "runtime/Artifact.h"
@@ -15,6 +17,9 @@
 #include "runtime/cpu/Parallel.h"
 #include "tools/tnlm-run/Generate.h"
 #include "tools/tnlm-run/Options.h"
+#if TNLM_RUNNER_HAVE_CUDA
+#include "tools/tnlm-run/CudaGenerate.h"
+#endif
 
 #include <cstdio>
 #include <fstream>
@@ -52,7 +57,8 @@ int run(int argc, char **argv) {
   if (!in.read(reinterpret_cast<char *>(bytes.data()), static_cast<std::streamsize>(bytes.size())))
     throw Error(self + ": cannot read the embedded artifact");
   Artifact artifact =
-      Artifact::fromBytes(std::move(bytes), self + " (embedded artifact)", Target::Cpu);
+      Artifact::fromBytes(std::move(bytes), self + " (embedded artifact)", std::nullopt);
+  const bool cudaTarget = artifact.target() == Target::CudaSm90a;
   const std::string model = artifact.root().config() && artifact.root().config()->name()
                                 ? artifact.root().config()->name()->str()
                                 : "model";
@@ -82,10 +88,27 @@ int run(int argc, char **argv) {
   const bool quiet = opts.has("quiet");
   generate::SamplingOptions sampling = samplingFromFlags(opts);
   GenerateOptions g = generateOptionsFromFlags(opts, sampling, quiet);
+  if (cudaTarget) {
+#if TNLM_RUNNER_HAVE_CUDA
+    cuda::driver(); // no driver or no GPU: one sentence, before the weights are read
+#else
+    throw Error(self + " holds a CUDA model, and this runner was built without the CUDA runtime");
+#endif
+  }
   ParamValues params =
       opts.has("weights") ? loadWeights(artifact, opts.get("weights"))
                           : loadWeights(artifact, SafetensorsFile::read(self, payload.weightsOffset,
                                                                         payload.weightsSize));
+#if TNLM_RUNNER_HAVE_CUDA
+  if (cudaTarget) {
+    cuda::CudaExecutor exec(artifact, params);
+    std::unique_ptr<generate::Tokenizer> tokenizer =
+        generate::loadTokenizer(opts.get("tokenizer", "bytes"), exec.vocabSize());
+    CudaRecurrentModel model(exec);
+    generateText(model, *tokenizer, g);
+    return 0;
+  }
+#endif
   CpuExecutor exec(artifact, std::move(params));
   std::unique_ptr<generate::Tokenizer> tokenizer =
       generate::loadTokenizer(opts.get("tokenizer", "bytes"), exec.vocabSize());

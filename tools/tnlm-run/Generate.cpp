@@ -116,7 +116,7 @@ GenerateOptions generateOptionsFromFlags(const Options &opts,
   return g;
 }
 
-std::vector<std::string> generateText(CpuExecutor &exec, const generate::Tokenizer &tokenizer,
+std::vector<std::string> generateText(RecurrentModel &exec, const generate::Tokenizer &tokenizer,
                                       const GenerateOptions &options) {
   const Artifact &artifact = exec.artifact();
   const int64_t slots = artifact.maxBatch(), maxSeq = artifact.maxSeq();
@@ -258,10 +258,8 @@ std::vector<std::string> generateText(CpuExecutor &exec, const generate::Tokeniz
         for (int32_t t = 0; t < lengths[b]; ++t)
           ids[b * longest + t] = slot[b].history[t];
       const auto t0 = Clock::now();
-      auto out =
-          exec.run("prefill", {{"ids", ids.data()}, {"lengths", lengths.data()}}, slots, longest);
+      const std::vector<float> logits = exec.prefill(ids.data(), lengths.data(), slots, longest);
       prefillTime += Clock::now() - t0;
-      const std::vector<float> &logits = out.front().second;
       for (int64_t b = 0; b < slots; ++b) {
         if (lengths[b] == 0)
           continue;
@@ -285,11 +283,9 @@ std::vector<std::string> generateText(CpuExecutor &exec, const generate::Tokeniz
       continue;
     }
     const auto t0 = Clock::now();
-    auto out = exec.run("decode_step", {{"ids", stepIds.data()}, {"positions", positions.data()}},
-                        slots, 1);
+    const std::vector<float> logits = exec.decode(stepIds.data(), positions.data(), slots);
     decodeTime += Clock::now() - t0;
     decodeSteps += 1;
-    const std::vector<float> &logits = out.front().second;
     for (int64_t b = 0; b < slots; ++b) {
       Slot &s = slot[b];
       if (s.prompt < 0)

@@ -46,10 +46,52 @@ generate::SamplingOptions samplingFromFlags(const Options &opts);
 GenerateOptions generateOptionsFromFlags(const Options &opts,
                                          const generate::SamplingOptions &sampling, bool quiet);
 
+/// What the generation loop needs of an executor: the two functions of a recurrent artifact.
+/// prefill: ids [slots, seq] with slot b's prompt in its first lengths[b] entries (0: the slot
+/// keeps its state) → logits [slots, vocab] of each slot's last prompt token; decode: one id
+/// per slot at positions[b] (-1: inactive) → logits [slots, vocab].
+class RecurrentModel {
+public:
+  virtual ~RecurrentModel() = default;
+  virtual const Artifact &artifact() const = 0;
+  virtual int64_t vocabSize() const = 0;
+  virtual std::vector<float> prefill(const int32_t *ids, const int32_t *lengths, int64_t slots,
+                                     int64_t seq) = 0;
+  virtual std::vector<float> decode(const int32_t *ids, const int32_t *positions,
+                                    int64_t slots) = 0;
+};
+
+/// The CPU executor as a RecurrentModel.
+class CpuRecurrentModel final : public RecurrentModel {
+public:
+  explicit CpuRecurrentModel(CpuExecutor &exec) : exec_(exec) {}
+  const Artifact &artifact() const override { return exec_.artifact(); }
+  int64_t vocabSize() const override { return exec_.vocabSize(); }
+  std::vector<float> prefill(const int32_t *ids, const int32_t *lengths, int64_t slots,
+                             int64_t seq) override {
+    return std::move(
+        exec_.run("prefill", {{"ids", ids}, {"lengths", lengths}}, slots, seq).front().second);
+  }
+  std::vector<float> decode(const int32_t *ids, const int32_t *positions, int64_t slots) override {
+    return std::move(exec_.run("decode_step", {{"ids", ids}, {"positions", positions}}, slots, 1)
+                         .front()
+                         .second);
+  }
+
+private:
+  CpuExecutor &exec_;
+};
+
 /// The completions (without prompts), in prompt order. Throws tnlm::Error on a prompt that
 /// is empty or longer than the artifact's --seq, or ids outside the vocabulary.
-std::vector<std::string> generateText(CpuExecutor &exec, const generate::Tokenizer &tokenizer,
+std::vector<std::string> generateText(RecurrentModel &model, const generate::Tokenizer &tokenizer,
                                       const GenerateOptions &options);
+inline std::vector<std::string> generateText(CpuExecutor &exec,
+                                             const generate::Tokenizer &tokenizer,
+                                             const GenerateOptions &options) {
+  CpuRecurrentModel model(exec);
+  return generateText(model, tokenizer, options);
+}
 
 } // namespace tnlm
 

@@ -18,6 +18,7 @@
 #include "tools/tnlm-run/Options.h"
 #if TNLM_RUN_HAVE_CUDA
 #include "runtime/cuda/CudaExecutor.h"
+#include "tools/tnlm-run/CudaGenerate.h"
 #endif
 
 #include <chrono>
@@ -194,12 +195,12 @@ int run(int argc, char **argv) {
   const bool recurrent = artifact.root().mode() == schema::Mode_Recurrent;
   if (generating && !recurrent)
     throw Error(artifact.source() + " has no @prefill and @decode_step: generation (--prompt) "
-                "needs an artifact of tnlmc --mode=recurrent");
+                                    "needs an artifact of tnlmc --mode=recurrent");
   if (recurrent && (opts.has("tokens") || opts.has("perplexity")))
-    throw Error(artifact.source() + " is a recurrent artifact (@prefill, @decode_step): use "
+    throw Error(artifact.source() +
+                " is a recurrent artifact (@prefill, @decode_step): use "
                 "--prompt, or compile the model with tnlmc --mode=infer for --tokens and "
                 "--perplexity");
-  // Sampling flags are checked before the weights are read.
   // Sampling flags are checked before the weights are read.
   generate::SamplingOptions sampling;
   if (generating)
@@ -233,9 +234,18 @@ int run(int argc, char **argv) {
   if (!opts.has("tokens") && !opts.has("perplexity") && !generating)
     return 0;
   if (generating) {
-    if (device != "cpu")
-      throw Error("generation on the GPU is not implemented yet (compile with --target=cpu)");
     GenerateOptions g = generateOptionsFromFlags(opts, sampling, quiet);
+#if TNLM_RUN_HAVE_CUDA
+    if (device == "cuda") {
+      cuda::CudaExecutor exec(artifact, params);
+      exec.setSynchronizeSteps(opts.has("sync-steps"));
+      std::unique_ptr<generate::Tokenizer> tokenizer =
+          generate::loadTokenizer(opts.get("tokenizer", "bytes"), exec.vocabSize());
+      CudaRecurrentModel model(exec);
+      generateText(model, *tokenizer, g);
+      return 0;
+    }
+#endif
     CpuExecutor exec(artifact, std::move(params));
     std::unique_ptr<generate::Tokenizer> tokenizer =
         generate::loadTokenizer(opts.get("tokenizer", "bytes"), exec.vocabSize());

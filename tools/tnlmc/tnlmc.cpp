@@ -181,7 +181,7 @@ OwningOpRef<ModuleOp> loadInput(MLIRContext &context, llvm::SourceMgr &sourceMgr
 bool isCuda() { return target == "cuda:sm_90a"; }
 
 /// --emit=cuda-source: DIR/<function>.cu and DIR/<function>.launches.txt.
-int writeCudaSource(const tnlm::KernelPlan &plan, const tnlm::CudaProgram &program) {
+int writeCudaSource(const std::vector<tnlm::KernelPlan> &plans, const tnlm::CudaProgram &program) {
   if (outputPath == "-") {
     error("--emit=cuda-source needs an output directory: -o DIR");
     return 1;
@@ -203,9 +203,11 @@ int writeCudaSource(const tnlm::KernelPlan &plan, const tnlm::CudaProgram &progr
     file->keep();
     return true;
   };
-  bool ok = write(program.sourceName, [&](llvm::raw_ostream &os) { os << program.source; }) &&
-            write(plan.function + ".launches.txt",
-                  [&](llvm::raw_ostream &os) { tnlm::printCudaManifest(plan, program, os); });
+  bool ok = write(program.sourceName, [&](llvm::raw_ostream &os) { os << program.source; });
+  for (size_t f = 0; ok && f < plans.size(); ++f)
+    ok = write(plans[f].function + ".launches.txt", [&](llvm::raw_ostream &os) {
+      tnlm::printCudaManifest(plans[f], program, os, nullptr, f);
+    });
   return ok ? 0 : 1;
 }
 
@@ -336,11 +338,8 @@ int main(int argc, char **argv) {
     error("--emit=cuda-source needs --target=cuda:sm_90a");
     return 1;
   }
-  if (what == Emit::Executable && (mode != Mode::Recurrent || isCuda())) {
-    error(mode != Mode::Recurrent
-              ? "--emit=executable generates text: compile with --mode=recurrent"
-              : "--emit=executable for --target=cuda:sm_90a is not implemented yet (use "
-                "--target=cpu)");
+  if (what == Emit::Executable && mode != Mode::Recurrent) {
+    error("--emit=executable generates text: compile with --mode=recurrent");
     return 1;
   }
   if (!embedWeights.empty() && what != Emit::Executable) {
@@ -367,11 +366,6 @@ int main(int argc, char **argv) {
     return 1;
   }
   const bool recurrentMode = mode == Mode::Recurrent;
-  if (recurrentMode && isCuda()) {
-    error("--mode=recurrent --target=cuda:sm_90a: recurrent inference on the GPU is not "
-          "implemented yet (compile with --target=cpu)");
-    return 1;
-  }
   if (recurrentMode && stages == Pipeline::Train) {
     error("--pipeline=train builds training functions: use it with --mode=train");
     return 1;
@@ -422,12 +416,14 @@ int main(int argc, char **argv) {
     functions = {"train_step", "optimizer_step", "eval_loss"};
   if (recurrentMode)
     functions = {"prefill", "decode_step"};
-  const bool lowering = what == Emit::Plan || what == Emit::Artifact ||
-                        what == Emit::CudaSource || what == Emit::Executable;
+  const bool lowering = what == Emit::Plan || what == Emit::Artifact || what == Emit::CudaSource ||
+                        what == Emit::Executable;
   for (const std::string &f : functions)
     if (lowering && !module->lookupSymbol<func::FuncOp>(f)) {
       error(inputPath + ": the module has no @" + f + " to compile for --mode=" +
-            (train ? "train" : recurrentMode ? "recurrent" : "infer") +
+            (train           ? "train"
+             : recurrentMode ? "recurrent"
+                             : "infer") +
             (stages == Pipeline::None ? " (--pipeline=none compiles the module as it is: drop "
                                         "it to run the mode's pipeline)"
                                       : ""));
@@ -510,25 +506,31 @@ int main(int argc, char **argv) {
     return 0;
 
   std::optional<tnlm::CudaProgram> program;
-  if (isCuda() && (what == Emit::Artifact || what == Emit::CudaSource)) {
-    FailureOr<tnlm::CudaProgram> emitted = tnlm::emitCudaProgram(*plan, module->getLoc());
+  if (isCuda() &&
+      (what == Emit::Artifact || what == Emit::CudaSource || what == Emit::Executable)) {
+    FailureOr<tnlm::CudaProgram> emitted = tnlm::emitCudaProgram(plans, module->getLoc());
     if (failed(emitted))
       return 1;
     program = std::move(*emitted);
     if (what == Emit::CudaSource)
-      return writeCudaSource(*plan, *program);
+      return writeCudaSource(plans, *program);
   }
 
+  tnlm::CudaImage image;
+  if (program && !compileCudaProgram(*program, image))
+    return 1;
   if (what == Emit::Executable) {
     std::vector<std::pair<std::string, std::vector<int64_t>>> params;
     for (const tnlm::PlanParam &p : plans.front().params)
       params.push_back({p.name, p.shape});
-    llvm::SmallString<256> runner(llvm::sys::path::parent_path(llvm::sys::fs::getMainExecutable(
-        argv[0], reinterpret_cast<void *>(&writeCudaSource))));
+    llvm::SmallString<256> runner(llvm::sys::path::parent_path(
+        llvm::sys::fs::getMainExecutable(argv[0], reinterpret_cast<void *>(&writeCudaSource))));
     llvm::sys::path::append(runner, "tnlm-exe-runner");
-    std::string err = tnlmc::writeExecutable(
-        outputPath, tnlm::serializeArtifact(*module, plans, target, nullptr, nullptr),
-        runner.str().str(), embedWeights, params);
+    std::string err = tnlmc::writeExecutable(outputPath,
+                                             tnlm::serializeArtifact(*module, plans, target,
+                                                                     program ? &*program : nullptr,
+                                                                     program ? &image : nullptr),
+                                             runner.str().str(), embedWeights, params);
     if (!err.empty()) {
       error(err);
       return 1;
@@ -536,9 +538,6 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (what == Emit::Artifact) {
-    tnlm::CudaImage image;
-    if (program && !compileCudaProgram(*program, image))
-      return 1;
     std::vector<uint8_t> bytes = tnlm::serializeArtifact(
         *module, plans, target, program ? &*program : nullptr, program ? &image : nullptr);
     std::string err = tnlm::writeFileAtomically(outputPath, bytes);

@@ -1,0 +1,34 @@
+//===- CudaGenerate.h - the CUDA executor as a RecurrentModel ---*- C++ -*-===//
+//
+// For tnlm-run and emitted executables built with the CUDA runtime (TnlmRuntimeCuda).
+//
+//===----------------------------------------------------------------------===//
+#ifndef TNLM_TOOLS_TNLM_RUN_CUDAGENERATE_H
+#define TNLM_TOOLS_TNLM_RUN_CUDAGENERATE_H
+
+#include "runtime/cuda/CudaExecutor.h"
+#include "tools/tnlm-run/Generate.h"
+
+namespace tnlm {
+
+class CudaRecurrentModel final : public RecurrentModel {
+public:
+  explicit CudaRecurrentModel(cuda::CudaExecutor &exec) : exec_(exec) {}
+  const Artifact &artifact() const override { return exec_.artifact(); }
+  int64_t vocabSize() const override { return exec_.vocabSize(); }
+  std::vector<float> prefill(const int32_t *ids, const int32_t *lengths, int64_t slots,
+                             int64_t seq) override {
+    return exec_.prefill(ids, lengths, slots, seq);
+  }
+  std::vector<float> decode(const int32_t *ids, const int32_t *positions,
+                            int64_t slots) override {
+    return exec_.decodeStep(ids, positions, slots);
+  }
+
+private:
+  cuda::CudaExecutor &exec_;
+};
+
+} // namespace tnlm
+
+#endif // TNLM_TOOLS_TNLM_RUN_CUDAGENERATE_H
