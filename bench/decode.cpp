@@ -35,6 +35,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <random>
 #include <sstream>
 #include <string>
@@ -90,6 +91,10 @@ int main(int argc, char **argv) {
   opts.value("steps", "k", "Timed decode steps per context (default 64)");
   opts.value("warmup", "k", "Untimed decode steps before them (default 8)");
   opts.value("label", "name", "Label for the JSON lines (default: the model's name)");
+  opts.flag("no-gemv", "Run the linear layers of batches up to 8 as cuBLASLt GEMMs too (as "
+                       "larger batches), not as the decode GEMVs");
+  opts.flag("profile", "Also time every step of one decode step (CUDA events, no graph) and "
+                       "print the time per kernel kind to stderr");
   std::string path;
   int64_t steps = 0, warmup = 0;
   try {
@@ -164,6 +169,7 @@ int main(int argc, char **argv) {
     cuda::CudaExecutor exec(a, bench::randomWeightsParallel(a, 1));
     const double setupS = msSince(t0) / 1e3;
     cuda::Context &ctx = exec.context();
+    exec.setSmallBatchGemv(!opts.has("no-gemv"));
     const int64_t vocab = exec.vocabSize();
     std::fprintf(stderr, "%s: %s, batch %lld, device arena %.2f GiB, weights+state set up in %.1f s\n",
                  label.c_str(), ctx.deviceName().c_str(), (long long)batch,
@@ -236,6 +242,25 @@ int main(int argc, char **argv) {
           deviceMs / weightFloorMs, nodes, exec.deviceBytes(),
           bench::jsonString(ctx.deviceName()).c_str());
       std::fflush(stdout);
+      if (opts.has("profile")) {
+        next();
+        exec.profileDecode(step.data(), pos.data(), batch); // warm
+        next();
+        const auto times = exec.profileDecode(step.data(), pos.data(), batch);
+        std::map<std::string, std::pair<double, int>> byKind;
+        double sum = 0;
+        for (const auto &t : times) {
+          byKind[t.kind].first += t.ms;
+          byKind[t.kind].second += 1;
+          sum += t.ms;
+        }
+        std::fprintf(stderr, "profile %s B=%lld: %.4f ms over %zu steps (eager, events)\n",
+                     label.c_str(), (long long)batch, sum, times.size());
+        for (const auto &[kind, v] : byKind)
+          std::fprintf(stderr, "  %-20s %4d steps %8.4f ms %5.1f %%  (%.2f us each)\n",
+                       kind.c_str(), v.second, v.first, 100 * v.first / sum,
+                       1e3 * v.first / v.second);
+      }
       std::fprintf(stderr,
                    "%s B=%lld context %lld: prefill %.2f ms; decode %.4f ms/step wall, %.4f "
                    "device (%.2fx the weight-read floor %.4f ms), %.0f tokens/s, %zu graph nodes\n",

@@ -24,6 +24,8 @@ const char *launchKindName(CudaLaunchKind kind) {
     return "decode";
   case CudaLaunchKind::PerSlot:
     return "per-slot";
+  case CudaLaunchKind::Gemv:
+    return "gemv";
   }
   return "?";
 }
@@ -53,8 +55,10 @@ constexpr int64_t kLaTile = kLaChunk * kLaHeadDim * 2;
 constexpr int64_t kLaSmemMain =
     3 * 3 * kLaTile + kLaHeadDim * kLaHeadDim * 2 + ((kLaChunk + 1) * 4 + 15) / 16 * 16 + 1024;
 constexpr int64_t kLaSmemState = 4 * kLaTile * 2 + 1024;
-// The decode kernel's tiling (rec::lightning_decode): 16 state columns per CTA, 128 threads.
-constexpr int64_t kDecodeCols = 16, kDecodeBlock = 128;
+// The decode kernel's tiling (rec::lightning_decode): 16 state columns per CTA, 256 threads.
+constexpr int64_t kDecodeCols = 16, kDecodeBlock = 256;
+// The decode GEMV (rec::gemv): batches up to 4, 8 warps per CTA.
+constexpr int64_t kGemvMaxRows = 4, kGemvBlock = 256;
 
 // Threads per row for the row-wise kernels: whole warps, about 4 columns per thread, at most
 // 256 (a function of the columns only, so identical layers share one kernel).
@@ -77,6 +81,7 @@ public:
     for (const KernelPlan &plan : plans) {
       std::vector<std::vector<CudaLaunch>> &launches = program.functions.emplace_back();
       launches.resize(plan.steps.size());
+      decodeFunction = plan.function == "decode_step";
       for (size_t i = 0; i < plan.steps.size(); ++i)
         if (failed(step(plan.steps[i], launches[i])))
           return failure();
@@ -108,6 +113,7 @@ private:
   std::string body; // definitions after the includes, in first-use order
   std::map<std::string, int64_t> byName;
   bool usesLightning = false, usesRecurrent = false;
+  bool decodeFunction = false; // emitting @decode_step: GEMV launches for small batches
 
   InFlightDiagnostic fail(const PlanStep &s) {
     return mlir::emitError(loc) << "step '" << s.name << "' (" << kernelName(s.kind) << "): ";
@@ -180,6 +186,30 @@ private:
                              cols, view("x", s.inputs[0]), l.gemmK, s.outputs[0].dtype)
                    .str();
       out.push_back(l);
+      if (decodeFunction)
+        out.push_back(gemv(s, false));
+      return success();
+    }
+    case KernelKind::GatedLinear: {
+      // Only @decode_step keeps gated_linear whole on CUDA: the GEMV computes both products;
+      // batches above its limit run two GEMMs into the executor's scratch and the product.
+      if (!decodeFunction)
+        return fail(s) << "gated_linear is lowered to two GEMMs and a product outside "
+                          "@decode_step on CUDA";
+      out.push_back(gemv(s, true));
+      CudaLaunch l;
+      l.kind = CudaLaunchKind::Gemm;
+      l.gemmN = cols;
+      l.gemmK = s.inputs[0].cols;
+      l.note = llvm::formatv("batch > {0}: cuBLASLt a, b [rows x {1}] = {2} . W1, W2^T "
+                             "(executor scratch)",
+                             kGemvMaxRows, cols, view("x", s.inputs[0]))
+                   .str();
+      out.push_back(l);
+      out.push_back(rowKernel(
+          "mul", cols,
+          "const bf16 *a, long long lda, const bf16 *b, long long ldb, bf16 *y, long long ldy",
+          "a, lda, b, ldb, y, ldy", "y = a * b", "batch > 4: y = a * b (executor scratch)"));
       return success();
     }
     case KernelKind::Embedding:
@@ -418,6 +448,51 @@ private:
                         s.f32Attrs[0])));
     }
     return success();
+  }
+
+  // The small-batch linear of @decode_step (rec::gemv): y = v·Wᵀ (bf16 or f32 out) or, gated,
+  // y = (v·W1ᵀ) ⊙ (v·W2ᵀ), v computed by the step's fused norm prologue (s.gemvPrologue).
+  CudaLaunch gemv(const PlanStep &s, bool gated) {
+    usesRecurrent = true;
+    const bool f32 = s.outputs[0].dtype == "f32";
+    const int64_t prologue = s.gemvPrologue, unroll = 4, rows = gated ? 2 : 4;
+    static const char *const kPrologue[] = {"v = x", "v = srms_norm(x)",
+                                            "s = x + x2, v = srms_norm(s)",
+                                            "v = x2 * srms_norm(x)"};
+    std::string name = llvm::formatv("tnlm_gemv_{0}_p{1}",
+                                     gated ? "gated" : f32 ? "f32" : "bf16", prologue)
+                           .str();
+    std::string def = llvm::formatv(
+                          "// {4}; y[m, n] = {5} for m < M <= {0} (decode steps)\n"
+                          "extern \"C\" __global__ void __launch_bounds__({1})\n"
+                          "{2}(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, "
+                          "bf16 *sum, long long ldsum, float eps, const bf16 *w, const bf16 *w2, "
+                          "{3} *y, long long ldy, int M, int N, int K) {{\n"
+                          "  tnlm::rec::gemv<{0}, {6}, {9}, {1}, {7}, {8}, {3}>(x, ldx, x2, ldx2, "
+                          "sum, ldsum, eps, w, w2, y, ldy, M, N, K);\n"
+                          "}\n",
+                          kGemvMaxRows, kGemvBlock, name, f32 ? "float" : "bf16",
+                          kPrologue[prologue],
+                          gated ? "bf16(v W1[n]) * bf16(v W2[n])" : "v[m, :] . W[n, :]", unroll,
+                          gated ? "true" : "false", prologue, rows)
+                          .str();
+    CudaLaunch l;
+    l.kind = CudaLaunchKind::Gemv;
+    l.kernel = kernel(name, def);
+    l.block = kGemvBlock;
+    l.gemmN = s.outputs[0].cols;
+    l.gemmK = s.inputs[0].cols;
+    l.prologue = prologue;
+    l.maxRows = kGemvMaxRows;
+    static const char *const kFused[] = {"", "; fuses the srms_norm before it",
+                                         "; fuses the add_srms_norm before it",
+                                         "; fuses the attention's gated norm"};
+    l.note = llvm::formatv("batch <= {0}: {1} [rows x {2}] = {3} . W[{2}, {4}]^T{5} (out {6}){7}",
+                           kGemvMaxRows, gated ? "GEMV pair" : "GEMV", l.gemmN,
+                           view("x", s.inputs[0]), l.gemmK, gated ? " (*) x . W2^T" : "",
+                           s.outputs[0].dtype, kFused[prologue])
+                 .str();
+    return l;
   }
 
   // The final states of prefill pass `pass` (scratch [B·H][128][128]) into rows

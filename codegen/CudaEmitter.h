@@ -31,7 +31,8 @@ enum class CudaLaunchKind {
   LightningMain,
   StateCommit,
   Decode,
-  PerSlot
+  PerSlot,
+  Gemv
 };
 const char *launchKindName(CudaLaunchKind kind);
 
@@ -40,6 +41,8 @@ struct CudaLaunch {
   int64_t kernel = -1; // index into CudaProgram::kernels; -1 for Gemm
   int64_t block = 0, sharedMem = 0;
   int64_t gemmN = 0, gemmK = 0; // Gemm: out[rows, n] = in[rows, k] · W[n, k]ᵀ
+  int64_t prologue = 0;         // Gemv: the fused norm of the step before (KernelPlan.h)
+  int64_t maxRows = 0;          // Gemv: the largest batch it serves
   std::string note;             // what the launch does, for the manifest
 };
 

@@ -87,6 +87,11 @@ struct PlanStep {
   std::vector<float> f32Attrs;
   std::vector<int64_t> i64Attrs;
   std::vector<float> slopes;
+  /// CUDA @decode_step, a linear or gated_linear whose input is the normalized output of the
+  /// step before it (markDecodeFusions): the small-batch GEMV computes that norm itself and the
+  /// step before it does not run (1 srms_norm, 2 add_srms_norm, 3 the gated norm of a
+  /// lightning_decode); 0 = none.
+  int64_t gemvPrologue = 0;
 };
 
 struct PlanBuffer {
@@ -136,6 +141,12 @@ struct KernelPlan {
 
   int64_t maxRows() const { return maxBatch * maxSeq; }
 };
+
+/// CUDA @decode_step: sets gemvPrologue on each linear/gated_linear that reads the normalized
+/// output of the step right before it (srms_norm, add_srms_norm, lightning_decode's gated
+/// norm) and nothing else reads, and keeps that step's operands live through the GEMV's step.
+/// lowerToKernelPlan calls it (before memory planning).
+void markDecodeFusions(KernelPlan &plan);
 
 /// Bytes per element of a plan dtype ("f32", "bf16", "f16", "i32").
 int64_t dtypeBytes(llvm::StringRef dtype);

@@ -573,8 +573,9 @@ LogicalResult Lowering::lower(Operation &op) {
     FailureOr<PlanOperand> w2 = useParam(&op, gl.getW2(), "the W2 of a gated projection");
     if (failed(x) || failed(w1) || failed(w2))
       return failure();
-    if (cuda) {
+    if (cuda && plan.function != "decode_step") {
       // Two cuBLASLt GEMMs and a product: cuBLASLt has no product-of-two-GEMMs epilogue.
+      // (@decode_step keeps the op whole: its GEMV computes both products, CudaEmitter.cpp.)
       int64_t out = lastDim(gl.getResult());
       std::string name = locName(op.getLoc());
       PlanOperand a = emit(KernelKind::Linear, name + ".l1", {*x, *w1}, out);
@@ -682,7 +683,49 @@ FailureOr<KernelPlan> lowerToKernelPlan(ModuleOp module, StringRef function, int
   for (const PlanIO &out : plan.outputs)
     plan.buffers[out.buffer].lastStep = std::max<int64_t>(
         static_cast<int64_t>(plan.steps.size()) - 1, plan.buffers[out.buffer].firstStep);
+  if (target != "cpu" && plan.function == "decode_step")
+    markDecodeFusions(plan);
   return plan;
+}
+
+// A norm followed by the GEMV that reads its output becomes one launch for small batches: the
+// GEMV recomputes the row norm from the norm's inputs (rec::gemv's prologue). The inputs then
+// stay live one step longer (the GEMV reads them while it writes its output), and nothing
+// but the GEMV may read the norm's output.
+void markDecodeFusions(KernelPlan &plan) {
+  auto readers = [&](const PlanOperand &o) {
+    int64_t n = 0;
+    for (const PlanStep &s : plan.steps)
+      for (const PlanOperand &in : s.inputs)
+        n += in.sameStorage(o);
+    return n;
+  };
+  auto extend = [&](const PlanOperand &o, int64_t step) {
+    if (o.kind == OperandKind::Arena)
+      plan.buffers[o.index].lastStep = std::max(plan.buffers[o.index].lastStep, step);
+  };
+  for (size_t i = 0; i + 1 < plan.steps.size(); ++i) {
+    PlanStep &norm = plan.steps[i], &gemv = plan.steps[i + 1];
+    if (gemv.kind != KernelKind::Linear && gemv.kind != KernelKind::GatedLinear)
+      continue;
+    const PlanOperand &x = gemv.inputs[0];
+    int64_t mode = 0;
+    const PlanOperand *normed = nullptr;
+    if (norm.kind == KernelKind::SrmsNorm)
+      mode = 1, normed = &norm.outputs[0];
+    else if (norm.kind == KernelKind::AddSrmsNorm)
+      mode = 2, normed = &norm.outputs[1];
+    else if (norm.kind == KernelKind::LightningDecode)
+      mode = 3, normed = &norm.outputs[0];
+    if (!mode || !x.sameStorage(*normed) || x.colOffset != normed->colOffset ||
+        x.cols != normed->cols || x.cols % 8 != 0 || readers(*normed) != 1)
+      continue;
+    for (const PlanOperand &in : norm.inputs)
+      extend(in, static_cast<int64_t>(i + 1));
+    for (const PlanOperand &out : norm.outputs)
+      extend(out, static_cast<int64_t>(i + 1));
+    gemv.gemvPrologue = mode;
+  }
 }
 
 FailureOr<std::vector<KernelPlan>> lowerFunctions(ModuleOp module, ArrayRef<std::string> functions,

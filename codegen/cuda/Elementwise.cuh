@@ -21,6 +21,15 @@
 
 #include <cuda_bf16.h>
 
+// Programmatic dependent launch (runtime/cuda/CudaContext.h, LaunchConfig::programmatic):
+// every kernel waits for the kernels before it before it touches an activation, and lets the
+// next one launch early (its CTAs then wait at their own TNLM_PDL_WAIT). Without a
+// programmatic launch both are no-ops.
+#ifndef TNLM_PDL_WAIT
+#define TNLM_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define TNLM_PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#endif
+
 namespace tnlm {
 namespace ew {
 
@@ -128,6 +137,8 @@ __device__ __forceinline__ float row_rstd(Load load, float eps) {
 template <int COLS, int BLOCK, class Op>
 __device__ __forceinline__ void binary(const bf16 *a, long long lda, const bf16 *b, long long ldb,
                                        bf16 *y, long long ldy, Op op) {
+  TNLM_PDL_WAIT();
+  TNLM_PDL_LAUNCH();
   const long long r = blockIdx.x;
   TNLM_EW_DISPATCH(aligned16<COLS>(a, lda, b, ldb, y, ldy), {
     for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
@@ -146,6 +157,8 @@ __device__ __forceinline__ void binary(const bf16 *a, long long lda, const bf16 
 template <int COLS, int BLOCK>
 __device__ __forceinline__ void embedding(const int *ids, const bf16 *table, int vocab, bf16 *y,
                                           long long ldy, float scale) {
+  TNLM_PDL_WAIT();
+  TNLM_PDL_LAUNCH();
   const long long r = blockIdx.x;
   const int id = ids[r];
   const bool ok = id >= 0 && id < vocab;
@@ -166,6 +179,8 @@ __device__ __forceinline__ void embedding(const int *ids, const bf16 *table, int
 template <int COLS, int BLOCK>
 __device__ __forceinline__ void srms_norm(const bf16 *x, long long ldx, bf16 *y, long long ldy,
                                           float eps) {
+  TNLM_PDL_WAIT();
+  TNLM_PDL_LAUNCH();
   const long long r = blockIdx.x;
   TNLM_EW_DISPATCH(aligned16<COLS>(x, ldx, y, ldy), {
     const float inv =
@@ -187,6 +202,8 @@ template <int COLS, int BLOCK>
 __device__ __forceinline__ void add_srms_norm(const bf16 *a, long long lda, const bf16 *b,
                                               long long ldb, bf16 *sum, long long lds, bf16 *y,
                                               long long ldy, float eps) {
+  TNLM_PDL_WAIT();
+  TNLM_PDL_LAUNCH();
   const long long r = blockIdx.x;
   TNLM_EW_DISPATCH(aligned16<COLS>(a, lda, b, ldb, sum, lds, y, ldy), {
     float ss = 0.0f;
@@ -218,6 +235,8 @@ __device__ __forceinline__ void add_srms_norm(const bf16 *a, long long lda, cons
 template <int COLS, int BLOCK>
 __device__ __forceinline__ void gated_srms_norm(const bf16 *u, long long ldu, bf16 *y,
                                                 long long ldy, float eps) {
+  TNLM_PDL_WAIT();
+  TNLM_PDL_LAUNCH();
   const long long r = blockIdx.x;
   TNLM_EW_DISPATCH(aligned16<COLS>(u, ldu, y, ldy), {
     const float inv =
@@ -242,6 +261,8 @@ template <int COLS, int BLOCK>
 __device__ __forceinline__ void gated_srms_norm_sum(const bf16 *u, long long ldu, const bf16 *y2,
                                                     long long ldy2, bf16 *y, long long ldy,
                                                     float eps) {
+  TNLM_PDL_WAIT();
+  TNLM_PDL_LAUNCH();
   const long long r = blockIdx.x;
   TNLM_EW_DISPATCH(aligned16<COLS>(u, ldu, y2, ldy2, y, ldy), {
     const float inv = row_rstd<COLS, BLOCK, W>(
@@ -279,6 +300,8 @@ __device__ __forceinline__ void gated_srms_norm_sum(const bf16 *u, long long ldu
 template <int COLS, int BLOCK, bool SILU>
 __device__ __forceinline__ void lrpe_split(const bf16 *x, long long ldx, const float *theta,
                                            int seq, bf16 *w, long long ldw) {
+  TNLM_PDL_WAIT();
+  TNLM_PDL_LAUNCH();
   const long long r = blockIdx.x;
   const float p = static_cast<float>(r % seq);
   TNLM_EW_DISPATCH(aligned16<COLS>(x, ldx, w, ldw, theta, 8), {
@@ -310,6 +333,8 @@ __device__ __forceinline__ void lrpe_split(const bf16 *x, long long ldx, const f
 // silu: y = x · sigmoid(x) = x / (1 + exp(-x))
 template <int COLS, int BLOCK>
 __device__ __forceinline__ void silu(const bf16 *x, long long ldx, bf16 *y, long long ldy) {
+  TNLM_PDL_WAIT();
+  TNLM_PDL_LAUNCH();
   const long long r = blockIdx.x;
   TNLM_EW_DISPATCH(aligned16<COLS>(x, ldx, y, ldy), {
     for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {

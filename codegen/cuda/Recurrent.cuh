@@ -25,6 +25,14 @@
 
 #include <cuda_bf16.h>
 
+// Programmatic dependent launch (as in Elementwise.cuh): the decode step's kernels are
+// launched so that each may start before the previous one ends; they wait before touching
+// any activation or state.
+#ifndef TNLM_PDL_WAIT
+#define TNLM_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define TNLM_PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#endif
+
 namespace tnlm {
 namespace rec {
 
@@ -42,6 +50,8 @@ __device__ __forceinline__ void prefill_prologue(bf16 *x, long long ldx, const f
                                                  const int *lengths, int seq, bf16 *w,
                                                  long long ldw) {
   static_assert(COLS % 2 == 0, "COLS must be even (bf16 pairs)");
+  TNLM_PDL_WAIT();
+  TNLM_PDL_LAUNCH();
   const long long r = blockIdx.x;
   const int b = static_cast<int>(r / seq), t = static_cast<int>(r % seq);
   const int p = t - (seq - lengths[b]);
@@ -86,6 +96,8 @@ __device__ __forceinline__ void state_commit(const float *scratch, float *state,
                                              const int *lengths, int heads, int dk_total,
                                              int row0) {
   static_assert((DK * DV) % (4 * BLOCK) == 0, "the state must split into float4 per thread");
+  TNLM_PDL_WAIT();
+  TNLM_PDL_LAUNCH();
   const int bh = blockIdx.y, b = bh / heads;
   if (lengths[b] <= 0)
     return;
@@ -101,6 +113,8 @@ __device__ __forceinline__ void state_commit(const float *scratch, float *state,
 template <int COLS, int BLOCK>
 __device__ __forceinline__ void gather_last(const bf16 *x, long long ldx, const int *lengths,
                                             int seq, bf16 *y, long long ldy) {
+  TNLM_PDL_WAIT();
+  TNLM_PDL_LAUNCH();
   const long long b = blockIdx.x;
   const bf16 *src = x + (b * seq + seq - 1) * ldx;
   const bool live = lengths[b] > 0;
@@ -118,6 +132,8 @@ __device__ __forceinline__ void lightning_decode(const bf16 *qkvu, long long ldq
                                                  const float *theta, const int *positions,
                                                  const float *slopes, float *state, bf16 *y,
                                                  long long ldy, int heads) {
+  TNLM_PDL_WAIT();
+  TNLM_PDL_LAUNCH();
   constexpr int DK = LRPE ? 2 * DH : DH;
   constexpr int GROUPS = BLOCK / COLS_PER_CTA;
   static_assert(BLOCK % COLS_PER_CTA == 0 && DH % COLS_PER_CTA == 0 && DK % GROUPS == 0,
@@ -154,7 +170,7 @@ __device__ __forceinline__ void lightning_decode(const bf16 *qkvu, long long ldq
   const double lambda = exp(-static_cast<double>(slopes[h]));
   float *S = state + static_cast<long long>(bh) * DK * DH + col0 + j;
   float acc = 0.0f;
-#pragma unroll 4
+#pragma unroll 8
   for (int i = g; i < DK; i += GROUPS) {
     const float s = static_cast<float>(lambda * static_cast<double>(S[i * DH]) +
                                        static_cast<double>(ks[i]) * static_cast<double>(v));
@@ -169,6 +185,207 @@ __device__ __forceinline__ void lightning_decode(const bf16 *qkvu, long long ldq
     for (int k = 0; k < GROUPS; ++k)
       o += partial[k][threadIdx.x];
     y[b * ldy + h * DH + col0 + threadIdx.x] = __float2bfloat16(o);
+  }
+}
+
+
+// Sum over the CTA (BLOCK whole warps); every thread gets it. `red` holds BLOCK / 32 floats.
+template <int BLOCK> __device__ __forceinline__ float cta_sum(float v, float *red) {
+  for (int o = 16; o > 0; o >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads(); // red may still be read from the previous call
+  if (threadIdx.x % 32 == 0)
+    red[threadIdx.x / 32] = v;
+  __syncthreads();
+  float t = 0.0f;
+#pragma unroll
+  for (int w = 0; w < BLOCK / 32; ++w)
+    t += red[w];
+  return t;
+}
+
+// 8 bf16 of a 16-byte word as floats.
+__device__ __forceinline__ void unpack8(const uint4 &u, float (&f)[8]) {
+  const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __bfloat1622float2(h[i]);
+    f[2 * i] = t.x, f[2 * i + 1] = t.y;
+  }
+}
+__device__ __forceinline__ float round_bf16(float v) {
+  return __bfloat162float(__float2bfloat16(v));
+}
+
+// One linear layer of a decode step for M <= MAXM rows (the slots of the call):
+//   y[m, n] = Σ_k v[m, k] · W[n, k]           (tnlm.linear; OutT bf16, or f32 for the logits)
+//   y[m, n] = bf16(v·W1ᵀ) ⊙ bf16(v·W2ᵀ)       (GATED: tnlm.gated_linear, rounded as the two
+//                                              GEMMs and the product of the prefill path)
+// where v is the layer's input, computed by the PROLOGUE from the inputs of the norm step
+// before it (which then does not run; markDecodeFusions in codegen/KernelPlan.h), with the
+// row kernels' roundings (Elementwise.cuh):
+//   0: v = x                                   (no fused norm)
+//   1: v = bf16(x · r),  r = rsqrt(mean(x²) + eps)                        (srms_norm)
+//   2: s = bf16(x + x2), v = bf16(s · rsqrt(mean(s²) + eps)); CTA 0 writes s to `sum`
+//                                                                         (add_srms_norm)
+//   3: v = bf16(x2 ⊙ x · rsqrt(mean(x²) + eps)), x = o, x2 = u          (the gated norm)
+// bf16 inputs and W, f32 accumulation. One warp per output n at a time (BLOCK / 32 per CTA;
+// the executor sizes grid.x to a few CTAs per SM); its lanes stride over K in 16-byte chunks (K % 8 == 0, rows 16-byte
+// aligned), ROWS rows of UNROLL chunks in flight per lane; W is streamed (__ldcs: read once).
+template <int MAXM, int UNROLL, int ROWS, int BLOCK, bool GATED, int PROLOGUE, typename OutT>
+__device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2,
+                                     bf16 *sum, long long ldsum, float eps, const bf16 *w,
+                                     const bf16 *w2, OutT *y, long long ldy, int M, int N, int K) {
+  __shared__ float red[BLOCK / 32], rstd[MAXM];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int chunks = K / 8;
+  const int warps = gridDim.x * (BLOCK / 32);
+  // Each warp works on ROWS outputs at a time, n = nb + r · warps: with UNROLL chunks of each
+  // row per lane, ROWS · UNROLL 16-byte loads per lane are in flight at once.
+  uint4 wv[ROWS][UNROLL], wv2[GATED ? ROWS : 1][UNROLL];
+  auto load = [&](int nb, int c0) {
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      const int n = nb + r * warps;
+      if (n >= N)
+        continue;
+      const uint4 *wr = reinterpret_cast<const uint4 *>(w + static_cast<long long>(n) * K);
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const int c = c0 + 32 * u;
+        if (c < chunks) {
+          wv[r][u] = __ldcs(wr + c);
+          if constexpr (GATED)
+            wv2[r][u] = __ldcs(reinterpret_cast<const uint4 *>(w2 + static_cast<long long>(n) * K) + c);
+        }
+      }
+    }
+  };
+  // The weights never depend on the kernels before: the first loads are in flight before the
+  // wait (with a programmatic launch, while the previous kernel finishes) and the prologue.
+  const int first = blockIdx.x * (BLOCK / 32) + warp;
+  load(first, lane);
+  TNLM_PDL_WAIT();
+  TNLM_PDL_LAUNCH();
+  // The prologue's row statistics, once per CTA (the rows are short and in L2).
+  if (PROLOGUE != 0) {
+    for (int m = 0; m < M; ++m) {
+      float ss = 0.0f;
+      for (int c = threadIdx.x; c < chunks; c += BLOCK) {
+        float a[8];
+        unpack8(*reinterpret_cast<const uint4 *>(x + m * ldx + 8 * c), a);
+        if (PROLOGUE == 2) {
+          float b[8];
+          unpack8(*reinterpret_cast<const uint4 *>(x2 + m * ldx2 + 8 * c), b);
+#pragma unroll
+          for (int i = 0; i < 8; ++i)
+            a[i] = round_bf16(a[i] + b[i]);
+          if (blockIdx.x == 0) {
+            uint4 o;
+            __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&o);
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+              h[i] = __floats2bfloat162_rn(a[2 * i], a[2 * i + 1]);
+            *reinterpret_cast<uint4 *>(sum + m * ldsum + 8 * c) = o;
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+          ss += a[i] * a[i];
+      }
+      const float t = cta_sum<BLOCK>(ss, red);
+      if (threadIdx.x == 0)
+        rstd[m] = rsqrtf(t / K + eps);
+    }
+    __syncthreads();
+  }
+  // Chunk c of row m of the layer input v.
+  auto input = [&](int m, int c, float (&v)[8]) {
+    unpack8(__ldg(reinterpret_cast<const uint4 *>(x + m * ldx) + c), v);
+    if (PROLOGUE == 0)
+      return;
+    const float r = rstd[m];
+    if (PROLOGUE == 1) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+        v[i] = round_bf16(v[i] * r);
+      return;
+    }
+    float b[8];
+    unpack8(__ldg(reinterpret_cast<const uint4 *>(x2 + m * ldx2) + c), b);
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+      v[i] = PROLOGUE == 2 ? round_bf16(round_bf16(v[i] + b[i]) * r) : round_bf16(b[i] * v[i] * r);
+  };
+  for (int nb = first; nb < N; nb += ROWS * warps) {
+    float acc[ROWS][MAXM], acc2[GATED ? ROWS : 1][MAXM];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+      for (int m = 0; m < MAXM; ++m) {
+        acc[r][m] = 0.0f;
+        if constexpr (GATED)
+          acc2[r][m] = 0.0f;
+      }
+    for (int c0 = lane;;) {
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const int c = c0 + 32 * u;
+        if (c >= chunks)
+          continue;
+#pragma unroll
+        for (int m = 0; m < MAXM; ++m) {
+          if (m >= M)
+            continue;
+          float v[8];
+          input(m, c, v);
+#pragma unroll
+          for (int r = 0; r < ROWS; ++r) {
+            float wf[8];
+            unpack8(wv[r][u], wf);
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+              acc[r][m] = fmaf(v[i], wf[i], acc[r][m]);
+            if constexpr (GATED) {
+              unpack8(wv2[r][u], wf);
+#pragma unroll
+              for (int i = 0; i < 8; ++i)
+                acc2[r][m] = fmaf(v[i], wf[i], acc2[r][m]);
+            }
+          }
+        }
+      }
+      c0 += 32 * UNROLL;
+      if (c0 >= chunks)
+        break;
+      load(nb, c0);
+    }
+    if (nb + ROWS * warps < N) // the next rows' first loads fly during the reduction and store
+      load(nb + ROWS * warps, lane);
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      const int n = nb + r * warps;
+#pragma unroll
+      for (int m = 0; m < MAXM; ++m) {
+        float v = acc[r][m], v2 = 0.0f;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+          v += __shfl_xor_sync(0xffffffffu, v, o);
+        if constexpr (GATED) {
+          v2 = acc2[r][m];
+#pragma unroll
+          for (int o = 16; o > 0; o >>= 1)
+            v2 += __shfl_xor_sync(0xffffffffu, v2, o);
+          v = round_bf16(v) * round_bf16(v2);
+        }
+        if (lane == 0 && m < M && n < N) {
+          if constexpr (sizeof(OutT) == 4)
+            y[m * ldy + n] = v;
+          else
+            y[m * ldy + n] = __float2bfloat16(v);
+        }
+      }
+    }
   }
 }
 

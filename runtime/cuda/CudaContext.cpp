@@ -124,8 +124,23 @@ void Context::launch(Kernel &kernel, const LaunchConfig &config, void **params,
     kernel.sharedOptIn = config.sharedBytes;
   }
   const Dim3 &g = config.grid, &b = config.block;
-  CUresult result = api.cuLaunchKernel(kernel.function, g.x, g.y, g.z, b.x, b.y, b.z,
-                                       config.sharedBytes, stream_, params, nullptr);
+  CUresult result;
+  if (config.programmatic) {
+    CUlaunchAttribute attr{};
+    attr.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    CUlaunchConfig c{};
+    c.gridDimX = g.x, c.gridDimY = g.y, c.gridDimZ = g.z;
+    c.blockDimX = b.x, c.blockDimY = b.y, c.blockDimZ = b.z;
+    c.sharedMemBytes = config.sharedBytes;
+    c.hStream = stream_;
+    c.attrs = &attr;
+    c.numAttrs = 1;
+    result = api.cuLaunchKernelEx(&c, kernel.function, params, nullptr);
+  } else {
+    result = api.cuLaunchKernel(kernel.function, g.x, g.y, g.z, b.x, b.y, b.z,
+                                config.sharedBytes, stream_, params, nullptr);
+  }
   if (result != CUDA_SUCCESS) {
     char shape[160];
     std::snprintf(shape, sizeof shape, " (grid %ux%ux%u, block %ux%ux%u, %u bytes shared)", g.x,

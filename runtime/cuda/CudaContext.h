@@ -34,6 +34,10 @@ struct Dim3 {
 struct LaunchConfig {
   Dim3 grid, block;
   unsigned sharedBytes = 0; // dynamic shared memory; above 48 KiB the kernel is opted in
+  /// Programmatic dependent launch (Hopper): the kernel may start before the one queued
+  /// before it has finished; it must wait (griddepcontrol.wait, TNLM_PDL_WAIT in the device
+  /// headers) before it touches anything an earlier kernel writes or reads.
+  bool programmatic = false;
 };
 
 /// A kernel of a loaded Module.

@@ -7,6 +7,7 @@
 #include "runtime/Error.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <string_view>
 
 namespace tnlm::cuda {
@@ -39,7 +40,10 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
   const auto &table = *root.params();
   checkParamValues(artifact, params);
   for (const schema::Function *fn : *root.functions())
-    functions_.push_back(Function{fn->name()->str(), fn, {}, 0});
+    functions_.push_back(
+        Function{fn->name()->str(), fn, {}, 0, fn->name()->str() == "decode_step"});
+  if (const char *pdl = std::getenv("TNLM_PDL"))
+    programmatic_ = std::string_view(pdl) == "1";
   // Parameters are uploaded as bf16 (what the GEMMs and kernels read), except LRPE's θ, which
   // the prologues read as f32: angles p·θ reach 10^4 rad, where θ's bf16 rounding (2^-9)
   // would move them by tens of radians. θ is the parameter input of the attention steps.
@@ -78,6 +82,10 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
       const auto kind = s->kind();
       lightning |= kind == schema::KernelKind_LightningAttention ||
                    kind == schema::KernelKind_LightningPrefill;
+      if (kind == schema::KernelKind_GatedLinear)
+        gatedScratchBytes_ = std::max<size_t>(
+            gatedScratchBytes_, 2 * size_t(artifact.maxBatch()) * size_t(artifact.maxSeq()) *
+                                    size_t(s->outputs()->Get(0)->cols()) * 2);
       if (kind == schema::KernelKind_LightningPrefill) {
         prefill = true;
         maxHeads = std::max<int64_t>(maxHeads, s->i64_attrs()->Get(0));
@@ -120,7 +128,7 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
       stateBytes += up(n * 4);
     }
   const size_t total = up(arenaBytes) + inputCount * up(maxRows * sizeof(int32_t)) + slopeBytes +
-                       paramBytes + up(workspaceBytes_) + up(scratchBytes_) + stateBytes +
+                       paramBytes + up(workspaceBytes_) + up(scratchBytes_) + up(gatedScratchBytes_) + stateBytes +
                        Arena::kAlignment;
   if (total > context_->totalMemory()) {
     auto gib = [](size_t b) { return std::to_string(b / double(1u << 30)).substr(0, 6) + " GiB"; };
@@ -140,6 +148,8 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
     workspace_ = arena_->allocate(workspaceBytes_, "the Lightning Attention workspace");
   if (scratchBytes_)
     scratch_ = arena_->allocate(scratchBytes_, "the prefill's final states");
+  if (gatedScratchBytes_)
+    gatedScratch_ = arena_->allocate(gatedScratchBytes_, "the gated GEMMs' products");
   for (size_t i = 0; i < stateBytes_.size(); ++i)
     state_.push_back(arena_->allocate(std::max<size_t>(stateBytes_[i], 4), "the state"));
 
@@ -233,6 +243,7 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
     c.grid.x = static_cast<unsigned>(rows);
     c.block.x = static_cast<unsigned>(l->block());
     c.sharedBytes = static_cast<unsigned>(l->shared_mem());
+    c.programmatic = f.decode && programmatic_;
     return c;
   };
   const schema::Operand *y = out.Get(0);
@@ -240,6 +251,72 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
   if (!s.launches() || s.launches()->size() == 0)
     throw Error(where + ": the step has no launches (not compiled for a CUDA target)");
 
+  // The decode GEMV (rec::gemv) where the step has one and the call has at most 8 rows; its
+  // prologue computes the norm of the step before it (which was skipped, see gemvFor).
+  if (const schema::KernelLaunch *gemv = gemvFor(f, index, rows)) {
+    LaunchConfig c;
+    c.block.x = static_cast<unsigned>(gemv->block());
+    // Two CTAs per SM (what its ~115 registers per thread allow), each warp looping over
+    // outputs (rec::gemv): the prologue's row
+    // statistics are computed once per CTA.
+    const int64_t warps = gemv->block() / 32;
+    c.grid.x = static_cast<unsigned>(std::min<int64_t>(
+        (gemv->gemm_n() + warps - 1) / warps, int64_t(context_->multiprocessors()) * 2));
+    c.programmatic = f.decode && programmatic_;
+    const bool gated = s.kind() == schema::KernelKind_GatedLinear;
+    const CUdeviceptr w2 = gated ? ptr(in.Get(2)) : ptr(in.Get(1));
+    // The prologue's operands, from the norm step before this one.
+    CUdeviceptr x = ptr(in.Get(0)), x2 = 0, sum = 0;
+    long long ldx = ld(in.Get(0)), ldx2 = 0, ldsum = 0;
+    float eps = 0;
+    if (gemv->prologue() != 0) {
+      const schema::Step &n = *f.fn->steps()->Get(index - 1);
+      const auto &nin = *n.inputs();
+      eps = n.f32_attrs()->Get(0);
+      if (gemv->prologue() == 1) { // srms_norm(x)
+        x = ptr(nin.Get(0)), ldx = ld(nin.Get(0));
+      } else if (gemv->prologue() == 2) { // add_srms_norm(a, b) -> sum, y
+        x = ptr(nin.Get(0)), ldx = ld(nin.Get(0));
+        x2 = ptr(nin.Get(1)), ldx2 = ld(nin.Get(1));
+        sum = ptr(n.outputs()->Get(0)), ldsum = ld(n.outputs()->Get(0));
+      } else { // lightning_decode: o (its raw output) and u = qkvu[:, 3D:4D]
+        const int64_t d = n.i64_attrs()->Get(0) * n.i64_attrs()->Get(1);
+        x = ptr(n.outputs()->Get(0)), ldx = ld(n.outputs()->Get(0));
+        x2 = ptr(nin.Get(0)) + 3 * d * 2, ldx2 = ld(nin.Get(0));
+      }
+    }
+    context_->launchWith(kernelOf(gemv), c, where, x, ldx, x2, ldx2, sum, ldsum, eps,
+                         ptr(in.Get(1)), w2, ptr(y), ld(y), int(rows), int(gemv->gemm_n()),
+                         int(gemv->gemm_k()));
+    return;
+  }
+  // A norm that the next step's GEMV computes itself (lightning_decode: only its epilogue).
+  if (fusedIntoNext(f, index, rows) && s.kind() != schema::KernelKind_LightningDecode)
+    return;
+  if (s.kind() == schema::KernelKind_GatedLinear) { // larger batches: two GEMMs, the product
+    const schema::KernelLaunch *g = nullptr, *mul = nullptr;
+    for (const schema::KernelLaunch *l : *s.launches()) {
+      if (l->kind() == schema::LaunchKind_Gemm)
+        g = l;
+      else if (l->kind() == schema::LaunchKind_PerRow)
+        mul = l;
+    }
+    if (!g || !mul || !gatedScratch_)
+      throw Error(where + ": a gated linear step without its GEMM and product launches");
+    GemmShape shape;
+    shape.rows = rows;
+    shape.in = g->gemm_k();
+    shape.out = g->gemm_n();
+    shape.ldx = in.Get(0)->ld();
+    shape.ldy = g->gemm_n();
+    const CUdeviceptr a = gatedScratch_, b = gatedScratch_ + size_t(rows) * g->gemm_n() * 2;
+    gemm_->linear(GemmType::Bf16, shape, ptr(in.Get(0)), ptr(in.Get(1)), a, where);
+    gemm_->linear(GemmType::Bf16, shape, ptr(in.Get(0)), ptr(in.Get(2)), b, where);
+    LaunchConfig c = perRow(mul);
+    const long long ldab = g->gemm_n();
+    context_->launchWith(kernelOf(mul), c, where, a, ldab, b, ldab, ptr(y), ld(y));
+    return;
+  }
   if (s.kind() == schema::KernelKind_Linear) {
     const schema::KernelLaunch *l = s.launches()->Get(0);
     GemmShape shape;
@@ -485,6 +562,7 @@ void CudaExecutor::runDecode(const Function &f, unsigned index, const schema::St
     LaunchConfig c;
     c.block.x = static_cast<unsigned>(l->block());
     c.sharedBytes = static_cast<unsigned>(l->shared_mem());
+    c.programmatic = programmatic_;
     if (l->kind() == schema::LaunchKind_Decode) {
       c.grid.x = static_cast<unsigned>(batch * heads);
       c.grid.y = static_cast<unsigned>(dh / 16);
@@ -493,6 +571,8 @@ void CudaExecutor::runDecode(const Function &f, unsigned index, const schema::St
                            operand(in.Get(2), where), f.slopes[index], operand(in.Get(1), where),
                            operand(y, where), static_cast<long long>(y->ld()), heads);
     } else if (l->kind() == schema::LaunchKind_PerRow) { // y = u ⊙ SRMSNorm(y), in place
+      if (fusedIntoNext(f, index, batch))
+        continue; // the out projection's GEMV norms and gates o itself
       c.grid.x = static_cast<unsigned>(batch);
       context_->launchWith(k, c, where, base + 3 * int64_t(heads) * dh * 2,
                            static_cast<long long>(qkvu->ld()), operand(y, where),
@@ -510,6 +590,40 @@ void CudaExecutor::checkInputs(size_t fi, const char *second) const {
       fn.inputs()->Get(1)->name()->str() != second)
     throw Error(artifact_.source() + ": @" + functions_[fi].name + " must take (ids, " + second +
                 ")");
+}
+
+const schema::KernelLaunch *CudaExecutor::gemvFor(const Function &f, unsigned index,
+                                                  int64_t rows) const {
+  if (!gemv_ || index >= f.fn->steps()->size())
+    return nullptr;
+  const schema::Step &s = *f.fn->steps()->Get(index);
+  if (!s.launches())
+    return nullptr;
+  const schema::Operand *x = s.inputs()->Get(0);
+  if (x->ld() % 8 != 0 || x->col_offset() % 8 != 0 || x->cols() % 8 != 0)
+    return nullptr;
+  for (const schema::KernelLaunch *l : *s.launches())
+    if (l->kind() == schema::LaunchKind_Gemv) {
+      if (rows > l->max_rows())
+        return nullptr;
+      if (l->prologue() < 0 || l->prologue() > 3 || (l->prologue() != 0 && index == 0))
+        return nullptr;
+      if (l->prologue() != 0) { // the step before must be the norm the prologue stands for
+        const schema::Step &n = *f.fn->steps()->Get(index - 1);
+        const schema::KernelKind want[] = {schema::KernelKind_Linear, schema::KernelKind_SrmsNorm,
+                                           schema::KernelKind_AddSrmsNorm,
+                                           schema::KernelKind_LightningDecode};
+        if (n.kind() != want[l->prologue()] || !n.f32_attrs() || n.f32_attrs()->size() < 1)
+          return nullptr;
+      }
+      return l;
+    }
+  return nullptr;
+}
+
+bool CudaExecutor::fusedIntoNext(const Function &f, unsigned index, int64_t rows) const {
+  const schema::KernelLaunch *next = gemvFor(f, index + 1, rows);
+  return next && next->prologue() != 0;
 }
 
 size_t CudaExecutor::functionIndex(const std::string &name) const {
@@ -696,9 +810,23 @@ void CudaExecutor::resetState() {
 
 std::vector<CudaExecutor::StepTime> CudaExecutor::profileSteps(const int32_t *ids, int64_t batch,
                                                                int64_t seq) {
-  const std::string &src = artifact_.source();
   const size_t fi = functionIndex("forward");
   uploadIds(ids, batch, seq);
+  return profile(fi, batch, seq);
+}
+
+std::vector<CudaExecutor::StepTime>
+CudaExecutor::profileDecode(const int32_t *ids, const int32_t *positions, int64_t batch) {
+  const bool graphs = useGraphs_;
+  useGraphs_ = false; // the upload only: enqueueDecode then runs the steps, which we redo
+  enqueueDecode(ids, positions, batch);
+  useGraphs_ = graphs;
+  context_->synchronize(artifact_.source() + ": profiling @decode_step");
+  return profile(functionIndex("decode_step"), batch, 1);
+}
+
+std::vector<CudaExecutor::StepTime> CudaExecutor::profile(size_t fi, int64_t batch, int64_t seq) {
+  const std::string &src = artifact_.source();
   lastCall_ = {fi, batch, seq};
   const schema::Function &fn = *functions_[fi].fn;
   const unsigned n = fn.steps()->size();

@@ -76,6 +76,14 @@ public:
   /// decodeStep without waiting: checks and uploads, then queues the step's graph; the
   /// logits stay on the device (benchmarks time back-to-back steps with it).
   void enqueueDecode(const int32_t *ids, const int32_t *positions, int64_t batch);
+  /// Programmatic dependent launch of @decode_step's kernels (default off: measured slower on
+  /// the H200, bench/RESULTS.md; the environment variable TNLM_PDL=1 turns it on). Takes
+  /// effect for graphs captured afterwards.
+  void setProgrammaticLaunch(bool on) { programmatic_ = on; }
+  /// The GEMV path of @decode_step's linear layers for batches up to 4 (default on); off, they
+  /// run as cuBLASLt GEMMs as larger batches do (for tests). Takes effect for graphs captured
+  /// afterwards.
+  void setSmallBatchGemv(bool on) { gemv_ = on; }
   /// Bytes of the one device allocation (parameters, activations, state, workspaces).
   size_t deviceBytes() const;
   /// The recurrent state, in state-table order, f32 (copied back; for tests and tools).
@@ -91,6 +99,9 @@ public:
     double ms;
   };
   std::vector<StepTime> profileSteps(const int32_t *ids, int64_t batch, int64_t seq);
+  /// The same for one @decode_step (it advances the state of the active slots twice: once for
+  /// the upload's call, once timed).
+  std::vector<StepTime> profileDecode(const int32_t *ids, const int32_t *positions, int64_t batch);
 
   /// CUDA-graph replay of the forward (default on). Off: every call launches each step.
   void setUseGraphs(bool on) { useGraphs_ = on; }
@@ -115,10 +126,17 @@ private:
     const schema::Function *fn = nullptr;
     std::vector<CUdeviceptr> slopes; // f32 per step (0 where the step has none)
     size_t logitsOffset = 0;
+    bool decode = false; // @decode_step: GEMVs for small batches, programmatic launches
   };
   using CallKey = std::tuple<size_t, int64_t, int64_t>; // (function, batch, seq)
 
   size_t functionIndex(const std::string &name) const;
+  std::vector<StepTime> profile(size_t function, int64_t batch, int64_t seq);
+  /// The GEMV launch step `index` of `f` runs for a call of `rows` rows, or null (no GEMV,
+  /// more rows than it serves, GEMVs off, unaligned input, or a prologue without its norm step).
+  const schema::KernelLaunch *gemvFor(const Function &f, unsigned index, int64_t rows) const;
+  /// Whether step `index` is a norm that the next step's GEMV computes (so it does not run).
+  bool fusedIntoNext(const Function &f, unsigned index, int64_t rows) const;
   void checkInputs(size_t function, const char *second) const; // (ids, second)
   void runStep(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
                int64_t seq, const std::string &where);
@@ -143,8 +161,10 @@ private:
   std::unique_ptr<Arena> arena_;
   std::unique_ptr<Module> module_;
   std::unique_ptr<Gemm> gemm_;
-  CUdeviceptr activations_ = 0, workspace_ = 0, scratch_ = 0;
-  size_t workspaceBytes_ = 0, scratchBytes_ = 0;
+  CUdeviceptr activations_ = 0, workspace_ = 0, scratch_ = 0, gatedScratch_ = 0;
+  size_t workspaceBytes_ = 0, scratchBytes_ = 0, gatedScratchBytes_ = 0;
+  bool gemv_ = true;
+  bool programmatic_ = false; // programmatic dependent launches in @decode_step (TNLM_PDL=1)
   std::vector<CUdeviceptr> inputs_; // i32 [max batch · max seq] per function-input index
   std::vector<CUdeviceptr> state_;  // f32 per state-table entry (recurrent state)
   std::vector<size_t> stateBytes_;

@@ -7,7 +7,8 @@
 // to CudaExecutor and CpuExecutor. Checks (one line each, with the numbers):
 //   1. decode equals prefill: for n in 1, 63, 64, 65, 300, 2048, GPU prefill(n - 1) then one
 //      GPU decode step at position n - 1 gives the logits of GPU prefill(n) (and both those of
-//      CPU prefill(n));
+//      CPU prefill(n)); again (n = 65, 300) with decode's linear layers on cuBLASLt (the path
+//      of batches above 4) instead of the small-batch GEMVs;
 //   2. the GPU state after prefill(n) equals the GPU state after n decode steps, and the CPU
 //      state after prefill(n) (n = 300);
 //   3. a batch of slots of different lengths (5, 0, 300, 2048) in one prefill: each slot's
@@ -209,6 +210,31 @@ int main(int argc, char **argv) {
                  "; gpu decode vs cpu prefill: " + std::to_string(ds.rel) + " (bound 3e-2)");
     }
 
+    // 1b. The same through the other GEMM path: decode's linear layers as cuBLASLt GEMMs (what
+    // batches above 4 run, the gated pair as two GEMMs and a product) instead of the GEMVs.
+    {
+      CudaExecutor gemmExec(gpuArt, weights);
+      gemmExec.setSmallBatchGemv(false);
+      Runner viaGemm{nullptr, &gemmExec, slots, vocab};
+      for (int64_t n : {65, 300}) {
+        const std::vector<int32_t> head(text.begin(), text.begin() + (n - 1));
+        const std::vector<int32_t> prompt(text.begin(), text.begin() + n);
+        gpu.reset();
+        gpu.prefillOne(1, head);
+        const std::vector<float> viaGemv = gpu.decodeOne(1, text[n - 1], int32_t(n - 1));
+        viaGemm.prefillOne(1, head);
+        const std::vector<float> stepped = viaGemm.decodeOne(1, text[n - 1], int32_t(n - 1));
+        cpu.reset();
+        const std::vector<float> want = cpu.prefillOne(1, prompt);
+        const Diff d = maxRel(stepped.data(), want.data(), vocab);
+        const Diff g = maxRel(stepped.data(), viaGemv.data(), vocab);
+        report(d.finite && d.rel <= 3e-2 && g.rel <= 3e-2,
+               "n=" + std::to_string(n) + ", decode through cuBLASLt GEMMs vs cpu prefill(n): " +
+                   std::to_string(d.rel) + ", vs the GEMV path: " + std::to_string(g.rel) +
+                   " (bound 3e-2)");
+      }
+    }
+
     // 2. state after prefill(n) = state after n decode steps (GPU), = CPU state.
     {
       const int64_t n = 300;
@@ -272,6 +298,28 @@ int main(int argc, char **argv) {
                "slot " + std::to_string(b) + " (length " + std::to_string(lengths[b]) +
                    ") in a batch of lengths 5, 0, 300, 2048 vs alone: " + std::to_string(d.rel) +
                    " (bound 3e-2)");
+      }
+      // All four slots decode one token at their own positions (the GEMVs with M = 4), against
+      // the CPU from the same prompts.
+      {
+        cpu.reset();
+        cpu.prefillOne(1, std::vector<int32_t>(text.begin() + 100, text.begin() + 164));
+        cpu.prefill(ids, lens, n);
+        gpu.reset();
+        gpu.prefillOne(1, std::vector<int32_t>(text.begin() + 100, text.begin() + 164));
+        gpu.prefill(ids, lens, n);
+        const std::vector<int32_t> tokens = {11, 22, 33, 44}, pos = {5, 64, 300, 2048};
+        const std::vector<float> g = gpu.decode(tokens, pos), c = cpu.decode(tokens, pos);
+        double worst = 0;
+        bool finite = true;
+        for (int64_t b = 0; b < 4; ++b) {
+          const Diff d = maxRel(g.data() + b * vocab, c.data() + b * vocab, vocab);
+          worst = std::max(worst, d.rel);
+          finite &= d.finite && d.maxRef > 0;
+        }
+        report(finite && worst <= 3e-2, "4 slots decoding at positions 5, 64, 300, 2048 vs the "
+                                        "cpu: worst slot " + std::to_string(worst) +
+                                            " (bound 3e-2)");
       }
       // One decode step with slot 1 inactive: its state stays.
       const auto beforeStep = gpu.state();
