@@ -142,15 +142,26 @@ private:
       name += llvm::formatv("_{0}{1}", flag, flagValue ? 1 : 0).str();
       targs += flagValue ? ", true" : ", false";
     }
+    return wrapped(CudaLaunchKind::PerRow, name, block, math, params,
+                   llvm::formatv("tnlm::ew::{0}<{1}>({2})", op, targs, args).str(),
+                   std::move(note));
+  }
+
+  // A launch of `kind` of kernel `name`: an extern "C" wrapper of `block` threads taking
+  // `params` whose body is the device-template call `call`, defined on first use with
+  // `comment` above it.
+  CudaLaunch wrapped(CudaLaunchKind kind, const std::string &name, int64_t block,
+                     const std::string &comment, const std::string &params,
+                     const std::string &call, std::string note) {
     std::string def = llvm::formatv("// {0}\n"
                                     "extern \"C\" __global__ void __launch_bounds__({1})\n"
                                     "{2}({3}) {{\n"
-                                    "  tnlm::ew::{4}<{5}>({6});\n"
+                                    "  {4};\n"
                                     "}\n",
-                                    math, block, name, params, op, targs, args)
+                                    comment, block, name, params, call)
                           .str();
     CudaLaunch l;
-    l.kind = CudaLaunchKind::PerRow;
+    l.kind = kind;
     l.kernel = kernel(name, def);
     l.block = block;
     l.note = std::move(note);
@@ -260,25 +271,16 @@ private:
     case KernelKind::GatherLast: {
       usesRecurrent = true;
       const int64_t block = rowBlock(cols);
-      std::string name = llvm::formatv("tnlm_gather_last_c{0}", cols).str();
-      std::string def =
-          llvm::formatv("// y[b, :] = x[b * seq + seq - 1, :] (left-padded prompts), 0 if "
-                        "lengths[b] == 0\n"
-                        "extern \"C\" __global__ void __launch_bounds__({0})\n"
-                        "{1}(const bf16 *x, long long ldx, const int *lengths, int seq, "
-                        "bf16 *y, long long ldy) {{\n"
-                        "  tnlm::rec::gather_last<{2}, {0}>(x, ldx, lengths, seq, y, ldy);\n"
-                        "}\n",
-                        block, name, cols)
-              .str();
-      CudaLaunch l;
-      l.kind = CudaLaunchKind::PerSlot;
-      l.kernel = kernel(name, def);
-      l.block = block;
-      l.note = llvm::formatv("each slot's last row of {0} -> y(ld {1})", view("x", s.inputs[0]),
-                             s.outputs[0].ld)
-                   .str();
-      out.push_back(l);
+      out.push_back(wrapped(
+          CudaLaunchKind::PerSlot, llvm::formatv("tnlm_gather_last_c{0}", cols).str(), block,
+          "y[b, :] = x[b * seq + seq - 1, :] (left-padded prompts), 0 if lengths[b] == 0",
+          "const bf16 *x, long long ldx, const int *lengths, int seq, bf16 *y, long long ldy",
+          llvm::formatv("tnlm::rec::gather_last<{0}, {1}>(x, ldx, lengths, seq, y, ldy)", cols,
+                        block)
+              .str(),
+          llvm::formatv("each slot's last row of {0} -> y(ld {1})", view("x", s.inputs[0]),
+                        s.outputs[0].ld)
+              .str()));
       return success();
     }
     default:
@@ -318,31 +320,27 @@ private:
       if (s.outputs.size() < 2 || s.outputs[1].kind != OperandKind::State)
         return fail(s) << "the prefill's second output must be the recurrent state";
       const int64_t block = rowBlock(d);
-      std::string name =
-          llvm::formatv("tnlm_prefill_prologue_c{0}_silu{1}_lrpe{2}", d, silu ? 1 : 0, lrpe ? 1 : 0)
-              .str();
-      std::string def =
-          llvm::formatv("// q', k' of left-padded prompts: zeros before each slot's first "
-                        "token, {3}{4}\n"
-                        "extern \"C\" __global__ void __launch_bounds__({0})\n"
-                        "{1}(bf16 *x, long long ldx, const float *theta, const int "
-                        "*lengths, int seq, bf16 *w, long long ldw) {{\n"
-                        "  tnlm::rec::prefill_prologue<{2}, {0}, {5}, {6}>(x, ldx, theta, "
-                        "lengths, seq, w, ldw);\n"
-                        "}\n",
-                        block, name, d, silu ? "silu" : "identity",
+      out.push_back(wrapped(
+          CudaLaunchKind::PerRow,
+          llvm::formatv("tnlm_prefill_prologue_c{0}_silu{1}_lrpe{2}", d, silu ? 1 : 0,
+                        lrpe ? 1 : 0)
+              .str(),
+          block,
+          llvm::formatv("q', k' of left-padded prompts: zeros before each slot's first token, "
+                        "{0}{1}",
+                        silu ? "silu" : "identity",
                         lrpe ? ", LRPE planes [q c, k c, q s, k s] at p = t - (seq - len)"
-                             : ", in place",
-                        silu ? "true" : "false", lrpe ? "true" : "false")
-              .str();
-      CudaLaunch l;
-      l.kind = CudaLaunchKind::PerRow;
-      l.kernel = kernel(name, def);
-      l.block = block;
-      l.note = llvm::formatv("prologue: {0}, per-slot lengths (left-padded rows){1}",
-                             view("qkvu", qkvu), lrpe ? " -> workspace planes" : ", in place")
-                   .str();
-      out.push_back(l);
+                             : ", in place")
+              .str(),
+          "bf16 *x, long long ldx, const float *theta, const int *lengths, int seq, bf16 *w, "
+          "long long ldw",
+          llvm::formatv("tnlm::rec::prefill_prologue<{0}, {1}, {2}, {3}>(x, ldx, theta, lengths, "
+                        "seq, w, ldw)",
+                        d, block, silu ? "true" : "false", lrpe ? "true" : "false")
+              .str(),
+          llvm::formatv("prologue: {0}, per-slot lengths (left-padded rows){1}",
+                        view("qkvu", qkvu), lrpe ? " -> workspace planes" : ", in place")
+              .str()));
     }
     if (lrpe) {
       if (s.outputs.size() <= wsIndex || s.inputs.size() <= thetaIndex)
@@ -462,24 +460,23 @@ private:
     std::string name = llvm::formatv("tnlm_gemv_{0}_p{1}",
                                      gated ? "gated" : f32 ? "f32" : "bf16", prologue)
                            .str();
-    std::string def = llvm::formatv(
-                          "// {4}; y[m, n] = {5} for m < M <= {0} (decode steps)\n"
-                          "extern \"C\" __global__ void __launch_bounds__({1})\n"
-                          "{2}(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, "
-                          "bf16 *sum, long long ldsum, float eps, const bf16 *w, const bf16 *w2, "
-                          "{3} *y, long long ldy, int M, int N, int K) {{\n"
-                          "  tnlm::rec::gemv<{0}, {6}, {9}, {1}, {7}, {8}, {3}>(x, ldx, x2, ldx2, "
-                          "sum, ldsum, eps, w, w2, y, ldy, M, N, K);\n"
-                          "}\n",
-                          kGemvMaxRows, kGemvBlock, name, f32 ? "float" : "bf16",
-                          kPrologue[prologue],
-                          gated ? "bf16(v W1[n]) * bf16(v W2[n])" : "v[m, :] . W[n, :]", unroll,
-                          gated ? "true" : "false", prologue, rows)
-                          .str();
-    CudaLaunch l;
-    l.kind = CudaLaunchKind::Gemv;
-    l.kernel = kernel(name, def);
-    l.block = kGemvBlock;
+    const char *out = f32 ? "float" : "bf16";
+    CudaLaunch l = wrapped(
+        CudaLaunchKind::Gemv, name, kGemvBlock,
+        llvm::formatv("{0}; y[m, n] = {1} for m < M <= {2} (decode steps)", kPrologue[prologue],
+                      gated ? "bf16(v W1[n]) * bf16(v W2[n])" : "v[m, :] . W[n, :]", kGemvMaxRows)
+            .str(),
+        llvm::formatv("const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *sum, "
+                      "long long ldsum, float eps, const bf16 *w, const bf16 *w2, {0} *y, long "
+                      "long ldy, int M, int N, int K",
+                      out)
+            .str(),
+        llvm::formatv("tnlm::rec::gemv<{0}, {1}, {2}, {3}, {4}, {5}, {6}>(x, ldx, x2, ldx2, sum, "
+                      "ldsum, eps, w, w2, y, ldy, M, N, K)",
+                      kGemvMaxRows, unroll, rows, kGemvBlock, gated ? "true" : "false", prologue,
+                      out)
+            .str(),
+        "");
     l.gemmN = s.outputs[0].cols;
     l.gemmK = s.inputs[0].cols;
     l.prologue = prologue;
@@ -499,27 +496,18 @@ private:
   // [pass·128, pass·128 + 128) of each slot's state [H][dkTotal][128], for slots with a prompt.
   CudaLaunch stateCommit(size_t pass, int64_t dkTotal) {
     constexpr int64_t block = 256;
-    std::string name = llvm::formatv("tnlm_state_commit_d{0}", kLaHeadDim).str();
-    std::string def =
-        llvm::formatv("// state[slot, h, row0 + i, j] = scratch[slot, h, i, j] where "
-                      "lengths[slot] > 0\n"
-                      "extern \"C\" __global__ void __launch_bounds__({0})\n"
-                      "{1}(const float *scratch, float *state, const int *lengths, int "
-                      "heads, int dk_total, int row0) {{\n"
-                      "  tnlm::rec::state_commit<{2}, {2}, {0}>(scratch, state, lengths, "
-                      "heads, dk_total, row0);\n"
-                      "}\n",
-                      block, name, kLaHeadDim)
-            .str();
-    CudaLaunch l;
-    l.kind = CudaLaunchKind::StateCommit;
-    l.kernel = kernel(name, def);
-    l.block = block;
-    l.note = llvm::formatv("final states of pass {0} -> state rows [{1}, {2}) of {3} per head "
-                           "(slots with a prompt)",
-                           pass, pass * kLaHeadDim, (pass + 1) * kLaHeadDim, dkTotal)
-                 .str();
-    return l;
+    return wrapped(
+        CudaLaunchKind::StateCommit, llvm::formatv("tnlm_state_commit_d{0}", kLaHeadDim).str(),
+        block, "state[slot, h, row0 + i, j] = scratch[slot, h, i, j] where lengths[slot] > 0",
+        "const float *scratch, float *state, const int *lengths, int heads, int dk_total, int row0",
+        llvm::formatv("tnlm::rec::state_commit<{0}, {0}, {1}>(scratch, state, lengths, heads, "
+                      "dk_total, row0)",
+                      kLaHeadDim, block)
+            .str(),
+        llvm::formatv("final states of pass {0} -> state rows [{1}, {2}) of {3} per head (slots "
+                      "with a prompt)",
+                      pass, pass * kLaHeadDim, (pass + 1) * kLaHeadDim, dkTotal)
+            .str());
   }
 
   // Decode (tnlm.lightning_decode): one kernel for the prologue, the state update and
@@ -537,32 +525,26 @@ private:
       return fail(s) << "the decode step's second output must be the recurrent state";
     if (lrpe && s.inputs.size() < 4)
       return fail(s) << "an LRPE decode step needs θ";
-    std::string name =
+    out.push_back(wrapped(
+        CudaLaunchKind::Decode,
         llvm::formatv("tnlm_lightning_decode_d{0}_silu{1}_lrpe{2}", dh, silu ? 1 : 0, lrpe ? 1 : 0)
-            .str();
-    std::string def =
-        llvm::formatv("// S = lambda S + k'^T v (fp32 state), o = q' S; q', k' = {4}{5}\n"
-                      "extern \"C\" __global__ void __launch_bounds__({0})\n"
-                      "{1}(const bf16 *qkvu, long long ldqkvu, const float *theta, const "
-                      "int *positions, const float *slopes, float *state, bf16 *y, long "
-                      "long ldy, int heads) {{\n"
-                      "  tnlm::rec::lightning_decode<{2}, {3}, {0}, {6}, {7}>(qkvu, ldqkvu, "
-                      "theta, positions, slopes, state, y, ldy, heads);\n"
-                      "}\n",
-                      kDecodeBlock, name, dh, kDecodeCols, silu ? "silu" : "identity",
-                      lrpe ? ", LRPE at each slot's position" : "", silu ? "true" : "false",
+            .str(),
+        kDecodeBlock,
+        llvm::formatv("S = lambda S + k'^T v (fp32 state), o = q' S; q', k' = {0}{1}",
+                      silu ? "silu" : "identity", lrpe ? ", LRPE at each slot's position" : "")
+            .str(),
+        "const bf16 *qkvu, long long ldqkvu, const float *theta, const int *positions, const "
+        "float *slopes, float *state, bf16 *y, long long ldy, int heads",
+        llvm::formatv("tnlm::rec::lightning_decode<{0}, {1}, {2}, {3}, {4}>(qkvu, ldqkvu, theta, "
+                      "positions, slopes, state, y, ldy, heads)",
+                      dh, kDecodeCols, kDecodeBlock, silu ? "true" : "false",
                       lrpe ? "true" : "false")
-            .str();
-    CudaLaunch l;
-    l.kind = CudaLaunchKind::Decode;
-    l.kernel = kernel(name, def);
-    l.block = kDecodeBlock;
-    l.note = llvm::formatv("H {0}, dk = {1}, dv = {2}, {3}, state in place, o -> y (ld {4}); "
-                           "grid (slots x H, {5})",
-                           heads, lrpe ? 2 * dh : dh, dh, view("qkvu", s.inputs[0]),
-                           s.outputs[0].ld, dh / kDecodeCols)
-                 .str();
-    out.push_back(l);
+            .str(),
+        llvm::formatv("H {0}, dk = {1}, dv = {2}, {3}, state in place, o -> y (ld {4}); grid "
+                      "(slots x H, {5})",
+                      heads, lrpe ? 2 * dh : dh, dh, view("qkvu", s.inputs[0]), s.outputs[0].ld,
+                      dh / kDecodeCols)
+            .str()));
     PlanOperand u = s.inputs[0];
     u.colOffset += 3 * heads * dh;
     u.cols = heads * dh;

@@ -101,11 +101,7 @@ int run(int argc, char **argv) {
                                                                         payload.weightsSize));
 #if TNLM_RUNNER_HAVE_CUDA
   if (cudaTarget) {
-    cuda::CudaExecutor exec(artifact, params);
-    std::unique_ptr<generate::Tokenizer> tokenizer =
-        generate::loadTokenizer(opts.get("tokenizer", "bytes"), exec.vocabSize());
-    CudaRecurrentModel model(exec);
-    generateText(model, *tokenizer, g);
+    generateOnCuda(artifact, params, opts.get("tokenizer", "bytes"), g);
     return 0;
   }
 #endif

@@ -29,6 +29,18 @@ private:
   cuda::CudaExecutor &exec_;
 };
 
+/// generateText on GPU 0: the executor (parameters uploaded as bf16), then the tokenizer
+/// (`tokenizer`: as loadTokenizer), then the generation loop.
+inline void generateOnCuda(const Artifact &artifact, const ParamValues &params,
+                           const std::string &tokenizer, const GenerateOptions &options,
+                           bool synchronizeSteps = false) {
+  cuda::CudaExecutor exec(artifact, params);
+  exec.setSynchronizeSteps(synchronizeSteps);
+  std::unique_ptr<generate::Tokenizer> t = generate::loadTokenizer(tokenizer, exec.vocabSize());
+  CudaRecurrentModel model(exec);
+  generateText(model, *t, options);
+}
+
 } // namespace tnlm
 
 #endif // TNLM_TOOLS_TNLM_RUN_CUDAGENERATE_H

@@ -237,12 +237,7 @@ int run(int argc, char **argv) {
     GenerateOptions g = generateOptionsFromFlags(opts, sampling, quiet);
 #if TNLM_RUN_HAVE_CUDA
     if (device == "cuda") {
-      cuda::CudaExecutor exec(artifact, params);
-      exec.setSynchronizeSteps(opts.has("sync-steps"));
-      std::unique_ptr<generate::Tokenizer> tokenizer =
-          generate::loadTokenizer(opts.get("tokenizer", "bytes"), exec.vocabSize());
-      CudaRecurrentModel model(exec);
-      generateText(model, *tokenizer, g);
+      generateOnCuda(artifact, params, opts.get("tokenizer", "bytes"), g, opts.has("sync-steps"));
       return 0;
     }
 #endif
