@@ -468,11 +468,11 @@ private:
             .str(),
         llvm::formatv("const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *sum, "
                       "long long ldsum, float eps, const bf16 *w, const bf16 *w2, {0} *y, long "
-                      "long ldy, int M, int N, int K",
+                      "long ldy, int M, int N, int K, int ksplit",
                       out)
             .str(),
         llvm::formatv("tnlm::rec::gemv<{0}, {1}, {2}, {3}, {4}, {5}, {6}>(x, ldx, x2, ldx2, sum, "
-                      "ldsum, eps, w, w2, y, ldy, M, N, K)",
+                      "ldsum, eps, w, w2, y, ldy, M, N, K, ksplit)",
                       kGemvMaxRows, unroll, rows, kGemvBlock, gated ? "true" : "false", prologue,
                       out)
             .str(),
@@ -481,6 +481,7 @@ private:
     l.gemmK = s.inputs[0].cols;
     l.prologue = prologue;
     l.maxRows = kGemvMaxRows;
+    l.rowsPerWarp = rows;
     static const char *const kFused[] = {"", "; fuses the srms_norm before it",
                                          "; fuses the add_srms_norm before it",
                                          "; fuses the attention's gated norm"};

@@ -229,47 +229,57 @@ __device__ __forceinline__ float round_bf16(float v) {
 //   2: s = bf16(x + x2), v = bf16(s · rsqrt(mean(s²) + eps)); CTA 0 writes s to `sum`
 //                                                                         (add_srms_norm)
 //   3: v = bf16(x2 ⊙ x · rsqrt(mean(x²) + eps)), x = o, x2 = u          (the gated norm)
-// bf16 inputs and W, f32 accumulation. One warp per output n at a time (BLOCK / 32 per CTA;
-// the executor sizes grid.x to a few CTAs per SM); its lanes stride over K in 16-byte chunks (K % 8 == 0, rows 16-byte
-// aligned), ROWS rows of UNROLL chunks in flight per lane; W is streamed (__ldcs: read once).
+// bf16 inputs and W, f32 accumulation. Each CTA computes v once into dynamic shared memory
+// (M · K bf16). Its BLOCK / 32 warps are (BLOCK / 32 / ksplit) row groups × ksplit slices of
+// K: a warp accumulates ROWS outputs over its slice, lanes striding in 16-byte chunks (K % 8 ==
+// 0, rows 16-byte aligned) with ROWS · UNROLL loads in flight; the slices' partial sums are
+// added in shared memory in slice order (deterministic). Rows n = CTA base + group + r · stride
+// for r < ROWS, the base advancing over the grid. W is streamed (__ldcs); its first loads
+// are issued before the wait for the previous kernel and the prologue.
 template <int MAXM, int UNROLL, int ROWS, int BLOCK, bool GATED, int PROLOGUE, typename OutT>
 __device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2,
                                      bf16 *sum, long long ldsum, float eps, const bf16 *w,
-                                     const bf16 *w2, OutT *y, long long ldy, int M, int N, int K) {
-  __shared__ float red[BLOCK / 32], rstd[MAXM];
+                                     const bf16 *w2, OutT *y, long long ldy, int M, int N, int K,
+                                     int ksplit) {
+  constexpr int WARPS = BLOCK / 32;
+  extern __shared__ __align__(16) unsigned char gemv_smem[];
+  bf16 *vs = reinterpret_cast<bf16 *>(gemv_smem); // [M][K]
+  __shared__ float red[WARPS], rstd[MAXM];
+  __shared__ float part[WARPS][ROWS][MAXM], part2[GATED ? WARPS : 1][ROWS][MAXM];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int chunks = K / 8;
-  const int warps = gridDim.x * (BLOCK / 32);
-  // Each warp works on ROWS outputs at a time, n = nb + r · warps: with UNROLL chunks of each
-  // row per lane, ROWS · UNROLL 16-byte loads per lane are in flight at once.
+  const int groups = WARPS / ksplit, g = warp / ksplit, slice = warp % ksplit;
+  const int sliceChunks = (chunks + ksplit - 1) / ksplit;
+  const int cBegin = slice * sliceChunks, cEnd = min(chunks, cBegin + sliceChunks);
+  const int stride = gridDim.x * groups; // rows between a warp's ROWS rows
   uint4 wv[ROWS][UNROLL], wv2[GATED ? ROWS : 1][UNROLL];
-  auto load = [&](int nb, int c0) {
+  auto load = [&](int base, int c0) {
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
-      const int n = nb + r * warps;
+      const int n = base + g + r * stride;
       if (n >= N)
         continue;
       const uint4 *wr = reinterpret_cast<const uint4 *>(w + static_cast<long long>(n) * K);
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
         const int c = c0 + 32 * u;
-        if (c < chunks) {
+        if (c < cEnd) {
           wv[r][u] = __ldcs(wr + c);
           if constexpr (GATED)
-            wv2[r][u] = __ldcs(reinterpret_cast<const uint4 *>(w2 + static_cast<long long>(n) * K) + c);
+            wv2[r][u] =
+                __ldcs(reinterpret_cast<const uint4 *>(w2 + static_cast<long long>(n) * K) + c);
         }
       }
     }
   };
-  // The weights never depend on the kernels before: the first loads are in flight before the
-  // wait (with a programmatic launch, while the previous kernel finishes) and the prologue.
-  const int first = blockIdx.x * (BLOCK / 32) + warp;
-  load(first, lane);
+  const int firstBase = blockIdx.x * groups;
+  load(firstBase, cBegin + lane);
   TNLM_PDL_WAIT();
   TNLM_PDL_LAUNCH();
-  // The prologue's row statistics, once per CTA (the rows are short and in L2).
-  if (PROLOGUE != 0) {
-    for (int m = 0; m < M; ++m) {
+  // The input rows into shared memory, with the prologue's norm.
+  for (int m = 0; m < M; ++m) {
+    float r = 1.0f;
+    if (PROLOGUE != 0) {
       float ss = 0.0f;
       for (int c = threadIdx.x; c < chunks; c += BLOCK) {
         float a[8];
@@ -296,28 +306,35 @@ __device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x
       const float t = cta_sum<BLOCK>(ss, red);
       if (threadIdx.x == 0)
         rstd[m] = rsqrtf(t / K + eps);
+      __syncthreads();
+      r = rstd[m];
     }
-    __syncthreads();
+    for (int c = threadIdx.x; c < chunks; c += BLOCK) {
+      float v[8];
+      unpack8(*reinterpret_cast<const uint4 *>(x + m * ldx + 8 * c), v);
+      if (PROLOGUE == 1) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+          v[i] = round_bf16(v[i] * r);
+      } else if (PROLOGUE >= 2) {
+        float b[8];
+        unpack8(*reinterpret_cast<const uint4 *>(x2 + m * ldx2 + 8 * c), b);
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+          v[i] = PROLOGUE == 2 ? round_bf16(round_bf16(v[i] + b[i]) * r)
+                               : round_bf16(b[i] * v[i] * r);
+      }
+      uint4 o;
+      __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&o);
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+      *reinterpret_cast<uint4 *>(vs + static_cast<long long>(m) * K + 8 * c) = o;
+    }
   }
-  // Chunk c of row m of the layer input v.
-  auto input = [&](int m, int c, float (&v)[8]) {
-    unpack8(__ldg(reinterpret_cast<const uint4 *>(x + m * ldx) + c), v);
-    if (PROLOGUE == 0)
-      return;
-    const float r = rstd[m];
-    if (PROLOGUE == 1) {
-#pragma unroll
-      for (int i = 0; i < 8; ++i)
-        v[i] = round_bf16(v[i] * r);
-      return;
-    }
-    float b[8];
-    unpack8(__ldg(reinterpret_cast<const uint4 *>(x2 + m * ldx2) + c), b);
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-      v[i] = PROLOGUE == 2 ? round_bf16(round_bf16(v[i] + b[i]) * r) : round_bf16(b[i] * v[i] * r);
-  };
-  for (int nb = first; nb < N; nb += ROWS * warps) {
+  __syncthreads();
+  // The CTA's row bases: uniform over the CTA (the loop holds barriers).
+  for (int base = firstBase; base < N; base += ROWS * stride) {
     float acc[ROWS][MAXM], acc2[GATED ? ROWS : 1][MAXM];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r)
@@ -327,18 +344,18 @@ __device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x
         if constexpr (GATED)
           acc2[r][m] = 0.0f;
       }
-    for (int c0 = lane;;) {
+    for (int c0 = cBegin + lane; c0 < cEnd;) {
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
         const int c = c0 + 32 * u;
-        if (c >= chunks)
+        if (c >= cEnd)
           continue;
 #pragma unroll
         for (int m = 0; m < MAXM; ++m) {
           if (m >= M)
             continue;
           float v[8];
-          input(m, c, v);
+          unpack8(*reinterpret_cast<const uint4 *>(vs + static_cast<long long>(m) * K + 8 * c), v);
 #pragma unroll
           for (int r = 0; r < ROWS; ++r) {
             float wf[8];
@@ -356,36 +373,50 @@ __device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x
         }
       }
       c0 += 32 * UNROLL;
-      if (c0 >= chunks)
-        break;
-      load(nb, c0);
+      if (c0 < cEnd)
+        load(base, c0);
     }
-    if (nb + ROWS * warps < N) // the next rows' first loads fly during the reduction and store
-      load(nb + ROWS * warps, lane);
+    if (base + ROWS * stride < N) // the next rows' first loads fly during the reduction
+      load(base + ROWS * stride, cBegin + lane);
 #pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-      const int n = nb + r * warps;
+    for (int r = 0; r < ROWS; ++r)
 #pragma unroll
       for (int m = 0; m < MAXM; ++m) {
-        float v = acc[r][m], v2 = 0.0f;
+        float v = acc[r][m];
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1)
           v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0)
+          part[warp][r][m] = v;
         if constexpr (GATED) {
-          v2 = acc2[r][m];
+          float v2 = acc2[r][m];
 #pragma unroll
           for (int o = 16; o > 0; o >>= 1)
             v2 += __shfl_xor_sync(0xffffffffu, v2, o);
-          v = round_bf16(v) * round_bf16(v2);
-        }
-        if (lane == 0 && m < M && n < N) {
-          if constexpr (sizeof(OutT) == 4)
-            y[m * ldy + n] = v;
-          else
-            y[m * ldy + n] = __float2bfloat16(v);
+          if (lane == 0)
+            part2[warp][r][m] = v2;
         }
       }
+    __syncthreads();
+    // Slice 0 of each group adds the slices in order and stores: lane (r, m).
+    if (slice == 0 && lane < ROWS * MAXM) {
+      const int r = lane / MAXM, m = lane % MAXM, n = base + g + r * stride;
+      if (m < M && n < N) {
+        float v = 0.0f, v2 = 0.0f;
+        for (int k = 0; k < ksplit; ++k) {
+          v += part[g * ksplit + k][r][m];
+          if constexpr (GATED)
+            v2 += part2[g * ksplit + k][r][m];
+        }
+        if (GATED)
+          v = round_bf16(v) * round_bf16(v2);
+        if constexpr (sizeof(OutT) == 4)
+          y[m * ldy + n] = v;
+        else
+          y[m * ldy + n] = __float2bfloat16(v);
+      }
     }
+    __syncthreads(); // part is rewritten by the next rows
   }
 }
 

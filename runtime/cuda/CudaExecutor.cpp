@@ -256,12 +256,20 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
   if (const schema::KernelLaunch *gemv = gemvFor(f, index, rows)) {
     LaunchConfig c;
     c.block.x = static_cast<unsigned>(gemv->block());
-    // Two CTAs per SM (what its ~115 registers per thread allow), each warp looping over
-    // outputs (rec::gemv): the prologue's row
-    // statistics are computed once per CTA.
-    const int64_t warps = gemv->block() / 32;
-    c.grid.x = static_cast<unsigned>(std::min<int64_t>(
-        (gemv->gemm_n() + warps - 1) / warps, int64_t(context_->multiprocessors()) * 2));
+    // At most two CTAs per SM (what its registers allow), each looping over outputs
+    // (rec::gemv), so the prologue runs once per CTA; K is split over the CTA's warps until
+    // the grid's warps have enough outputs to work on.
+    const int64_t warps = gemv->block() / 32, n = gemv->gemm_n();
+    const int64_t maxCtas = int64_t(context_->multiprocessors()) * 2;
+    const int64_t perWarp = std::max(1, gemv->rows_per_warp());
+    const int64_t needed = (n + perWarp - 1) / perWarp; // warps with work at ksplit = 1
+    int ksplit = 1;
+    while (ksplit < warps && needed * ksplit * 2 <= maxCtas * warps)
+      ksplit *= 2;
+    const int64_t groups = warps / ksplit;
+    c.grid.x = static_cast<unsigned>(
+        std::min<int64_t>((n + groups * perWarp - 1) / (groups * perWarp), maxCtas));
+    c.sharedBytes = static_cast<unsigned>(rows * gemv->gemm_k() * 2); // the input rows, bf16
     c.programmatic = f.decode && programmatic_;
     const bool gated = s.kind() == schema::KernelKind_GatedLinear;
     const CUdeviceptr w2 = gated ? ptr(in.Get(2)) : ptr(in.Get(1));
@@ -287,7 +295,7 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
     }
     context_->launchWith(kernelOf(gemv), c, where, x, ldx, x2, ldx2, sum, ldsum, eps,
                          ptr(in.Get(1)), w2, ptr(y), ld(y), int(rows), int(gemv->gemm_n()),
-                         int(gemv->gemm_k()));
+                         int(gemv->gemm_k()), ksplit);
     return;
   }
   // A norm that the next step's GEMV computes itself (lightning_decode: only its epilogue).
@@ -604,7 +612,8 @@ const schema::KernelLaunch *CudaExecutor::gemvFor(const Function &f, unsigned in
     return nullptr;
   for (const schema::KernelLaunch *l : *s.launches())
     if (l->kind() == schema::LaunchKind_Gemv) {
-      if (rows > l->max_rows())
+      // Its input rows sit in shared memory: at most 200 KiB of the H200's 227.
+      if (rows > l->max_rows() || rows * l->gemm_k() * 2 > 200 * 1024)
         return nullptr;
       if (l->prologue() < 0 || l->prologue() > 3 || (l->prologue() != 0 && index == 0))
         return nullptr;
