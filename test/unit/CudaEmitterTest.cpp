@@ -200,3 +200,63 @@ TEST(CudaCodegen, UnsupportedAttentionShapesNameTheLayer) {
 }
 
 } // namespace
+
+// CUDA @decode_step: markDecodeFusions marks every linear/gated_linear that reads the norm
+// right before it, and the memory plan keeps what the fused GEMV reads (the norm step's
+// operands) apart from what it writes, since the GEMV now reads them in its own step.
+TEST(CudaCodegen, DecodeFusesNormsIntoGemvsWithoutAliasing) {
+  // tiny-gpu's shape with an LRPE layer: head dim 128, layer 0 LRPE.
+  const char *config = R"({"vocab_size": 256, "decoder_embed_dim": 256, "decoder_layers": 2,
+      "decoder_attention_heads": 2, "hidden_dim": 256, "glu_dim": 512,
+      "linear_use_lrpe_list": [1, 0], "linear_act_fun": "silu", "torch_dtype": "float32"})";
+  mlir::MLIRContext ctx;
+  mt::ConfigResult r = mt::parseModelConfig(config, "decode-test.json");
+  ASSERT_TRUE(r.config) << r.error;
+  mlir::OwningOpRef<mlir::ModuleOp> module = mt::importModel(*r.config, &ctx, "decode-test.json");
+  mlir::PassManager pm(&ctx);
+  mt::InferPipelineOptions options;
+  options.target = "cuda:sm_90a";
+  options.maxSeq = 256;
+  mt::buildRecurrentPipeline(pm, options, 4);
+  ASSERT_TRUE(mlir::succeeded(pm.run(*module)));
+  mlir::FailureOr<std::vector<mt::KernelPlan>> plans =
+      mt::lowerFunctions(*module, {"prefill", "decode_step"}, 4, 256, "cuda:sm_90a");
+  ASSERT_TRUE(mlir::succeeded(plans));
+  for (mt::KernelPlan &p : *plans)
+    mt::planMemory(p);
+  const mt::KernelPlan &prefill = (*plans)[0], &decode = (*plans)[1];
+  for (const mt::PlanStep &s : prefill.steps)
+    EXPECT_EQ(s.gemvPrologue, 0) << "only @decode_step fuses: " << s.name;
+  // Per layer: qkvu (srms_norm for layer 0, add_srms_norm after), out (the gated norm), the
+  // gated pair (add_srms_norm); l3 reads the gated pair's output (no norm); the LM head reads
+  // the last add_srms_norm.
+  std::vector<int64_t> modes;
+  for (const mt::PlanStep &s : decode.steps)
+    if (s.kind == mt::KernelKind::Linear || s.kind == mt::KernelKind::GatedLinear)
+      modes.push_back(s.gemvPrologue);
+  EXPECT_EQ(modes, (std::vector<int64_t>{1, 3, 2, 0, 2, 3, 2, 0, 2}));
+  auto bytes = [&](const mt::PlanOperand &o) {
+    return decode.buffers[o.index].bytes(decode.maxRows());
+  };
+  auto overlap = [&](const mt::PlanOperand &a, const mt::PlanOperand &b) {
+    const int64_t a0 = decode.buffers[a.index].offset, b0 = decode.buffers[b.index].offset;
+    return a0 < b0 + bytes(b) && b0 < a0 + bytes(a);
+  };
+  int fused = 0;
+  for (size_t i = 1; i < decode.steps.size(); ++i) {
+    const mt::PlanStep &gemv = decode.steps[i];
+    if (gemv.gemvPrologue == 0)
+      continue;
+    ++fused;
+    const mt::PlanStep &norm = decode.steps[i - 1];
+    std::vector<mt::PlanOperand> read = norm.inputs;
+    read.insert(read.end(), norm.outputs.begin(), norm.outputs.end());
+    for (const mt::PlanOperand &out : gemv.outputs)
+      for (const mt::PlanOperand &in : read)
+        if (out.kind == mt::OperandKind::Arena && in.kind == mt::OperandKind::Arena &&
+            !out.sameStorage(in))
+          EXPECT_FALSE(overlap(out, in))
+              << "step " << i << " (" << gemv.name << ") writes over what its prologue reads";
+  }
+  EXPECT_EQ(fused, 7);
+}
