@@ -80,7 +80,8 @@ bool allFinite(const std::vector<float> &v) {
 int main(int argc, char **argv) {
   Options opts(kTool, std::string(kTool) +
                           " MODEL.tnlm [--batch=B] [--contexts=C1,C2,...] [--steps=K] "
-                          "[--warmup=K] [--label=NAME]\n  MODEL.tnlm: an artifact from tnlmc "
+                          "[--warmup=K] [--label=NAME] [--profile] [--no-gemv]\n  MODEL.tnlm: an "
+                          "artifact from tnlmc "
                           "--mode=recurrent --target=cuda:sm_90a. Prints one JSON\n  line per "
                           "context (prefill time, decode ms per step, tokens/s, floors).\n  Exit 0 "
                           "ok, 1 error or non-finite logits, 2 usage, 77 no CUDA device.");
@@ -91,7 +92,7 @@ int main(int argc, char **argv) {
   opts.value("steps", "k", "Timed decode steps per context (default 64)");
   opts.value("warmup", "k", "Untimed decode steps before them (default 8)");
   opts.value("label", "name", "Label for the JSON lines (default: the model's name)");
-  opts.flag("no-gemv", "Run the linear layers of batches up to 8 as cuBLASLt GEMMs too (as "
+  opts.flag("no-gemv", "Run the linear layers of batches up to 4 as cuBLASLt GEMMs too (as "
                        "larger batches), not as the decode GEMVs");
   opts.flag("profile", "Also time every step of one decode step (CUDA events, no graph) and "
                        "print the time per kernel kind to stderr");

@@ -25,9 +25,10 @@
 
 #include <cuda_bf16.h>
 
-// Programmatic dependent launch (as in Elementwise.cuh): the decode step's kernels are
-// launched so that each may start before the previous one ends; they wait before touching
-// any activation or state.
+// Programmatic dependent launch (as in Elementwise.cuh, which defines the same macros: each
+// header also stands alone, e.g. Elementwise.cuh is compiled by itself in
+// tnlm-gpu-rowkernels): the decode step's kernels may start before the previous one ends;
+// they wait before touching any activation or state.
 #ifndef TNLM_PDL_WAIT
 #define TNLM_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
 #define TNLM_PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
