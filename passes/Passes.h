@@ -18,7 +18,10 @@ namespace mlir::tnlm {
 #include "passes/Passes.h.inc"
 
 /// Options of `tnlm-infer-pipeline`; tnlmc fills them from --target, --seq, --block-size.
-struct InferPipelineOptions : public PassPipelineOptions<InferPipelineOptions> {
+/// (ModelPipelineOptions: the options every model pipeline takes, CRTP over
+/// PassPipelineOptions as MLIR's own.)
+template <typename Derived> struct ModelPipelineOptions : public PassPipelineOptions<Derived> {
+  template <typename T> using Option = typename PassPipelineOptions<Derived>::template Option<T>;
   Option<std::string> target{*this, "target",
                              llvm::cl::desc("Target of the tile cost model: cpu or cuda:sm_90a"),
                              llvm::cl::init("cpu")};
@@ -30,6 +33,7 @@ struct InferPipelineOptions : public PassPipelineOptions<InferPipelineOptions> {
       llvm::cl::desc("Lightning Attention block size for every layer (0: cost model)"),
       llvm::cl::init(0)};
 };
+struct InferPipelineOptions : public ModelPipelineOptions<InferPipelineOptions> {};
 
 /// The model-level pipeline run before lowering for inference (`tnlm-infer-pipeline`), in
 /// order: canonicalize, CSE, tnlm-fuse-lightning-attention, tnlm-fuse-sglu,
@@ -44,17 +48,7 @@ void buildRecurrentPipeline(OpPassManager &pm, const InferPipelineOptions &optio
 
 /// Options of `tnlm-train-pipeline`: those of the infer pipeline and the activation
 /// checkpointing policy; tnlmc fills them from --target, --seq, --block-size, --recompute.
-struct TrainPipelineOptions : public PassPipelineOptions<TrainPipelineOptions> {
-  Option<std::string> target{*this, "target",
-                             llvm::cl::desc("Target of the tile cost model: cpu or cuda:sm_90a"),
-                             llvm::cl::init("cpu")};
-  Option<int64_t> maxSeq{*this, "max-seq",
-                         llvm::cl::desc("Longest sequence the compiled model runs"),
-                         llvm::cl::init(2048)};
-  Option<int64_t> blockSize{
-      *this, "block-size",
-      llvm::cl::desc("Lightning Attention block size for every layer (0: cost model)"),
-      llvm::cl::init(0)};
+struct TrainPipelineOptions : public ModelPipelineOptions<TrainPipelineOptions> {
   Option<std::string> recompute{
       *this, "recompute",
       llvm::cl::desc("What @train_step recomputes in the backward (tnlm-recompute): none, "
