@@ -109,6 +109,13 @@ std::pair<int64_t, int64_t> fixedShape(RankedTensorType type) {
   return {cols ? type.getNumElements() / cols : 0, cols};
 }
 
+// The whole [rows, cols] view of parameter or state `index` of a static tensor type.
+PlanOperand fixedOperand(OperandKind kind, size_t index, const std::string &dtype,
+                         RankedTensorType type) {
+  auto [rows, cols] = fixedShape(type);
+  return PlanOperand{kind, static_cast<int64_t>(index), 0, cols, cols, dtype, rows};
+}
+
 std::string stateKind(StringRef name) {
   for (const char *k : {"grad", "adam_m", "adam_v"})
     if (name.starts_with(std::string(k) + "/"))
@@ -129,14 +136,7 @@ LogicalResult Lowering::bindArguments(func::FuncOp fn) {
     if (auto name = fn.getArgAttrOfType<StringAttr>(i, TnlmDialect::getParamAttrName())) {
       PlanParam p{name.str(), dtypeName(type.getElementType()),
                   std::vector<int64_t>(type.getShape().begin(), type.getShape().end())};
-      auto [rows, cols] = fixedShape(type);
-      values[arg] = PlanOperand{OperandKind::Param,
-                                static_cast<int64_t>(plan.params.size()),
-                                0,
-                                cols,
-                                cols,
-                                p.dtype,
-                                rows};
+      values[arg] = fixedOperand(OperandKind::Param, plan.params.size(), p.dtype, type);
       plan.params.push_back(std::move(p));
       continue;
     }
@@ -150,19 +150,12 @@ LogicalResult Lowering::bindArguments(func::FuncOp fn) {
                                  "adam_v/<param> or state/<layer>, or the i32 counter 'step'";
       if (recurrent && (type.getRank() != 4 || type.getDimSize(0) != plan.maxBatch))
         return fn.emitError() << "recurrent state '" << name.getValue()
-                              << "' must be [max batch = " << plan.maxBatch
-                              << ", H, dk, dv], got " << type;
+                              << "' must be [max batch = " << plan.maxBatch << ", H, dk, dv], got "
+                              << type;
       PlanState st{name.str(), kind, counter ? "i32" : "f32",
                    std::vector<int64_t>(type.getShape().begin(), type.getShape().end()),
                    counter || recurrent ? "" : name.getValue().split('/').second.str()};
-      auto [rows, cols] = fixedShape(type);
-      values[arg] = PlanOperand{OperandKind::State,
-                                static_cast<int64_t>(plan.state.size()),
-                                0,
-                                cols,
-                                cols,
-                                st.dtype,
-                                rows};
+      values[arg] = fixedOperand(OperandKind::State, plan.state.size(), st.dtype, type);
       plan.state.push_back(std::move(st));
       continue;
     }
@@ -184,9 +177,9 @@ LogicalResult Lowering::bindArguments(func::FuncOp fn) {
     if (name == "lengths" || name == "positions") {
       if (type.getRank() != 1 || !type.getElementType().isInteger(32))
         return fn.emitError() << "input '" << name << "' must be i32 [batch], got " << type;
-      values[arg] = PlanOperand{OperandKind::Input, static_cast<int64_t>(plan.inputs.size()), 0,
-                                1,                  1,
-                                "i32",              kRowsPerBatch};
+      values[arg] =
+          PlanOperand{OperandKind::Input, static_cast<int64_t>(plan.inputs.size()), 0, 1, 1, "i32",
+                      kRowsPerBatch};
       plan.inputs.push_back(PlanIO{name, "i32", {kDimBatch}, -1});
       continue;
     }
@@ -263,6 +256,20 @@ PlanOperand Lowering::newBuffer(int64_t cols, int64_t step) {
       OperandKind::Arena, static_cast<int64_t>(plan.buffers.size() - 1), 0, cols, cols, actDtype};
 }
 
+FailureOr<std::vector<PlanOperand>> Lowering::qkvuAndTheta(Operation *op, Value qkvu, Value theta) {
+  FailureOr<PlanOperand> x = useActivation(op, qkvu);
+  if (failed(x))
+    return failure();
+  std::vector<PlanOperand> inputs = {*x};
+  if (theta) {
+    FailureOr<PlanOperand> t = useParam(op, theta, "LRPE theta");
+    if (failed(t))
+      return failure();
+    inputs.push_back(*t);
+  }
+  return inputs;
+}
+
 PlanOperand Lowering::newWorkspace(int64_t cols, int64_t step) {
   PlanOperand w = newBuffer(cols, step);
   w.dtype = plan.buffers[w.index].dtype = "f32";
@@ -277,10 +284,9 @@ PlanOperand Lowering::newBatchBuffer(int64_t cols, int64_t step) {
   b.fixedBytes = plan.maxBatch * cols * dtypeBytes(actDtype);
   b.firstStep = b.lastStep = step;
   plan.buffers.push_back(b);
-  return PlanOperand{OperandKind::Arena, static_cast<int64_t>(plan.buffers.size() - 1), 0, cols,
-                     cols,
-                     actDtype,
-                     kRowsPerBatch};
+  return PlanOperand{
+      OperandKind::Arena, static_cast<int64_t>(plan.buffers.size() - 1), 0, cols, cols, actDtype,
+      kRowsPerBatch};
 }
 
 PlanOperand Lowering::newFixedBuffer(RankedTensorType type, int64_t step) {
@@ -419,7 +425,7 @@ LogicalResult Lowering::linear(Operation *op, Value x, Value w, Value result) {
   if (failed(xo) || failed(wo))
     return failure();
   PlanOperand y = xo->rows == kRowsPerBatch ? newBatchBuffer(lastDim(result), plan.steps.size())
-                                              : newBuffer(lastDim(result), plan.steps.size());
+                                            : newBuffer(lastDim(result), plan.steps.size());
   PlanStep &s = addStep(KernelKind::Linear, op);
   s.inputs = {*xo, *wo};
   s.outputs = {y};
@@ -440,16 +446,10 @@ LogicalResult Lowering::lightningAttention(LightningAttentionOp la) {
     return la.emitError() << "the Lightning Attention block size is not chosen; run "
                              "tnlm-choose-tiles (part of tnlm-infer-pipeline) or give "
                              "tnlm-fuse-lightning-attention a block-size";
-  FailureOr<PlanOperand> qkvu = useActivation(op, la.getQkvu());
-  if (failed(qkvu))
+  FailureOr<std::vector<PlanOperand>> qkvuTheta = qkvuAndTheta(op, la.getQkvu(), la.getTheta());
+  if (failed(qkvuTheta))
     return failure();
-  std::vector<PlanOperand> inputs = {*qkvu};
-  if (Value theta = la.getTheta()) {
-    FailureOr<PlanOperand> t = useParam(op, theta, "LRPE theta");
-    if (failed(t))
-      return failure();
-    inputs.push_back(*t);
-  }
+  std::vector<PlanOperand> inputs = std::move(*qkvuTheta);
   int64_t heads = la.getHeads(), dh = la.getHeadDim();
   bool lrpe = static_cast<bool>(la.getTheta()), silu = la.hasSilu();
   int64_t step = plan.steps.size();

@@ -47,17 +47,11 @@ LogicalResult Lowering::lightningAttentionGrad(LightningAttentionGradOp la) {
   if (block <= 0)
     return la.emitError() << "the Lightning Attention block size is not chosen; run "
                              "tnlm-choose-tiles before tnlm-autodiff";
-  FailureOr<PlanOperand> qkvu = useActivation(op, la.getQkvu());
+  FailureOr<std::vector<PlanOperand>> qkvuTheta = qkvuAndTheta(op, la.getQkvu(), la.getTheta());
   FailureOr<PlanOperand> dy = useActivation(op, la.getGrad());
-  if (failed(qkvu) || failed(dy))
+  if (failed(qkvuTheta) || failed(dy))
     return failure();
-  std::vector<PlanOperand> inputs = {*qkvu};
-  if (Value theta = la.getTheta()) {
-    FailureOr<PlanOperand> t = useParam(op, theta, "LRPE theta");
-    if (failed(t))
-      return failure();
-    inputs.push_back(*t);
-  }
+  std::vector<PlanOperand> inputs = std::move(*qkvuTheta);
   inputs.push_back(*dy);
   int64_t heads = la.getHeads(), dh = la.getHeadDim();
   bool lrpe = static_cast<bool>(la.getTheta()), silu = la.getActivation() == "silu";

@@ -49,6 +49,8 @@ private:
   FailureOr<PlanOperand> use(Operation *op, Value v);
   FailureOr<PlanOperand> useParam(Operation *op, Value v, const char *what);
   FailureOr<PlanOperand> useActivation(Operation *op, Value v);
+  /// The inputs every Lightning Attention step starts with: qkvu, then LRPE's θ when given.
+  FailureOr<std::vector<PlanOperand>> qkvuAndTheta(Operation *op, Value qkvu, Value theta);
   PlanOperand emit(KernelKind kind, std::string name, std::vector<PlanOperand> inputs,
                    int64_t cols);
   void setF32(int64_t id);

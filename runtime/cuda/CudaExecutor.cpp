@@ -83,9 +83,10 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
       lightning |= kind == schema::KernelKind_LightningAttention ||
                    kind == schema::KernelKind_LightningPrefill;
       if (kind == schema::KernelKind_GatedLinear)
-        gatedScratchBytes_ = std::max<size_t>(
-            gatedScratchBytes_, 2 * size_t(artifact.maxBatch()) * size_t(artifact.maxSeq()) *
-                                    size_t(s->outputs()->Get(0)->cols()) * 2);
+        // gated_linear stays whole only in @decode_step (one row per slot, CudaEmitter.cpp).
+        gatedScratchBytes_ =
+            std::max<size_t>(gatedScratchBytes_, 2 * size_t(artifact.maxBatch()) *
+                                                     size_t(s->outputs()->Get(0)->cols()) * 2);
       if (kind == schema::KernelKind_LightningPrefill) {
         prefill = true;
         maxHeads = std::max<int64_t>(maxHeads, s->i64_attrs()->Get(0));
@@ -128,8 +129,8 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
       stateBytes += up(n * 4);
     }
   const size_t total = up(arenaBytes) + inputCount * up(maxRows * sizeof(int32_t)) + slopeBytes +
-                       paramBytes + up(workspaceBytes_) + up(scratchBytes_) + up(gatedScratchBytes_) + stateBytes +
-                       Arena::kAlignment;
+                       paramBytes + up(workspaceBytes_) + up(scratchBytes_) +
+                       up(gatedScratchBytes_) + stateBytes + Arena::kAlignment;
   if (total > context_->totalMemory()) {
     auto gib = [](size_t b) { return std::to_string(b / double(1u << 30)).substr(0, 6) + " GiB"; };
     throw Error(src + ": the parameters (" + gib(paramBytes) + "), the planned activations (" +
@@ -311,6 +312,9 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
     }
     if (!g || !mul || !gatedScratch_)
       throw Error(where + ": a gated linear step without its GEMM and product launches");
+    if (rows > artifact_.maxBatch())
+      throw Error(where + ": a gated linear step of " + std::to_string(rows) +
+                  " rows; the executor's scratch holds one row per slot (decode steps)");
     GemmShape shape;
     shape.rows = rows;
     shape.in = g->gemm_k();
@@ -779,6 +783,10 @@ std::vector<float> CudaExecutor::decodeStep(const int32_t *ids, const int32_t *p
 size_t CudaExecutor::deviceBytes() const { return arena_ ? arena_->size() : 0; }
 
 void CudaExecutor::enqueueDecode(const int32_t *ids, const int32_t *positions, int64_t batch) {
+  launchFunction(uploadDecode(ids, positions, batch), batch, 1);
+}
+
+size_t CudaExecutor::uploadDecode(const int32_t *ids, const int32_t *positions, int64_t batch) {
   const std::string &src = artifact_.source();
   const size_t fi = functionIndex("decode_step");
   checkInputs(fi, "positions");
@@ -799,7 +807,7 @@ void CudaExecutor::enqueueDecode(const int32_t *ids, const int32_t *positions, i
                          src + ": uploading the tokens");
   context_->copyToDevice(inputs_.at(1), pos.data(), pos.size() * 4,
                          src + ": uploading the positions");
-  launchFunction(fi, batch, 1);
+  return fi;
 }
 
 std::vector<std::vector<float>> CudaExecutor::state() {
@@ -826,12 +834,7 @@ std::vector<CudaExecutor::StepTime> CudaExecutor::profileSteps(const int32_t *id
 
 std::vector<CudaExecutor::StepTime>
 CudaExecutor::profileDecode(const int32_t *ids, const int32_t *positions, int64_t batch) {
-  const bool graphs = useGraphs_;
-  useGraphs_ = false; // the upload only: enqueueDecode then runs the steps, which we redo
-  enqueueDecode(ids, positions, batch);
-  useGraphs_ = graphs;
-  context_->synchronize(artifact_.source() + ": profiling @decode_step");
-  return profile(functionIndex("decode_step"), batch, 1);
+  return profile(uploadDecode(ids, positions, batch), batch, 1);
 }
 
 std::vector<CudaExecutor::StepTime> CudaExecutor::profile(size_t fi, int64_t batch, int64_t seq) {

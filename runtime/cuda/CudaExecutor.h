@@ -99,8 +99,7 @@ public:
     double ms;
   };
   std::vector<StepTime> profileSteps(const int32_t *ids, int64_t batch, int64_t seq);
-  /// The same for one @decode_step (it advances the state of the active slots twice: once for
-  /// the upload's call, once timed).
+  /// The same for one @decode_step (which advances the state of the active slots, as any).
   std::vector<StepTime> profileDecode(const int32_t *ids, const int32_t *positions, int64_t batch);
 
   /// CUDA-graph replay of the forward (default on). Off: every call launches each step.
@@ -151,6 +150,8 @@ private:
   void launchFunction(size_t f, int64_t batch, int64_t seq);
   void checkIds(const int32_t *ids, int64_t n, const char *what) const;
   void uploadIds(const int32_t *ids, int64_t batch, int64_t seq);
+  /// Checks and uploads a decode step's ids and positions; returns @decode_step's index.
+  size_t uploadDecode(const int32_t *ids, const int32_t *positions, int64_t batch);
   std::vector<float> copyLogits(size_t f, int64_t rows);
   CUdeviceptr operand(const schema::Operand *o, const std::string &where) const;
   Kernel &kernel(const schema::KernelLaunch *launch, const std::string &where);
@@ -164,7 +165,7 @@ private:
   CUdeviceptr activations_ = 0, workspace_ = 0, scratch_ = 0, gatedScratch_ = 0;
   size_t workspaceBytes_ = 0, scratchBytes_ = 0, gatedScratchBytes_ = 0;
   bool gemv_ = true;
-  bool programmatic_ = false; // programmatic dependent launches in @decode_step (TNLM_PDL=1)
+  bool programmatic_ = false;       // programmatic dependent launches in @decode_step (TNLM_PDL=1)
   std::vector<CUdeviceptr> inputs_; // i32 [max batch · max seq] per function-input index
   std::vector<CUdeviceptr> state_;  // f32 per state-table entry (recurrent state)
   std::vector<size_t> stateBytes_;

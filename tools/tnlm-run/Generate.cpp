@@ -116,6 +116,13 @@ GenerateOptions generateOptionsFromFlags(const Options &opts,
   return g;
 }
 
+void generateOnCpu(const Artifact &artifact, ParamValues params, const std::string &tokenizer,
+                   const GenerateOptions &options) {
+  CpuExecutor exec(artifact, std::move(params));
+  std::unique_ptr<generate::Tokenizer> t = generate::loadTokenizer(tokenizer, exec.vocabSize());
+  generateText(exec, *t, options);
+}
+
 std::vector<std::string> generateText(RecurrentModel &exec, const generate::Tokenizer &tokenizer,
                                       const GenerateOptions &options) {
   const Artifact &artifact = exec.artifact();

@@ -86,6 +86,10 @@ private:
 /// is empty or longer than the artifact's --seq, or ids outside the vocabulary.
 std::vector<std::string> generateText(RecurrentModel &model, const generate::Tokenizer &tokenizer,
                                       const GenerateOptions &options);
+/// generateText on the CPU: the executor, then the tokenizer (`tokenizer`: as loadTokenizer),
+/// then the generation loop (tools/tnlm-run/CudaGenerate.h has the GPU's).
+void generateOnCpu(const Artifact &artifact, ParamValues params, const std::string &tokenizer,
+                   const GenerateOptions &options);
 inline std::vector<std::string> generateText(CpuExecutor &exec,
                                              const generate::Tokenizer &tokenizer,
                                              const GenerateOptions &options) {

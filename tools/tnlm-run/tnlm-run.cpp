@@ -241,10 +241,7 @@ int run(int argc, char **argv) {
       return 0;
     }
 #endif
-    CpuExecutor exec(artifact, std::move(params));
-    std::unique_ptr<generate::Tokenizer> tokenizer =
-        generate::loadTokenizer(opts.get("tokenizer", "bytes"), exec.vocabSize());
-    generateText(exec, *tokenizer, g);
+    generateOnCpu(artifact, std::move(params), opts.get("tokenizer", "bytes"), g);
     return 0;
   }
 
