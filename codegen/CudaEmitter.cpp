@@ -59,6 +59,9 @@ constexpr int64_t kLaSmemState = 4 * kLaTile * 2 + 1024;
 constexpr int64_t kDecodeCols = 16, kDecodeBlock = 256;
 // The decode GEMV (rec::gemv): batches up to 4, 8 warps per CTA.
 constexpr int64_t kGemvMaxRows = 4, kGemvBlock = 256;
+// The most weight stages of its ring in shared memory (rec::gemv; how many, and their size,
+// the executor chooses).
+constexpr int64_t kGemvStages = 8;
 
 // Threads per row for the row-wise kernels: whole warps, about 4 columns per thread, at most
 // 256 (a function of the columns only, so identical layers share one kernel).
@@ -149,16 +152,18 @@ private:
 
   // A launch of `kind` of kernel `name`: an extern "C" wrapper of `block` threads taking
   // `params` whose body is the device-template call `call`, defined on first use with
-  // `comment` above it.
+  // `comment` above it; `minBlocks` > 0 asks for registers that let that many CTAs share an SM.
   CudaLaunch wrapped(CudaLaunchKind kind, const std::string &name, int64_t block,
-                     const std::string &comment, const std::string &params,
-                     const std::string &call, std::string note) {
+                     const std::string &comment, const std::string &params, const std::string &call,
+                     std::string note, int minBlocks = 0) {
+    const std::string bounds =
+        minBlocks > 0 ? llvm::formatv("{0}, {1}", block, minBlocks).str() : std::to_string(block);
     std::string def = llvm::formatv("// {0}\n"
                                     "extern \"C\" __global__ void __launch_bounds__({1})\n"
                                     "{2}({3}) {{\n"
                                     "  {4};\n"
                                     "}\n",
-                                    comment, block, name, params, call)
+                                    comment, bounds, name, params, call)
                           .str();
     CudaLaunch l;
     l.kind = kind;
@@ -322,8 +327,7 @@ private:
       const int64_t block = rowBlock(d);
       out.push_back(wrapped(
           CudaLaunchKind::PerRow,
-          llvm::formatv("tnlm_prefill_prologue_c{0}_silu{1}_lrpe{2}", d, silu ? 1 : 0,
-                        lrpe ? 1 : 0)
+          llvm::formatv("tnlm_prefill_prologue_c{0}_silu{1}_lrpe{2}", d, silu ? 1 : 0, lrpe ? 1 : 0)
               .str(),
           block,
           llvm::formatv("q', k' of left-padded prompts: zeros before each slot's first token, "
@@ -338,8 +342,8 @@ private:
                         "seq, w, ldw)",
                         d, block, silu ? "true" : "false", lrpe ? "true" : "false")
               .str(),
-          llvm::formatv("prologue: {0}, per-slot lengths (left-padded rows){1}",
-                        view("qkvu", qkvu), lrpe ? " -> workspace planes" : ", in place")
+          llvm::formatv("prologue: {0}, per-slot lengths (left-padded rows){1}", view("qkvu", qkvu),
+                        lrpe ? " -> workspace planes" : ", in place")
               .str()));
     }
     if (lrpe) {
@@ -453,12 +457,14 @@ private:
   CudaLaunch gemv(const PlanStep &s, bool gated) {
     usesRecurrent = true;
     const bool f32 = s.outputs[0].dtype == "f32";
-    const int64_t prologue = s.gemvPrologue, unroll = 4, rows = gated ? 2 : 4;
-    static const char *const kPrologue[] = {"v = x", "v = srms_norm(x)",
-                                            "s = x + x2, v = srms_norm(s)",
-                                            "v = x2 * srms_norm(x)"};
+    const int64_t prologue = s.gemvPrologue;
+    static const char *const kPrologue[] = {
+        "v = x", "v = srms_norm(x)", "s = x + x2, v = srms_norm(s)", "v = x2 * srms_norm(x)"};
     std::string name = llvm::formatv("tnlm_gemv_{0}_p{1}",
-                                     gated ? "gated" : f32 ? "f32" : "bf16", prologue)
+                                     gated ? "gated"
+                                     : f32 ? "f32"
+                                           : "bf16",
+                                     prologue)
                            .str();
     const char *out = f32 ? "float" : "bf16";
     CudaLaunch l = wrapped(
@@ -468,28 +474,28 @@ private:
             .str(),
         llvm::formatv("const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *sum, "
                       "long long ldsum, float eps, const bf16 *w, const bf16 *w2, {0} *y, long "
-                      "long ldy, int M, int N, int K, int ksplit",
+                      "long ldy, int M, int N, int K, int rowsPerCta, int stageRows, int stages",
                       out)
             .str(),
-        llvm::formatv("tnlm::rec::gemv<{0}, {1}, {2}, {3}, {4}, {5}, {6}>(x, ldx, x2, ldx2, sum, "
-                      "ldsum, eps, w, w2, y, ldy, M, N, K, ksplit)",
-                      kGemvMaxRows, unroll, rows, kGemvBlock, gated ? "true" : "false", prologue,
+        llvm::formatv("tnlm::rec::gemv<{0}, {1}, {2}, {3}, {4}, {5}>(x, ldx, x2, ldx2, sum, "
+                      "ldsum, eps, w, w2, y, ldy, M, N, K, rowsPerCta, stageRows, stages)",
+                      kGemvMaxRows, kGemvStages, kGemvBlock, gated ? "true" : "false", prologue,
                       out)
             .str(),
-        "");
+        "", /*minBlocks=*/2); // two CTAs per SM: this GEMV's and the next one's (CudaExecutor)
     l.gemmN = s.outputs[0].cols;
     l.gemmK = s.inputs[0].cols;
     l.prologue = prologue;
     l.maxRows = kGemvMaxRows;
-    l.rowsPerWarp = rows;
+    l.stages = kGemvStages;
     static const char *const kFused[] = {"", "; fuses the srms_norm before it",
                                          "; fuses the add_srms_norm before it",
                                          "; fuses the attention's gated norm"};
-    l.note = llvm::formatv("batch <= {0}: {1} [rows x {2}] = {3} . W[{2}, {4}]^T{5} (out {6}){7}",
-                           kGemvMaxRows, gated ? "GEMV pair" : "GEMV", l.gemmN,
-                           view("x", s.inputs[0]), l.gemmK, gated ? " (*) x . W2^T" : "",
-                           s.outputs[0].dtype, kFused[prologue])
-                 .str();
+    l.note =
+        llvm::formatv("batch <= {0}: {1} [rows x {2}] = {3} . W[{2}, {4}]^T{5} (out {6}){7}",
+                      kGemvMaxRows, gated ? "GEMV pair" : "GEMV", l.gemmN, view("x", s.inputs[0]),
+                      l.gemmK, gated ? " (*) x . W2^T" : "", s.outputs[0].dtype, kFused[prologue])
+            .str();
     return l;
   }
 

@@ -43,7 +43,7 @@ struct CudaLaunch {
   int64_t gemmN = 0, gemmK = 0; // Gemm: out[rows, n] = in[rows, k] · W[n, k]ᵀ
   int64_t prologue = 0;         // Gemv: the fused norm of the step before (KernelPlan.h)
   int64_t maxRows = 0;          // Gemv: the largest batch it serves
-  int64_t rowsPerWarp = 0;      // Gemv: outputs per warp at once
+  int64_t stages = 0;           // Gemv: the most weight stages of its shared-memory ring
   std::string note;             // what the launch does, for the manifest
 };
 

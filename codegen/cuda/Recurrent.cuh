@@ -93,9 +93,8 @@ __device__ __forceinline__ void prefill_prologue(bf16 *x, long long ldx, const f
 // state[(b·H + h)·DK_TOTAL·DV + (row0 + i)·DV + j] = scratch[(b·H + h)·DK·DV + i·DV + j] for
 // the slots with lengths[b] > 0; grid = (DK·DV / (4·BLOCK), B·H), float4 per thread.
 template <int DK, int DV, int BLOCK>
-__device__ __forceinline__ void state_commit(const float *scratch, float *state,
-                                             const int *lengths, int heads, int dk_total,
-                                             int row0) {
+__device__ __forceinline__ void state_commit(const float *scratch, float *state, const int *lengths,
+                                             int heads, int dk_total, int row0) {
   static_assert((DK * DV) % (4 * BLOCK) == 0, "the state must split into float4 per thread");
   TNLM_PDL_WAIT();
   TNLM_PDL_LAUNCH();
@@ -104,7 +103,8 @@ __device__ __forceinline__ void state_commit(const float *scratch, float *state,
     return;
   const int e = (blockIdx.x * BLOCK + threadIdx.x) * 4; // element of the DK x DV tile
   const int i = e / DV, j = e % DV;
-  const float4 v = *reinterpret_cast<const float4 *>(scratch + static_cast<long long>(bh) * DK * DV + e);
+  const float4 v =
+      *reinterpret_cast<const float4 *>(scratch + static_cast<long long>(bh) * DK * DV + e);
   *reinterpret_cast<float4 *>(state + static_cast<long long>(bh) * dk_total * DV +
                               static_cast<long long>(row0 + i) * DV + j) = v;
 }
@@ -129,24 +129,32 @@ __device__ __forceinline__ void gather_last(const bf16 *x, long long ldx, const 
 // slot's state and sums q'_i S_ij; the groups' partial sums are added in shared memory.
 // qkvu: [B, 4·D] (q, k, v, u per head), state: [B·H][DK][DH] fp32, y: [B, D].
 template <int DH, int COLS_PER_CTA, int BLOCK, bool SILU, bool LRPE>
-__device__ __forceinline__ void lightning_decode(const bf16 *qkvu, long long ldqkvu,
-                                                 const float *theta, const int *positions,
-                                                 const float *slopes, float *state, bf16 *y,
-                                                 long long ldy, int heads) {
-  TNLM_PDL_WAIT();
-  TNLM_PDL_LAUNCH();
+__device__ __forceinline__ void
+lightning_decode(const bf16 *qkvu, long long ldqkvu, const float *theta, const int *positions,
+                 const float *slopes, float *state, bf16 *y, long long ldy, int heads) {
   constexpr int DK = LRPE ? 2 * DH : DH;
-  constexpr int GROUPS = BLOCK / COLS_PER_CTA;
+  constexpr int GROUPS = BLOCK / COLS_PER_CTA, PER = DK / GROUPS;
   static_assert(BLOCK % COLS_PER_CTA == 0 && DH % COLS_PER_CTA == 0 && DK % GROUPS == 0,
                 "decode tiling");
   __shared__ float qs[DK], ks[DK], partial[GROUPS][COLS_PER_CTA];
   const int bh = blockIdx.x, b = bh / heads, h = bh % heads;
   const int col0 = blockIdx.y * COLS_PER_CTA;
+  const int j = threadIdx.x % COLS_PER_CTA, g = threadIdx.x / COLS_PER_CTA;
+  // The thread's state entries and the decay before the wait: no kernel of the step writes
+  // them before this one (the state of a layer is this kernel's alone, λ a parameter).
+  float *S = state + static_cast<long long>(bh) * DK * DH + col0 + j;
+  float sv[PER];
+#pragma unroll
+  for (int t = 0; t < PER; ++t)
+    sv[t] = S[(g + t * GROUPS) * DH];
+  const double lambda = exp(-static_cast<double>(slopes[h]));
+  TNLM_PDL_WAIT();
+  TNLM_PDL_LAUNCH();
   const int pos = positions[b];
   const long long D = static_cast<long long>(heads) * DH;
   if (pos < 0) { // inactive slot: state untouched, output row zero
-    for (int j = threadIdx.x; j < COLS_PER_CTA; j += BLOCK)
-      y[b * ldy + h * DH + col0 + j] = __float2bfloat16(0.0f);
+    for (int c = threadIdx.x; c < COLS_PER_CTA; c += BLOCK)
+      y[b * ldy + h * DH + col0 + c] = __float2bfloat16(0.0f);
     return;
   }
   const bf16 *row = qkvu + b * ldqkvu;
@@ -166,14 +174,12 @@ __device__ __forceinline__ void lightning_decode(const bf16 *qkvu, long long ldq
     }
   }
   __syncthreads();
-  const int j = threadIdx.x % COLS_PER_CTA, g = threadIdx.x / COLS_PER_CTA;
   const float v = __bfloat162float(row[2 * D + h * DH + col0 + j]);
-  const double lambda = exp(-static_cast<double>(slopes[h]));
-  float *S = state + static_cast<long long>(bh) * DK * DH + col0 + j;
   float acc = 0.0f;
-#pragma unroll 8
-  for (int i = g; i < DK; i += GROUPS) {
-    const float s = static_cast<float>(lambda * static_cast<double>(S[i * DH]) +
+#pragma unroll
+  for (int t = 0; t < PER; ++t) {
+    const int i = g + t * GROUPS;
+    const float s = static_cast<float>(lambda * static_cast<double>(sv[t]) +
                                        static_cast<double>(ks[i]) * static_cast<double>(v));
     S[i * DH] = s;
     acc = fmaf(qs[i], s, acc);
@@ -188,7 +194,6 @@ __device__ __forceinline__ void lightning_decode(const bf16 *qkvu, long long ldq
     y[b * ldy + h * DH + col0 + threadIdx.x] = __float2bfloat16(o);
   }
 }
-
 
 // Sum over the CTA (BLOCK whole warps); every thread gets it. `red` holds BLOCK / 32 floats.
 template <int BLOCK> __device__ __forceinline__ float cta_sum(float v, float *red) {
@@ -218,6 +223,37 @@ __device__ __forceinline__ float round_bf16(float v) {
   return __bfloat162float(__float2bfloat16(v));
 }
 
+// Shared-memory barriers and bulk copies (the TMA engine's 1-D form, sm_90) for rec::gemv.
+__device__ __forceinline__ unsigned smem_u32(const void *p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+// The barrier's phase completes when the copies it expects (`bytes`) have landed.
+__device__ __forceinline__ void mbar_expect(unsigned bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+  asm volatile("{\n"
+               ".reg .pred done;\n"
+               "TNLM_MBAR_WAIT:\n"
+               "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+               "@!done bra TNLM_MBAR_WAIT;\n"
+               "}\n" ::"r"(bar),
+               "r"(parity)
+               : "memory");
+}
+// bytes (a multiple of 16, both addresses 16-byte aligned) global -> shared, completing on bar.
+__device__ __forceinline__ void bulk_copy(unsigned dst, const void *src, unsigned bytes,
+                                          unsigned bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, "
+               "[%3];" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
 // One linear layer of a decode step for M <= MAXM rows (the slots of the call):
 //   y[m, n] = Σ_k v[m, k] · W[n, k]           (tnlm.linear; OutT bf16, or f32 for the logits)
 //   y[m, n] = bf16(v·W1ᵀ) ⊙ bf16(v·W2ᵀ)       (GATED: tnlm.gated_linear, rounded as the two
@@ -230,51 +266,53 @@ __device__ __forceinline__ float round_bf16(float v) {
 //   2: s = bf16(x + x2), v = bf16(s · rsqrt(mean(s²) + eps)); CTA 0 writes s to `sum`
 //                                                                         (add_srms_norm)
 //   3: v = bf16(x2 ⊙ x · rsqrt(mean(x²) + eps)), x = o, x2 = u          (the gated norm)
-// bf16 inputs and W, f32 accumulation. Each CTA computes v once into dynamic shared memory
-// (M · K bf16). Its BLOCK / 32 warps are (BLOCK / 32 / ksplit) row groups × ksplit slices of
-// K: a warp accumulates ROWS outputs over its slice, lanes striding in 16-byte chunks (K % 8 ==
-// 0, rows 16-byte aligned) with ROWS · UNROLL loads in flight; the slices' partial sums are
-// added in shared memory in slice order (deterministic). Rows n = CTA base + group + r · stride
-// for r < ROWS, the base advancing over the grid. W is streamed (__ldcs); its first loads
-// are issued before the wait for the previous kernel and the prologue.
-template <int MAXM, int UNROLL, int ROWS, int BLOCK, bool GATED, int PROLOGUE, typename OutT>
+// bf16 inputs and W (rows of K contiguous, K % 8 == 0), f32 accumulation.
+//
+// CTA c owns the rows [c·rowsPerCta, (c + 1)·rowsPerCta) of W (and W2) and streams them into
+// shared memory with bulk copies, `stageRows` rows per stage in a ring of `stages` <=
+// MAXSTAGES stages, one barrier per stage. The first `stages` copies are issued before the wait for
+// the previous kernel (weights do not depend on it): with programmatic launches they fly while that
+// kernel runs. Then the input rows go into shared memory once (M · K bf16, with the prologue's
+// norm), and warp w computes the rows w, w + WARPS, ... of each stage as it lands (lanes over K in
+// 16-byte chunks, a fixed-order butterfly sum); a stage is refilled once every warp is done.
+// Dynamic shared memory: `stages` stages of stageBytes (128-byte multiples), then v.
+template <int MAXM, int MAXSTAGES, int BLOCK, bool GATED, int PROLOGUE, typename OutT>
 __device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2,
                                      bf16 *sum, long long ldsum, float eps, const bf16 *w,
                                      const bf16 *w2, OutT *y, long long ldy, int M, int N, int K,
-                                     int ksplit) {
-  constexpr int WARPS = BLOCK / 32;
-  extern __shared__ __align__(16) unsigned char gemv_smem[];
-  bf16 *vs = reinterpret_cast<bf16 *>(gemv_smem); // [M][K]
+                                     int rowsPerCta, int stageRows, int stages) {
+  constexpr int WARPS = BLOCK / 32, MATS = GATED ? 2 : 1;
+  extern __shared__ __align__(128) unsigned char gemv_smem[];
+  __shared__ __align__(8) unsigned long long bars[MAXSTAGES];
   __shared__ float red[WARPS], rstd[MAXM];
-  __shared__ float part[WARPS][ROWS][MAXM], part2[GATED ? WARPS : 1][ROWS][MAXM];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int chunks = K / 8;
-  const int groups = WARPS / ksplit, g = warp / ksplit, slice = warp % ksplit;
-  const int sliceChunks = (chunks + ksplit - 1) / ksplit;
-  const int cBegin = slice * sliceChunks, cEnd = min(chunks, cBegin + sliceChunks);
-  const int stride = gridDim.x * groups; // rows between a warp's ROWS rows
-  uint4 wv[ROWS][UNROLL], wv2[GATED ? ROWS : 1][UNROLL];
-  auto load = [&](int base, int c0) {
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-      const int n = base + g + r * stride;
-      if (n >= N)
-        continue;
-      const uint4 *wr = reinterpret_cast<const uint4 *>(w + static_cast<long long>(n) * K);
-#pragma unroll
-      for (int u = 0; u < UNROLL; ++u) {
-        const int c = c0 + 32 * u;
-        if (c < cEnd) {
-          wv[r][u] = __ldcs(wr + c);
-          if constexpr (GATED)
-            wv2[r][u] =
-                __ldcs(reinterpret_cast<const uint4 *>(w2 + static_cast<long long>(n) * K) + c);
-        }
-      }
-    }
+  const long long rowBytes = static_cast<long long>(K) * 2;
+  const unsigned stageBytes =
+      static_cast<unsigned>((MATS * stageRows * rowBytes + 127) / 128 * 128);
+  const int n0 = blockIdx.x * rowsPerCta, rows = max(0, min(N, n0 + rowsPerCta) - n0);
+  const int nStages = (rows + stageRows - 1) / stageRows;
+  stages = max(1, min(stages, MAXSTAGES));
+  bf16 *vs = reinterpret_cast<bf16 *>(gemv_smem + static_cast<size_t>(stages) * stageBytes);
+  const unsigned ring = smem_u32(gemv_smem), bar0 = smem_u32(bars);
+  // Stage t: rows [n0 + t·stageRows, ...) of W (then of W2) into slot t % stages.
+  auto issue = [&](int t) {
+    const int r0 = t * stageRows, nr = min(stageRows, rows - r0);
+    const unsigned bytes = static_cast<unsigned>(nr * rowBytes);
+    const unsigned slot = ring + (t % stages) * stageBytes, bar = bar0 + 8 * (t % stages);
+    mbar_expect(bar, MATS * bytes);
+    bulk_copy(slot, w + static_cast<long long>(n0 + r0) * K, bytes, bar);
+    if constexpr (GATED)
+      bulk_copy(slot + static_cast<unsigned>(stageRows * rowBytes),
+                w2 + static_cast<long long>(n0 + r0) * K, bytes, bar);
   };
-  const int firstBase = blockIdx.x * groups;
-  load(firstBase, cBegin + lane);
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < stages; ++i)
+      mbar_init(bar0 + 8 * i, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    for (int t = 0; t < min(stages, nStages); ++t)
+      issue(t);
+  }
   TNLM_PDL_WAIT();
   TNLM_PDL_LAUNCH();
   // The input rows into shared memory, with the prologue's norm.
@@ -322,8 +360,8 @@ __device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x
         unpack8(*reinterpret_cast<const uint4 *>(x2 + m * ldx2 + 8 * c), b);
 #pragma unroll
         for (int i = 0; i < 8; ++i)
-          v[i] = PROLOGUE == 2 ? round_bf16(round_bf16(v[i] + b[i]) * r)
-                               : round_bf16(b[i] * v[i] * r);
+          v[i] =
+              PROLOGUE == 2 ? round_bf16(round_bf16(v[i] + b[i]) * r) : round_bf16(b[i] * v[i] * r);
       }
       uint4 o;
       __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&o);
@@ -333,91 +371,68 @@ __device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x
       *reinterpret_cast<uint4 *>(vs + static_cast<long long>(m) * K + 8 * c) = o;
     }
   }
-  __syncthreads();
-  // The CTA's row bases: uniform over the CTA (the loop holds barriers).
-  for (int base = firstBase; base < N; base += ROWS * stride) {
-    float acc[ROWS][MAXM], acc2[GATED ? ROWS : 1][MAXM];
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r)
+  __syncthreads(); // v, and the barriers' initialization, visible to every warp
+  for (int t = 0; t < nStages; ++t) {
+    mbar_wait(bar0 + 8 * (t % stages), (t / stages) & 1);
+    const int r0 = t * stageRows, nr = min(stageRows, rows - r0);
+    const bf16 *slot = reinterpret_cast<const bf16 *>(gemv_smem + (t % stages) * stageBytes);
+    for (int r = warp; r < nr; r += WARPS) {
+      const uint4 *wr = reinterpret_cast<const uint4 *>(slot + static_cast<long long>(r) * K);
+      const uint4 *wr2 =
+          reinterpret_cast<const uint4 *>(slot + static_cast<long long>(stageRows + r) * K);
+      float acc[MAXM], acc2[GATED ? MAXM : 1];
 #pragma unroll
       for (int m = 0; m < MAXM; ++m) {
-        acc[r][m] = 0.0f;
+        acc[m] = 0.0f;
         if constexpr (GATED)
-          acc2[r][m] = 0.0f;
+          acc2[m] = 0.0f;
       }
-    for (int c0 = cBegin + lane; c0 < cEnd;) {
-#pragma unroll
-      for (int u = 0; u < UNROLL; ++u) {
-        const int c = c0 + 32 * u;
-        if (c >= cEnd)
-          continue;
+      for (int c = lane; c < chunks; c += 32) {
+        float wf[8], wf2[8];
+        unpack8(wr[c], wf);
+        if constexpr (GATED)
+          unpack8(wr2[c], wf2);
 #pragma unroll
         for (int m = 0; m < MAXM; ++m) {
           if (m >= M)
-            continue;
+            break;
           float v[8];
           unpack8(*reinterpret_cast<const uint4 *>(vs + static_cast<long long>(m) * K + 8 * c), v);
 #pragma unroll
-          for (int r = 0; r < ROWS; ++r) {
-            float wf[8];
-            unpack8(wv[r][u], wf);
-#pragma unroll
-            for (int i = 0; i < 8; ++i)
-              acc[r][m] = fmaf(v[i], wf[i], acc[r][m]);
-            if constexpr (GATED) {
-              unpack8(wv2[r][u], wf);
-#pragma unroll
-              for (int i = 0; i < 8; ++i)
-                acc2[r][m] = fmaf(v[i], wf[i], acc2[r][m]);
-            }
+          for (int i = 0; i < 8; ++i) {
+            acc[m] = fmaf(v[i], wf[i], acc[m]);
+            if constexpr (GATED)
+              acc2[m] = fmaf(v[i], wf2[i], acc2[m]);
           }
         }
       }
-      c0 += 32 * UNROLL;
-      if (c0 < cEnd)
-        load(base, c0);
-    }
-    if (base + ROWS * stride < N) // the next rows' first loads fly during the reduction
-      load(base + ROWS * stride, cBegin + lane);
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r)
+      const int n = n0 + r0 + r;
 #pragma unroll
       for (int m = 0; m < MAXM; ++m) {
-        float v = acc[r][m];
+        if (m >= M)
+          break;
+        float v = acc[m], v2 = GATED ? acc2[m] : 0.0f;
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1)
+        for (int o = 16; o > 0; o >>= 1) {
           v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0)
-          part[warp][r][m] = v;
-        if constexpr (GATED) {
-          float v2 = acc2[r][m];
-#pragma unroll
-          for (int o = 16; o > 0; o >>= 1)
-            v2 += __shfl_xor_sync(0xffffffffu, v2, o);
-          if (lane == 0)
-            part2[warp][r][m] = v2;
-        }
-      }
-    __syncthreads();
-    // Slice 0 of each group adds the slices in order and stores: lane (r, m).
-    if (slice == 0 && lane < ROWS * MAXM) {
-      const int r = lane / MAXM, m = lane % MAXM, n = base + g + r * stride;
-      if (m < M && n < N) {
-        float v = 0.0f, v2 = 0.0f;
-        for (int k = 0; k < ksplit; ++k) {
-          v += part[g * ksplit + k][r][m];
           if constexpr (GATED)
-            v2 += part2[g * ksplit + k][r][m];
+            v2 += __shfl_xor_sync(0xffffffffu, v2, o);
         }
-        if (GATED)
-          v = round_bf16(v) * round_bf16(v2);
-        if constexpr (sizeof(OutT) == 4)
-          y[m * ldy + n] = v;
-        else
-          y[m * ldy + n] = __float2bfloat16(v);
+        if (lane == 0) {
+          if (GATED)
+            v = round_bf16(v) * round_bf16(v2);
+          if constexpr (sizeof(OutT) == 4)
+            y[m * ldy + n] = v;
+          else
+            y[m * ldy + n] = __float2bfloat16(v);
+        }
       }
     }
-    __syncthreads(); // part is rewritten by the next rows
+    if (t + stages < nStages) {
+      __syncthreads(); // every warp is done with slot t % stages
+      if (threadIdx.x == 0)
+        issue(t + stages);
+    }
   }
 }
 

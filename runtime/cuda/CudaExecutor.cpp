@@ -42,8 +42,13 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
   for (const schema::Function *fn : *root.functions())
     functions_.push_back(
         Function{fn->name()->str(), fn, {}, 0, fn->name()->str() == "decode_step"});
-  if (const char *pdl = std::getenv("TNLM_PDL"))
-    programmatic_ = std::string_view(pdl) == "1";
+  if (const char *pdl = std::getenv("TNLM_PDL")) {
+    const std::string_view v(pdl);
+    if (v != "0" && v != "1")
+      throw Error("TNLM_PDL=" + std::string(v) +
+                  ": expected 0 (no programmatic dependent launch) or 1 (the default)");
+    programmatic_ = v == "1";
+  }
   // Parameters are uploaded as bf16 (what the GEMMs and kernels read), except LRPE's θ, which
   // the prologues read as f32: angles p·θ reach 10^4 rad, where θ's bf16 rounding (2^-9)
   // would move them by tens of radians. θ is the parameter input of the attention steps.
@@ -257,22 +262,11 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
   if (const schema::KernelLaunch *gemv = gemvFor(f, index, rows)) {
     LaunchConfig c;
     c.block.x = static_cast<unsigned>(gemv->block());
-    // At most two CTAs per SM (what its registers allow), each looping over outputs
-    // (rec::gemv), so the prologue runs once per CTA; K is split over the CTA's warps until
-    // the grid's warps have enough outputs to work on.
-    const int64_t warps = gemv->block() / 32, n = gemv->gemm_n();
-    const int64_t maxCtas = int64_t(context_->multiprocessors()) * 2;
-    const int64_t perWarp = std::max(1, gemv->rows_per_warp());
-    const int64_t needed = (n + perWarp - 1) / perWarp; // warps with work at ksplit = 1
-    int ksplit = 1;
-    while (ksplit < warps && needed * ksplit * 2 <= maxCtas * warps)
-      ksplit *= 2;
-    const int64_t groups = warps / ksplit;
-    c.grid.x = static_cast<unsigned>(
-        std::min<int64_t>((n + groups * perWarp - 1) / (groups * perWarp), maxCtas));
-    c.sharedBytes = static_cast<unsigned>(rows * gemv->gemm_k() * 2); // the input rows, bf16
-    c.programmatic = f.decode && programmatic_;
     const bool gated = s.kind() == schema::KernelKind_GatedLinear;
+    const GemvLayout g = gemvLayout(*gemv, gated, rows);
+    c.grid.x = static_cast<unsigned>(g.grid);
+    c.sharedBytes = static_cast<unsigned>(g.sharedBytes);
+    c.programmatic = f.decode && programmatic_;
     const CUdeviceptr w2 = gated ? ptr(in.Get(2)) : ptr(in.Get(1));
     // The prologue's operands, from the norm step before this one.
     CUdeviceptr x = ptr(in.Get(0)), x2 = 0, sum = 0;
@@ -296,7 +290,7 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
     }
     context_->launchWith(kernelOf(gemv), c, where, x, ldx, x2, ldx2, sum, ldsum, eps,
                          ptr(in.Get(1)), w2, ptr(y), ld(y), int(rows), int(gemv->gemm_n()),
-                         int(gemv->gemm_k()), ksplit);
+                         int(gemv->gemm_k()), int(g.rowsPerCta), int(g.stageRows), int(g.stages));
     return;
   }
   // A norm that the next step's GEMV computes itself (lightning_decode: only its epilogue).
@@ -616,8 +610,9 @@ const schema::KernelLaunch *CudaExecutor::gemvFor(const Function &f, unsigned in
     return nullptr;
   for (const schema::KernelLaunch *l : *s.launches())
     if (l->kind() == schema::LaunchKind_Gemv) {
-      // Its input rows sit in shared memory: at most 200 KiB of the H200's 227.
-      if (rows > l->max_rows() || rows * l->gemm_k() * 2 > 200 * 1024)
+      // Its weight stages and input rows sit in shared memory: at most 227 KiB (the H200's).
+      if (rows > l->max_rows() || l->stages() < 1 || l->stages() > 8 ||
+          gemvLayout(*l, s.kind() == schema::KernelKind_GatedLinear, rows).sharedBytes > 227 * 1024)
         return nullptr;
       if (l->prologue() < 0 || l->prologue() > 3 || (l->prologue() != 0 && index == 0))
         return nullptr;
@@ -632,6 +627,33 @@ const schema::KernelLaunch *CudaExecutor::gemvFor(const Function &f, unsigned in
       return l;
     }
   return nullptr;
+}
+
+// CTA c streams rows [c·rowsPerCta, (c + 1)·rowsPerCta) of W (rec::gemv) through a ring of
+// stages of up to 32 KiB of rows each (at least one row; a multiple of the 8 warps' rows where
+// there are that many), within 110 KiB of shared memory with the call's input rows. Two CTAs
+// per SM, or one where programmatic launches are on and the CTA's whole share of the weights
+// fits in three stages (the decode matrices of small models): then the next kernel's CTA fits
+// beside it and issues all its copies before this kernel ends. (Measured on the H200: more
+// stages or one CTA per SM for larger matrices were slower; bench/RESULTS.md.)
+CudaExecutor::GemvLayout CudaExecutor::gemvLayout(const schema::KernelLaunch &l, bool gated,
+                                                  int64_t rows) const {
+  const int64_t n = l.gemm_n(), k = l.gemm_k(), mats = gated ? 2 : 1;
+  const int64_t sms = context_->multiprocessors();
+  const bool small = (n + sms - 1) / sms * mats * k * 2 <= 3 * 32768;
+  const int64_t ctas = sms * (programmatic_ && small ? 1 : 2);
+  GemvLayout g;
+  g.rowsPerCta = std::max<int64_t>(1, (n + ctas - 1) / ctas);
+  g.stageRows = std::clamp<int64_t>(32768 / (k * 2 * mats), 1, g.rowsPerCta);
+  if (g.stageRows >= 8)
+    g.stageRows -= g.stageRows % 8;
+  const int64_t stageBytes = (mats * g.stageRows * k * 2 + 127) / 128 * 128;
+  const int64_t budget = 110 * 1024 - rows * k * 2;
+  g.stages = std::clamp<int64_t>(budget / stageBytes, 1, l.stages());
+  g.stages = std::min(g.stages, (g.rowsPerCta + g.stageRows - 1) / g.stageRows);
+  g.grid = (n + g.rowsPerCta - 1) / g.rowsPerCta;
+  g.sharedBytes = g.stages * stageBytes + rows * k * 2;
+  return g;
 }
 
 bool CudaExecutor::fusedIntoNext(const Function &f, unsigned index, int64_t rows) const {

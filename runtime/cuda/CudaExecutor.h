@@ -76,8 +76,8 @@ public:
   /// decodeStep without waiting: checks and uploads, then queues the step's graph; the
   /// logits stay on the device (benchmarks time back-to-back steps with it).
   void enqueueDecode(const int32_t *ids, const int32_t *positions, int64_t batch);
-  /// Programmatic dependent launch of @decode_step's kernels (default off: measured slower on
-  /// the H200, bench/RESULTS.md; the environment variable TNLM_PDL=1 turns it on). Takes
+  /// Programmatic dependent launch of @decode_step's kernels (default on: measured faster on
+  /// the H200, bench/RESULTS.md; the environment variable TNLM_PDL=0 turns it off). Takes
   /// effect for graphs captured afterwards.
   void setProgrammaticLaunch(bool on) { programmatic_ = on; }
   /// The GEMV path of @decode_step's linear layers for batches up to 4 (default on); off, they
@@ -134,6 +134,12 @@ private:
   /// The GEMV launch step `index` of `f` runs for a call of `rows` rows, or null (no GEMV,
   /// more rows than it serves, GEMVs off, unaligned input, or a prologue without its norm step).
   const schema::KernelLaunch *gemvFor(const Function &f, unsigned index, int64_t rows) const;
+  struct GemvLayout {
+    int64_t grid = 0, rowsPerCta = 0, stageRows = 0, stages = 0, sharedBytes = 0;
+  };
+  /// The grid, the rows of W per CTA and per shared-memory stage, and the shared memory of the
+  /// decode GEMV `l` for a call of `rows` rows (rec::gemv).
+  GemvLayout gemvLayout(const schema::KernelLaunch &l, bool gated, int64_t rows) const;
   /// Whether step `index` is a norm that the next step's GEMV computes (so it does not run).
   bool fusedIntoNext(const Function &f, unsigned index, int64_t rows) const;
   void checkInputs(size_t function, const char *second) const; // (ids, second)
@@ -165,7 +171,7 @@ private:
   CUdeviceptr activations_ = 0, workspace_ = 0, scratch_ = 0, gatedScratch_ = 0;
   size_t workspaceBytes_ = 0, scratchBytes_ = 0, gatedScratchBytes_ = 0;
   bool gemv_ = true;
-  bool programmatic_ = false;       // programmatic dependent launches in @decode_step (TNLM_PDL=1)
+  bool programmatic_ = true;        // programmatic dependent launches in @decode_step (TNLM_PDL)
   std::vector<CUdeviceptr> inputs_; // i32 [max batch · max seq] per function-input index
   std::vector<CUdeviceptr> state_;  // f32 per state-table entry (recurrent state)
   std::vector<size_t> stateBytes_;

@@ -1,9 +1,9 @@
 //===- ArtifactTest.cpp - the runtime refuses bad artifacts and weights ---===//
 #include "runtime/Artifact.h"
-#include "runtime/CpuExecutor.h"
 #include "codegen/ArtifactWriter.h"
 #include "codegen/KernelPlan.h"
 #include "models/Import.h"
+#include "runtime/CpuExecutor.h"
 #include "runtime/Error.h"
 #include "runtime/Safetensors.h"
 #include "runtime/Weights.h"
@@ -80,12 +80,13 @@ TEST(Artifact, OtherFormatVersionIsRefused) {
   });
   EXPECT_NE(e.find("old.tnlm: artifact format version 99 is not supported"), std::string::npos)
       << e;
-  // Version 2 (before training: one function, no state table) asks for a recompile.
+  // Version 3 (decode GEMVs with a split of K instead of a ring of weight stages) asks for a
+  // recompile.
   e = errorOf([] {
-    tnlm::Artifact::fromBytes(minimalArtifact(2, sc::Target_CPU), "v2.tnlm", tnlm::Target::Cpu);
+    tnlm::Artifact::fromBytes(minimalArtifact(3, sc::Target_CPU), "v3.tnlm", tnlm::Target::Cpu);
   });
-  EXPECT_NE(e.find("v2.tnlm: artifact format version 2 is not supported by this runtime "
-                   "(expects 3); recompile it with tnlmc"),
+  EXPECT_NE(e.find("v3.tnlm: artifact format version 3 is not supported by this runtime "
+                   "(expects 4); recompile it with tnlmc"),
             std::string::npos)
       << e;
 }

@@ -8,7 +8,8 @@
 //   1. decode equals prefill: for n in 1, 63, 64, 65, 300, 2048, GPU prefill(n - 1) then one
 //      GPU decode step at position n - 1 gives the logits of GPU prefill(n) (and both those of
 //      CPU prefill(n)); again (n = 65, 300) with decode's linear layers on cuBLASLt (the path
-//      of batches above 4) instead of the small-batch GEMVs;
+//      of batches above 4) instead of the small-batch GEMVs; and (n = 65) without programmatic
+//      dependent launch: identical logits;
 //   2. the GPU state after prefill(n) equals the GPU state after n decode steps, and the CPU
 //      state after prefill(n) (n = 300);
 //   3. a batch of slots of different lengths (5, 0, 300, 2048) in one prefill: each slot's
@@ -19,7 +20,8 @@
 //   5. greedy generation, 48 tokens, on the GPU and on the CPU independently: the sequences
 //      agree until the first step where the CPU's two best logits are within the bf16 noise
 //      bound below (a near-tie may then go either way); at least 8 tokens must agree.
-//   6. bad input: a length outside [0, seq], an id outside the vocabulary, a position < -1.
+//   6. bad input: a length outside [0, seq], an id outside the vocabulary, a position < -1,
+//      a TNLM_PDL that is neither 0 nor 1.
 //
 // Bounds. Logits: max |a - b| ≤ 3e-2 · max |b| (the bound of ExecutorGpuTest.cpp: bf16
 // activations and weights, about 25 rounded ops between the ids and a logit, errors of a few
@@ -41,6 +43,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -157,8 +161,7 @@ double topTwoGap(const std::vector<float> &z) {
 
 int main(int argc, char **argv) {
   if (argc != 3) {
-    std::fprintf(stderr, "usage: %s <cuda recurrent artifact> <cpu recurrent artifact>\n",
-                 argv[0]);
+    std::fprintf(stderr, "usage: %s <cuda recurrent artifact> <cpu recurrent artifact>\n", argv[0]);
     return 2;
   }
   try {
@@ -168,8 +171,9 @@ int main(int argc, char **argv) {
         cpuArt.root().mode() != tnlm::schema::Mode_Recurrent || gpuArt.maxSeq() < 2048 ||
         gpuArt.maxBatch() < 4 || cpuArt.maxBatch() != gpuArt.maxBatch() ||
         cpuArt.maxSeq() != gpuArt.maxSeq()) {
-      std::fprintf(stderr, "%s: need two recurrent artifacts of one model, --batch >= 4 and "
-                           "--seq >= 2048, the same for both\n",
+      std::fprintf(stderr,
+                   "%s: need two recurrent artifacts of one model, --batch >= 4 and "
+                   "--seq >= 2048, the same for both\n",
                    argv[0]);
       return 2;
     }
@@ -229,10 +233,32 @@ int main(int argc, char **argv) {
         const Diff d = maxRel(stepped.data(), want.data(), vocab);
         const Diff g = maxRel(stepped.data(), viaGemv.data(), vocab);
         report(d.finite && d.rel <= 3e-2 && g.rel <= 3e-2,
-               "n=" + std::to_string(n) + ", decode through cuBLASLt GEMMs vs cpu prefill(n): " +
-                   std::to_string(d.rel) + ", vs the GEMV path: " + std::to_string(g.rel) +
-                   " (bound 3e-2)");
+               "n=" + std::to_string(n) +
+                   ", decode through cuBLASLt GEMMs vs cpu prefill(n): " + std::to_string(d.rel) +
+                   ", vs the GEMV path: " + std::to_string(g.rel) + " (bound 3e-2)");
       }
+    }
+
+    // 1c. Without programmatic dependent launch (TNLM_PDL=0: two GEMV CTAs per SM instead of
+    // one, no early weight copies): each output is the same warp's sum in the same order, so
+    // the logits are identical bit for bit.
+    {
+      CudaExecutor plainExec(gpuArt, weights);
+      plainExec.setProgrammaticLaunch(false);
+      Runner plain{nullptr, &plainExec, slots, vocab};
+      const int64_t n = 65;
+      const std::vector<int32_t> head(text.begin(), text.begin() + (n - 1));
+      gpu.reset();
+      gpu.prefillOne(1, head);
+      const std::vector<float> withPdl = gpu.decodeOne(1, text[n - 1], int32_t(n - 1));
+      plain.prefillOne(1, head);
+      const std::vector<float> without = plain.decodeOne(1, text[n - 1], int32_t(n - 1));
+      size_t differ = 0;
+      for (size_t i = 0; i < without.size(); ++i)
+        differ += std::memcmp(&without[i], &withPdl[i], sizeof(float)) != 0;
+      report(without.size() == withPdl.size() && differ == 0,
+             "n=65, decode without programmatic launch vs with: " + std::to_string(differ) +
+                 " of " + std::to_string(without.size()) + " logits differ (want 0)");
     }
 
     // 2. state after prefill(n) = state after n decode steps (GPU), = CPU state.
@@ -256,13 +282,13 @@ int main(int argc, char **argv) {
         double others = 0; // the other slots stay zero
         for (size_t i = 0; i < afterPrefill[l].size(); ++i)
           if (i / per != 2)
-            others = std::max(others, double(std::fabs(afterPrefill[l][i])) +
-                                          std::fabs(afterDecode[l][i]));
-        report(e <= 2e-2 && c <= 2e-2 && others == 0,
-               "state " + std::to_string(l) + " after prefill(300) vs 300 decode steps: " +
-                   std::to_string(e) + ", vs cpu prefill: " + std::to_string(c) +
-                   " (normwise, bound 2e-2); other slots untouched: " +
-                   (others == 0 ? "yes" : "NO"));
+            others = std::max(others,
+                              double(std::fabs(afterPrefill[l][i])) + std::fabs(afterDecode[l][i]));
+        report(
+            e <= 2e-2 && c <= 2e-2 && others == 0,
+            "state " + std::to_string(l) + " after prefill(300) vs 300 decode steps: " +
+                std::to_string(e) + ", vs cpu prefill: " + std::to_string(c) +
+                " (normwise, bound 2e-2); other slots untouched: " + (others == 0 ? "yes" : "NO"));
       }
     }
 
@@ -318,8 +344,8 @@ int main(int argc, char **argv) {
           finite &= d.finite && d.maxRef > 0;
         }
         report(finite && worst <= 3e-2, "4 slots decoding at positions 5, 64, 300, 2048 vs the "
-                                        "cpu: worst slot " + std::to_string(worst) +
-                                            " (bound 3e-2)");
+                                        "cpu: worst slot " +
+                                            std::to_string(worst) + " (bound 3e-2)");
       }
       // One decode step with slot 1 inactive: its state stays.
       const auto beforeStep = gpu.state();
@@ -330,8 +356,8 @@ int main(int argc, char **argv) {
         const size_t per = beforeStep[l].size() / size_t(slots);
         inactiveKept &= std::equal(beforeStep[l].begin() + per, beforeStep[l].begin() + 2 * per,
                                    afterStep[l].begin() + per);
-        activeMoved |= !std::equal(beforeStep[l].begin(), beforeStep[l].begin() + per,
-                                   afterStep[l].begin());
+        activeMoved |=
+            !std::equal(beforeStep[l].begin(), beforeStep[l].begin() + per, afterStep[l].begin());
       }
       report(inactiveKept && activeMoved,
              "a decode step leaves an inactive slot's state alone and updates the active ones");
@@ -383,11 +409,11 @@ int main(int argc, char **argv) {
       report(agree >= 8 && explained,
              "greedy generation: gpu and cpu agree on the first " + std::to_string(agree) +
                  " of 48 tokens (" + first + "...)" +
-                 (agree < gpuTokens.size()
-                      ? "; they part where the cpu's top two logits are " +
-                            std::to_string(gaps[agree]) + " of max |logit| apart (near-tie "
-                                                          "bound 6e-2)"
-                      : ""));
+                 (agree < gpuTokens.size() ? "; they part where the cpu's top two logits are " +
+                                                 std::to_string(gaps[agree]) +
+                                                 " of max |logit| apart (near-tie "
+                                                 "bound 6e-2)"
+                                           : ""));
     }
 
     // 6. bad input.
@@ -415,8 +441,10 @@ int main(int argc, char **argv) {
       one[0] = -1;
       refused("a decode id outside the vocabulary",
               [&] { gpuExec.decodeStep(one.data(), pos.data(), slots); });
-      refused("@forward on a recurrent artifact",
-              [&] { gpuExec.forward(one.data(), 1, 1); });
+      refused("@forward on a recurrent artifact", [&] { gpuExec.forward(one.data(), 1, 1); });
+      ::setenv("TNLM_PDL", "yes", 1);
+      refused("TNLM_PDL=yes", [&] { CudaExecutor bad(gpuArt, weights); });
+      ::unsetenv("TNLM_PDL");
     }
     std::printf("decode graph: %zu kernel launches for %lld slots\n",
                 gpuExec.graphNodes("decode_step", slots, 1), (long long)slots);
