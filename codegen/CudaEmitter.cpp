@@ -474,13 +474,14 @@ private:
             .str(),
         llvm::formatv("const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *sum, "
                       "long long ldsum, float eps, const bf16 *w, const bf16 *w2, {0} *y, long "
-                      "long ldy, int M, int N, int K, int rowsPerCta, int stageRows, int stages",
+                      "long ldy, int M, int N, int K, int rowsPerCta, int stageRows, int stages, "
+                      "int warpsPerRow",
                       out)
             .str(),
-        llvm::formatv("tnlm::rec::gemv<{0}, {1}, {2}, {3}, {4}, {5}>(x, ldx, x2, ldx2, sum, "
-                      "ldsum, eps, w, w2, y, ldy, M, N, K, rowsPerCta, stageRows, stages)",
-                      kGemvMaxRows, kGemvStages, kGemvBlock, gated ? "true" : "false", prologue,
-                      out)
+        llvm::formatv(
+            "tnlm::rec::gemv<{0}, {1}, {2}, {3}, {4}, {5}>(x, ldx, x2, ldx2, sum, "
+            "ldsum, eps, w, w2, y, ldy, M, N, K, rowsPerCta, stageRows, stages, warpsPerRow)",
+            kGemvMaxRows, kGemvStages, kGemvBlock, gated ? "true" : "false", prologue, out)
             .str(),
         "", /*minBlocks=*/2); // two CTAs per SM: this GEMV's and the next one's (CudaExecutor)
     l.gemmN = s.outputs[0].cols;

@@ -269,22 +269,26 @@ __device__ __forceinline__ void bulk_copy(unsigned dst, const void *src, unsigne
 // bf16 inputs and W (rows of K contiguous, K % 8 == 0), f32 accumulation.
 //
 // CTA c owns the rows [c·rowsPerCta, (c + 1)·rowsPerCta) of W (and W2) and streams them into
-// shared memory with bulk copies, `stageRows` rows per stage in a ring of `stages` <=
-// MAXSTAGES stages, one barrier per stage. The first `stages` copies are issued before the wait for
-// the previous kernel (weights do not depend on it): with programmatic launches they fly while that
-// kernel runs. Then the input rows go into shared memory once (M · K bf16, with the prologue's
-// norm), and warp w computes the rows w, w + WARPS, ... of each stage as it lands (lanes over K in
-// 16-byte chunks, a fixed-order butterfly sum); a stage is refilled once every warp is done.
+// shared memory with bulk copies, `stageRows` rows per stage in a ring of `stages` <= MAXSTAGES
+// stages, one barrier per stage. The first `stages` copies are issued before the wait for the
+// previous kernel (weights do not depend on it): with programmatic launches they fly while
+// that kernel runs. Then the input rows go into shared memory once (M · K bf16, with the
+// prologue's norm), and the warps compute each stage's rows as it lands: `warpsPerRow` warps
+// per row (a power of two, with warpsPerRow · stageRows <= BLOCK / 32 where it is above 1: long
+// rows), each over a slice of K, lanes in 16-byte chunks, a butterfly sum per warp, the
+// slices added in order (deterministic for a given K and warpsPerRow); a stage is refilled
+// once every warp is done with it.
 // Dynamic shared memory: `stages` stages of stageBytes (128-byte multiples), then v.
 template <int MAXM, int MAXSTAGES, int BLOCK, bool GATED, int PROLOGUE, typename OutT>
 __device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2,
                                      bf16 *sum, long long ldsum, float eps, const bf16 *w,
                                      const bf16 *w2, OutT *y, long long ldy, int M, int N, int K,
-                                     int rowsPerCta, int stageRows, int stages) {
+                                     int rowsPerCta, int stageRows, int stages, int warpsPerRow) {
   constexpr int WARPS = BLOCK / 32, MATS = GATED ? 2 : 1;
   extern __shared__ __align__(128) unsigned char gemv_smem[];
   __shared__ __align__(8) unsigned long long bars[MAXSTAGES];
   __shared__ float red[WARPS], rstd[MAXM];
+  __shared__ float part[WARPS][MAXM], part2[GATED ? WARPS : 1][MAXM];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int chunks = K / 8;
   const long long rowBytes = static_cast<long long>(K) * 2;
@@ -293,6 +297,15 @@ __device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x
   const int n0 = blockIdx.x * rowsPerCta, rows = max(0, min(N, n0 + rowsPerCta) - n0);
   const int nStages = (rows + stageRows - 1) / stageRows;
   stages = max(1, min(stages, MAXSTAGES));
+  // y[m, n] from the row's sums (the gated pair rounded as two GEMMs and their product).
+  auto store = [&](int n, int m, float v, float v2) {
+    if (GATED)
+      v = round_bf16(v) * round_bf16(v2);
+    if constexpr (sizeof(OutT) == 4)
+      y[m * ldy + n] = v;
+    else
+      y[m * ldy + n] = __float2bfloat16(v);
+  };
   bf16 *vs = reinterpret_cast<bf16 *>(gemv_smem + static_cast<size_t>(stages) * stageBytes);
   const unsigned ring = smem_u32(gemv_smem), bar0 = smem_u32(bars);
   // Stage t: rows [n0 + t·stageRows, ...) of W (then of W2) into slot t % stages.
@@ -376,7 +389,10 @@ __device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x
     mbar_wait(bar0 + 8 * (t % stages), (t / stages) & 1);
     const int r0 = t * stageRows, nr = min(stageRows, rows - r0);
     const bf16 *slot = reinterpret_cast<const bf16 *>(gemv_smem + (t % stages) * stageBytes);
-    for (int r = warp; r < nr; r += WARPS) {
+    // Warp w: row w / warpsPerRow of each pass, slice w % warpsPerRow of K (lanes over the
+    // 16-byte chunks c ≡ slice·32 + lane mod 32·warpsPerRow).
+    const int slice = warp % warpsPerRow, rowsPerPass = WARPS / warpsPerRow;
+    for (int r = warp / warpsPerRow; r < nr; r += rowsPerPass) {
       const uint4 *wr = reinterpret_cast<const uint4 *>(slot + static_cast<long long>(r) * K);
       const uint4 *wr2 =
           reinterpret_cast<const uint4 *>(slot + static_cast<long long>(stageRows + r) * K);
@@ -387,7 +403,7 @@ __device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x
         if constexpr (GATED)
           acc2[m] = 0.0f;
       }
-      for (int c = lane; c < chunks; c += 32) {
+      for (int c = slice * 32 + lane; c < chunks; c += 32 * warpsPerRow) {
         float wf[8], wf2[8];
         unpack8(wr[c], wf);
         if constexpr (GATED)
@@ -406,7 +422,6 @@ __device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x
           }
         }
       }
-      const int n = n0 + r0 + r;
 #pragma unroll
       for (int m = 0; m < MAXM; ++m) {
         if (m >= M)
@@ -418,15 +433,30 @@ __device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x
           if constexpr (GATED)
             v2 += __shfl_xor_sync(0xffffffffu, v2, o);
         }
-        if (lane == 0) {
-          if (GATED)
-            v = round_bf16(v) * round_bf16(v2);
-          if constexpr (sizeof(OutT) == 4)
-            y[m * ldy + n] = v;
-          else
-            y[m * ldy + n] = __float2bfloat16(v);
+        if (warpsPerRow > 1) { // the slices' sums meet in shared memory
+          if (lane == 0) {
+            part[warp][m] = v;
+            if constexpr (GATED)
+              part2[warp][m] = v2;
+          }
+        } else if (lane == 0) {
+          store(n0 + r0 + r, m, v, v2);
         }
       }
+    }
+    if (warpsPerRow > 1) { // each warp had at most one row (rowsPerPass >= stageRows)
+      __syncthreads();
+      const int r = warp / warpsPerRow;
+      if (slice == 0 && r < nr && lane < M) {
+        float v = 0.0f, v2 = 0.0f;
+        for (int k = 0; k < warpsPerRow; ++k) { // in slice order: deterministic
+          v += part[warp + k][lane];
+          if constexpr (GATED)
+            v2 += part2[warp + k][lane];
+        }
+        store(n0 + r0 + r, lane, v, v2);
+      }
+      __syncthreads(); // part is rewritten by the next stage
     }
     if (t + stages < nStages) {
       __syncthreads(); // every warp is done with slot t % stages

@@ -290,7 +290,8 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
     }
     context_->launchWith(kernelOf(gemv), c, where, x, ldx, x2, ldx2, sum, ldsum, eps,
                          ptr(in.Get(1)), w2, ptr(y), ld(y), int(rows), int(gemv->gemm_n()),
-                         int(gemv->gemm_k()), int(g.rowsPerCta), int(g.stageRows), int(g.stages));
+                         int(gemv->gemm_k()), int(g.rowsPerCta), int(g.stageRows), int(g.stages),
+                         int(g.warpsPerRow));
     return;
   }
   // A norm that the next step's GEMV computes itself (lightning_decode: only its epilogue).
@@ -630,11 +631,11 @@ const schema::KernelLaunch *CudaExecutor::gemvFor(const Function &f, unsigned in
 }
 
 // CTA c streams rows [c·rowsPerCta, (c + 1)·rowsPerCta) of W (rec::gemv) through a ring of
-// stages of up to 32 KiB of rows each (at least one row; a multiple of the 8 warps' rows where
-// there are that many), within 110 KiB of shared memory with the call's input rows. Two CTAs
-// per SM, or one where programmatic launches are on and the CTA's whole share of the weights
-// fits in three stages (the decode matrices of small models): then the next kernel's CTA fits
-// beside it and issues all its copies before this kernel ends. (Measured on the H200: more
+// stages of up to 32 KiB (gemvStageBytes_) of rows each (at least one row; a multiple of the 8
+// warps' rows where there are that many), within 110 KiB of shared memory with the call's input
+// rows. Two CTAs per SM, or one where programmatic launches are on and the CTA's whole share of the
+// weights fits in three stages (the decode matrices of small models): then the next kernel's CTA
+// fits beside it and issues all its copies before this kernel ends. (Measured on the H200: more
 // stages or one CTA per SM for larger matrices were slower; bench/RESULTS.md.)
 CudaExecutor::GemvLayout CudaExecutor::gemvLayout(const schema::KernelLaunch &l, bool gated,
                                                   int64_t rows) const {
@@ -644,9 +645,16 @@ CudaExecutor::GemvLayout CudaExecutor::gemvLayout(const schema::KernelLaunch &l,
   const int64_t ctas = sms * (programmatic_ && small ? 1 : 2);
   GemvLayout g;
   g.rowsPerCta = std::max<int64_t>(1, (n + ctas - 1) / ctas);
-  g.stageRows = std::clamp<int64_t>(32768 / (k * 2 * mats), 1, g.rowsPerCta);
-  if (g.stageRows >= 8)
-    g.stageRows -= g.stageRows % 8;
+  int64_t fit = std::max<int64_t>(1, gemvStageBytes_ / (k * 2 * mats)); // rows in 32 KiB
+  if (fit >= 8)
+    fit -= fit % 8;
+  // Warps per row where fewer than 8 rows fit (long rows): from the matrix alone, so that the
+  // order of every sum does not depend on the grid.
+  const int64_t warps = l.block() / 32;
+  g.warpsPerRow = 1;
+  while (g.warpsPerRow * 2 * fit <= warps)
+    g.warpsPerRow *= 2;
+  g.stageRows = std::min(fit, g.rowsPerCta);
   const int64_t stageBytes = (mats * g.stageRows * k * 2 + 127) / 128 * 128;
   const int64_t budget = 110 * 1024 - rows * k * 2;
   g.stages = std::clamp<int64_t>(budget / stageBytes, 1, l.stages());

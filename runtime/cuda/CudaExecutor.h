@@ -25,6 +25,7 @@
 #include "runtime/cuda/CudaContext.h"
 #include "runtime/cuda/Gemm.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -84,6 +85,10 @@ public:
   /// run as cuBLASLt GEMMs as larger batches do (for tests). Takes effect for graphs captured
   /// afterwards.
   void setSmallBatchGemv(bool on) { gemv_ = on; }
+  /// The most bytes of one stage of a decode GEMV's weight ring (default 32 KiB; smaller ones
+  /// give more stages and more warps per row: for tests). Takes effect for graphs captured
+  /// afterwards.
+  void setGemvStageBytes(int64_t bytes) { gemvStageBytes_ = std::max<int64_t>(16, bytes); }
   /// Bytes of the one device allocation (parameters, activations, state, workspaces).
   size_t deviceBytes() const;
   /// The recurrent state, in state-table order, f32 (copied back; for tests and tools).
@@ -135,7 +140,7 @@ private:
   /// more rows than it serves, GEMVs off, unaligned input, or a prologue without its norm step).
   const schema::KernelLaunch *gemvFor(const Function &f, unsigned index, int64_t rows) const;
   struct GemvLayout {
-    int64_t grid = 0, rowsPerCta = 0, stageRows = 0, stages = 0, sharedBytes = 0;
+    int64_t grid = 0, rowsPerCta = 0, stageRows = 0, stages = 0, warpsPerRow = 1, sharedBytes = 0;
   };
   /// The grid, the rows of W per CTA and per shared-memory stage, and the shared memory of the
   /// decode GEMV `l` for a call of `rows` rows (rec::gemv).
@@ -171,6 +176,7 @@ private:
   CUdeviceptr activations_ = 0, workspace_ = 0, scratch_ = 0, gatedScratch_ = 0;
   size_t workspaceBytes_ = 0, scratchBytes_ = 0, gatedScratchBytes_ = 0;
   bool gemv_ = true;
+  int64_t gemvStageBytes_ = 32768;
   bool programmatic_ = true;        // programmatic dependent launches in @decode_step (TNLM_PDL)
   std::vector<CUdeviceptr> inputs_; // i32 [max batch · max seq] per function-input index
   std::vector<CUdeviceptr> state_;  // f32 per state-table entry (recurrent state)

@@ -9,7 +9,8 @@
 //      GPU decode step at position n - 1 gives the logits of GPU prefill(n) (and both those of
 //      CPU prefill(n)); again (n = 65, 300) with decode's linear layers on cuBLASLt (the path
 //      of batches above 4) instead of the small-batch GEMVs; and (n = 65) without programmatic
-//      dependent launch: identical logits;
+//      dependent launch: identical logits; and (n = 65, 300) with 2 KiB GEMV weight stages
+//      (rings that wrap around, several warps per row);
 //   2. the GPU state after prefill(n) equals the GPU state after n decode steps, and the CPU
 //      state after prefill(n) (n = 300);
 //   3. a batch of slots of different lengths (5, 0, 300, 2048) in one prefill: each slot's
@@ -259,6 +260,32 @@ int main(int argc, char **argv) {
       report(without.size() == withPdl.size() && differ == 0,
              "n=65, decode without programmatic launch vs with: " + std::to_string(differ) +
                  " of " + std::to_string(without.size()) + " logits differ (want 0)");
+    }
+
+    // 1d. GEMVs with 2 KiB weight stages: one row per stage, eight warps per row over slices of
+    // K, rings of eight stages that wrap around (the barriers' parities flip): what long rows
+    // and large matrices run, on this model's shapes.
+    {
+      CudaExecutor smallExec(gpuArt, weights);
+      smallExec.setGemvStageBytes(2048);
+      Runner small{nullptr, &smallExec, slots, vocab};
+      for (int64_t n : {65, 300}) {
+        const std::vector<int32_t> head(text.begin(), text.begin() + (n - 1));
+        const std::vector<int32_t> prompt(text.begin(), text.begin() + n);
+        gpu.reset();
+        gpu.prefillOne(1, head);
+        const std::vector<float> viaDefault = gpu.decodeOne(1, text[n - 1], int32_t(n - 1));
+        small.prefillOne(1, head);
+        const std::vector<float> stepped = small.decodeOne(1, text[n - 1], int32_t(n - 1));
+        cpu.reset();
+        const std::vector<float> want = cpu.prefillOne(1, prompt);
+        const Diff d = maxRel(stepped.data(), want.data(), vocab);
+        const Diff g = maxRel(stepped.data(), viaDefault.data(), vocab);
+        report(d.finite && d.rel <= 3e-2 && g.rel <= 3e-2,
+               "n=" + std::to_string(n) +
+                   ", decode with 2 KiB GEMV stages vs cpu prefill(n): " + std::to_string(d.rel) +
+                   ", vs 32 KiB stages: " + std::to_string(g.rel) + " (bound 3e-2)");
+      }
     }
 
     // 2. state after prefill(n) = state after n decode steps (GPU), = CPU state.
