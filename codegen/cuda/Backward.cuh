@@ -1,0 +1,265 @@
+// Training on the GPU, part 1 (issue 11): the backward row kernels and the optimizer's kernels,
+// device templates for the CUDA emitter to specialize (not yet wired into tnlmc: the GPU
+// train step is being built; test/unit/cuda/BackwardGpuTest.cpp checks each against the CPU
+// backend, runtime/cpu/Backward.h).
+//
+// Precision (docs/gpu-training.md): forward activations are bf16 (as inference), the
+// activation gradients bf16 or f32 (each template takes the types of its gradient operands:
+// the residual stream's gradient is f32), weight gradients, master weights and moments f32.
+// Math is fp32 (f64 where the CPU backend's order of sums cannot be followed and the result
+// feeds the optimizer: the sum of squares); every result is rounded once, on store.
+//
+// Row kernels run one CTA of BLOCK threads per row (grid.x = rows), threads striding over the
+// COLS columns; reductions are per-thread partial sums, then a warp butterfly and the warps in
+// index order (deterministic).
+#pragma once
+
+#include <cuda_bf16.h>
+
+namespace tnlm {
+namespace bw {
+
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ float to_f(bf16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f(float v) { return v; }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16(v); }
+
+// Sums of a and b over the CTA (BLOCK whole warps), the same for every thread. Once per kernel.
+template <int BLOCK> __device__ __forceinline__ float2 cta_sum2(float a, float b) {
+  __shared__ float ra[BLOCK / 32], rb[BLOCK / 32];
+  for (int o = 16; o > 0; o >>= 1) {
+    a += __shfl_xor_sync(0xffffffffu, a, o);
+    b += __shfl_xor_sync(0xffffffffu, b, o);
+  }
+  if (threadIdx.x % 32 == 0)
+    ra[threadIdx.x / 32] = a, rb[threadIdx.x / 32] = b;
+  __syncthreads();
+  float ta = 0.0f, tb = 0.0f;
+#pragma unroll
+  for (int w = 0; w < BLOCK / 32; ++w)
+    ta += ra[w], tb += rb[w];
+  return make_float2(ta, tb);
+}
+
+// The SRMSNorm backward of one row (y = x·r, r = rsqrt(mean(x²) + eps)):
+//   out = base + r·dy − x·r³·Σ(x·dy)/COLS        (= base + r·(dy − x̂·mean(x̂ ⊙ dy)), x̂ = x·r)
+// with base = 0, dx (ACC: accumulate) or dsum. out may alias dy or base (each element is read
+// by the thread that writes it, after the reduction).
+template <int COLS, int BLOCK, typename TDY, typename TOUT, typename TBASE>
+__device__ __forceinline__ void norm_grad_row(const bf16 *x, const TDY *dy, const TBASE *base,
+                                              TOUT *out, float eps) {
+  float ss = 0.0f, sd = 0.0f;
+  for (int c = threadIdx.x; c < COLS; c += BLOCK) {
+    const float xv = to_f(x[c]), g = to_f(dy[c]);
+    ss = fmaf(xv, xv, ss);
+    sd = fmaf(xv, g, sd);
+  }
+  const float2 t = cta_sum2<BLOCK>(ss, sd);
+  const float r = rsqrtf(t.x / COLS + eps);
+  const float k = r * r * r * (t.y / COLS);
+  for (int c = threadIdx.x; c < COLS; c += BLOCK) {
+    float v = r * to_f(dy[c]) - k * to_f(x[c]);
+    if (base != nullptr)
+      v += to_f(base[c]);
+    out[c] = from_f<TOUT>(v);
+  }
+}
+
+// tnlm.srms_norm backward: dx[r, :] (+)= SRMSNorm'(x[r, :])ᵀ dy[r, :] (cpu::srmsNormGrad).
+template <int COLS, int BLOCK, typename TDY, typename TDX, bool ACC>
+__device__ __forceinline__ void srms_norm_grad(const bf16 *x, long long ldx, const TDY *dy,
+                                               long long lddy, TDX *dx, long long lddx, float eps) {
+  const long long r = blockIdx.x;
+  TDX *out = dx + r * lddx;
+  norm_grad_row<COLS, BLOCK>(x + r * ldx, dy + r * lddy, ACC ? out : static_cast<TDX *>(nullptr),
+                             out, eps);
+}
+
+// tnlm.add_srms_norm backward (sum = a + b, y = SRMSNorm(sum)): the gradient of a and b,
+//   g[r, :] = dsum[r, :] + SRMSNorm'(sum[r, :])ᵀ dy[r, :]   (cpu::addSrmsNormGrad)
+// dsum may be null (sum unused after); g (f32, the residual stream's gradient) may alias dsum.
+template <int COLS, int BLOCK, typename TDY>
+__device__ __forceinline__ void
+add_srms_norm_grad(const bf16 *sum, long long ldsum, const float *dsum, long long lddsum,
+                   const TDY *dy, long long lddy, float *g, long long ldg, float eps) {
+  const long long r = blockIdx.x;
+  norm_grad_row<COLS, BLOCK>(sum + r * ldsum, dy + r * lddy,
+                             dsum != nullptr ? dsum + r * lddsum : nullptr, g + r * ldg, eps);
+}
+
+// SiLU backward: dx = dy · σ(x)·(1 + x·(1 − σ(x))) (+ dx with ACC), as cpu::siluGrad: 1 − σ(x)
+// taken as e·σ(x), e = exp(−x), for x >= 0 and as 1 − σ(x) below (no cancellation; e may be
+// inf there, σ then 0). expf, not __expf: the CPU's std::exp to a few ulp.
+template <int COLS, int BLOCK, typename TDY, typename TDX, bool ACC>
+__device__ __forceinline__ void silu_grad(const bf16 *x, long long ldx, const TDY *dy,
+                                          long long lddy, TDX *dx, long long lddx) {
+  const long long r = blockIdx.x;
+  const bf16 *xr = x + r * ldx;
+  const TDY *dyr = dy + r * lddy;
+  TDX *dxr = dx + r * lddx;
+  for (int c = threadIdx.x; c < COLS; c += BLOCK) {
+    const float xv = to_f(xr[c]);
+    const float e = expf(-xv);
+    const float s = 1.0f / (1.0f + e);
+    const float oneMinus = xv >= 0.0f ? e * s : 1.0f - s;
+    float v = to_f(dyr[c]) * (s * (1.0f + xv * oneMinus));
+    if (ACC)
+      v += to_f(dxr[c]);
+    dxr[c] = from_f<TDX>(v);
+  }
+}
+
+// The product's backward of tnlm.gated_linear (y = a ⊙ b, a = x·W1ᵀ, b = x·W2ᵀ recomputed):
+// da = dy ⊙ b, db = dy ⊙ a (one rounding each; da, db feed the GEMMs of dx, dW1, dW2).
+template <int COLS, int BLOCK, typename TDY, typename TD>
+__device__ __forceinline__ void mul_grad(const bf16 *a, long long lda, const bf16 *b, long long ldb,
+                                         const TDY *dy, long long lddy, TD *da, long long ldda,
+                                         TD *db, long long lddb) {
+  const long long r = blockIdx.x;
+  for (int c = threadIdx.x; c < COLS; c += BLOCK) {
+    const float g = to_f(dy[r * lddy + c]);
+    const float av = to_f(a[r * lda + c]), bv = to_f(b[r * ldb + c]);
+    da[r * ldda + c] = from_f<TD>(g * bv);
+    db[r * lddb + c] = from_f<TD>(g * av);
+  }
+}
+
+// Embedding backward (x = scale · E[ids]), deterministic: the host groups the step's tokens by
+// id (runtime/EmbeddingSegments.h: `order` the token indices sorted by id, stable; segment s
+// holds order[start[s] .. start[s + 1]) of id ids[s]); CTA (s, column block) adds its tokens'
+// rows in token order, as cpu::embeddingGrad:
+//   dE[id, c] ← dE[id, c] + scale·dx[t, c]   (f32, one rounding per operation, no fused
+//                                             multiply-add: bit for bit the CPU's)
+// grid = (segments, ceil(d / BLOCK)).
+template <int BLOCK, typename TDX>
+__device__ __forceinline__ void embedding_grad(const int *order, const int *start, const int *ids,
+                                               const TDX *dx, long long lddx, int d, float scale,
+                                               float *dtable) {
+  const int s = blockIdx.x, c = blockIdx.y * BLOCK + threadIdx.x;
+  if (c >= d)
+    return;
+  float *row = dtable + static_cast<long long>(ids[s]) * d + c;
+  float acc = *row;
+  for (int j = start[s]; j < start[s + 1]; ++j) {
+    const float v = to_f(dx[static_cast<long long>(order[j]) * lddx + c]);
+    acc = scale == 1.0f ? __fadd_rn(acc, v) : __fadd_rn(acc, __fmul_rn(scale, v));
+  }
+  *row = acc;
+}
+
+// The optimizer's tensors (@optimizer_step): parameter p, gradient g, moments m and v (f32,
+// n contiguous each), weight decay on or off, and the first of the CHUNK-float chunks the
+// tensor's work is cut into (chunk0: the chunks of the tensors before it). A kernel over all
+// tensors runs one CTA per chunk (grid.x = the chunks of all tensors).
+struct OptTensor {
+  float *p;
+  const float *g;
+  float *m, *v;
+  long long n, chunk0;
+  int decay;
+};
+constexpr int kOptChunk = 1 << 16; // cpu::sumSquares's chunk
+
+// The tensor of chunk c (tensors[i].chunk0 <= c < tensors[i + 1].chunk0).
+__device__ __forceinline__ int opt_tensor_of(const OptTensor *tensors, int count, long long c) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (tensors[mid].chunk0 <= c)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
+
+// Σ g² over every tensor's gradient, in f64: partial[c] = the sum over chunk c (per-thread
+// strided sums, the warps' sums in order), then sum_squares_total adds the chunks in index
+// order. Deterministic; the CPU (cpu::sumSquares) sums each chunk sequentially, so the two
+// differ by f64 rounding only.
+template <int BLOCK>
+__device__ __forceinline__ void sum_squares_chunks(const OptTensor *tensors, int count,
+                                                   double *partial) {
+  __shared__ double red[BLOCK / 32];
+  const long long c = blockIdx.x;
+  const OptTensor &t = tensors[opt_tensor_of(tensors, count, c)];
+  const long long i0 = (c - t.chunk0) * kOptChunk;
+  const long long i1 = i0 + kOptChunk < t.n ? i0 + kOptChunk : t.n;
+  double s = 0.0;
+  for (long long i = i0 + threadIdx.x; i < i1; i += BLOCK) {
+    const double v = t.g[i];
+    s = fma(v, v, s);
+  }
+  for (int o = 16; o > 0; o >>= 1)
+    s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (threadIdx.x % 32 == 0)
+    red[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < BLOCK / 32; ++w)
+      total += red[w];
+    partial[c] = total;
+  }
+}
+
+// One thread: total = Σ partial[c] in index order; norm = f32(sqrt(total) / divisor)
+// (tnlm GlobalNorm: divisor = the accumulation steps). grid = 1, block = 1.
+__device__ __forceinline__ void sum_squares_total(const double *partial, long long chunks,
+                                                  double divisor, double *total, float *norm) {
+  double s = 0.0;
+  for (long long c = 0; c < chunks; ++c)
+    s += partial[c];
+  if (total != nullptr)
+    *total = s;
+  if (norm != nullptr)
+    *norm = static_cast<float>(sqrt(s) / divisor);
+}
+
+// One AdamW step over every tensor (cpu::adamw, torch.optim.AdamW's single-tensor order), on
+// the gradient g·gradScale: lr, gradScale and the step t >= 1 come from device memory (the
+// schedule's, the clipping's and the step counter's outputs), β1, β2, eps and the weight decay
+// as arguments. The step's scalars are computed in f64 per CTA as on the CPU, the per-element
+// arithmetic in f32 with one IEEE rounding per operation (__f*_rn: nothing fused), so the
+// result is the CPU's up to the f64 pow of the bias corrections (CUDA's 2 ulp vs glibc's).
+template <int BLOCK>
+__device__ __forceinline__ void adamw(const OptTensor *tensors, int count, const float *lrp,
+                                      const float *scalep, const int *stepp, float beta1,
+                                      float beta2, float eps, float weightDecay) {
+  const long long c = blockIdx.x;
+  const OptTensor &t = tensors[opt_tensor_of(tensors, count, c)];
+  const float lr = *lrp, gradScale = *scalep;
+  const double step = static_cast<double>(*stepp);
+  if (*stepp < 1)
+    return; // the CPU throws; the executor checks the counter before the step
+  const float wd = t.decay ? weightDecay : 0.0f;
+  const float decay = static_cast<float>(1.0 - static_cast<double>(lr) * wd);
+  const float w = static_cast<float>(1.0 - static_cast<double>(beta1));
+  const bool smallWeight = fabsf(w) < 0.5f;
+  const float oneMinusW = __fsub_rn(1.0f, w);
+  const float c2 = static_cast<float>(1.0 - static_cast<double>(beta2));
+  const double bc1 = 1.0 - pow(static_cast<double>(beta1), step);
+  const double bc2 = 1.0 - pow(static_cast<double>(beta2), step);
+  const float negStep = static_cast<float>(-(static_cast<double>(lr) / bc1));
+  const float bc2Sqrt = static_cast<float>(sqrt(bc2));
+  const long long i0 = (c - t.chunk0) * kOptChunk;
+  const long long i1 = i0 + kOptChunk < t.n ? i0 + kOptChunk : t.n;
+  for (long long i = i0 + threadIdx.x; i < i1; i += BLOCK) {
+    const float gi = __fmul_rn(t.g[i], gradScale);
+    const float pi = __fmul_rn(t.p[i], decay);
+    const float m0 = t.m[i];
+    const float mi = smallWeight ? __fadd_rn(m0, __fmul_rn(w, __fsub_rn(gi, m0)))
+                                 : __fsub_rn(gi, __fmul_rn(__fsub_rn(gi, m0), oneMinusW));
+    const float vi = __fadd_rn(__fmul_rn(t.v[i], beta2), __fmul_rn(__fmul_rn(c2, gi), gi));
+    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2Sqrt), eps);
+    t.m[i] = mi;
+    t.v[i] = vi;
+    t.p[i] = __fadd_rn(pi, __fdiv_rn(__fmul_rn(negStep, mi), denom));
+  }
+}
+
+} // namespace bw
+} // namespace tnlm

@@ -1,0 +1,570 @@
+//===- BackwardGpuTest.cpp - the backward and optimizer CUDA templates vs the CPU -===//
+//
+// Every template of codegen/cuda/Backward.cuh (srms_norm_grad, add_srms_norm_grad, silu_grad,
+// mul_grad, embedding_grad, sum_squares_chunks / sum_squares_total, adamw) in extern "C"
+// wrappers (kBackwardWrappers below), NVRTC-compiled for the device against the header's text
+// at build time (Backward.cmake embeds it; the tests run in tnlm-gpu-rowkernels), and compared with the CPU backend's kernels
+// (runtime/cpu/Backward.h) on the same inputs: bf16 operands are rounded first and the CPU
+// runs on their f32 values. Row strides are larger than the columns; every output's gaps and
+// one guard row hold a NaN pattern that must survive (a write outside the view fails).
+//
+// Tolerances (|gpu − ref| <= rel·|ref| + abs):
+//   bf16 outputs: rel 2^-8 (one round to nearest of an fp32 value: at most 0.996·2^-8·|v|,
+//   RowKernelGpuTest.cpp), f32 outputs: rel 2^-20; plus, for the norms' backward, abs =
+//   2^-14 · r · (|dy| + |x̂|·M), M = r·Σ|x·dy|/COLS, r = rsqrt(mean(x²) + eps): the GPU sums
+//   Σx² and Σx·dy in fp32 (at most ~30 additions deep at 4096 columns: a relative error of
+//   the sums within 30·2^-24 ≈ 1.8e-6 of Σ|terms|) where the CPU uses f64, and rsqrtf is 2
+//   ulp; the two terms r·dy and x·r³·Σx·dy/COLS of the result each carry ≤ ~4e-6 of their
+//   size, so 2^-14 ≈ 6.1e-5 is ~15x that, while a wrong term is O(1) of them.
+//   SiLU: rel 2^-8 (bf16) or 2^-20 (f32), abs 2^-18·|dy|·(1 + |x|): expf's 2 ulp and a fused
+//   multiply-add in 1 + x·(1 − σ) (cancelling near x ≈ −1.28).
+//   mul_grad, embedding_grad, adamw: bit for bit (one IEEE operation per step on both sides:
+//   the templates use no fused multiply-add there; adamw up to the f64 pow of the bias
+//   corrections, CUDA's vs glibc's, which moves the f32 step only when a double lies within
+//   ~1e-15 of an f32 rounding boundary).
+//   sum of squares: f64 sums in another order: relative 1e-12 on the total; the f32 norm
+//   within one ulp.
+//
+//===----------------------------------------------------------------------===//
+#include "runtime/DType.h"
+#include "runtime/EmbeddingSegments.h"
+#include "runtime/cpu/Backward.h"
+#include "runtime/cuda/CudaContext.h"
+#include "runtime/cuda/Nvrtc.h"
+#include "test/unit/cuda/GpuTest.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <ostream>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace tnlm::cuda {
+namespace {
+
+using test::gpu;
+
+// codegen/cuda/Backward.cuh at build time (Backward.cmake).
+const char *const kBackwardCuh =
+#include "BackwardCuh.inc"
+    ;
+
+// The wrappers: row kernels at COLS = 768 and 4096 (BLOCK 256) and 100 (BLOCK 32), bf16 or
+// f32 gradients; the per-tensor kernels.
+std::string wrappers() {
+  std::string s = "#include \"tnlm/Backward.cuh\"\nusing bf16 = __nv_bfloat16;\n"
+                  "using tnlm::bw::OptTensor;\n";
+  for (int cols : {100, 768, 4096}) {
+    const std::string c = std::to_string(cols), b = cols == 100 ? "32" : "256";
+    const std::string bounds = "extern \"C\" __global__ void __launch_bounds__(" + b + ")\n";
+    for (const char *t : {"bf16", "float"}) {
+      const std::string ts = t, acc = ts == "float" ? "true" : "false";
+      s += bounds + "srms_norm_grad_c" + c + "_" + ts + "(const bf16 *x, long long ldx, const " +
+           ts + " *dy, long long lddy, " + ts + " *dx, long long lddx, float eps) {\n" +
+           "  tnlm::bw::srms_norm_grad<" + c + ", " + b + ", " + ts + ", " + ts + ", " + acc +
+           ">(x, ldx, dy, lddy, dx, lddx, eps);\n}\n";
+      s += bounds + "add_srms_norm_grad_c" + c + "_" + ts +
+           "(const bf16 *sum, long long lds, const float *dsum, long long ldd, const " + ts +
+           " *dy, long long lddy, float *g, long long ldg, float eps) {\n" +
+           "  tnlm::bw::add_srms_norm_grad<" + c + ", " + b + ", " + ts +
+           ">(sum, lds, dsum, ldd, dy, lddy, g, ldg, eps);\n}\n";
+      s += bounds + "silu_grad_c" + c + "_" + ts + "(const bf16 *x, long long ldx, const " + ts +
+           " *dy, long long lddy, " + ts + " *dx, long long lddx) {\n" + "  tnlm::bw::silu_grad<" +
+           c + ", " + b + ", " + ts + ", " + ts + ", " + acc +
+           ">(x, ldx, dy, lddy, dx, lddx);\n}\n";
+    }
+    s += bounds + "mul_grad_c" + c +
+         "(const bf16 *a, long long lda, const bf16 *b, long long ldb, const bf16 *dy, long long "
+         "lddy, bf16 *da, long long ldda, bf16 *db, long long lddb) {\n"
+         "  tnlm::bw::mul_grad<" +
+         c + ", " + b + ", bf16, bf16>(a, lda, b, ldb, dy, lddy, da, ldda, db, lddb);\n}\n";
+  }
+  for (const char *t : {"bf16", "float"})
+    s += std::string("extern \"C\" __global__ void __launch_bounds__(128)\nembedding_grad_") + t +
+         "(const int *order, const int *start, const int *ids, const " + t +
+         " *dx, long long lddx, int d, float scale, float *dtable) {\n"
+         "  tnlm::bw::embedding_grad<128>(order, start, ids, dx, lddx, d, scale, dtable);\n}\n";
+  s += "extern \"C\" __global__ void __launch_bounds__(256)\n"
+       "sum_squares_chunks(const OptTensor *t, int count, double *partial) {\n"
+       "  tnlm::bw::sum_squares_chunks<256>(t, count, partial);\n}\n"
+       "extern \"C\" __global__ void __launch_bounds__(1)\n"
+       "sum_squares_total(const double *partial, long long chunks, double divisor, double "
+       "*total, float *norm) {\n"
+       "  tnlm::bw::sum_squares_total(partial, chunks, divisor, total, norm);\n}\n"
+       "extern \"C\" __global__ void __launch_bounds__(256)\n"
+       "adamw(const OptTensor *t, int count, const float *lr, const float *scale, const int "
+       "*step, float beta1, float beta2, float eps, float wd) {\n"
+       "  tnlm::bw::adamw<256>(t, count, lr, scale, step, beta1, beta2, eps, wd);\n}\n";
+  return s;
+}
+
+Module &module() {
+  static std::unique_ptr<Module> m;
+  if (!m) {
+    NvrtcOptions options;
+    options.arch = test::deviceArch();
+    options.headers = {{"tnlm/Backward.cuh", kBackwardCuh}};
+    CompiledKernels compiled = compileCuda(wrappers(), "backward.cu", options);
+    m = std::make_unique<Module>(gpu(), compiled.image, "backward");
+  }
+  return *m;
+}
+
+template <typename... Args>
+void launch(const std::string &kernel, Dim3 grid, unsigned block, const Args &...args) {
+  LaunchConfig config{grid, {block}, 0};
+  gpu().launchWith(module().kernel(kernel), config, kernel, args...);
+}
+
+//===-- Host and device matrices ---------------------------------------------===//
+
+constexpr uint16_t kBf16Guard = 0xffff;    // bf16 NaN
+constexpr uint32_t kF32Guard = 0x7fc0dead; // an f32 NaN pattern
+
+/// A host matrix [rows, ld] of T (uint16_t = bf16 bits, or float), gaps holding the guard.
+template <typename T> struct Mat {
+  int64_t rows = 0, cols = 0, ld = 0;
+  std::vector<T> data;
+  std::vector<float> f32() const {
+    std::vector<float> out(data.size());
+    for (size_t i = 0; i < data.size(); ++i) {
+      if constexpr (sizeof(T) == 2)
+        out[i] = bf16ToF32(data[i]);
+      else
+        out[i] = data[i];
+    }
+    return out;
+  }
+};
+
+template <typename T> T guard() {
+  if constexpr (sizeof(T) == 2) {
+    return kBf16Guard;
+  } else {
+    float f;
+    std::memcpy(&f, &kF32Guard, 4);
+    return f;
+  }
+}
+template <typename T> bool isGuard(T v) {
+  if constexpr (sizeof(T) == 2) {
+    return v == kBf16Guard;
+  } else {
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    return u == kF32Guard;
+  }
+}
+
+/// Uniform in [lo, hi) times 2^k per row, k uniform in [-scaleExp, scaleExp] (bf16-rounded
+/// for bf16 matrices).
+template <typename T>
+Mat<T> randomMat(int64_t rows, int64_t cols, int64_t ld, float lo, float hi, unsigned seed,
+                 int scaleExp = 0) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::uniform_int_distribution<int> exps(-scaleExp, scaleExp);
+  Mat<T> m{rows, cols, ld, std::vector<T>(static_cast<size_t>(rows * ld), guard<T>())};
+  for (int64_t r = 0; r < rows; ++r) {
+    const float scale = std::ldexp(1.0f, exps(rng));
+    for (int64_t c = 0; c < cols; ++c) {
+      const float v = scale * dist(rng);
+      if constexpr (sizeof(T) == 2)
+        m.data[r * ld + c] = f32ToBf16(v);
+      else
+        m.data[r * ld + c] = v;
+    }
+  }
+  return m;
+}
+
+/// A device copy of m (or of an all-guard matrix) followed by one guard row.
+template <typename T> class Dev {
+public:
+  explicit Dev(const Mat<T> &m)
+      : m_(m), buffer_(static_cast<size_t>((m.rows + 1) * m.ld) * sizeof(T), "test matrix") {
+    std::vector<T> all(m.data);
+    all.resize(static_cast<size_t>((m.rows + 1) * m.ld), guard<T>());
+    gpu().copyToDevice(buffer_.get(), all.data(), all.size() * sizeof(T), "test matrix");
+    gpu().synchronize("test matrix");
+  }
+  CUdeviceptr ptr() const { return buffer_.get(); }
+  long long ld() const { return m_.ld; }
+  /// The rows; fails on a written gap or guard row.
+  std::vector<T> download(const std::string &what) const {
+    std::vector<T> out(static_cast<size_t>((m_.rows + 1) * m_.ld));
+    gpu().copyToHost(out.data(), buffer_.get(), out.size() * sizeof(T), what);
+    int64_t bad = 0;
+    for (int64_t r = 0; r <= m_.rows; ++r)
+      for (int64_t c = r < m_.rows ? m_.cols : 0; c < m_.ld; ++c)
+        if (!isGuard(out[r * m_.ld + c]))
+          ++bad;
+    EXPECT_EQ(bad, 0) << what << ": writes outside the view";
+    out.resize(static_cast<size_t>(m_.rows * m_.ld));
+    return out;
+  }
+
+private:
+  Mat<T> m_;
+  DeviceBuffer buffer_;
+};
+
+template <typename T> Mat<T> outputMat(int64_t rows, int64_t cols, int64_t ld) {
+  return Mat<T>{rows, cols, ld, std::vector<T>(static_cast<size_t>(rows * ld), guard<T>())};
+}
+
+template <typename T> double value(T v) {
+  if constexpr (sizeof(T) == 2)
+    return bf16ToF32(v);
+  else
+    return v;
+}
+
+/// |gpu − ref| <= rel·|ref| + absTerm(r, c) over [rows, cols] (gpu ld ldg, ref ld ldr).
+template <typename T, typename AbsFn>
+void expectNear(const std::string &what, const std::vector<T> &got, int64_t ldg,
+                const std::vector<float> &ref, int64_t ldr, int64_t rows, int64_t cols, double rel,
+                AbsFn absTerm) {
+  int64_t bad = 0;
+  double worst = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const double g = value(got[r * ldg + c]), w = ref[r * ldr + c];
+      const double err = std::fabs(g - w), bound = rel * std::fabs(w) + absTerm(r, c);
+      if (!(err <= bound)) {
+        if (bad++ < 5)
+          ADD_FAILURE() << what << " (" << r << ", " << c << "): gpu " << g << ", want " << w
+                        << ", |diff| " << err << " > " << bound;
+        continue;
+      }
+      if (bound > 0)
+        worst = std::max(worst, err / bound);
+    }
+  EXPECT_EQ(bad, 0) << what << ": elements outside the tolerance";
+  std::printf("  %-40s max |diff|/bound %.3f\n", what.c_str(), worst);
+}
+
+template <typename T> constexpr double relOf() {
+  return sizeof(T) == 2 ? 1.0 / 256 : 1.0 / (1 << 20);
+}
+template <typename T> const char *typeName() { return sizeof(T) == 2 ? "bf16" : "float"; }
+
+constexpr float kEps = 1e-5f;
+
+/// The norms' backward bound (header comment) for row r of x and dy.
+std::vector<double> normAbs(const std::vector<float> &x, int64_t ldx, const std::vector<float> &dy,
+                            int64_t lddy, int64_t rows, int64_t cols) {
+  std::vector<double> out(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    double ss = 0, sd = 0;
+    for (int64_t c = 0; c < cols; ++c) {
+      ss += double(x[r * ldx + c]) * x[r * ldx + c];
+      sd += std::fabs(double(x[r * ldx + c]) * dy[r * lddy + c]);
+    }
+    const double rs = 1.0 / std::sqrt(ss / cols + kEps), m = rs * sd / cols;
+    for (int64_t c = 0; c < cols; ++c)
+      out[r * cols + c] = std::ldexp(1.0, -14) * rs *
+                          (std::fabs(dy[r * lddy + c]) + std::fabs(x[r * ldx + c]) * rs * m);
+  }
+  return out;
+}
+
+struct Shape {
+  int cols;
+  int64_t rows;
+};
+// gtest's "# GetParam() = ..." (and so the ctest names) without the struct's padding bytes.
+void PrintTo(const Shape &s, std::ostream *os) { *os << "c" << s.cols << "_r" << s.rows; }
+class BackwardRows : public ::testing::TestWithParam<Shape> {
+protected:
+  int cols() const { return GetParam().cols; }
+  int64_t rows() const { return GetParam().rows; }
+  unsigned block() const { return cols() == 100 ? 32 : 256; }
+  std::string name(const char *op, const char *type = nullptr) const {
+    std::string n = std::string(op) + "_c" + std::to_string(cols());
+    return type ? n + "_" + type : n;
+  }
+};
+
+// bf16 dy → bf16 dx (overwrite), and f32 dy → f32 dx accumulated (ACC).
+template <typename T> void srmsNormGradCase(const BackwardRows &t, const std::string &kernel) {
+  const int64_t rows = t.GetParam().rows, cols = t.GetParam().cols;
+  Mat<uint16_t> x = randomMat<uint16_t>(rows, cols, cols + 8, -1, 1, 1, 6);
+  std::fill(x.data.begin(), x.data.begin() + cols, 0); // row 0 all zero: r = eps^-1/2
+  Mat<T> dy = randomMat<T>(rows, cols, cols + 16, -1, 1, 2, 3);
+  const bool acc = sizeof(T) == 4;
+  Mat<T> dx =
+      acc ? randomMat<T>(rows, cols, cols + 24, -1, 1, 3) : outputMat<T>(rows, cols, cols + 24);
+  Dev<uint16_t> dX(x);
+  Dev<T> dDy(dy), dDx(dx);
+  launch(kernel, {static_cast<unsigned>(rows)}, t.GetParam().cols == 100 ? 32 : 256, dX.ptr(),
+         dX.ld(), dDy.ptr(), dDy.ld(), dDx.ptr(), dDx.ld(), kEps);
+  const std::vector<T> got = dDx.download(kernel);
+  const std::vector<float> xf = x.f32(), dyf = dy.f32();
+  std::vector<float> ref = dx.f32();
+  for (float &v : ref)
+    if (std::isnan(v))
+      v = 0;
+  cpu::srmsNormGrad(xf.data(), x.ld, dyf.data(), dy.ld, rows, cols, kEps, ref.data(), dx.ld, acc);
+  const std::vector<double> abs = normAbs(xf, x.ld, dyf, dy.ld, rows, cols);
+  expectNear(kernel, got, dx.ld, ref, dx.ld, rows, cols, relOf<T>(),
+             [&](int64_t r, int64_t c) { return abs[r * cols + c]; });
+}
+
+TEST_P(BackwardRows, SrmsNormGrad) {
+  srmsNormGradCase<uint16_t>(*this, name("srms_norm_grad", "bf16"));
+  srmsNormGradCase<float>(*this, name("srms_norm_grad", "float"));
+}
+
+template <typename T> void addSrmsNormGradCase(const BackwardRows &t, const std::string &kernel) {
+  const int64_t rows = t.GetParam().rows, cols = t.GetParam().cols;
+  for (int mode = 0; mode < 3; ++mode) { // 0: dsum, 1: no dsum, 2: g written over dsum
+    SCOPED_TRACE(mode);
+    Mat<uint16_t> sum = randomMat<uint16_t>(rows, cols, cols + 8, -4, 4, 11 + mode, 4);
+    Mat<T> dy = randomMat<T>(rows, cols, cols + 16, -1, 1, 12 + mode, 2);
+    Mat<float> dsum = randomMat<float>(rows, cols, cols + 24, -2, 2, 13 + mode, 2);
+    Mat<float> g = outputMat<float>(rows, cols, cols + 24);
+    Dev<uint16_t> dS(sum);
+    Dev<T> dDy(dy);
+    Dev<float> dDsum(dsum), dG(g);
+    const Dev<float> &out = mode == 2 ? dDsum : dG;
+    launch(kernel, {static_cast<unsigned>(rows)}, cols == 100 ? 32 : 256, dS.ptr(), dS.ld(),
+           mode == 1 ? CUdeviceptr(0) : dDsum.ptr(), dDsum.ld(), dDy.ptr(), dDy.ld(), out.ptr(),
+           out.ld(), kEps);
+    const std::vector<float> got = out.download(kernel);
+    const std::vector<float> sf = sum.f32(), dyf = dy.f32(), dsf = dsum.f32();
+    std::vector<float> ref(static_cast<size_t>(rows * (cols + 24)));
+    cpu::addSrmsNormGrad(sf.data(), sum.ld, mode == 1 ? nullptr : dsf.data(), dsum.ld, dyf.data(),
+                         dy.ld, rows, cols, kEps, ref.data(), cols + 24);
+    const std::vector<double> abs = normAbs(sf, sum.ld, dyf, dy.ld, rows, cols);
+    expectNear(kernel + (mode == 1   ? " (no dsum)"
+                         : mode == 2 ? " (in place)"
+                                     : ""),
+               got, cols + 24, ref, cols + 24, rows, cols, relOf<float>(),
+               [&](int64_t r, int64_t c) { return abs[r * cols + c]; });
+  }
+}
+
+TEST_P(BackwardRows, AddSrmsNormGrad) {
+  addSrmsNormGradCase<uint16_t>(*this, name("add_srms_norm_grad", "bf16"));
+  addSrmsNormGradCase<float>(*this, name("add_srms_norm_grad", "float"));
+}
+
+template <typename T> void siluGradCase(const BackwardRows &t, const std::string &kernel) {
+  const int64_t rows = t.GetParam().rows, cols = t.GetParam().cols;
+  // x over [-100, 100): e = exp(-x) overflows to inf below -88.7 (σ = 0 there).
+  Mat<uint16_t> x = randomMat<uint16_t>(rows, cols, cols + 8, -100, 100, 21, 0);
+  for (int64_t r = 1; r < rows; r += 2) // odd rows near the cancellation at x ≈ -1.28
+    for (int64_t c = 0; c < cols; ++c)
+      x.data[r * x.ld + c] = f32ToBf16(-1.4f + 0.25f * float(c % 64) / 64.0f);
+  Mat<T> dy = randomMat<T>(rows, cols, cols + 16, -1, 1, 22, 2);
+  const bool acc = sizeof(T) == 4;
+  Mat<T> dx =
+      acc ? randomMat<T>(rows, cols, cols + 24, -1, 1, 23) : outputMat<T>(rows, cols, cols + 24);
+  Dev<uint16_t> dX(x);
+  Dev<T> dDy(dy), dDx(dx);
+  launch(kernel, {static_cast<unsigned>(rows)}, cols == 100 ? 32 : 256, dX.ptr(), dX.ld(),
+         dDy.ptr(), dDy.ld(), dDx.ptr(), dDx.ld());
+  const std::vector<T> got = dDx.download(kernel);
+  const std::vector<float> xf = x.f32(), dyf = dy.f32();
+  std::vector<float> ref = dx.f32();
+  for (float &v : ref)
+    if (std::isnan(v))
+      v = 0;
+  cpu::siluGrad(xf.data(), x.ld, dyf.data(), dy.ld, rows, cols, ref.data(), dx.ld, acc);
+  expectNear(kernel, got, dx.ld, ref, dx.ld, rows, cols, relOf<T>(), [&](int64_t r, int64_t c) {
+    return std::ldexp(1.0, -18) * std::fabs(dyf[r * dy.ld + c]) * (1 + std::fabs(xf[r * x.ld + c]));
+  });
+}
+
+TEST_P(BackwardRows, SiluGrad) {
+  siluGradCase<uint16_t>(*this, name("silu_grad", "bf16"));
+  siluGradCase<float>(*this, name("silu_grad", "float"));
+}
+
+TEST_P(BackwardRows, MulGradIsBitExact) {
+  Mat<uint16_t> a = randomMat<uint16_t>(rows(), cols(), cols() + 8, -3, 3, 31, 4);
+  Mat<uint16_t> b = randomMat<uint16_t>(rows(), cols(), cols() + 16, -3, 3, 32, 4);
+  Mat<uint16_t> dy = randomMat<uint16_t>(rows(), cols(), cols() + 24, -1, 1, 33, 4);
+  Dev<uint16_t> dA(a), dB(b), dDy(dy), dDa(outputMat<uint16_t>(rows(), cols(), cols() + 32)),
+      dDb(outputMat<uint16_t>(rows(), cols(), cols() + 40));
+  launch(name("mul_grad"), {static_cast<unsigned>(rows())}, block(), dA.ptr(), dA.ld(), dB.ptr(),
+         dB.ld(), dDy.ptr(), dDy.ld(), dDa.ptr(), dDa.ld(), dDb.ptr(), dDb.ld());
+  const std::vector<uint16_t> da = dDa.download("mul_grad da"), db = dDb.download("mul_grad db");
+  int64_t bad = 0;
+  for (int64_t r = 0; r < rows(); ++r)
+    for (int64_t c = 0; c < cols(); ++c) {
+      const float g = bf16ToF32(dy.data[r * dy.ld + c]);
+      bad += da[r * (cols() + 32) + c] != f32ToBf16(g * bf16ToF32(b.data[r * b.ld + c]));
+      bad += db[r * (cols() + 40) + c] != f32ToBf16(g * bf16ToF32(a.data[r * a.ld + c]));
+    }
+  EXPECT_EQ(bad, 0) << "mul_grad: elements not bf16(dy * b), bf16(dy * a)";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, BackwardRows,
+                         ::testing::Values(Shape{100, 1}, Shape{100, 37}, Shape{768, 300},
+                                           Shape{4096, 1}, Shape{4096, 64}),
+                         [](const ::testing::TestParamInfo<Shape> &i) {
+                           return "c" + std::to_string(i.param.cols) + "_r" +
+                                  std::to_string(i.param.rows);
+                         });
+
+//===-- Embedding backward -------------------------------------------------------===//
+
+template <typename T> void embeddingGradCase(int64_t tokens, int64_t d, float scale) {
+  const int64_t vocab = 3000;
+  std::mt19937 rng(41);
+  std::uniform_int_distribution<int32_t> pick(0, 499); // many repeats
+  std::vector<int32_t> ids(static_cast<size_t>(tokens));
+  for (int32_t &id : ids)
+    id = pick(rng);
+  ids[0] = int32_t(vocab - 1);
+  const EmbeddingSegments seg = embeddingSegments(ids.data(), tokens, vocab);
+  Mat<T> dx = randomMat<T>(tokens, d, d + 8, -1, 1, 42, 3);
+  Mat<float> table = randomMat<float>(vocab, d, d, -1, 1, 43);
+  Dev<T> dDx(dx);
+  Dev<float> dTable(table);
+  auto upload = [](const std::vector<int32_t> &v) {
+    DeviceBuffer b(std::max<size_t>(4, v.size() * 4), "segments");
+    gpu().copyToDevice(b.get(), v.data(), v.size() * 4, "segments");
+    return b;
+  };
+  DeviceBuffer order = upload(seg.order), start = upload(seg.start), segIds = upload(seg.ids);
+  const std::string kernel = std::string("embedding_grad_") + typeName<T>();
+  launch(kernel, {static_cast<unsigned>(seg.ids.size()), static_cast<unsigned>((d + 127) / 128)},
+         128, order.get(), start.get(), segIds.get(), dDx.ptr(), dDx.ld(), int(d), scale,
+         dTable.ptr());
+  const std::vector<float> got = dTable.download(kernel);
+  std::vector<float> ref = table.data;
+  const std::vector<float> dxf = dx.f32();
+  cpu::embeddingGrad(ids.data(), tokens, dxf.data(), dx.ld, d, scale, vocab, ref.data());
+  int64_t bad = 0;
+  for (size_t i = 0; i < ref.size(); ++i)
+    if (std::memcmp(&got[i], &ref[i], 4) != 0 && bad++ < 5)
+      ADD_FAILURE() << kernel << " element " << i << ": gpu " << got[i] << ", cpu " << ref[i];
+  EXPECT_EQ(bad, 0) << kernel << " (" << tokens << " tokens, d " << d << ", scale " << scale
+                    << "): not the CPU's bit for bit";
+}
+
+TEST(BackwardEmbedding, MatchesCpuBitForBit) {
+  embeddingGradCase<uint16_t>(4096, 768, std::sqrt(768.0f));
+  embeddingGradCase<float>(4096, 768, std::sqrt(768.0f));
+  embeddingGradCase<uint16_t>(1000, 100, 1.0f);
+  embeddingGradCase<float>(1, 300, 1.0f);
+}
+
+//===-- The optimizer ---------------------------------------------------------------===//
+
+struct HostOpt { // as tnlm::bw::OptTensor (device pointers), 56 bytes
+  CUdeviceptr p, g, m, v;
+  long long n, chunk0;
+  int decay, pad;
+};
+static_assert(sizeof(HostOpt) == 56, "OptTensor layout");
+
+struct OptCase {
+  std::vector<std::vector<float>> p, g, m, v;
+  std::vector<int> decay;
+  std::vector<DeviceBuffer> buffers;
+  std::vector<HostOpt> table;
+  long long chunks = 0;
+  DeviceBuffer dTable;
+
+  explicit OptCase(const std::vector<int64_t> &sizes) {
+    std::mt19937 rng(51);
+    std::normal_distribution<float> dist(0.0f, 1.0f);
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      const size_t n = static_cast<size_t>(sizes[i]);
+      std::vector<float> pi(n), gi(n), mi(n), vi(n);
+      for (size_t j = 0; j < n; ++j) {
+        pi[j] = dist(rng) * 0.02f, gi[j] = dist(rng) * 1e-3f;
+        mi[j] = dist(rng) * 1e-4f, vi[j] = std::fabs(dist(rng)) * 1e-7f;
+      }
+      p.push_back(pi), g.push_back(gi), m.push_back(mi), v.push_back(vi);
+      decay.push_back(int(i % 2));
+      HostOpt t{};
+      for (auto *src : {&p.back(), &g.back(), &m.back(), &v.back()}) {
+        buffers.emplace_back(std::max<size_t>(4, n * 4), "optimizer tensor");
+        gpu().copyToDevice(buffers.back().get(), src->data(), n * 4, "optimizer tensor");
+      }
+      const size_t b = buffers.size();
+      t.p = buffers[b - 4].get(), t.g = buffers[b - 3].get(), t.m = buffers[b - 2].get(),
+      t.v = buffers[b - 1].get();
+      t.n = sizes[i], t.chunk0 = chunks, t.decay = decay.back();
+      chunks += (sizes[i] + 65535) / 65536;
+      table.push_back(t);
+    }
+    dTable = DeviceBuffer(table.size() * sizeof(HostOpt), "optimizer table");
+    gpu().copyToDevice(dTable.get(), table.data(), table.size() * sizeof(HostOpt), "table");
+    gpu().synchronize("optimizer tensors");
+  }
+  std::vector<float> download(size_t i, int which) {
+    const CUdeviceptr src[] = {table[i].p, table[i].g, table[i].m, table[i].v};
+    std::vector<float> out(static_cast<size_t>(table[i].n));
+    gpu().copyToHost(out.data(), src[which], out.size() * 4, "optimizer tensor");
+    return out;
+  }
+};
+
+const std::vector<int64_t> kOptSizes = {1, 1000, 65536, 65537, 300000};
+
+TEST(BackwardOptimizer, SumOfSquaresMatchesCpu) {
+  OptCase c(kOptSizes);
+  DeviceBuffer partial(size_t(c.chunks) * 8, "partial"), total(8, "total"), norm(4, "norm");
+  launch("sum_squares_chunks", {static_cast<unsigned>(c.chunks)}, 256, c.dTable.get(),
+         int(c.table.size()), partial.get());
+  const double divisor = 4.0;
+  launch("sum_squares_total", {1}, 1, partial.get(), c.chunks, divisor, total.get(), norm.get());
+  double gpuTotal = 0;
+  float gpuNorm = 0;
+  gpu().copyToHost(&gpuTotal, total.get(), 8, "total");
+  gpu().copyToHost(&gpuNorm, norm.get(), 4, "norm");
+  double want = 0;
+  for (const auto &g : c.g)
+    want += cpu::sumSquares(g.data(), int64_t(g.size()));
+  EXPECT_LE(std::fabs(gpuTotal - want), 1e-12 * want) << gpuTotal << " vs " << want;
+  const float wantNorm = static_cast<float>(std::sqrt(want) / divisor);
+  EXPECT_LE(std::fabs(gpuNorm - wantNorm), std::ldexp(std::fabs(wantNorm), -23))
+      << gpuNorm << " vs " << wantNorm;
+  std::printf("  sum of squares %.17g (cpu %.17g), norm %.9g (cpu %.9g)\n", gpuTotal, want, gpuNorm,
+              wantNorm);
+}
+
+TEST(BackwardOptimizer, AdamWMatchesCpuBitForBit) {
+  OptCase c(kOptSizes);
+  const float lr = 3e-4f, scale = 0.37f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, wd = 0.1f;
+  DeviceBuffer dLr(4, "lr"), dScale(4, "scale"), dStep(4, "step");
+  gpu().copyToDevice(dLr.get(), &lr, 4, "lr");
+  gpu().copyToDevice(dScale.get(), &scale, 4, "scale");
+  for (int step : {1, 2, 10, 1000}) {
+    gpu().copyToDevice(dStep.get(), &step, 4, "step");
+    launch("adamw", {static_cast<unsigned>(c.chunks)}, 256, c.dTable.get(), int(c.table.size()),
+           dLr.get(), dScale.get(), dStep.get(), beta1, beta2, eps, wd);
+    for (size_t i = 0; i < c.table.size(); ++i)
+      cpu::adamw(c.p[i].data(), c.g[i].data(), c.m[i].data(), c.v[i].data(), int64_t(c.p[i].size()),
+                 lr, beta1, beta2, eps, c.decay[i] ? wd : 0.0f, scale, step);
+    for (size_t i = 0; i < c.table.size(); ++i) {
+      const std::vector<float> *want[] = {&c.p[i], nullptr, &c.m[i], &c.v[i]};
+      for (int which : {0, 2, 3}) {
+        const std::vector<float> got = c.download(i, which);
+        int64_t bad = 0;
+        for (size_t j = 0; j < got.size(); ++j)
+          if (std::memcmp(&got[j], &(*want[which])[j], 4) != 0 && bad++ < 3)
+            ADD_FAILURE() << "step " << step << " tensor " << i << " ("
+                          << "p?mv"[which] << ") element " << j << ": gpu " << got[j] << ", cpu "
+                          << (*want[which])[j];
+        EXPECT_EQ(bad, 0) << "step " << step << ", tensor " << i << " of " << got.size();
+      }
+    }
+  }
+}
+
+} // namespace
+} // namespace tnlm::cuda

@@ -1,0 +1,66 @@
+//===- EmbeddingSegmentsTest.cpp - a step's tokens grouped by id -----------===//
+#include "runtime/EmbeddingSegments.h"
+#include "runtime/Error.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+TEST(EmbeddingSegments, GroupsTokensByIdInTokenOrder) {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int32_t> pick(0, 40); // repeats, and ids that never occur
+  std::vector<int32_t> ids(1000);
+  for (int32_t &id : ids)
+    id = pick(rng);
+  ids[10] = 0, ids[11] = 99; // the first and the last id of the vocabulary
+  const tnlm::EmbeddingSegments s = tnlm::embeddingSegments(ids.data(), 1000, 100);
+  ASSERT_EQ(s.start.size(), s.ids.size() + 1);
+  ASSERT_EQ(s.order.size(), ids.size());
+  EXPECT_EQ(s.start.front(), 0);
+  EXPECT_EQ(s.start.back(), 1000);
+  EXPECT_EQ(s.ids.front(), 0);
+  EXPECT_EQ(s.ids.back(), 99);
+  std::vector<int> seen(ids.size(), 0);
+  for (size_t g = 0; g < s.ids.size(); ++g) {
+    if (g > 0) {
+      EXPECT_LT(s.ids[g - 1], s.ids[g]); // each id once, increasing
+    }
+    ASSERT_LT(s.start[g], s.start[g + 1]) << "an empty segment";
+    for (int32_t j = s.start[g]; j < s.start[g + 1]; ++j) {
+      const int32_t t = s.order[static_cast<size_t>(j)];
+      ++seen[static_cast<size_t>(t)];
+      EXPECT_EQ(ids[static_cast<size_t>(t)], s.ids[g]);
+      if (j > s.start[g]) {
+        EXPECT_LT(s.order[static_cast<size_t>(j - 1)], t); // token order within an id
+      }
+    }
+  }
+  for (size_t t = 0; t < seen.size(); ++t)
+    EXPECT_EQ(seen[t], 1) << "token " << t;
+}
+
+TEST(EmbeddingSegments, NoTokensNoSegments) {
+  const tnlm::EmbeddingSegments s = tnlm::embeddingSegments(nullptr, 0, 10);
+  EXPECT_TRUE(s.order.empty());
+  EXPECT_TRUE(s.ids.empty());
+  EXPECT_EQ(s.start, std::vector<int32_t>{0});
+}
+
+TEST(EmbeddingSegments, IdOutsideTheVocabularyIsNamed) {
+  for (int32_t bad : {-1, 10, 1 << 30}) {
+    std::vector<int32_t> ids = {1, 2, 3, bad, 4};
+    try {
+      tnlm::embeddingSegments(ids.data(), 5, 10);
+      ADD_FAILURE() << bad << " accepted";
+    } catch (const tnlm::Error &e) {
+      EXPECT_EQ(std::string(e.what()), "embedding backward: token id " + std::to_string(bad) +
+                                           " at position 3 is outside the vocabulary [0, 10)");
+    }
+  }
+}
+
+} // namespace
