@@ -150,6 +150,87 @@ __device__ __forceinline__ void embedding_grad(const int *order, const int *star
   *row = acc;
 }
 
+// Cross entropy and its gradient over a block of rows of f32 logits [rows, vocab] (ld ldx;
+// the lm head's output for a chunk of rows, so the [tokens, vocab] logits never exist whole),
+// as cpu::crossEntropyGrad, one CTA per row:
+//   rowLoss[r] = logsumexp(x[r]) − x[r, label]                      (f64; 0 on ignored rows)
+//   dx[r, c]   = f(e_c · (k / Σe)),  dx[r, label] = f(k · (e_label / Σe − 1)),  e_c = exp(x_c −
+//   max)
+// with k = dloss / (rows counted over the whole step) in device memory (*kp, f64: the host
+// counts the step's labels when it uploads them, and checks them: a label outside [0, vocab)
+// that is not ignoreIndex gives a NaN row loss here, never an out-of-bounds read); zeros on
+// ignored rows. e in f32 (expf), Σe and the loss in f64 (per-thread sums, the warps in order).
+// dx may alias x when TG is float (each element is read before the thread writes it).
+// loss_total then adds the row losses in row order (the CPU's order).
+template <int BLOCK, typename TG>
+__device__ __forceinline__ void cross_entropy_grad(const float *x, long long ldx, const int *labels,
+                                                   int vocab, int ignoreIndex, const double *kp,
+                                                   TG *dx, long long lddx, double *rowLoss) {
+  __shared__ float redf[BLOCK / 32];
+  __shared__ double redd[BLOCK / 32];
+  const long long r = blockIdx.x;
+  const float *xr = x + r * ldx;
+  TG *gr = dx + r * lddx;
+  const int label = labels[r];
+  if (label == ignoreIndex) {
+    for (int c = threadIdx.x; c < vocab; c += BLOCK)
+      gr[c] = from_f<TG>(0.0f);
+    if (threadIdx.x == 0)
+      rowLoss[r] = 0.0;
+    return;
+  }
+  if (label < 0 || label >= vocab) {
+    if (threadIdx.x == 0)
+      rowLoss[r] = __longlong_as_double(0x7ff8000000000000ll); // NaN: the host's checks failed
+    return;
+  }
+  const float xl = xr[label];
+  float mx = __int_as_float(0xff800000); // -inf (NVRTC has no INFINITY)
+  for (int c = threadIdx.x; c < vocab; c += BLOCK)
+    mx = fmaxf(mx, xr[c]);
+  for (int o = 16; o > 0; o >>= 1)
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (threadIdx.x % 32 == 0)
+    redf[threadIdx.x / 32] = mx;
+  __syncthreads();
+  mx = redf[0];
+#pragma unroll
+  for (int w = 1; w < BLOCK / 32; ++w)
+    mx = fmaxf(mx, redf[w]);
+  double sum = 0.0;
+  for (int c = threadIdx.x; c < vocab; c += BLOCK)
+    sum += static_cast<double>(expf(xr[c] - mx));
+  for (int o = 16; o > 0; o >>= 1)
+    sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (threadIdx.x % 32 == 0)
+    redd[threadIdx.x / 32] = sum;
+  __syncthreads();
+  sum = 0.0;
+#pragma unroll
+  for (int w = 0; w < BLOCK / 32; ++w)
+    sum += redd[w];
+  const double k = *kp, scale = k / sum;
+  const float el = expf(xl - mx);
+  for (int c = threadIdx.x; c < vocab; c += BLOCK) {
+    const float e = expf(xr[c] - mx);
+    const double g =
+        c == label ? k * (static_cast<double>(el) / sum - 1.0) : static_cast<double>(e) * scale;
+    gr[c] = from_f<TG>(static_cast<float>(g));
+  }
+  if (threadIdx.x == 0) {
+    const double lse = isinf(mx) ? static_cast<double>(mx) : mx + log(sum);
+    rowLoss[r] = lse - static_cast<double>(xl);
+  }
+}
+
+// One thread: *total = Σ rowLoss[r] over r < rows in row order (then / counted for the mean).
+__device__ __forceinline__ void loss_total(const double *rowLoss, long long rows, double *total) {
+  double s = 0.0;
+  for (long long r = 0; r < rows; ++r)
+    s += rowLoss[r];
+  *total = s;
+}
+
 // The optimizer's tensors (@optimizer_step): parameter p, gradient g, moments m and v (f32,
 // n contiguous each), weight decay on or off, and the first of the CHUNK-float chunks the
 // tensor's work is cut into (chunk0: the chunks of the tensors before it). A kernel over all

@@ -1,12 +1,14 @@
 //===- BackwardGpuTest.cpp - the backward and optimizer CUDA templates vs the CPU -===//
 //
 // Every template of codegen/cuda/Backward.cuh (srms_norm_grad, add_srms_norm_grad, silu_grad,
-// mul_grad, embedding_grad, sum_squares_chunks / sum_squares_total, adamw) in extern "C"
+// mul_grad, embedding_grad, cross_entropy_grad / loss_total, sum_squares_chunks /
+// sum_squares_total, adamw) in extern "C"
 // wrappers (kBackwardWrappers below), NVRTC-compiled for the device against the header's text
-// at build time (Backward.cmake embeds it; the tests run in tnlm-gpu-rowkernels), and compared with the CPU backend's kernels
-// (runtime/cpu/Backward.h) on the same inputs: bf16 operands are rounded first and the CPU
-// runs on their f32 values. Row strides are larger than the columns; every output's gaps and
-// one guard row hold a NaN pattern that must survive (a write outside the view fails).
+// at build time (Backward.cmake embeds it; the tests run in tnlm-gpu-rowkernels), and compared with
+// the CPU backend's kernels (runtime/cpu/Backward.h) on the same inputs: bf16 operands are rounded
+// first and the CPU runs on their f32 values. Row strides are larger than the columns; every
+// output's gaps and one guard row hold a NaN pattern that must survive (a write outside the view
+// fails).
 //
 // Tolerances (|gpu − ref| <= rel·|ref| + abs):
 //   bf16 outputs: rel 2^-8 (one round to nearest of an fp32 value: at most 0.996·2^-8·|v|,
@@ -18,6 +20,10 @@
 //   size, so 2^-14 ≈ 6.1e-5 is ~15x that, while a wrong term is O(1) of them.
 //   SiLU: rel 2^-8 (bf16) or 2^-20 (f32), abs 2^-18·|dy|·(1 + |x|): expf's 2 ulp and a fused
 //   multiply-add in 1 + x·(1 − σ) (cancelling near x ≈ −1.28).
+//   cross entropy: dlogits rel 2^-8 (bf16) or 2^-20 (f32) plus abs k·2^-19 (k = 1/counted):
+//   expf is 2 ulp where the CPU's std::exp is correctly rounded, so e, Σe and e/Σe carry ≤ ~5e-7
+//   relative, which at the label (k·(e/Σe − 1), cancelling where p ≈ 1) is ≤ 5e-7·k absolute;
+//   the mean loss within 4e-6·(1 + |loss|) (log Σe to ~5e-7 per row).
 //   mul_grad, embedding_grad, adamw: bit for bit (one IEEE operation per step on both sides:
 //   the templates use no fused multiply-add there; adamw up to the f64 pow of the bias
 //   corrections, CUDA's vs glibc's, which moves the f32 step only when a double lies within
@@ -91,6 +97,18 @@ std::string wrappers() {
          "(const int *order, const int *start, const int *ids, const " + t +
          " *dx, long long lddx, int d, float scale, float *dtable) {\n"
          "  tnlm::bw::embedding_grad<128>(order, start, ids, dx, lddx, d, scale, dtable);\n}\n";
+  for (const char *t : {"bf16", "float"})
+    s += std::string("extern \"C\" __global__ void __launch_bounds__(256)\ncross_entropy_grad_") +
+         t +
+         "(const float *x, long long ldx, const int *labels, int vocab, int ignore, const "
+         "double *k, " +
+         t +
+         " *dx, long long lddx, double *rowLoss) {\n"
+         "  tnlm::bw::cross_entropy_grad<256>(x, ldx, labels, vocab, ignore, k, dx, lddx, "
+         "rowLoss);\n}\n";
+  s += "extern \"C\" __global__ void __launch_bounds__(1)\n"
+       "loss_total(const double *rowLoss, long long rows, double *total) {\n"
+       "  tnlm::bw::loss_total(rowLoss, rows, total);\n}\n";
   s += "extern \"C\" __global__ void __launch_bounds__(256)\n"
        "sum_squares_chunks(const OptTensor *t, int count, double *partial) {\n"
        "  tnlm::bw::sum_squares_chunks<256>(t, count, partial);\n}\n"
@@ -458,6 +476,67 @@ TEST(BackwardEmbedding, MatchesCpuBitForBit) {
   embeddingGradCase<float>(4096, 768, std::sqrt(768.0f));
   embeddingGradCase<uint16_t>(1000, 100, 1.0f);
   embeddingGradCase<float>(1, 300, 1.0f);
+}
+
+//===-- Cross entropy ---------------------------------------------------------------===//
+
+template <typename T> void crossEntropyCase(int64_t rows, int64_t vocab) {
+  const int ignore = -100;
+  std::mt19937 rng(61);
+  std::normal_distribution<float> dist(0.0f, 3.0f);
+  std::uniform_int_distribution<int32_t> pick(0, int32_t(vocab - 1));
+  Mat<float> x{rows, vocab, vocab + 4,
+               std::vector<float>(size_t(rows * (vocab + 4)), guard<float>())};
+  std::vector<int32_t> labels(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < vocab; ++c)
+      x.data[r * x.ld + c] = dist(rng);
+    labels[r] = pick(rng);
+    if (r % 3 == 1) // a dominant label: p ≈ 1, the label's gradient cancels
+      x.data[r * x.ld + labels[r]] = 60.0f;
+    if (r % 5 == 2)
+      labels[r] = ignore;
+  }
+  int64_t count = 0;
+  for (int32_t l : labels)
+    count += l != ignore;
+  const double k = 1.0 / double(count);
+  Dev<float> dX(x);
+  Dev<T> dG(outputMat<T>(rows, vocab, vocab + 8));
+  DeviceBuffer dLabels(labels.size() * 4, "labels"), dK(8, "k"), rowLoss(size_t(rows) * 8, "loss"),
+      total(8, "total");
+  gpu().copyToDevice(dLabels.get(), labels.data(), labels.size() * 4, "labels");
+  gpu().copyToDevice(dK.get(), &k, 8, "k");
+  const std::string kernel = std::string("cross_entropy_grad_") + typeName<T>();
+  launch(kernel, {static_cast<unsigned>(rows)}, 256, dX.ptr(), dX.ld(), dLabels.get(), int(vocab),
+         ignore, dK.get(), dG.ptr(), dG.ld(), rowLoss.get());
+  launch("loss_total", {1}, 1, rowLoss.get(), static_cast<long long>(rows), total.get());
+  const std::vector<T> got = dG.download(kernel);
+  double gpuTotal = 0;
+  gpu().copyToHost(&gpuTotal, total.get(), 8, "total");
+
+  std::vector<float> packed(static_cast<size_t>(rows * vocab)), ref(packed.size());
+  for (int64_t r = 0; r < rows; ++r)
+    std::copy_n(x.data.begin() + r * x.ld, vocab, packed.begin() + r * vocab);
+  int64_t counted = 0;
+  const double mean = cpu::crossEntropyGrad(packed.data(), labels.data(), rows, vocab, ignore, 1.0f,
+                                            ref.data(), &counted);
+  ASSERT_EQ(counted, count);
+  expectNear(kernel + " v" + std::to_string(vocab), got, vocab + 8, ref, vocab, rows, vocab,
+             relOf<T>(), [&](int64_t, int64_t) { return std::ldexp(k, -19); });
+  const double gpuMean = gpuTotal / double(count);
+  EXPECT_LE(std::fabs(gpuMean - mean), 4e-6 * (1 + std::fabs(mean)))
+      << kernel << " mean loss " << gpuMean << " vs cpu " << mean;
+  std::printf("  %s v%lld: mean loss %.9f (cpu %.9f)\n", kernel.c_str(), (long long)vocab, gpuMean,
+              mean);
+}
+
+TEST(BackwardCrossEntropy, MatchesCpu) {
+  crossEntropyCase<float>(37, 100);
+  crossEntropyCase<uint16_t>(37, 100);
+  crossEntropyCase<float>(64, 5000);
+  crossEntropyCase<uint16_t>(16, 64000);
+  crossEntropyCase<float>(4, 64000);
 }
 
 //===-- The optimizer ---------------------------------------------------------------===//
