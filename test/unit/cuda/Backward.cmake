@@ -13,3 +13,6 @@ tnlm_embed_text(${_tnlm_bw_cuh} ${_tnlm_bw_gen}/BackwardCuh.inc)
 
 target_sources(tnlm-gpu-rowkernels PRIVATE ${CMAKE_CURRENT_LIST_DIR}/BackwardGpuTest.cpp)
 target_include_directories(tnlm-gpu-rowkernels PRIVATE ${_tnlm_bw_gen})
+# The same wrappers compiled with NVRTC in tnlm-unit-cuda (label "unit": CI, no GPU needed).
+target_sources(tnlm-unit-cuda PRIVATE ${CMAKE_CURRENT_LIST_DIR}/BackwardCompileTest.cpp)
+target_include_directories(tnlm-unit-cuda PRIVATE ${_tnlm_bw_gen})

@@ -3,7 +3,7 @@
 // Every template of codegen/cuda/Backward.cuh (srms_norm_grad, add_srms_norm_grad, silu_grad,
 // mul_grad, embedding_grad, cross_entropy_grad / loss_total, sum_squares_chunks /
 // sum_squares_total, adamw) in extern "C"
-// wrappers (kBackwardWrappers below), NVRTC-compiled for the device against the header's text
+// wrappers (BackwardWrappers.h), NVRTC-compiled for the device against the header's text
 // at build time (Backward.cmake embeds it; the tests run in tnlm-gpu-rowkernels), and compared with
 // the CPU backend's kernels (runtime/cpu/Backward.h) on the same inputs: bf16 operands are rounded
 // first and the CPU runs on their f32 values. Row strides are larger than the columns; every
@@ -37,6 +37,7 @@
 #include "runtime/cpu/Backward.h"
 #include "runtime/cuda/CudaContext.h"
 #include "runtime/cuda/Nvrtc.h"
+#include "test/unit/cuda/BackwardWrappers.h"
 #include "test/unit/cuda/GpuTest.h"
 
 #include <gtest/gtest.h>
@@ -62,74 +63,13 @@ const char *const kBackwardCuh =
 #include "BackwardCuh.inc"
     ;
 
-// The wrappers: row kernels at COLS = 768 and 4096 (BLOCK 256) and 100 (BLOCK 32), bf16 or
-// f32 gradients; the per-tensor kernels.
-std::string wrappers() {
-  std::string s = "#include \"tnlm/Backward.cuh\"\nusing bf16 = __nv_bfloat16;\n"
-                  "using tnlm::bw::OptTensor;\n";
-  for (int cols : {100, 768, 4096}) {
-    const std::string c = std::to_string(cols), b = cols == 100 ? "32" : "256";
-    const std::string bounds = "extern \"C\" __global__ void __launch_bounds__(" + b + ")\n";
-    for (const char *t : {"bf16", "float"}) {
-      const std::string ts = t, acc = ts == "float" ? "true" : "false";
-      s += bounds + "srms_norm_grad_c" + c + "_" + ts + "(const bf16 *x, long long ldx, const " +
-           ts + " *dy, long long lddy, " + ts + " *dx, long long lddx, float eps) {\n" +
-           "  tnlm::bw::srms_norm_grad<" + c + ", " + b + ", " + ts + ", " + ts + ", " + acc +
-           ">(x, ldx, dy, lddy, dx, lddx, eps);\n}\n";
-      s += bounds + "add_srms_norm_grad_c" + c + "_" + ts +
-           "(const bf16 *sum, long long lds, const float *dsum, long long ldd, const " + ts +
-           " *dy, long long lddy, float *g, long long ldg, float eps) {\n" +
-           "  tnlm::bw::add_srms_norm_grad<" + c + ", " + b + ", " + ts +
-           ">(sum, lds, dsum, ldd, dy, lddy, g, ldg, eps);\n}\n";
-      s += bounds + "silu_grad_c" + c + "_" + ts + "(const bf16 *x, long long ldx, const " + ts +
-           " *dy, long long lddy, " + ts + " *dx, long long lddx) {\n" + "  tnlm::bw::silu_grad<" +
-           c + ", " + b + ", " + ts + ", " + ts + ", " + acc +
-           ">(x, ldx, dy, lddy, dx, lddx);\n}\n";
-    }
-    s += bounds + "mul_grad_c" + c +
-         "(const bf16 *a, long long lda, const bf16 *b, long long ldb, const bf16 *dy, long long "
-         "lddy, bf16 *da, long long ldda, bf16 *db, long long lddb) {\n"
-         "  tnlm::bw::mul_grad<" +
-         c + ", " + b + ", bf16, bf16>(a, lda, b, ldb, dy, lddy, da, ldda, db, lddb);\n}\n";
-  }
-  for (const char *t : {"bf16", "float"})
-    s += std::string("extern \"C\" __global__ void __launch_bounds__(128)\nembedding_grad_") + t +
-         "(const int *order, const int *start, const int *ids, const " + t +
-         " *dx, long long lddx, int d, float scale, float *dtable) {\n"
-         "  tnlm::bw::embedding_grad<128>(order, start, ids, dx, lddx, d, scale, dtable);\n}\n";
-  for (const char *t : {"bf16", "float"})
-    s += std::string("extern \"C\" __global__ void __launch_bounds__(256)\ncross_entropy_grad_") +
-         t +
-         "(const float *x, long long ldx, const int *labels, int vocab, int ignore, const "
-         "double *k, " +
-         t +
-         " *dx, long long lddx, double *rowLoss) {\n"
-         "  tnlm::bw::cross_entropy_grad<256>(x, ldx, labels, vocab, ignore, k, dx, lddx, "
-         "rowLoss);\n}\n";
-  s += "extern \"C\" __global__ void __launch_bounds__(1)\n"
-       "loss_total(const double *rowLoss, long long rows, double *total) {\n"
-       "  tnlm::bw::loss_total(rowLoss, rows, total);\n}\n";
-  s += "extern \"C\" __global__ void __launch_bounds__(256)\n"
-       "sum_squares_chunks(const OptTensor *t, int count, double *partial) {\n"
-       "  tnlm::bw::sum_squares_chunks<256>(t, count, partial);\n}\n"
-       "extern \"C\" __global__ void __launch_bounds__(1)\n"
-       "sum_squares_total(const double *partial, long long chunks, double divisor, double "
-       "*total, float *norm) {\n"
-       "  tnlm::bw::sum_squares_total(partial, chunks, divisor, total, norm);\n}\n"
-       "extern \"C\" __global__ void __launch_bounds__(256)\n"
-       "adamw(const OptTensor *t, int count, const float *lr, const float *scale, const int "
-       "*step, float beta1, float beta2, float eps, float wd) {\n"
-       "  tnlm::bw::adamw<256>(t, count, lr, scale, step, beta1, beta2, eps, wd);\n}\n";
-  return s;
-}
-
 Module &module() {
   static std::unique_ptr<Module> m;
   if (!m) {
     NvrtcOptions options;
     options.arch = test::deviceArch();
     options.headers = {{"tnlm/Backward.cuh", kBackwardCuh}};
-    CompiledKernels compiled = compileCuda(wrappers(), "backward.cu", options);
+    CompiledKernels compiled = compileCuda(test::backwardWrappers(), "backward.cu", options);
     m = std::make_unique<Module>(gpu(), compiled.image, "backward");
   }
   return *m;
