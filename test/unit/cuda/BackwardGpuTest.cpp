@@ -178,6 +178,20 @@ template <typename T> Mat<T> outputMat(int64_t rows, int64_t cols, int64_t ld) {
   return Mat<T>{rows, cols, ld, std::vector<T>(static_cast<size_t>(rows * ld), guard<T>())};
 }
 
+// An output operand: random when the kernel accumulates into it, else all guard.
+template <typename T>
+Mat<T> outputFor(bool accumulate, int64_t rows, int64_t cols, int64_t ld, unsigned seed) {
+  return accumulate ? randomMat<T>(rows, cols, ld, -1, 1, seed) : outputMat<T>(rows, cols, ld);
+}
+// The CPU reference's starting values for an output: its elements, 0 in the guard's place.
+template <typename T> std::vector<float> startOf(const Mat<T> &m) {
+  std::vector<float> out = m.f32();
+  for (float &v : out)
+    if (std::isnan(v))
+      v = 0;
+  return out;
+}
+
 template <typename T> double value(T v) {
   if constexpr (sizeof(T) == 2)
     return bf16ToF32(v);
@@ -258,18 +272,14 @@ template <typename T> void srmsNormGradCase(const BackwardRows &t, const std::st
   std::fill(x.data.begin(), x.data.begin() + cols, 0); // row 0 all zero: r = eps^-1/2
   Mat<T> dy = randomMat<T>(rows, cols, cols + 16, -1, 1, 2, 3);
   const bool acc = sizeof(T) == 4;
-  Mat<T> dx =
-      acc ? randomMat<T>(rows, cols, cols + 24, -1, 1, 3) : outputMat<T>(rows, cols, cols + 24);
+  Mat<T> dx = outputFor<T>(acc, rows, cols, cols + 24, 3);
   Dev<uint16_t> dX(x);
   Dev<T> dDy(dy), dDx(dx);
   launch(kernel, {static_cast<unsigned>(rows)}, t.GetParam().cols == 100 ? 32 : 256, dX.ptr(),
          dX.ld(), dDy.ptr(), dDy.ld(), dDx.ptr(), dDx.ld(), kEps);
   const std::vector<T> got = dDx.download(kernel);
   const std::vector<float> xf = x.f32(), dyf = dy.f32();
-  std::vector<float> ref = dx.f32();
-  for (float &v : ref)
-    if (std::isnan(v))
-      v = 0;
+  std::vector<float> ref = startOf(dx);
   cpu::srmsNormGrad(xf.data(), x.ld, dyf.data(), dy.ld, rows, cols, kEps, ref.data(), dx.ld, acc);
   const std::vector<double> abs = normAbs(xf, x.ld, dyf, dy.ld, rows, cols);
   expectNear(kernel, got, dx.ld, ref, dx.ld, rows, cols, relOf<T>(),
@@ -324,18 +334,14 @@ template <typename T> void siluGradCase(const BackwardRows &t, const std::string
       x.data[r * x.ld + c] = f32ToBf16(-1.4f + 0.25f * float(c % 64) / 64.0f);
   Mat<T> dy = randomMat<T>(rows, cols, cols + 16, -1, 1, 22, 2);
   const bool acc = sizeof(T) == 4;
-  Mat<T> dx =
-      acc ? randomMat<T>(rows, cols, cols + 24, -1, 1, 23) : outputMat<T>(rows, cols, cols + 24);
+  Mat<T> dx = outputFor<T>(acc, rows, cols, cols + 24, 23);
   Dev<uint16_t> dX(x);
   Dev<T> dDy(dy), dDx(dx);
   launch(kernel, {static_cast<unsigned>(rows)}, cols == 100 ? 32 : 256, dX.ptr(), dX.ld(),
          dDy.ptr(), dDy.ld(), dDx.ptr(), dDx.ld());
   const std::vector<T> got = dDx.download(kernel);
   const std::vector<float> xf = x.f32(), dyf = dy.f32();
-  std::vector<float> ref = dx.f32();
-  for (float &v : ref)
-    if (std::isnan(v))
-      v = 0;
+  std::vector<float> ref = startOf(dx);
   cpu::siluGrad(xf.data(), x.ld, dyf.data(), dy.ld, rows, cols, ref.data(), dx.ld, acc);
   expectNear(kernel, got, dx.ld, ref, dx.ld, rows, cols, relOf<T>(), [&](int64_t r, int64_t c) {
     return std::ldexp(1.0, -18) * std::fabs(dyf[r * dy.ld + c]) * (1 + std::fabs(xf[r * x.ld + c]));
