@@ -162,7 +162,8 @@ LogicalResult Lowering::lowerTraining(Operation &op, bool &handled) {
   }
   if (auto g = llvm::dyn_cast<EmbeddingGradOp>(op))
     return step(KernelKind::EmbeddingGrad, {g.getIds(), g.getGrad()}, {cols(g.getResult())},
-                {g.getScale().convertToFloat()});
+                {g.getScale().convertToFloat()},
+                {g.getPaddingIdxAttr() ? g.getPaddingIdxAttr().getInt() : int64_t(-1)});
   if (auto c = llvm::dyn_cast<ConcatOp>(op)) {
     std::vector<Value> ins(c.getInputs().begin(), c.getInputs().end());
     return step(KernelKind::Concat, ins, {cols(c.getResult())});

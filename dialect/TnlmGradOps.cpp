@@ -226,6 +226,12 @@ LogicalResult EmbeddingGradOp::verify() {
   float scale = getScale().convertToFloat();
   if (!std::isfinite(scale) || scale <= 0.0f)
     return emitOpError() << "scale must be finite and positive, got " << scale;
+  if (IntegerAttr padAttr = getPaddingIdxAttr()) {
+    const int64_t pad = padAttr.getInt();
+    if (pad < 0 || pad >= dE.getDimSize(0))
+      return emitOpError() << "padding_idx " << pad << " is outside the vocabulary [0, "
+                           << dE.getDimSize(0) << ")";
+  }
   return success();
 }
 

@@ -165,10 +165,12 @@ def Tnlm_EmbeddingGradOp : Tnlm_Op<"embedding_grad", [Pure]> {
   let summary = "embedding backward: dE[ids[t]] += scale · dx[t] (scatter-add)";
   let description = [{
     Repeated ids accumulate (in token order, deterministically). Rules: `ids` `[B, N]` i32,
-    `grad` `[B, N, d]`, result `[V, d]` f32; `scale` as in `tnlm.embedding`.
+    `grad` `[B, N, d]`, result `[V, d]` f32; `scale` and `padding_idx` as in `tnlm.embedding`
+    (tokens of that id add nothing).
   }];
   let arguments = (ins Tnlm_TokenTensor:$ids, Tnlm_FloatTensor:$grad,
-                       DefaultValuedAttr<F32Attr, "1.0f">:$scale);
+                       DefaultValuedAttr<F32Attr, "1.0f">:$scale,
+                       OptionalAttr<I64Attr>:$padding_idx);
   let results = (outs F32Tensor:$result);
   let assemblyFormat = "$ids `,` $grad attr-dict `:` functional-type(operands, results)";
   let hasVerifier = 1;

@@ -32,6 +32,12 @@ LogicalResult EmbeddingOp::verify() {
   float scale = getScale().convertToFloat();
   if (!std::isfinite(scale) || scale <= 0.0f)
     return emitOpError() << "scale must be finite and positive, got " << scale;
+  if (IntegerAttr padAttr = getPaddingIdxAttr()) {
+    const int64_t pad = padAttr.getInt(), v = table.getDimSize(0);
+    if (pad < 0 || (v != ShapedType::kDynamic && pad >= v))
+      return emitOpError() << "padding_idx " << pad << " is outside the vocabulary [0, " << v
+                           << ")";
+  }
   return success();
 }
 

@@ -33,7 +33,9 @@ def Tnlm_EmbeddingOp : Tnlm_Op<"embedding", [Vjp, Pure]> {
     Rules: `ids` is a rank-2 i32 tensor `[B, N]`; `table` is a rank-2 float tensor `[V, d]`;
     the result is `[B, N, d]` with the element type of `table`. `scale` is 1 or sqrt(d)
     (`no_scale_embedding = false`) and must be finite and positive. Ids outside `[0, V)` are
-    rejected by the runtime.
+    rejected by the runtime. `padding_idx` (optional, in `[0, V)`), as torch's
+    `nn.Embedding(padding_idx=)`: the lookup adds nothing to that row's gradient (its VJP,
+    `tnlm.embedding_grad`, skips those tokens); the forward is unchanged.
 
     ```mlir
     %x = tnlm.embedding %ids, %E {scale = 32.0 : f32}
@@ -41,7 +43,8 @@ def Tnlm_EmbeddingOp : Tnlm_Op<"embedding", [Vjp, Pure]> {
     ```
   }];
   let arguments = (ins Tnlm_TokenTensor:$ids, Tnlm_FloatTensor:$table,
-                       DefaultValuedAttr<F32Attr, "1.0f">:$scale);
+                       DefaultValuedAttr<F32Attr, "1.0f">:$scale,
+                       OptionalAttr<I64Attr>:$padding_idx);
   let results = (outs Tnlm_FloatTensor:$result);
   let assemblyFormat = "$ids `,` $table attr-dict `:` functional-type(operands, results)";
   let hasVerifier = 1;

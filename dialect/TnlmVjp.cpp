@@ -36,8 +36,8 @@ SmallVector<Value> linearVjp(OpBuilder &b, Location loc, Value x, Value w, Value
 } // namespace
 
 SmallVector<Value> EmbeddingOp::buildVjp(OpBuilder &b, ArrayRef<Value> grads) {
-  Value dE =
-      EmbeddingGradOp::create(b, getLoc(), f32Like(getTable()), getIds(), grads[0], getScaleAttr());
+  Value dE = EmbeddingGradOp::create(b, getLoc(), f32Like(getTable()), getIds(), grads[0],
+                                     getScaleAttr(), getPaddingIdxAttr());
   return {Value(), dE};
 }
 

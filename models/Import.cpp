@@ -144,8 +144,11 @@ private:
       paramValues[p.name] = entry->getArgument(1 + i);
 
     Value embed = param("model.embed_tokens.weight");
-    Value x = EmbeddingOp::create(b, loc("model.embed_tokens"), act({c.embedDim}),
-                                  entry->getArgument(0), embed, b.getF32FloatAttr(c.embedScale()));
+    // pad_token_id as the reference's nn.Embedding(padding_idx=pad_token_id).
+    Value x =
+        EmbeddingOp::create(b, loc("model.embed_tokens"), act({c.embedDim}), entry->getArgument(0),
+                            embed, b.getF32FloatAttr(c.embedScale()),
+                            c.padTokenId >= 0 ? b.getI64IntegerAttr(c.padTokenId) : IntegerAttr());
     for (int64_t l = 0; l < c.layers; ++l)
       x = buildLayer(l, x);
     Value n = SrmsNormOp::create(b, loc("model.final_norm"), x, b.getF32FloatAttr(c.normEps));

@@ -142,8 +142,10 @@ bool CpuExecutor::runTrainingStep(const schema::Step &step, Call &call) {
   case schema::KernelKind_EmbeddingGrad: {
     const schema::Operand *dx = in.Get(1);
     zero(ptr(y), y->rows(), y->cols(), y->ld());
+    const int64_t padding =
+        s->i64_attrs() && s->i64_attrs()->size() > 0 ? s->i64_attrs()->Get(0) : int64_t(-1);
     cpu::embeddingGrad(call.ids(in.Get(0)), rows, ptr(dx), dx->ld(), y->cols(), f32(0), y->rows(),
-                       ptr(y));
+                       ptr(y), padding);
     return true;
   }
   case schema::KernelKind_Concat: {

@@ -8,7 +8,8 @@
 
 namespace tnlm {
 
-EmbeddingSegments embeddingSegments(const int32_t *ids, int64_t tokens, int64_t vocab) {
+EmbeddingSegments embeddingSegments(const int32_t *ids, int64_t tokens, int64_t vocab,
+                                    int64_t paddingIdx) {
   if (tokens < 0 || tokens > std::numeric_limits<int32_t>::max())
     throw Error("embedding backward: " + std::to_string(tokens) +
                 " tokens in one step (at most 2^31 - 1)");
@@ -20,7 +21,8 @@ EmbeddingSegments embeddingSegments(const int32_t *ids, int64_t tokens, int64_t 
   // Counting sort by id (stable): counts, their prefix over the ids that occur, placement.
   std::vector<int32_t> count(static_cast<size_t>(vocab), 0);
   for (int64_t t = 0; t < tokens; ++t)
-    ++count[static_cast<size_t>(ids[t])];
+    if (ids[t] != paddingIdx)
+      ++count[static_cast<size_t>(ids[t])];
   EmbeddingSegments s;
   std::vector<int32_t> next(static_cast<size_t>(vocab), 0);
   int32_t offset = 0;
@@ -32,9 +34,10 @@ EmbeddingSegments embeddingSegments(const int32_t *ids, int64_t tokens, int64_t 
       offset += count[static_cast<size_t>(id)];
     }
   s.start.push_back(offset);
-  s.order.resize(static_cast<size_t>(tokens));
+  s.order.resize(static_cast<size_t>(offset));
   for (int64_t t = 0; t < tokens; ++t)
-    s.order[static_cast<size_t>(next[static_cast<size_t>(ids[t])]++)] = static_cast<int32_t>(t);
+    if (ids[t] != paddingIdx)
+      s.order[static_cast<size_t>(next[static_cast<size_t>(ids[t])]++)] = static_cast<int32_t>(t);
   return s;
 }
 

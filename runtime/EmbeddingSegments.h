@@ -22,7 +22,9 @@ struct EmbeddingSegments {
 
 /// Groups tokens [0, tokens) by ids[t]. Every id must lie in [0, vocab) (tnlm::Error naming
 /// the first one outside and its position, as the CPU backward does); at most 2^31 − 1 tokens.
-EmbeddingSegments embeddingSegments(const int32_t *ids, int64_t tokens, int64_t vocab);
+/// Tokens of id `paddingIdx` (>= 0) are left out (nn.Embedding(padding_idx=), cpu::embeddingGrad).
+EmbeddingSegments embeddingSegments(const int32_t *ids, int64_t tokens, int64_t vocab,
+                                    int64_t paddingIdx = -1);
 
 } // namespace tnlm
 

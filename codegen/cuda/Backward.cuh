@@ -129,7 +129,8 @@ __device__ __forceinline__ void mul_grad(const bf16 *a, long long lda, const bf1
 
 // Embedding backward (x = scale · E[ids]), deterministic: the host groups the step's tokens by
 // id (runtime/EmbeddingSegments.h: `order` the token indices sorted by id, stable; segment s
-// holds order[start[s] .. start[s + 1]) of id ids[s]); CTA (s, column block) adds its tokens'
+// holds order[start[s] .. start[s + 1]) of id ids[s]; the padding index's tokens are left out
+// there); CTA (s, column block) adds its tokens'
 // rows in token order, as cpu::embeddingGrad:
 //   dE[id, c] ← dE[id, c] + scale·dx[t, c]   (f32, one rounding per operation, no fused
 //                                             multiply-add: bit for bit the CPU's)

@@ -284,7 +284,7 @@ void siluGrad(const float *x, int64_t ldx, const float *dy, int64_t lddy, int64_
 //===-- Embedding and loss ---------------------------------------------------------===//
 
 void embeddingGrad(const int32_t *ids, int64_t tokens, const float *dx, int64_t lddx, int64_t d,
-                   float scale, int64_t vocab, float *dtable) {
+                   float scale, int64_t vocab, float *dtable, int64_t paddingIdx) {
   for (int64_t t = 0; t < tokens; ++t)
     if (ids[t] < 0 || ids[t] >= vocab)
       throw Error("embedding backward: token id " + std::to_string(ids[t]) + " at position " +
@@ -299,6 +299,14 @@ void embeddingGrad(const int32_t *ids, int64_t tokens, const float *dx, int64_t 
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
   std::vector<int64_t> groupStart;
+  // The padding id's tokens (sorted together) are dropped from the order.
+  if (paddingIdx >= 0)
+    order.erase(
+        std::remove_if(order.begin(), order.end(), [&](int64_t t) { return ids[t] == paddingIdx; }),
+        order.end());
+  tokens = static_cast<int64_t>(order.size());
+  if (tokens == 0)
+    return;
   for (int64_t i = 0; i < tokens; ++i)
     if (i == 0 || ids[order[i]] != ids[order[i - 1]])
       groupStart.push_back(i);

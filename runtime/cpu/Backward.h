@@ -67,9 +67,10 @@ void siluGrad(const float *x, int64_t ldx, const float *dy, int64_t lddy, int64_
 /// Embedding backward (x = scale · E[ids]): dE[ids[t], :] += scale · dx[t, :] for t < tokens;
 /// dE [vocab, d] contiguous, always accumulated into (repeated ids add up, in token order).
 /// Ids are checked as in cpu::embedding, all before anything is written (tnlm::Error naming the
-/// id and its position).
+/// id and its position). Tokens whose id is `paddingIdx` (>= 0) add nothing, as torch's
+/// nn.Embedding(padding_idx=) (the reference's: that row moves only through other paths).
 void embeddingGrad(const int32_t *ids, int64_t tokens, const float *dx, int64_t lddx, int64_t d,
-                   float scale, int64_t vocab, float *dtable);
+                   float scale, int64_t vocab, float *dtable, int64_t paddingIdx = -1);
 
 /// Cross entropy and its gradient in one pass over logits [rows, vocab] contiguous:
 /// returns the mean loss over rows whose label is not ignoreIndex (as cpu::crossEntropy) and

@@ -121,6 +121,22 @@ func.func @embedding_scale(%ids: tensor<2x3xi32>, %e: tensor<10x8xf32>) {
 
 // -----
 
+func.func @embedding_padding_idx(%ids: tensor<2x3xi32>, %e: tensor<10x8xf32>) {
+  // expected-error @+1 {{padding_idx 10 is outside the vocabulary [0, 10)}}
+  %x = tnlm.embedding %ids, %e {padding_idx = 10 : i64} : (tensor<2x3xi32>, tensor<10x8xf32>) -> tensor<2x3x8xf32>
+  return
+}
+
+// -----
+
+func.func @embedding_grad_padding_idx(%ids: tensor<2x3xi32>, %dx: tensor<2x3x8xf32>) {
+  // expected-error @+1 {{padding_idx -1 is outside the vocabulary [0, 10)}}
+  %e = tnlm.embedding_grad %ids, %dx {padding_idx = -1 : i64} : (tensor<2x3xi32>, tensor<2x3x8xf32>) -> tensor<10x8xf32>
+  return
+}
+
+// -----
+
 func.func @embedding_ids_rank(%ids: tensor<6xi32>, %e: tensor<10x8xf32>) {
   // expected-error @+1 {{ids must have rank 2}}
   %x = tnlm.embedding %ids, %e : (tensor<6xi32>, tensor<10x8xf32>) -> tensor<2x3x8xf32>

@@ -46,7 +46,7 @@
 // CHECK-SAME: tensor<8x12xf32> {tnlm.updates = "grad/model.layers.0.channel_mixer.l3.weight"})
 
 // The forward, once; its values are what the backward reads.
-// CHECK-NEXT: %[[X:.*]] = tnlm.embedding %[[IDS]], %[[E]] {scale = 2.000000e+00 : f32}
+// CHECK-NEXT: %[[X:.*]] = tnlm.embedding %[[IDS]], %[[E]] {padding_idx = 0 : i64, scale = 2.000000e+00 : f32}
 // CHECK-NEXT: %[[N:.*]] = tnlm.srms_norm %[[X]]
 // CHECK-NEXT: %[[QKVU:.*]] = tnlm.linear %[[N]], %[[WQKVU]]
 // CHECK-NEXT: %[[A:.*]] = tnlm.lightning_attention %[[QKVU]] lrpe(%[[TH]] : tensor<2x1x4xf32>)
@@ -91,7 +91,8 @@
 // CHECK-NEXT: %[[DXN:.*]] = tnlm.srms_norm_grad %[[X]], %[[DN]]
 // x is read twice (the pre-norm and the residual): its cotangents are summed.
 // CHECK-NEXT: %[[DX:.*]] = tnlm.add %[[DH]], %[[DXN]] : tensor<?x?x8xf32>
-// CHECK-NEXT: %[[DEIN:.*]] = tnlm.embedding_grad %[[IDS]], %[[DX]] {scale = 2.000000e+00 : f32} : (tensor<?x?xi32>, tensor<?x?x8xf32>) -> tensor<16x8xf32>
+// The padding index carries over: the VJP skips its tokens (nn.Embedding(padding_idx=0)).
+// CHECK-NEXT: %[[DEIN:.*]] = tnlm.embedding_grad %[[IDS]], %[[DX]] {padding_idx = 0 : i64, scale = 2.000000e+00 : f32} : (tensor<?x?xi32>, tensor<?x?x8xf32>) -> tensor<16x8xf32>
 // The tied embedding: the lookup's gradient is added after the head's.
 // CHECK-NEXT: %[[NGE:.*]] = tnlm.add %[[NGE1]], %[[DEIN]] : tensor<16x8xf32>
 // CHECK-NEXT: return %[[L]], %[[NGE]], %[[NGQKVU]], %[[NGOUT]], %[[NGTH]], %[[NGW1]], %[[NGW2]], %[[NGW3]] :
@@ -154,7 +155,7 @@ func.func @loss(%ids: tensor<?x?xi32>, %labels: tensor<?x?xi32>,
                 %w1: tensor<12x8xf32> {tnlm.param = "model.layers.0.channel_mixer.l1.weight"},
                 %w2: tensor<12x8xf32> {tnlm.param = "model.layers.0.channel_mixer.l2.weight"},
                 %w3: tensor<8x12xf32> {tnlm.param = "model.layers.0.channel_mixer.l3.weight"}) -> tensor<f32> {
-  %x = tnlm.embedding %ids, %emb {scale = 2.0 : f32} : (tensor<?x?xi32>, tensor<16x8xf32>) -> tensor<?x?x8xf32>
+  %x = tnlm.embedding %ids, %emb {padding_idx = 0 : i64, scale = 2.0 : f32} : (tensor<?x?xi32>, tensor<16x8xf32>) -> tensor<?x?x8xf32>
   %n = tnlm.srms_norm %x : tensor<?x?x8xf32>
   %qkvu = tnlm.linear %n, %wqkvu : (tensor<?x?x8xf32>, tensor<32x8xf32>) -> tensor<?x?x32xf32>
   %a = tnlm.lightning_attention %qkvu lrpe(%theta : tensor<2x1x4xf32>) {block_size = 16 : i64, head_dim = 4 : i64, heads = 2 : i64, slopes = array<f32: 0.5, 0.25>} : tensor<?x?x32xf32> -> tensor<?x?x8xf32>

@@ -158,6 +158,36 @@ TEST(TrainGradients, UnfusedOpsDifferentiateToTheReferenceToo) {
   checkGradients(compileTrain(tinyConfig(), 2, 20, 0, /*fuse=*/false), 2, 20, 5, 0.05);
 }
 
+TEST(TrainGradients, PaddingRowGetsNoGradientFromItsLookups) {
+  // The untied model: the embedding's gradient is its lookups' alone. pad_token_id (0 by
+  // default, 7 here) is the lookup's padding index, as the reference's
+  // nn.Embedding(padding_idx=pad_token_id): positions holding it add nothing to its row, every
+  // other row that occurs gets a gradient.
+  for (int64_t pad : {0, 7}) {
+    std::string json = kOdd;
+    json.insert(json.find('{') + 1, "\"pad_token_id\": " + std::to_string(pad) + ", ");
+    auto cfg = tnlm::testing::parseConfig(json, "odd-pad");
+    const ::Setup s = compileTrain(cfg, 1, 12, 16);
+    auto [values, refWeights] = weightsFor(s.artifact, s.cfg, 3, 0.05);
+    (void)refWeights;
+    tnlm::CpuExecutor exec(s.artifact, values);
+    const std::vector<int32_t> ids = {0, 3, 7, 0, 5, 7, 3, 0, 9, 7, 4, 0};
+    const std::vector<int32_t> labels = {3, 7, 0, 5, 7, 3, 0, 9, 7, 4, 0, 1};
+    exec.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, 1, 12);
+    const std::vector<float> &g = exec.state()[exec.stateIndex("grad/model.embed_tokens.weight")];
+    const int64_t d = cfg.embedDim;
+    for (int32_t id : {0, 3, 4, 5, 7, 9}) {
+      double norm = 0;
+      for (int64_t c = 0; c < d; ++c)
+        norm += std::fabs(g[id * d + c]);
+      if (id == pad)
+        EXPECT_EQ(norm, 0.0) << "padding row " << id;
+      else
+        EXPECT_GT(norm, 0.0) << "row " << id << " (padding index " << pad << ")";
+    }
+  }
+}
+
 TEST(TrainGradients, ShorterCallThanCompiledRunsWithoutRecompiling) {
   // Compiled for 2 x 64, called with 1 x 17 (and the default block from the cost model).
   checkGradients(compileTrain(tinyConfig(), 2, 64), 1, 17, 3, 0.05);

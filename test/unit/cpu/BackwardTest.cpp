@@ -518,6 +518,33 @@ TEST(EmbeddingGrad, ScatterAddsRepeatedIdsInTokenOrder) {
   }
 }
 
+TEST(EmbeddingGrad, PaddingIdTokensAddNothing) {
+  // As torch's nn.Embedding(padding_idx=0): the rows of the other ids are the same as without a
+  // padding index, bit for bit; row 0 keeps its value.
+  const int64_t vocab = 6, d = 9, tokens = 20;
+  std::vector<int32_t> ids(tokens);
+  for (int64_t t = 0; t < tokens; ++t)
+    ids[t] = static_cast<int32_t>(t % 4); // 0 at every fourth position
+  const Vec dx = naive::randomVector(tokens * d, 161);
+  const Vec table0 = naive::randomVector(vocab * d, 162);
+  Vec with = table0, without = table0;
+  embeddingGrad(ids.data(), tokens, dx.data(), d, d, 2.0f, vocab, with.data(), /*padding=*/0);
+  embeddingGrad(ids.data(), tokens, dx.data(), d, d, 2.0f, vocab, without.data());
+  for (int64_t j = 0; j < vocab * d; ++j) {
+    if (j < d) {
+      ASSERT_EQ(with[j], table0[j]) << "padding row, col " << j;
+      ASSERT_NE(without[j], table0[j]) << "row 0 without a padding index, col " << j;
+    } else {
+      ASSERT_EQ(with[j], without[j]) << "row " << j / d << " col " << j % d;
+    }
+  }
+  // Only padding tokens: nothing changes.
+  const std::vector<int32_t> pads(5, 3);
+  Vec same = table0;
+  embeddingGrad(pads.data(), 5, dx.data(), d, d, 1.0f, vocab, same.data(), 3);
+  EXPECT_EQ(same, table0);
+}
+
 TEST(EmbeddingGrad, BadIdThrowsNamingIdAndPositionBeforeWriting) {
   const int64_t vocab = 5, d = 3;
   const Vec dx(4 * d, 1.0f);

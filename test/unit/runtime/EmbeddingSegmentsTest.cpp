@@ -43,6 +43,18 @@ TEST(EmbeddingSegments, GroupsTokensByIdInTokenOrder) {
     EXPECT_EQ(seen[t], 1) << "token " << t;
 }
 
+TEST(EmbeddingSegments, LeavesOutThePaddingId) {
+  const std::vector<int32_t> ids = {3, 0, 5, 0, 3, 7, 0};
+  const tnlm::EmbeddingSegments s = tnlm::embeddingSegments(ids.data(), 7, 10, /*paddingIdx=*/0);
+  EXPECT_EQ(s.ids, (std::vector<int32_t>{3, 5, 7}));
+  EXPECT_EQ(s.start, (std::vector<int32_t>{0, 2, 3, 4}));
+  EXPECT_EQ(s.order, (std::vector<int32_t>{0, 4, 2, 5}));
+  // Without a padding index token 0's three positions form the first segment.
+  const tnlm::EmbeddingSegments all = tnlm::embeddingSegments(ids.data(), 7, 10);
+  EXPECT_EQ(all.ids, (std::vector<int32_t>{0, 3, 5, 7}));
+  EXPECT_EQ(all.order, (std::vector<int32_t>{1, 3, 6, 0, 4, 2, 5}));
+}
+
 TEST(EmbeddingSegments, NoTokensNoSegments) {
   const tnlm::EmbeddingSegments s = tnlm::embeddingSegments(nullptr, 0, 10);
   EXPECT_TRUE(s.order.empty());
