@@ -645,7 +645,7 @@ CudaExecutor::GemvLayout CudaExecutor::gemvLayout(const schema::KernelLaunch &l,
   const int64_t ctas = sms * (programmatic_ && small ? 1 : 2);
   GemvLayout g;
   g.rowsPerCta = std::max<int64_t>(1, (n + ctas - 1) / ctas);
-  int64_t fit = std::max<int64_t>(1, gemvStageBytes_ / (k * 2 * mats)); // rows in 32 KiB
+  int64_t fit = std::max<int64_t>(1, gemvStageBytes_ / (k * 2 * mats)); // rows in a stage
   if (fit >= 8)
     fit -= fit % 8;
   // Warps per row where fewer than 8 rows fit (long rows): from the matrix alone, so that the

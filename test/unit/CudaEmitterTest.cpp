@@ -254,9 +254,10 @@ TEST(CudaCodegen, DecodeFusesNormsIntoGemvsWithoutAliasing) {
     for (const mt::PlanOperand &out : gemv.outputs)
       for (const mt::PlanOperand &in : read)
         if (out.kind == mt::OperandKind::Arena && in.kind == mt::OperandKind::Arena &&
-            !out.sameStorage(in))
+            !out.sameStorage(in)) {
           EXPECT_FALSE(overlap(out, in))
               << "step " << i << " (" << gemv.name << ") writes over what its prologue reads";
+        }
   }
   EXPECT_EQ(fused, 7);
 }

@@ -215,29 +215,45 @@ int main(int argc, char **argv) {
                  "; gpu decode vs cpu prefill: " + std::to_string(ds.rel) + " (bound 3e-2)");
     }
 
+    // Slot 1 after prefill(n - 1), one decode step at position n - 1 through the default
+    // executor and through `other`, and the CPU's prefill(n): the three rows of logits.
+    struct Decoded {
+      std::vector<float> base, other, cpu;
+    };
+    auto decodeBoth = [&](Runner &other, int64_t n) {
+      const std::vector<int32_t> head(text.begin(), text.begin() + (n - 1));
+      const std::vector<int32_t> prompt(text.begin(), text.begin() + n);
+      Decoded r;
+      gpu.reset();
+      gpu.prefillOne(1, head);
+      r.base = gpu.decodeOne(1, text[n - 1], int32_t(n - 1));
+      other.prefillOne(1, head);
+      r.other = other.decodeOne(1, text[n - 1], int32_t(n - 1));
+      cpu.reset();
+      r.cpu = cpu.prefillOne(1, prompt);
+      return r;
+    };
+    // `other` against the CPU and the default path, within the bf16 bound of section 1.
+    auto againstCpuAndDefault = [&](Runner &other, const std::string &what,
+                                    const std::string &defaultName) {
+      for (int64_t n : {65, 300}) {
+        const Decoded r = decodeBoth(other, n);
+        const Diff d = maxRel(r.other.data(), r.cpu.data(), vocab);
+        const Diff g = maxRel(r.other.data(), r.base.data(), vocab);
+        report(d.finite && d.rel <= 3e-2 && g.rel <= 3e-2,
+               "n=" + std::to_string(n) + ", decode " + what +
+                   " vs cpu prefill(n): " + std::to_string(d.rel) + ", vs " + defaultName + ": " +
+                   std::to_string(g.rel) + " (bound 3e-2)");
+      }
+    };
+
     // 1b. The same through the other GEMM path: decode's linear layers as cuBLASLt GEMMs (what
     // batches above 4 run, the gated pair as two GEMMs and a product) instead of the GEMVs.
     {
       CudaExecutor gemmExec(gpuArt, weights);
       gemmExec.setSmallBatchGemv(false);
       Runner viaGemm{nullptr, &gemmExec, slots, vocab};
-      for (int64_t n : {65, 300}) {
-        const std::vector<int32_t> head(text.begin(), text.begin() + (n - 1));
-        const std::vector<int32_t> prompt(text.begin(), text.begin() + n);
-        gpu.reset();
-        gpu.prefillOne(1, head);
-        const std::vector<float> viaGemv = gpu.decodeOne(1, text[n - 1], int32_t(n - 1));
-        viaGemm.prefillOne(1, head);
-        const std::vector<float> stepped = viaGemm.decodeOne(1, text[n - 1], int32_t(n - 1));
-        cpu.reset();
-        const std::vector<float> want = cpu.prefillOne(1, prompt);
-        const Diff d = maxRel(stepped.data(), want.data(), vocab);
-        const Diff g = maxRel(stepped.data(), viaGemv.data(), vocab);
-        report(d.finite && d.rel <= 3e-2 && g.rel <= 3e-2,
-               "n=" + std::to_string(n) +
-                   ", decode through cuBLASLt GEMMs vs cpu prefill(n): " + std::to_string(d.rel) +
-                   ", vs the GEMV path: " + std::to_string(g.rel) + " (bound 3e-2)");
-      }
+      againstCpuAndDefault(viaGemm, "through cuBLASLt GEMMs", "the GEMV path");
     }
 
     // 1c. Without programmatic dependent launch (TNLM_PDL=0: two GEMV CTAs per SM instead of
@@ -247,19 +263,13 @@ int main(int argc, char **argv) {
       CudaExecutor plainExec(gpuArt, weights);
       plainExec.setProgrammaticLaunch(false);
       Runner plain{nullptr, &plainExec, slots, vocab};
-      const int64_t n = 65;
-      const std::vector<int32_t> head(text.begin(), text.begin() + (n - 1));
-      gpu.reset();
-      gpu.prefillOne(1, head);
-      const std::vector<float> withPdl = gpu.decodeOne(1, text[n - 1], int32_t(n - 1));
-      plain.prefillOne(1, head);
-      const std::vector<float> without = plain.decodeOne(1, text[n - 1], int32_t(n - 1));
+      const Decoded r = decodeBoth(plain, 65);
       size_t differ = 0;
-      for (size_t i = 0; i < without.size(); ++i)
-        differ += std::memcmp(&without[i], &withPdl[i], sizeof(float)) != 0;
-      report(without.size() == withPdl.size() && differ == 0,
+      for (size_t i = 0; i < r.other.size(); ++i)
+        differ += std::memcmp(&r.other[i], &r.base[i], sizeof(float)) != 0;
+      report(r.other.size() == r.base.size() && differ == 0,
              "n=65, decode without programmatic launch vs with: " + std::to_string(differ) +
-                 " of " + std::to_string(without.size()) + " logits differ (want 0)");
+                 " of " + std::to_string(r.other.size()) + " logits differ (want 0)");
     }
 
     // 1d. GEMVs with 2 KiB weight stages: one row per stage, eight warps per row over slices of
@@ -269,23 +279,7 @@ int main(int argc, char **argv) {
       CudaExecutor smallExec(gpuArt, weights);
       smallExec.setGemvStageBytes(2048);
       Runner small{nullptr, &smallExec, slots, vocab};
-      for (int64_t n : {65, 300}) {
-        const std::vector<int32_t> head(text.begin(), text.begin() + (n - 1));
-        const std::vector<int32_t> prompt(text.begin(), text.begin() + n);
-        gpu.reset();
-        gpu.prefillOne(1, head);
-        const std::vector<float> viaDefault = gpu.decodeOne(1, text[n - 1], int32_t(n - 1));
-        small.prefillOne(1, head);
-        const std::vector<float> stepped = small.decodeOne(1, text[n - 1], int32_t(n - 1));
-        cpu.reset();
-        const std::vector<float> want = cpu.prefillOne(1, prompt);
-        const Diff d = maxRel(stepped.data(), want.data(), vocab);
-        const Diff g = maxRel(stepped.data(), viaDefault.data(), vocab);
-        report(d.finite && d.rel <= 3e-2 && g.rel <= 3e-2,
-               "n=" + std::to_string(n) +
-                   ", decode with 2 KiB GEMV stages vs cpu prefill(n): " + std::to_string(d.rel) +
-                   ", vs 32 KiB stages: " + std::to_string(g.rel) + " (bound 3e-2)");
-      }
+      againstCpuAndDefault(small, "with 2 KiB GEMV stages", "32 KiB stages");
     }
 
     // 2. state after prefill(n) = state after n decode steps (GPU), = CPU state.
