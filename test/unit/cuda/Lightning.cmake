@@ -13,13 +13,14 @@ set(_tnlm_lt_gen ${CMAKE_CURRENT_BINARY_DIR}/lightning)
 # The headers' text as raw string literals, embedded at build time: the test binary runs on the
 # device machine without the source tree. Reconfigured (and so regenerated) when one changes.
 foreach(_name LightningAttentionFwdSm90.cuh LightningAttentionFwd.cuh LightningFwdPlan.h
-    LightningAttentionBwdSimple.cuh)
+    LightningAttentionBwdSimple.cuh LightningAttentionGradParts.cuh)
   string(REPLACE "." "_" _stem ${_name})
   tnlm_embed_text(${_tnlm_lt_root}/codegen/cuda/${_name} ${_tnlm_lt_gen}/Lightning_${_stem}.inc)
 endforeach()
 
 add_executable(tnlm-gpu-lightning ${CMAKE_CURRENT_LIST_DIR}/LightningGpuTest.cpp
   ${CMAKE_CURRENT_LIST_DIR}/LightningBwdGpuTest.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/LightningFusedGradGpuTest.cpp
   ${CMAKE_CURRENT_LIST_DIR}/GpuMain.cpp)
 target_compile_options(tnlm-gpu-lightning PRIVATE ${TNLM_WARNING_FLAGS})
 target_include_directories(tnlm-gpu-lightning PRIVATE ${_tnlm_lt_gen})
@@ -29,3 +30,6 @@ target_link_libraries(tnlm-gpu-lightning PRIVATE TnlmRuntimeCuda TnlmRuntimeCore
 # The f64 reference of the long cases takes every core: one test at a time.
 gtest_discover_tests(tnlm-gpu-lightning PROPERTIES LABELS "gpu" SKIP_RETURN_CODE 77
   RUN_SERIAL TRUE TIMEOUT 300)
+# The same wrappers compiled with NVRTC in tnlm-unit-cuda (label "unit": CI, no GPU needed).
+target_sources(tnlm-unit-cuda PRIVATE ${CMAKE_CURRENT_LIST_DIR}/LightningBwdCompileTest.cpp)
+target_include_directories(tnlm-unit-cuda PRIVATE ${_tnlm_lt_gen})

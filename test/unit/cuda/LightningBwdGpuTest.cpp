@@ -15,6 +15,7 @@
 #include "runtime/cuda/CudaContext.h"
 #include "runtime/cuda/Nvrtc.h"
 #include "test/unit/cuda/GpuTest.h"
+#include "test/unit/cuda/LightningBwdWrappers.h"
 
 #include <gtest/gtest.h>
 
@@ -39,28 +40,15 @@ const char *const kBwdSimpleCuh =
 constexpr int kD = 128, kC = 64, kH = 3, kB = 2;
 constexpr unsigned kSmem = (4 * kC * kD + kD * kD + kC * kC + kC + 1) * 4;
 
-std::string source() {
-  std::string s =
-      "#include \"tnlm/LightningAttentionBwdSimple.cuh\"\nusing bf16 = __nv_bfloat16;\n";
-  for (const char *t : {"bf16", "float"})
-    s += std::string("extern \"C\" __global__ void __launch_bounds__(256)\nla_bwd_simple_") + t +
-         "(const bf16 *q, long long ldq, const bf16 *k, long long ldk, const bf16 *v, long long "
-         "ldv, const bf16 *o, long long ldo, const float *slopes, " +
-         t + " *dq, long long lddq, " + t + " *dk, long long lddk, " + t +
-         " *dv, long long lddv, int N, int H) {\n"
-         "  tnlm::la_bw::lightning_bwd_simple<128, 64, 256>(q, ldq, k, ldk, v, ldv, o, ldo, "
-         "slopes, dq, lddq, dk, lddk, dv, lddv, N, H);\n}\n";
-  return s;
-}
-
 Module &module() {
   static std::unique_ptr<Module> m;
   if (!m) {
     NvrtcOptions options;
     options.arch = test::deviceArch();
     options.headers = {{"tnlm/LightningAttentionBwdSimple.cuh", kBwdSimpleCuh}};
-    m = std::make_unique<Module>(gpu(), compileCuda(source(), "la_bwd.cu", options).image,
-                                 "la_bwd");
+    m = std::make_unique<Module>(
+        gpu(), compileCuda(test::lightningBwdSimpleWrappers(), "la_bwd.cu", options).image,
+        "la_bwd");
   }
   return *m;
 }

@@ -1,0 +1,183 @@
+// The fused Lightning Attention's backward on the GPU around its attention core (issue 11):
+// the row kernels of cpu::fusedLightningAttentionGrad (runtime/cpu/AttentionGrad.cpp), in its
+// order:
+//   1. la_grad_prologue     q', k' = LRPE(φ(q)), LRPE(φ(k)) recomputed (bf16, as the forward's
+//                           operands), position p = row mod N + offset;
+//   2. the forward's O from q', k', v (LightningAttentionBwdSimple.cuh, lightning_fwd_simple);
+//   3. la_gate_norm_grad    y = u ⊙ x̂, x̂ = O·r, r = rstd over all D features:
+//                           du = dy ⊙ x̂;  g = dy ⊙ u;  dO = r·(g − x̂·mean(x̂ ⊙ g));
+//   4. the attention core's backward: dq', dk', dv (lightning_bwd_simple);
+//   5. la_lrpe_grad + la_dtheta_sum: dq, dk = φ'(x) ⊙ (dy_c ⊙ cos + dy_s ⊙ sin) and
+//      dθ += Σ_{q and k, b, t} p · φ(x) ⊙ (dy_s ⊙ cos − dy_c ⊙ sin) in f64 over fixed chunks of
+//      positions, then the chunks in order (deterministic); without LRPE and with φ = SiLU,
+//      dq, dk = φ'(x) ⊙ dq', dk' (bw::silu_grad, in place).
+// qkvu: bf16 [rows, ld ≥ 4D] (q, k, v, u at columns 0, D, 2D, 3D), D = H·dh; q', k': [rows, H·dk]
+// (dk = 2·dh with LRPE: per head the cos half then the sin half). Row kernels: grid.x = rows, one
+// CTA of BLOCK threads per row.
+#pragma once
+
+#include "tnlm/LightningAttentionBwdSimple.cuh"
+
+#include <cuda_bf16.h>
+
+namespace tnlm {
+namespace la_bw {
+
+// φ = SiLU as cpu's siluValue (x / (1 + e^−x)) and φ' = σ(x)·(1 + x·(1 − σ(x))), both from one
+// expf (the CPU's std::exp to a few ulp).
+__device__ __forceinline__ void silu_both(float x, float &value, float &slope) {
+  const float d = 1.0f + expf(-x), s = 1.0f / d;
+  value = x / d;
+  slope = s * (1.0f + x * (1.0f - s));
+}
+
+template <int BLOCK, bool SILU, bool LRPE>
+__device__ __forceinline__ void la_grad_prologue(const bf16 *qkvu, long long ld, const float *theta,
+                                                 int N, int offset, int H, int dh, bf16 *qp,
+                                                 bf16 *kp, long long ldp) {
+  const long long r = blockIdx.x;
+  const int D = H * dh, dk = LRPE ? 2 * dh : dh;
+  const float pos = static_cast<float>(static_cast<int>(r % N) + offset);
+  for (int i = threadIdx.x; i < D; i += BLOCK) {
+    const int h = i / dh, c = i % dh;
+    float cs = 1.0f, sn = 0.0f;
+    if (LRPE) {
+      const float angle = pos * theta[i]; // one f32 rounding, as the forward
+      cs = cosf(angle), sn = sinf(angle);
+    }
+    for (int part = 0; part < 2; ++part) {
+      float x = __bfloat162float(qkvu[r * ld + part * D + i]);
+      if (SILU) {
+        float slope;
+        silu_both(x, x, slope);
+      }
+      bf16 *dst = (part == 0 ? qp : kp) + r * ldp + h * dk;
+      if (LRPE) {
+        dst[c] = __float2bfloat16(x * cs);
+        dst[dh + c] = __float2bfloat16(x * sn);
+      } else {
+        dst[c] = __float2bfloat16(x);
+      }
+    }
+  }
+}
+
+// Sum of a double over the CTA (BLOCK whole warps), the same for every thread: per-thread
+// partials, a warp butterfly, then the warps in index order (deterministic).
+template <int BLOCK> __device__ __forceinline__ double cta_sum_f64(double v, double *red) {
+  for (int o = 16; o > 0; o >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads(); // red may still be read from the previous call
+  if (threadIdx.x % 32 == 0)
+    red[threadIdx.x / 32] = v;
+  __syncthreads();
+  double t = 0.0;
+#pragma unroll
+  for (int w = 0; w < BLOCK / 32; ++w)
+    t += red[w];
+  return t;
+}
+
+// The gate and the cross-head norm's backward for one row: O (TO: the forward's output before
+// them), dy (TDY), u = qkvu's 4th part; du (TG) and dO (bf16, the attention core's input).
+// rstd as the forward's epilogue from Σ O² (f64), the mean of x̂ ⊙ g in f64, as the CPU.
+template <int BLOCK, typename TO, typename TDY, typename TG>
+__device__ __forceinline__ void la_gate_norm_grad(const TO *O, long long ldo, const TDY *dy,
+                                                  long long lddy, const bf16 *u, long long ldu,
+                                                  TG *du, long long lddu, bf16 *dO, long long lddo,
+                                                  int D, float eps) {
+  __shared__ double red[BLOCK / 32];
+  const long long r = blockIdx.x;
+  const TO *Or = O + r * ldo;
+  const TDY *dyr = dy + r * lddy;
+  const bf16 *ur = u + r * ldu;
+  double ss = 0.0;
+  for (int c = threadIdx.x; c < D; c += BLOCK) {
+    const double x = static_cast<double>(to_float(Or[c]));
+    ss += x * x;
+  }
+  const double meanSq = cta_sum_f64<BLOCK>(ss, red) / static_cast<double>(D);
+  const float rstd = static_cast<float>(1.0 / sqrt(meanSq + static_cast<double>(eps)));
+  double dot = 0.0;
+  for (int c = threadIdx.x; c < D; c += BLOCK) {
+    const float xhat = to_float(Or[c]) * rstd, g = to_float(dyr[c]);
+    du[r * lddu + c] = out_of<TG>(g * xhat);
+    dot += static_cast<double>(xhat) * (static_cast<double>(g) * __bfloat162float(ur[c]));
+  }
+  const double mean = cta_sum_f64<BLOCK>(dot, red) / static_cast<double>(D);
+  for (int c = threadIdx.x; c < D; c += BLOCK) {
+    const double xhat = to_float(Or[c]) * rstd;
+    const double g = static_cast<double>(to_float(dyr[c])) * __bfloat162float(ur[c]);
+    dO[r * lddo + c] =
+        __float2bfloat16(static_cast<float>(static_cast<double>(rstd) * (g - xhat * mean)));
+  }
+}
+
+// Without LRPE, φ = SiLU: dq, dk = φ'(x) ⊙ dq', dk' in place (columns [0, 2D) of dqkvu).
+template <int BLOCK, typename TG>
+__device__ __forceinline__ void la_silu_scale(const bf16 *qkvu, long long ld, TG *dqkvu,
+                                              long long lddqkvu, int D) {
+  const long long r = blockIdx.x;
+  for (int c = threadIdx.x; c < 2 * D; c += BLOCK) {
+    float value, slope;
+    silu_both(__bfloat162float(qkvu[r * ld + c]), value, slope);
+    dqkvu[r * lddqkvu + c] = out_of<TG>(to_float(dqkvu[r * lddqkvu + c]) * slope);
+  }
+}
+
+// Positions per dθ chunk (the CPU's kPositionChunk).
+constexpr int kPositionChunk = 16;
+
+// The LRPE (and SiLU) backward of q and k. grid = (ceil(N / kPositionChunk), ceil(D / BLOCK)):
+// thread i of a CTA owns feature i of the chunk's positions t, for t in order, q then k, b in
+// order: it writes dq, dk (TG, into dqkvu columns i and D + i) and its f64 dθ partial
+// (partial[chunk · D + i]). dqk: dq', dk' (TDQ [rows, H·2dh] each, ld lddqk, dk' at dkOff).
+template <int BLOCK, bool SILU, typename TDQ, typename TG>
+__device__ __forceinline__ void la_lrpe_grad(const bf16 *qkvu, long long ld, const TDQ *dqk,
+                                             long long lddqk, long long dkOff, const float *theta,
+                                             int B, int N, int offset, int H, int dh, TG *dqkvu,
+                                             long long lddqkvu, double *partial) {
+  const int D = H * dh, i = blockIdx.y * BLOCK + threadIdx.x;
+  if (i >= D)
+    return;
+  const int h = i / dh, c = i % dh, chunk = blockIdx.x;
+  const int t0 = chunk * kPositionChunk, t1 = min(N, t0 + kPositionChunk);
+  const float th = theta[i];
+  double acc = 0.0;
+  for (int t = t0; t < t1; ++t) {
+    const float p = static_cast<float>(t + offset);
+    const float angle = p * th;
+    const float cs = cosf(angle), sn = sinf(angle);
+    for (int op = 0; op < 2; ++op)
+      for (int b = 0; b < B; ++b) {
+        const long long row = static_cast<long long>(b) * N + t;
+        const TDQ *dyr = dqk + row * lddqk + op * dkOff;
+        const float dyc = to_float(dyr[h * 2 * dh + c]), dys = to_float(dyr[h * 2 * dh + dh + c]);
+        const float g = dyc * cs + dys * sn;
+        float x = __bfloat162float(qkvu[row * ld + op * D + i]), slope = 1.0f;
+        if (SILU)
+          silu_both(x, x, slope);
+        dqkvu[row * lddqkvu + op * D + i] = out_of<TG>(SILU ? g * slope : g);
+        acc += static_cast<double>(p) * x *
+               (static_cast<double>(dys) * cs - static_cast<double>(dyc) * sn);
+      }
+  }
+  partial[static_cast<long long>(chunk) * D + i] = acc;
+}
+
+// dθ[i] = f32(dθ[i] + Σ_chunk partial[chunk · D + i]), the chunks in order. grid.x = ceil(D /
+// BLOCK).
+template <int BLOCK>
+__device__ __forceinline__ void la_dtheta_sum(const double *partial, int chunks, int D,
+                                              float *dtheta) {
+  const int i = blockIdx.x * BLOCK + threadIdx.x;
+  if (i >= D)
+    return;
+  double sum = 0.0;
+  for (int k = 0; k < chunks; ++k)
+    sum += partial[static_cast<long long>(k) * D + i];
+  dtheta[i] = static_cast<float>(static_cast<double>(dtheta[i]) + sum);
+}
+
+} // namespace la_bw
+} // namespace tnlm
