@@ -53,13 +53,34 @@ public:
   void linear(GemmType type, const GemmShape &shape, CUdeviceptr x, CUdeviceptr w, CUdeviceptr y,
               std::string_view context = {}, float alpha = 1.0f, float beta = 0.0f);
 
+  /// The linear layer's backward (training), in the forward's terms (`shape` as for linear:
+  /// rows, in, out; ldx is x's or dx's leading dimension, ldw W's or dW's, ldy dy's):
+  ///   gradInput:  dx[rows, in] = alpha·dy[rows, out]·W[out, in] + beta·dx  (cuBLASLt "NN":
+  ///               dxᵀ = W_cm · dy_cm, W_cm the [in, out] column-major view of W);
+  ///   gradWeight: dW[out, in] = alpha·dy[rows, out]ᵀ·x[rows, in] + beta·dW  (cuBLASLt "NT":
+  ///               dW_cm = x_cm · dy_cmᵀ, summed over rows; beta = 1 accumulates, e.g. the
+  ///               tied embedding's two uses or gradient accumulation).
+  /// Types as for linear: Bf16 (bf16 in and out), Bf16F32Out (bf16 in, fp32 out: the weight
+  /// gradients and the residual stream's gradient), F32.
+  void gradInput(GemmType type, const GemmShape &shape, CUdeviceptr dy, CUdeviceptr w,
+                 CUdeviceptr dx, std::string_view context = {}, float alpha = 1.0f,
+                 float beta = 0.0f);
+  void gradWeight(GemmType type, const GemmShape &shape, CUdeviceptr dy, CUdeviceptr x,
+                  CUdeviceptr dw, std::string_view context = {}, float alpha = 1.0f,
+                  float beta = 0.0f);
+
   size_t planCount() const { return plans_.size(); }
 
 private:
   struct Plan;
-  // type, rows, in, out, ldx, ldw, ldy, alignment of x, W, y
-  using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int>;
+  enum class Form { Linear, GradInput, GradWeight };
+  // form, type, rows, in, out, ldx, ldw, ldy, alignment of A, B, D (the operands as cuBLASLt
+  // sees them)
+  using Key =
+      std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int>;
   Plan &plan(const Key &key, std::string_view context);
+  void run(Form form, GemmType type, const GemmShape &shape, CUdeviceptr a, CUdeviceptr b,
+           CUdeviceptr d, std::string_view context, float alpha, float beta);
 
   const Context &context_;
   cublasLtHandle_t handle_ = nullptr;

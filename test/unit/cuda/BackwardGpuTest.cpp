@@ -2,7 +2,7 @@
 //
 // Every template of codegen/cuda/Backward.cuh (srms_norm_grad, add_srms_norm_grad, silu_grad,
 // mul_grad, embedding_grad, cross_entropy_grad / loss_total, sum_squares_chunks /
-// sum_squares_total, adamw) in extern "C"
+// sum_squares_total, adamw; the gated linear's backward with cuBLASLt) in extern "C"
 // wrappers (BackwardWrappers.h), NVRTC-compiled for the device against the header's text
 // at build time (Backward.cmake embeds it; the tests run in tnlm-gpu-rowkernels), and compared with
 // the CPU backend's kernels (runtime/cpu/Backward.h) on the same inputs: bf16 operands are rounded
@@ -36,6 +36,8 @@
 #include "runtime/EmbeddingSegments.h"
 #include "runtime/cpu/Backward.h"
 #include "runtime/cuda/CudaContext.h"
+#include "runtime/cuda/Gemm.h"
+#include "runtime/cuda/LmHeadLoss.h"
 #include "runtime/cuda/Nvrtc.h"
 #include "test/unit/cuda/BackwardWrappers.h"
 #include "test/unit/cuda/GpuTest.h"
@@ -379,6 +381,186 @@ INSTANTIATE_TEST_SUITE_P(Shapes, BackwardRows,
                            return "c" + std::to_string(i.param.cols) + "_r" +
                                   std::to_string(i.param.rows);
                          });
+
+//===-- The gated linear's backward (SGLU) ---------------------------------------===//
+
+// tnlm.gated_linear_grad composed as the train step runs it on the GPU: a = x·W1ᵀ, b = x·W2ᵀ
+// recomputed (cuBLASLt, bf16), mul_grad (da = dy ⊙ b, db = dy ⊙ a, bf16), dx = da·W1 + db·W2
+// (two Gemm::gradInput, the second accumulating, f32), dW1 = daᵀx, dW2 = dbᵀx
+// (Gemm::gradWeight, f32), against cpu::gatedLinearGrad (all f32). The GPU rounds a, b, da and
+// db to bf16 (2^-9 relative each, and da carries b's), so every output is within
+// 2^-7·S + 3·K·2^-24·S of the CPU's, S = Σ|terms| of its sum (computed here from the CPU's
+// a, b, da, db), K the summed length; a wrong operand or transpose is O(|dx|) off.
+TEST(BackwardGatedLinear, MatchesCpu) {
+  const int64_t rows = 130, in = 256, F = 768; // mul_grad_c768
+  Mat<uint16_t> x = randomMat<uint16_t>(rows, in, in, -1, 1, 61);
+  Mat<uint16_t> w1 = randomMat<uint16_t>(F, in, in, -0.1f, 0.1f, 62);
+  Mat<uint16_t> w2 = randomMat<uint16_t>(F, in, in, -0.1f, 0.1f, 63);
+  Mat<uint16_t> dy = randomMat<uint16_t>(rows, F, F, -1, 1, 64);
+  Dev<uint16_t> dX(x), dW1(w1), dW2(w2), dDy(dy);
+  Dev<uint16_t> dA(outputMat<uint16_t>(rows, F, F)), dB(outputMat<uint16_t>(rows, F, F)),
+      dDa(outputMat<uint16_t>(rows, F, F)), dDb(outputMat<uint16_t>(rows, F, F));
+  Dev<float> dDx(outputMat<float>(rows, in, in)), dDw1(outputMat<float>(F, in, in)),
+      dDw2(outputMat<float>(F, in, in));
+  static Gemm gemm(gpu());
+  const GemmShape shape{rows, in, F, in, in, F};
+  gemm.linear(GemmType::Bf16, shape, dX.ptr(), dW1.ptr(), dA.ptr(), "a = x W1^T");
+  gemm.linear(GemmType::Bf16, shape, dX.ptr(), dW2.ptr(), dB.ptr(), "b = x W2^T");
+  launch("mul_grad_c768", {static_cast<unsigned>(rows)}, 256, dA.ptr(), dA.ld(), dB.ptr(), dB.ld(),
+         dDy.ptr(), dDy.ld(), dDa.ptr(), dDa.ld(), dDb.ptr(), dDb.ld());
+  gemm.gradInput(GemmType::Bf16F32Out, shape, dDa.ptr(), dW1.ptr(), dDx.ptr(), "dx = da W1");
+  gemm.gradInput(GemmType::Bf16F32Out, shape, dDb.ptr(), dW2.ptr(), dDx.ptr(), "dx += db W2", 1.0f,
+                 1.0f);
+  gemm.gradWeight(GemmType::Bf16F32Out, shape, dDa.ptr(), dX.ptr(), dDw1.ptr(), "dW1");
+  gemm.gradWeight(GemmType::Bf16F32Out, shape, dDb.ptr(), dX.ptr(), dDw2.ptr(), "dW2");
+  const std::vector<float> gotDx = dDx.download("dx"), gotDw1 = dDw1.download("dW1"),
+                           gotDw2 = dDw2.download("dW2");
+
+  const std::vector<float> xf = x.f32(), w1f = w1.f32(), w2f = w2.f32(), dyf = dy.f32();
+  std::vector<float> dx(size_t(rows * in)), dw1(size_t(F * in)), dw2(size_t(F * in));
+  cpu::gatedLinearGrad(xf.data(), rows, in, in, w1f.data(), w2f.data(), F, dyf.data(), F, dx.data(),
+                       in, dw1.data(), dw2.data());
+  // The CPU's a, b, da, db (f32) for the sizes of the terms.
+  std::vector<float> da(size_t(rows * F)), db(size_t(rows * F));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t f = 0; f < F; ++f) {
+      float a = 0, b = 0;
+      for (int64_t k = 0; k < in; ++k)
+        a += xf[r * in + k] * w1f[f * in + k], b += xf[r * in + k] * w2f[f * in + k];
+      da[r * F + f] = dyf[r * F + f] * b, db[r * F + f] = dyf[r * F + f] * a;
+    }
+  const double u = std::ldexp(1.0, -24);
+  auto check = [&](const char *what, const std::vector<float> &got, const std::vector<float> &ref,
+                   int64_t n, int64_t m, int64_t K, auto termSum) {
+    int64_t bad = 0;
+    double worst = 0;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < m; ++j) {
+        const double S = termSum(i, j), bound = std::ldexp(S, -7) + 3 * double(K) * u * S + 1e-30;
+        const double err = std::fabs(double(got[i * m + j]) - ref[i * m + j]);
+        if (!(err <= bound) && bad++ < 3)
+          ADD_FAILURE() << what << "[" << i << ", " << j << "]: gpu " << got[i * m + j] << ", cpu "
+                        << ref[i * m + j] << " (bound " << bound << ")";
+        worst = std::max(worst, err / bound);
+      }
+    EXPECT_EQ(bad, 0) << what;
+    std::printf("  gated linear backward %s: max |diff|/bound %.3f\n", what, worst);
+  };
+  check("dx", gotDx, dx, rows, in, 2 * F, [&](int64_t r, int64_t k) {
+    double S = 0;
+    for (int64_t f = 0; f < F; ++f)
+      S += std::fabs(da[r * F + f] * w1f[f * in + k]) + std::fabs(db[r * F + f] * w2f[f * in + k]);
+    return S;
+  });
+  for (int t = 0; t < 2; ++t)
+    check(t ? "dW2" : "dW1", t ? gotDw2 : gotDw1, t ? dw2 : dw1, F, in, rows,
+          [&, t](int64_t f, int64_t k) {
+            double S = 0;
+            for (int64_t r = 0; r < rows; ++r)
+              S += std::fabs((t ? db : da)[r * F + f] * xf[r * in + k]);
+            return S;
+          });
+}
+
+//===-- The lm head's loss in chunks ----------------------------------------------===//
+
+// cuda::LmHeadLoss (chunks of 64 rows: 64, 64, 2 of 130, two with an ignored label) against the
+// CPU on the same bf16 h and W: logits = h·Wᵀ in f32, cpu::crossEntropyGrad (the mean loss, dz),
+// dh = dz·W, dW = dzᵀ·h (+ the prior dW: it accumulates). The logits differ only by the order
+// of their f32 sums; the GPU rounds dz to bf16 (2^-9 relative), so dh, dW are within
+// 2^-8·S + 3·K·2^-24·S of the CPU's (S = Σ|terms|, K the summed length); the loss within
+// 1e-5 relative (f32 logits, exp to 2 ulp). A chunk at the wrong rows or a missing dW
+// accumulation is O(1) off.
+TEST(BackwardLmHeadLoss, ChunksMatchCpu) {
+  const int64_t rows = 130, d = 256, vocab = 1000, chunk = 64;
+  Mat<uint16_t> h = randomMat<uint16_t>(rows, d, d + 8, -1, 1, 71);
+  Mat<uint16_t> w = randomMat<uint16_t>(vocab, d, d, -0.2f, 0.2f, 72);
+  Mat<float> dw0 = randomMat<float>(vocab, d, d, -1, 1, 73);
+  std::vector<int32_t> labels(static_cast<size_t>(rows));
+  std::mt19937 rng(74);
+  std::uniform_int_distribution<int32_t> pick(0, int32_t(vocab - 1));
+  for (int32_t &l : labels)
+    l = pick(rng);
+  labels[5] = -100, labels[129] = -100;
+  const std::vector<float> hf = h.f32(), wf = w.f32();
+  // The CPU: f32 logits, the cross entropy's gradient, the two products.
+  std::vector<float> z(size_t(rows * vocab)), dz(z.size());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t v = 0; v < vocab; ++v) {
+      float acc = 0;
+      for (int64_t k = 0; k < d; ++k)
+        acc += hf[r * h.ld + k] * wf[v * d + k];
+      z[r * vocab + v] = acc;
+    }
+  int64_t counted = 0;
+  const double loss =
+      cpu::crossEntropyGrad(z.data(), labels.data(), rows, vocab, -100, 1.0f, dz.data(), &counted);
+  std::vector<float> dh(size_t(rows * d), 0.0f), dw = dw0.data, S_dh(dh.size()), S_dw(dw.size());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < d; ++k) {
+      double a = 0, s = 0;
+      for (int64_t v = 0; v < vocab; ++v)
+        a += double(dz[r * vocab + v]) * wf[v * d + k],
+            s += std::fabs(dz[r * vocab + v] * wf[v * d + k]);
+      dh[r * d + k] = float(a), S_dh[r * d + k] = float(s);
+    }
+  for (int64_t v = 0; v < vocab; ++v)
+    for (int64_t k = 0; k < d; ++k) {
+      double a = 0, s = 0;
+      for (int64_t r = 0; r < rows; ++r)
+        a += double(dz[r * vocab + v]) * hf[r * h.ld + k],
+            s += std::fabs(dz[r * vocab + v] * hf[r * h.ld + k]);
+      dw[v * d + k] += float(a), S_dw[v * d + k] = float(s) + std::fabs(dw0.data[v * d + k]);
+    }
+
+  Dev<uint16_t> dH(h), dW(w);
+  Dev<float> dDh(outputMat<float>(rows, d, d + 4)), dDw(dw0);
+  auto upload = [](const void *p, size_t bytes) {
+    DeviceBuffer b(std::max<size_t>(8, bytes), "lm head loss operand");
+    gpu().copyToDevice(b.get(), p, bytes, "lm head loss operand");
+    return b;
+  };
+  const double k = 1.0 / double(counted);
+  DeviceBuffer dLabels = upload(labels.data(), labels.size() * 4), dK = upload(&k, 8);
+  DeviceBuffer rowLoss(size_t(rows) * 8, "row losses"), total(8, "loss total");
+  static Gemm gemm(gpu());
+  LmHeadLoss head(
+      gpu(), gemm,
+      {&module().kernel("cross_entropy_grad_bf16"), 256, &module().kernel("loss_total")}, chunk,
+      vocab, d);
+  EXPECT_EQ(head.workspaceBytes(), size_t(chunk * vocab * 6));
+  LmHeadLossCall call;
+  call.h = dH.ptr(), call.ldh = dH.ld(), call.w = dW.ptr(), call.labels = dLabels.get();
+  call.k = dK.get(), call.rows = rows, call.dh = dDh.ptr(), call.lddh = dDh.ld();
+  call.dw = dDw.ptr(), call.rowLoss = rowLoss.get(), call.total = total.get();
+  head.run(call, "lm head loss test");
+  double gotTotal = 0;
+  gpu().copyToHost(&gotTotal, total.get(), 8, "loss total");
+  const std::vector<float> gotDh = dDh.download("dh"), gotDw = dDw.download("dW");
+  EXPECT_NEAR(gotTotal / double(counted), loss, 1e-5 * (1 + std::fabs(loss)));
+  const double u = std::ldexp(1.0, -24);
+  auto check = [&](const char *what, const std::vector<float> &got, int64_t ldGot,
+                   const std::vector<float> &ref, const std::vector<float> &S, int64_t n,
+                   int64_t K) {
+    int64_t bad = 0;
+    double worst = 0;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < d; ++j) {
+        const double s = S[i * d + j], bound = std::ldexp(s, -8) + 3 * double(K) * u * s + 1e-30;
+        const double err = std::fabs(double(got[i * ldGot + j]) - ref[i * d + j]);
+        if (!(err <= bound) && bad++ < 3)
+          ADD_FAILURE() << what << "[" << i << ", " << j << "]: gpu " << got[i * ldGot + j]
+                        << ", cpu " << ref[i * d + j] << " (bound " << bound << ")";
+        worst = std::max(worst, err / bound);
+      }
+    EXPECT_EQ(bad, 0) << what;
+    std::printf("  lm head loss (chunks of %lld) %s: max |diff|/bound %.3f\n", (long long)chunk,
+                what, worst);
+  };
+  check("dh", gotDh, dDh.ld(), dh, S_dh, rows, vocab);
+  check("dW", gotDw, d, dw, S_dw, vocab, rows);
+  std::printf("  lm head loss: mean %.9f (cpu %.9f)\n", gotTotal / double(counted), loss);
+}
 
 //===-- Embedding backward -------------------------------------------------------===//
 

@@ -1,0 +1,61 @@
+//===- LmHeadLoss.cpp - the lm head, its loss and backward in chunks of rows ---===//
+#include "runtime/cuda/LmHeadLoss.h"
+
+#include "runtime/Error.h"
+
+#include <algorithm>
+#include <string>
+
+namespace tnlm::cuda {
+
+namespace {
+size_t checkedBytes(int64_t chunkRows, int64_t vocab, int64_t d, size_t elem) {
+  if (chunkRows <= 0 || vocab <= 0 || d <= 0)
+    throw Error("the chunked lm head loss: chunk rows (" + std::to_string(chunkRows) +
+                "), vocabulary (" + std::to_string(vocab) + ") and hidden size (" +
+                std::to_string(d) + ") must be positive");
+  return size_t(chunkRows) * size_t(vocab) * elem;
+}
+} // namespace
+
+LmHeadLoss::LmHeadLoss(const Context &context, Gemm &gemm, LmHeadLossKernels kernels,
+                       int64_t chunkRows, int64_t vocab, int64_t d)
+    : context_(context), gemm_(gemm), kernels_(kernels), chunkRows_(chunkRows), vocab_(vocab),
+      d_(d), logits_(checkedBytes(chunkRows, vocab, d, 4), "the lm head's chunk of logits"),
+      dz_(checkedBytes(chunkRows, vocab, d, 2), "the lm head's chunk of logit gradients") {
+  if (!kernels_.crossEntropyGrad || !kernels_.lossTotal)
+    throw Error("the chunked lm head loss needs its cross entropy and loss total kernels");
+}
+
+void LmHeadLoss::run(const LmHeadLossCall &c, std::string_view where) {
+  const std::string at = where.empty() ? std::string("the lm head loss") : std::string(where);
+  if (c.rows < 0)
+    throw Error(at + ": negative rows");
+  const int64_t ldh = c.ldh ? c.ldh : d_, lddh = c.lddh ? c.lddh : d_;
+  if (ldh < d_ || lddh < d_)
+    throw Error(at + ": a leading dimension below the hidden size " + std::to_string(d_));
+  for (int64_t r0 = 0; r0 < c.rows; r0 += chunkRows_) {
+    const int64_t n = std::min(chunkRows_, c.rows - r0);
+    const CUdeviceptr h = c.h + CUdeviceptr(r0 * ldh * 2);
+    // z = h·Wᵀ: rows n, in d, out vocab.
+    gemm_.linear(GemmType::Bf16F32Out, {n, d_, vocab_, ldh, d_, vocab_}, h, c.w, logits_.get(),
+                 at + ": logits");
+    const CUdeviceptr labels = c.labels + CUdeviceptr(r0 * 4);
+    const CUdeviceptr rowLoss = c.rowLoss + CUdeviceptr(r0 * 8);
+    const long long ldz = vocab_;
+    const int vocab = int(vocab_);
+    LaunchConfig perRow{{unsigned(n)}, {kernels_.block}, 0};
+    context_.launchWith(*kernels_.crossEntropyGrad, perRow, at + ": cross entropy", logits_.get(),
+                        ldz, labels, vocab, c.ignoreIndex, c.k, dz_.get(), ldz, rowLoss);
+    // dh = dz·W (rows n, in d, out vocab; dx's ld lddh), dW += dzᵀ·h.
+    gemm_.gradInput(GemmType::Bf16F32Out, {n, d_, vocab_, lddh, d_, vocab_}, dz_.get(), c.w,
+                    c.dh + CUdeviceptr(r0 * lddh * 4), at + ": dh");
+    gemm_.gradWeight(GemmType::Bf16F32Out, {n, d_, vocab_, ldh, d_, vocab_}, dz_.get(), h, c.dw,
+                     at + ": dW", 1.0f, 1.0f);
+  }
+  const long long rows = c.rows;
+  context_.launchWith(*kernels_.lossTotal, LaunchConfig{{1}, {1}, 0}, at + ": loss total",
+                      c.rowLoss, rows, c.total);
+}
+
+} // namespace tnlm::cuda

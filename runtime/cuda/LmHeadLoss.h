@@ -1,0 +1,76 @@
+//===- LmHeadLoss.h - the lm head, its loss and backward in chunks of rows -*- C++ -*-===//
+//
+// Training on the GPU (issue 11): the last hidden states h [rows, d] (bf16) through the lm head
+// W [V, d] (bf16) into the cross entropy, and back, without the [rows, V] logits ever whole in
+// memory. For each chunk of at most `chunkRows` rows:
+//   z  = h·Wᵀ                    f32 logits [chunk, V]           (cuBLASLt, bf16 in, f32 out)
+//   dz, loss rows                bw::cross_entropy_grad, dz bf16 (the GEMMs' operand), the
+//                                rows' losses in f64, k = dloss / counted read on the device
+//   dh = dz·W                    f32 [chunk, d]                  (Gemm::gradInput)
+//   dW += dzᵀ·h                  f32 [V, d]                      (Gemm::gradWeight, β = 1)
+// then bw::loss_total adds the row losses in row order (the CPU's order). The workspace is
+// chunkRows·V·6 bytes (the f32 logits and the bf16 dz of one chunk). Everything is queued on
+// the context's stream (a CUDA graph may capture it).
+//
+//===----------------------------------------------------------------------===//
+#ifndef TNLM_RUNTIME_CUDA_LMHEADLOSS_H
+#define TNLM_RUNTIME_CUDA_LMHEADLOSS_H
+
+#include "runtime/cuda/CudaContext.h"
+#include "runtime/cuda/Gemm.h"
+
+#include <cstdint>
+#include <string_view>
+
+namespace tnlm::cuda {
+
+/// The two kernels it launches, from a module compiled from codegen/cuda/Backward.cuh:
+///   crossEntropyGrad: bw::cross_entropy_grad<block, bf16>(const float *x, long long ldx,
+///       const int *labels, int vocab, int ignoreIndex, const double *kp, bf16 *dx,
+///       long long lddx, double *rowLoss), one CTA of `block` threads per row;
+///   lossTotal: bw::loss_total(const double *rowLoss, long long rows, double *total), one thread.
+struct LmHeadLossKernels {
+  Kernel *crossEntropyGrad = nullptr;
+  unsigned block = 256;
+  Kernel *lossTotal = nullptr;
+};
+
+struct LmHeadLossCall {
+  CUdeviceptr h = 0;      // bf16 [rows, d], ld ldh
+  int64_t ldh = 0;        // 0: d
+  CUdeviceptr w = 0;      // bf16 [vocab, d] contiguous (the lm head, or the tied embedding)
+  CUdeviceptr labels = 0; // i32 [rows]
+  int ignoreIndex = -100;
+  CUdeviceptr k = 0; // f64 on the device: dloss / the step's counted labels
+  int64_t rows = 0;
+  CUdeviceptr dh = 0;      // f32 [rows, d], ld lddh (overwritten)
+  int64_t lddh = 0;        // 0: d
+  CUdeviceptr dw = 0;      // f32 [vocab, d] contiguous (accumulated into)
+  CUdeviceptr rowLoss = 0; // f64 [rows]
+  CUdeviceptr total = 0;   // f64: Σ row losses (the caller divides by the counted labels)
+};
+
+class LmHeadLoss {
+public:
+  /// Allocates the workspace for chunks of `chunkRows` rows of a vocabulary of `vocab` and a
+  /// hidden size `d`. Throws on sizes that are not positive.
+  LmHeadLoss(const Context &context, Gemm &gemm, LmHeadLossKernels kernels, int64_t chunkRows,
+             int64_t vocab, int64_t d);
+
+  /// Queues the chunks and the total for one call. `where` names the step in errors.
+  void run(const LmHeadLossCall &call, std::string_view where = {});
+
+  int64_t chunkRows() const { return chunkRows_; }
+  size_t workspaceBytes() const { return logits_.size() + dz_.size(); }
+
+private:
+  const Context &context_;
+  Gemm &gemm_;
+  LmHeadLossKernels kernels_;
+  int64_t chunkRows_, vocab_, d_;
+  DeviceBuffer logits_, dz_;
+};
+
+} // namespace tnlm::cuda
+
+#endif // TNLM_RUNTIME_CUDA_LMHEADLOSS_H
