@@ -70,6 +70,11 @@ private:
   bool checkFinite_ = false;
 };
 
+/// The learning rate of optimizer step index `step` (0-based: the completed steps) for the
+/// hyperparameter vector `hparams` (f32 [HyperParam.Count]): linear warmup, then constant or
+/// cosine down to the minimum (tnlm.lr_schedule, docs/model.md), in f64.
+double learningRate(int64_t step, const float *hparams);
+
 /// A NaN or infinity found by CpuExecutor's finite checks.
 class NonFiniteError : public Error {
 public:

@@ -301,6 +301,40 @@ __device__ __forceinline__ void sum_squares_total(const double *partial, long lo
     *norm = static_cast<float>(sqrt(s) / divisor);
 }
 
+// The optimizer step's scalars (tnlm LrSchedule, ClipScale; one thread), from the step
+// counter (completed steps), the hyperparameter vector (f32 [HyperParam.Count], tnlm.fbs
+// order: lr 0, min lr 1, warmup 2, total steps 3, schedule 4 (1 = cosine), clip 9, accumulation
+// steps 10) and the global norm, in f64 as runtime/CpuTrainSteps.cpp:
+//   lr    = lr·(s + 1)/warmup while s < warmup; then lr (constant) or
+//           min + (lr − min)·(1 + cos(π·min(1, (s − warmup)/max(1, total − warmup))))/2;
+//   scale = min(1, clip/(norm + 1e-6)) (1 when clip <= 0), divided by the accumulation steps;
+//   t     = s + 1 (the AdamW step adamw reads).
+__device__ __forceinline__ void optimizer_scalars(const int *counter, const float *hp,
+                                                  const float *norm, float *lr, float *scale,
+                                                  int *t) {
+  const int s = *counter;
+  const double base = hp[0], minLr = hp[1], warmup = hp[2], total = hp[3];
+  double l;
+  if (s < warmup) {
+    l = base * (static_cast<double>(s) + 1.0) / warmup;
+  } else if (static_cast<int>(hp[4]) != 1) {
+    l = base;
+  } else {
+    const double p = fmin(1.0, (s - warmup) / fmax(1.0, total - warmup));
+    l = minLr + (base - minLr) * 0.5 * (1.0 + cos(3.14159265358979323846 * p));
+  }
+  *lr = static_cast<float>(l);
+  const double clip = hp[9];
+  double c = 1.0;
+  if (clip > 0)
+    c = fmin(1.0, clip / (static_cast<double>(*norm) + 1e-6));
+  *scale = static_cast<float>(c / hp[10]);
+  *t = s + 1;
+}
+
+// tnlm Increment: the step counter, after the step (one thread).
+__device__ __forceinline__ void step_increment(int *counter) { *counter += 1; }
+
 // One AdamW step over every tensor (cpu::adamw, torch.optim.AdamW's single-tensor order), on
 // the gradient g·gradScale: lr, gradScale and the step t >= 1 come from device memory (the
 // schedule's, the clipping's and the step counter's outputs), β1, β2, eps and the weight decay

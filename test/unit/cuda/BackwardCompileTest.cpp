@@ -23,9 +23,10 @@ TEST(Nvrtc, CompilesTheBackwardTemplates) {
   options.headers = {{"tnlm/Backward.cuh", kBackwardCuh}};
   CompiledKernels out = compileCuda(test::backwardWrappers(), "backward.cu", options);
   EXPECT_GT(out.image.size(), 1000u);
-  for (const char *k : {"srms_norm_grad_c4096_bf16", "add_srms_norm_grad_c768_float",
-                        "silu_grad_c100_bf16", "mul_grad_c4096", "embedding_grad_float",
-                        "cross_entropy_grad_bf16", "loss_total", "sum_squares_chunks", "adamw"})
+  for (const char *k :
+       {"srms_norm_grad_c4096_bf16", "add_srms_norm_grad_c768_float", "silu_grad_c100_bf16",
+        "mul_grad_c4096", "embedding_grad_float", "cross_entropy_grad_bf16", "loss_total",
+        "sum_squares_chunks", "adamw", "optimizer_scalars", "step_increment"})
     EXPECT_NE(out.image.find(k), std::string::npos) << k;
 }
 

@@ -32,6 +32,7 @@
 //   within one ulp.
 //
 //===----------------------------------------------------------------------===//
+#include "runtime/CpuExecutor.h"
 #include "runtime/DType.h"
 #include "runtime/EmbeddingSegments.h"
 #include "runtime/cpu/Backward.h"
@@ -39,6 +40,7 @@
 #include "runtime/cuda/Gemm.h"
 #include "runtime/cuda/LmHeadLoss.h"
 #include "runtime/cuda/Nvrtc.h"
+#include "runtime/schema/tnlm_generated.h"
 #include "test/unit/cuda/BackwardWrappers.h"
 #include "test/unit/cuda/GpuTest.h"
 
@@ -770,6 +772,92 @@ TEST(BackwardOptimizer, AdamWMatchesCpuBitForBit) {
         EXPECT_EQ(bad, 0) << "step " << step << ", tensor " << i << " of " << got.size();
       }
     }
+  }
+}
+
+// The whole optimizer step on the device, as @optimizer_step runs it: sum_squares_chunks,
+// sum_squares_total (÷ the accumulation steps: the global norm), optimizer_scalars (the
+// scheduled lr, the clipping scale, t = counter + 1), adamw, step_increment, against the CPU's
+// GlobalNorm, LrSchedule, ClipScale, AdamW and Increment (runtime/CpuTrainSteps.cpp) at
+// counters in the warmup, at its end, on the cosine and past the total, with clipping active.
+// The scalars from the CPU's norm must be the CPU's bit for bit (f64 on both sides; CUDA's cos
+// is within 1 ulp of glibc's, which moves the f32 lr only within ~1e-16 of a rounding
+// boundary); the device's norm within one f32 ulp (its f64 sum runs in another order), and
+// p, m, v bit for bit the CPU's AdamW with the scale the device used.
+TEST(BackwardOptimizer, WholeStepMatchesCpu) {
+  OptCase c(kOptSizes);
+  double sum = 0;
+  for (const auto &g : c.g)
+    sum += cpu::sumSquares(g.data(), int64_t(g.size()));
+  float hp[schema::HyperParam_Count] = {};
+  hp[schema::HyperParam_Lr] = 3e-4f, hp[schema::HyperParam_MinLr] = 3e-5f;
+  hp[schema::HyperParam_Warmup] = 10, hp[schema::HyperParam_TotalSteps] = 1000;
+  hp[schema::HyperParam_Schedule] = schema::LrScheduleKind_Cosine;
+  hp[schema::HyperParam_Beta1] = 0.9f, hp[schema::HyperParam_Beta2] = 0.95f;
+  hp[schema::HyperParam_Eps] = 1e-8f, hp[schema::HyperParam_WeightDecay] = 0.1f;
+  hp[schema::HyperParam_AccumSteps] = 2;
+  hp[schema::HyperParam_ClipGrad] = float(0.5 * std::sqrt(sum) / 2); // half the norm: clips
+  DeviceBuffer dHp(sizeof hp, "hparams"), partial(size_t(c.chunks) * 8, "partial"), norm(4, "norm"),
+      cpuNorm(4, "cpu norm"), lr(4, "lr"), scale(4, "scale"), t(4, "t"), counter(4, "counter");
+  gpu().copyToDevice(dHp.get(), hp, sizeof hp, "hparams");
+  for (int s : {0, 9, 10, 500, 1000, 2000}) {
+    gpu().copyToDevice(counter.get(), &s, 4, "counter");
+    // The CPU's step.
+    const float wantNorm = static_cast<float>(std::sqrt(sum) / hp[schema::HyperParam_AccumSteps]);
+    const float wantLr = static_cast<float>(learningRate(s, hp));
+    const double clip = hp[schema::HyperParam_ClipGrad];
+    const float wantScale = static_cast<float>(std::min(1.0, clip / (double(wantNorm) + 1e-6)) /
+                                               hp[schema::HyperParam_AccumSteps]);
+    // (a) the scalars from the CPU's norm.
+    gpu().copyToDevice(cpuNorm.get(), &wantNorm, 4, "cpu norm");
+    launch("optimizer_scalars", {1}, 1, counter.get(), dHp.get(), cpuNorm.get(), lr.get(),
+           scale.get(), t.get());
+    float gotLr = 0, gotScale = 0;
+    int gotT = 0;
+    gpu().copyToHost(&gotLr, lr.get(), 4, "lr");
+    gpu().copyToHost(&gotScale, scale.get(), 4, "scale");
+    gpu().copyToHost(&gotT, t.get(), 4, "t");
+    EXPECT_EQ(gotLr, wantLr) << "counter " << s;
+    EXPECT_EQ(gotScale, wantScale) << "counter " << s;
+    EXPECT_EQ(gotT, s + 1) << "counter " << s;
+    ASSERT_LT(wantScale, 0.5f / hp[schema::HyperParam_AccumSteps] + 1e-3f) << "clipping is on";
+    // (b) the device's pipeline.
+    launch("sum_squares_chunks", {static_cast<unsigned>(c.chunks)}, 256, c.dTable.get(),
+           int(c.table.size()), partial.get());
+    launch("sum_squares_total", {1}, 1, partial.get(), c.chunks,
+           double(hp[schema::HyperParam_AccumSteps]), CUdeviceptr(0), norm.get());
+    launch("optimizer_scalars", {1}, 1, counter.get(), dHp.get(), norm.get(), lr.get(), scale.get(),
+           t.get());
+    launch("adamw", {static_cast<unsigned>(c.chunks)}, 256, c.dTable.get(), int(c.table.size()),
+           lr.get(), scale.get(), t.get(), hp[schema::HyperParam_Beta1],
+           hp[schema::HyperParam_Beta2], hp[schema::HyperParam_Eps],
+           hp[schema::HyperParam_WeightDecay]);
+    launch("step_increment", {1}, 1, counter.get());
+    float devNorm = 0, devScale = 0;
+    int after = 0;
+    gpu().copyToHost(&devNorm, norm.get(), 4, "norm");
+    gpu().copyToHost(&devScale, scale.get(), 4, "scale");
+    gpu().copyToHost(&after, counter.get(), 4, "counter");
+    EXPECT_LE(std::fabs(devNorm - wantNorm), std::ldexp(std::fabs(wantNorm), -23)) << s;
+    EXPECT_EQ(after, s + 1);
+    for (size_t i = 0; i < c.table.size(); ++i)
+      cpu::adamw(c.p[i].data(), c.g[i].data(), c.m[i].data(), c.v[i].data(), int64_t(c.p[i].size()),
+                 wantLr, hp[schema::HyperParam_Beta1], hp[schema::HyperParam_Beta2],
+                 hp[schema::HyperParam_Eps], c.decay[i] ? hp[schema::HyperParam_WeightDecay] : 0.0f,
+                 devScale, s + 1);
+    for (size_t i = 0; i < c.table.size(); ++i) {
+      const std::vector<float> *want[] = {&c.p[i], nullptr, &c.m[i], &c.v[i]};
+      for (int which : {0, 2, 3}) {
+        const std::vector<float> got = c.download(i, which);
+        int64_t bad = 0;
+        for (size_t j = 0; j < got.size(); ++j)
+          bad += std::memcmp(&got[j], &(*want[which])[j], 4) != 0;
+        EXPECT_EQ(bad, 0) << "counter " << s << ", tensor " << i << " ("
+                          << "p?mv"[which] << "): elements not the CPU's";
+      }
+    }
+    std::printf("  optimizer step at counter %d: lr %.9g, scale %.9g, norm %.9g (cpu %.9g)\n", s,
+                gotLr, devScale, devNorm, wantNorm);
   }
 }
 

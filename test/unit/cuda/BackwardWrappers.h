@@ -68,7 +68,13 @@ inline std::string backwardWrappers() {
        "extern \"C\" __global__ void __launch_bounds__(256)\n"
        "adamw(const OptTensor *t, int count, const float *lr, const float *scale, const int "
        "*step, float beta1, float beta2, float eps, float wd) {\n"
-       "  tnlm::bw::adamw<256>(t, count, lr, scale, step, beta1, beta2, eps, wd);\n}\n";
+       "  tnlm::bw::adamw<256>(t, count, lr, scale, step, beta1, beta2, eps, wd);\n}\n"
+       "extern \"C\" __global__ void __launch_bounds__(1)\n"
+       "optimizer_scalars(const int *counter, const float *hp, const float *norm, float *lr, "
+       "float *scale, int *t) {\n  tnlm::bw::optimizer_scalars(counter, hp, norm, lr, scale, "
+       "t);\n}\n"
+       "extern \"C\" __global__ void __launch_bounds__(1)\n"
+       "step_increment(int *counter) {\n  tnlm::bw::step_increment(counter);\n}\n";
   return s;
 }
 
