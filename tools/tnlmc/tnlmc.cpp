@@ -251,8 +251,13 @@ FailureOr<int64_t> trainStepArena(ModuleOp module, const tnlm::InferPipelineOpti
   return p->arenaBytes;
 }
 
-/// The persistent training state of a train artifact, by kind (--summary).
-void printTrainState(const tnlm::KernelPlan &plan) {
+/// What one H200 gives a process (cuMemGetInfo's total there, 139.8 GiB).
+constexpr int64_t kH200Bytes = int64_t(139.8 * 1024 * 1024 * 1024);
+
+/// The persistent training state of a train artifact, by kind (--summary); returns its bytes.
+/// On cuda:sm_90a the parameters add their f32 master copy and the bf16 copy the matrix
+/// products read (docs/gpu-training.md).
+int64_t printTrainState(const tnlm::KernelPlan &plan, bool cuda) {
   std::map<std::string, std::pair<int64_t, int64_t>> byKind; // kind -> (tensors, bytes)
   int64_t total = 0;
   for (const tnlm::PlanState &s : plan.state) {
@@ -263,19 +268,36 @@ void printTrainState(const tnlm::KernelPlan &plan) {
     byKind[s.kind].second += 4 * n;
     total += 4 * n;
   }
-  llvm::outs() << "training state (persistent, besides the parameters)\n";
+  int64_t params = 0;
+  for (const tnlm::PlanParam &p : plan.params) {
+    int64_t n = 1;
+    for (int64_t d : p.shape)
+      n *= d;
+    params += n;
+  }
+  llvm::outs() << (cuda ? "training state (persistent: the parameters and their state)\n"
+                        : "training state (persistent, besides the parameters)\n");
+  auto line = [](const char *label, int64_t bytes, const std::string &extra) {
+    llvm::outs() << llvm::formatv("  {0,-26} {1,18}  ({2:F2} MiB{3})\n", label,
+                                  tnlm::withThousands(bytes), bytes / (1024.0 * 1024.0), extra);
+  };
+  if (cuda) {
+    line("master weights (f32)", 4 * params,
+         ", " + std::to_string(plan.params.size()) + " tensors");
+    line("weights for GEMMs (bf16)", 2 * params, "");
+    total += 6 * params;
+  }
   const std::pair<const char *, const char *> names[] = {{"grad", "gradients (f32)"},
                                                          {"adam_m", "AdamW exp_avg (f32)"},
                                                          {"adam_v", "AdamW exp_avg_sq (f32)"},
                                                          {"step", "step counter (i32)"}};
   for (auto [kind, label] : names)
     if (byKind.count(kind))
-      llvm::outs() << llvm::formatv("  {0,-26} {1,18}  ({2:F2} MiB, {3} tensors)\n", label,
-                                    tnlm::withThousands(byKind[kind].second),
-                                    byKind[kind].second / (1024.0 * 1024.0), byKind[kind].first);
-  llvm::outs() << llvm::formatv("  {0,-26} {1,18}  ({2:F2} MiB)\n", "total",
-                                tnlm::withThousands(total), total / (1024.0 * 1024.0));
-  llvm::outs() << "  (the CPU backend keeps parameters in f32: no separate master weights)\n";
+      line(label, byKind[kind].second, ", " + std::to_string(byKind[kind].first) + " tensors");
+  line("total", total, "");
+  if (!cuda)
+    llvm::outs() << "  (the CPU backend keeps parameters in f32: no separate master weights)\n";
+  return total;
 }
 
 } // namespace
@@ -370,9 +392,11 @@ int main(int argc, char **argv) {
     error("--pipeline=train builds training functions: use it with --mode=train");
     return 1;
   }
-  if (train && isCuda()) {
-    error("--mode=train --target=cuda:sm_90a: training on the GPU is not implemented yet "
-          "(train on --target=cpu)");
+  if (train && isCuda() &&
+      (what == Emit::Artifact || what == Emit::CudaSource || what == Emit::Executable)) {
+    error("--mode=train --target=cuda:sm_90a: GPU train artifacts cannot be emitted yet (the "
+          "GPU train step is being built); --summary, --emit=plan and --emit=mlir show its plan "
+          "and memory; train on --target=cpu meanwhile");
     return 1;
   }
   if (recompute.getNumOccurrences() && stages != Pipeline::Train) {
@@ -475,6 +499,7 @@ int main(int argc, char **argv) {
             train ? "@" + p.function + " arena peak" : std::string("planned arena peak"),
             tnlm::withThousands(p.arenaBytes), p.arenaBytes / (1024.0 * 1024.0), p.steps.size(),
             p.buffers.size());
+      std::vector<std::pair<Recompute, int64_t>> policyArenas; // @train_step's, by policy
       if (train && imported) {
         TimingScope policyTiming = timingRoot.nest("summary: the other recompute policies");
         llvm::outs() << "@train_step arena per --recompute policy (this artifact: "
@@ -490,13 +515,45 @@ int main(int argc, char **argv) {
             llvm::outs() << "  " << policyName(r) << ": not planned: " << why << "\n";
             continue;
           }
+          policyArenas.push_back({r, *bytes});
           llvm::outs() << llvm::formatv("  {0,-26} {1,18}  ({2:F2} MiB){3}\n", policyName(r),
                                         tnlm::withThousands(*bytes), *bytes / (1024.0 * 1024.0),
                                         r == recompute ? "  <- chosen" : "");
         }
       }
-      if (train)
-        printTrainState(plans.front());
+      if (train) {
+        const int64_t state = printTrainState(plans.front(), isCuda());
+        if (isCuda()) {
+          int64_t arena = 0;
+          for (const tnlm::KernelPlan &p : plans)
+            arena = std::max(arena, p.arenaBytes);
+          const int64_t fixed = state + (32 << 20); // + cuBLASLt's workspace
+          const int64_t need = fixed + arena;
+          const bool fits = need <= kH200Bytes;
+          std::string advice;
+          if (!fits && fixed > kH200Bytes) {
+            advice = "; the training state alone needs more than one GPU (it has to be sharded)";
+          } else if (!fits) {
+            advice = "; no --recompute policy fits at this --batch and --seq: lower them";
+            int64_t others = 0; // the arenas of the functions besides @train_step
+            for (size_t i = 1; i < plans.size(); ++i)
+              others = std::max(others, plans[i].arenaBytes);
+            for (auto [r, bytes] : policyArenas) {
+              const int64_t withR = fixed + std::max(bytes, others);
+              if (r != recompute && withR <= kH200Bytes) {
+                advice = llvm::formatv("; --recompute={0} would ({1:F2} GiB)", policyName(r),
+                                       withR / (1024.0 * 1024.0 * 1024.0));
+                break;
+              }
+            }
+          }
+          llvm::outs() << llvm::formatv(
+              "one GPU: {0} bytes ({1:F2} GiB: the state, the largest arena, 32 MiB for "
+              "cuBLASLt): {2} an H200 (139.8 GiB){3}\n",
+              tnlm::withThousands(need), need / (1024.0 * 1024.0 * 1024.0),
+              fits ? "fits" : "does NOT fit", advice);
+        }
+      }
     } else {
       llvm::outs() << "  not planned: " << planError << "\n";
     }
