@@ -406,14 +406,13 @@ template <class Cfg> struct Problem {
 // ---------------------------------------------------------------------------------------------
 // Forward + backward (--bwd): the backward as three passes of the Hopper forward kernel
 // (test/unit/cuda/LightningBwdFastGpuTest.cpp checks the result against the CPU):
-//   dq = fwd(dO, v, k) (default segment plan), dk = rev(v, dO, q), dv = rev(k, q, dO) (the
-//   reversed kernel, one segment), the three on their own streams (they only read the inputs).
+//   dq = fwd(dO, v, k), dk = rev(v, dO, q), dv = rev(k, q, dO), rev = the same forward over the
+//   reversed sequence (the tensors' last rows, negative token strides), each with the default
+//   segment plan and its own workspace, the three on their own streams (they only read inputs).
 // Timed: the forward, then the backward, as one sequence (events around all of it); the I/O
 // floor of fwd+bwd is 22E bytes (PERFORMANCE.md). Sanity check: dq against the fp32 reference
 // kernel run on (dO, v, k).
 // ---------------------------------------------------------------------------------------------
-using CfgRev = LightningFwdSm90Config<128, 128, 64, 3, 4, true>;
-
 template <class Cfg> static int bench_bwd(int B, int H, int N, int sms, int reps, uint64_t seed) {
   Problem<Cfg> p(B, H, N, 1.0f, "alibi", seed);
   const long long E = p.E_in();
@@ -435,21 +434,19 @@ template <class Cfg> static int bench_bwd(int B, int H, int N, int sms, int reps
   aq.q = dO, aq.k = p.v, aq.v = p.k, aq.o = dq;
   ak.q = p.v, ak.k = dO, ak.v = p.q, ak.o = dk;
   av.q = p.k, av.k = p.q, av.v = dO, av.o = dv;
-  for (LightningFwdArgs *a : {&ak, &av}) { // the reversed passes: one segment per (b, h)
-    a->seg_len = (N + 63) / 64 * 64, a->num_segs = 1, a->piece_len = a->seg_len;
-    a->pieces_per_bh = 0, a->piece_states = nullptr;
+  const long long last = (long long)(N - 1) * H * 128; // row N - 1 of batch 0
+  for (LightningFwdArgs *a : {&ak, &av}) {             // the reversed passes
+    a->q += last, a->k += last, a->v += last, a->o += last;
+    a->in_sn = -a->in_sn, a->out_sn = -a->out_sn;
   }
-  aq.piece_states = nullptr; // its own workspace: it may run beside the forward's
-  float *wsq = nullptr;
-  if (plan.workspace_bytes > 0) {
-    CK(cudaMalloc(&wsq, plan.workspace_bytes));
-    aq.piece_states = wsq;
-  }
-  static bool configured = false;
-  if (!configured) {
-    CK(cudaFuncSetAttribute(lightning_fwd_sm90_main_kernel<CfgRev>,
-                            cudaFuncAttributeMaxDynamicSharedMemorySize, CfgRev::SMEM_MAIN));
-    configured = true;
+  float *ws[3] = {nullptr, nullptr, nullptr}; // each pass its own: they may run together
+  LightningFwdArgs *passes[3] = {&aq, &ak, &av};
+  for (int i = 0; i < 3; ++i) {
+    passes[i]->piece_states = nullptr;
+    if (plan.workspace_bytes > 0) {
+      CK(cudaMalloc(&ws[i], plan.workspace_bytes));
+      passes[i]->piece_states = ws[i];
+    }
   }
   cudaStream_t s0, s1, s2;
   CK(cudaStreamCreateWithFlags(&s0, cudaStreamNonBlocking));
@@ -466,8 +463,8 @@ template <class Cfg> static int bench_bwd(int B, int H, int N, int sms, int reps
     CK(cudaEventRecord(fork, s0));
     CK(cudaStreamWaitEvent(s1, fork));
     CK(cudaStreamWaitEvent(s2, fork));
-    lightning_fwd_sm90_main_kernel<CfgRev><<<B * H, CfgRev::NTHREADS, CfgRev::SMEM_MAIN, s1>>>(ak);
-    lightning_fwd_sm90_main_kernel<CfgRev><<<B * H, CfgRev::NTHREADS, CfgRev::SMEM_MAIN, s2>>>(av);
+    CK(launch<Cfg>(ak, s1));
+    CK(launch<Cfg>(av, s2));
     CK(launch<Cfg>(aq, s0));
     CK(cudaEventRecord(j1, s1));
     CK(cudaEventRecord(j2, s2));
@@ -501,20 +498,20 @@ template <class Cfg> static int bench_bwd(int B, int H, int N, int sms, int reps
   const bool pass = e.nonfinite == 0 && e.max_rel() < 2e-2 && e.rel_l2 < 1e-2;
   std::printf("{\"op\": \"lightning_attention_fwd_bwd\", \"impl\": \"tnlm_cuda_three_pass\", "
               "\"B\": %d, \"H\": %d, \"N\": %d, \"D\": 128, \"dtype\": \"bf16\", "
-              "\"fwd_segments\": %d, \"rev_segments\": 1, \"median_ms\": %.4f, "
+              "\"segments\": %d, \"median_ms\": %.4f, "
               "\"bwd_median_ms\": %.4f, \"io_floor_ms\": %.4f, \"pct_io_floor\": %.1f, "
               "\"bwd_io_floor_ms\": %.4f, \"bwd_pct_io_floor\": %.1f, \"dq_max_rel_err\": %.3e, "
               "\"dq_rel_l2_err\": %.3e, \"extra_bytes\": %llu, \"pass\": %s}\n",
               B, H, N, plan.num_segs, all, bwd, floor_ms, 100.0 * floor_ms / all, floor_bwd,
               100.0 * floor_bwd / bwd, e.max_rel(), e.rel_l2,
-              (unsigned long long)plan.workspace_bytes, pass ? "true" : "false");
+              (unsigned long long)(4 * plan.workspace_bytes), pass ? "true" : "false");
   std::fflush(stdout);
   for (cudaEvent_t ev : {ev0, ev1, fork, j1, j2})
     CK(cudaEventDestroy(ev));
   for (cudaStream_t st : {s0, s1, s2})
     CK(cudaStreamDestroy(st));
-  for (void *x :
-       {(void *)dO, (void *)dq, (void *)dk, (void *)dv, (void *)dqref, (void *)sref, (void *)wsq})
+  for (void *x : {(void *)dO, (void *)dq, (void *)dk, (void *)dv, (void *)dqref, (void *)sref,
+                  (void *)ws[0], (void *)ws[1], (void *)ws[2]})
     if (x)
       CK(cudaFree(x));
   return pass ? 0 : 1;

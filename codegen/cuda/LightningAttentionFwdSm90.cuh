@@ -19,15 +19,9 @@ namespace la {
 // (contraction over tokens, N = dv contiguous), the decayed keys K~ᵀ come from registers
 // (ldmatrix.trans + scaling), and the bf16 state copy is written as (KV)ᵀ [dv][dk] (K-major for
 // Q·KV). No tile is transposed through shared memory.
-// REV_: the same pass over the sequence reversed (the backward's dK and dV, LightningBwd.h):
-//   o_i = Σ_{j >= i} λ^(j−i) (q_i·k_j) v_j, blocks from the last; within a block the mask is
-//   the upper triangle (decay[j − i]), the inter-block rows get λ^(m−i) (m rows in the block),
-//   the decayed keys λ^j (j from the block's start). One segment only (the state pass and the
-//   scan are forward-only): launch it with num_segs = 1.
-template <int DK_, int DV_, int C_ = 64, int STAGES_ = 3, int STATE_STAGES_ = 4, bool REV_ = false>
+template <int DK_, int DV_, int C_ = 64, int STAGES_ = 3, int STATE_STAGES_ = 4>
 struct LightningFwdSm90Config {
   static constexpr int DK = DK_, DV = DV_, C = C_;
-  static constexpr bool REV = REV_;
   static constexpr int STAGES = STAGES_;             // Q/K/V ring of the main kernel
   static constexpr int STATE_STAGES = STATE_STAGES_; // K/V ring of the state pass
   static constexpr int NWARPS = 8, NTHREADS = 256;   // two warpgroups
@@ -389,10 +383,8 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
 
   // Loads are issued by the state warpgroup only (its threads then fence and arrive at BLOCK,
   // so the output warpgroup needs no proxy fence and never waits on its own global stores).
-  // Block t of the pass covers tokens [blockStart(t), + C): in order, or from the last (REV).
-  auto blockStart = [&](int t) { return seg_start + (Cfg::REV ? nchunks - 1 - t : t) * C; };
   auto issue = [&](int t) {
-    const long long tok = blockStart(t);
+    const long long tok = seg_start + t * C;
     const int rows = min(C, seg_end - static_cast<int>(tok));
     const int st = t % STAGES;
     load_tile_sw_async<C, DK, WG_THREADS>(s_base + Cfg::OFF_Q + st * Cfg::Q_TILE,
@@ -421,7 +413,7 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
       const uint32_t sQ = s_base + Cfg::OFF_Q + st * Cfg::Q_TILE;
       const uint32_t sK = s_base + Cfg::OFF_K + st * Cfg::K_TILE;
       const uint32_t sV = s_base + Cfg::OFF_V + st * Cfg::V_TILE;
-      const int tok0 = blockStart(t);
+      const int tok0 = seg_start + t * C;
       const int m = min(C, seg_end - tok0);
 
       fence_regs(sacc);
@@ -448,23 +440,16 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           const int i = i0 + 8 * hf;
-          float p0, p1;
-          if (Cfg::REV) { // upper triangle: j >= i
-            p0 = j >= i ? sacc[4 * jb + 2 * hf] * decay[max(j - i, 0)] : 0.f;
-            p1 = j + 1 >= i ? sacc[4 * jb + 2 * hf + 1] * decay[max(j + 1 - i, 0)] : 0.f;
-          } else {
-            p0 = j <= i ? sacc[4 * jb + 2 * hf] * decay[max(i - j, 0)] : 0.f;
-            p1 = j + 1 <= i ? sacc[4 * jb + 2 * hf + 1] * decay[max(i - j - 1, 0)] : 0.f;
-          }
+          const float p0 = j <= i ? sacc[4 * jb + 2 * hf] * decay[max(i - j, 0)] : 0.f;
+          const float p1 = j + 1 <= i ? sacc[4 * jb + 2 * hf + 1] * decay[max(i - j - 1, 0)] : 0.f;
           pa[jb >> 1][(jb & 1) * 2 + hf] = pack_bf16x2(p0, p1);
         }
       }
       wgmma_wait<0>();
       fence_regs(oacc);
       named_bar_arrive(BAR_INTER, Cfg::NTHREADS); // done reading the state copy
-      { // O_inter rows scaled by Λ: row i gets λ^(i+1) (REV: λ^(m−i), 0 past the block)
-        const float f0 = Cfg::REV ? decay[max(m - i0, 0)] : decay[i0 + 1];
-        const float f1 = Cfg::REV ? decay[max(m - i0 - 8, 0)] : decay[i0 + 9];
+      {                                           // O_inter rows scaled by Λ: row i gets λ^(i+1)
+        const float f0 = decay[i0 + 1], f1 = decay[i0 + 9];
 #pragma unroll
         for (int jb = 0; jb < 16; ++jb) {
           oacc[4 * jb + 0] *= f0;
@@ -547,12 +532,9 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
       const int st = t % STAGES;
       const uint32_t sK = s_base + Cfg::OFF_K + st * Cfg::K_TILE;
       const uint32_t sV = s_base + Cfg::OFF_V + st * Cfg::V_TILE;
-      const int tok0 = blockStart(t);
+      const int tok0 = seg_start + t * C;
       const int m = min(C, seg_end - tok0);
-      // K~ row j = λ^(m−1−j) K row j (REV: λ^j), 0 for padding rows.
-      auto fac = [&](int j) {
-        return j < m ? (Cfg::REV ? decay[j] : decay[max(m - 1 - j, 0)]) : 0.f;
-      };
+      auto fac = [&](int j) { return j < m ? decay[max(m - 1 - j, 0)] : 0.f; };
       uint32_t ka0[C / 16][4], ka1[C / 16][4]; // K~ᵀ rows 16·wi.. and 64 + 16·wi..
       load_decayed_kt_frags<C>(ka0, sK, 16 * wi, lane, fac);
       load_decayed_kt_frags<C>(ka1, sK, 64 + 16 * wi, lane, fac);

@@ -1,18 +1,21 @@
 //===- LightningBwdFastGpuTest.cpp - the Lightning backward as three forward passes -===//
 //
 // The backward of o_i = Σ_{j<=i} λ^(i−j) (q_i·k_j) v_j is three passes of the Hopper forward
-// kernel (LightningAttentionFwdSm90.cuh), one of them in order and two over the reversed
-// sequence (LightningFwdSm90Config<..., REV = true>):
+// kernel (LightningAttentionFwdSm90.cuh, the kernels tnlmc emits), one in order and two over
+// the reversed sequence, which is the same kernel given the tensors' last rows and negative
+// token strides:
 //   dq = fwd(q := dO, k := v, v := k):   dq_i = Σ_{j<=i} λ^(i−j) (dO_i·v_j) k_j
 //   dk = rev(q := v,  k := dO, v := q):  dk_j = Σ_{i>=j} λ^(i−j) (v_j·dO_i) q_i
 //   dv = rev(q := k,  k := q,  v := dO): dv_j = Σ_{i>=j} λ^(i−j) (k_j·q_i) dO_i
-// checked against cpu::lightningAttentionGrad (block 64) on the same bf16 q, k, v, dO: B = 2,
-// H = 3, D = 128, N = 1, 63, 64, 65, 300, 2048, one segment per (b, h).
-// Bound (as LightningGpuTest.cpp's, whose analysis applies pass by pass: P, the decayed keys
-// and the state copy rounded to bf16 once each, fp32 sums, the output rounded once):
-// elementwise |gpu − cpu| <= 2^-5·scale_r, scale_r = max(max_j |cpu_rj|, the RMS of the
-// slice), and per (tensor, b, h) ‖gpu − cpu‖₂ <= 2^-7·‖cpu‖₂. A wrong mask direction, decay
-// power or block order is O(1).
+// each with the default segment plan (the state pass and the scan when it has pieces), checked
+// against cpu::lightningAttentionGrad (block 64) on the same bf16 q, k, v, dO: B = 2, H = 3,
+// D = 128, N = 1, 63, 64, 65, 300, 2048, and N = 4097 with forced segments (5 segments of 2
+// pieces: the reversed pass's segments start from the states of the pieces after them).
+// Bound (LightningGpuTest.cpp's analysis applies pass by pass: P, the decayed keys and the
+// state copy rounded to bf16 once each, fp32 sums, the output rounded once): elementwise
+// |gpu − cpu| <= 2^-5·scale_r, scale_r = max(max_j |cpu_rj|, the RMS of the slice), and per
+// (tensor, b, h) ‖gpu − cpu‖₂ <= 2^-7·‖cpu‖₂. A wrong direction, decay power, stride or
+// segment state is O(1).
 //
 //===----------------------------------------------------------------------===//
 #include "codegen/cuda/LightningFwdPlan.h"
@@ -56,13 +59,16 @@ const char *const kStdint = "#pragma once\n"
                             "typedef unsigned long long uint64_t;\n";
 
 constexpr int kD = 128, kC = 64, kH = 3, kB = 2, kThreads = 256;
-constexpr int kSmemMain = 3 * 3 * kC * kD * 2 + kD * kD * 2 + ((kC + 1) * 4 + 15) / 16 * 16 + 1024;
-const char *const kFwdExpr = "&tnlm::la::lightning_fwd_sm90_main_kernel<CfgF>";
-const char *const kRevExpr = "&tnlm::la::lightning_fwd_sm90_main_kernel<CfgR>";
+constexpr int kTile = kC * kD * 2;
+constexpr int kSmemMain = 3 * 3 * kTile + kD * kD * 2 + ((kC + 1) * 4 + 15) / 16 * 16 + 1024;
+constexpr int kSmemState = 4 * kTile * 2 + 1024;
+const char *const kStateExpr = "&tnlm::la::lightning_fwd_sm90_state_kernel<Cfg>";
+const char *const kScanExpr = "&tnlm::la::lightning_fwd_scan_kernel<128, 128>";
+const char *const kMainExpr = "&tnlm::la::lightning_fwd_sm90_main_kernel<Cfg>";
 
 struct Kernels {
   std::unique_ptr<Module> module;
-  Kernel *fwd = nullptr, *rev = nullptr;
+  Kernel *state = nullptr, *scan = nullptr, *main = nullptr;
 };
 
 Kernels &kernels() {
@@ -74,18 +80,18 @@ Kernels &kernels() {
                        {"LightningAttentionFwd.cuh", kFwdCuh},
                        {"LightningFwdPlan.h", kPlanH},
                        {"stdint.h", kStdint}};
-    options.nameExpressions = {kFwdExpr, kRevExpr};
-    const std::string src =
-        "#include \"tnlm/LightningAttentionFwdSm90.cuh\"\n"
-        "using CfgF = tnlm::la::LightningFwdSm90Config<128, 128>;\n"
-        "using CfgR = tnlm::la::LightningFwdSm90Config<128, 128, 64, 3, 4, true>;\n"
-        "static_assert(CfgF::SMEM_MAIN == " +
-        std::to_string(kSmemMain) + " && CfgR::SMEM_MAIN == " + std::to_string(kSmemMain) +
-        ", \"shared memory\");\n";
+    options.nameExpressions = {kStateExpr, kScanExpr, kMainExpr};
+    const std::string src = "#include \"tnlm/LightningAttentionFwdSm90.cuh\"\n"
+                            "using Cfg = tnlm::la::LightningFwdSm90Config<128, 128>;\n"
+                            "static_assert(Cfg::SMEM_MAIN == " +
+                            std::to_string(kSmemMain) +
+                            " && Cfg::SMEM_STATE == " + std::to_string(kSmemState) +
+                            ", \"shared memory\");\n";
     CompiledKernels out = compileCuda(src, "la_bwd_fast.cu", options);
     k.module = std::make_unique<Module>(gpu(), out.image, "la_bwd_fast");
-    k.fwd = &k.module->kernel(out.loweredNames.at(kFwdExpr));
-    k.rev = &k.module->kernel(out.loweredNames.at(kRevExpr));
+    k.state = &k.module->kernel(out.loweredNames.at(kStateExpr));
+    k.scan = &k.module->kernel(out.loweredNames.at(kScanExpr));
+    k.main = &k.module->kernel(out.loweredNames.at(kMainExpr));
   }
   return k;
 }
@@ -99,29 +105,51 @@ std::vector<uint16_t> randomBf16(size_t n, unsigned seed, float scale) {
   return out;
 }
 
-// One pass, one segment per (b, h): o = pass(q, k, v) on [B·N, H·D] bf16 tensors.
-void pass(Kernel &kernel, CUdeviceptr q, CUdeviceptr k, CUdeviceptr v, CUdeviceptr o,
-          CUdeviceptr slopes, int N) {
+// One forward pass o = pass(q, k, v) on [B·N, H·D] bf16 tensors, or (reversed) over the
+// reversed sequence: the same kernel on each tensor's row N − 1 with a negative token stride.
+// The segment plan as CudaExecutor::runLightning makes it (or forced), its workspace `ws`.
+void pass(CUdeviceptr q, CUdeviceptr k, CUdeviceptr v, CUdeviceptr o, CUdeviceptr slopes, int N,
+          bool reversed, int forceSegs, int forcePieces, DeviceBuffer &ws) {
   const long long ld = kH * kD;
+  const la::LightningFwdPlan plan = la::plan_lightning_fwd(
+      kB, kH, N, kD, kD, kC, gpu().multiprocessors(), forceSegs, forcePieces);
+  if (plan.workspace_bytes > ws.size())
+    ws = DeviceBuffer(plan.workspace_bytes, "piece states");
+  const CUdeviceptr last = reversed ? CUdeviceptr((N - 1) * ld * 2) : 0;
   Args a{};
-  a.q = reinterpret_cast<const uint16_t *>(q);
-  a.k = reinterpret_cast<const uint16_t *>(k);
-  a.v = reinterpret_cast<const uint16_t *>(v);
-  a.o = reinterpret_cast<uint16_t *>(o);
+  a.q = reinterpret_cast<const uint16_t *>(q + last);
+  a.k = reinterpret_cast<const uint16_t *>(k + last);
+  a.v = reinterpret_cast<const uint16_t *>(v + last);
+  a.o = reinterpret_cast<uint16_t *>(o + last);
   a.slopes = reinterpret_cast<const float *>(slopes);
+  a.piece_states = plan.pieces_per_bh > 0 ? reinterpret_cast<float *>(ws.get()) : nullptr;
   a.B = kB, a.N = N, a.H = kH;
-  a.in_sn = ld, a.in_sb = int64_t(N) * ld, a.in_sh = kD;
-  a.out_sn = ld, a.out_sb = int64_t(N) * ld, a.out_sh = kD;
-  a.seg_len = (N + kC - 1) / kC * kC, a.num_segs = 1, a.piece_len = a.seg_len;
-  a.pieces_per_bh = 0;
+  a.in_sn = reversed ? -ld : ld, a.in_sb = int64_t(N) * ld, a.in_sh = kD;
+  a.out_sn = a.in_sn, a.out_sb = a.in_sb, a.out_sh = kD;
+  a.seg_len = plan.seg_len, a.num_segs = plan.num_segs, a.piece_len = plan.piece_len;
+  a.pieces_per_bh = plan.pieces_per_bh;
+  Kernels &ks = kernels();
+  const unsigned bh = unsigned(kB * kH);
+  if (plan.pieces_per_bh > 0) {
+    LaunchConfig state;
+    state.grid.x = bh * unsigned(plan.pieces_per_bh);
+    state.block.x = kThreads;
+    state.sharedBytes = kSmemState;
+    gpu().launchWith(*ks.state, state, "backward state pass", a);
+    LaunchConfig scan;
+    scan.grid.x = kD * kD / 1024;
+    scan.grid.y = bh;
+    scan.block.x = 256;
+    gpu().launchWith(*ks.scan, scan, "backward scan", a);
+  }
   LaunchConfig c;
-  c.grid.x = unsigned(kB * kH);
+  c.grid.x = bh * unsigned(plan.num_segs);
   c.block.x = kThreads;
   c.sharedBytes = kSmemMain;
-  gpu().launchWith(kernel, c, "lightning backward pass", a);
+  gpu().launchWith(*ks.main, c, "backward main pass", a);
 }
 
-void runCase(int N) {
+void runCase(int N, int forceSegs = 0, int forcePieces = 0) {
   const int64_t rows = int64_t(kB) * N, ld = kH * kD;
   const size_t n = size_t(rows * ld);
   const std::vector<uint16_t> q = randomBf16(n, 1, 0.5f), k = randomBf16(n, 2, 0.5f),
@@ -137,10 +165,10 @@ void runCase(int N) {
   DeviceBuffer gq(n * 2, "dq"), gk(n * 2, "dk"), gv(n * 2, "dv");
   for (DeviceBuffer *b : {&gq, &gk, &gv})
     gpu().fillBytes(b->get(), 0xff, n * 2, "sentinel");
-  Kernels &ks = kernels();
-  pass(*ks.fwd, dO.get(), dV.get(), dK.get(), gq.get(), dS.get(), N);
-  pass(*ks.rev, dV.get(), dO.get(), dQ.get(), gk.get(), dS.get(), N);
-  pass(*ks.rev, dK.get(), dQ.get(), dO.get(), gv.get(), dS.get(), N);
+  DeviceBuffer ws;
+  pass(dO.get(), dV.get(), dK.get(), gq.get(), dS.get(), N, false, forceSegs, forcePieces, ws);
+  pass(dV.get(), dO.get(), dQ.get(), gk.get(), dS.get(), N, true, forceSegs, forcePieces, ws);
+  pass(dK.get(), dQ.get(), dO.get(), gv.get(), dS.get(), N, true, forceSegs, forcePieces, ws);
   auto down = [&](const DeviceBuffer &b) {
     std::vector<uint16_t> raw(n);
     gpu().copyToHost(raw.data(), b.get(), n * 2, "result");
@@ -193,14 +221,16 @@ void runCase(int N) {
         EXPECT_LE(rel, std::ldexp(1.0, -7))
             << "N=" << N << " " << names[t] << " b" << b << " h" << h;
         if (b == 0 && h == kH - 1)
-          std::printf("  three-pass backward N=%d %s: max |diff|/bound %.3f, rel L2 %.2e\n", N,
-                      names[t], worst, rel);
+          std::printf("  three-pass backward N=%d (segments %d) %s: max |diff|/bound %.3f, rel "
+                      "L2 %.2e\n",
+                      N, forceSegs, names[t], worst, rel);
       }
 }
 
 TEST(LightningBwdThreePass, MatchesCpu) {
   for (int N : {1, 63, 64, 65, 300, 2048})
     runCase(N);
+  runCase(4097, 5, 2); // several segments and pieces, a partial last block
 }
 
 } // namespace
