@@ -5,6 +5,7 @@
 //   build-device/lightning_fwd             all cases (correctness + timing), JSON lines on stdout
 //   build-device/lightning_fwd --small     only the small correctness cases (compute-sanitizer)
 //   build-device/lightning_fwd --perf [--shape=i] [--nosweep] [--reps=n]   timing cases only
+//   build-device/lightning_fwd --bwd [--shape=i] [--reps=n]   forward + backward (three passes)
 //
 // Every case: fresh random inputs (q, k = SiLU(N(0,1)), v = N(0,1), bf16, layout [B, N, H, D]),
 // output poisoned with NaN before the kernel runs, an fp32 reference from a plain recurrence
@@ -402,6 +403,120 @@ template <class Cfg> struct Problem {
   }
 };
 
+// ---------------------------------------------------------------------------------------------
+// Forward + backward (--bwd): the backward as three passes of the Hopper forward kernel
+// (test/unit/cuda/LightningBwdFastGpuTest.cpp checks the result against the CPU):
+//   dq = fwd(dO, v, k), dk = rev(v, dO, q), dv = rev(k, q, dO), rev = the same forward over the
+//   reversed sequence (the tensors' last rows, negative token strides), each with the default
+//   segment plan and its own workspace, the three on their own streams (they only read inputs).
+// Timed: the forward, then the backward, as one sequence (events around all of it); the I/O
+// floor of fwd+bwd is 22E bytes (PERFORMANCE.md). Sanity check: dq against the fp32 reference
+// kernel run on (dO, v, k).
+// ---------------------------------------------------------------------------------------------
+template <class Cfg> static int bench_bwd(int B, int H, int N, int sms, int reps, uint64_t seed) {
+  Problem<Cfg> p(B, H, N, 1.0f, "alibi", seed);
+  const long long E = p.E_in();
+  bf16 *dO, *dq, *dk, *dv;
+  float *dqref, *sref;
+  CK(cudaMalloc(&dO, E * 2));
+  CK(cudaMalloc(&dq, E * 2));
+  CK(cudaMalloc(&dk, E * 2));
+  CK(cudaMalloc(&dv, E * 2));
+  CK(cudaMalloc(&dqref, E * 4));
+  CK(cudaMalloc(&sref, (size_t)B * H * 128 * 128 * 4));
+  init_kernel<<<2048, 256>>>(dO, E, seed * 3 + 7, 0);
+  CK(cudaGetLastError());
+  reference_kernel<128, 128><<<B * H, 128>>>(dO, p.v, p.k, p.slopes, dqref, sref, B, N, H);
+  CK(cudaDeviceSynchronize());
+  const LightningFwdPlan plan = plan_lightning_fwd(B, H, N, 128, 128, 64, sms);
+  LightningFwdArgs fwd = p.args(plan, false);
+  LightningFwdArgs aq = fwd, ak = fwd, av = fwd;
+  aq.q = dO, aq.k = p.v, aq.v = p.k, aq.o = dq;
+  ak.q = p.v, ak.k = dO, ak.v = p.q, ak.o = dk;
+  av.q = p.k, av.k = p.q, av.v = dO, av.o = dv;
+  const long long last = (long long)(N - 1) * H * 128; // row N - 1 of batch 0
+  for (LightningFwdArgs *a : {&ak, &av}) {             // the reversed passes
+    a->q += last, a->k += last, a->v += last, a->o += last;
+    a->in_sn = -a->in_sn, a->out_sn = -a->out_sn;
+  }
+  float *ws[3] = {nullptr, nullptr, nullptr}; // each pass its own: they may run together
+  LightningFwdArgs *passes[3] = {&aq, &ak, &av};
+  for (int i = 0; i < 3; ++i) {
+    passes[i]->piece_states = nullptr;
+    if (plan.workspace_bytes > 0) {
+      CK(cudaMalloc(&ws[i], plan.workspace_bytes));
+      passes[i]->piece_states = ws[i];
+    }
+  }
+  cudaStream_t s0, s1, s2;
+  CK(cudaStreamCreateWithFlags(&s0, cudaStreamNonBlocking));
+  CK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+  CK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+  cudaEvent_t ev0, ev1, fork, j1, j2;
+  for (cudaEvent_t *e : {&ev0, &ev1})
+    CK(cudaEventCreate(e));
+  for (cudaEvent_t *e : {&fork, &j1, &j2})
+    CK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+  auto step = [&](bool backwardOnly) {
+    if (!backwardOnly)
+      CK(launch<Cfg>(fwd, s0));
+    CK(cudaEventRecord(fork, s0));
+    CK(cudaStreamWaitEvent(s1, fork));
+    CK(cudaStreamWaitEvent(s2, fork));
+    CK(launch<Cfg>(ak, s1));
+    CK(launch<Cfg>(av, s2));
+    CK(launch<Cfg>(aq, s0));
+    CK(cudaEventRecord(j1, s1));
+    CK(cudaEventRecord(j2, s2));
+    CK(cudaStreamWaitEvent(s0, j1));
+    CK(cudaStreamWaitEvent(s0, j2));
+    CK(cudaGetLastError());
+  };
+  CK(cudaMemset(dq, 0xFF, E * 2));
+  step(false);
+  CK(cudaStreamSynchronize(s0));
+  Err e = compare<bf16>(dq, dqref, E);
+  auto timeIt = [&](bool backwardOnly) {
+    for (int i = 0; i < 5; ++i)
+      step(backwardOnly);
+    std::vector<float> ts;
+    for (int i = 0; i < reps; ++i) {
+      CK(cudaEventRecord(ev0, s0));
+      step(backwardOnly);
+      CK(cudaEventRecord(ev1, s0));
+      CK(cudaEventSynchronize(ev1));
+      float ms;
+      CK(cudaEventElapsedTime(&ms, ev0, ev1));
+      ts.push_back(ms);
+    }
+    std::sort(ts.begin(), ts.end());
+    return ts[ts.size() / 2];
+  };
+  const double all = timeIt(false), bwd = timeIt(true);
+  const double Ed = (double)B * H * N * 128;
+  const double floor_ms = 22.0 * Ed / kBandwidth * 1e3, floor_bwd = 14.0 * Ed / kBandwidth * 1e3;
+  const bool pass = e.nonfinite == 0 && e.max_rel() < 2e-2 && e.rel_l2 < 1e-2;
+  std::printf("{\"op\": \"lightning_attention_fwd_bwd\", \"impl\": \"tnlm_cuda_three_pass\", "
+              "\"B\": %d, \"H\": %d, \"N\": %d, \"D\": 128, \"dtype\": \"bf16\", "
+              "\"segments\": %d, \"median_ms\": %.4f, "
+              "\"bwd_median_ms\": %.4f, \"io_floor_ms\": %.4f, \"pct_io_floor\": %.1f, "
+              "\"bwd_io_floor_ms\": %.4f, \"bwd_pct_io_floor\": %.1f, \"dq_max_rel_err\": %.3e, "
+              "\"dq_rel_l2_err\": %.3e, \"extra_bytes\": %llu, \"pass\": %s}\n",
+              B, H, N, plan.num_segs, all, bwd, floor_ms, 100.0 * floor_ms / all, floor_bwd,
+              100.0 * floor_bwd / bwd, e.max_rel(), e.rel_l2,
+              (unsigned long long)(4 * plan.workspace_bytes), pass ? "true" : "false");
+  std::fflush(stdout);
+  for (cudaEvent_t ev : {ev0, ev1, fork, j1, j2})
+    CK(cudaEventDestroy(ev));
+  for (cudaStream_t st : {s0, s1, s2})
+    CK(cudaStreamDestroy(st));
+  for (void *x : {(void *)dO, (void *)dq, (void *)dk, (void *)dv, (void *)dqref, (void *)sref,
+                  (void *)ws[0], (void *)ws[1], (void *)ws[2]})
+    if (x)
+      CK(cudaFree(x));
+  return pass ? 0 : 1;
+}
+
 using Cfg128 = LightningFwdConfig<128, 128, 64, 8, 2>;      // default
 using Cfg128w16 = LightningFwdConfig<128, 128, 64, 16, 2>;  // 16 warps (128 registers)
 using Cfg90 = LightningFwdSm90Config<128, 128, 64, 3, 4>;   // Hopper wgmma (default)
@@ -409,9 +524,11 @@ using Cfg90s2 = LightningFwdSm90Config<128, 128, 64, 2, 2>; // Hopper, 2-stage r
 using Cfg90s4 = LightningFwdSm90Config<128, 128, 64, 4, 4>; // Hopper, 4-stage main ring
 
 int main(int argc, char **argv) {
-  bool small_only = false, perf_only = false, sweep = true;
+  bool small_only = false, perf_only = false, sweep = true, bwd_only = false;
   int reps = 30, only_shape = -1;
   for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--bwd"))
+      bwd_only = true; // forward + backward at the three shapes only
     if (!std::strcmp(argv[i], "--small"))
       small_only = true;
     if (!std::strcmp(argv[i], "--perf"))
@@ -435,6 +552,14 @@ int main(int argc, char **argv) {
 
   int fails = 0;
   uint64_t seed = 1;
+  if (bwd_only) {
+    const int shapes[3][3] = {{8, 16, 2048}, {4, 16, 8192}, {1, 16, 32768}};
+    for (int si = 0; si < 3; ++si)
+      if (only_shape < 0 || si == only_shape)
+        fails += bench_bwd<Cfg90>(shapes[si][0], shapes[si][1], shapes[si][2], sms, reps, seed++);
+    std::printf("{\"summary\": \"bwd\", \"failures\": %d}\n", fails);
+    return fails ? 1 : 0;
+  }
   // ---- small correctness cases (partial blocks, H not a power of two, forced segments) ----
   struct Small {
     int B, H, N, segs, pieces;

@@ -21,6 +21,7 @@ endforeach()
 add_executable(tnlm-gpu-lightning ${CMAKE_CURRENT_LIST_DIR}/LightningGpuTest.cpp
   ${CMAKE_CURRENT_LIST_DIR}/LightningBwdGpuTest.cpp
   ${CMAKE_CURRENT_LIST_DIR}/LightningFusedGradGpuTest.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/LightningBwdFastGpuTest.cpp
   ${CMAKE_CURRENT_LIST_DIR}/GpuMain.cpp)
 target_compile_options(tnlm-gpu-lightning PRIVATE ${TNLM_WARNING_FLAGS})
 target_include_directories(tnlm-gpu-lightning PRIVATE ${_tnlm_lt_gen})
