@@ -26,6 +26,12 @@ const char *launchKindName(CudaLaunchKind kind) {
     return "per-slot";
   case CudaLaunchKind::Gemv:
     return "gemv";
+  case CudaLaunchKind::Single:
+    return "single";
+  case CudaLaunchKind::PerHead:
+    return "per-head";
+  case CudaLaunchKind::PerChunk:
+    return "per-chunk";
   }
   return "?";
 }
@@ -104,6 +110,10 @@ public:
       os << "#include \"tnlm/LightningAttentionFwdSm90.cuh\"\n";
     if (usesRecurrent)
       os << "#include \"tnlm/Recurrent.cuh\"\n";
+    if (usesBackward)
+      os << "#include \"tnlm/Backward.cuh\"\n";
+    if (usesLightningGrad)
+      os << "#include \"tnlm/LightningAttentionGradParts.cuh\"\n";
     os << "\nusing bf16 = __nv_bfloat16;\n" << body;
     program.source = std::move(text);
     return std::move(program);
@@ -115,7 +125,8 @@ private:
   CudaProgram program;
   std::string body; // definitions after the includes, in first-use order
   std::map<std::string, int64_t> byName;
-  bool usesLightning = false, usesRecurrent = false;
+  bool usesLightning = false, usesRecurrent = false, usesBackward = false,
+       usesLightningGrad = false;
   bool decodeFunction = false; // emitting @decode_step: GEMV launches for small batches
 
   InFlightDiagnostic fail(const PlanStep &s) {
@@ -189,6 +200,8 @@ private:
   }
 
   LogicalResult step(const PlanStep &s, std::vector<CudaLaunch> &out) {
+    if (isTrainKind(s.kind) || (s.kind == KernelKind::Add && isFixed(s.outputs[0])))
+      return trainStep(s, out);
     if (s.kind != KernelKind::Linear && failed(checkBf16(s)))
       return failure();
     const int64_t cols = s.outputs.empty() ? 0 : s.outputs[0].cols;
@@ -292,6 +305,345 @@ private:
       return fail(s) << "there is no CUDA kernel for " << kernelName(s.kind)
                      << " yet (compile with --pipeline=infer)";
     }
+  }
+
+  static bool isTrainKind(KernelKind k) {
+    switch (k) {
+    case KernelKind::CrossEntropy:
+    case KernelKind::CrossEntropyGrad:
+    case KernelKind::Fill:
+    case KernelKind::LinearGradInput:
+    case KernelKind::LinearGradWeight:
+    case KernelKind::SrmsNormGrad:
+    case KernelKind::AddSrmsNormGrad:
+    case KernelKind::GatedLinearGrad:
+    case KernelKind::LightningAttentionGrad:
+    case KernelKind::EmbeddingGrad:
+    case KernelKind::GlobalNorm:
+    case KernelKind::LrSchedule:
+    case KernelKind::ClipScale:
+    case KernelKind::AdamW:
+    case KernelKind::Increment:
+    case KernelKind::SiluGrad:
+    case KernelKind::LrpeGrad:
+    case KernelKind::DecayAttentionGrad:
+      return true;
+    default:
+      return false;
+    }
+  }
+  static bool isFixed(const PlanOperand &o) { return o.rows != kRowsPerCall; }
+  static const char *cType(const PlanOperand &o) { return o.dtype == "bf16" ? "bf16" : "float"; }
+
+  // A training launch: the extern "C" wrapper `name` of device call `call` (Backward.cuh or
+  // LightningAttentionGradParts.cuh), defined on first use.
+  CudaLaunch trainKernel(CudaLaunchKind kind, const std::string &name, int64_t block,
+                         const std::string &comment, const std::string &params,
+                         const std::string &call, std::string note, int64_t smem = 0) {
+    usesBackward = true;
+    CudaLaunch l = wrapped(kind, name, block, comment, params, call, std::move(note));
+    l.sharedMem = smem;
+    return l;
+  }
+  CudaLaunch gemmLaunch(int64_t n, int64_t k, std::string note) {
+    CudaLaunch l;
+    l.kind = CudaLaunchKind::Gemm;
+    l.gemmN = n;
+    l.gemmK = k;
+    l.note = std::move(note);
+    return l;
+  }
+
+  // The train plan's steps (tnlm-autodiff's functions). The executor runs each with these
+  // kernels and cuBLASLt (docs/gpu-training.md, "The GPU train step").
+  LogicalResult trainStep(const PlanStep &s, std::vector<CudaLaunch> &out) {
+    const PlanOperand &y = s.outputs[0];
+    switch (s.kind) {
+    case KernelKind::Fill: // the executor writes the value (a 4-byte memset)
+      return success();
+    case KernelKind::CrossEntropy:
+    case KernelKind::CrossEntropyGrad: {
+      // Both run through cuda::LmHeadLoss's pieces: the rows' losses and the gradient of a
+      // chunk of f32 logits into bf16, the total in row order, the mean.
+      const PlanOperand &z = s.inputs[0];
+      if (z.dtype != "f32")
+        return fail(s) << "the cross entropy reads f32 logits, got " << z.dtype;
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerRow, "tnlm_cross_entropy_grad_bf16", 256,
+          "row losses (f64) and dz = k (softmax - onehot) of f32 logits, bf16",
+          "const float *x, long long ldx, const int *labels, int vocab, int ignore, const "
+          "double *k, bf16 *dx, long long lddx, double *rowLoss",
+          "tnlm::bw::cross_entropy_grad<256, bf16>(x, ldx, labels, vocab, ignore, k, dx, lddx, "
+          "rowLoss)",
+          llvm::formatv("{0} (vocab {1}), ignore index {2}: chunks of rows (cuda::LmHeadLoss)",
+                        view("logits", z), z.cols, s.i64Attrs[0])
+              .str()));
+      out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_loss_total", 1,
+                                "total = sum of the row losses in row order",
+                                "const double *rowLoss, long long rows, double *total",
+                                "tnlm::bw::loss_total(rowLoss, rows, total)", "the loss total"));
+      if (s.kind == KernelKind::CrossEntropy)
+        out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_loss_mean", 1,
+                                  "loss = f32(total / counted)",
+                                  "const double *total, const double *invCount, float *loss",
+                                  "tnlm::bw::loss_mean(total, invCount, loss)", "the mean loss"));
+      return success();
+    }
+    case KernelKind::LinearGradInput:
+      out.push_back(
+          gemmLaunch(s.inputs[0].cols, y.cols,
+                     llvm::formatv("cuBLASLt dx [rows x {0}] = {1} . W[{2}, {0}] ({3} out)", y.cols,
+                                   view("dy", s.inputs[0]), s.inputs[0].cols, y.dtype)
+                         .str()));
+      return success();
+    case KernelKind::LinearGradWeight:
+      out.push_back(
+          gemmLaunch(s.inputs[0].cols, s.inputs[1].cols,
+                     llvm::formatv("cuBLASLt dW [{0} x {1}] = {2}^T . {3} (f32, summed over rows)",
+                                   s.inputs[0].cols, s.inputs[1].cols, view("dy", s.inputs[0]),
+                                   view("x", s.inputs[1]))
+                         .str()));
+      return success();
+    case KernelKind::Add: { // a fixed-row accumulation (gradients): f32
+      const int64_t block = rowBlock(y.cols);
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerRow,
+          llvm::formatv("tnlm_add_rows_c{0}_{1}{2}{3}", y.cols, cType(s.inputs[0])[0],
+                        cType(s.inputs[1])[0], cType(y)[0])
+              .str(),
+          block, "y = a + b",
+          llvm::formatv("const {0} *a, long long lda, const {1} *b, long long ldb, {2} *y, long "
+                        "long ldy",
+                        cType(s.inputs[0]), cType(s.inputs[1]), cType(y))
+              .str(),
+          llvm::formatv("tnlm::bw::add_rows<{0}, {1}>(a, lda, b, ldb, y, ldy)", y.cols, block)
+              .str(),
+          llvm::formatv("{0} + {1} (grid = {2} rows)", view("a", s.inputs[0]),
+                        view("b", s.inputs[1]), y.rows)
+              .str()));
+      return success();
+    }
+    case KernelKind::SrmsNormGrad: {
+      const int64_t cols = y.cols, block = rowBlock(cols);
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerRow,
+          llvm::formatv("tnlm_srms_norm_grad_c{0}_{1}", cols, cType(y)).str(), block,
+          "dx = SRMSNorm'(x)^T dy",
+          llvm::formatv("const bf16 *x, long long ldx, const {0} *dy, long long lddy, {1} *dx, "
+                        "long long lddx, float eps",
+                        cType(s.inputs[1]), cType(y))
+              .str(),
+          llvm::formatv("tnlm::bw::srms_norm_grad<{0}, {1}, {2}, {3}, false>(x, ldx, dy, lddy, "
+                        "dx, lddx, eps)",
+                        cols, block, cType(s.inputs[1]), cType(y))
+              .str(),
+          llvm::formatv("{0}, {1}, eps {2:e}", view("x", s.inputs[0]), view("dy", s.inputs[1]),
+                        s.f32Attrs[0])
+              .str()));
+      return success();
+    }
+    case KernelKind::AddSrmsNormGrad: {
+      const int64_t cols = y.cols, block = rowBlock(cols);
+      const bool dsum = s.inputs.size() > 2;
+      const char *ds = dsum ? cType(s.inputs[2]) : cType(y);
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerRow,
+          llvm::formatv("tnlm_add_srms_norm_grad_c{0}_{1}{2}{3}", cols, cType(s.inputs[1])[0],
+                        ds[0], cType(y)[0])
+              .str(),
+          block, "g = dsum + SRMSNorm'(sum)^T dy (dsum may be null)",
+          llvm::formatv("const bf16 *sum, long long lds, const {0} *dsum, long long ldd, const "
+                        "{1} *dy, long long lddy, {2} *g, long long ldg, float eps",
+                        ds, cType(s.inputs[1]), cType(y))
+              .str(),
+          llvm::formatv("tnlm::bw::add_srms_norm_grad<{0}, {1}, {2}, {3}, {4}>(sum, lds, dsum, "
+                        "ldd, dy, lddy, g, ldg, eps)",
+                        cols, block, cType(s.inputs[1]), ds, cType(y))
+              .str(),
+          llvm::formatv("{0}, {1}{2}, eps {3:e}", view("sum", s.inputs[0]), view("dy", s.inputs[1]),
+                        dsum ? ", " + view("dsum", s.inputs[2]) : "", s.f32Attrs[0])
+              .str()));
+      return success();
+    }
+    case KernelKind::GatedLinearGrad: {
+      // a, b = x W1^T, x W2^T recomputed into executor scratch (bf16), mul_grad, then
+      // dx = da W1 + db W2 and dW1, dW2 (f32).
+      const int64_t F = s.inputs[3].cols;
+      const int64_t in = s.inputs[0].cols, block = rowBlock(F);
+      out.push_back(gemmLaunch(F, in, "cuBLASLt a, b [rows x F] = x . W1^T, x . W2^T (scratch)"));
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerRow, llvm::formatv("tnlm_mul_grad_c{0}", F).str(), block,
+          "da = dy * b, db = dy * a",
+          "const bf16 *a, long long lda, const bf16 *b, long long ldb, const bf16 *dy, long long "
+          "lddy, bf16 *da, long long ldda, bf16 *db, long long lddb",
+          llvm::formatv("tnlm::bw::mul_grad<{0}, {1}, bf16, bf16>(a, lda, b, ldb, dy, lddy, da, "
+                        "ldda, db, lddb)",
+                        F, block)
+              .str(),
+          view("dy", s.inputs[3])));
+      out.push_back(gemmLaunch(F, in,
+                               "cuBLASLt dx = da . W1 + db . W2; dW1 = da^T x, dW2 = "
+                               "db^T x (f32)"));
+      return success();
+    }
+    case KernelKind::LightningAttentionGrad:
+      return lightningGrad(s, out);
+    case KernelKind::EmbeddingGrad: {
+      const PlanOperand &dx = s.inputs[1];
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerChunk, llvm::formatv("tnlm_embedding_grad_{0}", cType(dx)).str(), 128,
+          "dtable[id] += scale * (the id's rows of dx, in token order)",
+          llvm::formatv("const int *order, const int *start, const int *ids, const {0} *dx, "
+                        "long long lddx, int d, float scale, float *dtable",
+                        cType(dx))
+              .str(),
+          "tnlm::bw::embedding_grad<128>(order, start, ids, dx, lddx, d, scale, dtable)",
+          llvm::formatv("grid (the call's distinct ids, {0} / 128), the host's grouping; scale "
+                        "{1}",
+                        dx.cols, s.f32Attrs[0])
+              .str()));
+      return success();
+    }
+    case KernelKind::GlobalNorm:
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerChunk, "tnlm_sum_squares_chunks", 256,
+          "partial[c] = sum of g^2 over 2^16-float chunk c (f64)",
+          "const tnlm::bw::OptTensor *t, int count, double *partial",
+          "tnlm::bw::sum_squares_chunks<256>(t, count, partial)",
+          llvm::formatv("grid = the 2^16-float chunks of the {0} gradients", s.inputs.size() - 1)
+              .str()));
+      out.push_back(trainKernel(
+          CudaLaunchKind::Single, "tnlm_sum_squares_total", 1,
+          "norm = f32(sqrt(sum of the chunks, in order) / accumulation steps)",
+          "const double *partial, long long chunks, double divisor, double *total, float *norm",
+          "tnlm::bw::sum_squares_total(partial, chunks, divisor, total, norm)", "the global norm"));
+      return success();
+    case KernelKind::LrSchedule:
+      out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_lr_schedule", 1,
+                                "lr of the step counter (warmup, cosine or constant); t = s + 1",
+                                "const int *counter, const float *hp, float *lr, int *t",
+                                "tnlm::bw::lr_schedule(counter, hp, lr, t)", "the scheduled lr"));
+      return success();
+    case KernelKind::ClipScale:
+      out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_clip_scale", 1,
+                                "scale = min(1, clip / (norm + 1e-6)) / accumulation steps",
+                                "const float *norm, const float *hp, float *scale",
+                                "tnlm::bw::clip_scale(norm, hp, scale)", "the clipping scale"));
+      return success();
+    case KernelKind::AdamW:
+      // One multi-tensor launch for a run of AdamW steps (the executor builds the table).
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerChunk, "tnlm_adamw", 256,
+          "AdamW on every tensor of the table (torch.optim.AdamW), g scaled",
+          "const tnlm::bw::OptTensor *t, int count, const float *lr, const float *scale, const "
+          "int *step, float beta1, float beta2, float eps, float wd",
+          "tnlm::bw::adamw<256>(t, count, lr, scale, step, beta1, beta2, eps, wd)",
+          llvm::formatv("weight decay {0}; grid = the 2^16-float chunks of the run's tensors",
+                        s.i64Attrs.empty() || s.i64Attrs[0] ? "on" : "off")
+              .str()));
+      out.push_back(trainKernel(CudaLaunchKind::PerChunk, "tnlm_cast_bf16", 256,
+                                "the bf16 copy the GEMMs read of an updated weight",
+                                "const float *x, long long n, "
+                                "bf16 *y",
+                                "tnlm::bw::cast_bf16(x, n, y)",
+                                "after the run: each weight's bf16 copy"));
+      return success();
+    case KernelKind::Increment:
+      out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_step_increment", 1,
+                                "the step counter + 1", "int *counter",
+                                "tnlm::bw::step_increment(counter)", "the step counter"));
+      return success();
+    default:
+      return fail(s) << "there is no CUDA kernel for " << kernelName(s.kind)
+                     << " yet (the train pipeline fuses it into lightning_attention_grad)";
+    }
+  }
+
+  // tnlm.lightning_attention_grad (LightningAttentionGradParts.cuh): q', k' recomputed (bf16),
+  // the forward's O (f32), the gate and norm backward (du, dO), the core backward, then the LRPE
+  // backward with dθ (f64 partials over 16-position chunks, summed in order) or φ's.
+  LogicalResult lightningGrad(const PlanStep &s, std::vector<CudaLaunch> &out) {
+    const int64_t heads = s.i64Attrs[0], dh = s.i64Attrs[1];
+    const bool lrpe = s.i64Attrs[3] != 0, silu = s.i64Attrs[4] != 0;
+    if (dh != kLaHeadDim)
+      return mlir::emitError(loc) << "layer '" << s.name << "': head dim " << dh
+                                  << " is not supported by the CUDA Lightning backward yet (it "
+                                     "needs head dim "
+                                  << kLaHeadDim << ")";
+    usesLightningGrad = true;
+    const int64_t dk = lrpe ? 2 * dh : dh, d = heads * dh, c = dk == 256 ? 16 : 64;
+    const int64_t smem = (2 * c * dk + 2 * c * dh + dk * dh + c * c + c + 1) * 4;
+    const char *tf = silu ? "true" : "false", *tl = lrpe ? "true" : "false";
+    const PlanOperand &qkvu = s.inputs[0];
+    if (silu || lrpe)
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerRow,
+          llvm::formatv("tnlm_la_grad_prologue_silu{0}_lrpe{1}", silu ? 1 : 0, lrpe ? 1 : 0).str(),
+          256, "q', k' = LRPE(phi(q)), LRPE(phi(k)) recomputed (bf16)",
+          "const bf16 *qkvu, long long ld, const float *theta, int N, int offset, int H, int dh, "
+          "bf16 *qp, bf16 *kp, long long ldp",
+          llvm::formatv("tnlm::la_bw::la_grad_prologue<256, {0}, {1}>(qkvu, ld, theta, N, "
+                        "offset, H, dh, qp, kp, ldp)",
+                        tf, tl)
+              .str(),
+          view("qkvu", qkvu) + " -> the step's workspace"));
+    const std::string dks = std::to_string(dk), cs = std::to_string(c);
+    out.push_back(trainKernel(
+        CudaLaunchKind::PerHead, "tnlm_la_fwd_simple_dk" + dks, 256,
+        "O = ((Q K^T) . M) V + Lambda Q KV (fp32, before the gate and norm)",
+        "const bf16 *q, long long ldq, const bf16 *k, long long ldk, const bf16 *v, long long "
+        "ldv, const float *slopes, float *o, long long ldo, int N, int H",
+        "tnlm::la_bw::lightning_fwd_simple<" + dks + ", 128, " + cs +
+            ", 256, float>(q, ldq, k, ldk, v, ldv, slopes, o, ldo, N, H)",
+        llvm::formatv("H {0}, dk {1}, block {2}: the forward's O into the workspace", heads, dk, c)
+            .str(),
+        smem));
+    out.push_back(trainKernel(
+        CudaLaunchKind::PerRow, "tnlm_la_gate_norm_grad", 256,
+        "du = dy * xhat, dO = r (g - xhat mean(xhat g)), g = dy * u",
+        "const float *O, long long ldo, const bf16 *dy, long long lddy, const bf16 *u, long long "
+        "ldu, bf16 *du, long long lddu, bf16 *dO, long long lddo, int D, float eps",
+        "tnlm::la_bw::la_gate_norm_grad<256>(O, ldo, dy, lddy, u, ldu, du, lddu, dO, lddo, D, eps)",
+        llvm::formatv("D {0}, eps {1:e}", d, s.f32Attrs[0]).str()));
+    const char *tg = lrpe ? "float" : "bf16";
+    out.push_back(trainKernel(
+        CudaLaunchKind::PerHead, llvm::formatv("tnlm_la_bwd_simple_dk{0}_{1}", dk, tg).str(), 256,
+        "dq', dk', dv of the core (fp32 states)",
+        llvm::formatv("const bf16 *q, long long ldq, const bf16 *k, long long ldk, const bf16 *v, "
+                      "long long ldv, const bf16 *o, long long ldo, const float *slopes, {0} "
+                      "*dq, long long lddq, {0} *dk, long long lddk, {0} *dv, long long lddv, "
+                      "int N, int H",
+                      tg)
+            .str(),
+        "tnlm::la_bw::lightning_bwd_simple<" + dks + ", 128, " + cs +
+            ", 256>(q, ldq, k, ldk, v, ldv, o, ldo, slopes, dq, lddq, dk, lddk, dv, lddv, N, H)",
+        lrpe ? "dq', dk' -> the workspace (f32), dv -> dqkvu" : "dq, dk, dv -> dqkvu", smem));
+    if (lrpe) {
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerChunk, llvm::formatv("tnlm_la_lrpe_grad_silu{0}", silu ? 1 : 0).str(),
+          256, "dq, dk = phi'(x) (dy_c cos + dy_s sin); dtheta partials (f64)",
+          "const bf16 *qkvu, long long ld, const float *dqk, long long lddqk, long long dkOff, "
+          "const float *theta, int B, int N, int offset, int H, int dh, bf16 *dqkvu, long long "
+          "lddqkvu, double *partial",
+          llvm::formatv("tnlm::la_bw::la_lrpe_grad<256, {0}>(qkvu, ld, dqk, lddqk, dkOff, theta, "
+                        "B, N, offset, H, dh, dqkvu, lddqkvu, partial)",
+                        tf)
+              .str(),
+          llvm::formatv("grid (ceil(N / 16), ceil({0} / 256))", d).str()));
+      out.push_back(trainKernel(CudaLaunchKind::PerChunk, "tnlm_la_dtheta_sum", 256,
+                                "dtheta += the partials, the chunks in order",
+                                "const double *partial, int chunks, int D, float *dtheta",
+                                "tnlm::la_bw::la_dtheta_sum<256>(partial, chunks, D, dtheta)",
+                                llvm::formatv("grid ceil({0} / 256)", d).str()));
+    } else if (silu) {
+      out.push_back(trainKernel(CudaLaunchKind::PerRow, "tnlm_la_silu_scale", 256,
+                                "dq, dk *= phi'(q), phi'(k), in place",
+                                "const bf16 *qkvu, long long ld, bf16 *dqkvu, long long lddqkvu, "
+                                "int D",
+                                "tnlm::la_bw::la_silu_scale<256>(qkvu, ld, dqkvu, lddqkvu, D)",
+                                "columns [0, 2D) of dqkvu"));
+    }
+    return success();
   }
 
   // Plain layer: the prologue φ = SiLU on q, k (in place in qkvu at run time, see

@@ -32,7 +32,10 @@ enum class CudaLaunchKind {
   StateCommit,
   Decode,
   PerSlot,
-  Gemv
+  Gemv,
+  Single,
+  PerHead,
+  PerChunk
 };
 const char *launchKindName(CudaLaunchKind kind);
 

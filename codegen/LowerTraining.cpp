@@ -107,12 +107,23 @@ LogicalResult Lowering::lowerTraining(Operation &op, bool &handled) {
   };
   auto cols = [](Value v) { return lastDim(v); };
 
+  // On CUDA the logits the loss reads are f32 (the lm head's GEMM writes them so; the
+  // executor's chunked loss computes them per chunk of rows, docs/gpu-training.md).
+  auto f32Logits = [&](LogicalResult stepped) {
+    if (succeeded(stepped) && cuda) {
+      const PlanOperand &z = plan.steps.back().inputs[0];
+      if (z.kind == OperandKind::Arena && z.dtype != "f32")
+        setF32(z.index);
+    }
+    return stepped;
+  };
   if (auto ce = llvm::dyn_cast<CrossEntropyOp>(op))
-    return step(KernelKind::CrossEntropy, {ce.getLogits(), ce.getLabels()}, {1}, {},
-                {ce.getIgnoreIndexAttr().getInt()});
+    return f32Logits(step(KernelKind::CrossEntropy, {ce.getLogits(), ce.getLabels()}, {1}, {},
+                          {ce.getIgnoreIndexAttr().getInt()}));
   if (auto g = llvm::dyn_cast<CrossEntropyGradOp>(op))
-    return step(KernelKind::CrossEntropyGrad, {g.getLogits(), g.getLabels(), g.getLossGrad()},
-                {cols(g.getLogits())}, {}, {g.getIgnoreIndexAttr().getInt()});
+    return f32Logits(step(KernelKind::CrossEntropyGrad,
+                          {g.getLogits(), g.getLabels(), g.getLossGrad()}, {cols(g.getLogits())},
+                          {}, {g.getIgnoreIndexAttr().getInt()}));
   if (auto g = llvm::dyn_cast<LinearInputGradOp>(op)) {
     if (failed(useParam(&op, g.getWeight(), "the weight of a projection")))
       return failure();

@@ -80,11 +80,12 @@ __device__ __forceinline__ void srms_norm_grad(const bf16 *x, long long ldx, con
 
 // tnlm.add_srms_norm backward (sum = a + b, y = SRMSNorm(sum)): the gradient of a and b,
 //   g[r, :] = dsum[r, :] + SRMSNorm'(sum[r, :])ᵀ dy[r, :]   (cpu::addSrmsNormGrad)
-// dsum may be null (sum unused after); g (f32, the residual stream's gradient) may alias dsum.
-template <int COLS, int BLOCK, typename TDY>
+// dsum may be null (sum unused after); g (f32 by default: the residual stream's gradient; TG
+// bf16 where the plan keeps it in bf16) may alias dsum.
+template <int COLS, int BLOCK, typename TDY, typename TDS = float, typename TG = float>
 __device__ __forceinline__ void
-add_srms_norm_grad(const bf16 *sum, long long ldsum, const float *dsum, long long lddsum,
-                   const TDY *dy, long long lddy, float *g, long long ldg, float eps) {
+add_srms_norm_grad(const bf16 *sum, long long ldsum, const TDS *dsum, long long lddsum,
+                   const TDY *dy, long long lddy, TG *g, long long ldg, float eps) {
   const long long r = blockIdx.x;
   norm_grad_row<COLS, BLOCK>(sum + r * ldsum, dy + r * lddy,
                              dsum != nullptr ? dsum + r * lddsum : nullptr, g + r * ldg, eps);
@@ -301,6 +302,30 @@ __device__ __forceinline__ void sum_squares_total(const double *partial, long lo
     *norm = static_cast<float>(sqrt(s) / divisor);
 }
 
+// y = a + b over a row (grid.x = rows; the train plan's gradient accumulation, f32).
+template <int COLS, int BLOCK, typename TA, typename TB, typename TY>
+__device__ __forceinline__ void add_rows(const TA *a, long long lda, const TB *b, long long ldb,
+                                         TY *y, long long ldy) {
+  const long long r = blockIdx.x;
+  for (int c = threadIdx.x; c < COLS; c += BLOCK)
+    y[r * ldy + c] = from_f<TY>(to_f(a[r * lda + c]) + to_f(b[r * ldb + c]));
+}
+
+// The mean loss (one thread): *loss = f32(*total · *invCount), invCount = 1 / the counted
+// labels (the host's count).
+__device__ __forceinline__ void loss_mean(const double *total, const double *invCount,
+                                          float *loss) {
+  *loss = static_cast<float>(*total * *invCount);
+}
+
+// The bf16 copy of n f32 values (the weights the GEMMs read, after each optimizer step);
+// grid-stride.
+__device__ __forceinline__ void cast_bf16(const float *x, long long n, bf16 *y) {
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<long long>(gridDim.x) * blockDim.x)
+    y[i] = __float2bfloat16(x[i]);
+}
+
 // The optimizer step's scalars (tnlm LrSchedule, ClipScale; one thread), from the step
 // counter (completed steps), the hyperparameter vector (f32 [HyperParam.Count], tnlm.fbs
 // order: lr 0, min lr 1, warmup 2, total steps 3, schedule 4 (1 = cosine), clip 9, accumulation
@@ -309,9 +334,9 @@ __device__ __forceinline__ void sum_squares_total(const double *partial, long lo
 //           min + (lr − min)·(1 + cos(π·min(1, (s − warmup)/max(1, total − warmup))))/2;
 //   scale = min(1, clip/(norm + 1e-6)) (1 when clip <= 0), divided by the accumulation steps;
 //   t     = s + 1 (the AdamW step adamw reads).
-__device__ __forceinline__ void optimizer_scalars(const int *counter, const float *hp,
-                                                  const float *norm, float *lr, float *scale,
-                                                  int *t) {
+// lr_schedule writes lr and t, clip_scale the scale; optimizer_scalars both.
+__device__ __forceinline__ void lr_schedule(const int *counter, const float *hp, float *lr,
+                                            int *t) {
   const int s = *counter;
   const double base = hp[0], minLr = hp[1], warmup = hp[2], total = hp[3];
   double l;
@@ -324,12 +349,20 @@ __device__ __forceinline__ void optimizer_scalars(const int *counter, const floa
     l = minLr + (base - minLr) * 0.5 * (1.0 + cos(3.14159265358979323846 * p));
   }
   *lr = static_cast<float>(l);
+  *t = s + 1;
+}
+__device__ __forceinline__ void clip_scale(const float *norm, const float *hp, float *scale) {
   const double clip = hp[9];
   double c = 1.0;
   if (clip > 0)
     c = fmin(1.0, clip / (static_cast<double>(*norm) + 1e-6));
   *scale = static_cast<float>(c / hp[10]);
-  *t = s + 1;
+}
+__device__ __forceinline__ void optimizer_scalars(const int *counter, const float *hp,
+                                                  const float *norm, float *lr, float *scale,
+                                                  int *t) {
+  lr_schedule(counter, hp, lr, t);
+  clip_scale(norm, hp, scale);
 }
 
 // tnlm Increment: the step counter, after the step (one thread).

@@ -189,6 +189,80 @@ TEST(CudaCodegen, LrpeLayerRunsTwoForwardPassesBetweenItsPrologueAndEpilogue) {
   EXPECT_EQ(lrpeSteps, 1);
 }
 
+// The train functions (tnlm-train-pipeline) of a model with an LRPE layer and a plain one:
+// every step has its CUDA launches, the source compiles with NVRTC and every kernel the
+// launches name is in the cubin (the GPU train executor, docs/gpu-training.md, runs them).
+TEST(CudaCodegen, TrainFunctionsCompileWithNvrtc) {
+  std::string lrpe = kConfig;
+  lrpe.replace(lrpe.find("[0, 0]"), 6, "[1, 0]");
+  mlir::MLIRContext ctx;
+  mt::ConfigResult r = mt::parseModelConfig(lrpe, "cuda-train.json");
+  ASSERT_TRUE(r.config) << r.error;
+  mlir::OwningOpRef<mlir::ModuleOp> module = mt::importModel(*r.config, &ctx, "cuda-train.json");
+  mlir::PassManager pm(&ctx);
+  mt::InferPipelineOptions options;
+  options.target = "cuda:sm_90a";
+  options.maxSeq = 128;
+  mt::buildTrainPipeline(pm, options, "none");
+  ASSERT_TRUE(mlir::succeeded(pm.run(*module)));
+  std::string diagnostic;
+  mlir::ScopedDiagnosticHandler handler(&ctx, [&](mlir::Diagnostic &d) {
+    diagnostic = d.str();
+    return mlir::success();
+  });
+  mlir::FailureOr<std::vector<mt::KernelPlan>> plans = mt::lowerFunctions(
+      *module, {"train_step", "optimizer_step", "eval_loss"}, 2, 128, "cuda:sm_90a");
+  ASSERT_TRUE(mlir::succeeded(plans)) << diagnostic;
+  for (mt::KernelPlan &p : *plans)
+    mt::planMemory(p);
+  mlir::FailureOr<mt::CudaProgram> program = mt::emitCudaProgram(*plans, module->getLoc());
+  ASSERT_TRUE(mlir::succeeded(program)) << diagnostic;
+  std::set<std::string> names;
+  for (const mt::CudaKernel &k : program->kernels)
+    EXPECT_TRUE(names.insert(k.name).second) << k.name << " emitted twice";
+  for (const char *want : {"tnlm_cross_entropy_grad_bf16",
+                           "tnlm_loss_total",
+                           "tnlm_loss_mean",
+                           "tnlm_la_grad_prologue_silu1_lrpe1",
+                           "tnlm_la_fwd_simple_dk256",
+                           "tnlm_la_fwd_simple_dk128",
+                           "tnlm_la_gate_norm_grad",
+                           "tnlm_la_bwd_simple_dk256_float",
+                           "tnlm_la_bwd_simple_dk128_bf16",
+                           "tnlm_la_lrpe_grad_silu1",
+                           "tnlm_la_dtheta_sum",
+                           "tnlm_la_silu_scale",
+                           "tnlm_embedding_grad_bf16",
+                           "tnlm_sum_squares_chunks",
+                           "tnlm_sum_squares_total",
+                           "tnlm_lr_schedule",
+                           "tnlm_clip_scale",
+                           "tnlm_adamw",
+                           "tnlm_cast_bf16",
+                           "tnlm_step_increment"})
+    EXPECT_TRUE(names.count(want)) << want << " not emitted";
+  for (size_t f = 0; f < plans->size(); ++f) {
+    ASSERT_EQ(program->functions[f].size(), (*plans)[f].steps.size());
+    for (size_t i = 0; i < (*plans)[f].steps.size(); ++i)
+      if ((*plans)[f].steps[i].kind != mt::KernelKind::Fill)
+        EXPECT_FALSE(program->functions[f][i].empty())
+            << (*plans)[f].function << " step " << i << " (" << (*plans)[f].steps[i].name
+            << ") has no launch";
+  }
+  tnlm::cuda::NvrtcOptions nvrtc;
+  nvrtc.headers = mt::cudaDeviceHeaders();
+  for (const mt::CudaKernel &k : program->kernels)
+    if (!k.expression.empty())
+      nvrtc.nameExpressions.push_back(k.expression);
+  tnlm::cuda::CompiledKernels out =
+      tnlm::cuda::compileCuda(program->source, program->sourceName, nvrtc);
+  for (const mt::CudaKernel &k : program->kernels) {
+    const std::string symbol = k.expression.empty() ? k.name : out.loweredNames[k.expression];
+    EXPECT_NE(out.image.find(std::string(1, '\0') + symbol + '\0'), std::string::npos)
+        << symbol << " is not in the cubin";
+  }
+}
+
 TEST(CudaCodegen, UnsupportedAttentionShapesNameTheLayer) {
   std::string d64 = kConfig;
   d64.replace(d64.find("\"decoder_attention_heads\": 2"), 28, "\"decoder_attention_heads\": 4");

@@ -392,11 +392,11 @@ int main(int argc, char **argv) {
     error("--pipeline=train builds training functions: use it with --mode=train");
     return 1;
   }
-  if (train && isCuda() &&
-      (what == Emit::Artifact || what == Emit::CudaSource || what == Emit::Executable)) {
+  if (train && isCuda() && (what == Emit::Artifact || what == Emit::Executable)) {
     error("--mode=train --target=cuda:sm_90a: GPU train artifacts cannot be emitted yet (the "
-          "GPU train step is being built); --summary, --emit=plan and --emit=mlir show its plan "
-          "and memory; train on --target=cpu meanwhile");
+          "GPU train executor is being built); --summary, --emit=plan, --emit=mlir and "
+          "--emit=cuda-source show its plan, memory and kernels; train on --target=cpu "
+          "meanwhile");
     return 1;
   }
   if (recompute.getNumOccurrences() && stages != Pipeline::Train) {
