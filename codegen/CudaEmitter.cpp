@@ -719,9 +719,16 @@ private:
                 .str(),
             "silu", silu));
     } else if (silu && !prefill) {
+      // In place in qkvu, or (a train step keeps qkvu for the backward) into the workspace,
+      // which then has qkvu's row stride.
+      const bool toWorkspace = s.outputs.size() > 1;
+      if (toWorkspace && (s.outputs[1].cols != 4 * d || s.outputs[1].ld != qkvu.ld))
+        return fail(s) << "the SiLU workspace must be [rows, " << 4 * d
+                       << "] with qkvu's row stride " << qkvu.ld;
       out.push_back(rowKernel("silu", 2 * d, "const bf16 *x, long long ldx, bf16 *y, long long ldy",
                               "x, ldx, y, ldy", "y = x * sigmoid(x)",
-                              "prologue q, k = silu(" + view("qkvu", qkvu) + "), in place"));
+                              "prologue q, k = silu(" + view("qkvu", qkvu) + ")" +
+                                  (toWorkspace ? " -> the workspace" : ", in place")));
     }
     if (!usesLightning) {
       usesLightning = true;

@@ -454,9 +454,12 @@ LogicalResult Lowering::lightningAttention(LightningAttentionOp la) {
   bool lrpe = static_cast<bool>(la.getTheta()), silu = la.hasSilu();
   int64_t step = plan.steps.size();
   std::vector<PlanOperand> outputs = {newBuffer(heads * dh, step)};
-  // The CUDA executor applies φ in place in qkvu: there, only LRPE needs the workspace.
-  if (lrpe || (silu && !cuda))
-    outputs.push_back(newBuffer(2 * heads * la.getKeyDim(), step));
+  // The CUDA executor applies φ in place in qkvu for inference: there, only LRPE needs the
+  // workspace. A train step keeps qkvu for the backward (which recomputes φ), so φ(q), φ(k)
+  // go to a workspace with qkvu's row stride (the forward kernel reads q, k, v with one).
+  const bool keepsQkvu = cuda && plan.function == "train_step";
+  if (lrpe || (silu && (!cuda || keepsQkvu)))
+    outputs.push_back(newBuffer(cuda ? 4 * heads * dh : 2 * heads * la.getKeyDim(), step));
   PlanStep &s = addStep(KernelKind::LightningAttention, op);
   s.inputs = std::move(inputs);
   s.outputs = outputs;

@@ -424,9 +424,14 @@ void CudaExecutor::runLightning(const Function &f, unsigned index, const schema:
     throw Error(where + ": the step has no slopes");
   const schema::Operand *qkvu = in.Get(0);
   const schema::Operand *y = out.Get(0);
-  const schema::Operand *ws = lrpe && out.size() > wsIndex ? out.Get(wsIndex) : nullptr;
+  const schema::Operand *ws = out.size() > wsIndex ? out.Get(wsIndex) : nullptr;
   if (lrpe && (!ws || in.size() <= thetaIndex || ws->ld() != qkvu->ld()))
     throw Error(where + ": an LRPE layer needs θ and a workspace with qkvu's row stride");
+  // A plain layer with a workspace (train steps keep qkvu for the backward): φ(q), φ(k) go
+  // there instead of in place.
+  const bool siluWs = !lrpe && !prefill && ws != nullptr;
+  if (siluWs && ws->ld() != qkvu->ld())
+    throw Error(where + ": the SiLU workspace needs qkvu's row stride");
   if (prefill && (in.size() < 3 || out.size() < 2))
     throw Error(where + ": a prefill step needs its state and lengths");
   if (prefill && size_t(batch) * size_t(heads) * kLaStateBytes > scratchBytes_)
@@ -444,7 +449,7 @@ void CudaExecutor::runLightning(const Function &f, unsigned index, const schema:
   // Pass p's q, k, o and their strides.
   auto argsOf = [&](int pass) {
     LightningArgs a{};
-    CUdeviceptr q = base, o = operand(y, where);
+    CUdeviceptr q = siluWs ? operand(ws, where) : base, o = operand(y, where);
     long long ldo = y->ld();
     if (lrpe) {
       const CUdeviceptr w = operand(ws, where);
@@ -496,9 +501,10 @@ void CudaExecutor::runLightning(const Function &f, unsigned index, const schema:
         context_->launchWith(k, c, where, base, qkvu->ld(), operand(theta, where), int(seq),
                              operand(ws, where), ws->ld());
       } else if (!attended) {
-        // φ(q), φ(k) in place in qkvu (not read after this step) rather than into the
-        // workspace, whose row stride (2D) differs from v's in qkvu (4D).
-        context_->launchWith(k, c, where, base, qkvu->ld(), base, qkvu->ld());
+        // φ(q), φ(k) in place in qkvu (not read after this inference step), or into the
+        // train step's workspace.
+        const CUdeviceptr w = siluWs ? operand(ws, where) : base;
+        context_->launchWith(k, c, where, base, qkvu->ld(), w, qkvu->ld());
       } else if (lrpe) { // y = u ⊙ SRMSNorm(y + workspace plane 0), in place
         context_->launchWith(k, c, where, base + 3 * d * 2, qkvu->ld(), operand(ws, where),
                              ws->ld(), operand(y, where), y->ld(), s.f32_attrs()->Get(0));
