@@ -368,6 +368,12 @@ private:
       const PlanOperand &z = s.inputs[0];
       if (z.dtype != "f32")
         return fail(s) << "the cross entropy reads f32 logits, got " << z.dtype;
+      if (s.kind == KernelKind::CrossEntropyGrad)
+        out.push_back(
+            trainKernel(CudaLaunchKind::Single, "tnlm_loss_grad_scale", 1, "k = dloss / counted",
+                        "const float *dloss, const double "
+                        "*invCount, double *k",
+                        "tnlm::bw::loss_grad_scale(dloss, invCount, k)", "the gradient's factor"));
       out.push_back(trainKernel(
           CudaLaunchKind::PerRow, "tnlm_cross_entropy_grad_bf16", 256,
           "row losses (f64) and dz = k (softmax - onehot) of f32 logits, bf16",
@@ -605,7 +611,7 @@ private:
         "ldu, bf16 *du, long long lddu, bf16 *dO, long long lddo, int D, float eps",
         "tnlm::la_bw::la_gate_norm_grad<256>(O, ldo, dy, lddy, u, ldu, du, lddu, dO, lddo, D, eps)",
         llvm::formatv("D {0}, eps {1:e}", d, s.f32Attrs[0]).str()));
-    const char *tg = lrpe ? "float" : "bf16";
+    const char *tg = "bf16"; // dq', dk' (LRPE: into the workspace), dv: bf16 as dqkvu
     out.push_back(trainKernel(
         CudaLaunchKind::PerHead, llvm::formatv("tnlm_la_bwd_simple_dk{0}_{1}", dk, tg).str(), 256,
         "dq', dk', dv of the core (fp32 states)",
@@ -617,12 +623,12 @@ private:
             .str(),
         "tnlm::la_bw::lightning_bwd_simple<" + dks + ", 128, " + cs +
             ", 256>(q, ldq, k, ldk, v, ldv, o, ldo, slopes, dq, lddq, dk, lddk, dv, lddv, N, H)",
-        lrpe ? "dq', dk' -> the workspace (f32), dv -> dqkvu" : "dq, dk, dv -> dqkvu", smem));
+        lrpe ? "dq', dk' -> the workspace (bf16), dv -> dqkvu" : "dq, dk, dv -> dqkvu", smem));
     if (lrpe) {
       out.push_back(trainKernel(
           CudaLaunchKind::PerChunk, llvm::formatv("tnlm_la_lrpe_grad_silu{0}", silu ? 1 : 0).str(),
           256, "dq, dk = phi'(x) (dy_c cos + dy_s sin); dtheta partials (f64)",
-          "const bf16 *qkvu, long long ld, const float *dqk, long long lddqk, long long dkOff, "
+          "const bf16 *qkvu, long long ld, const bf16 *dqk, long long lddqk, long long dkOff, "
           "const float *theta, int B, int N, int offset, int H, int dh, bf16 *dqkvu, long long "
           "lddqkvu, double *partial",
           llvm::formatv("tnlm::la_bw::la_lrpe_grad<256, {0}>(qkvu, ld, dqk, lddqk, dkOff, theta, "

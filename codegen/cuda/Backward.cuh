@@ -318,6 +318,13 @@ __device__ __forceinline__ void loss_mean(const double *total, const double *inv
   *loss = static_cast<float>(*total * *invCount);
 }
 
+// k = dloss · invCount (f64, one thread): the cross entropy gradient's factor, from the loss's
+// cotangent (the plan's fill) and 1 / the counted labels (the host's count).
+__device__ __forceinline__ void loss_grad_scale(const float *dloss, const double *invCount,
+                                                double *k) {
+  *k = static_cast<double>(*dloss) * *invCount;
+}
+
 // The bf16 copy of n f32 values (the weights the GEMMs read, after each optimizer step);
 // grid-stride.
 __device__ __forceinline__ void cast_bf16(const float *x, long long n, bf16 *y) {

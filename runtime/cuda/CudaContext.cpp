@@ -109,6 +109,12 @@ void Context::fillBytes(CUdeviceptr dst, unsigned char value, size_t bytes,
     TNLM_CU(cuMemsetD8Async, (dst, value, bytes, stream_), context);
 }
 
+void Context::fillWords(CUdeviceptr dst, uint32_t value, size_t count,
+                        std::string_view context) const {
+  if (count)
+    TNLM_CU(cuMemsetD32Async, (dst, value, count, stream_), context);
+}
+
 void Context::launch(Kernel &kernel, const LaunchConfig &config, void **params,
                      std::string_view context) const {
   const DriverApi &api = driver();

@@ -80,6 +80,9 @@ public:
                     std::string_view context = {}) const;
   void fillBytes(CUdeviceptr dst, unsigned char value, size_t bytes,
                  std::string_view context = {}) const;
+  /// `count` 32-bit words of `value` at dst (4-byte aligned), queued on the stream.
+  void fillWords(CUdeviceptr dst, uint32_t value, size_t count,
+                 std::string_view context = {}) const;
 
   /// Queues `kernel` on the stream. `params` points at one pointer per kernel parameter.
   void launch(Kernel &kernel, const LaunchConfig &config, void **params,

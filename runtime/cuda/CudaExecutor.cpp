@@ -34,9 +34,7 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
   const schema::Artifact &root = artifact.root();
   if (root.target() != schema::Target_CUDA_SM90A || !root.kernels())
     throw Error(src + ": not a CUDA artifact (compile with --target=cuda:sm_90a)");
-  if (root.mode() == schema::Mode_Train)
-    throw Error(src + ": a training artifact: the CUDA backend runs inference and recurrent "
-                      "artifacts only");
+  train_ = root.mode() == schema::Mode_Train;
   const auto &table = *root.params();
   checkParamValues(artifact, params);
   for (const schema::Function *fn : *root.functions())
@@ -97,11 +95,15 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
         maxHeads = std::max<int64_t>(maxHeads, s->i64_attrs()->Get(0));
       }
     }
+    if (train_) // outputs: the loss (and no logits)
+      continue;
     if (!logitsLinear || out->kind() != schema::OperandKind_Arena)
       throw Error(src + ": @" + f.name + "'s logits are not the dense f32 output of a linear step");
     f.logitsOffset = out->offset();
   }
 
+  if (train_) // the functions' outputs are losses: the vocabulary is the artifact's
+    vocab_ = artifact.vocabSize();
   if (context) {
     context_ = context;
   } else {
@@ -133,9 +135,15 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
       stateBytes_.push_back(n * 4);
       stateBytes += up(n * 4);
     }
-  const size_t total = up(arenaBytes) + inputCount * up(maxRows * sizeof(int32_t)) + slopeBytes +
-                       paramBytes + up(workspaceBytes_) + up(scratchBytes_) +
-                       up(gatedScratchBytes_) + stateBytes + Arena::kAlignment;
+  const int64_t inputWords = std::max<int64_t>(maxRows, 16); // ids, labels, or hparams
+  size_t masterBytes = 0;
+  if (train_)
+    for (size_t i = 0; i < table.size(); ++i)
+      if (!f32Param_[i])
+        masterBytes += up(params[i].size() * 4);
+  const size_t total = up(arenaBytes) + inputCount * up(inputWords * sizeof(int32_t)) +
+                       masterBytes + slopeBytes + paramBytes + up(workspaceBytes_) +
+                       up(scratchBytes_) + up(gatedScratchBytes_) + stateBytes + Arena::kAlignment;
   if (total > context_->totalMemory()) {
     auto gib = [](size_t b) { return std::to_string(b / double(1u << 30)).substr(0, 6) + " GiB"; };
     throw Error(src + ": the parameters (" + gib(paramBytes) + "), the planned activations (" +
@@ -148,7 +156,7 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
   arena_ = std::make_unique<Arena>(total, src + ": the device arena");
   activations_ = arena_->allocate(std::max<size_t>(arenaBytes, 1), "the activations");
   for (size_t i = 0; i < inputCount; ++i)
-    inputs_.push_back(arena_->allocate(maxRows * sizeof(int32_t), "the inputs"));
+    inputs_.push_back(arena_->allocate(inputWords * sizeof(int32_t), "the inputs"));
   staged_.resize(inputCount);
   if (workspaceBytes_)
     workspace_ = arena_->allocate(workspaceBytes_, "the Lightning Attention workspace");
@@ -176,6 +184,19 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
     context_->copyToDevice(params_[i], staged[i].data(), staged[i].size() * 2,
                            src + ": uploading parameter '" + name + "'");
   }
+  if (train_) { // the f32 masters (θ is f32 already: its own master)
+    masters_.resize(table.size());
+    for (size_t i = 0; i < table.size(); ++i) {
+      if (f32Param_[i]) {
+        masters_[i] = params_[i];
+        continue;
+      }
+      const std::string name = table[i]->name()->str();
+      masters_[i] = arena_->allocate(params[i].size() * 4, "master weight '" + name + "'");
+      context_->copyToDevice(masters_[i], params[i].data(), params[i].size() * 4,
+                             src + ": uploading master weight '" + name + "'");
+    }
+  }
   for (Function &f : functions_) {
     f.slopes.assign(f.fn->steps()->size(), 0);
     for (unsigned i = 0; i < f.fn->steps()->size(); ++i) {
@@ -197,6 +218,8 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
   for (const flatbuffers::String *name : *kernels.names())
     module_->kernel(name->str(), src + ": loading the kernels");
   gemm_ = std::make_unique<Gemm>(*context_);
+  if (train_)
+    allocateTrain();
   context_->synchronize(src + ": uploading the parameters");
 }
 
@@ -254,6 +277,8 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
   };
   const schema::Operand *y = out.Get(0);
   auto ld = [](const schema::Operand *o) { return static_cast<long long>(o->ld()); };
+  if (train_ && runTrainStep(f, index, s, batch, seq, where))
+    return;
   if (!s.launches() || s.launches()->size() == 0)
     throw Error(where + ": the step has no launches (not compiled for a CUDA target)");
 

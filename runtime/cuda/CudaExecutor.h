@@ -21,6 +21,7 @@
 #define TNLM_RUNTIME_CUDA_CUDAEXECUTOR_H
 
 #include "runtime/Artifact.h"
+#include "runtime/EmbeddingSegments.h"
 #include "runtime/Weights.h"
 #include "runtime/cuda/CudaContext.h"
 #include "runtime/cuda/Gemm.h"
@@ -118,6 +119,21 @@ public:
   int64_t vocabSize() const { return vocab_; }
   const Artifact &artifact() const { return artifact_; }
   Context &context() { return *context_; }
+  /// Train artifacts (tnlmc --mode=train --target=cuda:sm_90a; work in progress, issue 11):
+  /// runs function `name` (train_step, optimizer_step, eval_loss) for a call of batch × seq
+  /// with the named host inputs (ids, labels: int32 [batch · seq]; hparams: f32
+  /// [HyperParam.Count]), step by step (no graph yet), and returns its outputs by name (the
+  /// loss as one value). The parameters are f32 master weights with bf16 copies for the
+  /// GEMMs and kernels; gradients, moments and the step counter live in the state.
+  struct Input {
+    std::string name;
+    const void *data;
+  };
+  std::vector<std::pair<std::string, std::vector<float>>>
+  run(const std::string &name, const std::vector<Input> &inputs, int64_t batch, int64_t seq);
+  /// The f32 master weights, in parameter-table order (copied back).
+  std::vector<std::vector<float>> masterParams();
+
   /// When set, synchronizes after every step so that an asynchronous kernel fault is
   /// reported with the step that caused it (slower; for debugging; implies no graphs).
   void setSynchronizeSteps(bool on) { syncSteps_ = on; }
@@ -150,6 +166,12 @@ private:
   void checkInputs(size_t function, const char *second) const; // (ids, second)
   void runStep(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
                int64_t seq, const std::string &where);
+  /// The train plan's backward and optimizer steps (CudaTrainSteps.cpp); false: not one.
+  bool runTrainStep(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
+                    int64_t seq, const std::string &where);
+  /// The f32 master of parameter operand o (the bf16 copy is operand(o)).
+  CUdeviceptr master(const schema::Operand *o, const std::string &where) const;
+  void allocateTrain(); // the train steps' scratch (CudaTrainSteps.cpp)
   void runLightning(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
                     int64_t seq, const std::string &where);
   void runDecode(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
@@ -182,6 +204,20 @@ private:
   std::vector<CUdeviceptr> state_;  // f32 per state-table entry (recurrent state)
   std::vector<size_t> stateBytes_;
   std::vector<std::vector<int32_t>> staged_; // host copies of the inputs until uploaded
+  // Training: the f32 master weights (θ: params_ itself), the per-call scalars and scratch.
+  bool train_ = false;
+  std::vector<CUdeviceptr> masters_;
+  std::vector<DeviceBuffer> trainBuffers_;
+  CUdeviceptr invCount_ = 0, lossK_ = 0, lossTotal_ = 0, rowLoss_ = 0, lossScratch_ = 0;
+  CUdeviceptr gatedGrad_ = 0, dthetaPartial_ = 0, segOrder_ = 0, segStart_ = 0, segIds_ = 0;
+  CUdeviceptr optPartial_ = 0, optT_ = 0;
+  size_t gatedGradBytes_ = 0, optChunks_ = 0;
+  int64_t segments_ = 0;  // the call's distinct ids (embedding backward)
+  double accumSteps_ = 1; // from the call's hparams
+  float hostHp_[16] = {}; // the call's hparams (HyperParam.Count)
+  double invCountHost_ = 0;
+  EmbeddingSegments segHost_; // the call's grouping (host copy until the upload has run)
+  std::map<std::pair<size_t, unsigned>, DeviceBuffer> optTables_; // (function, first step)
   std::vector<CUdeviceptr> params_; // in parameter-table order: bf16, or f32 where f32Param_
   std::vector<bool> f32Param_;      // LRPE θ (read as f32 by the prologues)
   std::vector<Function> functions_;

@@ -227,7 +227,7 @@ TEST(CudaCodegen, TrainFunctionsCompileWithNvrtc) {
                            "tnlm_la_fwd_simple_dk256",
                            "tnlm_la_fwd_simple_dk128",
                            "tnlm_la_gate_norm_grad",
-                           "tnlm_la_bwd_simple_dk256_float",
+                           "tnlm_la_bwd_simple_dk256_bf16",
                            "tnlm_la_bwd_simple_dk128_bf16",
                            "tnlm_la_lrpe_grad_silu1",
                            "tnlm_la_dtheta_sum",

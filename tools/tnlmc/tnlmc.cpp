@@ -392,13 +392,6 @@ int main(int argc, char **argv) {
     error("--pipeline=train builds training functions: use it with --mode=train");
     return 1;
   }
-  if (train && isCuda() && (what == Emit::Artifact || what == Emit::Executable)) {
-    error("--mode=train --target=cuda:sm_90a: GPU train artifacts cannot be emitted yet (the "
-          "GPU train executor is being built); --summary, --emit=plan, --emit=mlir and "
-          "--emit=cuda-source show its plan, memory and kernels; train on --target=cpu "
-          "meanwhile");
-    return 1;
-  }
   if (recompute.getNumOccurrences() && stages != Pipeline::Train) {
     error("--recompute applies with --mode=train and --pipeline=train (the default there)");
     return 1;

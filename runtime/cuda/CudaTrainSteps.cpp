@@ -1,0 +1,463 @@
+//===- CudaTrainSteps.cpp - the train plan's steps on the GPU (work in progress) --===//
+//
+// CudaExecutor's train functions (docs/gpu-training.md, "The GPU train step"): the forward
+// steps run as in inference (runStep), the backward and optimizer steps here with the kernels
+// CudaEmitter::trainStep emits (codegen/cuda/Backward.cuh, LightningAttentionGradParts.cuh)
+// and cuBLASLt. Step by step, no graphs yet. Plan semantics as on the CPU
+// (runtime/CpuTrainSteps.cpp): every output is overwritten; kernels that accumulate get their
+// outputs zeroed first.
+//
+// The fused Lightning backward's workspace (the plan's [rows, 4·H·dk + 2·D] f32, ld W floats):
+//   q', k' (bf16, ld 2W) at float columns 0 and H·dk/2; dq', dk' (bf16, ld 2W, LRPE only) at
+//   float column 2·H·dk; O (f32, ld W) at 4·H·dk; dO (bf16, ld 2W) at 4·H·dk + D.
+//
+//===----------------------------------------------------------------------===//
+#include "runtime/cuda/CudaExecutor.h"
+
+#include "runtime/EmbeddingSegments.h"
+#include "runtime/Error.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace tnlm::cuda {
+
+namespace {
+
+constexpr int64_t kOptChunk = 1 << 16; // bw::kOptChunk
+constexpr int kPositionChunk = 16;     // la_bw::kPositionChunk
+
+// bw::OptTensor as the host fills it (device pointers as 64-bit words), 56 bytes.
+struct HostOptTensor {
+  CUdeviceptr p, g, m, v;
+  long long n, chunk0;
+  int decay, pad;
+};
+static_assert(sizeof(HostOptTensor) == 56, "bw::OptTensor's layout");
+
+uint32_t floatBits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+} // namespace
+
+CUdeviceptr CudaExecutor::master(const schema::Operand *o, const std::string &where) const {
+  if (o->kind() != schema::OperandKind_Param)
+    return operand(o, where);
+  return masters_.at(o->offset()) + o->col_offset() * 4;
+}
+
+void CudaExecutor::allocateTrain() {
+  const int64_t maxRows = artifact_.maxBatch() * artifact_.maxSeq();
+  size_t lossScratch = 0, gated = 0, dtheta = 0, chunks = 0;
+  for (const Function &f : functions_)
+    for (const schema::Step *s : *f.fn->steps()) {
+      const auto &in = *s->inputs();
+      switch (s->kind()) {
+      case schema::KernelKind_CrossEntropy:
+        lossScratch = std::max<size_t>(lossScratch, size_t(maxRows) * in.Get(0)->cols() * 2);
+        break;
+      case schema::KernelKind_GatedLinearGrad:
+        gated = std::max<size_t>(gated, 4 * size_t(maxRows) * in.Get(3)->cols() * 2);
+        break;
+      case schema::KernelKind_LightningAttentionGrad: {
+        const int64_t d = s->i64_attrs()->Get(0) * s->i64_attrs()->Get(1);
+        dtheta = std::max<size_t>(
+            dtheta, size_t((artifact_.maxSeq() + kPositionChunk - 1) / kPositionChunk) * d * 8);
+        break;
+      }
+      case schema::KernelKind_GlobalNorm: {
+        size_t c = 0;
+        for (unsigned i = 1; i < in.size(); ++i)
+          c +=
+              size_t((std::max<int64_t>(in.Get(i)->rows(), 1) * in.Get(i)->cols() + kOptChunk - 1) /
+                     kOptChunk);
+        chunks = std::max(chunks, c);
+        break;
+      }
+      default:
+        break;
+      }
+    }
+  auto buffer = [&](size_t bytes, const char *what) {
+    trainBuffers_.emplace_back(std::max<size_t>(bytes, 16), what);
+    return trainBuffers_.back().get();
+  };
+  invCount_ = buffer(8, "1 / the counted labels");
+  lossK_ = buffer(8, "the loss gradient's factor");
+  lossTotal_ = buffer(8, "the loss total");
+  rowLoss_ = buffer(size_t(maxRows) * 8, "the row losses");
+  lossScratch_ = buffer(lossScratch, "the loss's logit gradients");
+  gatedGrad_ = buffer(gated, "the gated linear backward's products");
+  gatedGradBytes_ = gated;
+  dthetaPartial_ = buffer(dtheta, "the LRPE dθ partials");
+  segOrder_ = buffer(size_t(maxRows) * 4, "the embedding grouping");
+  segStart_ = buffer(size_t(maxRows + 1) * 4, "the embedding grouping");
+  segIds_ = buffer(size_t(maxRows) * 4, "the embedding grouping");
+  optPartial_ = buffer(chunks * 8, "the sum of squares' chunks");
+  optChunks_ = chunks;
+  optT_ = buffer(4, "the AdamW step");
+}
+
+bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema::Step &s,
+                                int64_t batch, int64_t seq, const std::string &where) {
+  const int64_t rows = batch * seq;
+  const auto &in = *s.inputs();
+  const auto &out = *s.outputs();
+  auto ptr = [&](const schema::Operand *o) { return operand(o, where); };
+  auto ld = [](const schema::Operand *o) { return static_cast<long long>(o->ld()); };
+  auto rowsOf = [&](const schema::Operand *o) {
+    return o->rows() >= 0 ? o->rows() : o->rows() == -2 ? batch : rows;
+  };
+  auto f32 = [&](unsigned i) { return s.f32_attrs()->Get(i); };
+  auto i64 = [&](unsigned i) { return s.i64_attrs()->Get(i); };
+  const auto &names = *artifact_.root().kernels()->names();
+  // The step's launch of kernel `name` (CudaEmitter::trainStep's names).
+  auto launchOf = [&](const std::string &prefix) -> const schema::KernelLaunch * {
+    if (s.launches())
+      for (const schema::KernelLaunch *l : *s.launches())
+        if (l->kind() != schema::LaunchKind_Gemm &&
+            names.Get(l->kernel())->str().rfind(prefix, 0) == 0)
+          return l;
+    throw Error(where + ": the step has no " + prefix + " launch");
+  };
+  auto config = [](const schema::KernelLaunch *l, unsigned gx, unsigned gy = 1) {
+    LaunchConfig c;
+    c.grid.x = gx;
+    c.grid.y = gy;
+    c.block.x = static_cast<unsigned>(l->block());
+    c.sharedBytes = static_cast<unsigned>(l->shared_mem());
+    return c;
+  };
+  auto launch = [&](const std::string &prefix, unsigned gx, unsigned gy, auto... args) {
+    const schema::KernelLaunch *l = launchOf(prefix);
+    context_->launchWith(kernel(l, where), config(l, gx, gy), where, args...);
+  };
+  const unsigned R = static_cast<unsigned>(rows);
+  const schema::Operand *y = out.size() ? out.Get(0) : nullptr;
+
+  switch (s.kind()) {
+  case schema::KernelKind_Fill: {
+    if (y->ld() != y->cols())
+      throw Error(where + ": a fill of a strided buffer");
+    context_->fillWords(ptr(y), floatBits(f32(0)), size_t(rowsOf(y) * y->cols()), where);
+    return true;
+  }
+  case schema::KernelKind_CrossEntropy:
+  case schema::KernelKind_CrossEntropyGrad: {
+    const schema::Operand *z = in.Get(0);
+    const int vocab = int(z->cols()), ignore = int(i64(0));
+    const bool grad = s.kind() == schema::KernelKind_CrossEntropyGrad;
+    if (grad)
+      launch("tnlm_loss_grad_scale", 1, 1, ptr(in.Get(2)), invCount_, lossK_);
+    const CUdeviceptr dx = grad ? ptr(y) : lossScratch_;
+    const long long lddx = grad ? ld(y) : z->cols();
+    launch("tnlm_cross_entropy_grad", R, 1, ptr(z), ld(z), ptr(in.Get(1)), vocab, ignore,
+           grad ? lossK_ : invCount_, dx, lddx, rowLoss_);
+    const long long n = rows;
+    launch("tnlm_loss_total", 1, 1, rowLoss_, n, lossTotal_);
+    if (!grad)
+      launch("tnlm_loss_mean", 1, 1, lossTotal_, invCount_, ptr(y));
+    return true;
+  }
+  case schema::KernelKind_LinearGradInput: {
+    const schema::Operand *dy = in.Get(0), *w = in.Get(1);
+    GemmShape shape{rows, y->cols(), dy->cols(), y->ld(), w->ld(), dy->ld()};
+    gemm_->gradInput(y->dtype() == schema::DType_F32 ? GemmType::Bf16F32Out : GemmType::Bf16, shape,
+                     ptr(dy), ptr(w), ptr(y), where);
+    return true;
+  }
+  case schema::KernelKind_LinearGradWeight: {
+    const schema::Operand *dy = in.Get(0), *x = in.Get(1);
+    GemmShape shape{rows, x->cols(), dy->cols(), x->ld(), y->ld(), dy->ld()};
+    gemm_->gradWeight(GemmType::Bf16F32Out, shape, ptr(dy), ptr(x), ptr(y), where);
+    return true;
+  }
+  case schema::KernelKind_Add: {
+    if (!s.launches() || s.launches()->size() == 0 ||
+        names.Get(s.launches()->Get(0)->kernel())->str().rfind("tnlm_add_rows", 0) != 0)
+      return false; // the forward's bf16 add
+    launch("tnlm_add_rows", unsigned(rowsOf(y)), 1, ptr(in.Get(0)), ld(in.Get(0)), ptr(in.Get(1)),
+           ld(in.Get(1)), ptr(y), ld(y));
+    return true;
+  }
+  case schema::KernelKind_SrmsNormGrad:
+    launch("tnlm_srms_norm_grad", R, 1, ptr(in.Get(0)), ld(in.Get(0)), ptr(in.Get(1)),
+           ld(in.Get(1)), ptr(y), ld(y), f32(0));
+    return true;
+  case schema::KernelKind_AddSrmsNormGrad: {
+    const bool dsum = in.size() > 2;
+    const CUdeviceptr ds = dsum ? ptr(in.Get(2)) : 0;
+    const long long ldd = dsum ? ld(in.Get(2)) : 0;
+    launch("tnlm_add_srms_norm_grad", R, 1, ptr(in.Get(0)), ld(in.Get(0)), ds, ldd, ptr(in.Get(1)),
+           ld(in.Get(1)), ptr(y), ld(y), f32(0));
+    return true;
+  }
+  case schema::KernelKind_GatedLinearGrad: {
+    const schema::Operand *x = in.Get(0), *w1 = in.Get(1), *w2 = in.Get(2), *dy = in.Get(3);
+    const schema::Operand *dx = out.Get(0), *dw1 = out.Get(1), *dw2 = out.Get(2);
+    const int64_t F = dy->cols(), K = x->cols();
+    if (size_t(4 * rows * F * 2) > gatedGradBytes_)
+      throw Error(where + ": the gated linear backward's scratch is too small");
+    const CUdeviceptr a = gatedGrad_, b = a + rows * F * 2, da = b + rows * F * 2,
+                      db = da + rows * F * 2;
+    const GemmShape fwd{rows, K, F, x->ld(), w1->ld(), F};
+    gemm_->linear(GemmType::Bf16, fwd, ptr(x), ptr(w1), a, where);
+    gemm_->linear(GemmType::Bf16, fwd, ptr(x), ptr(w2), b, where);
+    const long long ldf = F;
+    launch("tnlm_mul_grad", R, 1, a, ldf, b, ldf, ptr(dy), ld(dy), da, ldf, db, ldf);
+    const GemmType dxType =
+        dx->dtype() == schema::DType_F32 ? GemmType::Bf16F32Out : GemmType::Bf16;
+    const GemmShape gi{rows, K, F, dx->ld(), w1->ld(), F};
+    gemm_->gradInput(dxType, gi, da, ptr(w1), ptr(dx), where);
+    gemm_->gradInput(dxType, gi, db, ptr(w2), ptr(dx), where, 1.0f, 1.0f);
+    gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, F, x->ld(), dw1->ld(), F}, da, ptr(x),
+                      ptr(dw1), where);
+    gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, F, x->ld(), dw2->ld(), F}, db, ptr(x),
+                      ptr(dw2), where);
+    return true;
+  }
+  case schema::KernelKind_LightningAttentionGrad: {
+    const int H = int(i64(0)), dh = int(i64(1));
+    const bool lrpe = i64(3) != 0, silu = i64(4) != 0;
+    const int64_t D = int64_t(H) * dh, dk = lrpe ? 2 * dh : dh;
+    const schema::Operand *qkvu = in.Get(0), *dy = in.Get(lrpe ? 2 : 1);
+    const schema::Operand *dqkvu = out.Get(0), *ws = out.Get(out.size() - 1);
+    const schema::Operand *dtheta = lrpe ? out.Get(1) : nullptr;
+    const CUdeviceptr theta = lrpe ? ptr(in.Get(1)) : 0;
+    if (!f.slopes[index])
+      throw Error(where + ": the step has no slopes");
+    if (ws->cols() < 4 * H * dk + 2 * D)
+      throw Error(where + ": the workspace has " + std::to_string(ws->cols()) +
+                  " columns, the GPU backward needs " + std::to_string(4 * H * dk + 2 * D));
+    const CUdeviceptr base = ptr(qkvu), w = ptr(ws), g = ptr(dqkvu);
+    const long long W = ld(ws), W2 = 2 * W;
+    const CUdeviceptr qp = w, kp = w + H * dk * 2, dq = w + 2 * H * dk * 4, dkp = dq + H * dk * 2,
+                      O = w + 4 * H * dk * 4, dO = O + D * 4;
+    const bool prologue = silu || lrpe;
+    const CUdeviceptr q = prologue ? qp : base, k = prologue ? kp : base + D * 2;
+    const long long ldq = prologue ? W2 : ld(qkvu);
+    const CUdeviceptr v = base + 2 * D * 2, u = base + 3 * D * 2;
+    const unsigned bh = unsigned(batch * H);
+    const int N = int(seq);
+    if (prologue) {
+      const int offset = 0;
+      launch("tnlm_la_grad_prologue", R, 1, base, ld(qkvu), theta, N, offset, H, dh, qp, kp, W2);
+    }
+    launch("tnlm_la_fwd_simple", bh, 1, q, ldq, k, ldq, v, ld(qkvu), f.slopes[index], O, W, N, H);
+    launch("tnlm_la_gate_norm_grad", R, 1, O, W, ptr(dy), ld(dy), u, ld(qkvu), g + 3 * D * 2,
+           ld(dqkvu), dO, W2, int(D), f32(0));
+    const CUdeviceptr dqOut = lrpe ? dq : g, dkOut = lrpe ? dkp : g + D * 2;
+    const long long lddq = lrpe ? W2 : ld(dqkvu);
+    launch("tnlm_la_bwd_simple", bh, 1, q, ldq, k, ldq, v, ld(qkvu), dO, W2, f.slopes[index], dqOut,
+           lddq, dkOut, lddq, g + 2 * D * 2, ld(dqkvu), N, H);
+    if (lrpe) {
+      const int chunks = (N + kPositionChunk - 1) / kPositionChunk;
+      const long long dkOff = H * dk;
+      const int B = int(batch), offset = 0;
+      launch("tnlm_la_lrpe_grad", unsigned(chunks), unsigned((D + 255) / 256), base, ld(qkvu), dq,
+             W2, dkOff, theta, B, N, offset, H, dh, g, ld(dqkvu), dthetaPartial_);
+      context_->fillBytes(ptr(dtheta), 0, size_t(dtheta->rows()) * dtheta->cols() * 4, where);
+      launch("tnlm_la_dtheta_sum", unsigned((D + 255) / 256), 1, dthetaPartial_, chunks, int(D),
+             ptr(dtheta));
+    } else if (silu) {
+      launch("tnlm_la_silu_scale", R, 1, base, ld(qkvu), g, ld(dqkvu), int(D));
+    }
+    return true;
+  }
+  case schema::KernelKind_EmbeddingGrad: {
+    const schema::Operand *dx = in.Get(1);
+    context_->fillBytes(ptr(y), 0, size_t(rowsOf(y)) * y->ld() * 4, where);
+    if (segments_ > 0)
+      launch("tnlm_embedding_grad", unsigned(segments_), unsigned((dx->cols() + 127) / 128),
+             segOrder_, segStart_, segIds_, ptr(dx), ld(dx), int(dx->cols()), f32(0), ptr(y));
+    return true;
+  }
+  case schema::KernelKind_GlobalNorm: {
+    const auto key = std::make_pair(size_t(&f - functions_.data()), index);
+    auto it = optTables_.find(key);
+    long long chunks = 0;
+    std::vector<HostOptTensor> table;
+    for (unsigned i = 1; i < in.size(); ++i) {
+      HostOptTensor t{};
+      t.g = ptr(in.Get(i));
+      t.n = rowsOf(in.Get(i)) * in.Get(i)->cols();
+      t.chunk0 = chunks;
+      chunks += (t.n + kOptChunk - 1) / kOptChunk;
+      table.push_back(t);
+    }
+    if (it == optTables_.end()) {
+      DeviceBuffer b(table.size() * sizeof(HostOptTensor), "the gradients' table");
+      context_->copyToDevice(b.get(), table.data(), table.size() * sizeof(HostOptTensor), where);
+      it = optTables_.emplace(key, std::move(b)).first;
+    }
+    if (size_t(chunks) > optChunks_)
+      throw Error(where + ": more gradient chunks than allocated");
+    launch("tnlm_sum_squares_chunks", unsigned(chunks), 1, it->second.get(), int(table.size()),
+           optPartial_);
+    const CUdeviceptr none = 0;
+    launch("tnlm_sum_squares_total", 1, 1, optPartial_, chunks, accumSteps_, none, ptr(y));
+    return true;
+  }
+  case schema::KernelKind_LrSchedule:
+    launch("tnlm_lr_schedule", 1, 1, ptr(in.Get(0)), ptr(in.Get(1)), ptr(y), optT_);
+    return true;
+  case schema::KernelKind_ClipScale:
+    launch("tnlm_clip_scale", 1, 1, ptr(in.Get(0)), ptr(in.Get(1)), ptr(y));
+    return true;
+  case schema::KernelKind_AdamW: {
+    // One launch for the run of AdamW steps that starts here (the later ones are done).
+    const auto &steps = *f.fn->steps();
+    if (index > 0 && steps.Get(index - 1)->kind() == schema::KernelKind_AdamW)
+      return true;
+    const auto key = std::make_pair(size_t(&f - functions_.data()), index);
+    std::vector<HostOptTensor> table;
+    std::vector<std::pair<unsigned, long long>> casts; // (parameter, elements)
+    long long chunks = 0;
+    for (unsigned j = index; j < steps.size() && steps.Get(j)->kind() == schema::KernelKind_AdamW;
+         ++j) {
+      const schema::Step &a = *steps.Get(j);
+      const auto &ain = *a.inputs();
+      const schema::Operand *p = ain.Get(0);
+      HostOptTensor t{};
+      t.p = master(p, where), t.g = ptr(ain.Get(1)), t.m = ptr(ain.Get(2)), t.v = ptr(ain.Get(3));
+      t.n = rowsOf(p) * p->cols();
+      t.chunk0 = chunks;
+      t.decay = a.i64_attrs() && a.i64_attrs()->size() > 0 ? int(a.i64_attrs()->Get(0)) : 1;
+      chunks += (t.n + kOptChunk - 1) / kOptChunk;
+      table.push_back(t);
+      if (p->kind() == schema::OperandKind_Param && !f32Param_.at(p->offset()))
+        casts.push_back({unsigned(p->offset()), t.n});
+    }
+    auto it = optTables_.find(key);
+    if (it == optTables_.end()) {
+      DeviceBuffer b(table.size() * sizeof(HostOptTensor), "the AdamW table");
+      context_->copyToDevice(b.get(), table.data(), table.size() * sizeof(HostOptTensor), where);
+      it = optTables_.emplace(key, std::move(b)).first;
+    }
+    launch("tnlm_adamw", unsigned(chunks), 1, it->second.get(), int(table.size()), ptr(in.Get(5)),
+           ptr(in.Get(6)), optT_, hostHp_[schema::HyperParam_Beta1],
+           hostHp_[schema::HyperParam_Beta2], hostHp_[schema::HyperParam_Eps],
+           hostHp_[schema::HyperParam_WeightDecay]);
+    for (auto [param, n] : casts) {
+      const unsigned grid = unsigned(std::min<long long>((n + 255) / 256, 4096));
+      launch("tnlm_cast_bf16", grid, 1, masters_[param], n, params_[param]);
+    }
+    return true;
+  }
+  case schema::KernelKind_Increment:
+    launch("tnlm_step_increment", 1, 1, ptr(y));
+    return true;
+  case schema::KernelKind_SiluGrad:
+  case schema::KernelKind_LrpeGrad:
+  case schema::KernelKind_DecayAttentionGrad:
+    throw Error(where + ": the GPU backward runs the fused Lightning Attention's gradient only "
+                        "(compile with the train pipeline's fusions)");
+  default:
+    return false;
+  }
+}
+
+std::vector<std::pair<std::string, std::vector<float>>>
+CudaExecutor::run(const std::string &name, const std::vector<Input> &inputs, int64_t batch,
+                  int64_t seq) {
+  const std::string &src = artifact_.source();
+  if (!train_)
+    throw Error(src + ": run() takes train artifacts (use forward() or the recurrent calls)");
+  context_->makeCurrent();
+  const size_t fi = functionIndex(name);
+  const Function &f = functions_[fi];
+  const schema::Function &fn = *f.fn;
+  artifact_.checkCallShape(batch, seq);
+  const int64_t rows = batch * seq;
+  std::vector<const void *> host(fn.inputs()->size(), nullptr);
+  for (unsigned i = 0; i < fn.inputs()->size(); ++i) {
+    const std::string in = fn.inputs()->Get(i)->name()->str();
+    auto it =
+        std::find_if(inputs.begin(), inputs.end(), [&](const Input &x) { return x.name == in; });
+    if (it == inputs.end() || !it->data)
+      throw Error(src + ": function '" + name + "' needs input '" + in + "'");
+    host[i] = it->data;
+    if (in == "hparams") {
+      std::memcpy(hostHp_, it->data, sizeof hostHp_);
+      accumSteps_ = hostHp_[schema::HyperParam_AccumSteps];
+      context_->copyToDevice(inputs_.at(i), it->data, sizeof hostHp_, src + ": hparams");
+    } else {
+      if (in == "ids")
+        checkIds(static_cast<const int32_t *>(it->data), rows, "position");
+      context_->copyToDevice(inputs_.at(i), it->data, size_t(rows) * 4, src + ": input " + in);
+    }
+  }
+  // The labels the loss counts (checked as the CPU does), and the embedding backward's
+  // grouping of the ids.
+  for (const schema::Step *s : *fn.steps()) {
+    const auto kind = s->kind();
+    if (kind == schema::KernelKind_CrossEntropy || kind == schema::KernelKind_CrossEntropyGrad) {
+      const schema::Operand *l = s->inputs()->Get(1);
+      const int32_t *labels = static_cast<const int32_t *>(host.at(l->offset()));
+      const int64_t ignore = s->i64_attrs()->Get(0), vocab = s->inputs()->Get(0)->cols();
+      int64_t counted = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        if (labels[r] == ignore)
+          continue;
+        if (labels[r] < 0 || labels[r] >= vocab)
+          throw Error(src + ": label " + std::to_string(labels[r]) + " at position " +
+                      std::to_string(r) + " is outside the vocabulary of " + std::to_string(vocab));
+        ++counted;
+      }
+      invCountHost_ = counted > 0 ? 1.0 / double(counted) : NAN;
+      context_->copyToDevice(invCount_, &invCountHost_, 8, src + ": the counted labels");
+    }
+    if (kind == schema::KernelKind_EmbeddingGrad) {
+      const schema::Operand *ids = s->inputs()->Get(0);
+      const int64_t padding =
+          s->i64_attrs() && s->i64_attrs()->size() > 0 ? s->i64_attrs()->Get(0) : -1;
+      const int64_t vocab = s->outputs()->Get(0)->rows();
+      segHost_ = embeddingSegments(static_cast<const int32_t *>(host.at(ids->offset())), rows,
+                                   vocab, padding);
+      segments_ = int64_t(segHost_.ids.size());
+      context_->copyToDevice(segOrder_, segHost_.order.data(), segHost_.order.size() * 4,
+                             src + ": the embedding grouping");
+      context_->copyToDevice(segStart_, segHost_.start.data(), segHost_.start.size() * 4,
+                             src + ": the embedding grouping");
+      if (segments_ > 0)
+        context_->copyToDevice(segIds_, segHost_.ids.data(), segHost_.ids.size() * 4,
+                               src + ": the embedding grouping");
+    }
+  }
+  runSteps(fi, batch, seq);
+  context_->synchronize(src + ": @" + name);
+  std::vector<std::pair<std::string, std::vector<float>>> results;
+  for (const schema::FunctionIO *o : *fn.outputs()) {
+    int64_t n = 1;
+    for (int64_t d : *o->shape())
+      n *= d > 0 ? d : (d == -1 ? batch : seq); // kDimBatch, kDimSeq
+    std::vector<float> v(size_t(std::max<int64_t>(n, 0)));
+    context_->copyToHost(v.data(), activations_ + o->offset(), v.size() * 4,
+                         src + ": @" + name + "'s output " + o->name()->str());
+    results.emplace_back(o->name()->str(), std::move(v));
+  }
+  return results;
+}
+
+std::vector<std::vector<float>> CudaExecutor::masterParams() {
+  if (!train_)
+    throw Error(artifact_.source() + ": master weights exist for train artifacts only");
+  const auto &table = *artifact_.root().params();
+  std::vector<std::vector<float>> out(table.size());
+  for (size_t i = 0; i < table.size(); ++i) {
+    size_t n = 1;
+    for (int64_t d : *table[i]->shape())
+      n *= size_t(d);
+    out[i].resize(n);
+    context_->copyToHost(out[i].data(), masters_[i], n * 4,
+                         artifact_.source() + ": reading the master weights");
+  }
+  context_->synchronize(artifact_.source() + ": reading the master weights");
+  return out;
+}
+
+} // namespace tnlm::cuda
