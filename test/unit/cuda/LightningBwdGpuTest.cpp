@@ -15,11 +15,13 @@
 #include "runtime/cuda/CudaContext.h"
 #include "runtime/cuda/Nvrtc.h"
 #include "test/unit/cuda/GpuTest.h"
+#include "test/unit/cuda/LightningBwdReference.h"
 #include "test/unit/cuda/LightningBwdWrappers.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -95,18 +97,8 @@ template <typename T> void runCase(int N) {
   };
   const std::vector<float> got[3] = {down(gq), down(gk), down(gv)};
 
-  auto f32 = [](const std::vector<uint16_t> &x) {
-    std::vector<float> out(x.size());
-    for (size_t i = 0; i < x.size(); ++i)
-      out[i] = bf16ToF32(x[i]);
-    return out;
-  };
-  const std::vector<float> qf = f32(q), kf = f32(k), vf = f32(v), of = f32(o);
-  std::vector<float> want[3] = {std::vector<float>(n), std::vector<float>(n),
-                                std::vector<float>(n)};
-  cpu::lightningAttentionGrad(qf.data(), kf.data(), vf.data(), kB, N, kH, kD, kD, ld, ld, ld,
-                              slopes, of.data(), ld, want[0].data(), ld, want[1].data(), ld,
-                              want[2].data(), ld, kC);
+  const std::array<std::vector<float>, 3> want =
+      test::cpuLightningGrad(q, k, v, o, kB, N, kH, kD, slopes, kC);
   const double rel = sizeof(T) == 2 ? 1.0 / 256 : 0.0;
   const char *names[3] = {"dq", "dk", "dv"};
   for (int t = 0; t < 3; ++t)
