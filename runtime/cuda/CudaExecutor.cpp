@@ -75,7 +75,8 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
     arenaBytes = std::max<size_t>(arenaBytes, fn.arena_bytes());
     inputCount = std::max<size_t>(inputCount, fn.inputs() ? fn.inputs()->size() : 0);
     const schema::FunctionIO *out = fn.outputs()->Get(0);
-    vocab_ = out->shape()->Get(out->shape()->size() - 1);
+    if (!train_) // (train functions return scalars: the vocabulary is the artifact's, below)
+      vocab_ = out->shape()->Get(out->shape()->size() - 1);
     bool logitsLinear = false; // the f32 logits come straight from the last GEMM (bf16 in)
     for (const schema::Step *s : *fn.steps()) {
       logitsLinear |= s->kind() == schema::KernelKind_Linear && s->outputs()->size() == 1 &&

@@ -133,6 +133,12 @@ public:
   run(const std::string &name, const std::vector<Input> &inputs, int64_t batch, int64_t seq);
   /// The f32 master weights, in parameter-table order (copied back).
   std::vector<std::vector<float>> masterParams();
+  /// Replaces the master weights (and their bf16 copies): checkpoints resuming.
+  void setMasterParams(const ParamValues &params);
+  /// Replaces every state buffer (state-table order, f32 words): checkpoints resuming.
+  void setState(const std::vector<std::vector<float>> &state);
+  /// The train artifact's step counter (completed optimizer steps).
+  int64_t trainStepCounter();
 
   /// When set, synchronizes after every step so that an asynchronous kernel fault is
   /// reported with the step that caused it (slower; for debugging; implies no graphs).

@@ -14,6 +14,7 @@
 //===----------------------------------------------------------------------===//
 #include "runtime/cuda/CudaExecutor.h"
 
+#include "runtime/DType.h"
 #include "runtime/EmbeddingSegments.h"
 #include "runtime/Error.h"
 
@@ -458,6 +459,48 @@ std::vector<std::vector<float>> CudaExecutor::masterParams() {
   }
   context_->synchronize(artifact_.source() + ": reading the master weights");
   return out;
+}
+
+void CudaExecutor::setMasterParams(const ParamValues &params) {
+  if (!train_)
+    throw Error(artifact_.source() + ": master weights exist for train artifacts only");
+  checkParamValues(artifact_, params);
+  const std::string where = artifact_.source() + ": uploading the weights";
+  std::vector<std::vector<uint16_t>> staged(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    context_->copyToDevice(masters_[i], params[i].data(), params[i].size() * 4, where);
+    if (f32Param_[i])
+      continue; // θ: the master is the parameter
+    staged[i].resize(params[i].size());
+    std::transform(params[i].begin(), params[i].end(), staged[i].begin(), f32ToBf16);
+    context_->copyToDevice(params_[i], staged[i].data(), staged[i].size() * 2, where);
+  }
+  context_->synchronize(where);
+}
+
+void CudaExecutor::setState(const std::vector<std::vector<float>> &state) {
+  const std::string where = artifact_.source() + ": uploading the state";
+  if (state.size() != state_.size())
+    throw Error(where + ": " + std::to_string(state.size()) + " buffers for " +
+                std::to_string(state_.size()));
+  for (size_t i = 0; i < state.size(); ++i) {
+    if (state[i].size() * 4 != stateBytes_[i])
+      throw Error(where + ": buffer " + std::to_string(i) + " has the wrong size");
+    context_->copyToDevice(state_[i], state[i].data(), stateBytes_[i], where);
+  }
+  context_->synchronize(where);
+}
+
+int64_t CudaExecutor::trainStepCounter() {
+  const auto *st = artifact_.root().state();
+  for (unsigned i = 0; st && i < st->size(); ++i)
+    if (st->Get(i)->kind() == schema::StateKind_StepCounter) {
+      int32_t v = 0;
+      context_->copyToHost(&v, state_[i], 4, artifact_.source() + ": the step counter");
+      context_->synchronize(artifact_.source() + ": the step counter");
+      return v;
+    }
+  return 0;
 }
 
 } // namespace tnlm::cuda

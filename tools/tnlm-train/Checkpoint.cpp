@@ -136,8 +136,7 @@ std::vector<int64_t> RunFolder::checkpoints() const {
   return steps;
 }
 
-std::string RunFolder::save(const CpuExecutor &exec, const TrainerState &state,
-                            int64_t keep) const {
+std::string RunFolder::save(Runner &exec, const TrainerState &state, int64_t keep) const {
   const Artifact &a = exec.artifact();
   const std::string final = file(checkpointName(state.step)), tmp = final + ".tmp";
   std::error_code ec;
@@ -150,9 +149,10 @@ std::string RunFolder::save(const CpuExecutor &exec, const TrainerState &state,
   // rounded copy would not resume exactly.
   std::vector<TensorData> weights;
   const auto *params = a.root().params();
+  const ParamValues values = exec.params();
   for (unsigned i = 0; i < params->size(); ++i)
     weights.push_back(TensorData::fromF32(params->Get(i)->name()->str(), DType::F32,
-                                          shapeOf(params->Get(i)->shape()), exec.params()[i]));
+                                          shapeOf(params->Get(i)->shape()), values[i]));
   std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "tnlm-train"}};
   if (a.root().config() && a.root().config()->name())
     meta["model"] = a.root().config()->name()->str();
@@ -161,6 +161,7 @@ std::string RunFolder::save(const CpuExecutor &exec, const TrainerState &state,
   // Optimizer state: the moments and the step counter (gradients are zero between steps).
   std::vector<TensorData> tensors;
   const auto *st = a.root().state();
+  const std::vector<std::vector<float>> stateValues = exec.state();
   for (unsigned i = 0; st && i < st->size(); ++i) {
     const schema::StateBuffer *s = st->Get(i);
     if (s->kind() == schema::StateKind_Gradient)
@@ -169,7 +170,7 @@ std::string RunFolder::save(const CpuExecutor &exec, const TrainerState &state,
     t.name = s->name()->str();
     t.shape = shapeOf(s->shape());
     t.dtype = s->dtype() == schema::DType_I32 ? DType::I32 : DType::F32;
-    const std::vector<float> &v = exec.state()[i];
+    const std::vector<float> &v = stateValues[i];
     t.bytes.resize(v.size() * 4);
     std::memcpy(t.bytes.data(), v.data(), t.bytes.size());
     tensors.push_back(std::move(t));
@@ -196,24 +197,25 @@ std::string RunFolder::save(const CpuExecutor &exec, const TrainerState &state,
   return final;
 }
 
-TrainerState RunFolder::load(CpuExecutor &exec) const {
+TrainerState RunFolder::load(Runner &exec) const {
   std::vector<int64_t> steps = checkpoints();
   if (steps.empty())
     throw Error("--resume=" + path_ +
                 ": the run has no checkpoint yet (nothing to resume; "
                 "start it again with --out)");
   const std::string dir = file(checkpointName(steps.back()));
-  exec.params() = loadWeights(exec.artifact(), dir + "/model.safetensors");
+  exec.setParams(loadWeights(exec.artifact(), dir + "/model.safetensors"));
   const std::string statePath = dir + "/state.safetensors";
   SafetensorsFile f = SafetensorsFile::read(statePath);
   auto meta = f.metadata();
   if (meta["format"] != kStateFormat)
     throw Error(statePath + ": not a tnlm-train state file (format '" + meta["format"] + "')");
   const auto *st = exec.artifact().root().state();
+  std::vector<std::vector<float>> values = exec.state();
   for (unsigned i = 0; st && i < st->size(); ++i) {
     const schema::StateBuffer *s = st->Get(i);
     if (s->kind() == schema::StateKind_Gradient) {
-      std::fill(exec.state()[i].begin(), exec.state()[i].end(), 0.0f);
+      std::fill(values[i].begin(), values[i].end(), 0.0f);
       continue;
     }
     const std::string name = s->name()->str();
@@ -223,8 +225,9 @@ TrainerState RunFolder::load(CpuExecutor &exec) const {
     DType want = s->dtype() == schema::DType_I32 ? DType::I32 : DType::F32;
     if (t->dtype != want || t->shape != shapeOf(s->shape()))
       throw Error(statePath + ": '" + name + "' has another dtype or shape than this model's");
-    std::memcpy(exec.state()[i].data(), t->bytes.data(), t->bytes.size());
+    std::memcpy(values[i].data(), t->bytes.data(), t->bytes.size());
   }
+  exec.setState(values);
   TrainerState state;
   try {
     nlohmann::json trainer = nlohmann::json::parse(meta["trainer"]);

@@ -15,7 +15,7 @@
 #ifndef TNLM_TOOLS_TNLM_TRAIN_CHECKPOINT_H
 #define TNLM_TOOLS_TNLM_TRAIN_CHECKPOINT_H
 
-#include "runtime/CpuExecutor.h"
+#include "tools/tnlm-train/Runner.h"
 
 #include <nlohmann/json.hpp>
 
@@ -53,11 +53,11 @@ public:
   std::vector<int64_t> checkpoints() const;
   /// Writes checkpoint-<state.step> (see the file comment), updates model.safetensors and
   /// keeps the `keep` newest checkpoints (0: all).
-  std::string save(const CpuExecutor &exec, const TrainerState &state, int64_t keep) const;
+  std::string save(Runner &exec, const TrainerState &state, int64_t keep) const;
   /// Loads the newest checkpoint into exec (weights, moments, step counter); returns the
   /// trainer state. Throws tnlm::Error naming the file if it is missing, truncated, of another
   /// model (names, shapes) or otherwise inconsistent.
-  TrainerState load(CpuExecutor &exec) const;
+  TrainerState load(Runner &exec) const;
 
   /// Appends one line to metrics.jsonl (flushed).
   void appendMetrics(const nlohmann::json &line) const;

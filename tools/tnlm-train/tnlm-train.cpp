@@ -20,6 +20,7 @@
 #include "tools/tnlm-run/Options.h"
 #include "tools/tnlm-train/Checkpoint.h"
 #include "tools/tnlm-train/Progress.h"
+#include "tools/tnlm-train/Runner.h"
 
 #include <atomic>
 #include <cerrno>
@@ -152,7 +153,7 @@ int runTraining(const Options &flags) {
   if (flags.has("threads"))
     cpu::setNumThreads(static_cast<int>(flags.getInt("threads", 0, 1, 4096)));
 
-  Artifact artifact = Artifact::load(artifactPath, Target::Cpu);
+  Artifact artifact = Artifact::load(artifactPath, std::nullopt); // cpu or cuda:sm_90a
   if (artifact.root().mode() != schema::Mode_Train)
     throw Error(artifactPath + " is an inference artifact (@forward only); compile a train "
                                "artifact with tnlmc --mode=train");
@@ -233,7 +234,8 @@ int runTraining(const Options &flags) {
   // Weights, optimizer state and the run folder.
   ParamValues init = s.has("init-from") && !resumed ? loadWeights(artifact, s.get("init-from"))
                                                     : randomWeights(artifact, seed);
-  CpuExecutor exec(artifact, std::move(init));
+  std::unique_ptr<Runner> runner = makeRunner(artifact, std::move(init));
+  Runner &exec = *runner;
   TrainerState state;
   std::optional<RunFolder> folder;
   LossCurve curve("");
@@ -290,10 +292,10 @@ int runTraining(const Options &flags) {
     std::fprintf(stderr, "%s\n", data.describe().c_str());
     std::fprintf(stderr,
                  "train: %s, %lld steps x %lld tokens (batch %lld x seq %lld x accum %lld), "
-                 "%d threads%s\n",
+                 "%s%s\n",
                  artifact.source().c_str(), static_cast<long long>(steps),
                  static_cast<long long>(tokensPerStep), static_cast<long long>(batch),
-                 static_cast<long long>(seq), static_cast<long long>(accum), cpu::numThreads(),
+                 static_cast<long long>(seq), static_cast<long long>(accum), exec.device().c_str(),
                  resumed ? (", resuming at step " + std::to_string(state.step)).c_str() : "");
   }
 
@@ -352,24 +354,14 @@ int runTraining(const Options &flags) {
       lossSum += loss;
     }
     // Non-finite gradients must not reach the weights.
-    const auto *st = artifact.root().state();
-    for (unsigned i = 0; i < st->size(); ++i) {
-      if (st->Get(i)->kind() != schema::StateKind_Gradient)
-        continue;
-      for (float g : exec.state()[i])
-        if (!std::isfinite(g))
-          throw Error("step " + std::to_string(state.step + 1) + ": the gradient '" +
-                      st->Get(i)->name()->str() + "' is not finite; " + stoppedWithoutSaving());
-    }
+    if (const std::string g = exec.nonFiniteGradient(); !g.empty())
+      throw Error("step " + std::to_string(state.step + 1) + ": the gradient '" + g +
+                  "' is not finite; " + stoppedWithoutSaving());
     auto opt = exec.run("optimizer_step", {{"hparams", hp.data()}}, batch, seq);
     // Weights that went non-finite in the update are never saved.
-    const auto *params = artifact.root().params();
-    for (unsigned i = 0; i < params->size(); ++i)
-      for (float w : exec.params()[i])
-        if (!std::isfinite(w))
-          throw Error("step " + std::to_string(state.step + 1) + ": the optimizer made '" +
-                      params->Get(i)->name()->str() + "' non-finite (check --lr, --beta1, " +
-                      "--beta2, --eps); " + stoppedWithoutSaving());
+    if (const std::string w = exec.nonFiniteParameter(); !w.empty())
+      throw Error("step " + std::to_string(state.step + 1) + ": the optimizer made '" + w +
+                  "' non-finite (check --lr, --beta1, --beta2, --eps); " + stoppedWithoutSaving());
     const double gradNorm = opt[0].second[0], stepLr = opt[1].second[0];
     state.step += 1;
     state.tokens += tokensPerStep;
@@ -435,9 +427,10 @@ int main(int argc, char **argv) {
   Options options("tnlm-train",
                   "tnlm-train MODEL-train.tnlm --data=PATH --steps=N --out=DIR [options]\n"
                   "       tnlm-train MODEL-train.tnlm --resume=DIR [--steps=N]\n\n"
-                  "Trains a model compiled with tnlmc --mode=train on the CPU: metrics as JSON "
-                  "lines, a loss-curve PNG,\ncheckpoints (Hugging Face safetensors + optimizer "
-                  "state) that resume exactly; SIGINT/SIGTERM\nsave a checkpoint and stop.");
+                  "Trains a model compiled with tnlmc --mode=train on the CPU (--target=cpu) or "
+                  "the GPU\n(--target=cuda:sm_90a, work in progress): metrics as JSON lines, a "
+                  "loss-curve PNG,\ncheckpoints (Hugging Face safetensors + optimizer state) "
+                  "that resume exactly; SIGINT/SIGTERM\nsave a checkpoint and stop.");
   declareOptions(options);
   try {
     if (!options.parse(argc, argv))
