@@ -135,13 +135,15 @@ __device__ __forceinline__ void mul_grad(const bf16 *a, long long lda, const bf1
 // rows in token order, as cpu::embeddingGrad:
 //   dE[id, c] ← dE[id, c] + scale·dx[t, c]   (f32, one rounding per operation, no fused
 //                                             multiply-add: bit for bit the CPU's)
-// grid = (segments, ceil(d / BLOCK)).
+// grid = (segments or more, ceil(d / BLOCK)).
 template <int BLOCK, typename TDX>
 __device__ __forceinline__ void embedding_grad(const int *order, const int *start, const int *ids,
                                                const TDX *dx, long long lddx, int d, float scale,
                                                float *dtable) {
   const int s = blockIdx.x, c = blockIdx.y * BLOCK + threadIdx.x;
-  if (c >= d)
+  // c past the row, or an empty segment (the executor pads the grid of a replayed graph to
+  // the most segments a call can have with empty ones).
+  if (c >= d || start[s] == start[s + 1])
     return;
   float *row = dtable + static_cast<long long>(ids[s]) * d + c;
   float acc = *row;

@@ -272,9 +272,12 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
   case schema::KernelKind_EmbeddingGrad: {
     const schema::Operand *dx = in.Get(1);
     context_->fillBytes(ptr(y), 0, size_t(rowsOf(y)) * y->ld() * 4, where);
-    if (segments_ > 0)
-      launch("tnlm_embedding_grad", unsigned(segments_), unsigned((dx->cols() + 127) / 128),
-             segOrder_, segStart_, segIds_, ptr(dx), ld(dx), int(dx->cols()), f32(0), ptr(y));
+    // A fixed grid (the most segments a call of this shape can have; the unused ones are empty),
+    // so that a captured graph replays for any ids.
+    const int64_t grid = std::min<int64_t>(rows, rowsOf(y));
+    if (grid > 0)
+      launch("tnlm_embedding_grad", unsigned(grid), unsigned((dx->cols() + 127) / 128), segOrder_,
+             segStart_, segIds_, ptr(dx), ld(dx), int(dx->cols()), f32(0), ptr(y));
     return true;
   }
   case schema::KernelKind_GlobalNorm: {
@@ -420,16 +423,26 @@ CudaExecutor::run(const std::string &name, const std::vector<Input> &inputs, int
       segHost_ = embeddingSegments(static_cast<const int32_t *>(host.at(ids->offset())), rows,
                                    vocab, padding);
       segments_ = int64_t(segHost_.ids.size());
+      // Padded to the fixed grid (min(rows, vocab) segments): empty segments of id 0.
+      const size_t grid = size_t(std::min<int64_t>(rows, vocab));
+      segHost_.start.resize(grid + 1, segHost_.start.empty() ? 0 : segHost_.start.back());
+      segHost_.ids.resize(grid, 0);
       context_->copyToDevice(segOrder_, segHost_.order.data(), segHost_.order.size() * 4,
                              src + ": the embedding grouping");
       context_->copyToDevice(segStart_, segHost_.start.data(), segHost_.start.size() * 4,
                              src + ": the embedding grouping");
-      if (segments_ > 0)
-        context_->copyToDevice(segIds_, segHost_.ids.data(), segHost_.ids.size() * 4,
+      if (grid > 0)
+        context_->copyToDevice(segIds_, segHost_.ids.data(), grid * 4,
                                src + ": the embedding grouping");
     }
   }
-  runSteps(fi, batch, seq);
+  // @train_step and @eval_loss replay as one CUDA graph per call shape (their per-call values
+  // are all in device buffers uploaded above); @optimizer_step, whose kernels take the call's
+  // hyperparameters as arguments, runs step by step.
+  if (name == "optimizer_step")
+    runSteps(fi, batch, seq);
+  else
+    launchFunction(fi, batch, seq);
   context_->synchronize(src + ": @" + name);
   std::vector<std::pair<std::string, std::vector<float>>> results;
   for (const schema::FunctionIO *o : *fn.outputs()) {
