@@ -145,14 +145,21 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
   const size_t total = up(arenaBytes) + inputCount * up(inputWords * sizeof(int32_t)) +
                        masterBytes + slopeBytes + paramBytes + up(workspaceBytes_) +
                        up(scratchBytes_) + up(gatedScratchBytes_) + stateBytes + Arena::kAlignment;
-  if (total > context_->totalMemory()) {
+  // Training: the master weights are in `total`; its scratch (separate buffers) is added here.
+  const size_t trainScratch = train_ ? planTrainScratch() : 0;
+  if (total + trainScratch > context_->totalMemory()) {
     auto gib = [](size_t b) { return std::to_string(b / double(1u << 30)).substr(0, 6) + " GiB"; };
-    throw Error(src + ": the parameters (" + gib(paramBytes) + "), the planned activations (" +
-                gib(arenaBytes) + ") and the state (" + gib(stateBytes) + ") for batch " +
-                std::to_string(artifact.maxBatch()) + " x sequence " +
-                std::to_string(artifact.maxSeq()) + " need " + gib(total) + ", more than the " +
-                gib(context_->totalMemory()) + " of " + context_->deviceName() +
-                ": compile with a smaller --batch or --seq");
+    throw Error(
+        src + ": the parameters (" + gib(paramBytes + masterBytes) +
+        "), the planned activations (" + gib(arenaBytes) + ") and the state (" + gib(stateBytes) +
+        ")" +
+        (train_ ? " with the train steps' scratch (" + gib(trainScratch) + ")" : std::string()) +
+        " for batch " + std::to_string(artifact.maxBatch()) + " x sequence " +
+        std::to_string(artifact.maxSeq()) + " need " + gib(total + trainScratch) +
+        ", more than the " + gib(context_->totalMemory()) + " of " + context_->deviceName() +
+        (train_ ? ": compile with --recompute=full, a smaller --batch or --seq (tnlmc "
+                  "--summary shows what fits)"
+                : ": compile with a smaller --batch or --seq"));
   }
   arena_ = std::make_unique<Arena>(total, src + ": the device arena");
   activations_ = arena_->allocate(std::max<size_t>(arenaBytes, 1), "the activations");

@@ -177,7 +177,8 @@ private:
                     int64_t seq, const std::string &where);
   /// The f32 master of parameter operand o (the bf16 copy is operand(o)).
   CUdeviceptr master(const schema::Operand *o, const std::string &where) const;
-  void allocateTrain(); // the train steps' scratch (CudaTrainSteps.cpp)
+  size_t planTrainScratch(); // the train steps' scratch bytes (CudaTrainSteps.cpp)
+  void allocateTrain();      // and its allocation
   void runLightning(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
                     int64_t seq, const std::string &where);
   void runDecode(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
@@ -217,7 +218,7 @@ private:
   CUdeviceptr invCount_ = 0, lossK_ = 0, lossTotal_ = 0, rowLoss_ = 0, lossScratch_ = 0;
   CUdeviceptr gatedGrad_ = 0, dthetaPartial_ = 0, segOrder_ = 0, segStart_ = 0, segIds_ = 0;
   CUdeviceptr optPartial_ = 0, optT_ = 0;
-  size_t gatedGradBytes_ = 0, optChunks_ = 0;
+  size_t gatedGradBytes_ = 0, optChunks_ = 0, lossScratchBytes_ = 0, dthetaBytes_ = 0;
   int64_t segments_ = 0;  // the call's distinct ids (embedding backward)
   double accumSteps_ = 1; // from the call's hparams
   float hostHp_[16] = {}; // the call's hparams (HyperParam.Count)

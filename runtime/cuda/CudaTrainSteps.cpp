@@ -51,7 +51,7 @@ CUdeviceptr CudaExecutor::master(const schema::Operand *o, const std::string &wh
   return masters_.at(o->offset()) + o->col_offset() * 4;
 }
 
-void CudaExecutor::allocateTrain() {
+size_t CudaExecutor::planTrainScratch() {
   const int64_t maxRows = artifact_.maxBatch() * artifact_.maxSeq();
   size_t lossScratch = 0, gated = 0, dtheta = 0, chunks = 0;
   for (const Function &f : functions_)
@@ -83,6 +83,13 @@ void CudaExecutor::allocateTrain() {
         break;
       }
     }
+  lossScratchBytes_ = lossScratch, gatedGradBytes_ = gated, dthetaBytes_ = dtheta;
+  optChunks_ = chunks;
+  return lossScratch + gated + dtheta + chunks * 8 + size_t(maxRows) * (8 + 12) + 4096;
+}
+
+void CudaExecutor::allocateTrain() {
+  const int64_t maxRows = artifact_.maxBatch() * artifact_.maxSeq();
   auto buffer = [&](size_t bytes, const char *what) {
     trainBuffers_.emplace_back(std::max<size_t>(bytes, 16), what);
     return trainBuffers_.back().get();
@@ -91,15 +98,13 @@ void CudaExecutor::allocateTrain() {
   lossK_ = buffer(8, "the loss gradient's factor");
   lossTotal_ = buffer(8, "the loss total");
   rowLoss_ = buffer(size_t(maxRows) * 8, "the row losses");
-  lossScratch_ = buffer(lossScratch, "the loss's logit gradients");
-  gatedGrad_ = buffer(gated, "the gated linear backward's products");
-  gatedGradBytes_ = gated;
-  dthetaPartial_ = buffer(dtheta, "the LRPE dθ partials");
+  lossScratch_ = buffer(lossScratchBytes_, "the loss's logit gradients");
+  gatedGrad_ = buffer(gatedGradBytes_, "the gated linear backward's products");
+  dthetaPartial_ = buffer(dthetaBytes_, "the LRPE dθ partials");
   segOrder_ = buffer(size_t(maxRows) * 4, "the embedding grouping");
   segStart_ = buffer(size_t(maxRows + 1) * 4, "the embedding grouping");
   segIds_ = buffer(size_t(maxRows) * 4, "the embedding grouping");
-  optPartial_ = buffer(chunks * 8, "the sum of squares' chunks");
-  optChunks_ = chunks;
+  optPartial_ = buffer(optChunks_ * 8, "the sum of squares' chunks");
   optT_ = buffer(4, "the AdamW step");
 }
 
