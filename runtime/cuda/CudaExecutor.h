@@ -143,6 +143,10 @@ public:
   /// When set, synchronizes after every step so that an asynchronous kernel fault is
   /// reported with the step that caused it (slower; for debugging; implies no graphs).
   void setSynchronizeSteps(bool on) { syncSteps_ = on; }
+  /// Train artifacts: with checks on, run() copies every step's outputs back after it runs and
+  /// throws tnlm::NonFiniteError naming the first step (and function) whose output holds a NaN
+  /// or infinity (step by step, no graph; for finding where a NaN starts; slow).
+  void setCheckFinite(bool on) { checkFinite_ = on; }
 
 private:
   // One function of the artifact: its steps' slopes on the device and where its f32 logits
@@ -178,7 +182,8 @@ private:
   /// The f32 master of parameter operand o (the bf16 copy is operand(o)).
   CUdeviceptr master(const schema::Operand *o, const std::string &where) const;
   size_t planTrainScratch(); // the train steps' scratch bytes (CudaTrainSteps.cpp)
-  void allocateTrain();      // and its allocation
+  void checkStepFinite(const Function &f, unsigned index, int64_t batch, int64_t seq);
+  void allocateTrain(); // and its allocation
   void runLightning(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
                     int64_t seq, const std::string &where);
   void runDecode(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
@@ -212,7 +217,7 @@ private:
   std::vector<size_t> stateBytes_;
   std::vector<std::vector<int32_t>> staged_; // host copies of the inputs until uploaded
   // Training: the f32 master weights (θ: params_ itself), the per-call scalars and scratch.
-  bool train_ = false;
+  bool train_ = false, checkFinite_ = false;
   std::vector<CUdeviceptr> masters_;
   std::vector<DeviceBuffer> trainBuffers_;
   CUdeviceptr invCount_ = 0, lossK_ = 0, lossTotal_ = 0, rowLoss_ = 0, lossScratch_ = 0;

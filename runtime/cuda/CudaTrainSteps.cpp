@@ -14,6 +14,7 @@
 //===----------------------------------------------------------------------===//
 #include "runtime/cuda/CudaExecutor.h"
 
+#include "runtime/CpuExecutor.h"
 #include "runtime/DType.h"
 #include "runtime/EmbeddingSegments.h"
 #include "runtime/Error.h"
@@ -370,6 +371,48 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
   }
 }
 
+void CudaExecutor::checkStepFinite(const Function &f, unsigned index, int64_t batch, int64_t seq) {
+  const schema::Step &s = *f.fn->steps()->Get(index);
+  const std::string where = artifact_.source() + ": @" + f.name + " step " + std::to_string(index);
+  const auto &outs = *s.outputs();
+  for (unsigned k = 0; k < outs.size(); ++k) {
+    const schema::Operand *o = outs.Get(k);
+    // Workspaces hold scratch, not results (as CpuExecutor's checks).
+    const bool workspace =
+        (s.kind() == schema::KernelKind_LightningAttention && k > 0) ||
+        (s.kind() == schema::KernelKind_LightningAttentionGrad && k + 1 == outs.size());
+    if (workspace || o->dtype() == schema::DType_I32)
+      continue;
+    const int64_t rows = o->rows() >= 0 ? o->rows() : o->rows() == -2 ? batch : batch * seq;
+    const bool bf16 = o->dtype() == schema::DType_BF16;
+    const size_t elem = bf16 ? 2 : 4;
+    std::vector<unsigned char> raw(size_t(rows) * size_t(o->ld()) * elem);
+    if (raw.empty())
+      continue;
+    context_->copyToHost(raw.data(), operand(o, where), raw.size(), where);
+    context_->synchronize(where);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < o->cols(); ++c) {
+        const size_t at = (size_t(r) * size_t(o->ld()) + size_t(c)) * elem;
+        float v;
+        if (bf16) {
+          uint16_t b;
+          std::memcpy(&b, &raw[at], 2);
+          v = bf16ToF32(b);
+        } else {
+          std::memcpy(&v, &raw[at], 4);
+        }
+        if (!std::isfinite(v)) {
+          const std::string step = s.name() ? s.name()->str() : std::string("?");
+          throw NonFiniteError("non-finite values first appear in the output of step '" + step +
+                                   "' (" + schema::EnumNameKernelKind(s.kind()) + ") of @" +
+                                   f.name + " on the GPU",
+                               step);
+        }
+      }
+  }
+}
+
 std::vector<std::pair<std::string, std::vector<float>>>
 CudaExecutor::run(const std::string &name, const std::vector<Input> &inputs, int64_t batch,
                   int64_t seq) {
@@ -444,10 +487,13 @@ CudaExecutor::run(const std::string &name, const std::vector<Input> &inputs, int
   // @train_step and @eval_loss replay as one CUDA graph per call shape (their per-call values
   // are all in device buffers uploaded above); @optimizer_step, whose kernels take the call's
   // hyperparameters as arguments, runs step by step.
-  if (name == "optimizer_step")
+  if (checkFinite_) {
+    runSteps(fi, batch, seq, [&](unsigned i) { checkStepFinite(f, i, batch, seq); });
+  } else if (name == "optimizer_step") {
     runSteps(fi, batch, seq);
-  else
+  } else {
     launchFunction(fi, batch, seq);
+  }
   context_->synchronize(src + ": @" + name);
   std::vector<std::pair<std::string, std::vector<float>>> results;
   for (const schema::FunctionIO *o : *fn.outputs()) {

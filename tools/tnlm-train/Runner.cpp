@@ -91,7 +91,10 @@ public:
       in.push_back({i.name, i.data});
     return exec_.run(name, in, batch, seq);
   }
-  bool setCheckFinite(bool) override { return false; }
+  bool setCheckFinite(bool on) override {
+    exec_.setCheckFinite(on);
+    return true;
+  }
   std::string nonFiniteGradient() override { return firstNonFinite(exec_.state(), names_, grads_); }
   std::string nonFiniteParameter() override {
     const ParamValues p = exec_.masterParams();

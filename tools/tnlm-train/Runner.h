@@ -28,8 +28,8 @@ public:
   virtual std::vector<std::pair<std::string, std::vector<float>>>
   run(const std::string &name, const std::vector<CpuExecutor::Input> &inputs, int64_t batch,
       int64_t seq) = 0;
-  /// Per-step finite checks naming the first step with a NaN (CPU only; false where the
-  /// backend has none, and then nothing changes).
+  /// Per-step finite checks naming the first step with a NaN (NonFiniteError); false where
+  /// the backend has none.
   virtual bool setCheckFinite(bool on) = 0;
   /// The name of the first gradient (parameter) holding a NaN or infinity, or "".
   virtual std::string nonFiniteGradient() = 0;
