@@ -139,6 +139,8 @@ public:
   void setState(const std::vector<std::vector<float>> &state);
   /// The train artifact's step counter (completed optimizer steps).
   int64_t trainStepCounter();
+  /// State buffer i alone (state-table order, f32 words; copied back).
+  std::vector<float> stateBuffer(size_t i);
 
   /// When set, synchronizes after every step so that an asynchronous kernel fault is
   /// reported with the step that caused it (slower; for debugging; implies no graphs).

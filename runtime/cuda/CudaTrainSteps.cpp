@@ -150,7 +150,24 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
   case schema::KernelKind_Fill: {
     if (y->ld() != y->cols())
       throw Error(where + ": a fill of a strided buffer");
-    context_->fillWords(ptr(y), floatBits(f32(0)), size_t(rowsOf(y) * y->cols()), where);
+    const size_t n = size_t(rowsOf(y) * y->cols());
+    switch (y->dtype()) {
+    case schema::DType_F32:
+      context_->fillWords(ptr(y), floatBits(f32(0)), n, where);
+      break;
+    case schema::DType_I32:
+      context_->fillWords(ptr(y), uint32_t(int32_t(f32(0))), n, where);
+      break;
+    case schema::DType_BF16: { // two bf16 per word (n even, or one more element's bytes)
+      const uint32_t b = f32ToBf16(f32(0));
+      if (n % 2 != 0)
+        throw Error(where + ": a bf16 fill of an odd number of elements");
+      context_->fillWords(ptr(y), b | (b << 16), n / 2, where);
+      break;
+    }
+    default:
+      throw Error(where + ": a fill of an unsupported dtype");
+    }
     return true;
   }
   case schema::KernelKind_CrossEntropy:
@@ -185,6 +202,7 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
   }
   case schema::KernelKind_Add: {
     if (!s.launches() || s.launches()->size() == 0 ||
+        s.launches()->Get(0)->kind() == schema::LaunchKind_Gemm ||
         names.Get(s.launches()->Get(0)->kernel())->str().rfind("tnlm_add_rows", 0) != 0)
       return false; // the forward's bf16 add
     launch("tnlm_add_rows", unsigned(rowsOf(y)), 1, ptr(in.Get(0)), ld(in.Get(0)), ptr(in.Get(1)),
@@ -220,7 +238,8 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
         dx->dtype() == schema::DType_F32 ? GemmType::Bf16F32Out : GemmType::Bf16;
     const GemmShape gi{rows, K, F, dx->ld(), w1->ld(), F};
     gemm_->gradInput(dxType, gi, da, ptr(w1), ptr(dx), where);
-    gemm_->gradInput(dxType, gi, db, ptr(w2), ptr(dx), where, 1.0f, 1.0f);
+    const GemmShape gi2{rows, K, F, dx->ld(), w2->ld(), F};
+    gemm_->gradInput(dxType, gi2, db, ptr(w2), ptr(dx), where, 1.0f, 1.0f);
     gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, F, x->ld(), dw1->ld(), F}, da, ptr(x),
                       ptr(dw1), where);
     gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, F, x->ld(), dw2->ld(), F}, db, ptr(x),
@@ -277,6 +296,8 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
   }
   case schema::KernelKind_EmbeddingGrad: {
     const schema::Operand *dx = in.Get(1);
+    if (y->ld() != dx->cols()) // embedding_grad strides the table by d
+      throw Error(where + ": the embedding gradient's rows are not dense");
     context_->fillBytes(ptr(y), 0, size_t(rowsOf(y)) * y->ld() * 4, where);
     // A fixed grid (the most segments a call of this shape can have; the unused ones are empty),
     // so that a captured graph replays for any ids.
@@ -384,12 +405,16 @@ void CudaExecutor::checkStepFinite(const Function &f, unsigned index, int64_t ba
     if (workspace || o->dtype() == schema::DType_I32)
       continue;
     const int64_t rows = o->rows() >= 0 ? o->rows() : o->rows() == -2 ? batch : batch * seq;
-    const bool bf16 = o->dtype() == schema::DType_BF16;
+    // A parameter output (AdamW's) is the f32 master; operand() would give its bf16 copy.
+    const bool param = o->kind() == schema::OperandKind_Param;
+    const bool bf16 = !param && o->dtype() == schema::DType_BF16;
     const size_t elem = bf16 ? 2 : 4;
-    std::vector<unsigned char> raw(size_t(rows) * size_t(o->ld()) * elem);
-    if (raw.empty())
+    if (rows <= 0 || o->cols() <= 0)
       continue;
-    context_->copyToHost(raw.data(), operand(o, where), raw.size(), where);
+    // rows - 1 whole rows and the last row's columns (the view may start at a column offset).
+    std::vector<unsigned char> raw((size_t(rows - 1) * size_t(o->ld()) + size_t(o->cols())) * elem);
+    context_->copyToHost(raw.data(), param ? master(o, where) : operand(o, where), raw.size(),
+                         where);
     context_->synchronize(where);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < o->cols(); ++c) {
@@ -553,6 +578,15 @@ void CudaExecutor::setState(const std::vector<std::vector<float>> &state) {
     context_->copyToDevice(state_[i], state[i].data(), stateBytes_[i], where);
   }
   context_->synchronize(where);
+}
+
+std::vector<float> CudaExecutor::stateBuffer(size_t i) {
+  if (i >= state_.size())
+    throw Error(artifact_.source() + ": no state buffer " + std::to_string(i));
+  std::vector<float> v(stateBytes_[i] / 4);
+  context_->copyToHost(v.data(), state_[i], stateBytes_[i],
+                       artifact_.source() + ": copying a state buffer back");
+  return v;
 }
 
 int64_t CudaExecutor::trainStepCounter() {

@@ -95,7 +95,16 @@ public:
     exec_.setCheckFinite(on);
     return true;
   }
-  std::string nonFiniteGradient() override { return firstNonFinite(exec_.state(), names_, grads_); }
+  std::string nonFiniteGradient() override { // the gradients only (not the moments)
+    for (size_t i = 0; i < grads_.size(); ++i) {
+      if (!grads_[i])
+        continue;
+      for (float v : exec_.stateBuffer(i))
+        if (!std::isfinite(v))
+          return names_[i];
+    }
+    return "";
+  }
   std::string nonFiniteParameter() override {
     const ParamValues p = exec_.masterParams();
     return firstNonFinite(p, paramNames_, std::vector<bool>(p.size(), true));

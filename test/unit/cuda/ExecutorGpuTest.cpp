@@ -89,7 +89,9 @@ double msSince(std::chrono::steady_clock::time_point t0) {
 /// relative L2 difference and the master weights' after the step. Checks: finite, the loss
 /// within 2e-2 · (1 + |loss|), every gradient within 0.1 relative L2 (bf16 activations and
 /// activation gradients: ~25 roundings of 2^-9 along each path; a first bound, to be tightened
-/// from measurements), the updated weights within 1e-2 relative L2 of the change the CPU made.
+/// from measurements), after the optimizer step at most 2 % of the weights more than lr / 2
+/// from the CPU's and none more than 2.5 lr (sign flips of gradients near zero move an
+/// element 2 lr at the first step; the bounds are first guesses, to be set from measurements).
 int trainMain(const char *gpuPath, const char *cpuPath) {
   tnlm::Artifact gpuArt = tnlm::Artifact::load(gpuPath, tnlm::Target::CudaSm90a);
   tnlm::Artifact cpuArt = tnlm::Artifact::load(cpuPath, tnlm::Target::Cpu);
@@ -159,19 +161,27 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
   gpu.run("optimizer_step", {{"hparams", hp}}, B, N);
   const std::vector<std::vector<float>> gp = gpu.masterParams();
   const tnlm::ParamValues &cp = cpu.params();
+  // At AdamW's first step an element moves by about ±lr whatever its gradient's size, so an
+  // element whose gradient's sign differs between bf16 and f32 (gradients within their noise
+  // of zero) moves 2·lr apart: count the elements more than lr / 2 apart, and the worst.
+  const double lr1 = hp[tnlm::schema::HyperParam_Lr] / hp[tnlm::schema::HyperParam_Warmup];
+  int64_t far = 0, total = 0;
   double worstUpdate = 0;
-  for (size_t i = 0; i < cp.size(); ++i) {
-    double d2 = 0, u2 = 0;
+  bool finiteParams = true;
+  for (size_t i = 0; i < cp.size(); ++i)
     for (size_t j = 0; j < cp[i].size(); ++j) {
-      d2 += double(gp[i][j] - cp[i][j]) * (gp[i][j] - cp[i][j]);
-      u2 += double(cp[i][j] - weights[i][j]) * (cp[i][j] - weights[i][j]);
+      const double d = std::fabs(double(gp[i][j]) - cp[i][j]);
+      finiteParams &= std::isfinite(gp[i][j]);
+      far += d > 0.5 * lr1;
+      ++total;
+      worstUpdate = std::max(worstUpdate, d / lr1);
     }
-    worstUpdate = std::max(worstUpdate, u2 > 0 ? std::sqrt(d2 / u2) : std::sqrt(d2));
-  }
-  const bool updateOk = std::isfinite(worstUpdate) && worstUpdate <= 1e-2;
+  const double farFraction = total ? double(far) / double(total) : 0;
+  const bool updateOk = finiteParams && farFraction <= 0.02 && worstUpdate <= 2.5;
   failures += !updateOk;
-  std::printf("%s optimizer_step: worst |gpu - cpu| / |cpu update| %.3e over %zu tensors\n",
-              updateOk ? "ok  " : "FAIL", worstUpdate, cp.size());
+  std::printf("%s optimizer_step: %.4f %% of %lld weights more than lr/2 from the CPU's (bound "
+              "2 %%), worst %.3f lr (bound 2.5)\n",
+              updateOk ? "ok  " : "FAIL", 100 * farFraction, (long long)total, worstUpdate);
   const double cpuEval =
       lossOf(cpu.run("eval_loss", {{"ids", ids.data()}, {"labels", labels.data()}}, B, N));
   const double gpuEval =
