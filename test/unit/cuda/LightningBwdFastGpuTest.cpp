@@ -98,15 +98,6 @@ Kernels &kernels() {
   return k;
 }
 
-std::vector<uint16_t> randomBf16(size_t n, unsigned seed, float scale) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-scale, scale);
-  std::vector<uint16_t> out(n);
-  for (uint16_t &x : out)
-    x = f32ToBf16(dist(rng));
-  return out;
-}
-
 // One forward pass o = pass(q, k, v) on [B·N, H·D] bf16 tensors, or (reversed) over the
 // reversed sequence: the same kernel on each tensor's row N − 1 with a negative token stride.
 // The segment plan as CudaExecutor::runLightning makes it (or forced), its workspace `ws`.
@@ -154,14 +145,10 @@ void pass(CUdeviceptr q, CUdeviceptr k, CUdeviceptr v, CUdeviceptr o, CUdevicept
 void runCase(int N, int forceSegs = 0, int forcePieces = 0) {
   const int64_t rows = int64_t(kB) * N, ld = kH * kD;
   const size_t n = size_t(rows * ld);
-  const std::vector<uint16_t> q = randomBf16(n, 1, 0.5f), k = randomBf16(n, 2, 0.5f),
-                              v = randomBf16(n, 3, 1.0f), o = randomBf16(n, 4, 1.0f);
+  const std::vector<uint16_t> q = test::randomBf16(n, 1, 0.5f), k = test::randomBf16(n, 2, 0.5f),
+                              v = test::randomBf16(n, 3, 1.0f), o = test::randomBf16(n, 4, 1.0f);
   const float slopes[kH] = {0.5f, 0.0625f, 0.0078125f};
-  auto up = [&](const void *src, size_t bytes) {
-    DeviceBuffer b(std::max<size_t>(bytes, 4), "operand");
-    gpu().copyToDevice(b.get(), src, bytes, "operand");
-    return b;
-  };
+  auto up = [&](const void *src, size_t bytes) { return test::upload(src, bytes, "operand"); };
   DeviceBuffer dQ = up(q.data(), n * 2), dK = up(k.data(), n * 2), dV = up(v.data(), n * 2),
                dO = up(o.data(), n * 2), dS = up(slopes, sizeof slopes);
   DeviceBuffer gq(n * 2, "dq"), gk(n * 2, "dk"), gv(n * 2, "dv");

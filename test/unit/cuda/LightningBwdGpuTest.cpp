@@ -55,25 +55,14 @@ Module &module() {
   return *m;
 }
 
-std::vector<uint16_t> randomBf16(size_t n, unsigned seed, float scale) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-scale, scale);
-  std::vector<uint16_t> out(n);
-  for (uint16_t &x : out)
-    x = f32ToBf16(dist(rng));
-  return out;
-}
-
 template <typename T> void runCase(int N) {
   const int64_t rows = int64_t(kB) * N, ld = kH * kD;
   const size_t n = size_t(rows * ld);
-  const std::vector<uint16_t> q = randomBf16(n, 1, 0.5f), k = randomBf16(n, 2, 0.5f),
-                              v = randomBf16(n, 3, 1.0f), o = randomBf16(n, 4, 1.0f);
+  const std::vector<uint16_t> q = test::randomBf16(n, 1, 0.5f), k = test::randomBf16(n, 2, 0.5f),
+                              v = test::randomBf16(n, 3, 1.0f), o = test::randomBf16(n, 4, 1.0f);
   const float slopes[kH] = {0.5f, 0.0625f, 0.0078125f};
   auto up = [&](const void *src, size_t bytes) {
-    DeviceBuffer b(std::max<size_t>(bytes, 4), "la_bwd operand");
-    gpu().copyToDevice(b.get(), src, bytes, "la_bwd operand");
-    return b;
+    return test::upload(src, bytes, "la_bwd operand");
   };
   DeviceBuffer dQ = up(q.data(), n * 2), dK = up(k.data(), n * 2), dV = up(v.data(), n * 2),
                dO = up(o.data(), n * 2), dS = up(slopes, sizeof slopes);

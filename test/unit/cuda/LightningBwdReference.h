@@ -1,7 +1,8 @@
-//===- LightningBwdReference.h - the CPU reference of the GPU Lightning backward tests -===//
+//===- LightningBwdReference.h - shared pieces of the GPU Lightning backward tests -===//
 //
-// cpu::lightningAttentionGrad on the f32 values of bf16 q, k, v, dO ([B·N, H·D] each, dense),
-// as LightningBwdGpuTest.cpp and LightningBwdFastGpuTest.cpp compare against it.
+// The inputs (seeded uniform bf16, uploaded) and the CPU reference, cpu::lightningAttentionGrad
+// on the f32 values of bf16 q, k, v, dO ([B·N, H·D] each, dense), of LightningBwdGpuTest.cpp,
+// LightningBwdFastGpuTest.cpp and LightningFusedGradGpuTest.cpp.
 //
 //===----------------------------------------------------------------------===//
 #ifndef TNLM_TEST_UNIT_CUDA_LIGHTNINGBWDREFERENCE_H
@@ -9,12 +10,33 @@
 
 #include "runtime/DType.h"
 #include "runtime/cpu/Backward.h"
+#include "runtime/cuda/CudaContext.h"
+#include "test/unit/cuda/GpuTest.h"
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <random>
 #include <vector>
 
 namespace tnlm::cuda::test {
+
+/// n values uniform in [-scale, scale) (std::mt19937 of `seed`), rounded to bf16.
+inline std::vector<uint16_t> randomBf16(size_t n, unsigned seed, float scale) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  std::vector<uint16_t> out(n);
+  for (uint16_t &x : out)
+    x = f32ToBf16(dist(rng));
+  return out;
+}
+
+/// A device copy of `bytes` at src (at least 8 bytes allocated).
+inline DeviceBuffer upload(const void *src, size_t bytes, const char *what) {
+  DeviceBuffer b(std::max<size_t>(bytes, 8), what);
+  gpu().copyToDevice(b.get(), src, bytes, what);
+  return b;
+}
 
 inline std::vector<float> bf16Floats(const std::vector<uint16_t> &x) {
   std::vector<float> out(x.size());

@@ -22,6 +22,7 @@
 #include "runtime/cuda/CudaContext.h"
 #include "runtime/cuda/Nvrtc.h"
 #include "test/unit/cuda/GpuTest.h"
+#include "test/unit/cuda/LightningBwdReference.h"
 #include "test/unit/cuda/LightningBwdWrappers.h"
 
 #include <gtest/gtest.h>
@@ -69,21 +70,6 @@ Module &module() {
   return *m;
 }
 
-std::vector<uint16_t> randomBf16(size_t n, unsigned seed, float scale) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-scale, scale);
-  std::vector<uint16_t> out(n);
-  for (uint16_t &x : out)
-    x = f32ToBf16(dist(rng));
-  return out;
-}
-
-DeviceBuffer upload(const void *src, size_t bytes, const char *what) {
-  DeviceBuffer b(std::max<size_t>(bytes, 8), what);
-  gpu().copyToDevice(b.get(), src, bytes, what);
-  return b;
-}
-
 void runCase(int N, bool silu, bool lrpe) {
   const int64_t rows = int64_t(kB) * N, ld = 4 * kD;
   const int dk = lrpe ? 2 * kDh : kDh;
@@ -91,13 +77,13 @@ void runCase(int N, bool silu, bool lrpe) {
   // qkvu: q, k at 0.5, v, u at 1; dy at 1; θ in (0, 1) (positions up to 130: angles to 130 rad).
   std::vector<uint16_t> qkvu(size_t(rows * ld));
   {
-    const std::vector<uint16_t> a = randomBf16(qkvu.size(), 11, 0.5f),
-                                b = randomBf16(qkvu.size(), 12, 1.0f);
+    const std::vector<uint16_t> a = test::randomBf16(qkvu.size(), 11, 0.5f),
+                                b = test::randomBf16(qkvu.size(), 12, 1.0f);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < ld; ++c)
         qkvu[size_t(r * ld + c)] = c < 2 * kD ? a[size_t(r * ld + c)] : b[size_t(r * ld + c)];
   }
-  const std::vector<uint16_t> dy = randomBf16(size_t(rows * kD), 13, 1.0f);
+  const std::vector<uint16_t> dy = test::randomBf16(size_t(rows * kD), 13, 1.0f);
   std::vector<float> theta(kD);
   {
     std::mt19937 rng(14);
@@ -120,13 +106,13 @@ void runCase(int N, bool silu, bool lrpe) {
       dyF.data(), kD, workspace.data(), want.data(), ld, lrpe ? wantTheta.data() : nullptr);
 
   // The GPU composition.
-  DeviceBuffer gQkvu = upload(qkvu.data(), qkvu.size() * 2, "qkvu"),
-               gDy = upload(dy.data(), dy.size() * 2, "dy"),
-               gTheta = upload(theta.data(), theta.size() * 4, "theta"),
-               gSlopes = upload(slopes, sizeof slopes, "slopes");
+  DeviceBuffer gQkvu = test::upload(qkvu.data(), qkvu.size() * 2, "qkvu"),
+               gDy = test::upload(dy.data(), dy.size() * 2, "dy"),
+               gTheta = test::upload(theta.data(), theta.size() * 4, "theta"),
+               gSlopes = test::upload(slopes, sizeof slopes, "slopes");
   const std::vector<float> zeros(size_t(rows * ld), 0.0f);
-  DeviceBuffer gOut = upload(zeros.data(), zeros.size() * 4, "dqkvu"),
-               gDtheta = upload(zeros.data(), kD * 4, "dtheta");
+  DeviceBuffer gOut = test::upload(zeros.data(), zeros.size() * 4, "dqkvu"),
+               gDtheta = test::upload(zeros.data(), kD * 4, "dtheta");
   const long long ldp = int64_t(kH) * dk;
   DeviceBuffer gQp(size_t(rows * ldp) * 2, "q'"), gKp(size_t(rows * ldp) * 2, "k'");
   DeviceBuffer gO(size_t(rows * kD) * 4, "O"), gDO(size_t(rows * kD) * 2, "dO");
