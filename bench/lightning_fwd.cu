@@ -403,6 +403,18 @@ template <class Cfg> struct Problem {
   }
 };
 
+// out[b, n] = in[b, N - 1 - n] for rows of `row` elements ([B, N, row] layout): the reversed
+// sequences the dk and dv references are computed on.
+template <class T>
+__global__ void reverse_tokens_kernel(const T *in, T *out, int B, int N, long long row) {
+  const long long total = (long long)B * N * row;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+       i += (long long)gridDim.x * blockDim.x) {
+    const long long r = i / row, c = i % row, b = r / N, n = r % N;
+    out[(b * N + (N - 1 - n)) * row + c] = in[i];
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward + backward (--bwd): the backward as three passes of the Hopper forward kernel
 // (test/unit/cuda/LightningBwdFastGpuTest.cpp checks the result against the CPU):
@@ -410,8 +422,9 @@ template <class Cfg> struct Problem {
 //   reversed sequence (the tensors' last rows, negative token strides), each with the default
 //   segment plan and its own workspace, the three on their own streams (they only read inputs).
 // Timed: the forward, then the backward, as one sequence (events around all of it); the I/O
-// floor of fwd+bwd is 22E bytes (PERFORMANCE.md). Sanity check: dq against the fp32 reference
-// kernel run on (dO, v, k).
+// floor of fwd+bwd is 22E bytes (PERFORMANCE.md). Accuracy: dq against the fp32 reference
+// kernel run on (dO, v, k); dk and dv against the reference run on the reversed sequences
+// (rev v, rev dO, rev q) and (rev k, rev q, rev dO), compared with the reversed dk and dv.
 // ---------------------------------------------------------------------------------------------
 template <class Cfg> static int bench_bwd(int B, int H, int N, int sms, int reps, uint64_t seed) {
   Problem<Cfg> p(B, H, N, 1.0f, "alibi", seed);
@@ -473,9 +486,34 @@ template <class Cfg> static int bench_bwd(int B, int H, int N, int sms, int reps
     CK(cudaGetLastError());
   };
   CK(cudaMemset(dq, 0xFF, E * 2));
+  CK(cudaMemset(dk, 0xFF, E * 2));
+  CK(cudaMemset(dv, 0xFF, E * 2));
   step(false);
   CK(cudaStreamSynchronize(s0));
   Err e = compare<bf16>(dq, dqref, E);
+  Err edk, edv;
+  { // dk, dv against the reference on reversed copies (the reference buffer is reused)
+    bf16 *rq, *rk, *rv, *rdO, *rout;
+    for (bf16 **x : {&rq, &rk, &rv, &rdO, &rout})
+      CK(cudaMalloc(x, E * 2));
+    const long long row = (long long)H * 128;
+    reverse_tokens_kernel<<<2048, 256>>>(p.q, rq, B, N, row);
+    reverse_tokens_kernel<<<2048, 256>>>(p.k, rk, B, N, row);
+    reverse_tokens_kernel<<<2048, 256>>>(p.v, rv, B, N, row);
+    reverse_tokens_kernel<<<2048, 256>>>(dO, rdO, B, N, row);
+    reference_kernel<128, 128><<<B * H, 128>>>(rv, rdO, rq, p.slopes, dqref, sref, B, N, H);
+    reverse_tokens_kernel<<<2048, 256>>>(dk, rout, B, N, row);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    edk = compare<bf16>(rout, dqref, E);
+    reference_kernel<128, 128><<<B * H, 128>>>(rk, rq, rdO, p.slopes, dqref, sref, B, N, H);
+    reverse_tokens_kernel<<<2048, 256>>>(dv, rout, B, N, row);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    edv = compare<bf16>(rout, dqref, E);
+    for (bf16 *x : {rq, rk, rv, rdO, rout})
+      CK(cudaFree(x));
+  }
   auto timeIt = [&](bool backwardOnly) {
     for (int i = 0; i < 5; ++i)
       step(backwardOnly);
@@ -495,16 +533,20 @@ template <class Cfg> static int bench_bwd(int B, int H, int N, int sms, int reps
   const double all = timeIt(false), bwd = timeIt(true);
   const double Ed = (double)B * H * N * 128;
   const double floor_ms = 22.0 * Ed / kBandwidth * 1e3, floor_bwd = 14.0 * Ed / kBandwidth * 1e3;
-  const bool pass = e.nonfinite == 0 && e.max_rel() < 2e-2 && e.rel_l2 < 1e-2;
+  bool pass = true;
+  for (const Err *x : {&e, &edk, &edv})
+    pass = pass && x->nonfinite == 0 && x->max_rel() < 2e-2 && x->rel_l2 < 1e-2;
   std::printf("{\"op\": \"lightning_attention_fwd_bwd\", \"impl\": \"tnlm_cuda_three_pass\", "
               "\"B\": %d, \"H\": %d, \"N\": %d, \"D\": 128, \"dtype\": \"bf16\", "
               "\"segments\": %d, \"median_ms\": %.4f, "
               "\"bwd_median_ms\": %.4f, \"io_floor_ms\": %.4f, \"pct_io_floor\": %.1f, "
               "\"bwd_io_floor_ms\": %.4f, \"bwd_pct_io_floor\": %.1f, \"dq_max_rel_err\": %.3e, "
-              "\"dq_rel_l2_err\": %.3e, \"extra_bytes\": %llu, \"pass\": %s}\n",
+              "\"dq_rel_l2_err\": %.3e, \"dk_max_rel_err\": %.3e, \"dk_rel_l2_err\": %.3e, "
+              "\"dv_max_rel_err\": %.3e, \"dv_rel_l2_err\": %.3e, \"extra_bytes\": %llu, "
+              "\"pass\": %s}\n",
               B, H, N, plan.num_segs, all, bwd, floor_ms, 100.0 * floor_ms / all, floor_bwd,
-              100.0 * floor_bwd / bwd, e.max_rel(), e.rel_l2,
-              (unsigned long long)(4 * plan.workspace_bytes), pass ? "true" : "false");
+              100.0 * floor_bwd / bwd, e.max_rel(), e.rel_l2, edk.max_rel(), edk.rel_l2,
+              edv.max_rel(), edv.rel_l2, (unsigned long long)(4 * plan.workspace_bytes), pass ? "true" : "false");
   std::fflush(stdout);
   for (cudaEvent_t ev : {ev0, ev1, fork, j1, j2})
     CK(cudaEventDestroy(ev));

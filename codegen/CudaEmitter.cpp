@@ -581,6 +581,38 @@ private:
     const int64_t smem = (2 * c * dk + 2 * c * dh + dk * dh + c * c + c + 1) * 4;
     const char *tf = silu ? "true" : "false", *tl = lrpe ? "true" : "false";
     const PlanOperand &qkvu = s.inputs[0];
+    if (!lrpe) {
+      // Plain layer, the fast path: φ(q), φ(k), v packed into the workspace (one bf16 stride),
+      // then four passes of the Hopper forward kernel (CudaExecutor's LightningAttentionGrad):
+      // O = fwd(q', k', v) (bf16), the gate and norm backward (dO into the pack), dq =
+      // fwd(dO, v, k'), and over the reversed sequence dk = fwd(v, dO, q'), dv = fwd(k', q', dO).
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerRow, llvm::formatv("tnlm_la_grad_pack_silu{0}", silu ? 1 : 0).str(),
+          256, "the workspace's bf16 pack [q', k', v, dO, O] (q', k' = phi(q), phi(k))",
+          "const bf16 *qkvu, long long ld, int D, bf16 *p, long long ldp",
+          llvm::formatv("tnlm::la_bw::la_grad_pack<256, {0}>(qkvu, ld, D, p, ldp)", tf).str(),
+          view("qkvu", qkvu) + " -> the step's workspace"));
+      hopperLightningLaunches(
+          out, llvm::formatv("H {0}, dk = dv = {1}: 4 passes over the workspace's pack (O; dq; "
+                             "dk, dv over the reversed sequence)",
+                             heads, dh)
+                   .str());
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerRow, "tnlm_la_gate_norm_grad_o16", 256,
+          "du = dy * xhat, dO = r (g - xhat mean(xhat g)), g = dy * u (bf16 O)",
+          "const bf16 *O, long long ldo, const bf16 *dy, long long lddy, const bf16 *u, long long "
+          "ldu, bf16 *du, long long lddu, bf16 *dO, long long lddo, int D, float eps",
+          "tnlm::la_bw::la_gate_norm_grad<256>(O, ldo, dy, lddy, u, ldu, du, lddu, dO, lddo, D, eps)",
+          llvm::formatv("D {0}, eps {1:e}", d, s.f32Attrs[0]).str()));
+      if (silu)
+        out.push_back(trainKernel(CudaLaunchKind::PerRow, "tnlm_la_silu_scale", 256,
+                                  "dq, dk *= phi'(q), phi'(k), in place",
+                                  "const bf16 *qkvu, long long ld, bf16 *dqkvu, long long "
+                                  "lddqkvu, int D",
+                                  "tnlm::la_bw::la_silu_scale<256>(qkvu, ld, dqkvu, lddqkvu, D)",
+                                  "columns [0, 2D) of dqkvu"));
+      return success();
+    }
     if (silu || lrpe)
       out.push_back(trainKernel(
           CudaLaunchKind::PerRow,
@@ -650,6 +682,46 @@ private:
                                 "columns [0, 2D) of dqkvu"));
     }
     return success();
+  }
+
+  // The Hopper Lightning forward's three launches (state pass and scan: used only when the
+  // run-time segment plan has pieces; then the main pass), for `note`'s operands.
+  void hopperLightningLaunches(std::vector<CudaLaunch> &out, const std::string &note) {
+    if (!usesLightning) {
+      usesLightning = true;
+      body += llvm::formatv(
+          "\n// Lightning Attention forward, Hopper (wgmma) path: DK = DV = {0}, C = {1}.\n"
+          "using tnlm_la_sm90_d{0} = tnlm::la::LightningFwdSm90Config<{0}, {0}>;\n"
+          "static_assert(tnlm_la_sm90_d{0}::NTHREADS == {2} && tnlm_la_sm90_d{0}::C == {1} &&\n"
+          "              tnlm_la_sm90_d{0}::SMEM_MAIN == {3} && tnlm_la_sm90_d{0}::SMEM_STATE == "
+          "{4},\n"
+          "              \"tnlmc's launch metadata disagrees with "
+          "LightningAttentionFwdSm90.cuh\");\n",
+          kLaHeadDim, kLaChunk, kLaThreads, kLaSmemMain, kLaSmemState);
+    }
+    std::string cfg = llvm::formatv("tnlm_la_sm90_d{0}", kLaHeadDim).str();
+    auto la = [&](CudaLaunchKind kind, const char *suffix, std::string expr, int64_t threads,
+                  int64_t smem) {
+      CudaLaunch l;
+      l.kind = kind;
+      std::string name = llvm::formatv("tnlm_la_sm90_{0}_d{1}", suffix, kLaHeadDim).str();
+      if (!byName.count(name)) {
+        byName[name] = static_cast<int64_t>(program.kernels.size());
+        program.kernels.push_back(CudaKernel{name, expr});
+      }
+      l.kernel = byName[name];
+      l.block = threads;
+      l.sharedMem = smem;
+      l.note = note;
+      out.push_back(l);
+    };
+    la(CudaLaunchKind::LightningState, "state",
+       "&tnlm::la::lightning_fwd_sm90_state_kernel<" + cfg + ">", kLaThreads, kLaSmemState);
+    la(CudaLaunchKind::LightningScan, "scan",
+       llvm::formatv("&tnlm::la::lightning_fwd_scan_kernel<{0}, {0}>", kLaHeadDim).str(),
+       kLaScanThreads, 0);
+    la(CudaLaunchKind::LightningMain, "main",
+       "&tnlm::la::lightning_fwd_sm90_main_kernel<" + cfg + ">", kLaThreads, kLaSmemMain);
   }
 
   // Plain layer: the prologue φ = SiLU on q, k (in place in qkvu at run time, see
@@ -736,37 +808,6 @@ private:
                               "prologue q, k = silu(" + view("qkvu", qkvu) + ")" +
                                   (toWorkspace ? " -> the workspace" : ", in place")));
     }
-    if (!usesLightning) {
-      usesLightning = true;
-      body += llvm::formatv(
-          "\n// Lightning Attention forward, Hopper (wgmma) path: DK = DV = {0}, C = {1}.\n"
-          "using tnlm_la_sm90_d{0} = tnlm::la::LightningFwdSm90Config<{0}, {0}>;\n"
-          "static_assert(tnlm_la_sm90_d{0}::NTHREADS == {2} && tnlm_la_sm90_d{0}::C == {1} &&\n"
-          "              tnlm_la_sm90_d{0}::SMEM_MAIN == {3} && tnlm_la_sm90_d{0}::SMEM_STATE == "
-          "{4},\n"
-          "              \"tnlmc's launch metadata disagrees with "
-          "LightningAttentionFwdSm90.cuh\");\n",
-          kLaHeadDim, kLaChunk, kLaThreads, kLaSmemMain, kLaSmemState);
-    }
-    std::string cfg = llvm::formatv("tnlm_la_sm90_d{0}", kLaHeadDim).str();
-    auto la = [&](CudaLaunchKind kind, const char *suffix, std::string expr, int64_t threads,
-                  int64_t smem, const std::string &operands) {
-      CudaLaunch l;
-      l.kind = kind;
-      std::string name = llvm::formatv("tnlm_la_sm90_{0}_d{1}", suffix, kLaHeadDim).str();
-      if (!byName.count(name)) {
-        byName[name] = static_cast<int64_t>(program.kernels.size());
-        program.kernels.push_back(CudaKernel{name, expr});
-      }
-      l.kernel = byName[name];
-      l.block = threads;
-      l.sharedMem = smem;
-      l.note = llvm::formatv("H {0}, dk = dv = {1}, {2}, v = qkvu[:, {3}:{4}], slopes of the "
-                             "step; plan block {5} (kernel tile {6})",
-                             heads, dh, operands, 2 * d, 3 * d, block, kLaChunk)
-                   .str();
-      out.push_back(l);
-    };
     std::vector<std::string> passes;
     if (lrpe) {
       int64_t ld = s.outputs[wsIndex].ld;
@@ -783,15 +824,11 @@ private:
           llvm::formatv("q, k = qkvu (ld {0}), o -> y (ld {1})", qkvu.ld, s.outputs[0].ld).str()};
     }
     for (auto [pass, operands] : llvm::enumerate(passes)) {
-      la(CudaLaunchKind::LightningState, "state",
-         "&tnlm::la::lightning_fwd_sm90_state_kernel<" + cfg + ">", kLaThreads, kLaSmemState,
-         operands);
-      la(CudaLaunchKind::LightningScan, "scan",
-         llvm::formatv("&tnlm::la::lightning_fwd_scan_kernel<{0}, {0}>", kLaHeadDim).str(),
-         kLaScanThreads, 0, operands);
-      la(CudaLaunchKind::LightningMain, "main",
-         "&tnlm::la::lightning_fwd_sm90_main_kernel<" + cfg + ">", kLaThreads, kLaSmemMain,
-         operands);
+      hopperLightningLaunches(
+          out, llvm::formatv("H {0}, dk = dv = {1}, {2}, v = qkvu[:, {3}:{4}], slopes of the "
+                             "step; plan block {5} (kernel tile {6})",
+                             heads, dh, operands, 2 * d, 3 * d, block, kLaChunk)
+                   .str());
       if (prefill)
         out.push_back(stateCommit(pass, lrpe ? 2 * dh : dh));
     }

@@ -3,7 +3,8 @@
 // order:
 //   1. la_grad_prologue     q', k' = LRPE(φ(q)), LRPE(φ(k)) recomputed (bf16, as the forward's
 //                           operands), position p = row mod N + offset;
-//   2. the forward's O from q', k', v (LightningAttentionBwdSimple.cuh, lightning_fwd_simple);
+//   2. the forward's O from q', k', v (LightningAttentionBwdSimple.cuh, lightning_fwd_simple;
+//      plain layers on the fast path: la_grad_pack, then the Hopper forward kernel, bf16 O);
 //   3. la_gate_norm_grad    y = u ⊙ x̂, x̂ = O·r, r = rstd over all D features:
 //                           du = dy ⊙ x̂;  g = dy ⊙ u;  dO = r·(g − x̂·mean(x̂ ⊙ g));
 //   4. the attention core's backward: dq', dk', dv (lightning_bwd_simple);
@@ -58,6 +59,26 @@ __device__ __forceinline__ void la_grad_prologue(const bf16 *qkvu, long long ld,
       } else {
         dst[c] = __float2bfloat16(x);
       }
+    }
+  }
+}
+
+// The fast backward's operands of a plain layer (no LRPE) in one bf16 block of row stride ldp
+// (the Hopper forward kernel reads q, k and v with one stride): p[r, 0:D] = φ(q),
+// p[r, D:2D] = φ(k) (φ = SiLU or the identity), p[r, 2D:3D] = v; the gate and norm backward
+// writes dO into p[r, 3D:4D]. grid.x = rows.
+template <int BLOCK, bool SILU>
+__device__ __forceinline__ void la_grad_pack(const bf16 *qkvu, long long ld, int D, bf16 *p,
+                                             long long ldp) {
+  const long long r = blockIdx.x;
+  for (int i = threadIdx.x; i < 3 * D; i += BLOCK) {
+    const bf16 x = qkvu[r * ld + i];
+    if (SILU && i < 2 * D) {
+      float value, slope;
+      silu_both(__bfloat162float(x), value, slope);
+      p[r * ldp + i] = __float2bfloat16(value);
+    } else {
+      p[r * ldp + i] = x;
     }
   }
 }

@@ -587,6 +587,71 @@ void CudaExecutor::runLightning(const Function &f, unsigned index, const schema:
                 " Lightning Attention passes, the layer needs " + std::to_string(lrpe ? 2 : 1));
 }
 
+void CudaExecutor::runLightningPass(const Function &f, unsigned index, const schema::Step &s,
+                                    int64_t batch, int64_t seq, const LightningPass &p,
+                                    const std::string &where) {
+  const int heads = static_cast<int>(s.i64_attrs()->Get(0));
+  const la::LightningFwdPlan plan = la::plan_lightning_fwd(
+      int(batch), heads, int(seq), kLaHeadDim, kLaHeadDim, kLaChunk, context_->multiprocessors());
+  if (plan.workspace_bytes > workspaceBytes_)
+    throw Error(where + ": the Lightning Attention plan needs " +
+                std::to_string(plan.workspace_bytes) + " bytes of piece states, " +
+                std::to_string(workspaceBytes_) + " allocated");
+  if (!f.slopes[index])
+    throw Error(where + ": the step has no slopes");
+  const long long lastIn = p.reversed ? (seq - 1) * p.ldIn * 2 : 0;
+  const long long lastOut = p.reversed ? (seq - 1) * p.ldOut * 2 : 0;
+  LightningArgs a{};
+  a.q = reinterpret_cast<const uint16_t *>(p.q + lastIn);
+  a.k = reinterpret_cast<const uint16_t *>(p.k + lastIn);
+  a.v = reinterpret_cast<const uint16_t *>(p.v + lastIn);
+  a.o = reinterpret_cast<uint16_t *>(p.o + lastOut);
+  a.slopes = reinterpret_cast<const float *>(f.slopes[index]);
+  a.piece_states = plan.pieces_per_bh > 0 ? reinterpret_cast<float *>(workspace_) : nullptr;
+  a.final_state = nullptr;
+  a.B = int(batch);
+  a.N = int(seq);
+  a.H = heads;
+  a.in_sn = p.reversed ? -p.ldIn : p.ldIn;
+  a.in_sb = seq * p.ldIn;
+  a.in_sh = kLaHeadDim;
+  a.out_sn = p.reversed ? -p.ldOut : p.ldOut;
+  a.out_sb = seq * p.ldOut;
+  a.out_sh = kLaHeadDim;
+  a.seg_len = plan.seg_len;
+  a.num_segs = plan.num_segs;
+  a.piece_len = plan.piece_len;
+  a.pieces_per_bh = plan.pieces_per_bh;
+  const unsigned bh = static_cast<unsigned>(batch * heads);
+  bool main = false;
+  for (const schema::KernelLaunch *l : *s.launches()) {
+    const auto kind = l->kind();
+    if (kind != schema::LaunchKind_LightningState && kind != schema::LaunchKind_LightningScan &&
+        kind != schema::LaunchKind_LightningMain)
+      continue;
+    LaunchConfig c;
+    c.block.x = static_cast<unsigned>(l->block());
+    c.sharedBytes = static_cast<unsigned>(l->shared_mem());
+    if (kind == schema::LaunchKind_LightningMain) {
+      c.grid.x = bh * static_cast<unsigned>(plan.num_segs);
+      context_->launchWith(kernel(l, where), c, where, a);
+      main = true;
+      break;
+    }
+    if (plan.pieces_per_bh == 0)
+      continue;
+    if (kind == schema::LaunchKind_LightningState) {
+      c.grid.x = bh * static_cast<unsigned>(plan.pieces_per_bh);
+    } else {
+      c.grid.x = kLaHeadDim * kLaHeadDim / 1024;
+      c.grid.y = bh;
+    }
+    context_->launchWith(kernel(l, where), c, where, a);
+  }
+  if (!main)
+    throw Error(where + ": the step has no Lightning Attention main launch");
+}
+
 // A decode step (launches from CudaEmitter::decode): rec::lightning_decode, then the
 // norm/gate epilogue over each slot's row.
 void CudaExecutor::runDecode(const Function &f, unsigned index, const schema::Step &s,

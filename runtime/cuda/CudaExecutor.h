@@ -131,6 +131,10 @@ public:
   };
   std::vector<std::pair<std::string, std::vector<float>>>
   run(const std::string &name, const std::vector<Input> &inputs, int64_t batch, int64_t seq);
+  /// run()'s work without its outputs, each step timed (CUDA events, launched one by one, no
+  /// graph): where a train step's time goes (bench/train.cpp).
+  std::vector<StepTime> profileRun(const std::string &name, const std::vector<Input> &inputs,
+                                   int64_t batch, int64_t seq);
   /// The f32 master weights, in parameter-table order (copied back).
   std::vector<std::vector<float>> masterParams();
   /// Replaces the master weights (and their bf16 copies): checkpoints resuming.
@@ -141,6 +145,12 @@ public:
   int64_t trainStepCounter();
   /// State buffer i alone (state-table order, f32 words; copied back).
   std::vector<float> stateBuffer(size_t i);
+  /// Train artifacts: whether every gradient (state kind Gradient) or every master weight is
+  /// finite, from their sum of squares on the device (the optimizer's own kernels; one f64
+  /// comes back instead of the buffers). False also where the sum overflows (|values| beyond
+  /// ~1e154): callers that must name the tensor scan the host copies after a false.
+  bool gradientsFinite();
+  bool mastersFinite();
 
   /// When set, synchronizes after every step so that an asynchronous kernel fault is
   /// reported with the step that caused it (slower; for debugging; implies no graphs).
@@ -163,6 +173,9 @@ private:
   using CallKey = std::tuple<size_t, int64_t, int64_t>; // (function, batch, seq)
 
   size_t functionIndex(const std::string &name) const;
+  /// run()'s checks and uploads (inputs, label count, embedding grouping); the function's index.
+  size_t uploadRun(const std::string &name, const std::vector<Input> &inputs, int64_t batch,
+                   int64_t seq);
   std::vector<StepTime> profile(size_t function, int64_t batch, int64_t seq);
   /// The GEMV launch step `index` of `f` runs for a call of `rows` rows, or null (no GEMV,
   /// more rows than it serves, GEMVs off, unaligned input, or a prologue without its norm step).
@@ -188,6 +201,18 @@ private:
   void allocateTrain(); // and its allocation
   void runLightning(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
                     int64_t seq, const std::string &where);
+  /// One pass of the Hopper Lightning forward kernel (the step's State/Scan/Main launches) over
+  /// bf16 q, k, v of row stride ldIn into o (row stride ldOut), each head's slope from the step;
+  /// reversed: over the reversed sequence (each tensor's last row, negative token strides), as
+  /// the backward's dk and dv passes need.
+  struct LightningPass {
+    CUdeviceptr q, k, v, o;
+    long long ldIn, ldOut;
+    bool reversed;
+  };
+  void runLightningPass(const Function &f, unsigned index, const schema::Step &step,
+                        int64_t batch, int64_t seq, const LightningPass &pass,
+                        const std::string &where);
   void runDecode(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
                  const std::string &where);
   /// Queues every step of function `f`; `afterStep(i)`, when given, runs after step i.
@@ -232,6 +257,10 @@ private:
   double invCountHost_ = 0;
   EmbeddingSegments segHost_; // the call's grouping (host copy until the upload has run)
   std::map<std::pair<size_t, unsigned>, DeviceBuffer> optTables_; // (function, first step)
+  bool sumOfSquaresFinite(bool gradients);
+  std::unique_ptr<DeviceBuffer> finiteTables_[2]; // gradients, masters (sumOfSquaresFinite)
+  std::unique_ptr<DeviceBuffer> finitePartial_, finiteTotal_;
+  long long finiteChunks_[2] = {0, 0};
   std::vector<CUdeviceptr> params_; // in parameter-table order: bf16, or f32 where f32Param_
   std::vector<bool> f32Param_;      // LRPE θ (read as f32 by the prologues)
   std::vector<Function> functions_;

@@ -263,6 +263,34 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     const long long W = ld(ws), W2 = 2 * W;
     const CUdeviceptr qp = w, kp = w + H * dk * 2, dq = w + 2 * H * dk * 4, dkp = dq + H * dk * 2,
                       O = w + 4 * H * dk * 4, dO = O + D * 4;
+    bool fast = false; // plain layers from this tnlmc on (CudaEmitter::lightningGrad)
+    for (const schema::KernelLaunch *l : *s.launches())
+      fast = fast || (l->kind() != schema::LaunchKind_Gemm &&
+                      names.Get(l->kernel())->str().rfind("tnlm_la_grad_pack", 0) == 0);
+    if (fast) {
+      // The workspace as one bf16 pack [q', k', v, dO, O] of row stride S; four passes of the
+      // Hopper forward: O = fwd(q', k', v); dq = fwd(dO, v, k'); dk = rev(v, dO, q');
+      // dv = rev(k', q', dO) (rev: over the reversed sequence).
+      if (lrpe || dh != 128)
+        throw Error(where + ": the fast Lightning backward takes plain layers of head dim 128");
+      const long long S = W2;
+      if (5 * D > S)
+        throw Error(where + ": the workspace is too narrow for the backward's pack");
+      const CUdeviceptr qp2 = w, kp2 = w + D * 2, vp = w + 2 * D * 2, dOp = w + 3 * D * 2,
+                        Op = w + 4 * D * 2;
+      const long long ldg = ld(dqkvu);
+      launch("tnlm_la_grad_pack", R, 1, base, ld(qkvu), int(D), w, S);
+      runLightningPass(f, index, s, batch, seq, {qp2, kp2, vp, Op, S, S, false}, where);
+      launch("tnlm_la_gate_norm_grad_o16", R, 1, Op, S, ptr(dy), ld(dy), base + 3 * D * 2, ld(qkvu),
+             g + 3 * D * 2, ldg, dOp, S, int(D), f32(0));
+      runLightningPass(f, index, s, batch, seq, {dOp, vp, kp2, g, S, ldg, false}, where);
+      runLightningPass(f, index, s, batch, seq, {vp, dOp, qp2, g + D * 2, S, ldg, true}, where);
+      runLightningPass(f, index, s, batch, seq, {kp2, qp2, dOp, g + 2 * D * 2, S, ldg, true},
+                       where);
+      if (silu)
+        launch("tnlm_la_silu_scale", R, 1, base, ld(qkvu), g, ldg, int(D));
+      return true;
+    }
     const bool prologue = silu || lrpe;
     const CUdeviceptr q = prologue ? qp : base, k = prologue ? kp : base + D * 2;
     const long long ldq = prologue ? W2 : ld(qkvu);
@@ -438,9 +466,17 @@ void CudaExecutor::checkStepFinite(const Function &f, unsigned index, int64_t ba
   }
 }
 
-std::vector<std::pair<std::string, std::vector<float>>>
-CudaExecutor::run(const std::string &name, const std::vector<Input> &inputs, int64_t batch,
-                  int64_t seq) {
+std::vector<CudaExecutor::StepTime>
+CudaExecutor::profileRun(const std::string &name, const std::vector<Input> &inputs, int64_t batch,
+                         int64_t seq) {
+  const size_t fi = uploadRun(name, inputs, batch, seq);
+  std::vector<StepTime> times = profile(fi, batch, seq);
+  context_->synchronize(artifact_.source() + ": @" + name + " (profiled)");
+  return times;
+}
+
+size_t CudaExecutor::uploadRun(const std::string &name, const std::vector<Input> &inputs,
+                               int64_t batch, int64_t seq) {
   const std::string &src = artifact_.source();
   if (!train_)
     throw Error(src + ": run() takes train artifacts (use forward() or the recurrent calls)");
@@ -509,6 +545,16 @@ CudaExecutor::run(const std::string &name, const std::vector<Input> &inputs, int
                                src + ": the embedding grouping");
     }
   }
+  return fi;
+}
+
+std::vector<std::pair<std::string, std::vector<float>>>
+CudaExecutor::run(const std::string &name, const std::vector<Input> &inputs, int64_t batch,
+                  int64_t seq) {
+  const std::string &src = artifact_.source();
+  const size_t fi = uploadRun(name, inputs, batch, seq);
+  const Function &f = functions_[fi];
+  const schema::Function &fn = *f.fn;
   // @train_step and @eval_loss replay as one CUDA graph per call shape (their per-call values
   // are all in device buffers uploaded above); @optimizer_step, whose kernels take the call's
   // hyperparameters as arguments, runs step by step.
@@ -587,6 +633,88 @@ std::vector<float> CudaExecutor::stateBuffer(size_t i) {
   context_->copyToHost(v.data(), state_[i], stateBytes_[i],
                        artifact_.source() + ": copying a state buffer back");
   return v;
+}
+
+bool CudaExecutor::gradientsFinite() { return sumOfSquaresFinite(true); }
+bool CudaExecutor::mastersFinite() { return sumOfSquaresFinite(false); }
+
+bool CudaExecutor::sumOfSquaresFinite(bool gradients) {
+  const std::string where = artifact_.source() + ": checking the " +
+                            (gradients ? "gradients" : "master weights") + " on the GPU";
+  if (!train_)
+    throw Error(where + ": not a train artifact");
+  context_->makeCurrent();
+  // The optimizer's global-norm step provides the two kernels (and their launch shapes).
+  const schema::KernelLaunch *chunksL = nullptr, *totalL = nullptr;
+  const auto &names = *artifact_.root().kernels()->names();
+  for (const Function &f : functions_)
+    for (const schema::Step *s : *f.fn->steps())
+      if (s->kind() == schema::KernelKind_GlobalNorm && s->launches())
+        for (const schema::KernelLaunch *l : *s->launches()) {
+          const std::string n = names.Get(l->kernel())->str();
+          if (n.rfind("tnlm_sum_squares_chunks", 0) == 0)
+            chunksL = l;
+          else if (n.rfind("tnlm_sum_squares_total", 0) == 0)
+            totalL = l;
+        }
+  if (!chunksL || !totalL)
+    throw Error(where + ": the artifact has no global-norm kernels");
+  const int which = gradients ? 0 : 1;
+  if (!finiteTables_[which]) {
+    std::vector<HostOptTensor> table;
+    long long chunks = 0;
+    auto add = [&](CUdeviceptr p, long long n) {
+      HostOptTensor t{};
+      t.g = p, t.n = n, t.chunk0 = chunks;
+      chunks += (n + kOptChunk - 1) / kOptChunk;
+      table.push_back(t);
+    };
+    if (gradients) {
+      const auto *st = artifact_.root().state();
+      for (unsigned i = 0; st && i < st->size(); ++i)
+        if (st->Get(i)->kind() == schema::StateKind_Gradient)
+          add(state_[i], (long long)(stateBytes_[i] / 4));
+    } else {
+      const auto &table0 = *artifact_.root().params();
+      for (unsigned i = 0; i < table0.size(); ++i) {
+        long long n = 1;
+        for (int64_t d : *table0[i]->shape())
+          n *= d;
+        add(masters_[i], n);
+      }
+    }
+    if (table.empty())
+      return true;
+    finiteTables_[which] =
+        std::make_unique<DeviceBuffer>(table.size() * sizeof(HostOptTensor), "the finite check");
+    context_->copyToDevice(finiteTables_[which]->get(), table.data(),
+                           table.size() * sizeof(HostOptTensor), where);
+    finiteChunks_[which] = chunks;
+    const size_t need = size_t(std::max(finiteChunks_[0], finiteChunks_[1])) * 8;
+    if (!finitePartial_ || finitePartial_->size() < need)
+      finitePartial_ = std::make_unique<DeviceBuffer>(need, "the finite check's chunks");
+    if (!finiteTotal_)
+      finiteTotal_ = std::make_unique<DeviceBuffer>(8, "the finite check's total");
+  }
+  const long long chunks = finiteChunks_[which];
+  const int count = int(finiteTables_[which]->size() / sizeof(HostOptTensor));
+  auto config = [](const schema::KernelLaunch *l, unsigned gx) {
+    LaunchConfig c;
+    c.grid.x = gx;
+    c.block.x = static_cast<unsigned>(l->block());
+    c.sharedBytes = static_cast<unsigned>(l->shared_mem());
+    return c;
+  };
+  const CUdeviceptr partial = finitePartial_->get(), total = finiteTotal_->get(), none = 0;
+  const double divisor = 1.0;
+  context_->launchWith(kernel(chunksL, where), config(chunksL, unsigned(chunks)), where,
+                       finiteTables_[which]->get(), count, partial);
+  context_->launchWith(kernel(totalL, where), config(totalL, 1), where, partial, chunks, divisor,
+                       total, none);
+  double sum = 0;
+  context_->copyToHost(&sum, total, 8, where);
+  context_->synchronize(where);
+  return std::isfinite(sum);
 }
 
 int64_t CudaExecutor::trainStepCounter() {

@@ -96,6 +96,8 @@ public:
     return true;
   }
   std::string nonFiniteGradient() override { // the gradients only (not the moments)
+    if (exec_.gradientsFinite()) // one sum on the device; the buffers come back only after a NaN
+      return "";
     for (size_t i = 0; i < grads_.size(); ++i) {
       if (!grads_[i])
         continue;
@@ -106,6 +108,8 @@ public:
     return "";
   }
   std::string nonFiniteParameter() override {
+    if (exec_.mastersFinite())
+      return "";
     const ParamValues p = exec_.masterParams();
     return firstNonFinite(p, paramNames_, std::vector<bool>(p.size(), true));
   }

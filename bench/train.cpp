@@ -1,0 +1,248 @@
+//===- train.cpp - the GPU train step of a CUDA train artifact ------------===//
+//
+//   tnlm-bench-train MODEL-train.tnlm [--batch=B] [--seq=N] [--warmup=3] [--iters=10]
+//                    [--label=NAME] [--no-profile]                                  (--help)
+//   MODEL-train.tnlm from `tnlmc CONFIG --mode=train --target=cuda:sm_90a`; one JSON line on
+//   stdout, the time per kernel kind on stderr. Run on the device machine by
+//   scripts/device-train; exits 77 without a CUDA device.
+//
+// What is timed: random weights (docs/model.md init, seed 1), random ids and labels (seed 7);
+// `warmup` untimed optimizer steps (train_step + optimizer_step; the first captures the train
+// step's CUDA graph); then `iters` optimizer steps, each timed on the host with
+// std::chrono::steady_clock around CudaExecutor::run("train_step") + run("optimizer_step")
+// (each returns after the GPU is done, so a time is what tnlm-train's loop waits for, less its
+// data loading and finite checks). Median and min ms. Every loss must be finite (exit 1).
+//
+// FLOPs of one step (the definition): 6 · params · tokens (params: the artifact's
+// parameter table, a tied embedding counted once: it is the lm head's matrix) plus the
+// attention's, 3x the forward's (backward = 2 forwards): per LightningAttention step of
+// @train_step, chunked form with C = 64, 2C(dk + dv) + 4·dk·dv per token and head (as
+// bench/prefill.cpp). MFU against 989 TFLOP/s (H200 dense bf16 spec) and 790 (measured).
+//
+// The profile (default on): one more train_step and optimizer_step with CUDA events around
+// every step (launched one by one, no graph: the sum is above the graph's time), summed by
+// kernel kind, in ms and as a share of the profiled total.
+//
+//===----------------------------------------------------------------------===//
+#include "bench/BenchCommon.h"
+#include "runtime/Artifact.h"
+#include "runtime/Error.h"
+#include "runtime/Init.h"
+#include "runtime/Weights.h"
+#include "runtime/cuda/CudaApi.h"
+#include "runtime/cuda/CudaExecutor.h"
+#include "tools/tnlm-run/Options.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+using namespace tnlm;
+using bench::jsonString;
+using bench::median;
+using bench::randomWeightsParallel;
+
+namespace {
+
+constexpr const char *kTool = "tnlm-bench-train";
+constexpr double kChunk = 64;
+constexpr double kPeakSpec = 989e12;
+constexpr double kPeakMeasured = 790e12;
+
+double paramCount(const Artifact &a) {
+  double n = 0;
+  for (const schema::Param *p : *a.root().params()) {
+    double e = 1;
+    for (int64_t d : *p->shape())
+      e *= double(d);
+    n += e;
+  }
+  return n;
+}
+
+/// The forward's attention FLOPs of one call (LightningAttention steps of @train_step).
+double attentionForwardFlops(const Artifact &a, int64_t batch, int64_t seq) {
+  const double rows = double(batch) * double(seq);
+  double flops = 0;
+  for (const schema::Step *s : *a.function("train_step").steps())
+    if (s->kind() == schema::KernelKind_LightningAttention) {
+      const auto *attrs = s->i64_attrs();
+      if (!attrs || attrs->size() < 4)
+        throw Error(a.source() + ": a lightning_attention step without its attributes");
+      const double heads = double(attrs->Get(0)), d = double(attrs->Get(1));
+      const double dk = attrs->Get(3) != 0 ? 2 * d : d, dv = d;
+      flops += rows * heads * (2 * kChunk * (dk + dv) + 4 * dk * dv);
+    }
+  return flops;
+}
+
+double msSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  Options opts(kTool, std::string(kTool) +
+                          " MODEL-train.tnlm [--batch=B] [--seq=N] [--warmup=K] [--iters=K] "
+                          "[--label=NAME] [--no-profile]\n  MODEL-train.tnlm: an artifact from "
+                          "tnlmc --mode=train --target=cuda:sm_90a. Prints one JSON line\n  "
+                          "(median/min ms of a train step + optimizer step, tokens/s, TFLOP/s, "
+                          "MFU) and the time\n  per kernel kind on stderr. Exit 0 ok, 1 error or "
+                          "a non-finite loss, 2 usage, 77 no CUDA device.");
+  opts.value("batch", "b", "Batch of every call (default: the artifact's max batch)");
+  opts.value("seq", "n", "Sequence length of every call (default: the artifact's max seq)");
+  opts.value("warmup", "k", "Untimed optimizer steps first (default 3)");
+  opts.value("iters", "k", "Timed optimizer steps; median and min are reported (default 10)");
+  opts.value("label", "name", "Label for the JSON line (default: the model's name)");
+  opts.flag("no-profile", "Skip the per-step profile (time per kernel kind)");
+  int64_t batch = 0, seq = 0, warmup = 0, iters = 0;
+  std::string path;
+  try {
+    if (!opts.parse(argc, argv))
+      return 0;
+    if (opts.positional().size() != 1)
+      throw Error(opts.positional().empty()
+                      ? "expected one artifact (see " + std::string(kTool) + " --help)"
+                      : "expected one artifact, got " + std::to_string(opts.positional().size()) +
+                            " arguments (see " + std::string(kTool) + " --help)");
+    path = opts.positional()[0];
+    warmup = opts.getInt("warmup", 3, 0, 100000);
+    iters = opts.getInt("iters", 10, 1, 100000);
+  } catch (const Error &e) {
+    std::fprintf(stderr, "%s: error: %s\n", kTool, e.what());
+    return 2;
+  }
+
+  try {
+    Artifact a = Artifact::load(path, Target::CudaSm90a);
+    bool train = false;
+    if (a.root().functions())
+      for (const schema::Function *f : *a.root().functions())
+        train = train || (f->name() && f->name()->str() == "train_step");
+    if (!train)
+      throw Error(path + ": not a train artifact (compile it with tnlmc --mode=train)");
+    try {
+      batch = opts.getInt("batch", a.maxBatch(), 1, a.maxBatch());
+      seq = opts.getInt("seq", a.maxSeq(), 1, a.maxSeq());
+    } catch (const Error &e) {
+      std::fprintf(stderr, "%s: error: %s (the artifact's maximum is %lldx%lld)\n", kTool, e.what(),
+                   (long long)a.maxBatch(), (long long)a.maxSeq());
+      return 2;
+    }
+    const double tokens = double(batch) * double(seq), params = paramCount(a);
+    const double attn = attentionForwardFlops(a, batch, seq);
+    const double flops = 6 * params * tokens + 3 * attn;
+    std::string label = opts.get("label");
+    if (label.empty())
+      label = a.root().config() && a.root().config()->name() ? a.root().config()->name()->str()
+                                                             : "model";
+    std::string why;
+    if (!cuda::deviceAvailable(&why)) {
+      std::printf("SKIPPED: no CUDA device is available (%s)\n", why.c_str());
+      return 77;
+    }
+
+    const auto tInit = std::chrono::steady_clock::now();
+    cuda::CudaExecutor exec(a, randomWeightsParallel(a, 1));
+    const double initMs = msSince(tInit);
+    const int64_t vocab = exec.vocabSize();
+    std::mt19937 rng(7);
+    std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(vocab - 1));
+    std::vector<int32_t> ids(size_t(batch * seq)), labels(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i)
+      ids[i] = tok(rng), labels[i] = tok(rng);
+    std::vector<float> hp(schema::HyperParam_Count, 0.0f);
+    hp[schema::HyperParam_Lr] = 3e-4f;
+    hp[schema::HyperParam_MinLr] = 3e-5f;
+    hp[schema::HyperParam_TotalSteps] = float(warmup + iters + 10);
+    hp[schema::HyperParam_Beta1] = 0.9f;
+    hp[schema::HyperParam_Beta2] = 0.999f;
+    hp[schema::HyperParam_Eps] = 1e-8f;
+    hp[schema::HyperParam_WeightDecay] = 0.01f;
+    hp[schema::HyperParam_ClipGrad] = 1.0f;
+    hp[schema::HyperParam_AccumSteps] = 1.0f;
+    const std::vector<cuda::CudaExecutor::Input> trainIn = {{"ids", ids.data()},
+                                                            {"labels", labels.data()}};
+    const std::vector<cuda::CudaExecutor::Input> optIn = {{"hparams", hp.data()}};
+    double trainMs = 0, optMs = 0, lastLoss = 0;
+    auto step = [&] {
+      auto t0 = std::chrono::steady_clock::now();
+      lastLoss = exec.run("train_step", trainIn, batch, seq).front().second[0];
+      trainMs = msSince(t0);
+      t0 = std::chrono::steady_clock::now();
+      exec.run("optimizer_step", optIn, batch, seq);
+      optMs = msSince(t0);
+      if (!std::isfinite(lastLoss))
+        throw Error("the loss is not finite (" + std::to_string(lastLoss) + ")");
+    };
+    const auto tFirst = std::chrono::steady_clock::now();
+    step();
+    const double firstMs = msSince(tFirst), firstLoss = lastLoss;
+    for (int64_t i = 1; i < warmup; ++i)
+      step();
+    std::vector<double> ms, trainV, optV;
+    for (int64_t i = 0; i < iters; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      step();
+      ms.push_back(msSince(t0));
+      trainV.push_back(trainMs);
+      optV.push_back(optMs);
+    }
+    const double med = median(ms), best = *std::min_element(ms.begin(), ms.end());
+    const double tflops = flops / (med / 1e3) / 1e12;
+    cuda::Context &ctx = exec.context();
+    std::printf("{\"bench\":\"train_step\",\"label\":%s,\"artifact\":%s,\"batch\":%lld,"
+                "\"seq\":%lld,\"tokens\":%lld,\"params\":%.0f,\"iters\":%lld,\"median_ms\":%.3f,"
+                "\"min_ms\":%.3f,\"train_step_ms\":%.3f,\"optimizer_step_ms\":%.3f,"
+                "\"first_step_ms\":%.1f,\"init_ms\":%.1f,\"tokens_per_s\":%.1f,"
+                "\"gflop_per_step\":%.1f,\"attention_gflop\":%.1f,\"tflops\":%.2f,"
+                "\"mfu_989\":%.4f,\"mfu_790\":%.4f,\"first_loss\":%.4f,\"last_loss\":%.4f,"
+                "\"gpu\":%s}\n",
+                jsonString(label).c_str(), jsonString(path).c_str(), (long long)batch,
+                (long long)seq, (long long)(batch * seq), params, (long long)iters, med, best,
+                median(trainV), median(optV), firstMs, initMs, tokens / (med / 1e3), flops / 1e9,
+                3 * attn / 1e9, tflops, tflops * 1e12 / kPeakSpec, tflops * 1e12 / kPeakMeasured,
+                firstLoss, lastLoss, jsonString(ctx.deviceName()).c_str());
+    std::fflush(stdout);
+    std::fprintf(stderr,
+                 "%s %lldx%lld: median %.2f ms per optimizer step (train_step %.2f, "
+                 "optimizer_step %.2f; min %.2f) over %lld, %.0f tokens/s, %.1f TFLOP/s = %.1f %% "
+                 "MFU of 989 (%.1f %% of 790) on %s\n",
+                 label.c_str(), (long long)batch, (long long)seq, med, median(trainV),
+                 median(optV), best, (long long)iters, tokens / (med / 1e3), tflops,
+                 100 * tflops * 1e12 / kPeakSpec, 100 * tflops * 1e12 / kPeakMeasured,
+                 ctx.deviceName().c_str());
+    if (!opts.has("no-profile")) {
+      std::map<std::string, std::pair<double, int>> byKind;
+      double total = 0;
+      for (const char *fn : {"train_step", "optimizer_step"}) {
+        const auto steps = std::string(fn) == "train_step" ? exec.profileRun(fn, trainIn, batch, seq)
+                                                           : exec.profileRun(fn, optIn, batch, seq);
+        for (const auto &st : steps) {
+          auto &k = byKind[std::string(fn) == "train_step" ? st.kind : "optimizer: " + st.kind];
+          k.first += st.ms;
+          k.second += 1;
+          total += st.ms;
+        }
+      }
+      std::vector<std::pair<std::string, std::pair<double, int>>> kinds(byKind.begin(),
+                                                                        byKind.end());
+      std::sort(kinds.begin(), kinds.end(),
+                [](const auto &x, const auto &y) { return x.second.first > y.second.first; });
+      std::fprintf(stderr, "profile (steps one by one, no graph): %.2f ms in all\n", total);
+      for (const auto &[kind, v] : kinds)
+        std::fprintf(stderr, "  %-34s %9.3f ms %5.1f %%  (%d steps)\n", kind.c_str(), v.first,
+                     100 * v.first / total, v.second);
+    }
+    return 0;
+  } catch (const Error &e) {
+    std::fprintf(stderr, "%s: error: %s\n", kTool, e.what());
+    return 1;
+  }
+}
