@@ -3,6 +3,8 @@
 
 #include "mlir/IR/Diagnostics.h"
 #include "llvm/Support/FormatVariadic.h"
+#include <cstdlib>
+#include <string>
 
 namespace mlir::tnlm {
 
@@ -581,7 +583,48 @@ private:
     const int64_t smem = (2 * c * dk + 2 * c * dh + dk * dh + c * c + c + 1) * 4;
     const char *tf = silu ? "true" : "false", *tl = lrpe ? "true" : "false";
     const PlanOperand &qkvu = s.inputs[0];
-    if (!lrpe) {
+    // TNLM_LA_BWD_REFERENCE=1 (when tnlmc runs): the reference cores instead (for comparisons).
+    const char *ref = std::getenv("TNLM_LA_BWD_REFERENCE");
+    const bool fast = !ref || std::string(ref) == "0";
+    if (fast && lrpe) {
+      // LRPE layer, the fast path: the planes [q cos, k cos, q sin, k sin, v] packed into the
+      // workspace, eight passes of the Hopper forward (CudaExecutor's LightningAttentionGrad):
+      // O = fwd(q c, k c, v) + fwd(q s, k s, v); per half dq' = fwd(dO, v, k half) and, over
+      // the reversed sequence, dk' = fwd(v, dO, q half), dv = the halves' fwd(k, q, dO) summed;
+      // then the LRPE backward and dθ as the reference path.
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerRow,
+          llvm::formatv("tnlm_la_grad_pack_lrpe_silu{0}", silu ? 1 : 0).str(), 256,
+          "the workspace's bf16 planes [q c, k c, q s, k s, v] (LRPE of phi(q), phi(k))",
+          "const bf16 *qkvu, long long ld, const float *theta, int N, int offset, int D, bf16 *p, "
+          "long long ldp",
+          llvm::formatv("tnlm::la_bw::la_grad_pack_lrpe<256, {0}>(qkvu, ld, theta, N, offset, D, "
+                        "p, ldp)",
+                        tf)
+              .str(),
+          view("qkvu", qkvu) + " -> the step's workspace"));
+      hopperLightningLaunches(
+          out, llvm::formatv("H {0}, dk = dv = {1}: 8 passes over the workspace's planes (O by "
+                             "halves; dq' by halves; dk', dv by halves over the reversed "
+                             "sequence)",
+                             heads, dh)
+                   .str());
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerRow, "tnlm_la_gate_norm_grad2_o16", 256,
+          "du = dy * xhat, dO = r (g - xhat mean(xhat g)), g = dy * u, O = O1 + O2 (bf16)",
+          "const bf16 *O, const bf16 *O2, long long ldo, const bf16 *dy, long long lddy, const "
+          "bf16 *u, long long ldu, bf16 *du, long long lddu, bf16 *dO, long long lddo, int D, "
+          "float eps",
+          "tnlm::la_bw::la_gate_norm_grad2<256>(O, O2, ldo, dy, lddy, u, ldu, du, lddu, dO, lddo, "
+          "D, eps)",
+          llvm::formatv("D {0}, eps {1:e}", d, s.f32Attrs[0]).str()));
+      out.push_back(trainKernel(CudaLaunchKind::PerRow, "tnlm_la_add_rows_bf16", 256,
+                                "dv += the sin half's dv",
+                                "bf16 *y, long long ldy, const bf16 *x, long long ldx, int D",
+                                "tnlm::la_bw::la_add_rows_bf16<256>(y, ldy, x, ldx, D)",
+                                "columns [2D, 3D) of dqkvu"));
+    }
+    if (fast && !lrpe) {
       // Plain layer, the fast path: φ(q), φ(k), v packed into the workspace (one bf16 stride),
       // then four passes of the Hopper forward kernel (CudaExecutor's LightningAttentionGrad):
       // O = fwd(q', k', v) (bf16), the gate and norm backward (dO into the pack), dq =
@@ -613,7 +656,7 @@ private:
                                   "columns [0, 2D) of dqkvu"));
       return success();
     }
-    if (silu || lrpe)
+    if (!fast && (silu || lrpe))
       out.push_back(trainKernel(
           CudaLaunchKind::PerRow,
           llvm::formatv("tnlm_la_grad_prologue_silu{0}_lrpe{1}", silu ? 1 : 0, lrpe ? 1 : 0).str(),
@@ -625,37 +668,39 @@ private:
                         tf, tl)
               .str(),
           view("qkvu", qkvu) + " -> the step's workspace"));
-    const std::string dks = std::to_string(dk), cs = std::to_string(c);
-    out.push_back(trainKernel(
-        CudaLaunchKind::PerHead, "tnlm_la_fwd_simple_dk" + dks, 256,
-        "O = ((Q K^T) . M) V + Lambda Q KV (fp32, before the gate and norm)",
-        "const bf16 *q, long long ldq, const bf16 *k, long long ldk, const bf16 *v, long long "
-        "ldv, const float *slopes, float *o, long long ldo, int N, int H",
-        "tnlm::la_bw::lightning_fwd_simple<" + dks + ", 128, " + cs +
-            ", 256, float>(q, ldq, k, ldk, v, ldv, slopes, o, ldo, N, H)",
-        llvm::formatv("H {0}, dk {1}, block {2}: the forward's O into the workspace", heads, dk, c)
-            .str(),
-        smem));
-    out.push_back(trainKernel(
-        CudaLaunchKind::PerRow, "tnlm_la_gate_norm_grad", 256,
-        "du = dy * xhat, dO = r (g - xhat mean(xhat g)), g = dy * u",
-        "const float *O, long long ldo, const bf16 *dy, long long lddy, const bf16 *u, long long "
-        "ldu, bf16 *du, long long lddu, bf16 *dO, long long lddo, int D, float eps",
-        "tnlm::la_bw::la_gate_norm_grad<256>(O, ldo, dy, lddy, u, ldu, du, lddu, dO, lddo, D, eps)",
-        llvm::formatv("D {0}, eps {1:e}", d, s.f32Attrs[0]).str()));
-    const char *tg = "bf16"; // dq', dk' (LRPE: into the workspace), dv: bf16 as dqkvu
-    out.push_back(trainKernel(
-        CudaLaunchKind::PerHead, llvm::formatv("tnlm_la_bwd_simple_dk{0}_{1}", dk, tg).str(), 256,
-        "dq', dk', dv of the core (fp32 states)",
-        llvm::formatv("const bf16 *q, long long ldq, const bf16 *k, long long ldk, const bf16 *v, "
-                      "long long ldv, const bf16 *o, long long ldo, const float *slopes, {0} "
-                      "*dq, long long lddq, {0} *dk, long long lddk, {0} *dv, long long lddv, "
-                      "int N, int H",
-                      tg)
-            .str(),
-        "tnlm::la_bw::lightning_bwd_simple<" + dks + ", 128, " + cs +
-            ", 256>(q, ldq, k, ldk, v, ldv, o, ldo, slopes, dq, lddq, dk, lddk, dv, lddv, N, H)",
-        lrpe ? "dq', dk' -> the workspace (bf16), dv -> dqkvu" : "dq, dk, dv -> dqkvu", smem));
+    if (!fast) {
+      const std::string dks = std::to_string(dk), cs = std::to_string(c);
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerHead, "tnlm_la_fwd_simple_dk" + dks, 256,
+          "O = ((Q K^T) . M) V + Lambda Q KV (fp32, before the gate and norm)",
+          "const bf16 *q, long long ldq, const bf16 *k, long long ldk, const bf16 *v, long long "
+          "ldv, const float *slopes, float *o, long long ldo, int N, int H",
+          "tnlm::la_bw::lightning_fwd_simple<" + dks + ", 128, " + cs +
+              ", 256, float>(q, ldq, k, ldk, v, ldv, slopes, o, ldo, N, H)",
+          llvm::formatv("H {0}, dk {1}, block {2}: the forward's O into the workspace", heads, dk, c)
+              .str(),
+          smem));
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerRow, "tnlm_la_gate_norm_grad", 256,
+          "du = dy * xhat, dO = r (g - xhat mean(xhat g)), g = dy * u",
+          "const float *O, long long ldo, const bf16 *dy, long long lddy, const bf16 *u, long long "
+          "ldu, bf16 *du, long long lddu, bf16 *dO, long long lddo, int D, float eps",
+          "tnlm::la_bw::la_gate_norm_grad<256>(O, ldo, dy, lddy, u, ldu, du, lddu, dO, lddo, D, eps)",
+          llvm::formatv("D {0}, eps {1:e}", d, s.f32Attrs[0]).str()));
+      const char *tg = "bf16"; // dq', dk' (LRPE: into the workspace), dv: bf16 as dqkvu
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerHead, llvm::formatv("tnlm_la_bwd_simple_dk{0}_{1}", dk, tg).str(), 256,
+          "dq', dk', dv of the core (fp32 states)",
+          llvm::formatv("const bf16 *q, long long ldq, const bf16 *k, long long ldk, const bf16 *v, "
+                        "long long ldv, const bf16 *o, long long ldo, const float *slopes, {0} "
+                        "*dq, long long lddq, {0} *dk, long long lddk, {0} *dv, long long lddv, "
+                        "int N, int H",
+                        tg)
+              .str(),
+          "tnlm::la_bw::lightning_bwd_simple<" + dks + ", 128, " + cs +
+              ", 256>(q, ldq, k, ldk, v, ldv, o, ldo, slopes, dq, lddq, dk, lddk, dv, lddv, N, H)",
+          lrpe ? "dq', dk' -> the workspace (bf16), dv -> dqkvu" : "dq, dk, dv -> dqkvu", smem));
+    }
     if (lrpe) {
       out.push_back(trainKernel(
           CudaLaunchKind::PerChunk, llvm::formatv("tnlm_la_lrpe_grad_silu{0}", silu ? 1 : 0).str(),

@@ -102,36 +102,85 @@ template <int BLOCK> __device__ __forceinline__ double cta_sum_f64(double v, dou
 // The gate and the cross-head norm's backward for one row: O (TO: the forward's output before
 // them), dy (TDY), u = qkvu's 4th part; du (TG) and dO (bf16, the attention core's input).
 // rstd as the forward's epilogue from Σ O² (f64), the mean of x̂ ⊙ g in f64, as the CPU.
+// O2 (optional, same stride): the LRPE layer's second pass; the norm's input is O + O2 (f32
+// sum of the two, as the forward's epilogue).
 template <int BLOCK, typename TO, typename TDY, typename TG>
-__device__ __forceinline__ void la_gate_norm_grad(const TO *O, long long ldo, const TDY *dy,
-                                                  long long lddy, const bf16 *u, long long ldu,
-                                                  TG *du, long long lddu, bf16 *dO, long long lddo,
-                                                  int D, float eps) {
+__device__ __forceinline__ void la_gate_norm_grad2(const TO *O, const TO *O2, long long ldo,
+                                                   const TDY *dy, long long lddy, const bf16 *u,
+                                                   long long ldu, TG *du, long long lddu,
+                                                   bf16 *dO, long long lddo, int D, float eps) {
   __shared__ double red[BLOCK / 32];
   const long long r = blockIdx.x;
   const TO *Or = O + r * ldo;
+  const TO *O2r = O2 != nullptr ? O2 + r * ldo : nullptr;
+  auto o = [&](int c) { return to_float(Or[c]) + (O2r != nullptr ? to_float(O2r[c]) : 0.0f); };
   const TDY *dyr = dy + r * lddy;
   const bf16 *ur = u + r * ldu;
   double ss = 0.0;
   for (int c = threadIdx.x; c < D; c += BLOCK) {
-    const double x = static_cast<double>(to_float(Or[c]));
+    const double x = static_cast<double>(o(c));
     ss += x * x;
   }
   const double meanSq = cta_sum_f64<BLOCK>(ss, red) / static_cast<double>(D);
   const float rstd = static_cast<float>(1.0 / sqrt(meanSq + static_cast<double>(eps)));
   double dot = 0.0;
   for (int c = threadIdx.x; c < D; c += BLOCK) {
-    const float xhat = to_float(Or[c]) * rstd, g = to_float(dyr[c]);
+    const float xhat = o(c) * rstd, g = to_float(dyr[c]);
     du[r * lddu + c] = out_of<TG>(g * xhat);
     dot += static_cast<double>(xhat) * (static_cast<double>(g) * __bfloat162float(ur[c]));
   }
   const double mean = cta_sum_f64<BLOCK>(dot, red) / static_cast<double>(D);
   for (int c = threadIdx.x; c < D; c += BLOCK) {
-    const double xhat = to_float(Or[c]) * rstd;
+    const double xhat = o(c) * rstd;
     const double g = static_cast<double>(to_float(dyr[c])) * __bfloat162float(ur[c]);
     dO[r * lddo + c] =
         __float2bfloat16(static_cast<float>(static_cast<double>(rstd) * (g - xhat * mean)));
   }
+}
+
+template <int BLOCK, typename TO, typename TDY, typename TG>
+__device__ __forceinline__ void la_gate_norm_grad(const TO *O, long long ldo, const TDY *dy,
+                                                  long long lddy, const bf16 *u, long long ldu,
+                                                  TG *du, long long lddu, bf16 *dO, long long lddo,
+                                                  int D, float eps) {
+  la_gate_norm_grad2<BLOCK, TO, TDY, TG>(O, static_cast<const TO *>(nullptr), ldo, dy, lddy, u,
+                                         ldu, du, lddu, dO, lddo, D, eps);
+}
+
+// The LRPE layer's fast-backward pack (one bf16 stride ldp, planes of D columns, head stride
+// dh): [q cos, k cos, q sin, k sin, v] with q', k' = φ(x) · cos / sin(p θ), p = row mod N +
+// offset (as la_grad_prologue and the forward's ew::lrpe_split). grid.x = rows.
+template <int BLOCK, bool SILU>
+__device__ __forceinline__ void la_grad_pack_lrpe(const bf16 *qkvu, long long ld,
+                                                  const float *theta, int N, int offset, int D,
+                                                  bf16 *p, long long ldp) {
+  const long long r = blockIdx.x;
+  const float pos = static_cast<float>(static_cast<int>(r % N) + offset);
+  bf16 *pr = p + r * ldp;
+  for (int i = threadIdx.x; i < D; i += BLOCK) {
+    const float angle = pos * theta[i];
+    const float cs = cosf(angle), sn = sinf(angle);
+    for (int part = 0; part < 2; ++part) {
+      float x = __bfloat162float(qkvu[r * ld + part * D + i]);
+      if (SILU) {
+        float slope;
+        silu_both(x, x, slope);
+      }
+      pr[part * D + i] = __float2bfloat16(x * cs);
+      pr[(2 + part) * D + i] = __float2bfloat16(x * sn);
+    }
+    pr[4 * D + i] = qkvu[r * ld + 2 * D + i];
+  }
+}
+
+// y[r, 0:D] += x[r, 0:D] (bf16, the sum in f32): the LRPE layer's dv from its two passes.
+template <int BLOCK>
+__device__ __forceinline__ void la_add_rows_bf16(bf16 *y, long long ldy, const bf16 *x,
+                                                 long long ldx, int D) {
+  const long long r = blockIdx.x;
+  for (int c = threadIdx.x; c < D; c += BLOCK)
+    y[r * ldy + c] = __float2bfloat16(__bfloat162float(y[r * ldy + c]) +
+                                      __bfloat162float(x[r * ldx + c]));
 }
 
 // Without LRPE, φ = SiLU: dq, dk = φ'(x) ⊙ dq', dk' in place (columns [0, 2D) of dqkvu).

@@ -617,7 +617,7 @@ void CudaExecutor::runLightningPass(const Function &f, unsigned index, const sch
   a.in_sh = kLaHeadDim;
   a.out_sn = p.reversed ? -p.ldOut : p.ldOut;
   a.out_sb = seq * p.ldOut;
-  a.out_sh = kLaHeadDim;
+  a.out_sh = p.outSh;
   a.seg_len = plan.seg_len;
   a.num_segs = plan.num_segs;
   a.piece_len = plan.piece_len;

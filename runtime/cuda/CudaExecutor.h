@@ -204,11 +204,12 @@ private:
   /// One pass of the Hopper Lightning forward kernel (the step's State/Scan/Main launches) over
   /// bf16 q, k, v of row stride ldIn into o (row stride ldOut), each head's slope from the step;
   /// reversed: over the reversed sequence (each tensor's last row, negative token strides), as
-  /// the backward's dk and dv passes need.
+  /// the backward's dk and dv passes need. Head stride 128 for q, k, v.
   struct LightningPass {
     CUdeviceptr q, k, v, o;
     long long ldIn, ldOut;
     bool reversed;
+    long long outSh = 128; // o's head stride (the LRPE halves: 2 · 128, one half's offset)
   };
   void runLightningPass(const Function &f, unsigned index, const schema::Step &step,
                         int64_t batch, int64_t seq, const LightningPass &pass,

@@ -267,12 +267,51 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     for (const schema::KernelLaunch *l : *s.launches())
       fast = fast || (l->kind() != schema::LaunchKind_Gemm &&
                       names.Get(l->kernel())->str().rfind("tnlm_la_grad_pack", 0) == 0);
+    if (fast && lrpe) {
+      // The workspace as bf16 planes of D columns, row stride S: [q c, k c, q s, k s, v, dO,
+      // O c, O s, dv s, dq' (2D), dk' (2D)]; eight passes of the Hopper forward: O by halves,
+      // dq' halves = fwd(dO, v, k half), dk' halves = rev(v, dO, q half), dv = rev(k c, q c,
+      // dO) + rev(k s, q s, dO); dq', dk' per head [cos | sin] (head stride 2 · 128), as
+      // la_lrpe_grad reads them.
+      if (dh != 128)
+        throw Error(where + ": the fast Lightning backward takes head dim 128");
+      const long long S = W2;
+      if (13 * D > S)
+        throw Error(where + ": the workspace is too narrow for the backward's planes");
+      auto plane = [&](int i) { return w + CUdeviceptr(i) * D * 2; };
+      const CUdeviceptr qc = plane(0), kc = plane(1), qs = plane(2), ks = plane(3), vp = plane(4),
+                        dOp = plane(5), Oc = plane(6), Os = plane(7), dv2 = plane(8),
+                        dqp = plane(9), dkp2 = plane(11);
+      const long long ldg = ld(dqkvu), hs = 2 * dh;
+      const int N = int(seq), offset = 0;
+      launch("tnlm_la_grad_pack_lrpe", R, 1, base, ld(qkvu), theta, N, offset, int(D), w, S);
+      runLightningPass(f, index, s, batch, seq, {qc, kc, vp, Oc, S, S, false}, where);
+      runLightningPass(f, index, s, batch, seq, {qs, ks, vp, Os, S, S, false}, where);
+      launch("tnlm_la_gate_norm_grad2_o16", R, 1, Oc, Os, S, ptr(dy), ld(dy), base + 3 * D * 2,
+             ld(qkvu), g + 3 * D * 2, ldg, dOp, S, int(D), f32(0));
+      const long long half = dh * 2; // bytes of one half
+      runLightningPass(f, index, s, batch, seq, {dOp, vp, kc, dqp, S, S, false, hs}, where);
+      runLightningPass(f, index, s, batch, seq, {dOp, vp, ks, dqp + half, S, S, false, hs}, where);
+      runLightningPass(f, index, s, batch, seq, {vp, dOp, qc, dkp2, S, S, true, hs}, where);
+      runLightningPass(f, index, s, batch, seq, {vp, dOp, qs, dkp2 + half, S, S, true, hs}, where);
+      runLightningPass(f, index, s, batch, seq, {kc, qc, dOp, g + 2 * D * 2, S, ldg, true}, where);
+      runLightningPass(f, index, s, batch, seq, {ks, qs, dOp, dv2, S, S, true}, where);
+      launch("tnlm_la_add_rows_bf16", R, 1, g + 2 * D * 2, ldg, dv2, S, int(D));
+      const int chunks = (N + kPositionChunk - 1) / kPositionChunk;
+      const long long dkOff = 2 * D;
+      launch("tnlm_la_lrpe_grad", unsigned(chunks), unsigned((D + 255) / 256), base, ld(qkvu), dqp,
+             S, dkOff, theta, int(batch), N, offset, H, dh, g, ldg, dthetaPartial_);
+      context_->fillBytes(ptr(dtheta), 0, size_t(dtheta->rows()) * dtheta->cols() * 4, where);
+      launch("tnlm_la_dtheta_sum", unsigned((D + 255) / 256), 1, dthetaPartial_, chunks, int(D),
+             ptr(dtheta));
+      return true;
+    }
     if (fast) {
       // The workspace as one bf16 pack [q', k', v, dO, O] of row stride S; four passes of the
       // Hopper forward: O = fwd(q', k', v); dq = fwd(dO, v, k'); dk = rev(v, dO, q');
       // dv = rev(k', q', dO) (rev: over the reversed sequence).
-      if (lrpe || dh != 128)
-        throw Error(where + ": the fast Lightning backward takes plain layers of head dim 128");
+      if (dh != 128)
+        throw Error(where + ": the fast Lightning backward takes head dim 128");
       const long long S = W2;
       if (5 * D > S)
         throw Error(where + ": the workspace is too narrow for the backward's pack");

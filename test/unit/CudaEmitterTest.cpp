@@ -192,7 +192,13 @@ TEST(CudaCodegen, LrpeLayerRunsTwoForwardPassesBetweenItsPrologueAndEpilogue) {
 // The train functions (tnlm-train-pipeline) of a model with an LRPE layer and a plain one:
 // every step has its CUDA launches, the source compiles with NVRTC and every kernel the
 // launches name is in the cubin (the GPU train executor, docs/gpu-training.md, runs them).
-TEST(CudaCodegen, TrainFunctionsCompileWithNvrtc) {
+// The train program of a 2-layer model (layer 0 LRPE) emitted and compiled with NVRTC; with
+// `reference`, TNLM_LA_BWD_REFERENCE=1 (the Lightning backward's reference cores).
+void checkTrainProgram(bool reference) {
+  if (reference)
+    setenv("TNLM_LA_BWD_REFERENCE", "1", 1);
+  else
+    unsetenv("TNLM_LA_BWD_REFERENCE");
   std::string lrpe = kConfig;
   lrpe.replace(lrpe.find("[0, 0]"), 6, "[1, 0]");
   mlir::MLIRContext ctx;
@@ -220,31 +226,35 @@ TEST(CudaCodegen, TrainFunctionsCompileWithNvrtc) {
   std::set<std::string> names;
   for (const mt::CudaKernel &k : program->kernels)
     EXPECT_TRUE(names.insert(k.name).second) << k.name << " emitted twice";
-  for (const char *want : {"tnlm_cross_entropy_grad_bf16",
-                           "tnlm_loss_total",
-                           "tnlm_loss_mean",
-                           "tnlm_la_grad_prologue_silu1_lrpe1",
-                           "tnlm_la_fwd_simple_dk256",
-                           "tnlm_la_gate_norm_grad",
-                           "tnlm_la_bwd_simple_dk256_bf16",
-                           // the plain layer's fast backward: the pack, the Hopper forward
-                           "tnlm_la_grad_pack_silu1",
-                           "tnlm_la_gate_norm_grad_o16",
-                           "tnlm_la_sm90_main_d128",
-                           "tnlm_la_lrpe_grad_silu1",
-                           "tnlm_la_dtheta_sum",
-                           "tnlm_la_silu_scale",
-                           "tnlm_embedding_grad_bf16",
-                           "tnlm_sum_squares_chunks",
-                           "tnlm_sum_squares_total",
-                           "tnlm_lr_schedule",
-                           "tnlm_clip_scale",
-                           "tnlm_adamw",
-                           "tnlm_cast_bf16",
-                           "tnlm_step_increment"})
-    EXPECT_TRUE(names.count(want)) << want << " not emitted";
-  // Plain layers no longer take the reference cores (head dim 128 ones would be dk128).
-  EXPECT_FALSE(names.count("tnlm_la_bwd_simple_dk128_bf16"));
+  std::vector<std::string> want = {"tnlm_cross_entropy_grad_bf16",
+                                   "tnlm_loss_total",
+                                   "tnlm_loss_mean",
+                                   "tnlm_la_lrpe_grad_silu1",
+                                   "tnlm_la_dtheta_sum",
+                                   "tnlm_la_silu_scale",
+                                   "tnlm_embedding_grad_bf16",
+                                   "tnlm_sum_squares_chunks",
+                                   "tnlm_sum_squares_total",
+                                   "tnlm_lr_schedule",
+                                   "tnlm_clip_scale",
+                                   "tnlm_adamw",
+                                   "tnlm_cast_bf16",
+                                   "tnlm_step_increment"};
+  // The fast Lightning backward (the packs, the Hopper forward) or the reference cores.
+  const std::vector<std::string> fast = {"tnlm_la_grad_pack_silu1", "tnlm_la_grad_pack_lrpe_silu1",
+                                         "tnlm_la_gate_norm_grad_o16",
+                                         "tnlm_la_gate_norm_grad2_o16", "tnlm_la_add_rows_bf16",
+                                         "tnlm_la_sm90_main_d128"};
+  const std::vector<std::string> slow = {
+      "tnlm_la_grad_prologue_silu1_lrpe1", "tnlm_la_fwd_simple_dk256", "tnlm_la_fwd_simple_dk128",
+      "tnlm_la_gate_norm_grad", "tnlm_la_bwd_simple_dk256_bf16", "tnlm_la_bwd_simple_dk128_bf16"};
+  want.insert(want.end(), reference ? slow.begin() : fast.begin(),
+              reference ? slow.end() : fast.end());
+  for (const std::string &k : want)
+    EXPECT_TRUE(names.count(k)) << k << " not emitted";
+  for (const std::string &k : reference ? fast : slow)
+    if (k != "tnlm_la_sm90_main_d128") // the forward steps use it either way
+      EXPECT_FALSE(names.count(k)) << k << " emitted";
   for (size_t f = 0; f < plans->size(); ++f) {
     ASSERT_EQ(program->functions[f].size(), (*plans)[f].steps.size());
     for (size_t i = 0; i < (*plans)[f].steps.size(); ++i)
@@ -265,7 +275,11 @@ TEST(CudaCodegen, TrainFunctionsCompileWithNvrtc) {
     EXPECT_NE(out.image.find(std::string(1, '\0') + symbol + '\0'), std::string::npos)
         << symbol << " is not in the cubin";
   }
+  unsetenv("TNLM_LA_BWD_REFERENCE");
 }
+
+TEST(CudaCodegen, TrainFunctionsCompileWithNvrtc) { checkTrainProgram(false); }
+TEST(CudaCodegen, TrainFunctionsCompileWithNvrtcReferenceBackward) { checkTrainProgram(true); }
 
 TEST(CudaCodegen, UnsupportedAttentionShapesNameTheLayer) {
   std::string d64 = kConfig;
