@@ -546,7 +546,8 @@ template <class Cfg> static int bench_bwd(int B, int H, int N, int sms, int reps
               "\"pass\": %s}\n",
               B, H, N, plan.num_segs, all, bwd, floor_ms, 100.0 * floor_ms / all, floor_bwd,
               100.0 * floor_bwd / bwd, e.max_rel(), e.rel_l2, edk.max_rel(), edk.rel_l2,
-              edv.max_rel(), edv.rel_l2, (unsigned long long)(4 * plan.workspace_bytes), pass ? "true" : "false");
+              edv.max_rel(), edv.rel_l2, (unsigned long long)(4 * plan.workspace_bytes),
+              pass ? "true" : "false");
   std::fflush(stdout);
   for (cudaEvent_t ev : {ev0, ev1, fork, j1, j2})
     CK(cudaEventDestroy(ev));

@@ -214,16 +214,17 @@ int main(int argc, char **argv) {
                  "%s %lldx%lld: median %.2f ms per optimizer step (train_step %.2f, "
                  "optimizer_step %.2f; min %.2f) over %lld, %.0f tokens/s, %.1f TFLOP/s = %.1f %% "
                  "MFU of 989 (%.1f %% of 790) on %s\n",
-                 label.c_str(), (long long)batch, (long long)seq, med, median(trainV),
-                 median(optV), best, (long long)iters, tokens / (med / 1e3), tflops,
+                 label.c_str(), (long long)batch, (long long)seq, med, median(trainV), median(optV),
+                 best, (long long)iters, tokens / (med / 1e3), tflops,
                  100 * tflops * 1e12 / kPeakSpec, 100 * tflops * 1e12 / kPeakMeasured,
                  ctx.deviceName().c_str());
     if (!opts.has("no-profile")) {
       std::map<std::string, std::pair<double, int>> byKind;
       double total = 0;
       for (const char *fn : {"train_step", "optimizer_step"}) {
-        const auto steps = std::string(fn) == "train_step" ? exec.profileRun(fn, trainIn, batch, seq)
-                                                           : exec.profileRun(fn, optIn, batch, seq);
+        const auto steps = std::string(fn) == "train_step"
+                               ? exec.profileRun(fn, trainIn, batch, seq)
+                               : exec.profileRun(fn, optIn, batch, seq);
         for (const auto &st : steps) {
           auto &k = byKind[std::string(fn) == "train_step" ? st.kind : "optimizer: " + st.kind];
           k.first += st.ms;

@@ -618,11 +618,10 @@ private:
           "tnlm::la_bw::la_gate_norm_grad2<256>(O, O2, ldo, dy, lddy, u, ldu, du, lddu, dO, lddo, "
           "D, eps)",
           llvm::formatv("D {0}, eps {1:e}", d, s.f32Attrs[0]).str()));
-      out.push_back(trainKernel(CudaLaunchKind::PerRow, "tnlm_la_add_rows_bf16", 256,
-                                "dv += the sin half's dv",
-                                "bf16 *y, long long ldy, const bf16 *x, long long ldx, int D",
-                                "tnlm::la_bw::la_add_rows_bf16<256>(y, ldy, x, ldx, D)",
-                                "columns [2D, 3D) of dqkvu"));
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerRow, "tnlm_la_add_rows_bf16", 256, "dv += the sin half's dv",
+          "bf16 *y, long long ldy, const bf16 *x, long long ldx, int D",
+          "tnlm::la_bw::la_add_rows_bf16<256>(y, ldy, x, ldx, D)", "columns [2D, 3D) of dqkvu"));
     }
     if (fast && !lrpe) {
       // Plain layer, the fast path: φ(q), φ(k), v packed into the workspace (one bf16 stride),
@@ -645,7 +644,8 @@ private:
           "du = dy * xhat, dO = r (g - xhat mean(xhat g)), g = dy * u (bf16 O)",
           "const bf16 *O, long long ldo, const bf16 *dy, long long lddy, const bf16 *u, long long "
           "ldu, bf16 *du, long long lddu, bf16 *dO, long long lddo, int D, float eps",
-          "tnlm::la_bw::la_gate_norm_grad<256>(O, ldo, dy, lddy, u, ldu, du, lddu, dO, lddo, D, eps)",
+          "tnlm::la_bw::la_gate_norm_grad<256>(O, ldo, dy, lddy, u, ldu, du, lddu, dO, lddo, D, "
+          "eps)",
           llvm::formatv("D {0}, eps {1:e}", d, s.f32Attrs[0]).str()));
       if (silu)
         out.push_back(trainKernel(CudaLaunchKind::PerRow, "tnlm_la_silu_scale", 256,
@@ -677,7 +677,8 @@ private:
           "ldv, const float *slopes, float *o, long long ldo, int N, int H",
           "tnlm::la_bw::lightning_fwd_simple<" + dks + ", 128, " + cs +
               ", 256, float>(q, ldq, k, ldk, v, ldv, slopes, o, ldo, N, H)",
-          llvm::formatv("H {0}, dk {1}, block {2}: the forward's O into the workspace", heads, dk, c)
+          llvm::formatv("H {0}, dk {1}, block {2}: the forward's O into the workspace", heads, dk,
+                        c)
               .str(),
           smem));
       out.push_back(trainKernel(
@@ -685,17 +686,19 @@ private:
           "du = dy * xhat, dO = r (g - xhat mean(xhat g)), g = dy * u",
           "const float *O, long long ldo, const bf16 *dy, long long lddy, const bf16 *u, long long "
           "ldu, bf16 *du, long long lddu, bf16 *dO, long long lddo, int D, float eps",
-          "tnlm::la_bw::la_gate_norm_grad<256>(O, ldo, dy, lddy, u, ldu, du, lddu, dO, lddo, D, eps)",
+          "tnlm::la_bw::la_gate_norm_grad<256>(O, ldo, dy, lddy, u, ldu, du, lddu, dO, lddo, D, "
+          "eps)",
           llvm::formatv("D {0}, eps {1:e}", d, s.f32Attrs[0]).str()));
       const char *tg = "bf16"; // dq', dk' (LRPE: into the workspace), dv: bf16 as dqkvu
       out.push_back(trainKernel(
           CudaLaunchKind::PerHead, llvm::formatv("tnlm_la_bwd_simple_dk{0}_{1}", dk, tg).str(), 256,
           "dq', dk', dv of the core (fp32 states)",
-          llvm::formatv("const bf16 *q, long long ldq, const bf16 *k, long long ldk, const bf16 *v, "
-                        "long long ldv, const bf16 *o, long long ldo, const float *slopes, {0} "
-                        "*dq, long long lddq, {0} *dk, long long lddk, {0} *dv, long long lddv, "
-                        "int N, int H",
-                        tg)
+          llvm::formatv(
+              "const bf16 *q, long long ldq, const bf16 *k, long long ldk, const bf16 *v, "
+              "long long ldv, const bf16 *o, long long ldo, const float *slopes, {0} "
+              "*dq, long long lddq, {0} *dk, long long lddk, {0} *dv, long long lddv, "
+              "int N, int H",
+              tg)
               .str(),
           "tnlm::la_bw::lightning_bwd_simple<" + dks + ", 128, " + cs +
               ", 256>(q, ldq, k, ldk, v, ldv, o, ldo, slopes, dq, lddq, dk, lddk, dv, lddv, N, H)",

@@ -107,8 +107,8 @@ template <int BLOCK> __device__ __forceinline__ double cta_sum_f64(double v, dou
 template <int BLOCK, typename TO, typename TDY, typename TG>
 __device__ __forceinline__ void la_gate_norm_grad2(const TO *O, const TO *O2, long long ldo,
                                                    const TDY *dy, long long lddy, const bf16 *u,
-                                                   long long ldu, TG *du, long long lddu,
-                                                   bf16 *dO, long long lddo, int D, float eps) {
+                                                   long long ldu, TG *du, long long lddu, bf16 *dO,
+                                                   long long lddo, int D, float eps) {
   __shared__ double red[BLOCK / 32];
   const long long r = blockIdx.x;
   const TO *Or = O + r * ldo;
@@ -143,8 +143,8 @@ __device__ __forceinline__ void la_gate_norm_grad(const TO *O, long long ldo, co
                                                   long long lddy, const bf16 *u, long long ldu,
                                                   TG *du, long long lddu, bf16 *dO, long long lddo,
                                                   int D, float eps) {
-  la_gate_norm_grad2<BLOCK, TO, TDY, TG>(O, static_cast<const TO *>(nullptr), ldo, dy, lddy, u,
-                                         ldu, du, lddu, dO, lddo, D, eps);
+  la_gate_norm_grad2<BLOCK, TO, TDY, TG>(O, static_cast<const TO *>(nullptr), ldo, dy, lddy, u, ldu,
+                                         du, lddu, dO, lddo, D, eps);
 }
 
 // The LRPE layer's fast-backward pack (one bf16 stride ldp, planes of D columns, head stride
@@ -179,8 +179,8 @@ __device__ __forceinline__ void la_add_rows_bf16(bf16 *y, long long ldy, const b
                                                  long long ldx, int D) {
   const long long r = blockIdx.x;
   for (int c = threadIdx.x; c < D; c += BLOCK)
-    y[r * ldy + c] = __float2bfloat16(__bfloat162float(y[r * ldy + c]) +
-                                      __bfloat162float(x[r * ldx + c]));
+    y[r * ldy + c] =
+        __float2bfloat16(__bfloat162float(y[r * ldy + c]) + __bfloat162float(x[r * ldx + c]));
 }
 
 // Without LRPE, φ = SiLU: dq, dk = φ'(x) ⊙ dq', dk' in place (columns [0, 2D) of dqkvu).

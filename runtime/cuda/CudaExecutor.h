@@ -211,9 +211,8 @@ private:
     bool reversed;
     long long outSh = 128; // o's head stride (the LRPE halves: 2 · 128, one half's offset)
   };
-  void runLightningPass(const Function &f, unsigned index, const schema::Step &step,
-                        int64_t batch, int64_t seq, const LightningPass &pass,
-                        const std::string &where);
+  void runLightningPass(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
+                        int64_t seq, const LightningPass &pass, const std::string &where);
   void runDecode(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
                  const std::string &where);
   /// Queues every step of function `f`; `afterStep(i)`, when given, runs after step i.

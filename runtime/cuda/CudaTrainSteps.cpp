@@ -505,9 +505,9 @@ void CudaExecutor::checkStepFinite(const Function &f, unsigned index, int64_t ba
   }
 }
 
-std::vector<CudaExecutor::StepTime>
-CudaExecutor::profileRun(const std::string &name, const std::vector<Input> &inputs, int64_t batch,
-                         int64_t seq) {
+std::vector<CudaExecutor::StepTime> CudaExecutor::profileRun(const std::string &name,
+                                                             const std::vector<Input> &inputs,
+                                                             int64_t batch, int64_t seq) {
   const size_t fi = uploadRun(name, inputs, batch, seq);
   std::vector<StepTime> times = profile(fi, batch, seq);
   context_->synchronize(artifact_.source() + ": @" + name + " (profiled)");

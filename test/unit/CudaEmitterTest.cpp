@@ -241,13 +241,13 @@ void checkTrainProgram(bool reference) {
                                    "tnlm_cast_bf16",
                                    "tnlm_step_increment"};
   // The fast Lightning backward (the packs, the Hopper forward) or the reference cores.
-  const std::vector<std::string> fast = {"tnlm_la_grad_pack_silu1", "tnlm_la_grad_pack_lrpe_silu1",
-                                         "tnlm_la_gate_norm_grad_o16",
-                                         "tnlm_la_gate_norm_grad2_o16", "tnlm_la_add_rows_bf16",
-                                         "tnlm_la_sm90_main_d128"};
+  const std::vector<std::string> fast = {
+      "tnlm_la_grad_pack_silu1",     "tnlm_la_grad_pack_lrpe_silu1", "tnlm_la_gate_norm_grad_o16",
+      "tnlm_la_gate_norm_grad2_o16", "tnlm_la_add_rows_bf16",        "tnlm_la_sm90_main_d128"};
   const std::vector<std::string> slow = {
-      "tnlm_la_grad_prologue_silu1_lrpe1", "tnlm_la_fwd_simple_dk256", "tnlm_la_fwd_simple_dk128",
-      "tnlm_la_gate_norm_grad", "tnlm_la_bwd_simple_dk256_bf16", "tnlm_la_bwd_simple_dk128_bf16"};
+      "tnlm_la_grad_prologue_silu1_lrpe1", "tnlm_la_fwd_simple_dk256",
+      "tnlm_la_fwd_simple_dk128",          "tnlm_la_gate_norm_grad",
+      "tnlm_la_bwd_simple_dk256_bf16",     "tnlm_la_bwd_simple_dk128_bf16"};
   want.insert(want.end(), reference ? slow.begin() : fast.begin(),
               reference ? slow.end() : fast.end());
   for (const std::string &k : want)

@@ -424,13 +424,14 @@ int runTraining(const Options &flags) {
 } // namespace
 
 int main(int argc, char **argv) {
-  Options options("tnlm-train",
-                  "tnlm-train MODEL-train.tnlm --data=PATH --steps=N --out=DIR [options]\n"
-                  "       tnlm-train MODEL-train.tnlm --resume=DIR [--steps=N]\n\n"
-                  "Trains a model compiled with tnlmc --mode=train on the CPU (--target=cpu) or "
-                  "the GPU\n(--target=cuda:sm_90a, work in progress): metrics as JSON lines, a "
-                  "loss-curve PNG,\ncheckpoints (Hugging Face safetensors + optimizer state) "
-                  "that resume exactly; SIGINT/SIGTERM\nsave a checkpoint and stop.");
+  Options options(
+      "tnlm-train",
+      "tnlm-train MODEL-train.tnlm --data=PATH --steps=N --out=DIR [options]\n"
+      "       tnlm-train MODEL-train.tnlm --resume=DIR [--steps=N]\n\n"
+      "Trains a model compiled with tnlmc --mode=train on the CPU (--target=cpu) or "
+      "the GPU\n(--target=cuda:sm_90a, bf16 with f32 master weights): metrics as JSON lines, a "
+      "loss-curve PNG,\ncheckpoints (Hugging Face safetensors + optimizer state) "
+      "that resume exactly; SIGINT/SIGTERM\nsave a checkpoint and stop.");
   declareOptions(options);
   try {
     if (!options.parse(argc, argv))
