@@ -203,21 +203,22 @@ int main(int argc, char **argv) {
                 "\"first_step_ms\":%.1f,\"init_ms\":%.1f,\"tokens_per_s\":%.1f,"
                 "\"gflop_per_step\":%.1f,\"attention_gflop\":%.1f,\"tflops\":%.2f,"
                 "\"mfu_989\":%.4f,\"mfu_790\":%.4f,\"first_loss\":%.4f,\"last_loss\":%.4f,"
-                "\"gpu\":%s}\n",
+                "\"device_gib\":%.2f,\"gpu\":%s}\n",
                 jsonString(label).c_str(), jsonString(path).c_str(), (long long)batch,
                 (long long)seq, (long long)(batch * seq), params, (long long)iters, med, best,
                 median(trainV), median(optV), firstMs, initMs, tokens / (med / 1e3), flops / 1e9,
                 3 * attn / 1e9, tflops, tflops * 1e12 / kPeakSpec, tflops * 1e12 / kPeakMeasured,
-                firstLoss, lastLoss, jsonString(ctx.deviceName()).c_str());
+                firstLoss, lastLoss, double(exec.deviceBytes()) / double(1ull << 30),
+                jsonString(ctx.deviceName()).c_str());
     std::fflush(stdout);
     std::fprintf(stderr,
                  "%s %lldx%lld: median %.2f ms per optimizer step (train_step %.2f, "
                  "optimizer_step %.2f; min %.2f) over %lld, %.0f tokens/s, %.1f TFLOP/s = %.1f %% "
-                 "MFU of 989 (%.1f %% of 790) on %s\n",
+                 "MFU of 989 (%.1f %% of 790) on %s; %.2f GiB allocated\n",
                  label.c_str(), (long long)batch, (long long)seq, med, median(trainV), median(optV),
                  best, (long long)iters, tokens / (med / 1e3), tflops,
                  100 * tflops * 1e12 / kPeakSpec, 100 * tflops * 1e12 / kPeakMeasured,
-                 ctx.deviceName().c_str());
+                 ctx.deviceName().c_str(), double(exec.deviceBytes()) / double(1ull << 30));
     if (!opts.has("no-profile")) {
       std::map<std::string, std::pair<double, int>> byKind;
       double total = 0;

@@ -157,10 +157,11 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
         " for batch " + std::to_string(artifact.maxBatch()) + " x sequence " +
         std::to_string(artifact.maxSeq()) + " need " + gib(total + trainScratch) +
         ", more than the " + gib(context_->totalMemory()) + " of " + context_->deviceName() +
-        (train_ ? ": compile with --recompute=full, a smaller --batch or --seq (tnlmc "
-                  "--summary shows what fits)"
+        (train_ ? ": compile with --recompute=full (if it is not already), a smaller --batch "
+                  "or --seq (tnlmc --summary shows what fits)"
                 : ": compile with a smaller --batch or --seq"));
   }
+  trainScratchBytes_ = trainScratch;
   arena_ = std::make_unique<Arena>(total, src + ": the device arena");
   activations_ = arena_->allocate(std::max<size_t>(arenaBytes, 1), "the activations");
   for (size_t i = 0; i < inputCount; ++i)
@@ -914,7 +915,9 @@ std::vector<float> CudaExecutor::decodeStep(const int32_t *ids, const int32_t *p
   return copyLogits(functionIndex("decode_step"), batch);
 }
 
-size_t CudaExecutor::deviceBytes() const { return arena_ ? arena_->size() : 0; }
+size_t CudaExecutor::deviceBytes() const {
+  return (arena_ ? arena_->size() : 0) + trainScratchBytes_;
+}
 
 void CudaExecutor::enqueueDecode(const int32_t *ids, const int32_t *positions, int64_t batch) {
   launchFunction(uploadDecode(ids, positions, batch), batch, 1);

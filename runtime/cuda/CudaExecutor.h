@@ -90,7 +90,8 @@ public:
   /// give more stages and more warps per row: for tests). Takes effect for graphs captured
   /// afterwards.
   void setGemvStageBytes(int64_t bytes) { gemvStageBytes_ = std::max<int64_t>(16, bytes); }
-  /// Bytes of the one device allocation (parameters, activations, state, workspaces).
+  /// Bytes of the device allocations (parameters, activations, state, workspaces; a train
+  /// artifact's scratch buffers too), without cuBLASLt's workspace and the CUDA context.
   size_t deviceBytes() const;
   /// The recurrent state, in state-table order, f32 (copied back; for tests and tools).
   std::vector<std::vector<float>> state();
@@ -265,6 +266,7 @@ private:
   std::vector<bool> f32Param_;      // LRPE θ (read as f32 by the prologues)
   std::vector<Function> functions_;
   int64_t vocab_ = 0;
+  size_t trainScratchBytes_ = 0;
   bool syncSteps_ = false;
   bool useGraphs_ = true;
   std::map<CallKey, Graph> graphs_; // the captured calls

@@ -18,6 +18,7 @@
 #include "runtime/DType.h"
 #include "runtime/EmbeddingSegments.h"
 #include "runtime/Error.h"
+#include "runtime/TrainScratch.h"
 
 #include <algorithm>
 #include <cmath>
@@ -27,8 +28,8 @@ namespace tnlm::cuda {
 
 namespace {
 
-constexpr int64_t kOptChunk = 1 << 16; // bw::kOptChunk
-constexpr int kPositionChunk = 16;     // la_bw::kPositionChunk
+constexpr int64_t kOptChunk = kTrainOptChunk;       // bw::kOptChunk
+constexpr int kPositionChunk = kTrainPositionChunk; // la_bw::kPositionChunk
 
 // bw::OptTensor as the host fills it (device pointers as 64-bit words), 56 bytes.
 struct HostOptTensor {
@@ -53,40 +54,38 @@ CUdeviceptr CudaExecutor::master(const schema::Operand *o, const std::string &wh
 }
 
 size_t CudaExecutor::planTrainScratch() {
-  const int64_t maxRows = artifact_.maxBatch() * artifact_.maxSeq();
-  size_t lossScratch = 0, gated = 0, dtheta = 0, chunks = 0;
+  TrainScratchNeeds n;
   for (const Function &f : functions_)
     for (const schema::Step *s : *f.fn->steps()) {
       const auto &in = *s->inputs();
       switch (s->kind()) {
       case schema::KernelKind_CrossEntropy:
-        lossScratch = std::max<size_t>(lossScratch, size_t(maxRows) * in.Get(0)->cols() * 2);
+        n.lossCols = std::max<int64_t>(n.lossCols, in.Get(0)->cols());
         break;
       case schema::KernelKind_GatedLinearGrad:
-        gated = std::max<size_t>(gated, 4 * size_t(maxRows) * in.Get(3)->cols() * 2);
+        n.gatedCols = std::max<int64_t>(n.gatedCols, in.Get(3)->cols());
         break;
-      case schema::KernelKind_LightningAttentionGrad: {
-        const int64_t d = s->i64_attrs()->Get(0) * s->i64_attrs()->Get(1);
-        dtheta = std::max<size_t>(
-            dtheta, size_t((artifact_.maxSeq() + kPositionChunk - 1) / kPositionChunk) * d * 8);
+      case schema::KernelKind_LightningAttentionGrad:
+        n.lrpeFeatures =
+            std::max<int64_t>(n.lrpeFeatures, s->i64_attrs()->Get(0) * s->i64_attrs()->Get(1));
         break;
-      }
       case schema::KernelKind_GlobalNorm: {
-        size_t c = 0;
+        int64_t c = 0;
         for (unsigned i = 1; i < in.size(); ++i)
-          c +=
-              size_t((std::max<int64_t>(in.Get(i)->rows(), 1) * in.Get(i)->cols() + kOptChunk - 1) /
-                     kOptChunk);
-        chunks = std::max(chunks, c);
+          c += (std::max<int64_t>(in.Get(i)->rows(), 1) * in.Get(i)->cols() + kOptChunk - 1) /
+               kOptChunk;
+        n.gradChunks = std::max(n.gradChunks, c);
         break;
       }
       default:
         break;
       }
     }
-  lossScratchBytes_ = lossScratch, gatedGradBytes_ = gated, dthetaBytes_ = dtheta;
-  optChunks_ = chunks;
-  return lossScratch + gated + dtheta + chunks * 8 + size_t(maxRows) * (8 + 12) + 4096;
+  const TrainScratch t =
+      trainScratch(artifact_.maxBatch() * artifact_.maxSeq(), artifact_.maxSeq(), n);
+  lossScratchBytes_ = t.loss, gatedGradBytes_ = t.gated, dthetaBytes_ = t.dtheta;
+  optChunks_ = t.chunks;
+  return t.total;
 }
 
 void CudaExecutor::allocateTrain() {

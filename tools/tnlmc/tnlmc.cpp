@@ -18,6 +18,7 @@
 #include "models/Summary.h"
 #include "passes/Passes.h"
 #include "tools/tnlmc/Executable.h"
+#include "tools/tnlmc/GpuTrainScratch.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/AsmState.h"
@@ -520,7 +521,16 @@ int main(int argc, char **argv) {
           int64_t arena = 0;
           for (const tnlm::KernelPlan &p : plans)
             arena = std::max(arena, p.arenaBytes);
-          const int64_t fixed = state + (32 << 20); // + cuBLASLt's workspace
+          // + the executor's train scratch (the loss's logit gradients, ...) + cuBLASLt's
+          // workspace
+          const tnlm::GpuTrainScratchBytes scratch =
+              tnlm::gpuTrainScratch(plans, int64_t(maxBatch) * int64_t(maxSeq), int64_t(maxSeq));
+          llvm::outs() << llvm::formatv(
+              "train scratch (GPU)              {0,18}  ({1:F2} MiB: the loss's bf16 logit "
+              "gradients {2:F2} MiB, the gated backward's products {3:F2} MiB)\n",
+              tnlm::withThousands(int64_t(scratch.total)), scratch.total / (1024.0 * 1024.0),
+              scratch.loss / (1024.0 * 1024.0), scratch.gated / (1024.0 * 1024.0));
+          const int64_t fixed = state + int64_t(scratch.total) + (32 << 20);
           const int64_t need = fixed + arena;
           const bool fits = need <= kH200Bytes;
           std::string advice;
@@ -541,8 +551,8 @@ int main(int argc, char **argv) {
             }
           }
           llvm::outs() << llvm::formatv(
-              "one GPU: {0} bytes ({1:F2} GiB: the state, the largest arena, 32 MiB for "
-              "cuBLASLt): {2} an H200 (139.8 GiB){3}\n",
+              "one GPU: {0} bytes ({1:F2} GiB: the state, the largest arena, the train scratch, "
+              "32 MiB for cuBLASLt): {2} an H200 (139.8 GiB){3}\n",
               tnlm::withThousands(need), need / (1024.0 * 1024.0 * 1024.0),
               fits ? "fits" : "does NOT fit", advice);
         }
