@@ -376,16 +376,27 @@ private:
                         "const float *dloss, const double "
                         "*invCount, double *k",
                         "tnlm::bw::loss_grad_scale(dloss, invCount, k)", "the gradient's factor"));
-      out.push_back(trainKernel(
-          CudaLaunchKind::PerRow, "tnlm_cross_entropy_grad_bf16", 256,
-          "row losses (f64) and dz = k (softmax - onehot) of f32 logits, bf16",
-          "const float *x, long long ldx, const int *labels, int vocab, int ignore, const "
-          "double *k, bf16 *dx, long long lddx, double *rowLoss",
-          "tnlm::bw::cross_entropy_grad<256, bf16>(x, ldx, labels, vocab, ignore, k, dx, lddx, "
-          "rowLoss)",
-          llvm::formatv("{0} (vocab {1}), ignore index {2}: chunks of rows (cuda::LmHeadLoss)",
-                        view("logits", z), z.cols, s.i64Attrs[0])
-              .str()));
+      if (s.kind == KernelKind::CrossEntropy)
+        out.push_back(trainKernel(
+            CudaLaunchKind::PerRow, "tnlm_cross_entropy_loss", 256,
+            "row losses (f64) of f32 logits, one pass per row, no gradient",
+            "const float *x, long long ldx, const int *labels, int vocab, int ignore, double "
+            "*rowLoss",
+            "tnlm::bw::cross_entropy_loss<256>(x, ldx, labels, vocab, ignore, rowLoss)",
+            llvm::formatv("{0} (vocab {1}), ignore index {2}", view("logits", z), z.cols,
+                          s.i64Attrs[0])
+                .str()));
+      else
+        out.push_back(trainKernel(
+            CudaLaunchKind::PerRow, "tnlm_cross_entropy_grad_bf16", 256,
+            "row losses (f64) and dz = k (softmax - onehot) of f32 logits, bf16",
+            "const float *x, long long ldx, const int *labels, int vocab, int ignore, const "
+            "double *k, bf16 *dx, long long lddx, double *rowLoss",
+            "tnlm::bw::cross_entropy_grad<256, bf16>(x, ldx, labels, vocab, ignore, k, dx, lddx, "
+            "rowLoss)",
+            llvm::formatv("{0} (vocab {1}), ignore index {2}: chunks of rows (cuda::LmHeadLoss)",
+                          view("logits", z), z.cols, s.i64Attrs[0])
+                .str()));
       out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_loss_total", 1,
                                 "total = sum of the row losses in row order",
                                 "const double *rowLoss, long long rows, double *total",

@@ -19,7 +19,8 @@ constexpr int kTrainPositionChunk = 16;     // positions per LRPE dθ partial
 
 /// The largest operand of each kind over the artifact's train functions.
 struct TrainScratchNeeds {
-  int64_t lossCols = 0;     // cross entropy: the logits' columns (the vocabulary)
+  int64_t lossCols = 0;     // cross entropy without its loss-only kernel (artifacts of an
+                            // earlier tnlmc): the logits' columns, for a gradient never read
   int64_t gatedCols = 0;    // gated linear backward: the hidden width F
   int64_t lrpeFeatures = 0; // Lightning backward: H · dh
   int64_t gradChunks = 0;   // global norm: chunks of kTrainOptChunk gradient elements
@@ -29,9 +30,9 @@ struct TrainScratch {
   size_t loss = 0, gated = 0, dtheta = 0, chunks = 0, total = 0;
 };
 
-/// The loss's bf16 logit gradients [rows, V], the gated linear backward's four bf16 products
-/// [rows, F], the LRPE dθ partials (f64 per position chunk and feature), the sum of squares'
-/// f64 chunks, 20 bytes per row (row losses, the embedding grouping) and 4 KiB of scalars.
+/// (Older artifacts: the loss's bf16 logit gradients [rows, V].) The gated linear backward's four
+/// bf16 products [rows, F], the LRPE dθ partials (f64 per position chunk and feature), the sum of
+/// squares' f64 chunks, 20 bytes per row (row losses, the embedding grouping) and 4 KiB of scalars.
 inline TrainScratch trainScratch(int64_t maxRows, int64_t maxSeq, const TrainScratchNeeds &n) {
   TrainScratch s;
   const size_t rows = size_t(std::max<int64_t>(maxRows, 0));

@@ -154,6 +154,49 @@ __device__ __forceinline__ void embedding_grad(const int *order, const int *star
   *row = acc;
 }
 
+// A row's max and Σ exp(x − max) in one pass over it (online: each thread keeps its running max
+// m and Σ exp(x − m) in f64, rescaled by expf(m_old − m_new) when m grows; the threads are then
+// combined at the row's max, the warps in order: deterministic). e = expf(x − m) in f32.
+template <int BLOCK>
+__device__ __forceinline__ void ce_row_stats(const float *xr, int vocab, float &rowMax,
+                                             double &rowSum) {
+  __shared__ float redf[BLOCK / 32];
+  __shared__ double redd[BLOCK / 32];
+  const float ninf = __int_as_float(0xff800000); // -inf (NVRTC has no INFINITY)
+  float m = ninf;
+  double sum = 0.0;
+  for (int c = threadIdx.x; c < vocab; c += BLOCK) {
+    const float x = xr[c];
+    if (x > m) {
+      sum = m == ninf ? 0.0 : sum * static_cast<double>(expf(m - x));
+      m = x;
+    }
+    sum += static_cast<double>(expf(x - m));
+  }
+  float mx = m;
+  for (int o = 16; o > 0; o >>= 1)
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (threadIdx.x % 32 == 0)
+    redf[threadIdx.x / 32] = mx;
+  __syncthreads();
+  mx = redf[0];
+#pragma unroll
+  for (int w = 1; w < BLOCK / 32; ++w)
+    mx = fmaxf(mx, redf[w]);
+  double t = m == ninf ? 0.0 : sum * static_cast<double>(expf(m - mx));
+  for (int o = 16; o > 0; o >>= 1)
+    t += __shfl_xor_sync(0xffffffffu, t, o);
+  if (threadIdx.x % 32 == 0)
+    redd[threadIdx.x / 32] = t;
+  __syncthreads();
+  t = 0.0;
+#pragma unroll
+  for (int w = 0; w < BLOCK / 32; ++w)
+    t += redd[w];
+  rowMax = mx;
+  rowSum = t;
+}
+
 // Cross entropy and its gradient over a block of rows of f32 logits [rows, vocab] (ld ldx;
 // the lm head's output for a chunk of rows, so the [tokens, vocab] logits never exist whole),
 // as cpu::crossEntropyGrad, one CTA per row:
@@ -163,15 +206,13 @@ __device__ __forceinline__ void embedding_grad(const int *order, const int *star
 // with k = dloss / (rows counted over the whole step) in device memory (*kp, f64: the host
 // counts the step's labels when it uploads them, and checks them: a label outside [0, vocab)
 // that is not ignoreIndex gives a NaN row loss here, never an out-of-bounds read); zeros on
-// ignored rows. e in f32 (expf), Σe and the loss in f64 (per-thread sums, the warps in order).
-// dx may alias x when TG is float (each element is read before the thread writes it).
-// loss_total then adds the row losses in row order (the CPU's order).
+// ignored rows. e in f32 (expf), Σe and the loss in f64 (ce_row_stats: one pass for max and
+// Σe, then one for the gradient). dx may alias x when TG is float (each element is read before
+// the thread writes it). loss_total then adds the row losses in row order (the CPU's order).
 template <int BLOCK, typename TG>
 __device__ __forceinline__ void cross_entropy_grad(const float *x, long long ldx, const int *labels,
                                                    int vocab, int ignoreIndex, const double *kp,
                                                    TG *dx, long long lddx, double *rowLoss) {
-  __shared__ float redf[BLOCK / 32];
-  __shared__ double redd[BLOCK / 32];
   const long long r = blockIdx.x;
   const float *xr = x + r * ldx;
   TG *gr = dx + r * lddx;
@@ -189,30 +230,9 @@ __device__ __forceinline__ void cross_entropy_grad(const float *x, long long ldx
     return;
   }
   const float xl = xr[label];
-  float mx = __int_as_float(0xff800000); // -inf (NVRTC has no INFINITY)
-  for (int c = threadIdx.x; c < vocab; c += BLOCK)
-    mx = fmaxf(mx, xr[c]);
-  for (int o = 16; o > 0; o >>= 1)
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  if (threadIdx.x % 32 == 0)
-    redf[threadIdx.x / 32] = mx;
-  __syncthreads();
-  mx = redf[0];
-#pragma unroll
-  for (int w = 1; w < BLOCK / 32; ++w)
-    mx = fmaxf(mx, redf[w]);
-  double sum = 0.0;
-  for (int c = threadIdx.x; c < vocab; c += BLOCK)
-    sum += static_cast<double>(expf(xr[c] - mx));
-  for (int o = 16; o > 0; o >>= 1)
-    sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  if (threadIdx.x % 32 == 0)
-    redd[threadIdx.x / 32] = sum;
-  __syncthreads();
-  sum = 0.0;
-#pragma unroll
-  for (int w = 0; w < BLOCK / 32; ++w)
-    sum += redd[w];
+  float mx;
+  double sum;
+  ce_row_stats<BLOCK>(xr, vocab, mx, sum);
   const double k = *kp, scale = k / sum;
   const float el = expf(xl - mx);
   for (int c = threadIdx.x; c < vocab; c += BLOCK) {
@@ -224,6 +244,28 @@ __device__ __forceinline__ void cross_entropy_grad(const float *x, long long ldx
   if (threadIdx.x == 0) {
     const double lse = isinf(mx) ? static_cast<double>(mx) : mx + log(sum);
     rowLoss[r] = lse - static_cast<double>(xl);
+  }
+}
+
+// The row losses alone (the loss of @train_step's forward and @eval_loss): one pass over each
+// row, no gradient written. Same values as cross_entropy_grad's rowLoss.
+template <int BLOCK>
+__device__ __forceinline__ void cross_entropy_loss(const float *x, long long ldx, const int *labels,
+                                                   int vocab, int ignoreIndex, double *rowLoss) {
+  const long long r = blockIdx.x;
+  const float *xr = x + r * ldx;
+  const int label = labels[r];
+  if (label == ignoreIndex || label < 0 || label >= vocab) {
+    if (threadIdx.x == 0)
+      rowLoss[r] = label == ignoreIndex ? 0.0 : __longlong_as_double(0x7ff8000000000000ll);
+    return;
+  }
+  float mx;
+  double sum;
+  ce_row_stats<BLOCK>(xr, vocab, mx, sum);
+  if (threadIdx.x == 0) {
+    const double lse = isinf(mx) ? static_cast<double>(mx) : mx + log(sum);
+    rowLoss[r] = lse - static_cast<double>(xr[label]);
   }
 }
 

@@ -286,6 +286,13 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
   };
   const schema::Operand *y = out.Get(0);
   auto ld = [](const schema::Operand *o) { return static_cast<long long>(o->ld()); };
+  if (train_) {
+    auto it = std::find(skip_.begin(), skip_.end(), std::make_pair(&f, index));
+    if (it != skip_.end()) { // done by an earlier step of this run
+      skip_.erase(it);
+      return;
+    }
+  }
   if (train_ && runTrainStep(f, index, s, batch, seq, where))
     return;
   if (!s.launches() || s.launches()->size() == 0)
@@ -788,6 +795,7 @@ void CudaExecutor::runSteps(size_t fi, int64_t batch, int64_t seq,
   const std::string &src = artifact_.source();
   const Function &f = functions_.at(fi);
   const schema::Function &fn = *f.fn;
+  skip_.clear(); // (left over only where a run threw)
   for (unsigned i = 0; i < fn.steps()->size(); ++i) {
     const schema::Step *s = fn.steps()->Get(i);
     const std::string where = src + ": @" + f.name + " step " + std::to_string(i) + " '" +

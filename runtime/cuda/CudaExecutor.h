@@ -259,6 +259,12 @@ private:
   EmbeddingSegments segHost_; // the call's grouping (host copy until the upload has run)
   std::map<std::pair<size_t, unsigned>, DeviceBuffer> optTables_; // (function, first step)
   bool sumOfSquaresFinite(bool gradients);
+  /// The gradient that step `next` of `f` accumulates `temp` into (autodiff's `&g = add(&g,
+  /// temp)`, temp read by no later step), or null.
+  const schema::Operand *accumulatedInto(const Function &f, unsigned index,
+                                         const schema::Operand *temp, unsigned next);
+  /// Steps already done by an earlier step (a GEMM that accumulated into the gradient).
+  std::vector<std::pair<const Function *, unsigned>> skip_;
   std::unique_ptr<DeviceBuffer> finiteTables_[2]; // gradients, masters (sumOfSquaresFinite)
   std::unique_ptr<DeviceBuffer> finitePartial_, finiteTotal_;
   long long finiteChunks_[2] = {0, 0};

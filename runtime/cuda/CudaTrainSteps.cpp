@@ -39,6 +39,12 @@ struct HostOptTensor {
 };
 static_assert(sizeof(HostOptTensor) == 56, "bw::OptTensor's layout");
 
+bool sameOperand(const schema::Operand *a, const schema::Operand *b) {
+  return a->kind() == b->kind() && a->offset() == b->offset() &&
+         a->col_offset() == b->col_offset() && a->ld() == b->ld() && a->rows() == b->rows() &&
+         a->cols() == b->cols() && a->dtype() == b->dtype();
+}
+
 uint32_t floatBits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
@@ -59,9 +65,17 @@ size_t CudaExecutor::planTrainScratch() {
     for (const schema::Step *s : *f.fn->steps()) {
       const auto &in = *s->inputs();
       switch (s->kind()) {
-      case schema::KernelKind_CrossEntropy:
-        n.lossCols = std::max<int64_t>(n.lossCols, in.Get(0)->cols());
+      case schema::KernelKind_CrossEntropy: { // older artifacts: the gradient into scratch
+        bool lossKernel = false;
+        const auto &names = *artifact_.root().kernels()->names();
+        if (s->launches())
+          for (const schema::KernelLaunch *l : *s->launches())
+            lossKernel = lossKernel || (l->kind() != schema::LaunchKind_Gemm &&
+                                        names.Get(l->kernel())->str() == "tnlm_cross_entropy_loss");
+        if (!lossKernel)
+          n.lossCols = std::max<int64_t>(n.lossCols, in.Get(0)->cols());
         break;
+      }
       case schema::KernelKind_GatedLinearGrad:
         n.gatedCols = std::max<int64_t>(n.gatedCols, in.Get(3)->cols());
         break;
@@ -108,6 +122,35 @@ void CudaExecutor::allocateTrain() {
   optT_ = buffer(4, "the AdamW step");
 }
 
+const schema::Operand *CudaExecutor::accumulatedInto(const Function &f, unsigned index,
+                                                     const schema::Operand *temp, unsigned next) {
+  // Autodiff's accumulation `&grad = add(&grad, temp)` as step `next`, temp f32 and read by no
+  // later step (until one writes it again): the GEMM can add into the gradient (β = 1) and the
+  // add is skipped.
+  const auto &steps = *f.fn->steps();
+  if (next >= steps.size() || temp->dtype() != schema::DType_F32)
+    return nullptr;
+  const schema::Step &a = *steps.Get(next);
+  if (a.kind() != schema::KernelKind_Add || a.inputs()->size() != 2 || a.outputs()->size() != 1)
+    return nullptr;
+  const schema::Operand *g = a.inputs()->Get(0), *t = a.inputs()->Get(1), *o = a.outputs()->Get(0);
+  if (g->kind() != schema::OperandKind_State || !sameOperand(g, o) || !sameOperand(t, temp) ||
+      g->rows() != temp->rows() || g->cols() != temp->cols())
+    return nullptr;
+  for (unsigned j = next + 1; j < steps.size(); ++j) {
+    for (const schema::Operand *in : *steps.Get(j)->inputs())
+      if (sameOperand(in, temp))
+        return nullptr;
+    bool rewritten = false;
+    for (const schema::Operand *out : *steps.Get(j)->outputs())
+      rewritten = rewritten || sameOperand(out, temp);
+    if (rewritten)
+      break;
+  }
+  (void)index;
+  return g;
+}
+
 bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema::Step &s,
                                 int64_t batch, int64_t seq, const std::string &where) {
   const int64_t rows = batch * seq;
@@ -151,9 +194,29 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       throw Error(where + ": a fill of a strided buffer");
     const size_t n = size_t(rowsOf(y) * y->cols());
     switch (y->dtype()) {
-    case schema::DType_F32:
-      context_->fillWords(ptr(y), floatBits(f32(0)), n, where);
+    case schema::DType_F32: {
+      // The optimizer's zeroing of every gradient: consecutive f32 fills of the same value into
+      // buffers that follow each other in memory (only alignment padding between) as one fill.
+      const CUdeviceptr start = ptr(y);
+      CUdeviceptr end = start + n * 4;
+      const auto &steps = *f.fn->steps();
+      for (unsigned j = index + 1; j < steps.size(); ++j) {
+        const schema::Step &t = *steps.Get(j);
+        if (t.kind() != schema::KernelKind_Fill || t.outputs()->size() != 1 || !t.f32_attrs() ||
+            t.f32_attrs()->size() < 1 || floatBits(t.f32_attrs()->Get(0)) != floatBits(f32(0)))
+          break;
+        const schema::Operand *o = t.outputs()->Get(0);
+        if (o->dtype() != schema::DType_F32 || o->ld() != o->cols() || o->rows() < 0)
+          break;
+        const CUdeviceptr p = ptr(o);
+        if (p < end || p - end >= Arena::kAlignment)
+          break;
+        end = p + CUdeviceptr(o->rows() * o->cols()) * 4;
+        skip_.push_back({&f, j});
+      }
+      context_->fillWords(start, floatBits(f32(0)), size_t(end - start) / 4, where);
       break;
+    }
     case schema::DType_I32:
       context_->fillWords(ptr(y), uint32_t(int32_t(f32(0))), n, where);
       break;
@@ -174,12 +237,23 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     const schema::Operand *z = in.Get(0);
     const int vocab = int(z->cols()), ignore = int(i64(0));
     const bool grad = s.kind() == schema::KernelKind_CrossEntropyGrad;
+    bool lossKernel = false; // the loss alone (from this tnlmc on): no gradient written
+    for (const schema::KernelLaunch *l : *s.launches())
+      lossKernel = lossKernel || (l->kind() != schema::LaunchKind_Gemm &&
+                                  names.Get(l->kernel())->str() == "tnlm_cross_entropy_loss");
     if (grad)
       launch("tnlm_loss_grad_scale", 1, 1, ptr(in.Get(2)), invCount_, lossK_);
-    const CUdeviceptr dx = grad ? ptr(y) : lossScratch_;
-    const long long lddx = grad ? ld(y) : z->cols();
-    launch("tnlm_cross_entropy_grad", R, 1, ptr(z), ld(z), ptr(in.Get(1)), vocab, ignore,
-           grad ? lossK_ : invCount_, dx, lddx, rowLoss_);
+    if (!grad && lossKernel) {
+      launch("tnlm_cross_entropy_loss", R, 1, ptr(z), ld(z), ptr(in.Get(1)), vocab, ignore,
+             rowLoss_);
+    } else {
+      if (!grad && lossScratchBytes_ < size_t(rows) * size_t(z->cols()) * 2)
+        throw Error(where + ": no scratch for the loss's gradient (recompile with this tnlmc)");
+      const CUdeviceptr dx = grad ? ptr(y) : lossScratch_;
+      const long long lddx = grad ? ld(y) : z->cols();
+      launch("tnlm_cross_entropy_grad", R, 1, ptr(z), ld(z), ptr(in.Get(1)), vocab, ignore,
+             grad ? lossK_ : invCount_, dx, lddx, rowLoss_);
+    }
     const long long n = rows;
     launch("tnlm_loss_total", 1, 1, rowLoss_, n, lossTotal_);
     if (!grad)
@@ -195,6 +269,12 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
   }
   case schema::KernelKind_LinearGradWeight: {
     const schema::Operand *dy = in.Get(0), *x = in.Get(1);
+    if (const schema::Operand *g = accumulatedInto(f, index, y, index + 1)) {
+      GemmShape shape{rows, x->cols(), dy->cols(), x->ld(), g->ld(), dy->ld()};
+      gemm_->gradWeight(GemmType::Bf16F32Out, shape, ptr(dy), ptr(x), ptr(g), where, 1.0f, 1.0f);
+      skip_.push_back({&f, index + 1});
+      return true;
+    }
     GemmShape shape{rows, x->cols(), dy->cols(), x->ld(), y->ld(), dy->ld()};
     gemm_->gradWeight(GemmType::Bf16F32Out, shape, ptr(dy), ptr(x), ptr(y), where);
     return true;
@@ -239,6 +319,18 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     gemm_->gradInput(dxType, gi, da, ptr(w1), ptr(dx), where);
     const GemmShape gi2{rows, K, F, dx->ld(), w2->ld(), F};
     gemm_->gradInput(dxType, gi2, db, ptr(w2), ptr(dx), where, 1.0f, 1.0f);
+    // dW1, dW2 straight into the gradients where the next two steps accumulate them.
+    const schema::Operand *g1 = accumulatedInto(f, index, dw1, index + 1);
+    const schema::Operand *g2 = g1 ? accumulatedInto(f, index, dw2, index + 2) : nullptr;
+    if (g1 && g2) {
+      gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, F, x->ld(), g1->ld(), F}, da, ptr(x),
+                        ptr(g1), where, 1.0f, 1.0f);
+      gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, F, x->ld(), g2->ld(), F}, db, ptr(x),
+                        ptr(g2), where, 1.0f, 1.0f);
+      skip_.push_back({&f, index + 1});
+      skip_.push_back({&f, index + 2});
+      return true;
+    }
     gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, F, x->ld(), dw1->ld(), F}, da, ptr(x),
                       ptr(dw1), where);
     gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, F, x->ld(), dw2->ld(), F}, db, ptr(x),

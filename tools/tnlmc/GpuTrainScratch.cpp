@@ -13,9 +13,7 @@ GpuTrainScratchBytes gpuTrainScratch(const std::vector<KernelPlan> &plans, int64
   for (const KernelPlan &p : plans)
     for (const PlanStep &s : p.steps) {
       switch (s.kind) {
-      case KernelKind::CrossEntropy:
-        n.lossCols = std::max(n.lossCols, s.inputs[0].cols);
-        break;
+      // CrossEntropy: none (its kernel writes no gradient; artifacts of an earlier tnlmc did).
       case KernelKind::GatedLinearGrad:
         n.gatedCols = std::max(n.gatedCols, s.inputs[3].cols);
         break;

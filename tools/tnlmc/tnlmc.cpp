@@ -526,10 +526,10 @@ int main(int argc, char **argv) {
           const tnlm::GpuTrainScratchBytes scratch =
               tnlm::gpuTrainScratch(plans, int64_t(maxBatch) * int64_t(maxSeq), int64_t(maxSeq));
           llvm::outs() << llvm::formatv(
-              "train scratch (GPU)              {0,18}  ({1:F2} MiB: the loss's bf16 logit "
-              "gradients {2:F2} MiB, the gated backward's products {3:F2} MiB)\n",
+              "train scratch (GPU)              {0,18}  ({1:F2} MiB: the gated backward's "
+              "products {2:F2} MiB)\n",
               tnlm::withThousands(int64_t(scratch.total)), scratch.total / (1024.0 * 1024.0),
-              scratch.loss / (1024.0 * 1024.0), scratch.gated / (1024.0 * 1024.0));
+              scratch.gated / (1024.0 * 1024.0));
           const int64_t fixed = state + int64_t(scratch.total) + (32 << 20);
           const int64_t need = fixed + arena;
           const bool fits = need <= kH200Bytes;

@@ -659,6 +659,18 @@ template <typename T> void crossEntropyCase(int64_t rows, int64_t vocab) {
       << kernel << " mean loss " << gpuMean << " vs cpu " << mean;
   std::printf("  %s v%lld: mean loss %.9f (cpu %.9f)\n", kernel.c_str(), (long long)vocab, gpuMean,
               mean);
+  // The loss alone (the forward's kernel: no gradient): the same row losses, bit for bit.
+  DeviceBuffer lossOnly(size_t(rows) * 8, "loss only");
+  launch("cross_entropy_loss", {static_cast<unsigned>(rows)}, 256, dX.ptr(), dX.ld(), dLabels.get(),
+         int(vocab), ignore, lossOnly.get());
+  std::vector<double> a(static_cast<size_t>(rows)), b(a.size());
+  gpu().copyToHost(a.data(), rowLoss.get(), a.size() * 8, "row losses");
+  gpu().copyToHost(b.data(), lossOnly.get(), b.size() * 8, "row losses (loss only)");
+  int64_t differ = 0;
+  for (size_t r = 0; r < a.size(); ++r)
+    differ += std::memcmp(&a[r], &b[r], 8) != 0;
+  EXPECT_EQ(differ, 0) << "cross_entropy_loss v" << vocab << ": row losses differ from " << kernel
+                       << "'s";
 }
 
 TEST(BackwardCrossEntropy, MatchesCpu) {

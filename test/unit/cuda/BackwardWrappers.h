@@ -55,6 +55,10 @@ inline std::string backwardWrappers() {
          " *dx, long long lddx, double *rowLoss) {\n"
          "  tnlm::bw::cross_entropy_grad<256>(x, ldx, labels, vocab, ignore, k, dx, lddx, "
          "rowLoss);\n}\n";
+  s += "extern \"C\" __global__ void __launch_bounds__(256)\n"
+       "cross_entropy_loss(const float *x, long long ldx, const int *labels, int vocab, int "
+       "ignore, double *rowLoss) {\n"
+       "  tnlm::bw::cross_entropy_loss<256>(x, ldx, labels, vocab, ignore, rowLoss);\n}\n";
   s += "extern \"C\" __global__ void __launch_bounds__(1)\n"
        "loss_total(const double *rowLoss, long long rows, double *total) {\n"
        "  tnlm::bw::loss_total(rowLoss, rows, total);\n}\n";
