@@ -82,8 +82,8 @@ double msSince(std::chrono::steady_clock::time_point t0) {
 
 } // namespace
 
-/// tnlm-gpu-executor --train <cuda train artifact> <cpu train artifact> (work in progress,
-/// issue 11): two @train_step calls (accumulating; the GPU's second replays its graph) of the
+/// tnlm-gpu-executor --train <cuda train artifact> <cpu train artifact> (issue 11): two
+/// @train_step calls (accumulating; the GPU's second replays its graph) of the
 /// same random weights and batch (ids in [0, V), every 7th label ignored) on both, then
 /// @optimizer_step and @eval_loss; prints the loss, each gradient's
 /// relative L2 difference and the master weights' after the step. Checks: finite, the loss
@@ -92,6 +92,7 @@ double msSince(std::chrono::steady_clock::time_point t0) {
 /// from measurements), after the optimizer step at most 2 % of the weights more than lr / 2
 /// from the CPU's and none more than 2.5 lr (sign flips of gradients near zero move an
 /// element 2 lr at the first step; the bounds are first guesses, to be set from measurements).
+/// Then a NaN in one weight: the finite checks name the step it first reaches.
 int trainMain(const char *gpuPath, const char *cpuPath) {
   tnlm::Artifact gpuArt = tnlm::Artifact::load(gpuPath, tnlm::Target::CudaSm90a);
   tnlm::Artifact cpuArt = tnlm::Artifact::load(cpuPath, tnlm::Target::Cpu);
@@ -191,6 +192,37 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
   failures += !evalOk;
   std::printf("%s eval_loss after the step: gpu %.6f, cpu %.6f\n", evalOk ? "ok  " : "FAIL",
               gpuEval, cpuEval);
+  // A NaN in one weight (layer 1's out_proj): the device-side check says the weights are not
+  // finite, and a train step with the per-step checks names the step whose output first holds
+  // a NaN: that projection (tnlm-train reports it as "step N: the loss is nan: ...").
+  {
+    const auto &table = *gpuArt.root().params();
+    size_t p = table.size() - 1;
+    for (size_t i = 0; i < table.size(); ++i)
+      if (table[i]->name()->str() == "model.layers.1.token_mixer.out_proj.weight")
+        p = i;
+    const std::string module = table[p]->name()->str().substr(0, table[p]->name()->str().size() -
+                                                                     std::string(".weight").size());
+    tnlm::ParamValues bad = gpu.masterParams();
+    const bool finiteBefore = gpu.mastersFinite();
+    bad[p][bad[p].size() / 2] = NAN;
+    gpu.setMasterParams(bad);
+    const bool finiteAfter = gpu.mastersFinite();
+    gpu.setCheckFinite(true);
+    std::string where, message;
+    try {
+      gpu.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, B, N);
+    } catch (const tnlm::NonFiniteError &e) {
+      where = e.where(), message = e.what();
+    }
+    gpu.setCheckFinite(false);
+    const bool ok = finiteBefore && !finiteAfter && where.rfind(module, 0) == 0 &&
+                    message.find("@train_step") != std::string::npos;
+    failures += !ok;
+    std::printf("%s a NaN in %s: weights finite before %s, after %s; %s\n", ok ? "ok  " : "FAIL",
+                table[p]->name()->c_str(), finiteBefore ? "yes" : "no", finiteAfter ? "yes" : "no",
+                message.empty() ? "no error" : message.c_str());
+  }
   std::printf("%s\n", failures ? "FAILED" : "PASSED");
   return failures ? 1 : 0;
 }
