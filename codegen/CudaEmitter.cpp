@@ -485,11 +485,13 @@ private:
       return success();
     }
     case KernelKind::GatedLinearGrad: {
-      // a, b = x W1^T, x W2^T recomputed into executor scratch (bf16), mul_grad, then
-      // dx = da W1 + db W2 and dW1, dW2 (f32).
+      // a, b = the forward's (inputs 4 and 5, kept live by the lowering) or x W1^T, x W2^T
+      // recomputed into executor scratch (bf16), mul_grad, then dx = da W1 + db W2 and dW1,
+      // dW2 (f32).
       const int64_t F = s.inputs[3].cols;
       const int64_t in = s.inputs[0].cols, block = rowBlock(F);
-      out.push_back(gemmLaunch(F, in, "cuBLASLt a, b [rows x F] = x . W1^T, x . W2^T (scratch)"));
+      if (s.inputs.size() < 6)
+        out.push_back(gemmLaunch(F, in, "cuBLASLt a, b [rows x F] = x . W1^T, x . W2^T (scratch)"));
       out.push_back(trainKernel(
           CudaLaunchKind::PerRow, llvm::formatv("tnlm_mul_grad_c{0}", F).str(), block,
           "da = dy * b, db = dy * a",

@@ -583,6 +583,7 @@ LogicalResult Lowering::lower(Operation &op) {
       std::string name = locName(op.getLoc());
       PlanOperand a = emit(KernelKind::Linear, name + ".l1", {*x, *w1}, out);
       PlanOperand b = emit(KernelKind::Linear, name + ".l2", {*x, *w2}, out);
+      gatedProducts[{gl.getInput().getAsOpaquePointer(), gl.getW1().getAsOpaquePointer()}] = {a, b};
       values[gl.getResult()] = emit(KernelKind::Mul, name + ".product", {a, b}, out);
       return success();
     }

@@ -168,8 +168,20 @@ LogicalResult Lowering::lowerTraining(Operation &op, bool &handled) {
   if (auto g = llvm::dyn_cast<GatedLinearGradOp>(op)) {
     if (failed(useParam(&op, g.getW1(), "W1")) || failed(useParam(&op, g.getW2(), "W2")))
       return failure();
-    return step(KernelKind::GatedLinearGrad, {g.getInput(), g.getW1(), g.getW2(), g.getGrad()},
-                {cols(g.getInput()), cols(g.getW1()), cols(g.getW2())});
+    if (failed(step(KernelKind::GatedLinearGrad, {g.getInput(), g.getW1(), g.getW2(), g.getGrad()},
+                    {cols(g.getInput()), cols(g.getW1()), cols(g.getW2())})))
+      return failure();
+    // CUDA: the forward's a and b (kept live until here) instead of two GEMMs recomputing them.
+    auto saved =
+        gatedProducts.find({g.getInput().getAsOpaquePointer(), g.getW1().getAsOpaquePointer()});
+    if (cuda && saved != gatedProducts.end()) {
+      const int64_t here = static_cast<int64_t>(plan.steps.size()) - 1;
+      for (const PlanOperand &p : {saved->second.first, saved->second.second}) {
+        plan.buffers[p.index].lastStep = std::max(plan.buffers[p.index].lastStep, here);
+        plan.steps.back().inputs.push_back(p);
+      }
+    }
+    return success();
   }
   if (auto g = llvm::dyn_cast<EmbeddingGradOp>(op))
     return step(KernelKind::EmbeddingGrad, {g.getIds(), g.getGrad()}, {cols(g.getResult())},

@@ -14,6 +14,9 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "llvm/ADT/DenseMap.h"
 
+#include <map>
+#include <utility>
+
 namespace mlir::tnlm::detail {
 
 std::string locName(Location loc);
@@ -31,6 +34,9 @@ private:
   bool cuda;            // CUDA target: bf16 activations, no fused gated GEMM
   std::string actDtype; // dtype of activation buffers
   llvm::DenseMap<Value, PlanOperand> values;
+  /// CUDA train plans: a = x·W1ᵀ and b = x·W2ᵀ of each gated projection's forward (its two
+  /// GEMMs' outputs), by (x, W1), for its gated_linear_grad to read instead of recomputing.
+  std::map<std::pair<void *, void *>, std::pair<PlanOperand, PlanOperand>> gatedProducts;
   // Results that are the new value of a parameter or state (tnlm.updates): where they live.
   llvm::DenseMap<Value, SmallVector<PlanOperand, 1>> updates;
 

@@ -238,6 +238,13 @@ void checkStepShapes(const schema::Artifact &a, const schema::Step &s,
     }
     if (grad)
       allPerCall({in(3)});
+    if (grad && nin != 4) { // CUDA: the forward's a, b [rows, F]
+      if (nin != 6)
+        fail(" has neither 4 nor 6 operands");
+      allPerCall({in(4), in(5)});
+      if (in(4)->cols() != in(3)->cols() || in(5)->cols() != in(3)->cols())
+        fail(" has saved products whose width is not the gradient's");
+    }
     break;
   }
   case schema::KernelKind_LinearGradWeight:
@@ -383,8 +390,8 @@ unsigned inputRoles(schema::KernelKind kind, unsigned slot) {
   case schema::KernelKind_LinearGradInput:    // dy, W
     return slot == 0 ? A : P;
   case schema::KernelKind_LrpeGrad:        // x, θ, dy
-  case schema::KernelKind_GatedLinearGrad: // x, W1, W2, dy
-    return slot == 0 || slot == 3 || (kind == schema::KernelKind_LrpeGrad && slot == 2) ? A : P;
+  case schema::KernelKind_GatedLinearGrad: // x, W1, W2, dy[, a, b]
+    return slot == 0 || slot >= 3 || (kind == schema::KernelKind_LrpeGrad && slot == 2) ? A : P;
   case schema::KernelKind_LightningAttentionGrad: // qkvu[, θ], dy: θ is a parameter
     return A | P;
   case schema::KernelKind_CrossEntropy:     // logits, labels
@@ -509,7 +516,7 @@ const Arity kArity[] = {
     {3, 3, 2, 2, 0, 3},        // LrpeGrad
     {4, 4, 3, 3, 0, 4},        // DecayAttentionGrad
     {2, 3, 2, 3, 1, 6},        // LightningAttentionGrad
-    {4, 4, 3, 3, 0, 0},        // GatedLinearGrad
+    {4, 6, 3, 3, 0, 0},        // GatedLinearGrad (+ the forward's a, b on CUDA)
     {2, 2, 1, 1, 1, 0},        // EmbeddingGrad
     {3, 3, 1, 1, 0, 1},        // CrossEntropyGrad
     {2, 4096, 1, 1, 0, 0},     // Concat

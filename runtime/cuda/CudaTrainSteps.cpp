@@ -306,13 +306,19 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     const int64_t F = dy->cols(), K = x->cols();
     if (size_t(4 * rows * F * 2) > gatedGradBytes_)
       throw Error(where + ": the gated linear backward's scratch is too small");
-    const CUdeviceptr a = gatedGrad_, b = a + rows * F * 2, da = b + rows * F * 2,
-                      db = da + rows * F * 2;
-    const GemmShape fwd{rows, K, F, x->ld(), w1->ld(), F};
-    gemm_->linear(GemmType::Bf16, fwd, ptr(x), ptr(w1), a, where);
-    gemm_->linear(GemmType::Bf16, fwd, ptr(x), ptr(w2), b, where);
+    CUdeviceptr a = gatedGrad_, b = a + rows * F * 2;
+    const CUdeviceptr da = b + rows * F * 2, db = da + rows * F * 2;
     const long long ldf = F;
-    launch("tnlm_mul_grad", R, 1, a, ldf, b, ldf, ptr(dy), ld(dy), da, ldf, db, ldf);
+    long long lda = ldf, ldb = ldf;
+    if (in.size() == 6) { // the forward's a, b (tnlmc keeps them live for this step)
+      a = ptr(in.Get(4)), lda = ld(in.Get(4));
+      b = ptr(in.Get(5)), ldb = ld(in.Get(5));
+    } else {
+      const GemmShape fwd{rows, K, F, x->ld(), w1->ld(), F};
+      gemm_->linear(GemmType::Bf16, fwd, ptr(x), ptr(w1), a, where);
+      gemm_->linear(GemmType::Bf16, fwd, ptr(x), ptr(w2), b, where);
+    }
+    launch("tnlm_mul_grad", R, 1, a, lda, b, ldb, ptr(dy), ld(dy), da, ldf, db, ldf);
     const GemmType dxType =
         dx->dtype() == schema::DType_F32 ? GemmType::Bf16F32Out : GemmType::Bf16;
     const GemmShape gi{rows, K, F, dx->ld(), w1->ld(), F};
