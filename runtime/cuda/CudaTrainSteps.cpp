@@ -128,7 +128,8 @@ const schema::Operand *CudaExecutor::accumulatedInto(const Function &f, unsigned
   // later step (until one writes it again): the GEMM can add into the gradient (β = 1) and the
   // add is skipped.
   const auto &steps = *f.fn->steps();
-  if (next >= steps.size() || temp->dtype() != schema::DType_F32)
+  // With the per-step finite checks every step writes its own outputs (they are read back).
+  if (checkFinite_ || next >= steps.size() || temp->dtype() != schema::DType_F32)
     return nullptr;
   const schema::Step &a = *steps.Get(next);
   if (a.kind() != schema::KernelKind_Add || a.inputs()->size() != 2 || a.outputs()->size() != 1)
