@@ -55,6 +55,25 @@ inline ParamValues randomWeightsParallel(const Artifact &a, uint64_t seed) {
   return values;
 }
 
+/// The Lightning Attention FLOPs of one call of `fn` at `rows` = batch · seq rows: per
+/// LightningAttention step (i64 attrs [heads H, head_dim dh, block, lrpe, ...]), chunked form
+/// with chunk C = 64, 2C(dk + dv) + 4·dk·dv per token and head (dk = 2·dh with LRPE, dv = dh;
+/// bench/prefill.cpp's header derives it).
+inline double lightningAttentionFlops(const Artifact &a, const schema::Function &fn, double rows) {
+  constexpr double kChunk = 64;
+  double flops = 0;
+  for (const schema::Step *s : *fn.steps())
+    if (s->kind() == schema::KernelKind_LightningAttention) {
+      const auto *attrs = s->i64_attrs();
+      if (!attrs || attrs->size() < 4)
+        throw Error(a.source() + ": a lightning_attention step without its attributes");
+      const double heads = double(attrs->Get(0)), d = double(attrs->Get(1));
+      const double dk = attrs->Get(3) != 0 ? 2 * d : d, dv = d;
+      flops += rows * heads * (2 * kChunk * (dk + dv) + 4 * dk * dv);
+    }
+  return flops;
+}
+
 inline std::string jsonString(const std::string &s) {
   std::string out = "\"";
   for (char c : s) {

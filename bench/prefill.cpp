@@ -53,28 +53,19 @@ using bench::randomWeightsParallel;
 namespace {
 
 constexpr const char *kTool = "tnlm-bench-prefill";
-constexpr double kChunk = 64;            // Lightning Attention chunk C of the FLOP count
 constexpr double kPeakSpec = 989e12;     // H200 dense bf16, spec sheet
 constexpr double kPeakMeasured = 790e12; // H200 dense bf16, measured (PERFORMANCE.md)
 
 /// FLOPs of one @forward at `batch` x `seq` (see the header comment).
 double forwardFlops(const Artifact &a, int64_t batch, int64_t seq) {
   const double rows = double(batch) * double(seq);
-  double flops = 0;
-  for (const schema::Step *s : *a.function("forward").steps()) {
+  const schema::Function &fn = a.function("forward");
+  double flops = bench::lightningAttentionFlops(a, fn, rows);
+  for (const schema::Step *s : *fn.steps())
     if (s->launches())
       for (const schema::KernelLaunch *l : *s->launches())
         if (l->kind() == schema::LaunchKind_Gemm)
           flops += 2.0 * rows * double(l->gemm_k()) * double(l->gemm_n());
-    if (s->kind() == schema::KernelKind_LightningAttention) {
-      const auto *attrs = s->i64_attrs();
-      if (!attrs || attrs->size() < 4)
-        throw Error(a.source() + ": a lightning_attention step without its attributes");
-      const double heads = double(attrs->Get(0)), d = double(attrs->Get(1));
-      const double dk = attrs->Get(3) != 0 ? 2 * d : d, dv = d;
-      flops += rows * heads * (2 * kChunk * (dk + dv) + 4 * dk * dv);
-    }
-  }
   return flops;
 }
 

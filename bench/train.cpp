@@ -50,7 +50,6 @@ using bench::randomWeightsParallel;
 namespace {
 
 constexpr const char *kTool = "tnlm-bench-train";
-constexpr double kChunk = 64;
 constexpr double kPeakSpec = 989e12;
 constexpr double kPeakMeasured = 790e12;
 
@@ -63,22 +62,6 @@ double paramCount(const Artifact &a) {
     n += e;
   }
   return n;
-}
-
-/// The forward's attention FLOPs of one call (LightningAttention steps of @train_step).
-double attentionForwardFlops(const Artifact &a, int64_t batch, int64_t seq) {
-  const double rows = double(batch) * double(seq);
-  double flops = 0;
-  for (const schema::Step *s : *a.function("train_step").steps())
-    if (s->kind() == schema::KernelKind_LightningAttention) {
-      const auto *attrs = s->i64_attrs();
-      if (!attrs || attrs->size() < 4)
-        throw Error(a.source() + ": a lightning_attention step without its attributes");
-      const double heads = double(attrs->Get(0)), d = double(attrs->Get(1));
-      const double dk = attrs->Get(3) != 0 ? 2 * d : d, dv = d;
-      flops += rows * heads * (2 * kChunk * (dk + dv) + 4 * dk * dv);
-    }
-  return flops;
 }
 
 double msSince(std::chrono::steady_clock::time_point t0) {
@@ -136,7 +119,9 @@ int main(int argc, char **argv) {
       return 2;
     }
     const double tokens = double(batch) * double(seq), params = paramCount(a);
-    const double attn = attentionForwardFlops(a, batch, seq);
+    // The forward's attention FLOPs (the LightningAttention steps of @train_step).
+    const double attn =
+        bench::lightningAttentionFlops(a, a.function("train_step"), double(batch) * double(seq));
     const double flops = 6 * params * tokens + 3 * attn;
     std::string label = opts.get("label");
     if (label.empty())

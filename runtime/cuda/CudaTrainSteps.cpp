@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string_view>
 
 namespace tnlm::cuda {
 
@@ -38,6 +39,18 @@ struct HostOptTensor {
   int decay, pad;
 };
 static_assert(sizeof(HostOptTensor) == 56, "bw::OptTensor's layout");
+
+// Whether step `s` launches a kernel whose name starts with `prefix` (what the tnlmc that wrote
+// the artifact emitted for it).
+bool launchesKernel(const schema::Artifact &a, const schema::Step &s, std::string_view prefix) {
+  const auto &names = *a.kernels()->names();
+  if (s.launches())
+    for (const schema::KernelLaunch *l : *s.launches())
+      if (l->kind() != schema::LaunchKind_Gemm &&
+          names.Get(l->kernel())->string_view().substr(0, prefix.size()) == prefix)
+        return true;
+  return false;
+}
 
 bool sameOperand(const schema::Operand *a, const schema::Operand *b) {
   return a->kind() == b->kind() && a->offset() == b->offset() &&
@@ -65,17 +78,10 @@ size_t CudaExecutor::planTrainScratch() {
     for (const schema::Step *s : *f.fn->steps()) {
       const auto &in = *s->inputs();
       switch (s->kind()) {
-      case schema::KernelKind_CrossEntropy: { // older artifacts: the gradient into scratch
-        bool lossKernel = false;
-        const auto &names = *artifact_.root().kernels()->names();
-        if (s->launches())
-          for (const schema::KernelLaunch *l : *s->launches())
-            lossKernel = lossKernel || (l->kind() != schema::LaunchKind_Gemm &&
-                                        names.Get(l->kernel())->str() == "tnlm_cross_entropy_loss");
-        if (!lossKernel)
+      case schema::KernelKind_CrossEntropy: // older artifacts: the gradient into scratch
+        if (!launchesKernel(artifact_.root(), *s, "tnlm_cross_entropy_loss"))
           n.lossCols = std::max<int64_t>(n.lossCols, in.Get(0)->cols());
         break;
-      }
       case schema::KernelKind_GatedLinearGrad:
         n.gatedCols = std::max<int64_t>(n.gatedCols, in.Get(3)->cols());
         break;
@@ -238,10 +244,8 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     const schema::Operand *z = in.Get(0);
     const int vocab = int(z->cols()), ignore = int(i64(0));
     const bool grad = s.kind() == schema::KernelKind_CrossEntropyGrad;
-    bool lossKernel = false; // the loss alone (from this tnlmc on): no gradient written
-    for (const schema::KernelLaunch *l : *s.launches())
-      lossKernel = lossKernel || (l->kind() != schema::LaunchKind_Gemm &&
-                                  names.Get(l->kernel())->str() == "tnlm_cross_entropy_loss");
+    // The loss alone (from this tnlmc on): no gradient written.
+    const bool lossKernel = launchesKernel(artifact_.root(), s, "tnlm_cross_entropy_loss");
     if (grad)
       launch("tnlm_loss_grad_scale", 1, 1, ptr(in.Get(2)), invCount_, lossK_);
     if (!grad && lossKernel) {
@@ -361,10 +365,8 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     const long long W = ld(ws), W2 = 2 * W;
     const CUdeviceptr qp = w, kp = w + H * dk * 2, dq = w + 2 * H * dk * 4, dkp = dq + H * dk * 2,
                       O = w + 4 * H * dk * 4, dO = O + D * 4;
-    bool fast = false; // plain layers from this tnlmc on (CudaEmitter::lightningGrad)
-    for (const schema::KernelLaunch *l : *s.launches())
-      fast = fast || (l->kind() != schema::LaunchKind_Gemm &&
-                      names.Get(l->kernel())->str().rfind("tnlm_la_grad_pack", 0) == 0);
+    // The Hopper passes (from this tnlmc on, CudaEmitter::lightningGrad).
+    const bool fast = launchesKernel(artifact_.root(), s, "tnlm_la_grad_pack");
     if (fast && lrpe) {
       // The workspace as bf16 planes of D columns, row stride S: [q c, k c, q s, k s, v, dO,
       // O c, O s, dv s, dq' (2D), dk' (2D)]; eight passes of the Hopper forward: O by halves,

@@ -34,7 +34,7 @@ GpuTrainScratchBytes gpuTrainScratch(const std::vector<KernelPlan> &plans, int64
       }
     }
   const ::tnlm::TrainScratch t = ::tnlm::trainScratch(maxRows, maxSeq, n);
-  return {int64_t(t.total), int64_t(t.loss), int64_t(t.gated)};
+  return {int64_t(t.total), int64_t(t.gated)};
 }
 
 } // namespace mlir::tnlm

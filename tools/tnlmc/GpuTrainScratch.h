@@ -16,7 +16,7 @@
 namespace mlir::tnlm {
 
 struct GpuTrainScratchBytes {
-  int64_t total = 0, loss = 0, gated = 0;
+  int64_t total = 0, gated = 0;
 };
 GpuTrainScratchBytes gpuTrainScratch(const std::vector<KernelPlan> &plans, int64_t maxRows,
                                      int64_t maxSeq);
