@@ -93,6 +93,8 @@ sc::KernelKind kindOf(KernelKind k) {
     return sc::KernelKind_LightningDecode;
   case KernelKind::GatherLast:
     return sc::KernelKind_GatherLast;
+  case KernelKind::LmHeadLoss:
+    return sc::KernelKind_LmHeadLoss;
   }
   return sc::KernelKind_Linear;
 }

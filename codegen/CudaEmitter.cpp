@@ -313,6 +313,7 @@ private:
     switch (k) {
     case KernelKind::CrossEntropy:
     case KernelKind::CrossEntropyGrad:
+    case KernelKind::LmHeadLoss:
     case KernelKind::Fill:
     case KernelKind::LinearGradInput:
     case KernelKind::LinearGradWeight:
@@ -406,6 +407,60 @@ private:
                                   "loss = f32(total / counted)",
                                   "const double *total, const double *invCount, float *loss",
                                   "tnlm::bw::loss_mean(total, invCount, loss)", "the mean loss"));
+      return success();
+    }
+    case KernelKind::LmHeadLoss: {
+      // cuda::LmHeadLoss: per chunk of rows, the f32 logits z = h . W^T, then (train) the rows'
+      // losses and dz in one pass, dh = dz . W and dW += dz^T . h, or (eval) the losses alone;
+      // the total in row order, the mean.
+      const PlanOperand &h = s.inputs[0], &w = s.inputs[1];
+      const bool grad = s.inputs.size() == 4;
+      const int64_t vocab = w.rows, d = h.cols;
+      if (w.cols != d)
+        return fail(s) << "the lm head's weight has " << w.cols << " columns, its input " << d;
+      out.push_back(
+          gemmLaunch(vocab, d,
+                     llvm::formatv("cuBLASLt logits [chunk x {0}] = {1} . W[{0}, {2}]^T (f32 out)",
+                                   vocab, view("h", h), d)
+                         .str()));
+      if (grad) {
+        out.push_back(
+            trainKernel(CudaLaunchKind::Single, "tnlm_loss_grad_scale", 1, "k = dloss / counted",
+                        "const float *dloss, const double *invCount, double *k",
+                        "tnlm::bw::loss_grad_scale(dloss, invCount, k)", "the gradient's factor"));
+        out.push_back(trainKernel(
+            CudaLaunchKind::PerRow, "tnlm_cross_entropy_grad_bf16", 256,
+            "row losses (f64) and dz = k (softmax - onehot) of f32 logits, bf16",
+            "const float *x, long long ldx, const int *labels, int vocab, int ignore, const "
+            "double *k, bf16 *dx, long long lddx, double *rowLoss",
+            "tnlm::bw::cross_entropy_grad<256, bf16>(x, ldx, labels, vocab, ignore, k, dx, lddx, "
+            "rowLoss)",
+            llvm::formatv("a chunk of logits (vocab {0}), ignore index {1}", vocab, s.i64Attrs[0])
+                .str()));
+        out.push_back(gemmLaunch(
+            d, vocab,
+            llvm::formatv("cuBLASLt dh [chunk x {0}] = dz . W ({1} out)", d, s.outputs[1].dtype)
+                .str()));
+        out.push_back(gemmLaunch(
+            vocab, d, llvm::formatv("cuBLASLt dW [{0} x {1}] += dz^T . h (f32)", vocab, d).str()));
+      } else {
+        out.push_back(trainKernel(
+            CudaLaunchKind::PerRow, "tnlm_cross_entropy_loss", 256,
+            "row losses (f64) of f32 logits, one pass per row, no gradient",
+            "const float *x, long long ldx, const int *labels, int vocab, int ignore, double "
+            "*rowLoss",
+            "tnlm::bw::cross_entropy_loss<256>(x, ldx, labels, vocab, ignore, rowLoss)",
+            llvm::formatv("a chunk of logits (vocab {0}), ignore index {1}", vocab, s.i64Attrs[0])
+                .str()));
+      }
+      out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_loss_total", 1,
+                                "total = sum of the row losses in row order",
+                                "const double *rowLoss, long long rows, double *total",
+                                "tnlm::bw::loss_total(rowLoss, rows, total)", "the loss total"));
+      out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_loss_mean", 1,
+                                "loss = f32(total / counted)",
+                                "const double *total, const double *invCount, float *loss",
+                                "tnlm::bw::loss_mean(total, invCount, loss)", "the mean loss"));
       return success();
     }
     case KernelKind::LinearGradInput:

@@ -55,7 +55,9 @@ enum class KernelKind {
   // Recurrent inference.
   LightningPrefill,
   LightningDecode,
-  GatherLast
+  GatherLast,
+  // CUDA train plans: the lm head fused with its cross entropy (and backward), in chunks of rows.
+  LmHeadLoss
 };
 const char *kernelName(KernelKind kind);
 

@@ -77,6 +77,8 @@ const char *kernelName(KernelKind kind) {
     return "lightning_decode";
   case KernelKind::GatherLast:
     return "gather_last";
+  case KernelKind::LmHeadLoss:
+    return "lm_head_loss";
   }
   return "?";
 }
@@ -225,9 +227,15 @@ LogicalResult Lowering::run(func::FuncOp fn) {
       x = lhs;
     }
   }
-  for (Operation &op : fn.getBody().front())
-    if (failed(lower(op)))
+  if (cuda)
+    findLmHeadFusions(fn);
+  for (Operation &op : fn.getBody().front()) {
+    if (fusedAway.contains(&op))
+      continue;
+    auto fused = lmHeadAt.find(&op);
+    if (failed(fused != lmHeadAt.end() ? lowerLmHeadLoss(fused->second) : lower(op)))
       return failure();
+  }
   return success();
 }
 

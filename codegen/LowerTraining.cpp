@@ -78,6 +78,97 @@ LogicalResult Lowering::lightningAttentionGrad(LightningAttentionGradOp la) {
   return success();
 }
 
+void Lowering::findLmHeadFusions(func::FuncOp fn) {
+  for (Operation &op : fn.getBody().front()) {
+    auto head = llvm::dyn_cast<LmHeadOp>(op);
+    if (!head)
+      continue;
+    LmHeadFusion f{head, {}, {}, {}, {}};
+    bool other = false;
+    for (Operation *u : head.getResult().getUsers()) {
+      if (auto ce = llvm::dyn_cast<CrossEntropyOp>(u); ce && !f.loss)
+        f.loss = ce;
+      else if (auto g = llvm::dyn_cast<CrossEntropyGradOp>(u); g && !f.grad)
+        f.grad = g;
+      else
+        other = true;
+    }
+    if (other || !f.loss || f.loss.getLogits() != head.getResult())
+      continue;
+    std::vector<Operation *> group = {head, f.loss};
+    if (f.grad) {
+      if (f.grad.getLogits() != head.getResult() || f.grad.getLabels() != f.loss.getLabels() ||
+          f.grad.getIgnoreIndexAttr().getInt() != f.loss.getIgnoreIndexAttr().getInt())
+        continue;
+      for (Operation *u : f.grad.getResult().getUsers()) {
+        auto dx = llvm::dyn_cast<LinearInputGradOp>(u);
+        auto dw = llvm::dyn_cast<LinearWeightGradOp>(u);
+        if (dx && !f.dx && dx.getGrad() == f.grad.getResult() && dx.getWeight() == head.getWeight())
+          f.dx = dx;
+        else if (dw && !f.dw && dw.getGrad() == f.grad.getResult() &&
+                 dw.getInput() == head.getInput())
+          f.dw = dw;
+        else
+          other = true;
+      }
+      if (other || !f.dx || !f.dw)
+        continue;
+      group.insert(group.end(), {f.grad, f.dx, f.dw});
+    }
+    // The fused step goes where the group's last op is; what the others compute must not be
+    // read before it (the loss, dx and dW exist only from there on).
+    Operation *last = group.front();
+    for (Operation *g : group)
+      if (last->isBeforeInBlock(g))
+        last = g;
+    bool early = false;
+    for (Operation *g : group)
+      for (Operation *u : g->getUsers())
+        early = early || (!llvm::is_contained(group, u) && u->isBeforeInBlock(last));
+    if (early)
+      continue;
+    lmHeadAt[last] = f;
+    for (Operation *g : group)
+      if (g != last)
+        fusedAway.insert(g);
+  }
+}
+
+LogicalResult Lowering::lowerLmHeadLoss(LmHeadFusion f) {
+  Operation *op = f.head.getOperation();
+  FailureOr<PlanOperand> h = useActivation(op, f.head.getInput());
+  FailureOr<PlanOperand> w = useParam(op, f.head.getWeight(), "the lm head's weight");
+  FailureOr<PlanOperand> labels = use(op, f.loss.getLabels());
+  if (failed(h) || failed(w) || failed(labels))
+    return failure();
+  if (h->rows != kRowsPerCall)
+    return op->emitError() << "the fused lm head loss reads one row per position";
+  std::vector<PlanOperand> inputs = {*h, *w, *labels};
+  if (f.grad) {
+    FailureOr<PlanOperand> dloss = use(op, f.grad.getLossGrad());
+    if (failed(dloss))
+      return failure();
+    inputs.push_back(*dloss);
+  }
+  std::vector<std::pair<Value, int64_t>> results = {{f.loss.getResult(), 1}};
+  if (f.grad)
+    results.insert(results.end(),
+                   {{f.dx.getResult(), lastDim(f.dx.getResult())}, {f.dw.getResult(), h->cols}});
+  std::vector<PlanOperand> outputs;
+  for (auto [r, cols] : results) {
+    FailureOr<PlanOperand> y = resultOperand(op, r, cols);
+    if (failed(y))
+      return failure();
+    outputs.push_back(*y);
+    values[r] = *y;
+  }
+  PlanStep &s = addStep(KernelKind::LmHeadLoss, op);
+  s.inputs = std::move(inputs);
+  s.outputs = std::move(outputs);
+  s.i64Attrs = {f.loss.getIgnoreIndexAttr().getInt()};
+  return success();
+}
+
 LogicalResult Lowering::lowerTraining(Operation &op, bool &handled) {
   handled = true;
   // One step with the given inputs and one output per result of `op`.

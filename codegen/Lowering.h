@@ -13,6 +13,7 @@
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/DenseSet.h"
 
 #include <map>
 #include <utility>
@@ -39,6 +40,18 @@ private:
   std::map<std::pair<void *, void *>, std::pair<PlanOperand, PlanOperand>> gatedProducts;
   // Results that are the new value of a parameter or state (tnlm.updates): where they live.
   llvm::DenseMap<Value, SmallVector<PlanOperand, 1>> updates;
+  /// CUDA train plans: an lm head whose logits only its cross entropy (and that loss's
+  /// gradient, whose result only the head's two backward products) read, lowered as one
+  /// lm_head_loss step (findLmHeadFusions). Without `grad` (@eval_loss), the loss alone.
+  struct LmHeadFusion {
+    LmHeadOp head;
+    CrossEntropyOp loss;
+    CrossEntropyGradOp grad;
+    LinearInputGradOp dx;
+    LinearWeightGradOp dw;
+  };
+  llvm::DenseMap<Operation *, LmHeadFusion> lmHeadAt; // the op where the fused step goes
+  llvm::DenseSet<Operation *> fusedAway;              // the group's other ops (no steps)
 
   LogicalResult bindArguments(func::FuncOp fn);
   LogicalResult checkDims(Operation *where, RankedTensorType type);
@@ -72,6 +85,8 @@ private:
   LogicalResult lowerTraining(Operation &op, bool &handled);
   LogicalResult fixedBinary(Operation *op, KernelKind kind);
   LogicalResult lightningAttentionGrad(LightningAttentionGradOp op);
+  void findLmHeadFusions(func::FuncOp fn);
+  LogicalResult lowerLmHeadLoss(LmHeadFusion f);
   // LowerTraining.cpp as well: tnlm.lightning_prefill / lightning_decode / gather_last.
   LogicalResult lowerRecurrent(Operation &op, bool &handled);
 };

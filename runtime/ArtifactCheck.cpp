@@ -257,6 +257,28 @@ void checkStepShapes(const schema::Artifact &a, const schema::Step &s,
     if (!is(y, 1, 1))
       fail(" must write a [1, 1] loss");
     break;
+  case schema::KernelKind_LmHeadLoss: {
+    if (a.target() != schema::Target_CUDA_SM90A)
+      fail(" is a CUDA step in an artifact for another target");
+    auto w = pshape(in(1));
+    allPerCall({in(0)});
+    if (w->size() != 2 || w->Get(1) != in(0)->cols() || in(1)->rows() != w->Get(0))
+      fail(" has an lm head weight whose shape does not match its input");
+    if (in(2)->dtype() != schema::DType_I32 || !perCall(in(2)))
+      fail(" needs one i32 label per position");
+    if (!is(y, 1, 1))
+      fail(" must write a [1, 1] loss");
+    if ((nin == 4) != (nout == 3))
+      fail(" has a loss gradient without dh and dW (or those without it)");
+    if (nin == 4) {
+      allPerCall({out(1)});
+      if (!is(in(3), 1, 1) || out(1)->cols() != in(0)->cols() ||
+          !is(out(2), w->Get(0), w->Get(1)) || out(2)->ld() != out(2)->cols() ||
+          out(2)->dtype() != schema::DType_F32)
+        fail(" has gradient shapes that do not agree with its lm head");
+    }
+    break;
+  }
   case schema::KernelKind_CrossEntropyGrad:
     allPerCall({in(0), y});
     if (!is(in(2), 1, 1) || y->cols() != in(0)->cols())
@@ -399,6 +421,8 @@ unsigned inputRoles(schema::KernelKind kind, unsigned slot) {
     return slot == 1 ? I : A;
   case schema::KernelKind_EmbeddingGrad: // ids, dx
     return slot == 0 ? I : A;
+  case schema::KernelKind_LmHeadLoss: // h, W, labels[, dloss]
+    return slot == 1 ? P : slot == 2 ? I : A;
   case schema::KernelKind_Add: // activations, or parameter-shaped gradients and state
   case schema::KernelKind_Mul:
     return A | S | P;
@@ -435,6 +459,8 @@ unsigned outputRoles(schema::KernelKind kind, unsigned slot) {
   case schema::KernelKind_Mul:
   case schema::KernelKind_Fill:
     return A | S;
+  case schema::KernelKind_LmHeadLoss: // loss, dh, dW (a gradient state when written in place)
+    return slot == 2 ? A | S : A;
   default:
     return A;
   }
@@ -529,6 +555,7 @@ const Arity kArity[] = {
     {3, 4, 2, 3, 1, 5},        // LightningPrefill
     {3, 4, 2, 2, 1, 4},        // LightningDecode
     {2, 2, 1, 1, 0, 0},        // GatherLast
+    {3, 4, 1, 3, 0, 1},        // LmHeadLoss
 };
 static_assert(sizeof(kArity) / sizeof(kArity[0]) == schema::KernelKind_MAX + 1,
               "one arity per kernel kind");

@@ -24,13 +24,28 @@ struct TrainScratchNeeds {
   int64_t gatedCols = 0;    // gated linear backward: the hidden width F
   int64_t lrpeFeatures = 0; // Lightning backward: H · dh
   int64_t gradChunks = 0;   // global norm: chunks of kTrainOptChunk gradient elements
+  int64_t lmHeadVocab = 0;  // the fused lm head loss (lm_head_loss steps): its vocabulary
 };
 
 struct TrainScratch {
-  size_t loss = 0, gated = 0, dtheta = 0, chunks = 0, total = 0;
+  size_t loss = 0, gated = 0, dtheta = 0, chunks = 0, lmHead = 0, total = 0;
+  int64_t lmHeadChunkRows = 0;
 };
 
-/// (Older artifacts: the loss's bf16 logit gradients [rows, V].) The gated linear backward's four
+/// The rows of one chunk of the fused lm head loss (runtime/cuda/LmHeadLoss.h): its f32 logits
+/// and bf16 logit gradients (6 bytes per row and vocabulary entry) in about 1 GiB, a multiple
+/// of 128 rows where that many fit, at most the call's rows.
+inline int64_t lmHeadChunkRows(int64_t maxRows, int64_t vocab) {
+  if (maxRows <= 0 || vocab <= 0)
+    return 0;
+  int64_t rows = (int64_t(1) << 30) / (vocab * 6);
+  if (rows >= 128)
+    rows -= rows % 128;
+  return std::clamp<int64_t>(rows, 1, maxRows);
+}
+
+/// (Older artifacts: the loss's bf16 logit gradients [rows, V].) The fused lm head loss's chunk
+/// (lmHeadChunkRows · V · 6 bytes). The gated linear backward's four
 /// bf16 products [rows, F], the LRPE dθ partials (f64 per position chunk and feature), the sum of
 /// squares' f64 chunks, 20 bytes per row (row losses, the embedding grouping) and 4 KiB of scalars.
 inline TrainScratch trainScratch(int64_t maxRows, int64_t maxSeq, const TrainScratchNeeds &n) {
@@ -41,7 +56,9 @@ inline TrainScratch trainScratch(int64_t maxRows, int64_t maxSeq, const TrainScr
   s.dtheta =
       size_t((maxSeq + kTrainPositionChunk - 1) / kTrainPositionChunk) * size_t(n.lrpeFeatures) * 8;
   s.chunks = size_t(n.gradChunks);
-  s.total = s.loss + s.gated + s.dtheta + s.chunks * 8 + rows * (8 + 12) + 4096;
+  s.lmHeadChunkRows = lmHeadChunkRows(maxRows, n.lmHeadVocab);
+  s.lmHead = size_t(s.lmHeadChunkRows) * size_t(std::max<int64_t>(n.lmHeadVocab, 0)) * 6;
+  s.total = s.loss + s.gated + s.dtheta + s.chunks * 8 + s.lmHead + rows * (8 + 12) + 4096;
   return s;
 }
 

@@ -25,6 +25,7 @@
 #include "runtime/Weights.h"
 #include "runtime/cuda/CudaContext.h"
 #include "runtime/cuda/Gemm.h"
+#include "runtime/cuda/LmHeadLoss.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -258,6 +259,10 @@ private:
   double invCountHost_ = 0;
   EmbeddingSegments segHost_; // the call's grouping (host copy until the upload has run)
   std::map<std::pair<size_t, unsigned>, DeviceBuffer> optTables_; // (function, first step)
+  // The fused lm head loss of lm_head_loss steps (by vocabulary and hidden size; one of each
+  // in a model) and its rows per chunk (TrainScratch.h).
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<LmHeadLoss>> lmHeads_;
+  int64_t lmHeadChunkRows_ = 0;
   bool sumOfSquaresFinite(bool gradients);
   /// The gradient that step `next` of `f` accumulates `temp` into (autodiff's `&g = add(&g,
   /// temp)`, temp read by no later step), or null.

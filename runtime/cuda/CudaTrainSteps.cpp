@@ -85,6 +85,9 @@ size_t CudaExecutor::planTrainScratch() {
       case schema::KernelKind_GatedLinearGrad:
         n.gatedCols = std::max<int64_t>(n.gatedCols, in.Get(3)->cols());
         break;
+      case schema::KernelKind_LmHeadLoss:
+        n.lmHeadVocab = std::max<int64_t>(n.lmHeadVocab, in.Get(1)->rows());
+        break;
       case schema::KernelKind_LightningAttentionGrad:
         n.lrpeFeatures =
             std::max<int64_t>(n.lrpeFeatures, s->i64_attrs()->Get(0) * s->i64_attrs()->Get(1));
@@ -105,6 +108,7 @@ size_t CudaExecutor::planTrainScratch() {
       trainScratch(artifact_.maxBatch() * artifact_.maxSeq(), artifact_.maxSeq(), n);
   lossScratchBytes_ = t.loss, gatedGradBytes_ = t.gated, dthetaBytes_ = t.dtheta;
   optChunks_ = t.chunks;
+  lmHeadChunkRows_ = t.lmHeadChunkRows;
   return t.total;
 }
 
@@ -126,6 +130,35 @@ void CudaExecutor::allocateTrain() {
   segIds_ = buffer(size_t(maxRows) * 4, "the embedding grouping");
   optPartial_ = buffer(optChunks_ * 8, "the sum of squares' chunks");
   optT_ = buffer(4, "the AdamW step");
+  // The fused lm head losses: the kernels of every step of one (vocabulary, hidden size), then
+  // one cuda::LmHeadLoss with its chunk's workspace (planTrainScratch counted it).
+  std::map<std::pair<int64_t, int64_t>, LmHeadLossKernels> heads;
+  const auto &names = *artifact_.root().kernels()->names();
+  for (const Function &f : functions_)
+    for (const schema::Step *s : *f.fn->steps()) {
+      if (s->kind() != schema::KernelKind_LmHeadLoss)
+        continue;
+      const std::string where = artifact_.source() + ": @" + f.name + " step '" +
+                                (s->name() ? s->name()->str() : std::string("?")) + "'";
+      LmHeadLossKernels &k = heads[{s->inputs()->Get(1)->rows(), s->inputs()->Get(0)->cols()}];
+      for (const schema::KernelLaunch *l : *s->launches()) {
+        if (l->kind() == schema::LaunchKind_Gemm)
+          continue;
+        const std::string n = names.Get(l->kernel())->str();
+        if (n.rfind("tnlm_cross_entropy_grad", 0) == 0)
+          k.crossEntropyGrad = &kernel(l, where), k.block = unsigned(l->block());
+        else if (n.rfind("tnlm_cross_entropy_loss", 0) == 0)
+          k.crossEntropyLoss = &kernel(l, where), k.block = unsigned(l->block());
+        else if (n.rfind("tnlm_loss_total", 0) == 0)
+          k.lossTotal = &kernel(l, where);
+      }
+    }
+  if (heads.size() > 1)
+    throw Error(artifact_.source() + ": lm head losses of " + std::to_string(heads.size()) +
+                " shapes; the GPU executor takes one");
+  for (const auto &[shape, k] : heads)
+    lmHeads_[shape] = std::make_unique<LmHeadLoss>(*context_, *gemm_, k, lmHeadChunkRows_,
+                                                   shape.first, shape.second);
 }
 
 const schema::Operand *CudaExecutor::accumulatedInto(const Function &f, unsigned index,
@@ -263,6 +296,36 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     launch("tnlm_loss_total", 1, 1, rowLoss_, n, lossTotal_);
     if (!grad)
       launch("tnlm_loss_mean", 1, 1, lossTotal_, invCount_, ptr(y));
+    return true;
+  }
+  case schema::KernelKind_LmHeadLoss: {
+    const schema::Operand *h = in.Get(0), *w = in.Get(1);
+    const bool grad = in.size() == 4;
+    auto head = lmHeads_.find({w->rows(), h->cols()});
+    if (head == lmHeads_.end())
+      throw Error(where + ": no lm head loss of this shape was set up");
+    if (w->ld() != w->cols())
+      throw Error(where + ": the lm head's weight is not contiguous");
+    LmHeadLossCall c;
+    c.h = ptr(h), c.ldh = ld(h), c.w = ptr(w), c.labels = ptr(in.Get(2));
+    c.ignoreIndex = int(i64(0));
+    c.rows = rows, c.rowLoss = rowLoss_, c.total = lossTotal_;
+    if (grad) {
+      launch("tnlm_loss_grad_scale", 1, 1, ptr(in.Get(3)), invCount_, lossK_);
+      const schema::Operand *dh = out.Get(1), *dw = out.Get(2);
+      c.k = lossK_;
+      c.dh = ptr(dh), c.lddh = ld(dh), c.dhBf16 = dh->dtype() == schema::DType_BF16;
+      // dW straight into the gradient where the next step accumulates it.
+      const schema::Operand *g = accumulatedInto(f, index, dw, index + 1);
+      if (g && g->ld() == g->cols()) {
+        c.dw = ptr(g), c.accumulateDw = true;
+        skip_.push_back({&f, index + 1});
+      } else {
+        c.dw = ptr(dw), c.accumulateDw = false;
+      }
+    }
+    head->second->run(c, where);
+    launch("tnlm_loss_mean", 1, 1, lossTotal_, invCount_, ptr(y));
     return true;
   }
   case schema::KernelKind_LinearGradInput: {
@@ -647,10 +710,13 @@ size_t CudaExecutor::uploadRun(const std::string &name, const std::vector<Input>
   // grouping of the ids.
   for (const schema::Step *s : *fn.steps()) {
     const auto kind = s->kind();
-    if (kind == schema::KernelKind_CrossEntropy || kind == schema::KernelKind_CrossEntropyGrad) {
-      const schema::Operand *l = s->inputs()->Get(1);
+    const bool fused = kind == schema::KernelKind_LmHeadLoss;
+    if (kind == schema::KernelKind_CrossEntropy || kind == schema::KernelKind_CrossEntropyGrad ||
+        fused) {
+      const schema::Operand *l = s->inputs()->Get(fused ? 2 : 1);
       const int32_t *labels = static_cast<const int32_t *>(host.at(l->offset()));
-      const int64_t ignore = s->i64_attrs()->Get(0), vocab = s->inputs()->Get(0)->cols();
+      const int64_t ignore = s->i64_attrs()->Get(0);
+      const int64_t vocab = fused ? s->inputs()->Get(1)->rows() : s->inputs()->Get(0)->cols();
       int64_t counted = 0;
       for (int64_t r = 0; r < rows; ++r) {
         if (labels[r] == ignore)

@@ -23,7 +23,7 @@ LmHeadLoss::LmHeadLoss(const Context &context, Gemm &gemm, LmHeadLossKernels ker
     : context_(context), gemm_(gemm), kernels_(kernels), chunkRows_(chunkRows), vocab_(vocab),
       d_(d), logits_(checkedBytes(chunkRows, vocab, d, 4), "the lm head's chunk of logits"),
       dz_(checkedBytes(chunkRows, vocab, d, 2), "the lm head's chunk of logit gradients") {
-  if (!kernels_.crossEntropyGrad || !kernels_.lossTotal)
+  if ((!kernels_.crossEntropyGrad && !kernels_.crossEntropyLoss) || !kernels_.lossTotal)
     throw Error("the chunked lm head loss needs its cross entropy and loss total kernels");
 }
 
@@ -34,6 +34,11 @@ void LmHeadLoss::run(const LmHeadLossCall &c, std::string_view where) {
   const int64_t ldh = c.ldh ? c.ldh : d_, lddh = c.lddh ? c.lddh : d_;
   if (ldh < d_ || lddh < d_)
     throw Error(at + ": a leading dimension below the hidden size " + std::to_string(d_));
+  const bool grad = c.dh != 0;
+  if (grad ? !kernels_.crossEntropyGrad : !kernels_.crossEntropyLoss)
+    throw Error(at + ": no cross entropy kernel for " + (grad ? "the gradient" : "the loss alone"));
+  if (grad && !c.accumulateDw && c.rows == 0)
+    context_.fillBytes(c.dw, 0, size_t(vocab_) * size_t(d_) * 4, at + ": dW");
   for (int64_t r0 = 0; r0 < c.rows; r0 += chunkRows_) {
     const int64_t n = std::min(chunkRows_, c.rows - r0);
     const CUdeviceptr h = c.h + CUdeviceptr(r0 * ldh * 2);
@@ -45,13 +50,21 @@ void LmHeadLoss::run(const LmHeadLossCall &c, std::string_view where) {
     const long long ldz = vocab_;
     const int vocab = int(vocab_);
     LaunchConfig perRow{{unsigned(n)}, {kernels_.block}, 0};
+    if (!grad) {
+      context_.launchWith(*kernels_.crossEntropyLoss, perRow, at + ": cross entropy", logits_.get(),
+                          ldz, labels, vocab, c.ignoreIndex, rowLoss);
+      continue;
+    }
     context_.launchWith(*kernels_.crossEntropyGrad, perRow, at + ": cross entropy", logits_.get(),
                         ldz, labels, vocab, c.ignoreIndex, c.k, dz_.get(), ldz, rowLoss);
     // dh = dz·W (rows n, in d, out vocab; dx's ld lddh), dW += dzᵀ·h.
-    gemm_.gradInput(GemmType::Bf16F32Out, {n, d_, vocab_, lddh, d_, vocab_}, dz_.get(), c.w,
-                    c.dh + CUdeviceptr(r0 * lddh * 4), at + ": dh");
+    const size_t dhElem = c.dhBf16 ? 2 : 4;
+    gemm_.gradInput(c.dhBf16 ? GemmType::Bf16 : GemmType::Bf16F32Out,
+                    {n, d_, vocab_, lddh, d_, vocab_}, dz_.get(), c.w,
+                    c.dh + CUdeviceptr(size_t(r0) * size_t(lddh) * dhElem), at + ": dh");
+    const float beta = (c.accumulateDw || r0 > 0) ? 1.0f : 0.0f;
     gemm_.gradWeight(GemmType::Bf16F32Out, {n, d_, vocab_, ldh, d_, vocab_}, dz_.get(), h, c.dw,
-                     at + ": dW", 1.0f, 1.0f);
+                     at + ": dW", 1.0f, beta);
   }
   const long long rows = c.rows;
   context_.launchWith(*kernels_.lossTotal, LaunchConfig{{1}, {1}, 0}, at + ": loss total",

@@ -6,8 +6,11 @@
 //   z  = h·Wᵀ                    f32 logits [chunk, V]           (cuBLASLt, bf16 in, f32 out)
 //   dz, loss rows                bw::cross_entropy_grad, dz bf16 (the GEMMs' operand), the
 //                                rows' losses in f64, k = dloss / counted read on the device
-//   dh = dz·W                    f32 [chunk, d]                  (Gemm::gradInput)
-//   dW += dzᵀ·h                  f32 [V, d]                      (Gemm::gradWeight, β = 1)
+//   dh = dz·W                    f32 or bf16 [chunk, d]          (Gemm::gradInput)
+//   dW += dzᵀ·h                  f32 [V, d]                      (Gemm::gradWeight, β = 1;
+//                                                                 β = 0 on the first chunk
+//                                                                 unless accumulating)
+// or, without dh (the loss alone, @eval_loss), bw::cross_entropy_loss on each chunk's logits;
 // then bw::loss_total adds the row losses in row order (the CPU's order). The workspace is
 // chunkRows·V·6 bytes (the f32 logits and the bf16 dz of one chunk). Everything is queued on
 // the context's stream (a CUDA graph may capture it).
@@ -28,11 +31,14 @@ namespace tnlm::cuda {
 ///   crossEntropyGrad: bw::cross_entropy_grad<block, bf16>(const float *x, long long ldx,
 ///       const int *labels, int vocab, int ignoreIndex, const double *kp, bf16 *dx,
 ///       long long lddx, double *rowLoss), one CTA of `block` threads per row;
-///   lossTotal: bw::loss_total(const double *rowLoss, long long rows, double *total), one thread.
+///   lossTotal: bw::loss_total(const double *rowLoss, long long rows, double *total), one thread;
+///   crossEntropyLoss (for calls without dh): bw::cross_entropy_loss<block>(const float *x,
+///       long long ldx, const int *labels, int vocab, int ignoreIndex, double *rowLoss).
 struct LmHeadLossKernels {
   Kernel *crossEntropyGrad = nullptr;
   unsigned block = 256;
   Kernel *lossTotal = nullptr;
+  Kernel *crossEntropyLoss = nullptr;
 };
 
 struct LmHeadLossCall {
@@ -43,17 +49,20 @@ struct LmHeadLossCall {
   int ignoreIndex = -100;
   CUdeviceptr k = 0; // f64 on the device: dloss / the step's counted labels
   int64_t rows = 0;
-  CUdeviceptr dh = 0;      // f32 [rows, d], ld lddh (overwritten)
-  int64_t lddh = 0;        // 0: d
-  CUdeviceptr dw = 0;      // f32 [vocab, d] contiguous (accumulated into)
-  CUdeviceptr rowLoss = 0; // f64 [rows]
-  CUdeviceptr total = 0;   // f64: Σ row losses (the caller divides by the counted labels)
+  CUdeviceptr dh = 0; // f32 (or bf16) [rows, d], ld lddh (overwritten); 0: the loss alone
+  int64_t lddh = 0;   // 0: d
+  bool dhBf16 = false;
+  CUdeviceptr dw = 0;       // f32 [vocab, d] contiguous
+  bool accumulateDw = true; // dW += (or, false: dW =) the call's gradient
+  CUdeviceptr rowLoss = 0;  // f64 [rows]
+  CUdeviceptr total = 0;    // f64: Σ row losses (the caller divides by the counted labels)
 };
 
 class LmHeadLoss {
 public:
   /// Allocates the workspace for chunks of `chunkRows` rows of a vocabulary of `vocab` and a
-  /// hidden size `d`. Throws on sizes that are not positive.
+  /// hidden size `d`. Throws on sizes that are not positive and without the kernels it needs
+  /// (crossEntropyGrad or crossEntropyLoss, and lossTotal).
   LmHeadLoss(const Context &context, Gemm &gemm, LmHeadLossKernels kernels, int64_t chunkRows,
              int64_t vocab, int64_t d);
 

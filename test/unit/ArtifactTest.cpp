@@ -214,6 +214,14 @@ TEST(Artifact, CraftedOutOfRangePlansAreRefused) {
       {"huge row stride",
        [&](mt::KernelPlan &p) { stepOf(p, mt::KernelKind::Silu).inputs[0].ld = int64_t(1) << 40; },
        "an operand with an invalid view"},
+      {"the GPU's fused lm head loss in a cpu artifact",
+       [&](mt::KernelPlan &p) {
+         mt::PlanStep &head = p.steps.back(); // the lm head's linear
+         head.kind = mt::KernelKind::LmHeadLoss;
+         head.inputs.push_back(mt::PlanOperand{mt::OperandKind::Input, 0, 0, 1, 1, "i32"});
+         head.i64Attrs = {-100};
+       },
+       "is a CUDA step in an artifact for another target"},
       {"attention dims that wrap",
        [&](mt::KernelPlan &p) {
          stepOf(p, mt::KernelKind::DecayAttention).i64Attrs[1] = (int64_t(1) << 62) + 1;

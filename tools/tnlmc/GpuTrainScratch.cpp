@@ -14,6 +14,9 @@ GpuTrainScratchBytes gpuTrainScratch(const std::vector<KernelPlan> &plans, int64
     for (const PlanStep &s : p.steps) {
       switch (s.kind) {
       // CrossEntropy: none (its kernel writes no gradient; artifacts of an earlier tnlmc did).
+      case KernelKind::LmHeadLoss:
+        n.lmHeadVocab = std::max(n.lmHeadVocab, s.inputs[1].rows);
+        break;
       case KernelKind::GatedLinearGrad:
         n.gatedCols = std::max(n.gatedCols, s.inputs[3].cols);
         break;
@@ -34,7 +37,7 @@ GpuTrainScratchBytes gpuTrainScratch(const std::vector<KernelPlan> &plans, int64
       }
     }
   const ::tnlm::TrainScratch t = ::tnlm::trainScratch(maxRows, maxSeq, n);
-  return {int64_t(t.total), int64_t(t.gated)};
+  return {int64_t(t.total), int64_t(t.gated), int64_t(t.lmHead), t.lmHeadChunkRows};
 }
 
 } // namespace mlir::tnlm

@@ -17,6 +17,7 @@ namespace mlir::tnlm {
 
 struct GpuTrainScratchBytes {
   int64_t total = 0, gated = 0;
+  int64_t lmHead = 0, lmHeadChunkRows = 0; // the fused lm head loss's chunk of logits
 };
 GpuTrainScratchBytes gpuTrainScratch(const std::vector<KernelPlan> &plans, int64_t maxRows,
                                      int64_t maxSeq);

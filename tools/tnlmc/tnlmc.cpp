@@ -527,9 +527,14 @@ int main(int argc, char **argv) {
               tnlm::gpuTrainScratch(plans, int64_t(maxBatch) * int64_t(maxSeq), int64_t(maxSeq));
           llvm::outs() << llvm::formatv(
               "train scratch (GPU)              {0,18}  ({1:F2} MiB: the gated backward's "
-              "products {2:F2} MiB)\n",
+              "products {2:F2} MiB",
               tnlm::withThousands(int64_t(scratch.total)), scratch.total / (1024.0 * 1024.0),
               scratch.gated / (1024.0 * 1024.0));
+          if (scratch.lmHeadChunkRows > 0)
+            llvm::outs() << llvm::formatv(", the lm head loss's chunk of {0} rows {1:F2} MiB",
+                                          scratch.lmHeadChunkRows,
+                                          scratch.lmHead / (1024.0 * 1024.0));
+          llvm::outs() << ")\n";
           const int64_t fixed = state + int64_t(scratch.total) + (32 << 20);
           const int64_t need = fixed + arena;
           const bool fits = need <= kH200Bytes;

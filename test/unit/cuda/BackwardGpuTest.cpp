@@ -472,7 +472,10 @@ TEST(BackwardGatedLinear, MatchesCpu) {
 // of their f32 sums; the GPU rounds dz to bf16 (2^-9 relative), so dh, dW are within
 // 2^-8·S + 3·K·2^-24·S of the CPU's (S = Σ|terms|, K the summed length); the loss within
 // 1e-5 relative (f32 logits, exp to 2 ulp). A chunk at the wrong rows or a missing dW
-// accumulation is O(1) off.
+// accumulation is O(1) off. Then the executor's two other modes on the same operands: dh in
+// bf16 (one more rounding: 2^-9 of |dh| <= S) with dW overwritten (the gradient alone, the
+// prior dW not added), and the loss alone (no dh: its total equals the first call's bit for
+// bit, the two kernels computing each row's loss the same way).
 TEST(BackwardLmHeadLoss, ChunksMatchCpu) {
   const int64_t rows = 130, d = 256, vocab = 1000, chunk = 64;
   Mat<uint16_t> h = randomMat<uint16_t>(rows, d, d + 8, -1, 1, 71);
@@ -498,6 +501,7 @@ TEST(BackwardLmHeadLoss, ChunksMatchCpu) {
   const double loss =
       cpu::crossEntropyGrad(z.data(), labels.data(), rows, vocab, -100, 1.0f, dz.data(), &counted);
   std::vector<float> dh(size_t(rows * d), 0.0f), dw = dw0.data, S_dh(dh.size()), S_dw(dw.size());
+  std::vector<float> dwAlone(dw.size()), S_alone(dw.size()); // the gradient without dw0
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t k = 0; k < d; ++k) {
       double a = 0, s = 0;
@@ -513,6 +517,7 @@ TEST(BackwardLmHeadLoss, ChunksMatchCpu) {
         a += double(dz[r * vocab + v]) * hf[r * h.ld + k],
             s += std::fabs(dz[r * vocab + v] * hf[r * h.ld + k]);
       dw[v * d + k] += float(a), S_dw[v * d + k] = float(s) + std::fabs(dw0.data[v * d + k]);
+      dwAlone[v * d + k] = float(a), S_alone[v * d + k] = float(s);
     }
 
   Dev<uint16_t> dH(h), dW(w);
@@ -526,10 +531,10 @@ TEST(BackwardLmHeadLoss, ChunksMatchCpu) {
   DeviceBuffer dLabels = upload(labels.data(), labels.size() * 4), dK = upload(&k, 8);
   DeviceBuffer rowLoss(size_t(rows) * 8, "row losses"), total(8, "loss total");
   static Gemm gemm(gpu());
-  LmHeadLoss head(
-      gpu(), gemm,
-      {&module().kernel("cross_entropy_grad_bf16"), 256, &module().kernel("loss_total")}, chunk,
-      vocab, d);
+  LmHeadLoss head(gpu(), gemm,
+                  {&module().kernel("cross_entropy_grad_bf16"), 256, &module().kernel("loss_total"),
+                   &module().kernel("cross_entropy_loss")},
+                  chunk, vocab, d);
   EXPECT_EQ(head.workspaceBytes(), size_t(chunk * vocab * 6));
   LmHeadLossCall call;
   call.h = dH.ptr(), call.ldh = dH.ld(), call.w = dW.ptr(), call.labels = dLabels.get();
@@ -542,13 +547,13 @@ TEST(BackwardLmHeadLoss, ChunksMatchCpu) {
   EXPECT_NEAR(gotTotal / double(counted), loss, 1e-5 * (1 + std::fabs(loss)));
   const double u = std::ldexp(1.0, -24);
   auto check = [&](const char *what, const std::vector<float> &got, int64_t ldGot,
-                   const std::vector<float> &ref, const std::vector<float> &S, int64_t n,
-                   int64_t K) {
+                   const std::vector<float> &ref, const std::vector<float> &S, int64_t n, int64_t K,
+                   double rel = std::ldexp(1.0, -8)) {
     int64_t bad = 0;
     double worst = 0;
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < d; ++j) {
-        const double s = S[i * d + j], bound = std::ldexp(s, -8) + 3 * double(K) * u * s + 1e-30;
+        const double s = S[i * d + j], bound = rel * s + 3 * double(K) * u * s + 1e-30;
         const double err = std::fabs(double(got[i * ldGot + j]) - ref[i * d + j]);
         if (!(err <= bound) && bad++ < 3)
           ADD_FAILURE() << what << "[" << i << ", " << j << "]: gpu " << got[i * ldGot + j]
@@ -562,6 +567,27 @@ TEST(BackwardLmHeadLoss, ChunksMatchCpu) {
   check("dh", gotDh, dDh.ld(), dh, S_dh, rows, vocab);
   check("dW", gotDw, d, dw, S_dw, vocab, rows);
   std::printf("  lm head loss: mean %.9f (cpu %.9f)\n", gotTotal / double(counted), loss);
+
+  // bf16 dh, dW overwritten: dW is the gradient alone.
+  Dev<uint16_t> dDh16(outputMat<uint16_t>(rows, d, d + 4));
+  Dev<float> dDwNew(outputMat<float>(vocab, d, d));
+  LmHeadLossCall bf = call;
+  bf.dh = dDh16.ptr(), bf.lddh = dDh16.ld(), bf.dhBf16 = true;
+  bf.dw = dDwNew.ptr(), bf.accumulateDw = false;
+  head.run(bf, "lm head loss test (bf16 dh)");
+  std::vector<float> gotDh16;
+  for (uint16_t b : dDh16.download("bf16 dh"))
+    gotDh16.push_back(bf16ToF32(b));
+  check("dh (bf16)", gotDh16, dDh16.ld(), dh, S_dh, rows, vocab, std::ldexp(1.0, -8) * 1.5);
+  check("dW (overwritten)", dDwNew.download("dW overwritten"), d, dwAlone, S_alone, vocab, rows);
+
+  // The loss alone.
+  LmHeadLossCall lossOnly = call;
+  lossOnly.dh = 0, lossOnly.dw = 0;
+  head.run(lossOnly, "lm head loss test (loss alone)");
+  double lossOnlyTotal = 0;
+  gpu().copyToHost(&lossOnlyTotal, total.get(), 8, "loss total");
+  EXPECT_EQ(lossOnlyTotal, gotTotal) << "the loss alone differs from the loss with its gradient";
 }
 
 //===-- Embedding backward -------------------------------------------------------===//
