@@ -716,7 +716,7 @@ const schema::KernelLaunch *CudaExecutor::gemvFor(const Function &f, unsigned in
   if (!gemv_ || index >= f.fn->steps()->size())
     return nullptr;
   const schema::Step &s = *f.fn->steps()->Get(index);
-  if (!s.launches())
+  if (!s.launches() || !s.inputs() || s.inputs()->size() == 0) // (a fill has no inputs)
     return nullptr;
   const schema::Operand *x = s.inputs()->Get(0);
   if (x->ld() % 8 != 0 || x->col_offset() % 8 != 0 || x->cols() % 8 != 0)
