@@ -357,6 +357,42 @@ private:
     return l;
   }
 
+  // The cross entropy's kernels (cuda::LmHeadLoss's pieces): with `grad` the factor k and the
+  // row losses with bf16 dz, else the row losses alone; the total in row order; with `mean`
+  // the f32 mean loss. `note` describes the logits.
+  void lossKernels(bool grad, bool mean, const std::string &note, std::vector<CudaLaunch> &out) {
+    if (grad) {
+      out.push_back(
+          trainKernel(CudaLaunchKind::Single, "tnlm_loss_grad_scale", 1, "k = dloss / counted",
+                      "const float *dloss, const double *invCount, double *k",
+                      "tnlm::bw::loss_grad_scale(dloss, invCount, k)", "the gradient's factor"));
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerRow, "tnlm_cross_entropy_grad_bf16", 256,
+          "row losses (f64) and dz = k (softmax - onehot) of f32 logits, bf16",
+          "const float *x, long long ldx, const int *labels, int vocab, int ignore, const "
+          "double *k, bf16 *dx, long long lddx, double *rowLoss",
+          "tnlm::bw::cross_entropy_grad<256, bf16>(x, ldx, labels, vocab, ignore, k, dx, lddx, "
+          "rowLoss)",
+          note));
+    } else {
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerRow, "tnlm_cross_entropy_loss", 256,
+          "row losses (f64) of f32 logits, one pass per row, no gradient",
+          "const float *x, long long ldx, const int *labels, int vocab, int ignore, double "
+          "*rowLoss",
+          "tnlm::bw::cross_entropy_loss<256>(x, ldx, labels, vocab, ignore, rowLoss)", note));
+    }
+    out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_loss_total", 1,
+                              "total = sum of the row losses in row order",
+                              "const double *rowLoss, long long rows, double *total",
+                              "tnlm::bw::loss_total(rowLoss, rows, total)", "the loss total"));
+    if (mean)
+      out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_loss_mean", 1,
+                                "loss = f32(total / counted)",
+                                "const double *total, const double *invCount, float *loss",
+                                "tnlm::bw::loss_mean(total, invCount, loss)", "the mean loss"));
+  }
+
   // The train plan's steps (tnlm-autodiff's functions). The executor runs each with these
   // kernels and cuBLASLt (docs/gpu-training.md, "The GPU train step").
   LogicalResult trainStep(const PlanStep &s, std::vector<CudaLaunch> &out) {
@@ -371,42 +407,12 @@ private:
       const PlanOperand &z = s.inputs[0];
       if (z.dtype != "f32")
         return fail(s) << "the cross entropy reads f32 logits, got " << z.dtype;
-      if (s.kind == KernelKind::CrossEntropyGrad)
-        out.push_back(
-            trainKernel(CudaLaunchKind::Single, "tnlm_loss_grad_scale", 1, "k = dloss / counted",
-                        "const float *dloss, const double "
-                        "*invCount, double *k",
-                        "tnlm::bw::loss_grad_scale(dloss, invCount, k)", "the gradient's factor"));
-      if (s.kind == KernelKind::CrossEntropy)
-        out.push_back(trainKernel(
-            CudaLaunchKind::PerRow, "tnlm_cross_entropy_loss", 256,
-            "row losses (f64) of f32 logits, one pass per row, no gradient",
-            "const float *x, long long ldx, const int *labels, int vocab, int ignore, double "
-            "*rowLoss",
-            "tnlm::bw::cross_entropy_loss<256>(x, ldx, labels, vocab, ignore, rowLoss)",
-            llvm::formatv("{0} (vocab {1}), ignore index {2}", view("logits", z), z.cols,
-                          s.i64Attrs[0])
-                .str()));
-      else
-        out.push_back(trainKernel(
-            CudaLaunchKind::PerRow, "tnlm_cross_entropy_grad_bf16", 256,
-            "row losses (f64) and dz = k (softmax - onehot) of f32 logits, bf16",
-            "const float *x, long long ldx, const int *labels, int vocab, int ignore, const "
-            "double *k, bf16 *dx, long long lddx, double *rowLoss",
-            "tnlm::bw::cross_entropy_grad<256, bf16>(x, ldx, labels, vocab, ignore, k, dx, lddx, "
-            "rowLoss)",
-            llvm::formatv("{0} (vocab {1}), ignore index {2}: chunks of rows (cuda::LmHeadLoss)",
-                          view("logits", z), z.cols, s.i64Attrs[0])
-                .str()));
-      out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_loss_total", 1,
-                                "total = sum of the row losses in row order",
-                                "const double *rowLoss, long long rows, double *total",
-                                "tnlm::bw::loss_total(rowLoss, rows, total)", "the loss total"));
-      if (s.kind == KernelKind::CrossEntropy)
-        out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_loss_mean", 1,
-                                  "loss = f32(total / counted)",
-                                  "const double *total, const double *invCount, float *loss",
-                                  "tnlm::bw::loss_mean(total, invCount, loss)", "the mean loss"));
+      const bool grad = s.kind == KernelKind::CrossEntropyGrad;
+      lossKernels(grad, !grad,
+                  llvm::formatv("{0} (vocab {1}), ignore index {2}{3}", view("logits", z), z.cols,
+                                s.i64Attrs[0], grad ? ": chunks of rows (cuda::LmHeadLoss)" : "")
+                      .str(),
+                  out);
       return success();
     }
     case KernelKind::LmHeadLoss: {
@@ -423,44 +429,22 @@ private:
                      llvm::formatv("cuBLASLt logits [chunk x {0}] = {1} . W[{0}, {2}]^T (f32 out)",
                                    vocab, view("h", h), d)
                          .str()));
+      const std::string chunk =
+          llvm::formatv("a chunk of logits (vocab {0}), ignore index {1}", vocab, s.i64Attrs[0]);
+      std::vector<CudaLaunch> loss;
+      lossKernels(grad, true, chunk, loss);
+      // The loss kernels around the backward GEMMs, in the order the executor runs them.
+      const size_t beforeTotal = loss.size() - 2;
+      out.insert(out.end(), loss.begin(), loss.begin() + beforeTotal);
       if (grad) {
-        out.push_back(
-            trainKernel(CudaLaunchKind::Single, "tnlm_loss_grad_scale", 1, "k = dloss / counted",
-                        "const float *dloss, const double *invCount, double *k",
-                        "tnlm::bw::loss_grad_scale(dloss, invCount, k)", "the gradient's factor"));
-        out.push_back(trainKernel(
-            CudaLaunchKind::PerRow, "tnlm_cross_entropy_grad_bf16", 256,
-            "row losses (f64) and dz = k (softmax - onehot) of f32 logits, bf16",
-            "const float *x, long long ldx, const int *labels, int vocab, int ignore, const "
-            "double *k, bf16 *dx, long long lddx, double *rowLoss",
-            "tnlm::bw::cross_entropy_grad<256, bf16>(x, ldx, labels, vocab, ignore, k, dx, lddx, "
-            "rowLoss)",
-            llvm::formatv("a chunk of logits (vocab {0}), ignore index {1}", vocab, s.i64Attrs[0])
-                .str()));
         out.push_back(gemmLaunch(
             d, vocab,
             llvm::formatv("cuBLASLt dh [chunk x {0}] = dz . W ({1} out)", d, s.outputs[1].dtype)
                 .str()));
         out.push_back(gemmLaunch(
             vocab, d, llvm::formatv("cuBLASLt dW [{0} x {1}] += dz^T . h (f32)", vocab, d).str()));
-      } else {
-        out.push_back(trainKernel(
-            CudaLaunchKind::PerRow, "tnlm_cross_entropy_loss", 256,
-            "row losses (f64) of f32 logits, one pass per row, no gradient",
-            "const float *x, long long ldx, const int *labels, int vocab, int ignore, double "
-            "*rowLoss",
-            "tnlm::bw::cross_entropy_loss<256>(x, ldx, labels, vocab, ignore, rowLoss)",
-            llvm::formatv("a chunk of logits (vocab {0}), ignore index {1}", vocab, s.i64Attrs[0])
-                .str()));
       }
-      out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_loss_total", 1,
-                                "total = sum of the row losses in row order",
-                                "const double *rowLoss, long long rows, double *total",
-                                "tnlm::bw::loss_total(rowLoss, rows, total)", "the loss total"));
-      out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_loss_mean", 1,
-                                "loss = f32(total / counted)",
-                                "const double *total, const double *invCount, float *loss",
-                                "tnlm::bw::loss_mean(total, invCount, loss)", "the mean loss"));
+      out.insert(out.end(), loss.begin() + beforeTotal, loss.end());
       return success();
     }
     case KernelKind::LinearGradInput:
