@@ -592,21 +592,17 @@ private:
       return success();
     case KernelKind::AdamW:
       // One multi-tensor launch for a run of AdamW steps (the executor builds the table).
+      // (Artifacts of an earlier tnlmc: tnlm_adamw, then tnlm_cast_bf16 per weight.)
       out.push_back(trainKernel(
-          CudaLaunchKind::PerChunk, "tnlm_adamw", 256,
-          "AdamW on every tensor of the table (torch.optim.AdamW), g scaled",
+          CudaLaunchKind::PerChunk, "tnlm_adamw_bf16", 256,
+          "AdamW on every tensor of the table (torch.optim.AdamW), g scaled, each weight's bf16 "
+          "copy written with it",
           "const tnlm::bw::OptTensor *t, int count, const float *lr, const float *scale, const "
-          "int *step, float beta1, float beta2, float eps, float wd",
-          "tnlm::bw::adamw<256>(t, count, lr, scale, step, beta1, beta2, eps, wd)",
+          "int *step, float beta1, float beta2, float eps, float wd, bf16 *const *copies",
+          "tnlm::bw::adamw<256>(t, count, lr, scale, step, beta1, beta2, eps, wd, copies)",
           llvm::formatv("weight decay {0}; grid = the 2^16-float chunks of the run's tensors",
                         s.i64Attrs.empty() || s.i64Attrs[0] ? "on" : "off")
               .str()));
-      out.push_back(trainKernel(CudaLaunchKind::PerChunk, "tnlm_cast_bf16", 256,
-                                "the bf16 copy the GEMMs read of an updated weight",
-                                "const float *x, long long n, "
-                                "bf16 *y",
-                                "tnlm::bw::cast_bf16(x, n, y)",
-                                "after the run: each weight's bf16 copy"));
       return success();
     case KernelKind::Increment:
       out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_step_increment", 1,

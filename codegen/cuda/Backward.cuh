@@ -458,12 +458,17 @@ __device__ __forceinline__ void step_increment(int *counter) { *counter += 1; }
 // as arguments. The step's scalars are computed in f64 per CTA as on the CPU, the per-element
 // arithmetic in f32 with one IEEE rounding per operation (__f*_rn: nothing fused), so the
 // result is the CPU's up to the f64 pow of the bias corrections (CUDA's 2 ulp vs glibc's).
+// copies (may be null): per tensor, its bf16 copy (the weights the GEMMs read) or null; the
+// updated p is written there too (cast_bf16's rounding), so no pass of its own rereads p.
 template <int BLOCK>
 __device__ __forceinline__ void adamw(const OptTensor *tensors, int count, const float *lrp,
                                       const float *scalep, const int *stepp, float beta1,
-                                      float beta2, float eps, float weightDecay) {
+                                      float beta2, float eps, float weightDecay,
+                                      bf16 *const *copies = nullptr) {
   const long long c = blockIdx.x;
-  const OptTensor &t = tensors[opt_tensor_of(tensors, count, c)];
+  const int ti = opt_tensor_of(tensors, count, c);
+  const OptTensor &t = tensors[ti];
+  bf16 *const copy = copies ? copies[ti] : nullptr;
   const float lr = *lrp, gradScale = *scalep;
   const double step = static_cast<double>(*stepp);
   if (*stepp < 1)
@@ -490,7 +495,10 @@ __device__ __forceinline__ void adamw(const OptTensor *tensors, int count, const
     const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2Sqrt), eps);
     t.m[i] = mi;
     t.v[i] = vi;
-    t.p[i] = __fadd_rn(pi, __fdiv_rn(__fmul_rn(negStep, mi), denom));
+    const float pn = __fadd_rn(pi, __fdiv_rn(__fmul_rn(negStep, mi), denom));
+    t.p[i] = pn;
+    if (copy)
+      copy[i] = __float2bfloat16(pn);
   }
 }
 

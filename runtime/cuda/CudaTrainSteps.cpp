@@ -593,11 +593,33 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       if (p->kind() == schema::OperandKind_Param && !f32Param_.at(p->offset()))
         casts.push_back({unsigned(p->offset()), t.n});
     }
+    // From this tnlmc on, the AdamW kernel writes the bf16 copies (a table of their pointers
+    // after the tensors'); before, a cast per weight after it.
+    const bool fusedCast = launchesKernel(artifact_.root(), s, "tnlm_adamw_bf16");
     auto it = optTables_.find(key);
     if (it == optTables_.end()) {
-      DeviceBuffer b(table.size() * sizeof(HostOptTensor), "the AdamW table");
-      context_->copyToDevice(b.get(), table.data(), table.size() * sizeof(HostOptTensor), where);
+      const size_t tableBytes = table.size() * sizeof(HostOptTensor);
+      std::vector<CUdeviceptr> copies;
+      for (const HostOptTensor &t : table) {
+        CUdeviceptr copy = 0;
+        for (auto [param, n] : casts)
+          if (masters_[param] == t.p)
+            copy = params_[param];
+        copies.push_back(copy);
+      }
+      DeviceBuffer b(tableBytes + (fusedCast ? copies.size() * 8 : 0), "the AdamW table");
+      context_->copyToDevice(b.get(), table.data(), tableBytes, where);
+      if (fusedCast)
+        context_->copyToDevice(b.get() + tableBytes, copies.data(), copies.size() * 8, where);
       it = optTables_.emplace(key, std::move(b)).first;
+    }
+    if (fusedCast) {
+      const CUdeviceptr copies = it->second.get() + table.size() * sizeof(HostOptTensor);
+      launch("tnlm_adamw_bf16", unsigned(chunks), 1, it->second.get(), int(table.size()),
+             ptr(in.Get(5)), ptr(in.Get(6)), optT_, hostHp_[schema::HyperParam_Beta1],
+             hostHp_[schema::HyperParam_Beta2], hostHp_[schema::HyperParam_Eps],
+             hostHp_[schema::HyperParam_WeightDecay], copies);
+      return true;
     }
     launch("tnlm_adamw", unsigned(chunks), 1, it->second.get(), int(table.size()), ptr(in.Get(5)),
            ptr(in.Get(6)), optT_, hostHp_[schema::HyperParam_Beta1],

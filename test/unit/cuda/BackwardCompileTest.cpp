@@ -26,7 +26,7 @@ TEST(Nvrtc, CompilesTheBackwardTemplates) {
   for (const char *k :
        {"srms_norm_grad_c4096_bf16", "add_srms_norm_grad_c768_float", "silu_grad_c100_bf16",
         "mul_grad_c4096", "embedding_grad_float", "cross_entropy_grad_bf16", "loss_total",
-        "sum_squares_chunks", "adamw", "optimizer_scalars", "step_increment"})
+        "sum_squares_chunks", "adamw", "adamw_bf16", "optimizer_scalars", "step_increment"})
     EXPECT_NE(out.image.find(k), std::string::npos) << k;
 }
 

@@ -813,6 +813,51 @@ TEST(BackwardOptimizer, AdamWMatchesCpuBitForBit) {
   }
 }
 
+// adamw with the bf16 copies (the executor's tnlm_adamw_bf16): p, m, v as without them, and
+// every tensor with a copy gets bf16(p) (cast_bf16's round to nearest even) of the updated p;
+// a tensor without one (null) is left alone.
+TEST(BackwardOptimizer, AdamWWritesTheBf16Copies) {
+  OptCase c(kOptSizes);
+  const float lr = 3e-4f, scale = 0.37f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, wd = 0.1f;
+  const int step = 3;
+  DeviceBuffer dLr(4, "lr"), dScale(4, "scale"), dStep(4, "step");
+  gpu().copyToDevice(dLr.get(), &lr, 4, "lr");
+  gpu().copyToDevice(dScale.get(), &scale, 4, "scale");
+  gpu().copyToDevice(dStep.get(), &step, 4, "step");
+  std::vector<DeviceBuffer> copies;
+  std::vector<CUdeviceptr> table;
+  const uint16_t kUntouched = 0x7fc1; // a NaN the kernel never writes
+  for (size_t i = 0; i < c.table.size(); ++i) {
+    const size_t n = size_t(c.table[i].n);
+    copies.emplace_back(std::max<size_t>(2, n * 2), "bf16 copy");
+    std::vector<uint16_t> fill(n, kUntouched);
+    gpu().copyToDevice(copies.back().get(), fill.data(), n * 2, "bf16 copy");
+    table.push_back(i == 1 ? 0 : copies.back().get()); // tensor 1 has no copy
+  }
+  DeviceBuffer dCopies(table.size() * 8, "the copies' table");
+  gpu().copyToDevice(dCopies.get(), table.data(), table.size() * 8, "the copies' table");
+  launch("adamw_bf16", {static_cast<unsigned>(c.chunks)}, 256, c.dTable.get(), int(c.table.size()),
+         dLr.get(), dScale.get(), dStep.get(), beta1, beta2, eps, wd, dCopies.get());
+  for (size_t i = 0; i < c.table.size(); ++i)
+    cpu::adamw(c.p[i].data(), c.g[i].data(), c.m[i].data(), c.v[i].data(), int64_t(c.p[i].size()),
+               lr, beta1, beta2, eps, c.decay[i] ? wd : 0.0f, scale, step);
+  for (size_t i = 0; i < c.table.size(); ++i) {
+    const std::vector<float> p = c.download(i, 0);
+    std::vector<uint16_t> got(p.size());
+    gpu().copyToHost(got.data(), copies[i].get(), got.size() * 2, "bf16 copy");
+    int64_t bad = 0;
+    for (size_t j = 0; j < p.size(); ++j) {
+      const uint16_t want = i == 1 ? kUntouched : f32ToBf16(p[j]);
+      if (std::memcmp(&p[j], &c.p[i][j], 4) != 0 || got[j] != want)
+        if (bad++ < 3)
+          ADD_FAILURE() << "tensor " << i << " element " << j << ": p " << p[j] << " (cpu "
+                        << c.p[i][j] << "), copy 0x" << std::hex << got[j] << " (want 0x" << want
+                        << ")" << std::dec;
+    }
+    EXPECT_EQ(bad, 0) << "tensor " << i << " of " << p.size();
+  }
+}
+
 // The whole optimizer step on the device, as @optimizer_step runs it: sum_squares_chunks,
 // sum_squares_total (÷ the accumulation steps: the global norm), optimizer_scalars (the
 // scheduled lr, the clipping scale, t = counter + 1), adamw, step_increment, against the CPU's
