@@ -32,6 +32,23 @@ __device__ __forceinline__ void silu_both(float x, float &value, float &slope) {
   slope = s * (1.0f + x * (1.0f - s));
 }
 
+// Four bf16 (8 bytes) at a time: the row kernels below take this path where every row they
+// touch starts 8-byte aligned and D is a multiple of 4 (the same value per element, the same
+// per-element arithmetic as the one-element path; only the order of the per-row f64 sums
+// changes), else one element per thread and step.
+struct __align__(8) Bf16x4 {
+  bf16 v[4];
+};
+__device__ __forceinline__ bool aligned8(const void *p) {
+  return (reinterpret_cast<unsigned long long>(p) & 7ull) == 0;
+}
+__device__ __forceinline__ Bf16x4 load4(const bf16 *p) {
+  return *reinterpret_cast<const Bf16x4 *>(p);
+}
+__device__ __forceinline__ void store4(bf16 *p, const Bf16x4 &x) {
+  *reinterpret_cast<Bf16x4 *>(p) = x;
+}
+
 template <int BLOCK, bool SILU, bool LRPE>
 __device__ __forceinline__ void la_grad_prologue(const bf16 *qkvu, long long ld, const float *theta,
                                                  int N, int offset, int H, int dh, bf16 *qp,
@@ -71,6 +88,21 @@ template <int BLOCK, bool SILU>
 __device__ __forceinline__ void la_grad_pack(const bf16 *qkvu, long long ld, int D, bf16 *p,
                                              long long ldp) {
   const long long r = blockIdx.x;
+  const bf16 *xr = qkvu + r * ld;
+  bf16 *pr = p + r * ldp;
+  if (D % 4 == 0 && aligned8(xr) && aligned8(pr)) {
+    for (int i = threadIdx.x * 4; i < 3 * D; i += BLOCK * 4) {
+      Bf16x4 x = load4(xr + i);
+      if (SILU && i < 2 * D) // (a group of four never straddles 2D)
+        for (int j = 0; j < 4; ++j) {
+          float value, slope;
+          silu_both(__bfloat162float(x.v[j]), value, slope);
+          x.v[j] = __float2bfloat16(value);
+        }
+      store4(pr + i, x);
+    }
+    return;
+  }
   for (int i = threadIdx.x; i < 3 * D; i += BLOCK) {
     const bf16 x = qkvu[r * ld + i];
     if (SILU && i < 2 * D) {
@@ -116,6 +148,49 @@ __device__ __forceinline__ void la_gate_norm_grad2(const TO *O, const TO *O2, lo
   auto o = [&](int c) { return to_float(Or[c]) + (O2r != nullptr ? to_float(O2r[c]) : 0.0f); };
   const TDY *dyr = dy + r * lddy;
   const bf16 *ur = u + r * ldu;
+  if (sizeof(TO) == 2 && sizeof(TDY) == 2 && sizeof(TG) == 2 && O2r == nullptr && D % 4 == 0 &&
+      aligned8(Or) && aligned8(dyr) && aligned8(ur) && aligned8(du + r * lddu) &&
+      aligned8(dO + r * lddo)) {
+    // (the same for every thread of the CTA: the sums' __syncthreads are reached by all)
+    const bf16 *Ob = reinterpret_cast<const bf16 *>(Or);
+    const bf16 *dyb = reinterpret_cast<const bf16 *>(dyr);
+    bf16 *dub = reinterpret_cast<bf16 *>(du + r * lddu);
+    bf16 *dOr = dO + r * lddo;
+    double ss4 = 0.0;
+    for (int c = threadIdx.x * 4; c < D; c += BLOCK * 4) {
+      const Bf16x4 x = load4(Ob + c);
+      for (int j = 0; j < 4; ++j) {
+        const double v = static_cast<double>(__bfloat162float(x.v[j]));
+        ss4 += v * v;
+      }
+    }
+    const double meanSq4 = cta_sum_f64<BLOCK>(ss4, red) / static_cast<double>(D);
+    const float rstd4 = static_cast<float>(1.0 / sqrt(meanSq4 + static_cast<double>(eps)));
+    double dot4 = 0.0;
+    for (int c = threadIdx.x * 4; c < D; c += BLOCK * 4) {
+      const Bf16x4 x = load4(Ob + c), g = load4(dyb + c), uu = load4(ur + c);
+      Bf16x4 d;
+      for (int j = 0; j < 4; ++j) {
+        const float xhat = __bfloat162float(x.v[j]) * rstd4, gj = __bfloat162float(g.v[j]);
+        d.v[j] = __float2bfloat16(gj * xhat);
+        dot4 += static_cast<double>(xhat) * (static_cast<double>(gj) * __bfloat162float(uu.v[j]));
+      }
+      store4(dub + c, d);
+    }
+    const double mean4 = cta_sum_f64<BLOCK>(dot4, red) / static_cast<double>(D);
+    for (int c = threadIdx.x * 4; c < D; c += BLOCK * 4) {
+      const Bf16x4 x = load4(Ob + c), g = load4(dyb + c), uu = load4(ur + c);
+      Bf16x4 o4;
+      for (int j = 0; j < 4; ++j) {
+        const double xhat = __bfloat162float(x.v[j]) * rstd4;
+        const double gj = static_cast<double>(__bfloat162float(g.v[j])) * __bfloat162float(uu.v[j]);
+        o4.v[j] =
+            __float2bfloat16(static_cast<float>(static_cast<double>(rstd4) * (gj - xhat * mean4)));
+      }
+      store4(dOr + c, o4);
+    }
+    return;
+  }
   double ss = 0.0;
   for (int c = threadIdx.x; c < D; c += BLOCK) {
     const double x = static_cast<double>(o(c));
@@ -188,6 +263,21 @@ template <int BLOCK, typename TG>
 __device__ __forceinline__ void la_silu_scale(const bf16 *qkvu, long long ld, TG *dqkvu,
                                               long long lddqkvu, int D) {
   const long long r = blockIdx.x;
+  const bf16 *xr = qkvu + r * ld;
+  if (sizeof(TG) == 2 && D % 4 == 0 && aligned8(xr) && aligned8(dqkvu + r * lddqkvu)) {
+    bf16 *gr = reinterpret_cast<bf16 *>(dqkvu + r * lddqkvu);
+    for (int c = threadIdx.x * 4; c < 2 * D; c += BLOCK * 4) {
+      const Bf16x4 x = load4(xr + c);
+      Bf16x4 g = load4(gr + c);
+      for (int j = 0; j < 4; ++j) {
+        float value, slope;
+        silu_both(__bfloat162float(x.v[j]), value, slope);
+        g.v[j] = __float2bfloat16(__bfloat162float(g.v[j]) * slope);
+      }
+      store4(gr + c, g);
+    }
+    return;
+  }
   for (int c = threadIdx.x; c < 2 * D; c += BLOCK) {
     float value, slope;
     silu_both(__bfloat162float(qkvu[r * ld + c]), value, slope);
