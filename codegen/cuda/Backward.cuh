@@ -27,6 +27,39 @@ template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16(v); }
 
+// Four consecutive elements as f32, read and written with one 8-byte (bf16) or 16-byte (f32)
+// access: the row kernels below take that path where every row they touch is so aligned and the
+// width is a multiple of 4 (the same arithmetic per element), else one element per access.
+__device__ __forceinline__ bool aligned4(const bf16 *p) {
+  return (reinterpret_cast<unsigned long long>(p) & 7ull) == 0;
+}
+__device__ __forceinline__ bool aligned4(const float *p) {
+  return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0;
+}
+struct __align__(8) Bf16Quad {
+  bf16 v[4];
+};
+__device__ __forceinline__ void load4(const bf16 *p, float (&f)[4]) {
+  const Bf16Quad q = *reinterpret_cast<const Bf16Quad *>(p);
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    f[j] = __bfloat162float(q.v[j]);
+}
+__device__ __forceinline__ void load4(const float *p, float (&f)[4]) {
+  const float4 q = *reinterpret_cast<const float4 *>(p);
+  f[0] = q.x, f[1] = q.y, f[2] = q.z, f[3] = q.w;
+}
+__device__ __forceinline__ void store4(bf16 *p, const float (&f)[4]) {
+  Bf16Quad q;
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    q.v[j] = __float2bfloat16(f[j]);
+  *reinterpret_cast<Bf16Quad *>(p) = q;
+}
+__device__ __forceinline__ void store4(float *p, const float (&f)[4]) {
+  *reinterpret_cast<float4 *>(p) = make_float4(f[0], f[1], f[2], f[3]);
+}
+
 // Sums of a and b over the CTA (BLOCK whole warps), the same for every thread. Once per kernel.
 template <int BLOCK> __device__ __forceinline__ float2 cta_sum2(float a, float b) {
   __shared__ float ra[BLOCK / 32], rb[BLOCK / 32];
@@ -51,6 +84,38 @@ template <int BLOCK> __device__ __forceinline__ float2 cta_sum2(float a, float b
 template <int COLS, int BLOCK, typename TDY, typename TOUT, typename TBASE>
 __device__ __forceinline__ void norm_grad_row(const bf16 *x, const TDY *dy, const TBASE *base,
                                               TOUT *out, float eps) {
+  if (COLS % 4 == 0 && aligned4(x) && aligned4(dy) && aligned4(out) &&
+      (base == nullptr || aligned4(base))) { // (the same for the whole CTA)
+    float ss = 0.0f, sd = 0.0f;
+    for (int c = threadIdx.x * 4; c < COLS; c += BLOCK * 4) {
+      float xv[4], g[4];
+      load4(x + c, xv);
+      load4(dy + c, g);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        ss = fmaf(xv[j], xv[j], ss);
+        sd = fmaf(xv[j], g[j], sd);
+      }
+    }
+    const float2 t = cta_sum2<BLOCK>(ss, sd);
+    const float r = rsqrtf(t.x / COLS + eps);
+    const float k = r * r * r * (t.y / COLS);
+    for (int c = threadIdx.x * 4; c < COLS; c += BLOCK * 4) {
+      float xv[4], g[4], v[4], b[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      load4(x + c, xv);
+      load4(dy + c, g);
+      if (base != nullptr)
+        load4(base + c, b);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        v[j] = r * g[j] - k * xv[j];
+        if (base != nullptr)
+          v[j] += b[j];
+      }
+      store4(out + c, v);
+    }
+    return;
+  }
   float ss = 0.0f, sd = 0.0f;
   for (int c = threadIdx.x; c < COLS; c += BLOCK) {
     const float xv = to_f(x[c]), g = to_f(dy[c]);
@@ -120,6 +185,21 @@ __device__ __forceinline__ void mul_grad(const bf16 *a, long long lda, const bf1
                                          const TDY *dy, long long lddy, TD *da, long long ldda,
                                          TD *db, long long lddb) {
   const long long r = blockIdx.x;
+  if (COLS % 4 == 0 && aligned4(a + r * lda) && aligned4(b + r * ldb) && aligned4(dy + r * lddy) &&
+      aligned4(da + r * ldda) && aligned4(db + r * lddb)) {
+    for (int c = threadIdx.x * 4; c < COLS; c += BLOCK * 4) {
+      float g[4], av[4], bv[4], x[4], y[4];
+      load4(dy + r * lddy + c, g);
+      load4(a + r * lda + c, av);
+      load4(b + r * ldb + c, bv);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        x[j] = g[j] * bv[j], y[j] = g[j] * av[j];
+      store4(da + r * ldda + c, x);
+      store4(db + r * lddb + c, y);
+    }
+    return;
+  }
   for (int c = threadIdx.x; c < COLS; c += BLOCK) {
     const float g = to_f(dy[r * lddy + c]);
     const float av = to_f(a[r * lda + c]), bv = to_f(b[r * ldb + c]);
@@ -461,10 +541,9 @@ __device__ __forceinline__ void step_increment(int *counter) { *counter += 1; }
 // copies (may be null): per tensor, its bf16 copy (the weights the GEMMs read) or null; the
 // updated p is written there too (cast_bf16's rounding), so no pass of its own rereads p.
 template <int BLOCK>
-__device__ __forceinline__ void adamw(const OptTensor *tensors, int count, const float *lrp,
-                                      const float *scalep, const int *stepp, float beta1,
-                                      float beta2, float eps, float weightDecay,
-                                      bf16 *const *copies = nullptr) {
+__device__ __forceinline__ void
+adamw(const OptTensor *tensors, int count, const float *lrp, const float *scalep, const int *stepp,
+      float beta1, float beta2, float eps, float weightDecay, bf16 *const *copies = nullptr) {
   const long long c = blockIdx.x;
   const int ti = opt_tensor_of(tensors, count, c);
   const OptTensor &t = tensors[ti];
