@@ -227,8 +227,7 @@ LogicalResult Lowering::run(func::FuncOp fn) {
       x = lhs;
     }
   }
-  if (cuda)
-    findLmHeadFusions(fn);
+  findLmHeadFusions(fn);
   for (Operation &op : fn.getBody().front()) {
     if (fusedAway.contains(&op))
       continue;

@@ -56,6 +56,9 @@ public:
   /// The step counter (completed optimizer steps); 0 for artifacts without one.
   int64_t stepCounter() const;
   void setStepCounter(int64_t step);
+  /// Rows per chunk of the lm head loss steps (lm_head_loss); 0: TrainScratch.h's (~1 GiB of
+  /// logits per chunk). For tests of the chunking.
+  void setLmHeadChunkRows(int64_t rows) { lmHeadChunkRows_ = rows; }
 
 private:
   struct Call;
@@ -66,6 +69,8 @@ private:
   ParamValues params_;
   std::vector<std::vector<float>> state_;
   std::vector<float> arena_;
+  std::vector<float> lmHeadChunk_; // lm_head_loss: one chunk of logits (and their gradients)
+  int64_t lmHeadChunkRows_ = 0;
   int64_t vocab_ = 0;
   bool checkFinite_ = false;
 };

@@ -6,12 +6,14 @@
 //
 //===----------------------------------------------------------------------===//
 #include "runtime/CpuCall.h"
+#include "runtime/TrainScratch.h"
 
 #include "runtime/cpu/Backward.h"
 #include "runtime/cpu/Fused.h"
 #include "runtime/cpu/Kernels.h"
 #include "runtime/cpu/Parallel.h"
 #include "runtime/cpu/Recurrent.h"
+#include "runtime/cpu/RowMath.h"
 
 #include <algorithm>
 #include <cmath>
@@ -69,6 +71,46 @@ bool CpuExecutor::runTrainingStep(const schema::Step &step, Call &call) {
       throw Error(call.source + ": step '" + s->name()->str() + "' reads strided logits");
     cpu::crossEntropyGrad(ptr(z), call.ids(in.Get(1)), rows, z->cols(), i64(0), *ptr(in.Get(2)),
                           ptr(y));
+    return true;
+  }
+  case schema::KernelKind_LmHeadLoss: {
+    // The lm head, its cross entropy (and their backward) a chunk of rows at a time
+    // (TrainScratch.h's rows per chunk): per chunk z = h·Wᵀ, the rows' losses (and dz in
+    // place), dh = dz·W, dW (+)= dzᵀ·h; the mean of the row losses in row order, as
+    // cross_entropy. Labels are checked (and counted) over the whole call first.
+    const schema::Operand *h = in.Get(0), *w = in.Get(1);
+    const bool grad = in.size() == 4;
+    const int64_t vocab = w->rows(), d = h->cols(), ignore = i64(0);
+    if (w->ld() != d)
+      throw Error(call.source + ": step '" + s->name()->str() + "' reads a strided lm head");
+    const int32_t *labels = call.ids(in.Get(2));
+    const int64_t count = cpu::detail::countLabels(labels, rows, vocab, ignore);
+    const int64_t chunk = std::max<int64_t>(1, lmHeadChunkRows_ > 0 ? lmHeadChunkRows_
+                                                                    : lmHeadChunkRows(rows, vocab));
+    if (lmHeadChunk_.size() < size_t(std::min(chunk, rows) * vocab))
+      lmHeadChunk_.resize(size_t(std::min(chunk, rows) * vocab));
+    std::vector<double> rowLoss(size_t(std::max<int64_t>(rows, 0)), 0.0);
+    const double k = grad ? double(*ptr(in.Get(3))) / double(count) : 0.0;
+    float *z = lmHeadChunk_.data();
+    if (grad && rows == 0)
+      zero(ptr(out.Get(2)), out.Get(2)->rows(), out.Get(2)->cols(), out.Get(2)->ld());
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+      const int64_t n = std::min(chunk, rows - r0);
+      const float *hc = ptr(h) + r0 * h->ld();
+      cpu::linear(hc, n, d, h->ld(), ptr(w), vocab, z, vocab);
+      if (!grad) {
+        cpu::crossEntropyRows(z, labels + r0, n, vocab, ignore, rowLoss.data() + r0);
+        continue;
+      }
+      cpu::crossEntropyGradRows(z, labels + r0, n, vocab, ignore, k, z, rowLoss.data() + r0);
+      const schema::Operand *dh = out.Get(1), *dw = out.Get(2);
+      cpu::linearGradInput(z, n, vocab, vocab, ptr(w), d, ptr(dh) + r0 * dh->ld(), dh->ld());
+      cpu::linearGradWeight(z, n, vocab, vocab, hc, d, h->ld(), ptr(dw), r0 > 0);
+    }
+    double total = 0.0;
+    for (double l : rowLoss)
+      total += l;
+    *ptr(y) = static_cast<float>(total / static_cast<double>(count));
     return true;
   }
   case schema::KernelKind_LinearGradInput: {
@@ -212,25 +254,26 @@ bool CpuExecutor::runTrainingStep(const schema::Step &step, Call &call) {
   case schema::KernelKind_LightningPrefill: {
     const bool lrpe = i64(3) != 0, silu = i64(4) != 0;
     cpu::lightningPrefill(ptr(in.Get(0)), ld(0), batch, seq, i64(0), i64(1), silu,
-                          lrpe ? ptr(in.Get(3)) : nullptr, call.ids(in.Get(2)),
-                          s->slopes()->data(), i64(2), f32(0),
-                          out.size() > 2 ? ptr(out.Get(2)) : nullptr, ptr(out.Get(1)), ptr(y),
-                          y->ld());
+                          lrpe ? ptr(in.Get(3)) : nullptr, call.ids(in.Get(2)), s->slopes()->data(),
+                          i64(2), f32(0), out.size() > 2 ? ptr(out.Get(2)) : nullptr,
+                          ptr(out.Get(1)), ptr(y), y->ld());
     return true;
   }
   case schema::KernelKind_LightningDecode: {
     if (seq != 1)
-      throw Error(call.source + ": step '" + s->name()->str() + "' decodes one token per slot, "
-                  "but the call has " + std::to_string(seq) + " per slot");
+      throw Error(call.source + ": step '" + s->name()->str() +
+                  "' decodes one token per slot, "
+                  "but the call has " +
+                  std::to_string(seq) + " per slot");
     const bool lrpe = i64(2) != 0, silu = i64(3) != 0;
     cpu::lightningDecode(ptr(in.Get(0)), ld(0), batch, i64(0), i64(1), silu,
-                         lrpe ? ptr(in.Get(3)) : nullptr, call.ids(in.Get(2)),
-                         s->slopes()->data(), f32(0), ptr(out.Get(1)), ptr(y), y->ld());
+                         lrpe ? ptr(in.Get(3)) : nullptr, call.ids(in.Get(2)), s->slopes()->data(),
+                         f32(0), ptr(out.Get(1)), ptr(y), y->ld());
     return true;
   }
   case schema::KernelKind_GatherLast:
-    cpu::gatherLastRows(ptr(in.Get(0)), ld(0), batch, seq, y->cols(), call.ids(in.Get(1)),
-                        ptr(y), y->ld());
+    cpu::gatherLastRows(ptr(in.Get(0)), ld(0), batch, seq, y->cols(), call.ids(in.Get(1)), ptr(y),
+                        y->ld());
     return true;
   default:
     return false;

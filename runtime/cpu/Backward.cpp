@@ -337,14 +337,12 @@ void embeddingGrad(const int32_t *ids, int64_t tokens, const float *dx, int64_t 
 // passes, so the exponentials are taken once; x_label is read first, so dlogits may alias
 // logits. A row with an infinite max gives loss ±inf or NaN (as cpu::crossEntropy) and a NaN
 // gradient.
-double crossEntropyGrad(const float *logits, const int32_t *labels, int64_t rows, int64_t vocab,
-                        int64_t ignoreIndex, float dloss, float *dlogits, int64_t *counted) {
-  const int64_t count = detail::countLabels(labels, rows, vocab, ignoreIndex);
-  const double k = static_cast<double>(dloss) / static_cast<double>(count);
-  std::vector<double> loss(static_cast<size_t>(std::max<int64_t>(rows, 0)), 0.0);
+void crossEntropyGradRows(const float *logits, const int32_t *labels, int64_t rows, int64_t vocab,
+                          int64_t ignoreIndex, double k, float *dlogits, double *rowLoss) {
   forEachRow(rows, vocab, [&](int64_t r) {
     const float *xr = logits + r * vocab;
     float *gr = dlogits + r * vocab;
+    rowLoss[r] = 0.0;
     if (labels[r] == ignoreIndex) {
       std::fill(gr, gr + vocab, 0.0f);
       return;
@@ -369,12 +367,20 @@ double crossEntropyGrad(const float *logits, const int32_t *labels, int64_t rows
     }
     const double sum = (acc[0] + acc[2]) + (acc[1] + acc[3]);
     const double lse = std::isinf(mx) ? static_cast<double>(mx) : mx + std::log(sum);
-    loss[r] = lse - static_cast<double>(xl);
+    rowLoss[r] = lse - static_cast<double>(xl);
     const double el = gr[label], scale = k / sum;
     for (c = 0; c < vocab; ++c)
       gr[c] = static_cast<float>(static_cast<double>(gr[c]) * scale);
     gr[label] = static_cast<float>(k * (el / sum - 1.0));
   });
+}
+
+double crossEntropyGrad(const float *logits, const int32_t *labels, int64_t rows, int64_t vocab,
+                        int64_t ignoreIndex, float dloss, float *dlogits, int64_t *counted) {
+  const int64_t count = detail::countLabels(labels, rows, vocab, ignoreIndex);
+  const double k = static_cast<double>(dloss) / static_cast<double>(count);
+  std::vector<double> loss(static_cast<size_t>(std::max<int64_t>(rows, 0)), 0.0);
+  crossEntropyGradRows(logits, labels, rows, vocab, ignoreIndex, k, dlogits, loss.data());
   // Row order, as cpu::crossEntropy: the same mean, independent of the thread count.
   double total = 0.0;
   for (double l : loss)

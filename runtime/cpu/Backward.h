@@ -82,6 +82,11 @@ void embeddingGrad(const int32_t *ids, int64_t tokens, const float *dx, int64_t 
 double crossEntropyGrad(const float *logits, const int32_t *labels, int64_t rows, int64_t vocab,
                         int64_t ignoreIndex, float dloss, float *dlogits,
                         int64_t *counted = nullptr);
+/// crossEntropyGrad's rows without the count and the mean: labels already checked, k =
+/// dloss / counted given (the counted rows of the whole call, for a chunk of its rows);
+/// rowLoss[r] = the row's loss (0 on ignored rows). The same operations per row.
+void crossEntropyGradRows(const float *logits, const int32_t *labels, int64_t rows, int64_t vocab,
+                          int64_t ignoreIndex, double k, float *dlogits, double *rowLoss);
 
 //===-- Token mixer ------------------------------------------------------------------===//
 

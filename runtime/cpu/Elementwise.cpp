@@ -134,17 +134,23 @@ int64_t detail::countLabels(const int32_t *labels, int64_t rows, int64_t vocab,
   return count;
 }
 
+void crossEntropyRows(const float *logits, const int32_t *labels, int64_t rows, int64_t vocab,
+                      int64_t ignoreIndex, double *rowLoss) {
+  forEachRow(rows, vocab, [&](int64_t r) {
+    rowLoss[r] = 0.0;
+    if (labels[r] == ignoreIndex)
+      return;
+    const float *xr = logits + r * vocab;
+    rowLoss[r] = logSumExp(xr, vocab) - static_cast<double>(xr[labels[r]]);
+  });
+}
+
 double crossEntropy(const float *logits, const int32_t *labels, int64_t rows, int64_t vocab,
                     int64_t ignoreIndex, int64_t *counted) {
   const int64_t count = detail::countLabels(labels, rows, vocab, ignoreIndex);
   // Per-row losses summed in row order afterwards: the result does not depend on threads.
-  std::vector<double> loss(static_cast<size_t>(rows), 0.0);
-  forEachRow(rows, vocab, [&](int64_t r) {
-    if (labels[r] == ignoreIndex)
-      return;
-    const float *xr = logits + r * vocab;
-    loss[r] = logSumExp(xr, vocab) - static_cast<double>(xr[labels[r]]);
-  });
+  std::vector<double> loss(static_cast<size_t>(std::max<int64_t>(rows, 0)), 0.0);
+  crossEntropyRows(logits, labels, rows, vocab, ignoreIndex, loss.data());
   double sum = 0.0;
   for (double l : loss)
     sum += l;

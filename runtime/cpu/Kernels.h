@@ -119,6 +119,10 @@ void logSoftmax(const float *x, int64_t rows, int64_t cols, int64_t ldx, float *
 /// caller can combine batches: sum = mean · counted.
 double crossEntropy(const float *logits, const int32_t *labels, int64_t rows, int64_t vocab,
                     int64_t ignoreIndex = -100, int64_t *counted = nullptr);
+/// crossEntropy's rows without the count and the mean (labels already checked): rowLoss[r] =
+/// the row's loss, 0 on ignored rows.
+void crossEntropyRows(const float *logits, const int32_t *labels, int64_t rows, int64_t vocab,
+                      int64_t ignoreIndex, double *rowLoss);
 
 } // namespace tnlm::cpu
 

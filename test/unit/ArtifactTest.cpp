@@ -214,14 +214,24 @@ TEST(Artifact, CraftedOutOfRangePlansAreRefused) {
       {"huge row stride",
        [&](mt::KernelPlan &p) { stepOf(p, mt::KernelKind::Silu).inputs[0].ld = int64_t(1) << 40; },
        "an operand with an invalid view"},
-      {"the GPU's fused lm head loss in a cpu artifact",
+      {"a fused lm head loss writing logits, not a loss",
        [&](mt::KernelPlan &p) {
          mt::PlanStep &head = p.steps.back(); // the lm head's linear
          head.kind = mt::KernelKind::LmHeadLoss;
          head.inputs.push_back(mt::PlanOperand{mt::OperandKind::Input, 0, 0, 1, 1, "i32"});
          head.i64Attrs = {-100};
        },
-       "is a CUDA step in an artifact for another target"},
+       "must write a [1, 1] loss"},
+      {"a fused lm head loss with a loss gradient but no dh and dW",
+       [&](mt::KernelPlan &p) {
+         mt::PlanStep &head = p.steps.back();
+         head.kind = mt::KernelKind::LmHeadLoss;
+         head.inputs.push_back(mt::PlanOperand{mt::OperandKind::Input, 0, 0, 1, 1, "i32"});
+         head.inputs.push_back(head.outputs[0]); // (any arena operand as dloss)
+         head.outputs[0].rows = 1, head.outputs[0].cols = head.outputs[0].ld = 1;
+         head.i64Attrs = {-100};
+       },
+       "has a loss gradient without dh and dW"},
       {"attention dims that wrap",
        [&](mt::KernelPlan &p) {
          stepOf(p, mt::KernelKind::DecayAttention).i64Attrs[1] = (int64_t(1) << 62) + 1;

@@ -86,10 +86,12 @@ void splitWindows(const std::vector<int32_t> &windows, int64_t batch, int64_t n,
     }
 }
 
-void checkGradients(const Setup &s, int64_t batch, int64_t n, uint64_t seed, double stddev) {
+void checkGradients(const Setup &s, int64_t batch, int64_t n, uint64_t seed, double stddev,
+                    int64_t lmHeadChunkRows = 0) {
   tnlm::ref::Config rc = refConfig(s.cfg);
   auto [values, refWeights] = weightsFor(s.artifact, s.cfg, seed, stddev);
   tnlm::CpuExecutor exec(s.artifact, values);
+  exec.setLmHeadChunkRows(lmHeadChunkRows);
   // Ids from 1: the padding row E[0] is zero, and at a zero row the chain of eps-regularized
   // norms (every norm of that token's residual stream sees 0 and scales by 1/sqrt(eps)) is
   // so curved that central differences agree with the (correct) gradient only for h ≈ 1e-9.
@@ -143,6 +145,18 @@ void checkGradients(const Setup &s, int64_t batch, int64_t n, uint64_t seed, dou
 TEST(TrainGradients, TinyModelMatchesFiniteDifferencesOfTheReference) {
   // 2 x 40 tokens with block 16: two full blocks and a partial one per sequence.
   checkGradients(compileTrain(tinyConfig(), 2, 40, 16), 2, 40, 1, 0.05);
+}
+
+// The lm head, its loss and their backward are one lm_head_loss step (the logits a chunk of
+// rows at a time): in chunks of 7 rows (80 rows: 11 whole chunks and one of 3) the loss and every
+// gradient still match the reference (dW summed over the chunks).
+TEST(TrainGradients, LmHeadLossInChunksMatchesTheReference) {
+  const ::Setup s = compileTrain(tinyConfig(), 2, 40, 16);
+  bool fused = false;
+  for (const tnlm::schema::Step *st : *s.artifact.function("train_step").steps())
+    fused = fused || st->kind() == tnlm::schema::KernelKind_LmHeadLoss;
+  EXPECT_TRUE(fused) << "no lm_head_loss step in @train_step";
+  checkGradients(s, 2, 40, 1, 0.05, /*lmHeadChunkRows=*/7);
 }
 
 TEST(TrainGradients, LrpeUntiedUnscaledSixHeadModelMatchesTheReference) {
