@@ -592,9 +592,11 @@ private:
       return success();
     case KernelKind::AdamW:
       // One multi-tensor launch for a run of AdamW steps (the executor builds the table).
-      // (Artifacts of an earlier tnlmc: tnlm_adamw, then tnlm_cast_bf16 per weight.)
+      // (Artifacts of an earlier tnlmc: tnlm_adamw, then tnlm_cast_bf16 per weight. The new
+      // name does not start with the old one: an executor of before, which finds launches by
+      // name prefix, stops at "no tnlm_adamw launch" instead of launching this kernel.)
       out.push_back(trainKernel(
-          CudaLaunchKind::PerChunk, "tnlm_adamw_bf16", 256,
+          CudaLaunchKind::PerChunk, "tnlm_fused_adamw_bf16", 256,
           "AdamW on every tensor of the table (torch.optim.AdamW), g scaled, each weight's bf16 "
           "copy written with it",
           "const tnlm::bw::OptTensor *t, int count, const float *lr, const float *scale, const "

@@ -258,21 +258,27 @@ void checkStepShapes(const schema::Artifact &a, const schema::Step &s,
       fail(" must write a [1, 1] loss");
     break;
   case schema::KernelKind_LmHeadLoss: {
+    // The executor reads h and writes dh for batch·seq rows (not per slot), h in the target's
+    // activation dtype (bf16 on CUDA, f32 on the CPU), dh in it or f32, the loss and dloss f32.
+    const bool cuda = a.target() == schema::Target_CUDA_SM90A;
+    const schema::DType act = cuda ? schema::DType_BF16 : schema::DType_F32;
     auto w = pshape(in(1));
-    allPerCall({in(0)});
+    if (in(0)->rows() != -1 || in(0)->dtype() != act)
+      fail(" has an lm head input that is not one activation row per position");
     if (w->size() != 2 || w->Get(1) != in(0)->cols() || in(1)->rows() != w->Get(0))
       fail(" has an lm head weight whose shape does not match its input");
     if (in(2)->dtype() != schema::DType_I32 || !perCall(in(2)))
       fail(" needs one i32 label per position");
-    if (!is(y, 1, 1))
-      fail(" must write a [1, 1] loss");
-    if ((nin == 4) != (nout == 3))
+    if (!is(y, 1, 1) || y->dtype() != schema::DType_F32)
+      fail(" must write a [1, 1] f32 loss");
+    if ((nin == 4) != (nout == 3) || nout == 2)
       fail(" has a loss gradient without dh and dW (or those without it)");
     if (nin == 4) {
-      allPerCall({out(1)});
-      if (!is(in(3), 1, 1) || out(1)->cols() != in(0)->cols() ||
-          !is(out(2), w->Get(0), w->Get(1)) || out(2)->ld() != out(2)->cols() ||
-          out(2)->dtype() != schema::DType_F32)
+      const schema::Operand *dh = out(1), *dw = out(2);
+      if (dh->rows() != -1 || (dh->dtype() != act && dh->dtype() != schema::DType_F32))
+        fail(" has a dh that is not one bf16 or f32 row per position");
+      if (!is(in(3), 1, 1) || in(3)->dtype() != schema::DType_F32 || dh->cols() != in(0)->cols() ||
+          !is(dw, w->Get(0), w->Get(1)) || dw->dtype() != schema::DType_F32)
         fail(" has gradient shapes that do not agree with its lm head");
     }
     break;

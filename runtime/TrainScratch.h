@@ -44,10 +44,11 @@ inline int64_t lmHeadChunkRows(int64_t maxRows, int64_t vocab) {
   return std::clamp<int64_t>(rows, 1, maxRows);
 }
 
-/// (Older artifacts: the loss's bf16 logit gradients [rows, V].) The fused lm head loss's chunk
-/// (lmHeadChunkRows · V · 6 bytes). The gated linear backward's four
-/// bf16 products [rows, F], the LRPE dθ partials (f64 per position chunk and feature), the sum of
-/// squares' f64 chunks, 20 bytes per row (row losses, the embedding grouping) and 4 KiB of scalars.
+/// The bytes beside the arena: (older artifacts) the loss's bf16 logit gradients [rows, V]; the
+/// fused lm head loss's chunk (lmHeadChunkRows · V · 6 bytes: f32 logits, bf16 gradients); the
+/// gated linear backward's four bf16 products [rows, F]; the LRPE dθ partials (f64 per position
+/// chunk and feature); the sum of squares' f64 chunks; 20 bytes per row (row losses, the
+/// embedding grouping) and 4 KiB of scalars.
 inline TrainScratch trainScratch(int64_t maxRows, int64_t maxSeq, const TrainScratchNeeds &n) {
   TrainScratch s;
   const size_t rows = size_t(std::max<int64_t>(maxRows, 0));

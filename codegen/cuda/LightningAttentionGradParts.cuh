@@ -36,6 +36,8 @@ __device__ __forceinline__ void silu_both(float x, float &value, float &slope) {
 // touch starts 8-byte aligned and D is a multiple of 4 (the same value per element, the same
 // per-element arithmetic as the one-element path; only the order of the per-row f64 sums
 // changes), else one element per thread and step.
+template <typename T> struct IsBf16 { static constexpr bool value = false; };
+template <> struct IsBf16<bf16> { static constexpr bool value = true; };
 struct __align__(8) Bf16x4 {
   bf16 v[4];
 };
@@ -148,8 +150,8 @@ __device__ __forceinline__ void la_gate_norm_grad2(const TO *O, const TO *O2, lo
   auto o = [&](int c) { return to_float(Or[c]) + (O2r != nullptr ? to_float(O2r[c]) : 0.0f); };
   const TDY *dyr = dy + r * lddy;
   const bf16 *ur = u + r * ldu;
-  if (sizeof(TO) == 2 && sizeof(TDY) == 2 && sizeof(TG) == 2 && O2r == nullptr && D % 4 == 0 &&
-      aligned8(Or) && aligned8(dyr) && aligned8(ur) && aligned8(du + r * lddu) &&
+  if (IsBf16<TO>::value && IsBf16<TDY>::value && IsBf16<TG>::value && O2r == nullptr &&
+      D % 4 == 0 && aligned8(Or) && aligned8(dyr) && aligned8(ur) && aligned8(du + r * lddu) &&
       aligned8(dO + r * lddo)) {
     // (the same for every thread of the CTA: the sums' __syncthreads are reached by all)
     const bf16 *Ob = reinterpret_cast<const bf16 *>(Or);
@@ -264,7 +266,7 @@ __device__ __forceinline__ void la_silu_scale(const bf16 *qkvu, long long ld, TG
                                               long long lddqkvu, int D) {
   const long long r = blockIdx.x;
   const bf16 *xr = qkvu + r * ld;
-  if (sizeof(TG) == 2 && D % 4 == 0 && aligned8(xr) && aligned8(dqkvu + r * lddqkvu)) {
+  if (IsBf16<TG>::value && D % 4 == 0 && aligned8(xr) && aligned8(dqkvu + r * lddqkvu)) {
     bf16 *gr = reinterpret_cast<bf16 *>(dqkvu + r * lddqkvu);
     for (int c = threadIdx.x * 4; c < 2 * D; c += BLOCK * 4) {
       const Bf16x4 x = load4(xr + c);

@@ -148,7 +148,7 @@ void CudaExecutor::allocateTrain() {
         if (n.rfind("tnlm_cross_entropy_grad", 0) == 0)
           k.crossEntropyGrad = &kernel(l, where), k.block = unsigned(l->block());
         else if (n.rfind("tnlm_cross_entropy_loss", 0) == 0)
-          k.crossEntropyLoss = &kernel(l, where), k.block = unsigned(l->block());
+          k.crossEntropyLoss = &kernel(l, where), k.lossBlock = unsigned(l->block());
         else if (n.rfind("tnlm_loss_total", 0) == 0)
           k.lossTotal = &kernel(l, where);
       }
@@ -314,6 +314,8 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       launch("tnlm_loss_grad_scale", 1, 1, ptr(in.Get(3)), invCount_, lossK_);
       const schema::Operand *dh = out.Get(1), *dw = out.Get(2);
       c.k = lossK_;
+      if (dh->dtype() != schema::DType_BF16 && dh->dtype() != schema::DType_F32)
+        throw Error(where + ": dh must be bf16 or f32");
       c.dh = ptr(dh), c.lddh = ld(dh), c.dhBf16 = dh->dtype() == schema::DType_BF16;
       // dW straight into the gradient where the next step accumulates it.
       const schema::Operand *g = accumulatedInto(f, index, dw, index + 1);
@@ -595,7 +597,7 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     }
     // From this tnlmc on, the AdamW kernel writes the bf16 copies (a table of their pointers
     // after the tensors'); before, a cast per weight after it.
-    const bool fusedCast = launchesKernel(artifact_.root(), s, "tnlm_adamw_bf16");
+    const bool fusedCast = launchesKernel(artifact_.root(), s, "tnlm_fused_adamw_bf16");
     auto it = optTables_.find(key);
     if (it == optTables_.end()) {
       const size_t tableBytes = table.size() * sizeof(HostOptTensor);
@@ -615,7 +617,7 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     }
     if (fusedCast) {
       const CUdeviceptr copies = it->second.get() + table.size() * sizeof(HostOptTensor);
-      launch("tnlm_adamw_bf16", unsigned(chunks), 1, it->second.get(), int(table.size()),
+      launch("tnlm_fused_adamw_bf16", unsigned(chunks), 1, it->second.get(), int(table.size()),
              ptr(in.Get(5)), ptr(in.Get(6)), optT_, hostHp_[schema::HyperParam_Beta1],
              hostHp_[schema::HyperParam_Beta2], hostHp_[schema::HyperParam_Eps],
              hostHp_[schema::HyperParam_WeightDecay], copies);

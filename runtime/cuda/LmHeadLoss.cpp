@@ -51,8 +51,9 @@ void LmHeadLoss::run(const LmHeadLossCall &c, std::string_view where) {
     const int vocab = int(vocab_);
     LaunchConfig perRow{{unsigned(n)}, {kernels_.block}, 0};
     if (!grad) {
-      context_.launchWith(*kernels_.crossEntropyLoss, perRow, at + ": cross entropy", logits_.get(),
-                          ldz, labels, vocab, c.ignoreIndex, rowLoss);
+      const LaunchConfig lossRow{{unsigned(n)}, {kernels_.lossBlock}, 0};
+      context_.launchWith(*kernels_.crossEntropyLoss, lossRow, at + ": cross entropy",
+                          logits_.get(), ldz, labels, vocab, c.ignoreIndex, rowLoss);
       continue;
     }
     context_.launchWith(*kernels_.crossEntropyGrad, perRow, at + ": cross entropy", logits_.get(),

@@ -36,9 +36,10 @@ namespace tnlm::cuda {
 ///       long long ldx, const int *labels, int vocab, int ignoreIndex, double *rowLoss).
 struct LmHeadLossKernels {
   Kernel *crossEntropyGrad = nullptr;
-  unsigned block = 256;
+  unsigned block = 256; // crossEntropyGrad's
   Kernel *lossTotal = nullptr;
   Kernel *crossEntropyLoss = nullptr;
+  unsigned lossBlock = 256; // crossEntropyLoss's
 };
 
 struct LmHeadLossCall {

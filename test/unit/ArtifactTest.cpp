@@ -221,7 +221,7 @@ TEST(Artifact, CraftedOutOfRangePlansAreRefused) {
          head.inputs.push_back(mt::PlanOperand{mt::OperandKind::Input, 0, 0, 1, 1, "i32"});
          head.i64Attrs = {-100};
        },
-       "must write a [1, 1] loss"},
+       "must write a [1, 1] f32 loss"},
       {"a fused lm head loss with a loss gradient but no dh and dW",
        [&](mt::KernelPlan &p) {
          mt::PlanStep &head = p.steps.back();

@@ -237,7 +237,7 @@ void checkTrainProgram(bool reference) {
                                    "tnlm_sum_squares_total",
                                    "tnlm_lr_schedule",
                                    "tnlm_clip_scale",
-                                   "tnlm_adamw_bf16", // (writes the bf16 copies itself)
+                                   "tnlm_fused_adamw_bf16", // (writes the bf16 copies itself)
                                    "tnlm_step_increment"};
   // The fast Lightning backward (the packs, the Hopper forward) or the reference cores.
   const std::vector<std::string> fast = {
@@ -251,7 +251,7 @@ void checkTrainProgram(bool reference) {
               reference ? slow.end() : fast.end());
   for (const std::string &k : want)
     EXPECT_TRUE(names.count(k)) << k << " not emitted";
-  // Replaced by tnlm_adamw_bf16: AdamW without the copies, and the cast pass after it.
+  // Replaced by tnlm_fused_adamw_bf16: AdamW without the copies, and the cast pass after it.
   for (const char *k : {"tnlm_cast_bf16", "tnlm_adamw"})
     EXPECT_FALSE(names.count(k)) << k << " emitted";
   for (const std::string &k : reference ? fast : slow)

@@ -813,7 +813,7 @@ TEST(BackwardOptimizer, AdamWMatchesCpuBitForBit) {
   }
 }
 
-// adamw with the bf16 copies (the executor's tnlm_adamw_bf16): p, m, v as without them, and
+// adamw with the bf16 copies (the executor's tnlm_fused_adamw_bf16): p, m, v as without them, and
 // every tensor with a copy gets bf16(p) (cast_bf16's round to nearest even) of the updated p;
 // a tensor without one (null) is left alone.
 TEST(BackwardOptimizer, AdamWWritesTheBf16Copies) {
