@@ -222,6 +222,16 @@ TEST(Artifact, CraftedOutOfRangePlansAreRefused) {
          head.i64Attrs = {-100};
        },
        "must write a [1, 1] f32 loss"},
+      {"a fused lm head loss reading one row per slot",
+       [&](mt::KernelPlan &p) {
+         mt::PlanStep &head = p.steps.back();
+         head.kind = mt::KernelKind::LmHeadLoss;
+         head.inputs[0].rows = mt::kRowsPerBatch; // sized for max batch rows, read for batch·seq
+         head.inputs.push_back(mt::PlanOperand{mt::OperandKind::Input, 0, 0, 1, 1, "i32"});
+         head.outputs[0].rows = 1, head.outputs[0].cols = head.outputs[0].ld = 1;
+         head.i64Attrs = {-100};
+       },
+       "has an lm head input that is not one activation row per position"},
       {"a fused lm head loss with a loss gradient but no dh and dW",
        [&](mt::KernelPlan &p) {
          mt::PlanStep &head = p.steps.back();
