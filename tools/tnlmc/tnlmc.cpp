@@ -560,6 +560,17 @@ int main(int argc, char **argv) {
               "32 MiB for cuBLASLt): {2} an H200 (139.8 GiB){3}\n",
               tnlm::withThousands(need), need / (1024.0 * 1024.0 * 1024.0),
               fits ? "fits" : "does NOT fit", advice);
+        } else {
+          // The CPU executor's chunk of the lm head loss's f32 logits (heap, beside the arena).
+          const tnlm::GpuTrainScratchBytes scratch =
+              tnlm::gpuTrainScratch(plans, int64_t(maxBatch) * int64_t(maxSeq), int64_t(maxSeq));
+          if (scratch.lmHeadChunkRows > 0) {
+            const int64_t bytes = scratch.lmHead / 6 * 4; // f32 logits, dz in place
+            llvm::outs() << llvm::formatv(
+                "lm head loss chunk (CPU heap)    {0,18}  ({1:F2} MiB: {2} rows of f32 logits; "
+                "the [tokens, V] logits are never whole)\n",
+                tnlm::withThousands(bytes), bytes / (1024.0 * 1024.0), scratch.lmHeadChunkRows);
+          }
         }
       }
     } else {
