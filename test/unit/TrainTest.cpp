@@ -202,6 +202,43 @@ TEST(TrainGradients, PaddingRowGetsNoGradientFromItsLookups) {
   }
 }
 
+// The chunked lm head loss with ignored labels (-100, the loss's ignore index) in several
+// chunks, one of them all ignored: the same loss and gradients as the call in one chunk (the
+// row losses are the same numbers summed in the same order; dW is summed over chunks, so the
+// gradients differ by f32 rounding only).
+TEST(TrainGradients, LmHeadLossChunksSkipIgnoredLabels) {
+  const ::Setup s = compileTrain(tinyConfig(), 2, 40, 16);
+  auto [values, refWeights] = weightsFor(s.artifact, s.cfg, 5, 0.05);
+  std::vector<int32_t> ids = tnlm::testing::randomIds(80, s.cfg.vocabSize - 1, 17);
+  std::vector<int32_t> labels = tnlm::testing::randomIds(80, s.cfg.vocabSize - 1, 18);
+  for (int32_t &t : ids)
+    t += 1;
+  for (int64_t r = 14; r < 21; ++r) // rows 14..20: the whole third chunk of 7
+    labels[size_t(r)] = -100;
+  labels[3] = labels[40] = labels[79] = -100;
+  std::vector<float> loss;
+  std::vector<std::vector<float>> grads;
+  for (int64_t chunk : {int64_t(0), int64_t(7)}) {
+    tnlm::CpuExecutor exec(s.artifact, values);
+    exec.setLmHeadChunkRows(chunk);
+    loss.push_back(exec.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, 2, 40)
+                       .front()
+                       .second[0]);
+    const int64_t gi = exec.stateIndex("grad/model.embed_tokens.weight");
+    ASSERT_GE(gi, 0);
+    grads.push_back(exec.state()[size_t(gi)]);
+  }
+  ASSERT_TRUE(std::isfinite(loss[0]));
+  EXPECT_EQ(loss[0], loss[1]) << "the mean of the same row losses in the same order";
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < grads[0].size(); ++i) {
+    worst = std::max(worst, double(std::fabs(grads[0][i] - grads[1][i])));
+    scale = std::max(scale, double(std::fabs(grads[0][i])));
+  }
+  EXPECT_GT(scale, 0.0);
+  EXPECT_LE(worst, 1e-5 * scale) << "the tied embedding's gradient, chunked vs whole";
+}
+
 TEST(TrainGradients, ShorterCallThanCompiledRunsWithoutRecompiling) {
   // Compiled for 2 x 64, called with 1 x 17 (and the default block from the cost model).
   checkGradients(compileTrain(tinyConfig(), 2, 64), 1, 17, 3, 0.05);
