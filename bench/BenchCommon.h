@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -72,6 +73,43 @@ inline double lightningAttentionFlops(const Artifact &a, const schema::Function 
       flops += rows * heads * (2 * kChunk * (dk + dv) + 4 * dk * dv);
     }
   return flops;
+}
+
+/// The one artifact path of a benchmark's command line; an Error naming what is wrong otherwise.
+inline std::string oneArtifact(const std::vector<std::string> &positional,
+                               const std::string &tool) {
+  if (positional.size() != 1)
+    throw Error(positional.empty()
+                    ? "expected one artifact (see " + tool + " --help)"
+                    : "expected one artifact, got " + std::to_string(positional.size()) +
+                          " arguments (see " + tool + " --help)");
+  return positional[0];
+}
+
+/// Profiled steps (CudaExecutor::StepTime: kind, ms) summed per kernel kind.
+struct KindTime {
+  double ms = 0;
+  int steps = 0;
+};
+template <typename StepTimes>
+double addByKind(std::map<std::string, KindTime> &byKind, const StepTimes &times,
+                 const std::string &prefix = "") {
+  double total = 0;
+  for (const auto &t : times) {
+    KindTime &k = byKind[prefix + t.kind];
+    k.ms += t.ms;
+    k.steps += 1;
+    total += t.ms;
+  }
+  return total;
+}
+/// The kinds, slowest first.
+inline std::vector<std::pair<std::string, KindTime>>
+slowestFirst(const std::map<std::string, KindTime> &byKind) {
+  std::vector<std::pair<std::string, KindTime>> kinds(byKind.begin(), byKind.end());
+  std::stable_sort(kinds.begin(), kinds.end(),
+                   [](const auto &x, const auto &y) { return x.second.ms > y.second.ms; });
+  return kinds;
 }
 
 inline std::string jsonString(const std::string &s) {

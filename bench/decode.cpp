@@ -118,9 +118,9 @@ int main(int argc, char **argv) {
     std::vector<int64_t> contexts;
     try {
       batch = opts.getInt("batch", a.maxBatch(), 1, a.maxBatch());
-      contexts = opts.has("contexts") ? parseList(opts.get("contexts"))
-                                      : std::vector<int64_t>{std::min<int64_t>(1024, a.maxSeq()),
-                                                             a.maxSeq()};
+      contexts = opts.has("contexts")
+                     ? parseList(opts.get("contexts"))
+                     : std::vector<int64_t>{std::min<int64_t>(1024, a.maxSeq()), a.maxSeq()};
       for (int64_t c : contexts)
         if (c > a.maxSeq())
           throw Error("--contexts: " + std::to_string(c) + " is longer than the artifact's --seq " +
@@ -172,7 +172,8 @@ int main(int argc, char **argv) {
     cuda::Context &ctx = exec.context();
     exec.setSmallBatchGemv(!opts.has("no-gemv"));
     const int64_t vocab = exec.vocabSize();
-    std::fprintf(stderr, "%s: %s, batch %lld, device arena %.2f GiB, weights+state set up in %.1f s\n",
+    std::fprintf(stderr,
+                 "%s: %s, batch %lld, device arena %.2f GiB, weights+state set up in %.1f s\n",
                  label.c_str(), ctx.deviceName().c_str(), (long long)batch,
                  exec.deviceBytes() / double(1u << 30), setupS);
     std::mt19937 rng(7);
@@ -237,37 +238,29 @@ int main(int argc, char **argv) {
           "\"device_ms_per_step\":%.4f,\"tokens_per_s\":%.1f,\"weight_floor_ms\":%.4f,"
           "\"floor_with_state_ms\":%.4f,\"device_vs_weight_floor\":%.3f,\"graph_nodes\":%zu,"
           "\"device_bytes\":%zu,\"gpu\":%s}\n",
-          bench::jsonString(label).c_str(), (long long)batch, (long long)context,
-          (long long)steps, prefillMs, double(batch * context) / (prefillMs / 1e3), wallMs,
-          deviceMs, double(batch) / (wallMs / 1e3), weightFloorMs, floorMs,
-          deviceMs / weightFloorMs, nodes, exec.deviceBytes(),
-          bench::jsonString(ctx.deviceName()).c_str());
+          bench::jsonString(label).c_str(), (long long)batch, (long long)context, (long long)steps,
+          prefillMs, double(batch * context) / (prefillMs / 1e3), wallMs, deviceMs,
+          double(batch) / (wallMs / 1e3), weightFloorMs, floorMs, deviceMs / weightFloorMs, nodes,
+          exec.deviceBytes(), bench::jsonString(ctx.deviceName()).c_str());
       std::fflush(stdout);
       if (opts.has("profile")) {
         next();
         exec.profileDecode(step.data(), pos.data(), batch); // warm
         next();
         const auto times = exec.profileDecode(step.data(), pos.data(), batch);
-        std::map<std::string, std::pair<double, int>> byKind;
-        double sum = 0;
-        for (const auto &t : times) {
-          byKind[t.kind].first += t.ms;
-          byKind[t.kind].second += 1;
-          sum += t.ms;
-        }
+        std::map<std::string, bench::KindTime> byKind;
+        const double sum = bench::addByKind(byKind, times);
         std::fprintf(stderr, "profile %s B=%lld: %.4f ms over %zu steps (eager, events)\n",
                      label.c_str(), (long long)batch, sum, times.size());
         for (const auto &[kind, v] : byKind)
           std::fprintf(stderr, "  %-20s %4d steps %8.4f ms %5.1f %%  (%.2f us each)\n",
-                       kind.c_str(), v.second, v.first, 100 * v.first / sum,
-                       1e3 * v.first / v.second);
+                       kind.c_str(), v.steps, v.ms, 100 * v.ms / sum, 1e3 * v.ms / v.steps);
       }
       std::fprintf(stderr,
                    "%s B=%lld context %lld: prefill %.2f ms; decode %.4f ms/step wall, %.4f "
                    "device (%.2fx the weight-read floor %.4f ms), %.0f tokens/s, %zu graph nodes\n",
-                   label.c_str(), (long long)batch, (long long)context, prefillMs, wallMs,
-                   deviceMs, deviceMs / weightFloorMs, weightFloorMs,
-                   double(batch) / (wallMs / 1e3), nodes);
+                   label.c_str(), (long long)batch, (long long)context, prefillMs, wallMs, deviceMs,
+                   deviceMs / weightFloorMs, weightFloorMs, double(batch) / (wallMs / 1e3), nodes);
     }
     return 0;
   } catch (const Error &e) {

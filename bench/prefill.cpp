@@ -93,12 +93,7 @@ int main(int argc, char **argv) {
   try {
     if (!opts.parse(argc, argv))
       return 0;
-    if (opts.positional().size() != 1)
-      throw Error(opts.positional().empty()
-                      ? "expected one artifact (see " + std::string(kTool) + " --help)"
-                      : "expected one artifact, got " + std::to_string(opts.positional().size()) +
-                            " arguments (see " + std::string(kTool) + " --help)");
-    path = opts.positional()[0];
+    path = bench::oneArtifact(opts.positional(), kTool);
     warmup = opts.getInt("warmup", 5, 0, 100000);
     iters = opts.getInt("iters", 20, 1, 100000);
   } catch (const Error &e) {
@@ -186,22 +181,13 @@ int main(int argc, char **argv) {
     if (opts.has("profile")) {
       exec.profileSteps(ids.data(), batch, seq); // warm
       const auto steps = exec.profileSteps(ids.data(), batch, seq);
-      std::map<std::string, std::pair<double, int>> byKind;
-      double total = 0;
-      for (const auto &st : steps) {
-        byKind[st.kind].first += st.ms;
-        byKind[st.kind].second += 1;
-        total += st.ms;
-      }
-      std::vector<std::pair<double, std::string>> kinds;
-      for (const auto &[kind, v] : byKind)
-        kinds.push_back({v.first, kind});
-      std::sort(kinds.rbegin(), kinds.rend());
+      std::map<std::string, bench::KindTime> byKind;
+      const double total = bench::addByKind(byKind, steps);
       std::fprintf(stderr, "profile %s %lldx%lld: %.3f ms over %zu steps (eager, events)\n",
                    label.c_str(), (long long)batch, (long long)seq, total, steps.size());
-      for (const auto &[t, kind] : kinds)
-        std::fprintf(stderr, "  %-20s %4d steps %9.3f ms %5.1f %%\n", kind.c_str(),
-                     byKind[kind].second, t, 100 * t / total);
+      for (const auto &[kind, v] : bench::slowestFirst(byKind))
+        std::fprintf(stderr, "  %-20s %4d steps %9.3f ms %5.1f %%\n", kind.c_str(), v.steps, v.ms,
+                     100 * v.ms / total);
       std::vector<cuda::CudaExecutor::StepTime> slow(steps);
       std::sort(slow.begin(), slow.end(), [](const auto &x, const auto &y) { return x.ms > y.ms; });
       for (size_t i = 0; i < slow.size() && i < 8; ++i)

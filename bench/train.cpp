@@ -89,12 +89,7 @@ int main(int argc, char **argv) {
   try {
     if (!opts.parse(argc, argv))
       return 0;
-    if (opts.positional().size() != 1)
-      throw Error(opts.positional().empty()
-                      ? "expected one artifact (see " + std::string(kTool) + " --help)"
-                      : "expected one artifact, got " + std::to_string(opts.positional().size()) +
-                            " arguments (see " + std::string(kTool) + " --help)");
-    path = opts.positional()[0];
+    path = bench::oneArtifact(opts.positional(), kTool);
     warmup = opts.getInt("warmup", 3, 0, 100000);
     iters = opts.getInt("iters", 10, 1, 100000);
   } catch (const Error &e) {
@@ -205,27 +200,14 @@ int main(int argc, char **argv) {
                  100 * tflops * 1e12 / kPeakSpec, 100 * tflops * 1e12 / kPeakMeasured,
                  ctx.deviceName().c_str(), double(exec.deviceBytes()) / double(1ull << 30));
     if (!opts.has("no-profile")) {
-      std::map<std::string, std::pair<double, int>> byKind;
-      double total = 0;
-      for (const char *fn : {"train_step", "optimizer_step"}) {
-        const auto steps = std::string(fn) == "train_step"
-                               ? exec.profileRun(fn, trainIn, batch, seq)
-                               : exec.profileRun(fn, optIn, batch, seq);
-        for (const auto &st : steps) {
-          auto &k = byKind[std::string(fn) == "train_step" ? st.kind : "optimizer: " + st.kind];
-          k.first += st.ms;
-          k.second += 1;
-          total += st.ms;
-        }
-      }
-      std::vector<std::pair<std::string, std::pair<double, int>>> kinds(byKind.begin(),
-                                                                        byKind.end());
-      std::sort(kinds.begin(), kinds.end(),
-                [](const auto &x, const auto &y) { return x.second.first > y.second.first; });
+      std::map<std::string, bench::KindTime> byKind;
+      double total = bench::addByKind(byKind, exec.profileRun("train_step", trainIn, batch, seq));
+      total += bench::addByKind(byKind, exec.profileRun("optimizer_step", optIn, batch, seq),
+                                "optimizer: ");
       std::fprintf(stderr, "profile (steps one by one, no graph): %.2f ms in all\n", total);
-      for (const auto &[kind, v] : kinds)
-        std::fprintf(stderr, "  %-34s %9.3f ms %5.1f %%  (%d steps)\n", kind.c_str(), v.first,
-                     100 * v.first / total, v.second);
+      for (const auto &[kind, v] : bench::slowestFirst(byKind))
+        std::fprintf(stderr, "  %-34s %9.3f ms %5.1f %%  (%d steps)\n", kind.c_str(), v.ms,
+                     100 * v.ms / total, v.steps);
     }
     return 0;
   } catch (const Error &e) {
