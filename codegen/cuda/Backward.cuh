@@ -429,7 +429,19 @@ __device__ __forceinline__ void sum_squares_chunks(const OptTensor *tensors, int
   const long long i0 = (c - t.chunk0) * kOptChunk;
   const long long i1 = i0 + kOptChunk < t.n ? i0 + kOptChunk : t.n;
   double s = 0.0;
-  for (long long i = i0 + threadIdx.x; i < i1; i += BLOCK) {
+  long long tail = i0; // where the one-float loop starts
+  if (aligned4(t.g)) { // (i0 is a multiple of 4: four floats per 16-byte access)
+    const long long n4 = (i1 - i0) / 4;
+    for (long long j = threadIdx.x; j < n4; j += BLOCK) {
+      float f[4];
+      load4(t.g + i0 + 4 * j, f);
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        s = fma(double(f[e]), double(f[e]), s);
+    }
+    tail = i0 + 4 * n4;
+  }
+  for (long long i = tail + threadIdx.x; i < i1; i += BLOCK) {
     const double v = t.g[i];
     s = fma(v, v, s);
   }
@@ -564,17 +576,39 @@ adamw(const OptTensor *tensors, int count, const float *lrp, const float *scalep
   const float bc2Sqrt = static_cast<float>(sqrt(bc2));
   const long long i0 = (c - t.chunk0) * kOptChunk;
   const long long i1 = i0 + kOptChunk < t.n ? i0 + kOptChunk : t.n;
-  for (long long i = i0 + threadIdx.x; i < i1; i += BLOCK) {
-    const float gi = __fmul_rn(t.g[i], gradScale);
-    const float pi = __fmul_rn(t.p[i], decay);
-    const float m0 = t.m[i];
-    const float mi = smallWeight ? __fadd_rn(m0, __fmul_rn(w, __fsub_rn(gi, m0)))
-                                 : __fsub_rn(gi, __fmul_rn(__fsub_rn(gi, m0), oneMinusW));
-    const float vi = __fadd_rn(__fmul_rn(t.v[i], beta2), __fmul_rn(__fmul_rn(c2, gi), gi));
+  // One element: the same arithmetic on both paths.
+  auto update = [&](float g0, float p0, float m0, float v0, float &mi, float &vi, float &pn) {
+    const float gi = __fmul_rn(g0, gradScale);
+    const float pi = __fmul_rn(p0, decay);
+    mi = smallWeight ? __fadd_rn(m0, __fmul_rn(w, __fsub_rn(gi, m0)))
+                     : __fsub_rn(gi, __fmul_rn(__fsub_rn(gi, m0), oneMinusW));
+    vi = __fadd_rn(__fmul_rn(v0, beta2), __fmul_rn(__fmul_rn(c2, gi), gi));
     const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2Sqrt), eps);
+    pn = __fadd_rn(pi, __fdiv_rn(__fmul_rn(negStep, mi), denom));
+  };
+  long long tail = i0; // where the one-element loop starts
+  if (aligned4(t.p) && aligned4(t.g) && aligned4(t.m) && aligned4(t.v) &&
+      (copy == nullptr || aligned4(copy))) {
+    // Four elements per access (i0 is a multiple of 4): 16-byte f32 and 8-byte bf16 accesses.
+    const long long n4 = (i1 - i0) / 4;
+    for (long long j = threadIdx.x; j < n4; j += BLOCK) {
+      const long long i = i0 + 4 * j;
+      float g[4], p[4], m[4], v[4];
+      load4(t.g + i, g), load4(t.p + i, p), load4(t.m + i, m), load4(t.v + i, v);
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        update(g[e], p[e], m[e], v[e], m[e], v[e], p[e]);
+      store4(t.m + i, m), store4(t.v + i, v), store4(t.p + i, p);
+      if (copy)
+        store4(copy + i, p);
+    }
+    tail = i0 + 4 * n4;
+  }
+  for (long long i = tail + threadIdx.x; i < i1; i += BLOCK) {
+    float mi, vi, pn;
+    update(t.g[i], t.p[i], t.m[i], t.v[i], mi, vi, pn);
     t.m[i] = mi;
     t.v[i] = vi;
-    const float pn = __fadd_rn(pi, __fdiv_rn(__fmul_rn(negStep, mi), denom));
     t.p[i] = pn;
     if (copy)
       copy[i] = __float2bfloat16(pn);

@@ -724,7 +724,9 @@ struct OptCase {
   long long chunks = 0;
   DeviceBuffer dTable;
 
-  explicit OptCase(const std::vector<int64_t> &sizes) {
+  // shift: the tensors start this many floats into their buffers (1: not 16-byte aligned, so
+  // the kernels take their one-float paths; 0: aligned, the four-float paths).
+  explicit OptCase(const std::vector<int64_t> &sizes, int shift = 0) {
     std::mt19937 rng(51);
     std::normal_distribution<float> dist(0.0f, 1.0f);
     for (size_t i = 0; i < sizes.size(); ++i) {
@@ -738,12 +740,14 @@ struct OptCase {
       decay.push_back(int(i % 2));
       HostOpt t{};
       for (auto *src : {&p.back(), &g.back(), &m.back(), &v.back()}) {
-        buffers.emplace_back(std::max<size_t>(4, n * 4), "optimizer tensor");
-        gpu().copyToDevice(buffers.back().get(), src->data(), n * 4, "optimizer tensor");
+        buffers.emplace_back(std::max<size_t>(4, (n + size_t(shift)) * 4), "optimizer tensor");
+        gpu().copyToDevice(buffers.back().get() + 4 * shift, src->data(), n * 4,
+                           "optimizer tensor");
       }
       const size_t b = buffers.size();
-      t.p = buffers[b - 4].get(), t.g = buffers[b - 3].get(), t.m = buffers[b - 2].get(),
-      t.v = buffers[b - 1].get();
+      const CUdeviceptr at = CUdeviceptr(4 * shift);
+      t.p = buffers[b - 4].get() + at, t.g = buffers[b - 3].get() + at,
+      t.m = buffers[b - 2].get() + at, t.v = buffers[b - 1].get() + at;
       t.n = sizes[i], t.chunk0 = chunks, t.decay = decay.back();
       chunks += (sizes[i] + 65535) / 65536;
       table.push_back(t);
@@ -762,8 +766,13 @@ struct OptCase {
 
 const std::vector<int64_t> kOptSizes = {1, 1000, 65536, 65537, 300000};
 
-TEST(BackwardOptimizer, SumOfSquaresMatchesCpu) {
-  OptCase c(kOptSizes);
+// Aligned tensors (the four-float paths, with the tails of 65537) and shifted by one float (the
+// one-float paths).
+class BackwardOptimizerShift : public ::testing::TestWithParam<int> {};
+INSTANTIATE_TEST_SUITE_P(Alignment, BackwardOptimizerShift, ::testing::Values(0, 1));
+
+TEST_P(BackwardOptimizerShift, SumOfSquaresMatchesCpu) {
+  OptCase c(kOptSizes, GetParam());
   DeviceBuffer partial(size_t(c.chunks) * 8, "partial"), total(8, "total"), norm(4, "norm");
   launch("sum_squares_chunks", {static_cast<unsigned>(c.chunks)}, 256, c.dTable.get(),
          int(c.table.size()), partial.get());
@@ -784,8 +793,8 @@ TEST(BackwardOptimizer, SumOfSquaresMatchesCpu) {
               wantNorm);
 }
 
-TEST(BackwardOptimizer, AdamWMatchesCpuBitForBit) {
-  OptCase c(kOptSizes);
+TEST_P(BackwardOptimizerShift, AdamWMatchesCpuBitForBit) {
+  OptCase c(kOptSizes, GetParam());
   const float lr = 3e-4f, scale = 0.37f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, wd = 0.1f;
   DeviceBuffer dLr(4, "lr"), dScale(4, "scale"), dStep(4, "step");
   gpu().copyToDevice(dLr.get(), &lr, 4, "lr");
@@ -816,8 +825,8 @@ TEST(BackwardOptimizer, AdamWMatchesCpuBitForBit) {
 // adamw with the bf16 copies (the executor's tnlm_fused_adamw_bf16): p, m, v as without them, and
 // every tensor with a copy gets bf16(p) (cast_bf16's round to nearest even) of the updated p;
 // a tensor without one (null) is left alone.
-TEST(BackwardOptimizer, AdamWWritesTheBf16Copies) {
-  OptCase c(kOptSizes);
+TEST_P(BackwardOptimizerShift, AdamWWritesTheBf16Copies) {
+  OptCase c(kOptSizes, GetParam());
   const float lr = 3e-4f, scale = 0.37f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, wd = 0.1f;
   const int step = 3;
   DeviceBuffer dLr(4, "lr"), dScale(4, "scale"), dStep(4, "step");
@@ -834,6 +843,16 @@ TEST(BackwardOptimizer, AdamWWritesTheBf16Copies) {
     gpu().copyToDevice(copies.back().get(), fill.data(), n * 2, "bf16 copy");
     table.push_back(i == 1 ? 0 : copies.back().get()); // tensor 1 has no copy
   }
+  if (GetParam() != 0) { // the copies 8-byte aligned while the f32 tensors are not, and back
+    for (size_t i = 0; i < copies.size(); ++i) {
+      const size_t n = size_t(c.table[i].n);
+      copies[i] = DeviceBuffer(std::max<size_t>(2, (n + 1) * 2), "bf16 copy");
+      std::vector<uint16_t> fill(n + 1, kUntouched);
+      gpu().copyToDevice(copies[i].get(), fill.data(), (n + 1) * 2, "bf16 copy");
+      if (i != 1)
+        table[i] = copies[i].get() + (i % 2 == 0 ? 2 : 0);
+    }
+  }
   DeviceBuffer dCopies(table.size() * 8, "the copies' table");
   gpu().copyToDevice(dCopies.get(), table.data(), table.size() * 8, "the copies' table");
   launch("adamw_bf16", {static_cast<unsigned>(c.chunks)}, 256, c.dTable.get(), int(c.table.size()),
@@ -844,7 +863,7 @@ TEST(BackwardOptimizer, AdamWWritesTheBf16Copies) {
   for (size_t i = 0; i < c.table.size(); ++i) {
     const std::vector<float> p = c.download(i, 0);
     std::vector<uint16_t> got(p.size());
-    gpu().copyToHost(got.data(), copies[i].get(), got.size() * 2, "bf16 copy");
+    gpu().copyToHost(got.data(), i == 1 ? copies[i].get() : table[i], got.size() * 2, "bf16 copy");
     int64_t bad = 0;
     for (size_t j = 0; j < p.size(); ++j) {
       const uint16_t want = i == 1 ? kUntouched : f32ToBf16(p[j]);
