@@ -183,13 +183,13 @@ int main(int argc, char **argv) {
                 "\"first_step_ms\":%.1f,\"init_ms\":%.1f,\"tokens_per_s\":%.1f,"
                 "\"gflop_per_step\":%.1f,\"attention_gflop\":%.1f,\"tflops\":%.2f,"
                 "\"mfu_989\":%.4f,\"mfu_790\":%.4f,\"first_loss\":%.4f,\"last_loss\":%.4f,"
-                "\"device_gib\":%.2f,\"gpu\":%s}\n",
+                "\"device_gib\":%.2f,\"gemm_tune\":%d,\"gpu\":%s}\n",
                 jsonString(label).c_str(), jsonString(path).c_str(), (long long)batch,
                 (long long)seq, (long long)(batch * seq), params, (long long)iters, med, best,
                 median(trainV), median(optV), firstMs, initMs, tokens / (med / 1e3), flops / 1e9,
                 3 * attn / 1e9, tflops, tflops * 1e12 / kPeakSpec, tflops * 1e12 / kPeakMeasured,
                 firstLoss, lastLoss, double(exec.deviceBytes()) / double(1ull << 30),
-                jsonString(ctx.deviceName()).c_str());
+                exec.gemm().tuning(), jsonString(ctx.deviceName()).c_str());
     std::fflush(stdout);
     std::fprintf(stderr,
                  "%s %lldx%lld: median %.2f ms per optimizer step (train_step %.2f, "
@@ -199,6 +199,12 @@ int main(int argc, char **argv) {
                  best, (long long)iters, tokens / (med / 1e3), tflops,
                  100 * tflops * 1e12 / kPeakSpec, 100 * tflops * 1e12 / kPeakMeasured,
                  ctx.deviceName().c_str(), double(exec.deviceBytes()) / double(1ull << 30));
+    if (exec.gemm().tuning())
+      std::fprintf(stderr,
+                   "GEMM tuning (TNLM_GEMM_TUNE=%d): %zu plans, %d timed, %d of them faster with "
+                   "another algorithm than cuBLASLt's first\n",
+                   exec.gemm().tuning(), exec.gemm().planCount(), exec.gemm().timedPlans(),
+                   exec.gemm().changedPlans());
     if (!opts.has("no-profile")) {
       std::map<std::string, bench::KindTime> byKind;
       double total = bench::addByKind(byKind, exec.profileRun("train_step", trainIn, batch, seq));

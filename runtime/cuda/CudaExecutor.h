@@ -117,6 +117,8 @@ public:
   size_t graphCount() const { return graphs_.size(); }
   /// Kernel launches (graph nodes) of the captured graph of `function` at (batch, seq), or 0.
   size_t graphNodes(const std::string &function, int64_t batch, int64_t seq) const;
+  /// The GEMMs' plans (their count, and with TNLM_GEMM_TUNE how many tuning timed or changed).
+  const Gemm &gemm() const { return *gemm_; }
 
   int64_t vocabSize() const { return vocab_; }
   const Artifact &artifact() const { return artifact_; }

@@ -3,7 +3,10 @@
 
 #include "runtime/Error.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <vector>
 
 namespace tnlm::cuda {
 namespace {
@@ -56,7 +59,21 @@ struct Gemm::Plan {
 
 Gemm::Gemm(const Context &context, size_t workspaceBytes)
     : context_(context), workspace_(workspaceBytes, "the cuBLASLt workspace") {
+  tune_ = tuningFromEnvironment();
   TNLM_CUBLASLT(cublasLtCreate, (&handle_), "creating the cuBLASLt handle");
+}
+
+int Gemm::tuningFromEnvironment() {
+  const char *value = std::getenv("TNLM_GEMM_TUNE");
+  if (!value || !*value)
+    return 0;
+  const std::string_view v(value);
+  if (v != "0" && v != "1" && v != "2")
+    throw Error("TNLM_GEMM_TUNE=" + std::string(v) +
+                ": expected 0 (cuBLASLt's first algorithm, the default), 1 (time its first " +
+                std::to_string(kTuneCandidates) +
+                " for each GEMM shape and keep the fastest) or 2 (as 1, printing the times)");
+  return v[0] - '0';
 }
 
 Gemm::~Gemm() {
@@ -65,7 +82,7 @@ Gemm::~Gemm() {
     cublasLt().cublasLtDestroy(handle_);
 }
 
-Gemm::Plan &Gemm::plan(const Key &key, std::string_view context) {
+Gemm::Plan &Gemm::plan(const Key &key, std::string_view context, const Call &call) {
   auto cached = plans_.find(key);
   if (cached != plans_.end())
     return *cached->second;
@@ -126,19 +143,121 @@ Gemm::Plan &Gemm::plan(const Key &key, std::string_view context) {
                   (plan->preference, attribute, &value, sizeof value), where);
   }
 
-  cublasLtMatmulHeuristicResult_t result = {};
+  cublasLtMatmulHeuristicResult_t results[kTuneCandidates] = {};
   int found = 0;
+  const int wanted = tune_ ? kTuneCandidates : 1;
   TNLM_CUBLASLT(cublasLtMatmulAlgoGetHeuristic,
-                (handle_, plan->desc, plan->w, plan->x, plan->y, plan->y, plan->preference, 1,
-                 &result, &found),
+                (handle_, plan->desc, plan->w, plan->x, plan->y, plan->y, plan->preference, wanted,
+                 results, &found),
                 where);
-  if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS)
+  if (found == 0 || results[0].state != CUBLAS_STATUS_SUCCESS)
     throw Error(where + ": cuBLASLt has no algorithm for this shape and alignment (A, B, D " +
                 "aligned to " + std::to_string(alignA) + ", " + std::to_string(alignB) + ", " +
                 std::to_string(alignD) + " bytes)");
-  plan->algo = result.algo;
-  plan->workspace = result.workspaceSize;
+  plan->algo = results[0].algo;
+  plan->workspace = results[0].workspaceSize;
+  if (tune_ && found > 1)
+    tune(*plan, key, where, call, results, found);
   return *plans_.emplace(key, std::move(plan)).first->second;
+}
+
+void Gemm::tune(Plan &plan, const Key &key, const std::string &where, const Call &call,
+                const cublasLtMatmulHeuristicResult_t *results, int found) {
+  const DriverApi &driver = cuda::driver();
+  const CublasLtApi &api = cublasLt();
+  CUstreamCaptureStatus capturing = CU_STREAM_CAPTURE_STATUS_NONE;
+  TNLM_CU(cuStreamIsCapturing, (context_.stream(), &capturing), where);
+  if (capturing != CU_STREAM_CAPTURE_STATUS_NONE)
+    return; // nothing may be timed (or allocated) while a graph is being captured
+  // Where D is also C (beta != 0, e.g. gradients accumulated into), the candidates write a
+  // scratch output of D's extent instead, so D keeps its value for the call itself.
+  const auto [formCode, typeCode, rows, in, out, ldx, ldw, ldy, alignA, alignB, alignD] = key;
+  DeviceBuffer scratch;
+  CUdeviceptr d = call.d;
+  if (call.beta != 0.0f) {
+    const Form form = Form(formCode);
+    const int64_t cols = form == Form::GradWeight ? out : rows;
+    const int64_t ld = form == Form::Linear ? ldy : form == Form::GradInput ? ldx : ldw;
+    const int64_t height = form == Form::Linear ? out : in;
+    const size_t elem = GemmType(typeCode) == GemmType::Bf16 ? 2 : 4;
+    try {
+      scratch = DeviceBuffer(size_t((cols - 1) * ld + height) * elem, "the GEMM tuning's output");
+    } catch (const Error &) {
+      if (tune_ > 1)
+        std::fprintf(stderr, "gemm tune: %s: no memory for a scratch output, heuristic kept\n",
+                     where.c_str());
+      return;
+    }
+    d = scratch.get();
+  }
+  CUevent start = nullptr, stop = nullptr;
+  TNLM_CU(cuEventCreate, (&start, CU_EVENT_DEFAULT), where);
+  if (driver.cuEventCreate(&stop, CU_EVENT_DEFAULT) != CUDA_SUCCESS) {
+    driver.cuEventDestroy(start);
+    throw Error(where + ": creating a CUDA event for the GEMM tuning failed");
+  }
+  const float beta = 0.0f; // the scratch or in-place output is not read
+  auto runOnce = [&](int i) {
+    return api.cublasLtMatmul(
+        handle_, plan.desc, &call.alpha, reinterpret_cast<const void *>(call.a), plan.w,
+        reinterpret_cast<const void *>(call.b), plan.x, &beta, reinterpret_cast<const void *>(d),
+        plan.y, reinterpret_cast<void *>(d), plan.y, &results[i].algo,
+        reinterpret_cast<void *>(workspace_.get()), results[i].workspaceSize, context_.stream());
+  };
+  std::vector<float> times(size_t(found), -1.0f);
+  bool failed = false;
+  for (int i = 0; i < found && !failed; ++i) {
+    if (results[i].state != CUBLAS_STATUS_SUCCESS || results[i].workspaceSize > workspace_.size())
+      continue;
+    if (runOnce(i) != CUBLAS_STATUS_SUCCESS)
+      continue; // this candidate cannot run here; the others may
+    bool ok = driver.cuEventRecord(start, context_.stream()) == CUDA_SUCCESS;
+    for (int r = 0; ok && r < kTuneRuns; ++r)
+      ok = runOnce(i) == CUBLAS_STATUS_SUCCESS;
+    float ms = 0.0f;
+    ok = ok && driver.cuEventRecord(stop, context_.stream()) == CUDA_SUCCESS &&
+         driver.cuEventSynchronize(stop) == CUDA_SUCCESS &&
+         driver.cuEventElapsedTime(&ms, start, stop) == CUDA_SUCCESS;
+    if (!ok)
+      failed = true; // an error of the stream: leave it to the call itself to report
+    else
+      times[size_t(i)] = ms / kTuneRuns;
+  }
+  driver.cuEventDestroy(start);
+  driver.cuEventDestroy(stop);
+  // The scratch may be freed only after the candidates ran (cuMemFree does not wait for the
+  // stream).
+  if (scratch.get())
+    context_.synchronize(where + ": the GEMM tuning");
+  if (failed)
+    return;
+  int best = -1;
+  for (int i = 0; i < found; ++i)
+    if (times[size_t(i)] >= 0.0f && (best < 0 || times[size_t(i)] < times[size_t(best)]))
+      best = i;
+  if (best < 0)
+    return;
+  ++timedPlans_;
+  // Keep the heuristic's choice unless another is faster by more than timing noise (1 %).
+  if (best != 0 && times[0] >= 0.0f && times[size_t(best)] > 0.99f * times[0])
+    best = 0;
+  if (best != 0)
+    ++changedPlans_;
+  plan.algo = results[best].algo;
+  plan.workspace = results[best].workspaceSize;
+  if (tune_ > 1) {
+    std::string line = "gemm tune: " + where + ":";
+    char text[48];
+    for (int i = 0; i < found; ++i) {
+      if (times[size_t(i)] < 0.0f)
+        std::snprintf(text, sizeof text, " #%d -", i);
+      else
+        std::snprintf(text, sizeof text, " #%d %.4f ms%s", i, double(times[size_t(i)]),
+                      i == best ? " (kept)" : "");
+      line += text;
+    }
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
 }
 
 void Gemm::linear(GemmType type, const GemmShape &shape, CUdeviceptr x, CUdeviceptr w,
@@ -174,7 +293,7 @@ void Gemm::run(Form form, GemmType type, const GemmShape &shape, CUdeviceptr a, 
   }
   Key key{int(form), int(type), s.rows,         s.in,           s.out,         s.ldx,
           s.ldw,     s.ldy,     alignmentOf(a), alignmentOf(b), alignmentOf(d)};
-  Plan &p = plan(key, context);
+  Plan &p = plan(key, context, Call{a, b, d, alpha, beta});
   cublasStatus_t status = cublasLt().cublasLtMatmul(
       handle_, p.desc, &alpha, reinterpret_cast<const void *>(a), p.w,
       reinterpret_cast<const void *>(b), p.x, &beta, reinterpret_cast<const void *>(d), p.y,

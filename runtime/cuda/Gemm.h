@@ -16,6 +16,14 @@
 // first call of each shape and pointer alignment and kept, so the calls inside a captured
 // CUDA graph, and all later calls, do no set-up. The workspace is allocated once.
 //
+// Tuning (TNLM_GEMM_TUNE=1, or setTuning): the plan times up to kTuneCandidates of the
+// heuristic's algorithms on the call's own operands (one untimed run, then the mean of
+// kTuneRuns) and keeps the fastest. The output is written in place where beta = 0 (the call
+// overwrites it next) and into a scratch copy of its shape otherwise; where that scratch does
+// not fit in the GPU's memory, or the stream is being captured, the heuristic's first choice
+// is kept. TNLM_GEMM_TUNE=2 also prints each plan's times to stderr. Off by default: the choice
+// depends on timings, so two runs may pick different algorithms (whose sums round differently).
+//
 //===----------------------------------------------------------------------===//
 #ifndef TNLM_RUNTIME_CUDA_GEMM_H
 #define TNLM_RUNTIME_CUDA_GEMM_H
@@ -71,6 +79,21 @@ public:
 
   size_t planCount() const { return plans_.size(); }
 
+  static constexpr int kTuneCandidates = 8, kTuneRuns = 5;
+  /// 0: the heuristic's first algorithm; 1: the fastest of its first kTuneCandidates, timed
+  /// on the first call of each plan; 2: as 1, printing the times to stderr. Plans made before
+  /// keep their algorithm. The constructor reads TNLM_GEMM_TUNE (0 if unset; other values
+  /// than 0, 1, 2 throw, naming the variable).
+  void setTuning(int level) { tune_ = level; }
+  /// TNLM_GEMM_TUNE's level (0 where unset or empty); throws tnlm::Error for another value
+  /// than 0, 1 or 2. Needs no GPU.
+  static int tuningFromEnvironment();
+  int tuning() const { return tune_; }
+  /// Plans whose candidates were timed, and of those the ones where another algorithm than
+  /// the heuristic's first was faster.
+  int timedPlans() const { return timedPlans_; }
+  int changedPlans() const { return changedPlans_; }
+
 private:
   struct Plan;
   enum class Form { Linear, GradInput, GradWeight };
@@ -78,7 +101,14 @@ private:
   // sees them)
   using Key =
       std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int>;
-  Plan &plan(const Key &key, std::string_view context);
+  /// The operands of the call that makes the plan (tuning runs on them).
+  struct Call {
+    CUdeviceptr a, b, d;
+    float alpha, beta;
+  };
+  Plan &plan(const Key &key, std::string_view context, const Call &call);
+  void tune(Plan &plan, const Key &key, const std::string &where, const Call &call,
+            const cublasLtMatmulHeuristicResult_t *results, int found);
   void run(Form form, GemmType type, const GemmShape &shape, CUdeviceptr a, CUdeviceptr b,
            CUdeviceptr d, std::string_view context, float alpha, float beta);
 
@@ -86,6 +116,8 @@ private:
   cublasLtHandle_t handle_ = nullptr;
   DeviceBuffer workspace_;
   std::map<Key, std::unique_ptr<Plan>> plans_;
+  int tune_ = 0;
+  int timedPlans_ = 0, changedPlans_ = 0;
 };
 
 } // namespace tnlm::cuda

@@ -5,11 +5,14 @@
 //
 //===----------------------------------------------------------------------===//
 #include "runtime/cuda/CudaContext.h"
+#include "runtime/cuda/Gemm.h"
 
 #include "runtime/Error.h"
 
 #include <dlfcn.h>
 #include <gtest/gtest.h>
+
+#include <cstdlib>
 
 namespace tnlm::cuda {
 namespace {
@@ -102,6 +105,37 @@ TEST(CudaErrors, CublasLtErrorNamesCallAndContext) {
     EXPECT_NE(message.find("CUBLAS_STATUS_NOT_SUPPORTED"), std::string::npos) << message;
   }
   checkCublasLt(CUBLAS_STATUS_SUCCESS, "cublasLtMatmul", "no error, no throw");
+}
+
+// TNLM_GEMM_TUNE: unset or empty is 0; 0, 1, 2 are taken; anything else is refused, naming
+// the variable and the values it takes (read before any GPU work, so no GPU is needed).
+TEST(GemmTuning, TheEnvironmentVariableIsChecked) {
+  const char *saved = std::getenv("TNLM_GEMM_TUNE");
+  const std::string before = saved ? saved : "";
+  unsetenv("TNLM_GEMM_TUNE");
+  EXPECT_EQ(Gemm::tuningFromEnvironment(), 0);
+  setenv("TNLM_GEMM_TUNE", "", 1);
+  EXPECT_EQ(Gemm::tuningFromEnvironment(), 0);
+  for (int level : {0, 1, 2}) {
+    setenv("TNLM_GEMM_TUNE", std::to_string(level).c_str(), 1);
+    EXPECT_EQ(Gemm::tuningFromEnvironment(), level);
+  }
+  for (const char *bad : {"yes", "3", "-1", "11"}) {
+    setenv("TNLM_GEMM_TUNE", bad, 1);
+    try {
+      Gemm::tuningFromEnvironment();
+      ADD_FAILURE() << bad << " was taken";
+    } catch (const Error &e) {
+      const std::string message = e.what();
+      EXPECT_EQ(message.rfind(std::string("TNLM_GEMM_TUNE=") + bad + ": expected 0 ", 0), 0u)
+          << message;
+      EXPECT_NE(message.find("2 (as 1, printing the times)"), std::string::npos) << message;
+    }
+  }
+  if (saved)
+    setenv("TNLM_GEMM_TUNE", before.c_str(), 1);
+  else
+    unsetenv("TNLM_GEMM_TUNE");
 }
 
 } // namespace

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace tnlm::cuda {
@@ -32,6 +33,15 @@ Gemm &gemm() {
   return instance;
 }
 
+// The same cases through a Gemm that times the heuristic's candidates (TNLM_GEMM_TUNE=1); with
+// β = 1 the candidates run on a scratch output, so the prior values are added once.
+Gemm &tunedGemm() {
+  static Gemm instance(gpu());
+  static const bool once = (instance.setTuning(1), true);
+  (void)once;
+  return instance;
+}
+
 struct GradCase {
   bool weight; // gradWeight, else gradInput
   GemmType type;
@@ -41,6 +51,9 @@ struct GradCase {
 };
 
 void PrintTo(const GradCase &c, std::ostream *os) { *os << c.name; }
+void PrintTo(const std::tuple<GradCase, bool> &p, std::ostream *os) {
+  *os << std::get<0>(p).name << (std::get<1>(p) ? " (tuned)" : "");
+}
 
 std::vector<float> randomRounded(size_t n, unsigned seed) {
   std::mt19937 rng(seed);
@@ -58,10 +71,11 @@ std::vector<uint16_t> bits(const std::vector<float> &v) {
   return out;
 }
 
-class GemmGradVsCpu : public ::testing::TestWithParam<GradCase> {};
+class GemmGradVsCpu : public ::testing::TestWithParam<std::tuple<GradCase, bool>> {};
 
 TEST_P(GemmGradVsCpu, WithinTheRoundingBound) {
-  const GradCase &c = GetParam();
+  const GradCase &c = std::get<0>(GetParam());
+  Gemm &g = std::get<1>(GetParam()) ? tunedGemm() : gemm();
   const bool bf16Out = c.type == GemmType::Bf16;
   // The output: dx [rows, in] (ld ldx) or dW [out, in] (ld ldw); the other operand: W or x.
   const int64_t outRows = c.weight ? c.out : c.rows, outLd = c.weight ? c.ldw : c.ldx;
@@ -92,9 +106,9 @@ TEST_P(GemmGradVsCpu, WithinTheRoundingBound) {
   gpu().copyToDevice(gOut, init.data(), outBytes);
   const GemmShape shape{c.rows, c.in, c.out, c.ldx, c.ldw, c.ldy};
   if (c.weight)
-    gemm().gradWeight(c.type, shape, gDy, gOp, gOut, "grad test", 1.0f, c.beta);
+    g.gradWeight(c.type, shape, gDy, gOp, gOut, "grad test", 1.0f, c.beta);
   else
-    gemm().gradInput(c.type, shape, gDy, gOp, gOut, "grad test", 1.0f, c.beta);
+    g.gradInput(c.type, shape, gDy, gOp, gOut, "grad test", 1.0f, c.beta);
   std::vector<unsigned char> raw(outBytes);
   gpu().copyToHost(raw.data(), gOut, outBytes);
 
@@ -137,28 +151,33 @@ TEST_P(GemmGradVsCpu, WithinTheRoundingBound) {
       worst = std::max(worst, err / bound);
     }
   EXPECT_EQ(bad, 0) << c.name;
-  std::printf("%s: max |Δ| / bound = %.3f\n", c.name, worst);
+  std::printf("%s%s: max |Δ| / bound = %.3f\n", c.name, std::get<1>(GetParam()) ? " (tuned)" : "",
+              worst);
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, GemmGradVsCpu,
-    ::testing::Values(
-        // dx = dy·W: bf16 (an activation gradient), f32 (the residual stream's), strided as
-        // the q/k/v/u slices of a fused projection.
-        GradCase{false, GemmType::Bf16, 130, 256, 384, 256, 256, 384, 0.0f, "GradInput_Bf16"},
-        GradCase{false, GemmType::Bf16F32Out, 37, 100, 300, 104, 136, 320, 0.0f,
-                 "GradInput_F32Out_Strided"},
-        GradCase{false, GemmType::Bf16F32Out, 65, 128, 512, 128, 128, 512, 1.0f,
-                 "GradInput_F32Out_Accumulate"},
-        // dW = dyᵀ·x in f32: fresh, accumulated (β = 1), strided, and a single row.
-        GradCase{true, GemmType::Bf16F32Out, 130, 256, 384, 256, 256, 384, 0.0f,
-                 "GradWeight_F32Out"},
-        GradCase{true, GemmType::Bf16F32Out, 2048, 128, 512, 128, 128, 512, 1.0f,
-                 "GradWeight_F32Out_Accumulate"},
-        GradCase{true, GemmType::Bf16F32Out, 37, 100, 300, 104, 136, 320, 1.0f,
-                 "GradWeight_F32Out_Strided"},
-        GradCase{true, GemmType::Bf16F32Out, 1, 64, 96, 64, 64, 96, 0.0f, "GradWeight_OneRow"}),
-    [](const auto &info) { return std::string(info.param.name); });
+    ::testing::Combine(
+        ::testing::Values(
+            // dx = dy·W: bf16 (an activation gradient), f32 (the residual stream's), strided as
+            // the q/k/v/u slices of a fused projection.
+            GradCase{false, GemmType::Bf16, 130, 256, 384, 256, 256, 384, 0.0f, "GradInput_Bf16"},
+            GradCase{false, GemmType::Bf16F32Out, 37, 100, 300, 104, 136, 320, 0.0f,
+                     "GradInput_F32Out_Strided"},
+            GradCase{false, GemmType::Bf16F32Out, 65, 128, 512, 128, 128, 512, 1.0f,
+                     "GradInput_F32Out_Accumulate"},
+            // dW = dyᵀ·x in f32: fresh, accumulated (β = 1), strided, and a single row.
+            GradCase{true, GemmType::Bf16F32Out, 130, 256, 384, 256, 256, 384, 0.0f,
+                     "GradWeight_F32Out"},
+            GradCase{true, GemmType::Bf16F32Out, 2048, 128, 512, 128, 128, 512, 1.0f,
+                     "GradWeight_F32Out_Accumulate"},
+            GradCase{true, GemmType::Bf16F32Out, 37, 100, 300, 104, 136, 320, 1.0f,
+                     "GradWeight_F32Out_Strided"},
+            GradCase{true, GemmType::Bf16F32Out, 1, 64, 96, 64, 64, 96, 0.0f, "GradWeight_OneRow"}),
+        ::testing::Bool()),
+    [](const auto &info) {
+      return std::string(std::get<0>(info.param).name) + (std::get<1>(info.param) ? "_Tuned" : "");
+    });
 
 TEST(GemmGrad, BadShapesAreRefused) {
   const GemmShape narrow{4, 64, 32, 32, 64, 32}; // ldx < in
