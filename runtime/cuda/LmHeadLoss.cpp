@@ -27,6 +27,14 @@ LmHeadLoss::LmHeadLoss(const Context &context, Gemm &gemm, LmHeadLossKernels ker
     throw Error("the chunked lm head loss needs its cross entropy and loss total kernels");
 }
 
+int64_t LmHeadLoss::evenChunk(int64_t rows, int64_t maxChunk) {
+  if (maxChunk <= 0)
+    throw Error("the chunked lm head loss: chunks of " + std::to_string(maxChunk) + " rows");
+  const int64_t chunks = std::max<int64_t>(1, (rows + maxChunk - 1) / maxChunk);
+  const int64_t even = (rows + chunks - 1) / chunks;
+  return std::max<int64_t>(1, std::min(maxChunk, (even + 63) / 64 * 64));
+}
+
 void LmHeadLoss::run(const LmHeadLossCall &c, std::string_view where) {
   const std::string at = where.empty() ? std::string("the lm head loss") : std::string(where);
   if (c.rows < 0)
@@ -39,8 +47,9 @@ void LmHeadLoss::run(const LmHeadLossCall &c, std::string_view where) {
     throw Error(at + ": no cross entropy kernel for " + (grad ? "the gradient" : "the loss alone"));
   if (grad && !c.accumulateDw && c.rows == 0)
     context_.fillBytes(c.dw, 0, size_t(vocab_) * size_t(d_) * 4, at + ": dW");
-  for (int64_t r0 = 0; r0 < c.rows; r0 += chunkRows_) {
-    const int64_t n = std::min(chunkRows_, c.rows - r0);
+  const int64_t per = evenChunk(c.rows, chunkRows_);
+  for (int64_t r0 = 0; r0 < c.rows; r0 += per) {
+    const int64_t n = std::min(per, c.rows - r0);
     const CUdeviceptr h = c.h + CUdeviceptr(r0 * ldh * 2);
     // z = h·Wᵀ: rows n, in d, out vocab.
     gemm_.linear(GemmType::Bf16F32Out, {n, d_, vocab_, ldh, d_, vocab_}, h, c.w, logits_.get(),
