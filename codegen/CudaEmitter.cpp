@@ -673,6 +673,47 @@ private:
           "bf16 *y, long long ldy, const bf16 *x, long long ldx, int D",
           "tnlm::la_bw::la_add_rows_bf16<256>(y, ldy, x, ldx, D)", "columns [2D, 3D) of dqkvu"));
     }
+    // The plain layer's gate and norm backward (bf16 O, both fast paths) and φ' (SiLU).
+    auto gateNormGrad = [&](std::string note) {
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerRow, "tnlm_la_gate_norm_grad_o16", 256,
+          "du = dy * xhat, dO = r (g - xhat mean(xhat g)), g = dy * u (bf16 O)",
+          "const bf16 *O, long long ldo, const bf16 *dy, long long lddy, const bf16 *u, long long "
+          "ldu, bf16 *du, long long lddu, bf16 *dO, long long lddo, int D, float eps",
+          "tnlm::la_bw::la_gate_norm_grad<256>(O, ldo, dy, lddy, u, ldu, du, lddu, dO, lddo, D, "
+          "eps)",
+          std::move(note)));
+    };
+    auto siluScale = [&] {
+      out.push_back(trainKernel(CudaLaunchKind::PerRow, "tnlm_la_silu_scale", 256,
+                                "dq, dk *= phi'(q), phi'(k), in place",
+                                "const bf16 *qkvu, long long ld, bf16 *dqkvu, long long "
+                                "lddqkvu, int D",
+                                "tnlm::la_bw::la_silu_scale<256>(qkvu, ld, dqkvu, lddqkvu, D)",
+                                "columns [0, 2D) of dqkvu"));
+    };
+    if (fast && !lrpe && s.inputs.size() == 3) {
+      // Plain layer whose forward kept φ(q), φ(k) and O in its workspace (the step's third
+      // input; the lowering's Lightning pairs): no pack and no O pass. The gate and norm
+      // backward writes dO into that workspace's free columns [3D, 4D); then three passes of
+      // the Hopper forward, all inputs at qkvu's row stride: dq = fwd(dO, v, k'), and over the
+      // reversed sequence dk = fwd(v, dO, q'), dv = fwd(k', q', dO).
+      hopperLightningLaunches(
+          out, llvm::formatv("H {0}, dk = dv = {1}: 3 passes over the forward's workspace and "
+                             "v (dq; dk, dv over the reversed sequence)",
+                             heads, dh)
+                   .str());
+      gateNormGrad(llvm::formatv("D {0}, eps {1:e}; O, dO: the forward's workspace [:, {2}:{3}], "
+                                 "[:, {3}:{4}]",
+                                 d, s.f32Attrs[0], 2 * d, 3 * d, 4 * d)
+                       .str());
+      if (silu)
+        siluScale();
+      return success();
+    }
+    if (!lrpe && s.inputs.size() == 3)
+      return fail(s) << "the reference Lightning backward (TNLM_LA_BWD_REFERENCE) recomputes the "
+                        "forward: it takes no forward workspace";
     if (fast && !lrpe) {
       // Plain layer, the fast path: φ(q), φ(k), v packed into the workspace (one bf16 stride),
       // then four passes of the Hopper forward kernel (CudaExecutor's LightningAttentionGrad):
@@ -689,21 +730,9 @@ private:
                              "dk, dv over the reversed sequence)",
                              heads, dh)
                    .str());
-      out.push_back(trainKernel(
-          CudaLaunchKind::PerRow, "tnlm_la_gate_norm_grad_o16", 256,
-          "du = dy * xhat, dO = r (g - xhat mean(xhat g)), g = dy * u (bf16 O)",
-          "const bf16 *O, long long ldo, const bf16 *dy, long long lddy, const bf16 *u, long long "
-          "ldu, bf16 *du, long long lddu, bf16 *dO, long long lddo, int D, float eps",
-          "tnlm::la_bw::la_gate_norm_grad<256>(O, ldo, dy, lddy, u, ldu, du, lddu, dO, lddo, D, "
-          "eps)",
-          llvm::formatv("D {0}, eps {1:e}", d, s.f32Attrs[0]).str()));
+      gateNormGrad(llvm::formatv("D {0}, eps {1:e}", d, s.f32Attrs[0]).str());
       if (silu)
-        out.push_back(trainKernel(CudaLaunchKind::PerRow, "tnlm_la_silu_scale", 256,
-                                  "dq, dk *= phi'(q), phi'(k), in place",
-                                  "const bf16 *qkvu, long long ld, bf16 *dqkvu, long long "
-                                  "lddqkvu, int D",
-                                  "tnlm::la_bw::la_silu_scale<256>(qkvu, ld, dqkvu, lddqkvu, D)",
-                                  "columns [0, 2D) of dqkvu"));
+        siluScale();
       return success();
     }
     if (!fast && (silu || lrpe))
@@ -772,12 +801,7 @@ private:
                                 "tnlm::la_bw::la_dtheta_sum<256>(partial, chunks, D, dtheta)",
                                 llvm::formatv("grid ceil({0} / 256)", d).str()));
     } else if (silu) {
-      out.push_back(trainKernel(CudaLaunchKind::PerRow, "tnlm_la_silu_scale", 256,
-                                "dq, dk *= phi'(q), phi'(k), in place",
-                                "const bf16 *qkvu, long long ld, bf16 *dqkvu, long long lddqkvu, "
-                                "int D",
-                                "tnlm::la_bw::la_silu_scale<256>(qkvu, ld, dqkvu, lddqkvu, D)",
-                                "columns [0, 2D) of dqkvu"));
+      siluScale();
     }
     return success();
   }
@@ -917,6 +941,12 @@ private:
                               "o -> workspace[:, 0:{4}]",
                               2 * d, 3 * d, 4 * d, ld, d)
                     .str()};
+    } else if (s.outputs.size() > 1 && silu && !prefill) {
+      // A train step: O goes to the workspace's columns [2D, 3D) (its backward reads it there,
+      // with φ(q), φ(k) at [0, 2D)); the epilogue reads it from there.
+      passes = {llvm::formatv("q, k = workspace (ld {0}), o -> workspace[:, {1}:{2}]",
+                              s.outputs[1].ld, 2 * d, 3 * d)
+                    .str()};
     } else {
       passes = {
           llvm::formatv("q, k = qkvu (ld {0}), o -> y (ld {1})", qkvu.ld, s.outputs[0].ld).str()};
@@ -942,6 +972,15 @@ private:
           "o = y + y2; y[r, :] = u[r, :] * o[r, :] * rsqrt(mean_c(o[r, c]^2) + eps)",
           llvm::formatv("epilogue y = {0} * srms_norm(y + workspace[:, 0:{1}]), eps {2:e}",
                         view("u", u), d, s.f32Attrs[0])));
+    } else if (s.outputs.size() > 1 && silu && !prefill) {
+      out.push_back(rowKernel(
+          "gated_norm_from_o", d,
+          "const bf16 *u, long long ldu, const bf16 *o, long long ldo, bf16 *y, long long ldy, "
+          "float eps",
+          "u, ldu, o, ldo, y, ldy, eps",
+          "y[r, :] = u[r, :] * o[r, :] * rsqrt(mean_c(o[r, c]^2) + eps)",
+          llvm::formatv("epilogue y = {0} * srms_norm(workspace[:, {1}:{2}]), eps {3:e}",
+                        view("u", u), 2 * d, 3 * d, s.f32Attrs[0])));
     } else {
       out.push_back(rowKernel(
           "gated_srms_norm", d, "const bf16 *u, long long ldu, bf16 *y, long long ldy, float eps",

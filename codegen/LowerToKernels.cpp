@@ -464,9 +464,13 @@ LogicalResult Lowering::lightningAttention(LightningAttentionOp la) {
   // The CUDA executor applies φ in place in qkvu for inference: there, only LRPE needs the
   // workspace. A train step keeps qkvu for the backward (which recomputes φ), so φ(q), φ(k)
   // go to a workspace with qkvu's row stride (the forward kernel reads q, k, v with one).
+  // There the forward also writes O into the workspace's columns [2D, 3D), and the backward of
+  // the layer reads φ(q), φ(k) and O from it (lightningKept).
   const bool keepsQkvu = cuda && plan.function == "train_step";
   if (lrpe || (silu && (!cuda || keepsQkvu)))
     outputs.push_back(newBuffer(cuda ? 4 * heads * dh : 2 * heads * la.getKeyDim(), step));
+  if (keepsQkvu && silu && !lrpe)
+    lightningKept[la.getQkvu()] = LightningKept{outputs[1], heads, dh};
   PlanStep &s = addStep(KernelKind::LightningAttention, op);
   s.inputs = std::move(inputs);
   s.outputs = outputs;

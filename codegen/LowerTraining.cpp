@@ -9,6 +9,9 @@
 
 #include "dialect/TnlmOps.h"
 
+#include <cstdlib>
+#include <string>
+
 namespace mlir::tnlm::detail {
 
 namespace {
@@ -56,6 +59,20 @@ LogicalResult Lowering::lightningAttentionGrad(LightningAttentionGradOp la) {
   int64_t heads = la.getHeads(), dh = la.getHeadDim();
   bool lrpe = static_cast<bool>(la.getTheta()), silu = la.getActivation() == "silu";
   int64_t step = plan.steps.size();
+  // CUDA, a plain layer: the forward step of this qkvu kept φ(q), φ(k) and O in its workspace
+  // (lightningKept), which becomes the third input, and the step needs no workspace of its
+  // own (the reference kernels, TNLM_LA_BWD_REFERENCE, recompute them instead).
+  const char *reference = std::getenv("TNLM_LA_BWD_REFERENCE");
+  const bool referenceKernels = reference && std::string(reference) != "0";
+  auto kept = lightningKept.find(la.getQkvu());
+  const bool fromForward = cuda && silu && !lrpe && !referenceKernels &&
+                           kept != lightningKept.end() && kept->second.heads == heads &&
+                           kept->second.dh == dh;
+  if (fromForward) {
+    PlanBuffer &b = plan.buffers[kept->second.workspace.index];
+    b.lastStep = std::max(b.lastStep, step);
+    inputs.push_back(kept->second.workspace);
+  }
   FailureOr<PlanOperand> dqkvu = resultOperand(op, la.getQkvuGrad(), 4 * heads * dh);
   if (failed(dqkvu))
     return failure();
@@ -67,7 +84,8 @@ LogicalResult Lowering::lightningAttentionGrad(LightningAttentionGradOp la) {
     outputs.push_back(*dtheta);
     values[la.getThetaGrad()] = *dtheta;
   }
-  outputs.push_back(newWorkspace(lightningGradWorkspaceCols(heads, dh, lrpe), step));
+  if (!fromForward)
+    outputs.push_back(newWorkspace(lightningGradWorkspaceCols(heads, dh, lrpe), step));
   PlanStep &s = addStep(KernelKind::LightningAttentionGrad, op);
   s.inputs = std::move(inputs);
   s.outputs = outputs;

@@ -38,6 +38,14 @@ private:
   /// CUDA train plans: a = x·W1ᵀ and b = x·W2ᵀ of each gated projection's forward (its two
   /// GEMMs' outputs), by (x, W1), for its gated_linear_grad to read instead of recomputing.
   std::map<std::pair<void *, void *>, std::pair<PlanOperand, PlanOperand>> gatedProducts;
+  /// CUDA train plans: the workspace of the newest plain (SiLU, no LRPE) Lightning Attention
+  /// step of each qkvu value, which keeps φ(q), φ(k) and O (columns [0, 3D)) for the layer's
+  /// backward to read instead of recomputing them; with its heads and head dim.
+  struct LightningKept {
+    PlanOperand workspace;
+    int64_t heads, dh;
+  };
+  llvm::DenseMap<Value, LightningKept> lightningKept;
   // Results that are the new value of a parameter or state (tnlm.updates): where they live.
   llvm::DenseMap<Value, SmallVector<PlanOperand, 1>> updates;
   /// CUDA train plans: an lm head whose logits only its cross entropy (and that loss's

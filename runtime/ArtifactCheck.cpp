@@ -206,15 +206,21 @@ void checkStepShapes(const schema::Artifact &a, const schema::Step &s,
         (silu != 0 && silu != 1) || attr(5) < 0)
       fail(" has invalid Lightning Attention attributes");
     slopesFor(h);
-    if (nin != 2u + lrpe || nout != 2u + lrpe)
+    // CUDA, a plain layer: a third input, the forward's workspace (φ(q), φ(k), O at qkvu's
+    // row stride), and then no workspace of its own.
+    const bool fromForward = a.target() == schema::Target_CUDA_SM90A && !lrpe && nin == 3;
+    if (fromForward ? nout != 1 : (nin != 2u + lrpe || nout != 2u + lrpe))
       fail(" has operands that do not match its LRPE flag");
-    const schema::Operand *x = in(0), *dy = in(1 + lrpe), *dx = out(0), *ws = out(1 + lrpe);
-    if (x->kind() != schema::OperandKind_Arena || dy->kind() != schema::OperandKind_Arena)
+    const schema::Operand *x = in(0), *dy = in(1 + lrpe), *dx = out(0);
+    const schema::Operand *ws = fromForward ? in(2) : out(1 + lrpe);
+    if (x->kind() != schema::OperandKind_Arena || dy->kind() != schema::OperandKind_Arena ||
+        ws->kind() != schema::OperandKind_Arena)
       fail(" expects activation operands");
     allPerCall({x, dy, dx, ws});
     const int64_t dk = lrpe ? 2 * dh : dh;
     if (x->cols() != 4 * h * dh || dx->cols() != 4 * h * dh || dy->cols() != h * dh ||
-        ws->cols() != 4 * h * dk + 2 * h * dh || ws->ld() != ws->cols() || ws->col_offset() != 0)
+        ws->cols() != (fromForward ? 4 * h * dh : 4 * h * dk + 2 * h * dh) ||
+        ws->ld() != (fromForward ? x->ld() : ws->cols()) || ws->col_offset() != 0)
       fail(" has attention shapes that do not agree with its heads");
     if (lrpe) {
       auto t = pshape(in(1));
@@ -545,7 +551,7 @@ const Arity kArity[] = {
     {2, 2, 1, 1, 0, 0},        // SiluGrad
     {3, 3, 2, 2, 0, 3},        // LrpeGrad
     {4, 4, 3, 3, 0, 4},        // DecayAttentionGrad
-    {2, 3, 2, 3, 1, 6},        // LightningAttentionGrad
+    {2, 3, 1, 3, 1, 6},        // LightningAttentionGrad (CUDA: + the forward's workspace)
     {4, 6, 3, 3, 0, 0},        // GatedLinearGrad (+ the forward's a, b on CUDA)
     {2, 2, 1, 1, 1, 0},        // EmbeddingGrad
     {3, 3, 1, 1, 0, 1},        // CrossEntropyGrad

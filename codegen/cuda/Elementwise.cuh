@@ -230,20 +230,22 @@ __device__ __forceinline__ void add_srms_norm(const bf16 *a, long long lda, cons
   });
 }
 
-// gated_srms_norm (Lightning Attention epilogue, in place): y[r, :] = u[r, :] ⊙ y[r, :] ·
-// rsqrt(mean_c(y[r, c]²) + eps)
+// gated_norm_from_o (epilogue of a train step's plain layer, whose forward keeps its attention
+// output O in the step's workspace for the backward): y[r, :] = u[r, :] ⊙ o[r, :] ·
+// rsqrt(mean_c(o[r, c]²) + eps), o read from its own buffer (or y itself: gated_srms_norm).
 template <int COLS, int BLOCK>
-__device__ __forceinline__ void gated_srms_norm(const bf16 *u, long long ldu, bf16 *y,
-                                                long long ldy, float eps) {
+__device__ __forceinline__ void gated_norm_from_o(const bf16 *u, long long ldu, const bf16 *o,
+                                                  long long ldo, bf16 *y, long long ldy,
+                                                  float eps) {
   TNLM_PDL_WAIT();
   TNLM_PDL_LAUNCH();
   const long long r = blockIdx.x;
-  TNLM_EW_DISPATCH(aligned16<COLS>(u, ldu, y, ldy), {
+  TNLM_EW_DISPATCH(aligned16<COLS>(u, ldu, o, ldo, y, ldy), {
     const float inv =
-        row_rstd<COLS, BLOCK, W>([&](int c, float(&v)[W]) { ldv<W>(y + r * ldy + c, v); }, eps);
+        row_rstd<COLS, BLOCK, W>([&](int c, float(&v)[W]) { ldv<W>(o + r * ldo + c, v); }, eps);
     for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
       float v[W], g[W];
-      ldv<W>(y + r * ldy + c, v);
+      ldv<W>(o + r * ldo + c, v);
       ldv<W>(u + r * ldu + c, g);
 #pragma unroll
       for (int i = 0; i < W; ++i)
@@ -251,6 +253,14 @@ __device__ __forceinline__ void gated_srms_norm(const bf16 *u, long long ldu, bf
       stv<W>(y + r * ldy + c, v);
     }
   });
+}
+
+// gated_srms_norm (Lightning Attention epilogue, in place): y[r, :] = u[r, :] ⊙ y[r, :] ·
+// rsqrt(mean_c(y[r, c]²) + eps): gated_norm_from_o with o = y.
+template <int COLS, int BLOCK>
+__device__ __forceinline__ void gated_srms_norm(const bf16 *u, long long ldu, bf16 *y,
+                                                long long ldy, float eps) {
+  gated_norm_from_o<COLS, BLOCK>(u, ldu, y, ldy, y, ldy, eps);
 }
 
 // gated_srms_norm_sum (epilogue of an LRPE layer, whose attention output is the sum of two

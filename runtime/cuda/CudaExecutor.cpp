@@ -473,6 +473,20 @@ void CudaExecutor::runLightning(const Function &f, unsigned index, const schema:
   const bool siluWs = !lrpe && !prefill && ws != nullptr;
   if (siluWs && ws->ld() != qkvu->ld())
     throw Error(where + ": the SiLU workspace needs qkvu's row stride");
+  // From this tnlmc on (the epilogue tnlm_gated_norm_from_o), O goes into the SiLU workspace's
+  // columns [2D, 3D) as well, for the backward, and the epilogue reads it there.
+  bool keepO = false;
+  if (siluWs)
+    for (const schema::KernelLaunch *l : *s.launches())
+      keepO |= l->kind() == schema::LaunchKind_PerRow &&
+               artifact_.root()
+                       .kernels()
+                       ->names()
+                       ->Get(l->kernel())
+                       ->string_view()
+                       .rfind("tnlm_gated_norm_from_o", 0) == 0;
+  if (keepO && ws->cols() < 3 * heads * dh)
+    throw Error(where + ": the workspace is too narrow to keep O");
   if (prefill && (in.size() < 3 || out.size() < 2))
     throw Error(where + ": a prefill step needs its state and lengths");
   if (prefill && size_t(batch) * size_t(heads) * kLaStateBytes > scratchBytes_)
@@ -497,6 +511,8 @@ void CudaExecutor::runLightning(const Function &f, unsigned index, const schema:
       q = w + (pass == 0 ? 0 : 2 * d * 2);
       if (pass == 1)
         o = w, ldo = ws->ld();
+    } else if (keepO) {
+      o = operand(ws, where) + 2 * d * 2, ldo = ws->ld();
     }
     a.q = reinterpret_cast<const uint16_t *>(q);
     a.k = reinterpret_cast<const uint16_t *>(q + d * 2);
@@ -549,6 +565,10 @@ void CudaExecutor::runLightning(const Function &f, unsigned index, const schema:
       } else if (lrpe) { // y = u ⊙ SRMSNorm(y + workspace plane 0), in place
         context_->launchWith(k, c, where, base + 3 * d * 2, qkvu->ld(), operand(ws, where),
                              ws->ld(), operand(y, where), y->ld(), s.f32_attrs()->Get(0));
+      } else if (keepO) { // y = u ⊙ SRMSNorm(O), O in the workspace's columns [2D, 3D)
+        context_->launchWith(k, c, where, base + 3 * d * 2, qkvu->ld(),
+                             operand(ws, where) + 2 * d * 2, ws->ld(), operand(y, where), y->ld(),
+                             s.f32_attrs()->Get(0));
       } else { // y = u ⊙ SRMSNorm(y), in place
         context_->launchWith(k, c, where, base + 3 * d * 2, qkvu->ld(), operand(y, where), y->ld(),
                              s.f32_attrs()->Get(0));

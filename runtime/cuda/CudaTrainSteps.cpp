@@ -418,11 +418,36 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     const bool lrpe = i64(3) != 0, silu = i64(4) != 0;
     const int64_t D = int64_t(H) * dh, dk = lrpe ? 2 * dh : dh;
     const schema::Operand *qkvu = in.Get(0), *dy = in.Get(lrpe ? 2 : 1);
-    const schema::Operand *dqkvu = out.Get(0), *ws = out.Get(out.size() - 1);
-    const schema::Operand *dtheta = lrpe ? out.Get(1) : nullptr;
-    const CUdeviceptr theta = lrpe ? ptr(in.Get(1)) : 0;
+    const schema::Operand *dqkvu = out.Get(0);
     if (!f.slopes[index])
       throw Error(where + ": the step has no slopes");
+    if (!lrpe && in.size() == 3) {
+      // The forward kept φ(q), φ(k) and O in its workspace (the third input: [q', k', O, free]
+      // at qkvu's row stride L): dO goes into its free columns [3D, 4D), then three passes of
+      // the Hopper forward with every input at stride L: dq = fwd(dO, v, k'), and over the
+      // reversed sequence dk = fwd(v, dO, q'), dv = fwd(k', q', dO) (v from qkvu).
+      const schema::Operand *fws = in.Get(2);
+      if (dh != 128)
+        throw Error(where + ": the fast Lightning backward takes head dim 128");
+      if (fws->ld() != qkvu->ld() || fws->cols() < 4 * D)
+        throw Error(where + ": the forward's workspace must be [rows, " + std::to_string(4 * D) +
+                    "] at qkvu's row stride");
+      const long long L = ld(qkvu), ldg = ld(dqkvu);
+      const CUdeviceptr F = ptr(fws), base = ptr(qkvu), g = ptr(dqkvu);
+      const CUdeviceptr qp = F, kp = F + D * 2, Op = F + 2 * D * 2, dOp = F + 3 * D * 2,
+                        vp = base + 2 * D * 2;
+      launch("tnlm_la_gate_norm_grad_o16", R, 1, Op, L, ptr(dy), ld(dy), base + 3 * D * 2, L,
+             g + 3 * D * 2, ldg, dOp, L, int(D), f32(0));
+      runLightningPass(f, index, s, batch, seq, {dOp, vp, kp, g, L, ldg, false}, where);
+      runLightningPass(f, index, s, batch, seq, {vp, dOp, qp, g + D * 2, L, ldg, true}, where);
+      runLightningPass(f, index, s, batch, seq, {kp, qp, dOp, g + 2 * D * 2, L, ldg, true}, where);
+      if (silu)
+        launch("tnlm_la_silu_scale", R, 1, base, L, g, ldg, int(D));
+      return true;
+    }
+    const schema::Operand *ws = out.Get(out.size() - 1);
+    const schema::Operand *dtheta = lrpe ? out.Get(1) : nullptr;
+    const CUdeviceptr theta = lrpe ? ptr(in.Get(1)) : 0;
     if (ws->cols() < 4 * H * dk + 2 * D)
       throw Error(where + ": the workspace has " + std::to_string(ws->cols()) +
                   " columns, the GPU backward needs " + std::to_string(4 * H * dk + 2 * D));
@@ -655,7 +680,8 @@ void CudaExecutor::checkStepFinite(const Function &f, unsigned index, int64_t ba
     // Workspaces hold scratch, not results (as CpuExecutor's checks).
     const bool workspace =
         (s.kind() == schema::KernelKind_LightningAttention && k > 0) ||
-        (s.kind() == schema::KernelKind_LightningAttentionGrad && k + 1 == outs.size());
+        (s.kind() == schema::KernelKind_LightningAttentionGrad && k + 1 == outs.size() &&
+         outs.size() > 1 + unsigned(s.i64_attrs()->Get(3) != 0)); // (none: the forward's)
     if (workspace || o->dtype() == schema::DType_I32)
       continue;
     const int64_t rows = o->rows() >= 0 ? o->rows() : o->rows() == -2 ? batch : batch * seq;

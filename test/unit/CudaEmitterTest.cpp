@@ -239,10 +239,11 @@ void checkTrainProgram(bool reference) {
                                    "tnlm_clip_scale",
                                    "tnlm_fused_adamw_bf16", // (writes the bf16 copies itself)
                                    "tnlm_step_increment"};
-  // The fast Lightning backward (the packs, the Hopper forward) or the reference cores.
+  // The fast Lightning backward (the LRPE layer's pack, the Hopper forward; the plain layer
+  // reads its forward's workspace, so no pack) or the reference cores.
   const std::vector<std::string> fast = {
-      "tnlm_la_grad_pack_silu1",     "tnlm_la_grad_pack_lrpe_silu1", "tnlm_la_gate_norm_grad_o16",
-      "tnlm_la_gate_norm_grad2_o16", "tnlm_la_add_rows_bf16",        "tnlm_la_sm90_main_d128"};
+      "tnlm_la_grad_pack_lrpe_silu1", "tnlm_la_gate_norm_grad_o16", "tnlm_la_gate_norm_grad2_o16",
+      "tnlm_la_add_rows_bf16", "tnlm_la_sm90_main_d128"};
   const std::vector<std::string> slow = {
       "tnlm_la_grad_prologue_silu1_lrpe1", "tnlm_la_fwd_simple_dk256",
       "tnlm_la_fwd_simple_dk128",          "tnlm_la_gate_norm_grad",
@@ -251,8 +252,11 @@ void checkTrainProgram(bool reference) {
               reference ? slow.end() : fast.end());
   for (const std::string &k : want)
     EXPECT_TRUE(names.count(k)) << k << " not emitted";
-  // Replaced by tnlm_fused_adamw_bf16: AdamW without the copies, and the cast pass after it.
-  for (const char *k : {"tnlm_cast_bf16", "tnlm_adamw"})
+  // The plain layer's forward epilogue reads O from the workspace it keeps for the backward.
+  EXPECT_TRUE(names.count("tnlm_gated_norm_from_o_c256"));
+  // Replaced by tnlm_fused_adamw_bf16: AdamW without the copies, and the cast pass after it;
+  // the plain layer's pack by its forward's workspace.
+  for (const char *k : {"tnlm_cast_bf16", "tnlm_adamw", "tnlm_la_grad_pack_silu1"})
     EXPECT_FALSE(names.count(k)) << k << " emitted";
   for (const std::string &k : reference ? fast : slow)
     if (k != "tnlm_la_sm90_main_d128") // the forward steps use it either way
@@ -272,12 +276,43 @@ void checkTrainProgram(bool reference) {
       nvrtc.nameExpressions.push_back(k.expression);
   tnlm::cuda::CompiledKernels out =
       tnlm::cuda::compileCuda(program->source, program->sourceName, nvrtc);
+  mt::CudaImage image;
+  image.image = out.image;
   for (const mt::CudaKernel &k : program->kernels) {
     const std::string symbol = k.expression.empty() ? k.name : out.loweredNames[k.expression];
     EXPECT_NE(out.image.find(std::string(1, '\0') + symbol + '\0'), std::string::npos)
         << symbol << " is not in the cubin";
+    image.symbols.push_back(symbol);
   }
   unsetenv("TNLM_LA_BWD_REFERENCE");
+
+  // The artifact passes the CUDA-target verifier. The plain layer's backward reads its
+  // forward's workspace (a third input, no workspace of its own) on the fast path only; a
+  // crafted one whose workspace is not at qkvu's row stride is refused.
+  auto load = [&](const std::vector<mt::KernelPlan> &ps) {
+    std::vector<uint8_t> bytes =
+        mt::serializeArtifact(*module, ps, "cuda:sm_90a", &*program, &image);
+    try {
+      tnlm::Artifact::fromBytes(bytes, "train.tnlm", tnlm::Target::CudaSm90a);
+    } catch (const tnlm::Error &e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_EQ(load(*plans), "accepted");
+  int fromForward = 0;
+  std::vector<mt::KernelPlan> crafted = *plans;
+  for (mt::PlanStep &s : crafted[0].steps)
+    if (s.kind == mt::KernelKind::LightningAttentionGrad && s.i64Attrs[3] == 0) {
+      fromForward += s.inputs.size() == 3 && s.outputs.size() == 1;
+      if (s.inputs.size() == 3)
+        s.inputs[2].ld += 8;
+    }
+  EXPECT_EQ(fromForward, reference ? 0 : 1);
+  if (!reference)
+    EXPECT_NE(load(crafted).find("has attention shapes that do not agree with its heads"),
+              std::string::npos)
+        << load(crafted);
 }
 
 TEST(CudaCodegen, TrainFunctionsCompileWithNvrtc) { checkTrainProgram(false); }
