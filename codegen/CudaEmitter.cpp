@@ -693,6 +693,10 @@ private:
                                 "columns [0, 2D) of dqkvu"));
     };
     if (fast && !lrpe && s.inputs.size() == 3) {
+      const PlanOperand &kept = s.inputs[2];
+      if (!silu || kept.cols != 4 * d || kept.ld != qkvu.ld || kept.colOffset != 0)
+        return fail(s) << "the forward's workspace must be [rows, " << 4 * d
+                       << "] at qkvu's row stride " << qkvu.ld << " (a SiLU layer's)";
       // Plain layer whose forward kept φ(q), φ(k) and O in its workspace (the step's third
       // input; the lowering's Lightning pairs): no pack and no O pass. The gate and norm
       // backward writes dO into that workspace's free columns [3D, 4D); then three passes of

@@ -222,6 +222,9 @@ void checkStepShapes(const schema::Artifact &a, const schema::Step &s,
         ws->cols() != (fromForward ? 4 * h * dh : 4 * h * dk + 2 * h * dh) ||
         ws->ld() != (fromForward ? x->ld() : ws->cols()) || ws->col_offset() != 0)
       fail(" has attention shapes that do not agree with its heads");
+    // (The forward keeps φ(q), φ(k) and O, bf16 as qkvu, only for φ = SiLU.)
+    if (fromForward && (silu != 1 || ws->dtype() != x->dtype()))
+      fail(" reads a forward workspace that a SiLU layer's forward did not write");
     if (lrpe) {
       auto t = pshape(in(1));
       if (t->size() != 3 || t->Get(0) != h || t->Get(1) != 1 || t->Get(2) != dh ||

@@ -49,12 +49,15 @@ __device__ __forceinline__ void load4(const float *p, float (&f)[4]) {
   const float4 q = *reinterpret_cast<const float4 *>(p);
   f[0] = q.x, f[1] = q.y, f[2] = q.z, f[3] = q.w;
 }
+// (As one 8-byte store, st.global.wb.v2.u32: the four elements as two bf16 pairs, element 0
+// at the low half; __floats2bfloat162_rn rounds as __float2bfloat16.)
 __device__ __forceinline__ void store4(bf16 *p, const float (&f)[4]) {
-  Bf16Quad q;
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-    q.v[j] = __float2bfloat16(f[j]);
-  *reinterpret_cast<Bf16Quad *>(p) = q;
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(f[0], f[1]);
+  const __nv_bfloat162 hi = __floats2bfloat162_rn(f[2], f[3]);
+  uint2 u;
+  u.x = *reinterpret_cast<const unsigned *>(&lo);
+  u.y = *reinterpret_cast<const unsigned *>(&hi);
+  __stwb(reinterpret_cast<uint2 *>(p), u); // (a plain uint2 store may be split in two)
 }
 __device__ __forceinline__ void store4(float *p, const float (&f)[4]) {
   *reinterpret_cast<float4 *>(p) = make_float4(f[0], f[1], f[2], f[3]);
@@ -425,7 +428,7 @@ __device__ __forceinline__ void sum_squares_chunks(const OptTensor *tensors, int
                                                    double *partial) {
   __shared__ double red[BLOCK / 32];
   const long long c = blockIdx.x;
-  const OptTensor &t = tensors[opt_tensor_of(tensors, count, c)];
+  const OptTensor t = tensors[opt_tensor_of(tensors, count, c)];
   const long long i0 = (c - t.chunk0) * kOptChunk;
   const long long i1 = i0 + kOptChunk < t.n ? i0 + kOptChunk : t.n;
   double s = 0.0;
@@ -558,7 +561,7 @@ adamw(const OptTensor *tensors, int count, const float *lrp, const float *scalep
       float beta1, float beta2, float eps, float weightDecay, bf16 *const *copies = nullptr) {
   const long long c = blockIdx.x;
   const int ti = opt_tensor_of(tensors, count, c);
-  const OptTensor &t = tensors[ti];
+  const OptTensor t = tensors[ti]; // a copy: the stores below cannot alias the table
   bf16 *const copy = copies ? copies[ti] : nullptr;
   const float lr = *lrp, gradScale = *scalep;
   const double step = static_cast<double>(*stepp);

@@ -31,8 +31,7 @@ int64_t LmHeadLoss::evenChunk(int64_t rows, int64_t maxChunk) {
   if (maxChunk <= 0)
     throw Error("the chunked lm head loss: chunks of " + std::to_string(maxChunk) + " rows");
   const int64_t chunks = std::max<int64_t>(1, (rows + maxChunk - 1) / maxChunk);
-  const int64_t even = (rows + chunks - 1) / chunks;
-  return std::max<int64_t>(1, std::min(maxChunk, (even + 63) / 64 * 64));
+  return std::max<int64_t>(1, (rows + chunks - 1) / chunks); // <= maxChunk
 }
 
 void LmHeadLoss::run(const LmHeadLossCall &c, std::string_view where) {

@@ -3,9 +3,9 @@
 // Training on the GPU (issue 11): the last hidden states h [rows, d] (bf16) through the lm head
 // W [V, d] (bf16) into the cross entropy, and back, without the [rows, V] logits ever whole in
 // memory. A call's rows are cut into as few chunks of at most `chunkRows` rows as hold them, of
-// equal size (rounded up to 64 rows, the last one takes the rest: 8,192 rows with chunkRows
-// 2,688 are 4 x 2,048, not 3 x 2,688 + 128, whose last GEMMs, K = 128 for dW, run far below
-// the others' rate). For each chunk:
+// equal size (the last one up to chunks - 1 rows smaller: 8,192 rows with chunkRows 2,688 are
+// 4 x 2,048, not 3 x 2,688 + 128, whose last GEMMs, K = 128 for dW, run far below the others'
+// rate). For each chunk:
 //   z  = h·Wᵀ                    f32 logits [chunk, V]           (cuBLASLt, bf16 in, f32 out)
 //   dz, loss rows                bw::cross_entropy_grad, dz bf16 (the GEMMs' operand), the
 //                                rows' losses in f64, k = dloss / counted read on the device

@@ -313,6 +313,16 @@ void checkTrainProgram(bool reference) {
     EXPECT_NE(load(crafted).find("has attention shapes that do not agree with its heads"),
               std::string::npos)
         << load(crafted);
+  // A forward workspace read by a layer without φ (none would have written it).
+  crafted = *plans;
+  for (mt::PlanStep &s : crafted[0].steps)
+    if (s.kind == mt::KernelKind::LightningAttentionGrad && s.inputs.size() == 3 &&
+        s.i64Attrs[3] == 0)
+      s.i64Attrs[4] = 0;
+  if (!reference)
+    EXPECT_NE(load(crafted).find("reads a forward workspace that a SiLU layer's forward did not"),
+              std::string::npos)
+        << load(crafted);
 }
 
 TEST(CudaCodegen, TrainFunctionsCompileWithNvrtc) { checkTrainProgram(false); }

@@ -764,10 +764,10 @@ struct OptCase {
   }
 };
 
-const std::vector<int64_t> kOptSizes = {1, 1000, 65536, 65537, 300000};
+const std::vector<int64_t> kOptSizes = {1, 1000, 65536, 65537, 300000, 1003, 65538};
 
-// Aligned tensors (the four-float paths, with the tails of 65537) and shifted by one float (the
-// one-float paths).
+// Aligned tensors (the four-float paths, with tails of 1, 2 and 3 elements after them: 65537,
+// 65538, 1003) and shifted by one float (the one-float paths).
 class BackwardOptimizerShift : public ::testing::TestWithParam<int> {};
 INSTANTIATE_TEST_SUITE_P(Alignment, BackwardOptimizerShift, ::testing::Values(0, 1));
 
@@ -843,16 +843,20 @@ TEST_P(BackwardOptimizerShift, AdamWWritesTheBf16Copies) {
     gpu().copyToDevice(copies.back().get(), fill.data(), n * 2, "bf16 copy");
     table.push_back(i == 1 ? 0 : copies.back().get()); // tensor 1 has no copy
   }
-  if (GetParam() != 0) { // the copies 8-byte aligned while the f32 tensors are not, and back
-    for (size_t i = 0; i < copies.size(); ++i) {
+  // Copies one bf16 into their buffers (not 8-byte aligned): with shift 0 tensor 2's alone (its
+  // f32 tensors aligned: the one-element path for the copy's sake), with shift 1 every even
+  // tensor's (the odd ones aligned while their f32 tensors are not). The element before each
+  // shifted copy must keep kUntouched.
+  std::vector<size_t> copyShift(copies.size(), 0);
+  for (size_t i = 0; i < copies.size(); ++i)
+    if (i != 1 && (GetParam() == 0 ? i == 2 : i % 2 == 0)) {
       const size_t n = size_t(c.table[i].n);
       copies[i] = DeviceBuffer(std::max<size_t>(2, (n + 1) * 2), "bf16 copy");
       std::vector<uint16_t> fill(n + 1, kUntouched);
       gpu().copyToDevice(copies[i].get(), fill.data(), (n + 1) * 2, "bf16 copy");
-      if (i != 1)
-        table[i] = copies[i].get() + (i % 2 == 0 ? 2 : 0);
+      copyShift[i] = 1;
+      table[i] = copies[i].get() + 2;
     }
-  }
   DeviceBuffer dCopies(table.size() * 8, "the copies' table");
   gpu().copyToDevice(dCopies.get(), table.data(), table.size() * 8, "the copies' table");
   launch("adamw_bf16", {static_cast<unsigned>(c.chunks)}, 256, c.dTable.get(), int(c.table.size()),
@@ -864,6 +868,11 @@ TEST_P(BackwardOptimizerShift, AdamWWritesTheBf16Copies) {
     const std::vector<float> p = c.download(i, 0);
     std::vector<uint16_t> got(p.size());
     gpu().copyToHost(got.data(), i == 1 ? copies[i].get() : table[i], got.size() * 2, "bf16 copy");
+    if (copyShift[i]) {
+      uint16_t before = 0;
+      gpu().copyToHost(&before, copies[i].get(), 2, "the element before the copy");
+      EXPECT_EQ(before, kUntouched) << "tensor " << i << ": written before its copy";
+    }
     int64_t bad = 0;
     for (size_t j = 0; j < p.size(); ++j) {
       const uint16_t want = i == 1 ? kUntouched : f32ToBf16(p[j]);

@@ -139,23 +139,25 @@ TEST(GemmTuning, TheEnvironmentVariableIsChecked) {
     unsetenv("TNLM_GEMM_TUNE");
 }
 
-// The lm head loss cuts a call into as few chunks as fit, of equal size in multiples of 64
-// rows: never above the maximum, never more chunks than needed, the rest in the last one.
+// The lm head loss cuts a call into as few chunks as fit, of equal size: never above the
+// maximum, never more chunks than needed, the last one at most chunks - 1 rows smaller.
 TEST(LmHeadLossChunks, EqualChunksOfAtMostTheMaximum) {
-  EXPECT_EQ(LmHeadLoss::evenChunk(8192, 2688), 2048);  // 4 x 2048, not 3 x 2688 + 128
-  EXPECT_EQ(LmHeadLoss::evenChunk(32768, 2688), 2560); // 12 x 2560 + 2048 (13 chunks either way)
-  EXPECT_EQ(LmHeadLoss::evenChunk(130, 64), 64);       // 64, 64, 2: 44 rounds up to 64
-  EXPECT_EQ(LmHeadLoss::evenChunk(100, 2688), 128);    // one chunk (64-row multiple)
+  EXPECT_EQ(LmHeadLoss::evenChunk(8192, 2688), 2048);   // 4 x 2048, not 3 x 2688 + 128
+  EXPECT_EQ(LmHeadLoss::evenChunk(32768, 2688), 2521);  // 12 x 2521 + 2516
+  EXPECT_EQ(LmHeadLoss::evenChunk(137216, 2688), 2639); // 51 x 2639 + 2627, not 51 x 2688 + 128
+  EXPECT_EQ(LmHeadLoss::evenChunk(130, 64), 44);        // 44, 44, 42
+  EXPECT_EQ(LmHeadLoss::evenChunk(100, 2688), 100);     // one chunk
   EXPECT_EQ(LmHeadLoss::evenChunk(0, 2688), 1);
-  EXPECT_EQ(LmHeadLoss::evenChunk(5, 3), 3); // below 64 rows: the maximum bounds it
-  for (int64_t rows : {1, 63, 64, 65, 2687, 2688, 2689, 8192, 10000, 819200})
+  for (int64_t rows : {1, 63, 64, 65, 2687, 2688, 2689, 8192, 10000, 137216, 819200})
     for (int64_t max : {1, 7, 64, 100, 2688}) {
       const int64_t per = LmHeadLoss::evenChunk(rows, max);
       const int64_t fewest = (rows + max - 1) / max, used = (rows + per - 1) / per;
+      const int64_t last = rows - (used - 1) * per;
       EXPECT_LE(per, max) << rows << " rows, max " << max;
-      EXPECT_GE(per, 1);
       EXPECT_EQ(used, fewest) << rows << " rows, max " << max << ": " << used << " chunks of "
                               << per;
+      EXPECT_GE(last, per - (used - 1)) << rows << " rows, max " << max << ": the last of " << used
+                                        << " chunks of " << per << " has " << last;
     }
   EXPECT_THROW(LmHeadLoss::evenChunk(10, 0), Error);
 }

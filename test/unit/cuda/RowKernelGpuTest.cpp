@@ -126,6 +126,10 @@ RowSource rowSource() {
        "const bf16 *u, long long ldu, const bf16 *y2, long long ldy2, bf16 *y, long long ldy, "
        "float eps",
        "u, ldu, y2, ldy2, y, ldy, eps"},
+      {"gated_norm_from_o",
+       "const bf16 *u, long long ldu, const bf16 *o, long long ldo, bf16 *y, long long ldy, "
+       "float eps",
+       "u, ldu, o, ldo, y, ldy, eps"},
       {"lrpe_split",
        "const bf16 *x, long long ldx, const float *theta, int seq, bf16 *w, long long ldw",
        "x, ldx, theta, seq, w, ldw"},
@@ -412,6 +416,33 @@ TEST_P(RowKernel, GatedSrmsNorm) {
   cpu::srmsNorm(yIn.f32().data(), rows(), cols(), yIn.ld, kEps, ref.data(), cols());
   cpu::mul(u.f32().data(), ref.data(), rows(), cols(), u.ld, cols(), ref.data(), cols());
   expectNear("gated_srms_norm", y, dy.ld(), 0, ref.data(), cols(), rows(), cols(), kRel, normAbs);
+}
+
+// The train step's epilogue reading O from the workspace (its own strided buffer): the same
+// values as gated_srms_norm in place, bit for bit, O left as it was.
+TEST_P(RowKernel, GatedNormFromOMatchesInPlace) {
+  Mat u = randomMat(rows(), cols(), ld(1), -2, 2, 45);
+  Mat oIn = randomMat(rows(), cols(), ld(3), -1, 1, 46, 8);
+  Mat yIn = randomMat(rows(), cols(), ld(2), -1, 1, 47);
+  DevMat du(u, "u"), dO(oIn, "o"), dy(yIn, "y"), dInPlace(oIn, "in place");
+  launchRows(name("gated_norm_from_o"), cols(), rows(), du.ptr(), du.ld(), dO.ptr(), dO.ld(),
+             dy.ptr(), dy.ld(), kEps);
+  launchRows(name("gated_srms_norm"), cols(), rows(), du.ptr(), du.ld(), dInPlace.ptr(),
+             dInPlace.ld(), kEps);
+  const std::vector<uint16_t> y = dy.download("gated_norm_from_o y");
+  const std::vector<uint16_t> inPlace = dInPlace.download("gated_srms_norm y");
+  const std::vector<uint16_t> o = dO.download("gated_norm_from_o o");
+  int64_t bad = 0;
+  for (int64_t r = 0; r < rows(); ++r)
+    for (int64_t c = 0; c < cols(); ++c) {
+      const uint16_t got = y[size_t(r * dy.ld() + c)], want = inPlace[size_t(r * oIn.ld + c)];
+      if (got != want && bad++ < 3)
+        ADD_FAILURE() << "[" << r << ", " << c << "]: 0x" << std::hex << got << " vs 0x" << want
+                      << std::dec;
+      if (o[size_t(r * oIn.ld + c)] != oIn.bits[size_t(r * oIn.ld + c)] && bad++ < 3)
+        ADD_FAILURE() << "O changed at [" << r << ", " << c << "]";
+    }
+  EXPECT_EQ(bad, 0);
 }
 
 TEST_P(RowKernel, GatedSrmsNormSum) {
