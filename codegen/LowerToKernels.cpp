@@ -590,10 +590,20 @@ LogicalResult Lowering::lower(Operation &op) {
     if (cuda && plan.function != "decode_step") {
       // Two cuBLASLt GEMMs and a product: cuBLASLt has no product-of-two-GEMMs epilogue.
       // (@decode_step keeps the op whole: its GEMV computes both products, CudaEmitter.cpp.)
+      // a and b are the two column halves of one [rows, 2F] buffer (row r: a_r then b_r), so
+      // that where W2's bf16 copy follows W1's the executor runs the pair as one GEMM of
+      // x·[W1; W2]ᵀ (CudaExecutor, the Linear steps).
       int64_t out = lastDim(gl.getResult());
       std::string name = locName(op.getLoc());
-      PlanOperand a = emit(KernelKind::Linear, name + ".l1", {*x, *w1}, out);
-      PlanOperand b = emit(KernelKind::Linear, name + ".l2", {*x, *w2}, out);
+      const int64_t step = static_cast<int64_t>(plan.steps.size());
+      PlanOperand ab = newBuffer(2 * out, step), a = ab, b = ab;
+      a.cols = b.cols = out;
+      b.colOffset += out;
+      plan.buffers[ab.index].lastStep = step + 1;
+      if (x->kind == OperandKind::Arena)
+        plan.buffers[x->index].lastStep = std::max(plan.buffers[x->index].lastStep, step + 1);
+      plan.steps.push_back(PlanStep{KernelKind::Linear, name + ".l1", {*x, *w1}, {a}, {}, {}, {}});
+      plan.steps.push_back(PlanStep{KernelKind::Linear, name + ".l2", {*x, *w2}, {b}, {}, {}, {}});
       gatedProducts[{gl.getInput().getAsOpaquePointer(), gl.getW1().getAsOpaquePointer()}] = {a, b};
       values[gl.getResult()] = emit(KernelKind::Mul, name + ".product", {a, b}, out);
       return success();

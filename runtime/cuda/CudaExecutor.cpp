@@ -286,7 +286,7 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
   };
   const schema::Operand *y = out.Get(0);
   auto ld = [](const schema::Operand *o) { return static_cast<long long>(o->ld()); };
-  if (train_) {
+  if (!skip_.empty()) {
     auto it = std::find(skip_.begin(), skip_.end(), std::make_pair(&f, index));
     if (it != skip_.end()) { // done by an earlier step of this run
       skip_.erase(it);
@@ -374,6 +374,33 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
     shape.out = l->gemm_n();
     shape.ldx = in.Get(0)->ld();
     shape.ldy = y->ld();
+    // A gated pair (the lowering's a, b: the column halves of one [rows, 2F] buffer) whose W2
+    // bf16 copy follows W1's: one GEMM y[:, 0:2F] = x·[W1; W2]ᵀ, the next step skipped.
+    if (index + 1 < f.fn->steps()->size() && y->dtype() == schema::DType_BF16 &&
+        in.Get(0)->rows() != -2) {
+      const schema::Step &n = *f.fn->steps()->Get(index + 1);
+      const schema::Operand *x2 = n.kind() == schema::KernelKind_Linear && n.inputs() &&
+                                          n.inputs()->size() == 2 && n.launches() &&
+                                          n.launches()->size() == 1
+                                      ? n.inputs()->Get(0)
+                                      : nullptr;
+      if (x2 && ptr(x2) == ptr(in.Get(0)) && x2->ld() == in.Get(0)->ld() &&
+          x2->rows() == in.Get(0)->rows() && n.launches()->Get(0)->gemm_k() == shape.in &&
+          n.launches()->Get(0)->gemm_n() == shape.out) {
+        const schema::Operand *y2 = n.outputs()->Get(0);
+        const CUdeviceptr w1 = ptr(in.Get(1)), w2 = ptr(n.inputs()->Get(1));
+        const CUdeviceptr out2 = ptr(y2);
+        if (y2->dtype() == schema::DType_BF16 && y->ld() == 2 * shape.out && y2->ld() == y->ld() &&
+            y2->rows() == y->rows() && out2 == ptr(y) + CUdeviceptr(shape.out * 2) &&
+            w2 == w1 + CUdeviceptr(shape.out * shape.in * 2)) {
+          GemmShape pair = shape;
+          pair.out = 2 * shape.out;
+          gemm_->linear(GemmType::Bf16, pair, ptr(in.Get(0)), w1, ptr(y), where);
+          skip_.push_back({&f, index + 1});
+          return;
+        }
+      }
+    }
     // The logits (f32 output): bf16 x and W, f32 accumulation and result.
     gemm_->linear(y->dtype() == schema::DType_F32 ? GemmType::Bf16F32Out : GemmType::Bf16, shape,
                   ptr(in.Get(0)), ptr(in.Get(1)), ptr(y), where);

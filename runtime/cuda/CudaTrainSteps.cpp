@@ -376,9 +376,12 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     const int64_t F = dy->cols(), K = x->cols();
     if (size_t(4 * rows * F * 2) > gatedGradBytes_)
       throw Error(where + ": the gated linear backward's scratch is too small");
+    // Scratch: a, b [rows, F] each (where recomputed), then [da | db] as one [rows, 2F] matrix,
+    // so that where W2's bf16 copy follows W1's (and dW2 follows dW1) the pair's two products
+    // are one GEMM each: dx = [da db]·[W1; W2] (K = 2F) and [dW1; dW2] = [da db]ᵀ·x.
     CUdeviceptr a = gatedGrad_, b = a + rows * F * 2;
-    const CUdeviceptr da = b + rows * F * 2, db = da + rows * F * 2;
-    const long long ldf = F;
+    const CUdeviceptr da = b + rows * F * 2, db = da + F * 2;
+    const long long ldf = F, ldd = 2 * F;
     long long lda = ldf, ldb = ldf;
     if (in.size() == 6) { // the forward's a, b (tnlmc keeps them live for this step)
       a = ptr(in.Get(4)), lda = ld(in.Get(4));
@@ -388,29 +391,38 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       gemm_->linear(GemmType::Bf16, fwd, ptr(x), ptr(w1), a, where);
       gemm_->linear(GemmType::Bf16, fwd, ptr(x), ptr(w2), b, where);
     }
-    launch("tnlm_mul_grad", R, 1, a, lda, b, ldb, ptr(dy), ld(dy), da, ldf, db, ldf);
+    launch("tnlm_mul_grad", R, 1, a, lda, b, ldb, ptr(dy), ld(dy), da, ldd, db, ldd);
     const GemmType dxType =
         dx->dtype() == schema::DType_F32 ? GemmType::Bf16F32Out : GemmType::Bf16;
-    const GemmShape gi{rows, K, F, dx->ld(), w1->ld(), F};
-    gemm_->gradInput(dxType, gi, da, ptr(w1), ptr(dx), where);
-    const GemmShape gi2{rows, K, F, dx->ld(), w2->ld(), F};
-    gemm_->gradInput(dxType, gi2, db, ptr(w2), ptr(dx), where, 1.0f, 1.0f);
+    // Two [F, K] matrices, dense, the second right after the first (elem bytes each).
+    auto stacked = [&](CUdeviceptr m1, CUdeviceptr m2, int64_t ld1, int64_t ld2, size_t elem) {
+      return ld1 == K && ld2 == K && m2 == m1 + CUdeviceptr(size_t(F) * size_t(K) * elem);
+    };
+    if (stacked(ptr(w1), ptr(w2), w1->ld(), w2->ld(), 2)) {
+      gemm_->gradInput(dxType, {rows, K, 2 * F, dx->ld(), K, ldd}, da, ptr(w1), ptr(dx), where);
+    } else {
+      gemm_->gradInput(dxType, {rows, K, F, dx->ld(), w1->ld(), ldd}, da, ptr(w1), ptr(dx), where);
+      gemm_->gradInput(dxType, {rows, K, F, dx->ld(), w2->ld(), ldd}, db, ptr(w2), ptr(dx), where,
+                       1.0f, 1.0f);
+    }
     // dW1, dW2 straight into the gradients where the next two steps accumulate them.
     const schema::Operand *g1 = accumulatedInto(f, index, dw1, index + 1);
     const schema::Operand *g2 = g1 ? accumulatedInto(f, index, dw2, index + 2) : nullptr;
+    const schema::Operand *t1 = g1 && g2 ? g1 : dw1, *t2 = g1 && g2 ? g2 : dw2;
+    const float beta = g1 && g2 ? 1.0f : 0.0f;
+    if (stacked(ptr(t1), ptr(t2), t1->ld(), t2->ld(), 4)) {
+      gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, 2 * F, x->ld(), K, ldd}, da, ptr(x),
+                        ptr(t1), where, 1.0f, beta);
+    } else {
+      gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, F, x->ld(), t1->ld(), ldd}, da, ptr(x),
+                        ptr(t1), where, 1.0f, beta);
+      gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, F, x->ld(), t2->ld(), ldd}, db, ptr(x),
+                        ptr(t2), where, 1.0f, beta);
+    }
     if (g1 && g2) {
-      gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, F, x->ld(), g1->ld(), F}, da, ptr(x),
-                        ptr(g1), where, 1.0f, 1.0f);
-      gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, F, x->ld(), g2->ld(), F}, db, ptr(x),
-                        ptr(g2), where, 1.0f, 1.0f);
       skip_.push_back({&f, index + 1});
       skip_.push_back({&f, index + 2});
-      return true;
     }
-    gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, F, x->ld(), dw1->ld(), F}, da, ptr(x),
-                      ptr(dw1), where);
-    gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, F, x->ld(), dw2->ld(), F}, db, ptr(x),
-                      ptr(dw2), where);
     return true;
   }
   case schema::KernelKind_LightningAttentionGrad: {
