@@ -567,13 +567,23 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     const schema::Operand *dx = in.Get(1);
     if (y->ld() != dx->cols()) // embedding_grad strides the table by d
       throw Error(where + ": the embedding gradient's rows are not dense");
-    context_->fillBytes(ptr(y), 0, size_t(rowsOf(y)) * y->ld() * 4, where);
+    // The kernel adds into the table's rows: where the next step is the gradient's
+    // accumulation (`&grad = add(&grad, y)`), straight into the gradient (no zeroed [V, d]
+    // table, no add over it), the add skipped; else into y zeroed first.
+    CUdeviceptr table = ptr(y);
+    const schema::Operand *g = accumulatedInto(f, index, y, index + 1);
+    if (g && g->ld() == y->ld()) {
+      table = ptr(g);
+      skip_.push_back({&f, index + 1});
+    } else {
+      context_->fillBytes(ptr(y), 0, size_t(rowsOf(y)) * y->ld() * 4, where);
+    }
     // A fixed grid (the most segments a call of this shape can have; the unused ones are empty),
     // so that a captured graph replays for any ids.
     const int64_t grid = std::min<int64_t>(rows, rowsOf(y));
     if (grid > 0)
       launch("tnlm_embedding_grad", unsigned(grid), unsigned((dx->cols() + 127) / 128), segOrder_,
-             segStart_, segIds_, ptr(dx), ld(dx), int(dx->cols()), f32(0), ptr(y));
+             segStart_, segIds_, ptr(dx), ld(dx), int(dx->cols()), f32(0), table);
     return true;
   }
   case schema::KernelKind_GlobalNorm: {
