@@ -199,6 +199,8 @@ int main(int argc, char **argv) {
                  best, (long long)iters, tokens / (med / 1e3), tflops,
                  100 * tflops * 1e12 / kPeakSpec, 100 * tflops * 1e12 / kPeakMeasured,
                  ctx.deviceName().c_str(), double(exec.deviceBytes()) / double(1ull << 30));
+    std::fprintf(stderr, "GEMMs over stacked pairs (the gated forward, dx, dW): %zu\n",
+                 exec.stackedGemms());
     if (exec.gemm().tuning())
       std::fprintf(stderr,
                    "GEMM tuning (TNLM_GEMM_TUNE=%d): %zu plans, %d timed, %d of them faster with "

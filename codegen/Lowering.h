@@ -32,7 +32,7 @@ public:
 
 private:
   KernelPlan &plan;
-  bool cuda;            // CUDA target: bf16 activations, no fused gated GEMM
+  bool cuda;            // CUDA target: bf16 activations, gated pairs as two Linear steps
   std::string actDtype; // dtype of activation buffers
   llvm::DenseMap<Value, PlanOperand> values;
   /// CUDA train plans: a = x·W1ᵀ and b = x·W2ᵀ of each gated projection's forward (its two

@@ -19,12 +19,13 @@ constexpr int kTrainPositionChunk = 16;     // positions per LRPE dθ partial
 
 /// The largest operand of each kind over the artifact's train functions.
 struct TrainScratchNeeds {
-  int64_t lossCols = 0;     // cross entropy without its loss-only kernel (artifacts of an
-                            // earlier tnlmc): the logits' columns, for a gradient never read
-  int64_t gatedCols = 0;    // gated linear backward: the hidden width F
-  int64_t lrpeFeatures = 0; // Lightning backward: H · dh
-  int64_t gradChunks = 0;   // global norm: chunks of kTrainOptChunk gradient elements
-  int64_t lmHeadVocab = 0;  // the fused lm head loss (lm_head_loss steps): its vocabulary
+  int64_t lossCols = 0;            // cross entropy without its loss-only kernel (artifacts of an
+                                   // earlier tnlmc): the logits' columns, for a gradient never read
+  int64_t gatedCols = 0;           // gated linear backward: the hidden width F (for da, db)
+  int64_t gatedRecomputedCols = 0; // ... of those without the forward's a, b (recomputed)
+  int64_t lrpeFeatures = 0;        // Lightning backward: H · dh
+  int64_t gradChunks = 0;          // global norm: chunks of kTrainOptChunk gradient elements
+  int64_t lmHeadVocab = 0;         // the fused lm head loss (lm_head_loss steps): its vocabulary
 };
 
 struct TrainScratch {
@@ -46,14 +47,15 @@ inline int64_t lmHeadChunkRows(int64_t maxRows, int64_t vocab) {
 
 /// The bytes beside the arena: (older artifacts) the loss's bf16 logit gradients [rows, V]; the
 /// fused lm head loss's chunk (lmHeadChunkRows · V · 6 bytes: f32 logits, bf16 gradients); the
-/// gated linear backward's four bf16 products [rows, F]; the LRPE dθ partials (f64 per position
+/// gated linear backward's bf16 products [rows, F]: da and db, and a and b where a step
+/// recomputes them (without the forward's); the LRPE dθ partials (f64 per position
 /// chunk and feature); the sum of squares' f64 chunks; 20 bytes per row (row losses, the
 /// embedding grouping) and 4 KiB of scalars.
 inline TrainScratch trainScratch(int64_t maxRows, int64_t maxSeq, const TrainScratchNeeds &n) {
   TrainScratch s;
   const size_t rows = size_t(std::max<int64_t>(maxRows, 0));
   s.loss = rows * size_t(n.lossCols) * 2;
-  s.gated = 4 * rows * size_t(n.gatedCols) * 2;
+  s.gated = 2 * rows * size_t(n.gatedCols) * 2 + 2 * rows * size_t(n.gatedRecomputedCols) * 2;
   s.dtheta =
       size_t((maxSeq + kTrainPositionChunk - 1) / kTrainPositionChunk) * size_t(n.lrpeFeatures) * 8;
   s.chunks = size_t(n.gradChunks);

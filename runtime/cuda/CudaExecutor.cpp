@@ -376,7 +376,8 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
     shape.ldy = y->ld();
     // A gated pair (the lowering's a, b: the column halves of one [rows, 2F] buffer) whose W2
     // bf16 copy follows W1's: one GEMM y[:, 0:2F] = x·[W1; W2]ᵀ, the next step skipped.
-    if (index + 1 < f.fn->steps()->size() && y->dtype() == schema::DType_BF16 &&
+    // (Not with --sync-steps: a fault is then named by its own step.)
+    if (!syncSteps_ && index + 1 < f.fn->steps()->size() && y->dtype() == schema::DType_BF16 &&
         in.Get(0)->rows() != -2) {
       const schema::Step &n = *f.fn->steps()->Get(index + 1);
       const schema::Operand *x2 = n.kind() == schema::KernelKind_Linear && n.inputs() &&
@@ -397,6 +398,7 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
           pair.out = 2 * shape.out;
           gemm_->linear(GemmType::Bf16, pair, ptr(in.Get(0)), w1, ptr(y), where);
           skip_.push_back({&f, index + 1});
+          stacked_.insert({&f, index, 0});
           return;
         }
       }

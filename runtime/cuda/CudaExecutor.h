@@ -119,6 +119,9 @@ public:
   size_t graphNodes(const std::string &function, int64_t batch, int64_t seq) const;
   /// The GEMMs' plans (their count, and with TNLM_GEMM_TUNE how many tuning timed or changed).
   const Gemm &gemm() const { return *gemm_; }
+  /// The GEMMs run as one over a stacked pair (W1, W2 adjacent: the gated pair's forward, its
+  /// dx and its dW): how many distinct (function, step) places did so.
+  size_t stackedGemms() const { return stacked_.size(); }
 
   int64_t vocabSize() const { return vocab_; }
   const Artifact &artifact() const { return artifact_; }
@@ -272,6 +275,7 @@ private:
                                          const schema::Operand *temp, unsigned next);
   /// Steps already done by an earlier step (a GEMM that accumulated into the gradient).
   std::vector<std::pair<const Function *, unsigned>> skip_;
+  std::set<std::tuple<const Function *, unsigned, int>> stacked_; // (function, step, which)
   std::unique_ptr<DeviceBuffer> finiteTables_[2]; // gradients, masters (sumOfSquaresFinite)
   std::unique_ptr<DeviceBuffer> finitePartial_, finiteTotal_;
   long long finiteChunks_[2] = {0, 0};

@@ -84,6 +84,8 @@ size_t CudaExecutor::planTrainScratch() {
         break;
       case schema::KernelKind_GatedLinearGrad:
         n.gatedCols = std::max<int64_t>(n.gatedCols, in.Get(3)->cols());
+        if (in.size() < 6) // no forward a, b: recomputed in the scratch
+          n.gatedRecomputedCols = std::max<int64_t>(n.gatedRecomputedCols, in.Get(3)->cols());
         break;
       case schema::KernelKind_LmHeadLoss:
         n.lmHeadVocab = std::max<int64_t>(n.lmHeadVocab, in.Get(1)->rows());
@@ -374,16 +376,17 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     const schema::Operand *x = in.Get(0), *w1 = in.Get(1), *w2 = in.Get(2), *dy = in.Get(3);
     const schema::Operand *dx = out.Get(0), *dw1 = out.Get(1), *dw2 = out.Get(2);
     const int64_t F = dy->cols(), K = x->cols();
-    if (size_t(4 * rows * F * 2) > gatedGradBytes_)
+    // Scratch: [da | db] as one [rows, 2F] matrix, so that where W2's bf16 copy follows W1's
+    // (and dW2 follows dW1) the pair's two products are one GEMM each: dx = [da db]·[W1; W2]
+    // (K = 2F) and [dW1; dW2] = [da db]ᵀ·x; then a, b [rows, F] each where recomputed.
+    const bool recompute = in.size() != 6;
+    if (size_t((recompute ? 4 : 2) * rows * F * 2) > gatedGradBytes_)
       throw Error(where + ": the gated linear backward's scratch is too small");
-    // Scratch: a, b [rows, F] each (where recomputed), then [da | db] as one [rows, 2F] matrix,
-    // so that where W2's bf16 copy follows W1's (and dW2 follows dW1) the pair's two products
-    // are one GEMM each: dx = [da db]·[W1; W2] (K = 2F) and [dW1; dW2] = [da db]ᵀ·x.
-    CUdeviceptr a = gatedGrad_, b = a + rows * F * 2;
-    const CUdeviceptr da = b + rows * F * 2, db = da + F * 2;
+    const CUdeviceptr da = gatedGrad_, db = da + F * 2;
+    CUdeviceptr a = da + 2 * rows * F * 2, b = a + rows * F * 2;
     const long long ldf = F, ldd = 2 * F;
     long long lda = ldf, ldb = ldf;
-    if (in.size() == 6) { // the forward's a, b (tnlmc keeps them live for this step)
+    if (!recompute) { // the forward's a, b (tnlmc keeps them live for this step)
       a = ptr(in.Get(4)), lda = ld(in.Get(4));
       b = ptr(in.Get(5)), ldb = ld(in.Get(5));
     } else {
@@ -400,6 +403,7 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     };
     if (stacked(ptr(w1), ptr(w2), w1->ld(), w2->ld(), 2)) {
       gemm_->gradInput(dxType, {rows, K, 2 * F, dx->ld(), K, ldd}, da, ptr(w1), ptr(dx), where);
+      stacked_.insert({&f, index, 1});
     } else {
       gemm_->gradInput(dxType, {rows, K, F, dx->ld(), w1->ld(), ldd}, da, ptr(w1), ptr(dx), where);
       gemm_->gradInput(dxType, {rows, K, F, dx->ld(), w2->ld(), ldd}, db, ptr(w2), ptr(dx), where,
@@ -413,6 +417,7 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     if (stacked(ptr(t1), ptr(t2), t1->ld(), t2->ld(), 4)) {
       gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, 2 * F, x->ld(), K, ldd}, da, ptr(x),
                         ptr(t1), where, 1.0f, beta);
+      stacked_.insert({&f, index, 2});
     } else {
       gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, F, x->ld(), t1->ld(), ldd}, da, ptr(x),
                         ptr(t1), where, 1.0f, beta);

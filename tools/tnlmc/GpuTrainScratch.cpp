@@ -19,6 +19,8 @@ GpuTrainScratchBytes gpuTrainScratch(const std::vector<KernelPlan> &plans, int64
         break;
       case KernelKind::GatedLinearGrad:
         n.gatedCols = std::max(n.gatedCols, s.inputs[3].cols);
+        if (s.inputs.size() < 6) // no forward a, b: the executor recomputes them in scratch
+          n.gatedRecomputedCols = std::max(n.gatedRecomputedCols, s.inputs[3].cols);
         break;
       case KernelKind::LightningAttentionGrad:
         n.lrpeFeatures = std::max(n.lrpeFeatures, s.i64Attrs[0] * s.i64Attrs[1]);

@@ -388,7 +388,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, BackwardRows,
 
 // tnlm.gated_linear_grad composed as the train step runs it on the GPU: a = x·W1ᵀ, b = x·W2ᵀ
 // recomputed (cuBLASLt, bf16), mul_grad (da = dy ⊙ b, db = dy ⊙ a, bf16), dx = da·W1 + db·W2
-// (two Gemm::gradInput, the second accumulating, f32), dW1 = daᵀx, dW2 = dbᵀx
+// (two Gemm::gradInput, the second accumulating, f32), dW1 = daᵀx, dW2 = dbᵀx (the executor
+// runs each pair as one GEMM where W1, W2 and dW1, dW2 are adjacent: not composed here)
 // (Gemm::gradWeight, f32), against cpu::gatedLinearGrad (all f32). The GPU rounds a, b, da and
 // db to bf16 (2^-9 relative each, and da carries b's), so every output is within
 // 2^-7·S + 3·K·2^-24·S of the CPU's, S = Σ|terms| of its sum (computed here from the CPU's
