@@ -177,6 +177,9 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
     state_.push_back(arena_->allocate(std::max<size_t>(stateBytes_[i], 4), "the state"));
 
   // Parameters as bf16 (one host buffer per tensor, kept until the copies have run), θ as f32.
+  // In table order, back to back (the arena's 256-byte alignment leaves no gap after a [F, K]
+  // bf16 matrix with K a multiple of 128): a gated pair's W2 follows its W1, which lets the
+  // Linear and GatedLinearGrad steps run the pair as one GEMM (stackedGemms() counts them).
   std::vector<std::vector<uint16_t>> staged(table.size());
   params_.resize(table.size());
   for (size_t i = 0; i < table.size(); ++i) {
