@@ -16,6 +16,7 @@ namespace tnlm {
 
 constexpr int64_t kTrainOptChunk = 1 << 16; // gradient elements per sum-of-squares chunk
 constexpr int kTrainPositionChunk = 16;     // positions per LRPE dθ partial
+constexpr int64_t kGpuLmHeadWholeBytes = int64_t(4) << 30; // one lm head chunk up to this
 
 /// The largest operand of each kind over the artifact's train functions.
 struct TrainScratchNeeds {
@@ -35,10 +36,14 @@ struct TrainScratch {
 
 /// The rows of one chunk of the fused lm head loss (runtime/cuda/LmHeadLoss.h): its f32 logits
 /// and bf16 logit gradients (6 bytes per row and vocabulary entry) in about 1 GiB, a multiple
-/// of 128 rows where that many fit, at most the call's rows.
-inline int64_t lmHeadChunkRows(int64_t maxRows, int64_t vocab) {
+/// of 128 rows where that many fit, at most the call's rows; or the whole call where all of it
+/// fits in `wholeBytes` (the GPU: 4 GiB, so 385M at 4 x 2048 is one chunk, whose dW GEMM sums
+/// over all 8,192 rows at once instead of adding four partial [V, d] f32 results).
+inline int64_t lmHeadChunkRows(int64_t maxRows, int64_t vocab, int64_t wholeBytes = 0) {
   if (maxRows <= 0 || vocab <= 0)
     return 0;
+  if (maxRows <= wholeBytes / (vocab * 6))
+    return maxRows;
   int64_t rows = (int64_t(1) << 30) / (vocab * 6);
   if (rows >= 128)
     rows -= rows % 128;
@@ -59,7 +64,7 @@ inline TrainScratch trainScratch(int64_t maxRows, int64_t maxSeq, const TrainScr
   s.dtheta =
       size_t((maxSeq + kTrainPositionChunk - 1) / kTrainPositionChunk) * size_t(n.lrpeFeatures) * 8;
   s.chunks = size_t(n.gradChunks);
-  s.lmHeadChunkRows = lmHeadChunkRows(maxRows, n.lmHeadVocab);
+  s.lmHeadChunkRows = lmHeadChunkRows(maxRows, n.lmHeadVocab, kGpuLmHeadWholeBytes);
   s.lmHead = size_t(s.lmHeadChunkRows) * size_t(std::max<int64_t>(n.lmHeadVocab, 0)) * 6;
   s.total = s.loss + s.gated + s.dtheta + s.chunks * 8 + s.lmHead + rows * (8 + 12) + 4096;
   return s;
