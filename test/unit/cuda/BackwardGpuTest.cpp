@@ -394,30 +394,61 @@ INSTANTIATE_TEST_SUITE_P(Shapes, BackwardRows,
 // db to bf16 (2^-9 relative each, and da carries b's), so every output is within
 // 2^-7·S + 3·K·2^-24·S of the CPU's, S = Σ|terms| of its sum (computed here from the CPU's
 // a, b, da, db), K the summed length; a wrong operand or transpose is O(|dx|) off.
-TEST(BackwardGatedLinear, MatchesCpu) {
+// Stacked (the executor's layout where W2 follows W1 and dW2 follows dW1): a | b and da | db as
+// the column halves of one [rows, 2F] matrix, W and dW as one [2F, in] matrix each, so the pair
+// is one GEMM each way: [a b] = x·[W1; W2]ᵀ, dx = [da db]·[W1; W2] (K = 2F), [dW1; dW2] =
+// [da db]ᵀ·x; the same bounds.
+class BackwardGatedLinear : public ::testing::TestWithParam<bool> {};
+INSTANTIATE_TEST_SUITE_P(Layout, BackwardGatedLinear, ::testing::Values(false, true),
+                         [](const auto &info) { return info.param ? "Stacked" : "Separate"; });
+
+TEST_P(BackwardGatedLinear, MatchesCpu) {
+  const bool stacked = GetParam();
   const int64_t rows = 130, in = 256, F = 768; // mul_grad_c768
   Mat<uint16_t> x = randomMat<uint16_t>(rows, in, in, -1, 1, 61);
   Mat<uint16_t> w1 = randomMat<uint16_t>(F, in, in, -0.1f, 0.1f, 62);
   Mat<uint16_t> w2 = randomMat<uint16_t>(F, in, in, -0.1f, 0.1f, 63);
   Mat<uint16_t> dy = randomMat<uint16_t>(rows, F, F, -1, 1, 64);
-  Dev<uint16_t> dX(x), dW1(w1), dW2(w2), dDy(dy);
-  Dev<uint16_t> dA(outputMat<uint16_t>(rows, F, F)), dB(outputMat<uint16_t>(rows, F, F)),
-      dDa(outputMat<uint16_t>(rows, F, F)), dDb(outputMat<uint16_t>(rows, F, F));
-  Dev<float> dDx(outputMat<float>(rows, in, in)), dDw1(outputMat<float>(F, in, in)),
-      dDw2(outputMat<float>(F, in, in));
   static Gemm gemm(gpu());
-  const GemmShape shape{rows, in, F, in, in, F};
-  gemm.linear(GemmType::Bf16, shape, dX.ptr(), dW1.ptr(), dA.ptr(), "a = x W1^T");
-  gemm.linear(GemmType::Bf16, shape, dX.ptr(), dW2.ptr(), dB.ptr(), "b = x W2^T");
-  launch("mul_grad_c768", {static_cast<unsigned>(rows)}, 256, dA.ptr(), dA.ld(), dB.ptr(), dB.ld(),
-         dDy.ptr(), dDy.ld(), dDa.ptr(), dDa.ld(), dDb.ptr(), dDb.ld());
-  gemm.gradInput(GemmType::Bf16F32Out, shape, dDa.ptr(), dW1.ptr(), dDx.ptr(), "dx = da W1");
-  gemm.gradInput(GemmType::Bf16F32Out, shape, dDb.ptr(), dW2.ptr(), dDx.ptr(), "dx += db W2", 1.0f,
-                 1.0f);
-  gemm.gradWeight(GemmType::Bf16F32Out, shape, dDa.ptr(), dX.ptr(), dDw1.ptr(), "dW1");
-  gemm.gradWeight(GemmType::Bf16F32Out, shape, dDb.ptr(), dX.ptr(), dDw2.ptr(), "dW2");
-  const std::vector<float> gotDx = dDx.download("dx"), gotDw1 = dDw1.download("dW1"),
-                           gotDw2 = dDw2.download("dW2");
+  std::vector<float> gotDx, gotDw1, gotDw2;
+  Dev<uint16_t> dX(x), dDy(dy);
+  if (!stacked) {
+    Dev<uint16_t> dW1(w1), dW2(w2);
+    Dev<uint16_t> dA(outputMat<uint16_t>(rows, F, F)), dB(outputMat<uint16_t>(rows, F, F)),
+        dDa(outputMat<uint16_t>(rows, F, F)), dDb(outputMat<uint16_t>(rows, F, F));
+    Dev<float> dDx(outputMat<float>(rows, in, in)), dDw1(outputMat<float>(F, in, in)),
+        dDw2(outputMat<float>(F, in, in));
+    const GemmShape shape{rows, in, F, in, in, F};
+    gemm.linear(GemmType::Bf16, shape, dX.ptr(), dW1.ptr(), dA.ptr(), "a = x W1^T");
+    gemm.linear(GemmType::Bf16, shape, dX.ptr(), dW2.ptr(), dB.ptr(), "b = x W2^T");
+    launch("mul_grad_c768", {static_cast<unsigned>(rows)}, 256, dA.ptr(), dA.ld(), dB.ptr(),
+           dB.ld(), dDy.ptr(), dDy.ld(), dDa.ptr(), dDa.ld(), dDb.ptr(), dDb.ld());
+    gemm.gradInput(GemmType::Bf16F32Out, shape, dDa.ptr(), dW1.ptr(), dDx.ptr(), "dx = da W1");
+    gemm.gradInput(GemmType::Bf16F32Out, shape, dDb.ptr(), dW2.ptr(), dDx.ptr(), "dx += db W2",
+                   1.0f, 1.0f);
+    gemm.gradWeight(GemmType::Bf16F32Out, shape, dDa.ptr(), dX.ptr(), dDw1.ptr(), "dW1");
+    gemm.gradWeight(GemmType::Bf16F32Out, shape, dDb.ptr(), dX.ptr(), dDw2.ptr(), "dW2");
+    gotDx = dDx.download("dx"), gotDw1 = dDw1.download("dW1"), gotDw2 = dDw2.download("dW2");
+  } else {
+    Mat<uint16_t> w12{2 * F, in, in, w1.data};
+    w12.data.insert(w12.data.end(), w2.data.begin(), w2.data.end());
+    Dev<uint16_t> dW12(w12), dAb(outputMat<uint16_t>(rows, 2 * F, 2 * F)),
+        dDadb(outputMat<uint16_t>(rows, 2 * F, 2 * F));
+    Dev<float> dDx(outputMat<float>(rows, in, in)), dDw12(outputMat<float>(2 * F, in, in));
+    const GemmShape pair{rows, in, 2 * F, in, in, 2 * F};
+    gemm.linear(GemmType::Bf16, pair, dX.ptr(), dW12.ptr(), dAb.ptr(), "[a b] = x [W1; W2]^T");
+    const CUdeviceptr half = CUdeviceptr(F * 2);
+    launch("mul_grad_c768", {static_cast<unsigned>(rows)}, 256, dAb.ptr(), dAb.ld(),
+           dAb.ptr() + half, dAb.ld(), dDy.ptr(), dDy.ld(), dDadb.ptr(), dDadb.ld(),
+           dDadb.ptr() + half, dDadb.ld());
+    gemm.gradInput(GemmType::Bf16F32Out, pair, dDadb.ptr(), dW12.ptr(), dDx.ptr(),
+                   "dx = [da db] [W1; W2]");
+    gemm.gradWeight(GemmType::Bf16F32Out, pair, dDadb.ptr(), dX.ptr(), dDw12.ptr(), "[dW1; dW2]");
+    gotDx = dDx.download("dx");
+    const std::vector<float> dw = dDw12.download("[dW1; dW2]");
+    gotDw1.assign(dw.begin(), dw.begin() + F * in);
+    gotDw2.assign(dw.begin() + F * in, dw.end());
+  }
 
   const std::vector<float> xf = x.f32(), w1f = w1.f32(), w2f = w2.f32(), dyf = dy.f32();
   std::vector<float> dx(size_t(rows * in)), dw1(size_t(F * in)), dw2(size_t(F * in));
