@@ -62,8 +62,12 @@ LogicalResult Lowering::lightningAttentionGrad(LightningAttentionGradOp la) {
   // CUDA, a plain layer: the forward step of this qkvu kept φ(q), φ(k) and O in its workspace
   // (lightningKept), which becomes the third input, and the step needs no workspace of its
   // own (the reference kernels, TNLM_LA_BWD_REFERENCE, recompute them instead).
+  // TNLM_LA_KEEP_O=0 (when tnlmc runs, for comparisons): the backward recomputes them as
+  // before (its own workspace, the pack and a fourth pass).
   const char *reference = std::getenv("TNLM_LA_BWD_REFERENCE");
-  const bool referenceKernels = reference && std::string(reference) != "0";
+  const char *keep = std::getenv("TNLM_LA_KEEP_O");
+  const bool referenceKernels =
+      (reference && std::string(reference) != "0") || (keep && std::string(keep) == "0");
   auto kept = lightningKept.find(la.getQkvu());
   const bool fromForward = cuda && silu && !lrpe && !referenceKernels &&
                            kept != lightningKept.end() && kept->second.heads == heads &&

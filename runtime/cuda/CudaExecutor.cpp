@@ -40,6 +40,7 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
   for (const schema::Function *fn : *root.functions())
     functions_.push_back(
         Function{fn->name()->str(), fn, {}, 0, fn->name()->str() == "decode_step"});
+  stackGemms_ = stackingFromEnvironment();
   if (const char *pdl = std::getenv("TNLM_PDL")) {
     const std::string_view v(pdl);
     if (v != "0" && v != "1")
@@ -380,8 +381,8 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
     // A gated pair (the lowering's a, b: the column halves of one [rows, 2F] buffer) whose W2
     // bf16 copy follows W1's: one GEMM y[:, 0:2F] = x·[W1; W2]ᵀ, the next step skipped.
     // (Not with --sync-steps: a fault is then named by its own step.)
-    if (!syncSteps_ && index + 1 < f.fn->steps()->size() && y->dtype() == schema::DType_BF16 &&
-        in.Get(0)->rows() != -2) {
+    if (stackGemms_ && !syncSteps_ && index + 1 < f.fn->steps()->size() &&
+        y->dtype() == schema::DType_BF16 && in.Get(0)->rows() != -2) {
       const schema::Step &n = *f.fn->steps()->Get(index + 1);
       const schema::Operand *x2 = n.kind() == schema::KernelKind_Linear && n.inputs() &&
                                           n.inputs()->size() == 2 && n.launches() &&
@@ -645,6 +646,18 @@ void CudaExecutor::runLightning(const Function &f, unsigned index, const schema:
   if (pass != (lrpe ? 2 : 1))
     throw Error(where + ": the step has " + std::to_string(pass) +
                 " Lightning Attention passes, the layer needs " + std::to_string(lrpe ? 2 : 1));
+}
+
+bool CudaExecutor::stackingFromEnvironment() {
+  const char *stack = std::getenv("TNLM_GEMM_STACK");
+  if (!stack || !*stack)
+    return true;
+  const std::string_view v(stack);
+  if (v != "0" && v != "1")
+    throw Error("TNLM_GEMM_STACK=" + std::string(v) +
+                ": expected 0 (a gated pair's GEMMs one by one) or 1 (stacked where W1 and W2 are "
+                "adjacent, the default)");
+  return v == "1";
 }
 
 void CudaExecutor::runLightningPass(const Function &f, unsigned index, const schema::Step &s,

@@ -122,6 +122,9 @@ public:
   /// The GEMMs run as one over a stacked pair (W1, W2 adjacent: the gated pair's forward, its
   /// dx and its dW): how many distinct (function, step) places did so.
   size_t stackedGemms() const { return stacked_.size(); }
+  /// TNLM_GEMM_STACK: 1 (or unset) stacks, 0 does not; another value throws, naming the
+  /// variable. Needs no GPU.
+  static bool stackingFromEnvironment();
 
   int64_t vocabSize() const { return vocab_; }
   const Artifact &artifact() const { return artifact_; }
@@ -285,6 +288,7 @@ private:
   int64_t vocab_ = 0;
   size_t trainScratchBytes_ = 0;
   bool syncSteps_ = false;
+  bool stackGemms_ = true; // TNLM_GEMM_STACK: a gated pair as one GEMM where it can
   bool useGraphs_ = true;
   std::map<CallKey, Graph> graphs_; // the captured calls
   std::set<CallKey> eagerOnly_;     // call shapes whose capture failed

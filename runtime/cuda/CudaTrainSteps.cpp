@@ -399,7 +399,8 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
         dx->dtype() == schema::DType_F32 ? GemmType::Bf16F32Out : GemmType::Bf16;
     // Two [F, K] matrices, dense, the second right after the first (elem bytes each).
     auto stacked = [&](CUdeviceptr m1, CUdeviceptr m2, int64_t ld1, int64_t ld2, size_t elem) {
-      return ld1 == K && ld2 == K && m2 == m1 + CUdeviceptr(size_t(F) * size_t(K) * elem);
+      return stackGemms_ && ld1 == K && ld2 == K &&
+             m2 == m1 + CUdeviceptr(size_t(F) * size_t(K) * elem);
     };
     if (stacked(ptr(w1), ptr(w2), w1->ld(), w2->ld(), 2)) {
       gemm_->gradInput(dxType, {rows, K, 2 * F, dx->ld(), K, ldd}, da, ptr(w1), ptr(dx), where);

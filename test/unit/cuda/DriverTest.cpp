@@ -5,6 +5,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "runtime/cuda/CudaContext.h"
+#include "runtime/cuda/CudaExecutor.h"
 #include "runtime/cuda/Gemm.h"
 #include "runtime/cuda/LmHeadLoss.h"
 
@@ -137,6 +138,30 @@ TEST(GemmTuning, TheEnvironmentVariableIsChecked) {
     setenv("TNLM_GEMM_TUNE", before.c_str(), 1);
   else
     unsetenv("TNLM_GEMM_TUNE");
+}
+
+// TNLM_GEMM_STACK: unset, empty or 1 stacks the gated pairs' GEMMs, 0 does not, anything else
+// is refused naming the variable (no GPU needed).
+TEST(GemmStacking, TheEnvironmentVariableIsChecked) {
+  const char *saved = std::getenv("TNLM_GEMM_STACK");
+  const std::string before = saved ? saved : "";
+  unsetenv("TNLM_GEMM_STACK");
+  EXPECT_TRUE(CudaExecutor::stackingFromEnvironment());
+  setenv("TNLM_GEMM_STACK", "0", 1);
+  EXPECT_FALSE(CudaExecutor::stackingFromEnvironment());
+  setenv("TNLM_GEMM_STACK", "1", 1);
+  EXPECT_TRUE(CudaExecutor::stackingFromEnvironment());
+  setenv("TNLM_GEMM_STACK", "off", 1);
+  try {
+    CudaExecutor::stackingFromEnvironment();
+    ADD_FAILURE() << "off was taken";
+  } catch (const Error &e) {
+    EXPECT_EQ(std::string(e.what()).rfind("TNLM_GEMM_STACK=off: expected 0 ", 0), 0u) << e.what();
+  }
+  if (saved)
+    setenv("TNLM_GEMM_STACK", before.c_str(), 1);
+  else
+    unsetenv("TNLM_GEMM_STACK");
 }
 
 // The lm head loss cuts a call into as few chunks as fit, of equal size: never above the
