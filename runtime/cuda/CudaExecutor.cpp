@@ -508,16 +508,7 @@ void CudaExecutor::runLightning(const Function &f, unsigned index, const schema:
     throw Error(where + ": the SiLU workspace needs qkvu's row stride");
   // From this tnlmc on (the epilogue tnlm_gated_norm_from_o), O goes into the SiLU workspace's
   // columns [2D, 3D) as well, for the backward, and the epilogue reads it there.
-  bool keepO = false;
-  if (siluWs)
-    for (const schema::KernelLaunch *l : *s.launches())
-      keepO |= l->kind() == schema::LaunchKind_PerRow &&
-               artifact_.root()
-                       .kernels()
-                       ->names()
-                       ->Get(l->kernel())
-                       ->string_view()
-                       .rfind("tnlm_gated_norm_from_o", 0) == 0;
+  const bool keepO = siluWs && launchesKernel(artifact_.root(), s, "tnlm_gated_norm_from_o");
   if (keepO && ws->cols() < 3 * heads * dh)
     throw Error(where + ": the workspace is too narrow to keep O");
   if (prefill && (in.size() < 3 || out.size() < 2))

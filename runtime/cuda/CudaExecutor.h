@@ -40,6 +40,10 @@
 
 namespace tnlm::cuda {
 
+/// Whether step `s` launches a kernel (not a GEMM) whose name starts with `prefix`: what the
+/// tnlmc that wrote the artifact emitted for it.
+bool launchesKernel(const schema::Artifact &a, const schema::Step &s, std::string_view prefix);
+
 class CudaExecutor {
 public:
   /// `artifact` must be a verified CUDA artifact (Artifact::load(path, Target::CudaSm90a))

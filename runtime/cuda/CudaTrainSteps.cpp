@@ -40,18 +40,6 @@ struct HostOptTensor {
 };
 static_assert(sizeof(HostOptTensor) == 56, "bw::OptTensor's layout");
 
-// Whether step `s` launches a kernel whose name starts with `prefix` (what the tnlmc that wrote
-// the artifact emitted for it).
-bool launchesKernel(const schema::Artifact &a, const schema::Step &s, std::string_view prefix) {
-  const auto &names = *a.kernels()->names();
-  if (s.launches())
-    for (const schema::KernelLaunch *l : *s.launches())
-      if (l->kind() != schema::LaunchKind_Gemm &&
-          names.Get(l->kernel())->string_view().substr(0, prefix.size()) == prefix)
-        return true;
-  return false;
-}
-
 bool sameOperand(const schema::Operand *a, const schema::Operand *b) {
   return a->kind() == b->kind() && a->offset() == b->offset() &&
          a->col_offset() == b->col_offset() && a->ld() == b->ld() && a->rows() == b->rows() &&
@@ -65,6 +53,16 @@ uint32_t floatBits(float f) {
 }
 
 } // namespace
+
+bool launchesKernel(const schema::Artifact &a, const schema::Step &s, std::string_view prefix) {
+  const auto &names = *a.kernels()->names();
+  if (s.launches())
+    for (const schema::KernelLaunch *l : *s.launches())
+      if (l->kind() != schema::LaunchKind_Gemm &&
+          names.Get(l->kernel())->string_view().substr(0, prefix.size()) == prefix)
+        return true;
+  return false;
+}
 
 CUdeviceptr CudaExecutor::master(const schema::Operand *o, const std::string &where) const {
   if (o->kind() != schema::OperandKind_Param)

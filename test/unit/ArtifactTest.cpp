@@ -173,6 +173,14 @@ TEST(Artifact, CraftedOutOfRangePlansAreRefused) {
         return s;
     return p.steps.front();
   };
+  // The lm head's linear (the plan's last step) turned into a fused lm head loss: h, W, labels.
+  auto lmHeadLoss = [](mt::KernelPlan &p) -> mt::PlanStep & {
+    mt::PlanStep &head = p.steps.back();
+    head.kind = mt::KernelKind::LmHeadLoss;
+    head.inputs.push_back(mt::PlanOperand{mt::OperandKind::Input, 0, 0, 1, 1, "i32"});
+    head.i64Attrs = {-100};
+    return head;
+  };
   const Mutation mutations[] = {
       {"rows overflow", [](mt::KernelPlan &p) { p.maxSeq = int64_t(1) << 62; },
        "exceeds 2147483647 rows"},
@@ -214,32 +222,20 @@ TEST(Artifact, CraftedOutOfRangePlansAreRefused) {
       {"huge row stride",
        [&](mt::KernelPlan &p) { stepOf(p, mt::KernelKind::Silu).inputs[0].ld = int64_t(1) << 40; },
        "an operand with an invalid view"},
-      {"a fused lm head loss writing logits, not a loss",
-       [&](mt::KernelPlan &p) {
-         mt::PlanStep &head = p.steps.back(); // the lm head's linear
-         head.kind = mt::KernelKind::LmHeadLoss;
-         head.inputs.push_back(mt::PlanOperand{mt::OperandKind::Input, 0, 0, 1, 1, "i32"});
-         head.i64Attrs = {-100};
-       },
+      {"a fused lm head loss writing logits, not a loss", [&](mt::KernelPlan &p) { lmHeadLoss(p); },
        "must write a [1, 1] f32 loss"},
       {"a fused lm head loss reading one row per slot",
        [&](mt::KernelPlan &p) {
-         mt::PlanStep &head = p.steps.back();
-         head.kind = mt::KernelKind::LmHeadLoss;
+         mt::PlanStep &head = lmHeadLoss(p);
          head.inputs[0].rows = mt::kRowsPerBatch; // sized for max batch rows, read for batch·seq
-         head.inputs.push_back(mt::PlanOperand{mt::OperandKind::Input, 0, 0, 1, 1, "i32"});
          head.outputs[0].rows = 1, head.outputs[0].cols = head.outputs[0].ld = 1;
-         head.i64Attrs = {-100};
        },
        "has an lm head input that is not one activation row per position"},
       {"a fused lm head loss with a loss gradient but no dh and dW",
        [&](mt::KernelPlan &p) {
-         mt::PlanStep &head = p.steps.back();
-         head.kind = mt::KernelKind::LmHeadLoss;
-         head.inputs.push_back(mt::PlanOperand{mt::OperandKind::Input, 0, 0, 1, 1, "i32"});
+         mt::PlanStep &head = lmHeadLoss(p);
          head.inputs.push_back(head.outputs[0]); // (any arena operand as dloss)
          head.outputs[0].rows = 1, head.outputs[0].cols = head.outputs[0].ld = 1;
-         head.i64Attrs = {-100};
        },
        "has a loss gradient without dh and dW"},
       {"attention dims that wrap",

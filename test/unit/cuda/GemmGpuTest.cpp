@@ -36,6 +36,15 @@ Gemm &gemm() {
   return instance;
 }
 
+// n bf16 values uniform in [-1, 1) from `rng`.
+std::vector<uint16_t> randomBf16(size_t n, std::mt19937 &rng) {
+  std::uniform_real_distribution<float> dist(-1, 1);
+  std::vector<uint16_t> out(n);
+  for (uint16_t &v : out)
+    v = f32ToBf16(dist(rng));
+  return out;
+}
+
 // The same cases through a Gemm that times the heuristic's candidates (TNLM_GEMM_TUNE=1):
 // whichever algorithm it keeps computes the same product within the same bound.
 Gemm &tunedGemm() {
@@ -225,13 +234,9 @@ TEST(GemmTuning, TimesOnceAndNotWhileCapturing) {
   CUdeviceptr w = arena.allocate(size_t(out * in) * 2, "W");
   CUdeviceptr y = arena.allocate(size_t(rows * out) * 2, "y");
   CUdeviceptr y2 = arena.allocate(size_t(rows * out) * 2, "y2");
-  std::vector<uint16_t> xs(size_t(rows * in)), ws(size_t(out * in));
   std::mt19937 rng(5);
-  std::uniform_real_distribution<float> dist(-1, 1);
-  for (uint16_t &v : xs)
-    v = f32ToBf16(dist(rng));
-  for (uint16_t &v : ws)
-    v = f32ToBf16(dist(rng));
+  const std::vector<uint16_t> xs = randomBf16(size_t(rows * in), rng);
+  const std::vector<uint16_t> ws = randomBf16(size_t(out * in), rng);
   gpu().copyToDevice(x, xs.data(), xs.size() * 2);
   gpu().copyToDevice(w, ws.data(), ws.size() * 2);
   tuned.linear(GemmType::Bf16, {rows, in, out}, x, w, y, "tuning test");
@@ -257,13 +262,9 @@ TEST(GemmTuning, TimesOnceAndNotWhileCapturing) {
 
 TEST(GemmGraph, CapturedGemmReplaysBitForBit) {
   const int64_t rows = 64, in = 256, out = 128;
-  std::vector<uint16_t> x(rows * in), w(out * in);
   std::mt19937 rng(9);
-  std::uniform_real_distribution<float> dist(-1, 1);
-  for (uint16_t &v : x)
-    v = f32ToBf16(dist(rng));
-  for (uint16_t &v : w)
-    v = f32ToBf16(dist(rng));
+  const std::vector<uint16_t> x = randomBf16(size_t(rows * in), rng);
+  const std::vector<uint16_t> w = randomBf16(size_t(out * in), rng);
   Arena arena(1 << 20, "the GEMM graph arena");
   CUdeviceptr dx = arena.allocate(x.size() * 2, "x"), dw = arena.allocate(w.size() * 2, "W");
   CUdeviceptr dy = arena.allocate(rows * out * 2, "y");
