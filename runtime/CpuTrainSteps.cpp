@@ -85,8 +85,10 @@ bool CpuExecutor::runTrainingStep(const schema::Step &step, Call &call) {
       throw Error(call.source + ": step '" + s->name()->str() + "' reads a strided lm head");
     const int32_t *labels = call.ids(in.Get(2));
     const int64_t count = cpu::detail::countLabels(labels, rows, vocab, ignore);
-    const int64_t chunk = std::max<int64_t>(1, lmHeadChunkRows_ > 0 ? lmHeadChunkRows_
-                                                                    : lmHeadChunkRows(rows, vocab));
+    // Chunks as the GPU's (LmHeadLoss::evenChunk): equal, two at least.
+    const int64_t chunk = lmHeadEvenChunk(
+        rows, std::max<int64_t>(1, lmHeadChunkRows_ > 0 ? lmHeadChunkRows_
+                                                        : lmHeadChunkRows(rows, vocab)));
     if (lmHeadChunk_.size() < size_t(std::min(chunk, rows) * vocab))
       lmHeadChunk_.resize(size_t(std::min(chunk, rows) * vocab));
     std::vector<double> rowLoss(size_t(std::max<int64_t>(rows, 0)), 0.0);

@@ -34,20 +34,32 @@ struct TrainScratch {
   int64_t lmHeadChunkRows = 0;
 };
 
+/// The rows of each chunk when a call of `rows` rows is cut into chunks of at most `maxChunk`
+/// (> 0): as few chunks as fit, of equal size (the last at most chunks - 1 rows smaller), and
+/// at least two where the call has two rows or more, so that its [rows, V] f32 logits are never
+/// whole in memory.
+inline int64_t lmHeadEvenChunk(int64_t rows, int64_t maxChunk) {
+  const int64_t chunks =
+      std::max<int64_t>(rows >= 2 ? 2 : 1, (rows + maxChunk - 1) / std::max<int64_t>(maxChunk, 1));
+  return std::max<int64_t>(1, (rows + chunks - 1) / chunks); // <= maxChunk
+}
+
 /// The rows of one chunk of the fused lm head loss (runtime/cuda/LmHeadLoss.h): its f32 logits
 /// and bf16 logit gradients (6 bytes per row and vocabulary entry) in about 1 GiB, a multiple
-/// of 128 rows where that many fit, at most the call's rows; or the whole call where all of it
-/// fits in `wholeBytes` (the GPU: 4 GiB, so 385M at 4 x 2048 is one chunk, whose dW GEMM sums
-/// over all 8,192 rows at once instead of adding four partial [V, d] f32 results).
+/// of 128 rows where that many fit; or, where all of the call's logits fit in `wholeBytes` (the
+/// GPU: 4 GiB), half the call (385M at 4 x 2048: two chunks of 4,096 rows, whose dW GEMMs sum
+/// over 4,096 rows each instead of four partial results over 2,048). At most half the call's
+/// rows (rounded up) either way: the [tokens, V] logits are never whole (lmHeadEvenChunk).
 inline int64_t lmHeadChunkRows(int64_t maxRows, int64_t vocab, int64_t wholeBytes = 0) {
   if (maxRows <= 0 || vocab <= 0)
     return 0;
+  const int64_t half = (maxRows + 1) / 2;
   if (maxRows <= wholeBytes / (vocab * 6))
-    return maxRows;
+    return half;
   int64_t rows = (int64_t(1) << 30) / (vocab * 6);
   if (rows >= 128)
     rows -= rows % 128;
-  return std::clamp<int64_t>(rows, 1, maxRows);
+  return std::clamp<int64_t>(rows, 1, half);
 }
 
 /// The bytes beside the arena: (older artifacts) the loss's bf16 logit gradients [rows, V]; the

@@ -2,6 +2,7 @@
 #include "runtime/cuda/LmHeadLoss.h"
 
 #include "runtime/Error.h"
+#include "runtime/TrainScratch.h"
 
 #include <algorithm>
 #include <string>
@@ -30,8 +31,7 @@ LmHeadLoss::LmHeadLoss(const Context &context, Gemm &gemm, LmHeadLossKernels ker
 int64_t LmHeadLoss::evenChunk(int64_t rows, int64_t maxChunk) {
   if (maxChunk <= 0)
     throw Error("the chunked lm head loss: chunks of " + std::to_string(maxChunk) + " rows");
-  const int64_t chunks = std::max<int64_t>(1, (rows + maxChunk - 1) / maxChunk);
-  return std::max<int64_t>(1, (rows + chunks - 1) / chunks); // <= maxChunk
+  return lmHeadEvenChunk(rows, maxChunk);
 }
 
 void LmHeadLoss::run(const LmHeadLossCall &c, std::string_view where) {

@@ -75,7 +75,7 @@ public:
 
   int64_t chunkRows() const { return chunkRows_; }
   /// The rows of each chunk of a call of `rows` rows with chunks of at most `maxChunk` (the
-  /// last chunk: the rest). Needs no GPU.
+  /// last chunk: the rest; two chunks at least where rows >= 2, lmHeadEvenChunk). Needs no GPU.
   static int64_t evenChunk(int64_t rows, int64_t maxChunk);
   size_t workspaceBytes() const { return logits_.size() + dz_.size(); }
 

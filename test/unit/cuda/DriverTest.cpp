@@ -165,18 +165,23 @@ TEST(GemmStacking, TheEnvironmentVariableIsChecked) {
 }
 
 // The lm head loss cuts a call into as few chunks as fit, of equal size: never above the
-// maximum, never more chunks than needed, the last one at most chunks - 1 rows smaller.
+// maximum, never more chunks than needed, the last one at most chunks - 1 rows smaller, and two
+// at least from two rows on (the call's logits are never whole).
 TEST(LmHeadLossChunks, EqualChunksOfAtMostTheMaximum) {
   EXPECT_EQ(LmHeadLoss::evenChunk(8192, 2688), 2048);   // 4 x 2048, not 3 x 2688 + 128
+  EXPECT_EQ(LmHeadLoss::evenChunk(8192, 4096), 4096);   // 2 x 4096 (the 4 GiB rule's half)
   EXPECT_EQ(LmHeadLoss::evenChunk(32768, 2688), 2521);  // 12 x 2521 + 2516
   EXPECT_EQ(LmHeadLoss::evenChunk(137216, 2688), 2639); // 51 x 2639 + 2627, not 51 x 2688 + 128
   EXPECT_EQ(LmHeadLoss::evenChunk(130, 64), 44);        // 44, 44, 42
-  EXPECT_EQ(LmHeadLoss::evenChunk(100, 2688), 100);     // one chunk
+  EXPECT_EQ(LmHeadLoss::evenChunk(100, 2688), 50);      // two chunks, not the whole call
+  EXPECT_EQ(LmHeadLoss::evenChunk(3, 2688), 2);         // 2 + 1
+  EXPECT_EQ(LmHeadLoss::evenChunk(1, 2688), 1);
   EXPECT_EQ(LmHeadLoss::evenChunk(0, 2688), 1);
-  for (int64_t rows : {1, 63, 64, 65, 2687, 2688, 2689, 8192, 10000, 137216, 819200})
+  for (int64_t rows : {1, 2, 63, 64, 65, 2687, 2688, 2689, 8192, 10000, 137216, 819200})
     for (int64_t max : {1, 7, 64, 100, 2688}) {
       const int64_t per = LmHeadLoss::evenChunk(rows, max);
-      const int64_t fewest = (rows + max - 1) / max, used = (rows + per - 1) / per;
+      const int64_t fewest = std::max<int64_t>(rows >= 2 ? 2 : 1, (rows + max - 1) / max),
+                    used = (rows + per - 1) / per;
       const int64_t last = rows - (used - 1) * per;
       EXPECT_LE(per, max) << rows << " rows, max " << max;
       EXPECT_EQ(used, fewest) << rows << " rows, max " << max << ": " << used << " chunks of "
