@@ -367,20 +367,22 @@ private:
                       "const float *dloss, const double *invCount, double *k",
                       "tnlm::bw::loss_grad_scale(dloss, invCount, k)", "the gradient's factor"));
       out.push_back(trainKernel(
-          CudaLaunchKind::PerRow, "tnlm_cross_entropy_grad_bf16", 256,
-          "row losses (f64) and dz = k (softmax - onehot) of f32 logits, bf16",
-          "const float *x, long long ldx, const int *labels, int vocab, int ignore, const "
-          "double *k, bf16 *dx, long long lddx, double *rowLoss",
-          "tnlm::bw::cross_entropy_grad<256, bf16>(x, ldx, labels, vocab, ignore, k, dx, lddx, "
-          "rowLoss)",
+          CudaLaunchKind::PerRow, "tnlm_cross_entropy_grad_rows_bf16", 1024,
+          "row losses (f64) and dz = k (softmax - onehot) of f32 logits, bf16; at most one CTA "
+          "per SM, looping over the rows (the rows in flight stay in L2 for the second pass)",
+          "const float *x, long long ldx, const int *labels, long long rows, int vocab, int "
+          "ignore, const double *k, bf16 *dx, long long lddx, double *rowLoss",
+          "tnlm::bw::cross_entropy_grad_rows<1024, bf16>(x, ldx, labels, rows, vocab, ignore, "
+          "k, dx, lddx, rowLoss)",
           note));
     } else {
       out.push_back(trainKernel(
-          CudaLaunchKind::PerRow, "tnlm_cross_entropy_loss", 256,
-          "row losses (f64) of f32 logits, one pass per row, no gradient",
+          CudaLaunchKind::PerRow, "tnlm_cross_entropy_loss", 1024,
+          "row losses (f64) of f32 logits, one pass per row, no gradient (the block of the "
+          "gradient's kernel: the same row losses bit for bit)",
           "const float *x, long long ldx, const int *labels, int vocab, int ignore, double "
           "*rowLoss",
-          "tnlm::bw::cross_entropy_loss<256>(x, ldx, labels, vocab, ignore, rowLoss)", note));
+          "tnlm::bw::cross_entropy_loss<1024>(x, ldx, labels, vocab, ignore, rowLoss)", note));
     }
     out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_loss_total", 1,
                               "total = sum of the row losses in row order",
@@ -573,10 +575,12 @@ private:
           llvm::formatv("grid = the 2^16-float chunks of the {0} gradients", s.inputs.size() - 1)
               .str()));
       out.push_back(trainKernel(
-          CudaLaunchKind::Single, "tnlm_sum_squares_total", 1,
-          "norm = f32(sqrt(sum of the chunks, in order) / accumulation steps)",
+          CudaLaunchKind::Single, "tnlm_sum_squares_total", 256,
+          "norm = f32(sqrt(sum of the chunks, 256 threads in a fixed order) / accumulation "
+          "steps)",
           "const double *partial, long long chunks, double divisor, double *total, float *norm",
-          "tnlm::bw::sum_squares_total(partial, chunks, divisor, total, norm)", "the global norm"));
+          "tnlm::bw::sum_squares_total_block<256>(partial, chunks, divisor, total, norm)",
+          "the global norm"));
       return success();
     case KernelKind::LrSchedule:
       out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_lr_schedule", 1,

@@ -258,6 +258,7 @@ __device__ __forceinline__ void ce_row_stats(const float *xr, int vocab, float &
   if (vocab % 4 == 0 && (reinterpret_cast<unsigned long long>(xr) & 15) == 0) {
     // 16-byte loads (four logits per thread and step: more bytes in flight per load).
     const float4 *x4 = reinterpret_cast<const float4 *>(xr);
+#pragma unroll 4
     for (int c = threadIdx.x; c < vocab / 4; c += BLOCK) {
       const float4 v = x4[c];
       add(v.x), add(v.y), add(v.z), add(v.w);
@@ -292,7 +293,7 @@ __device__ __forceinline__ void ce_row_stats(const float *xr, int vocab, float &
 
 // Cross entropy and its gradient over a block of rows of f32 logits [rows, vocab] (ld ldx;
 // the lm head's output for a chunk of rows, so the [tokens, vocab] logits never exist whole),
-// as cpu::crossEntropyGrad, one CTA per row:
+// as cpu::crossEntropyGrad, the CTA's threads on row r:
 //   rowLoss[r] = logsumexp(x[r]) − x[r, label]                      (f64; 0 on ignored rows)
 //   dx[r, c]   = f(e_c · (k / Σe)),  dx[r, label] = f(k · (e_label / Σe − 1)),  e_c = exp(x_c −
 //   max)
@@ -302,11 +303,12 @@ __device__ __forceinline__ void ce_row_stats(const float *xr, int vocab, float &
 // ignored rows. e in f32 (expf), Σe and the loss in f64 (ce_row_stats: one pass for max and
 // Σe, then one for the gradient). dx may alias x when TG is float (each element is read before
 // the thread writes it). loss_total then adds the row losses in row order (the CPU's order).
-template <int BLOCK, typename TG>
-__device__ __forceinline__ void cross_entropy_grad(const float *x, long long ldx, const int *labels,
-                                                   int vocab, int ignoreIndex, const double *kp,
-                                                   TG *dx, long long lddx, double *rowLoss) {
-  const long long r = blockIdx.x;
+// STREAM: the second pass's loads and the gradient's stores bypass L2's retention (ld.global.cs,
+// st.global.cs), for the rows loop below, whose rows the first pass left in L2.
+template <int BLOCK, typename TG, bool STREAM>
+__device__ __forceinline__ void
+cross_entropy_grad_row(long long r, const float *x, long long ldx, const int *labels, int vocab,
+                       int ignoreIndex, const double *kp, TG *dx, long long lddx, double *rowLoss) {
   const float *xr = x + r * ldx;
   TG *gr = dx + r * lddx;
   const int label = labels[r];
@@ -339,18 +341,25 @@ __device__ __forceinline__ void cross_entropy_grad(const float *x, long long ldx
     // Four logits per thread and step (16-byte loads, 4-element stores).
     const float4 *x4 = reinterpret_cast<const float4 *>(xr);
     for (int c = threadIdx.x; c < vocab / 4; c += BLOCK) {
-      const float4 v = x4[c];
+      const float4 v = STREAM ? __ldcs(x4 + c) : x4[c];
       const TG g0 = grad(4 * c, v.x), g1 = grad(4 * c + 1, v.y), g2 = grad(4 * c + 2, v.z),
                g3 = grad(4 * c + 3, v.w);
       if constexpr (sizeof(TG) == 4) {
-        reinterpret_cast<float4 *>(gr)[c] = make_float4(g0, g1, g2, g3);
+        const float4 w = make_float4(g0, g1, g2, g3);
+        if constexpr (STREAM)
+          __stcs(reinterpret_cast<float4 *>(gr) + c, w);
+        else
+          reinterpret_cast<float4 *>(gr)[c] = w;
       } else { // bf16: one 8-byte store
         __nv_bfloat162 lo, hi;
         lo.x = g0, lo.y = g1, hi.x = g2, hi.y = g3;
         uint2 w;
         w.x = *reinterpret_cast<const unsigned *>(&lo);
         w.y = *reinterpret_cast<const unsigned *>(&hi);
-        reinterpret_cast<uint2 *>(gr)[c] = w;
+        if constexpr (STREAM)
+          __stcs(reinterpret_cast<uint2 *>(gr) + c, w);
+        else
+          reinterpret_cast<uint2 *>(gr)[c] = w;
       }
     }
   } else {
@@ -361,6 +370,29 @@ __device__ __forceinline__ void cross_entropy_grad(const float *x, long long ldx
     const double lse = isinf(mx) ? static_cast<double>(mx) : mx + log(sum);
     rowLoss[r] = lse - static_cast<double>(xl);
   }
+}
+
+// One CTA per row (grid.x = rows).
+template <int BLOCK, typename TG>
+__device__ __forceinline__ void cross_entropy_grad(const float *x, long long ldx, const int *labels,
+                                                   int vocab, int ignoreIndex, const double *kp,
+                                                   TG *dx, long long lddx, double *rowLoss) {
+  cross_entropy_grad_row<BLOCK, TG, false>(blockIdx.x, x, ldx, labels, vocab, ignoreIndex, kp, dx,
+                                           lddx, rowLoss);
+}
+
+// The same values with a grid of at most one CTA per SM looping over the rows (r = blockIdx.x,
+// + gridDim.x, ...): with BLOCK = 1024 about #SMs rows (132 x 256 KB at V = 64,000) are in flight,
+// which L2 holds, so the second pass reads each row from L2 instead of HBM (one CTA per row
+// kept ~1,000 rows in flight: both passes from HBM).
+template <int BLOCK, typename TG>
+__device__ __forceinline__ void
+cross_entropy_grad_rows(const float *x, long long ldx, const int *labels, long long rows, int vocab,
+                        int ignoreIndex, const double *kp, TG *dx, long long lddx,
+                        double *rowLoss) {
+  for (long long r = blockIdx.x; r < rows; r += gridDim.x)
+    cross_entropy_grad_row<BLOCK, TG, true>(r, x, ldx, labels, vocab, ignoreIndex, kp, dx, lddx,
+                                            rowLoss);
 }
 
 // The row losses alone (the loss of @train_step's forward and @eval_loss): one pass over each
@@ -472,6 +504,34 @@ __device__ __forceinline__ void sum_squares_total(const double *partial, long lo
     *total = s;
   if (norm != nullptr)
     *norm = static_cast<float>(sqrt(s) / divisor);
+}
+
+// The same with one CTA of BLOCK threads (grid = 1): thread t adds chunks t, t + BLOCK, ... in
+// order, then the warps' lanes by a fixed shuffle tree and the warps in order: deterministic,
+// and within f64 rounding of the sequential sum. One thread alone waits a load's latency per few
+// chunks (~6,000 chunks at 385M: ~0.4 ms); here BLOCK loads are in flight at once.
+template <int BLOCK>
+__device__ __forceinline__ void sum_squares_total_block(const double *partial, long long chunks,
+                                                        double divisor, double *total,
+                                                        float *norm) {
+  __shared__ double red[BLOCK / 32];
+  double s = 0.0;
+  for (long long c = threadIdx.x; c < chunks; c += BLOCK)
+    s += partial[c];
+  for (int o = 16; o > 0; o >>= 1)
+    s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (threadIdx.x % 32 == 0)
+    red[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0.0;
+    for (int w = 0; w < BLOCK / 32; ++w)
+      t += red[w];
+    if (total != nullptr)
+      *total = t;
+    if (norm != nullptr)
+      *norm = static_cast<float>(sqrt(t) / divisor);
+  }
 }
 
 // y = a + b over a row (grid.x = rows; the train plan's gradient accumulation, f32).

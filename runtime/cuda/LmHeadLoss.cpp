@@ -64,8 +64,18 @@ void LmHeadLoss::run(const LmHeadLossCall &c, std::string_view where) {
                           logits_.get(), ldz, labels, vocab, c.ignoreIndex, rowLoss);
       continue;
     }
-    context_.launchWith(*kernels_.crossEntropyGrad, perRow, at + ": cross entropy", logits_.get(),
-                        ldz, labels, vocab, c.ignoreIndex, c.k, dz_.get(), ldz, rowLoss);
+    if (kernels_.gradRows) {
+      const LaunchConfig perSm{
+          {unsigned(std::min<int64_t>(n, std::max(1, context_.multiprocessors())))},
+          {kernels_.block},
+          0};
+      context_.launchWith(*kernels_.crossEntropyGrad, perSm, at + ": cross entropy", logits_.get(),
+                          ldz, labels, static_cast<long long>(n), vocab, c.ignoreIndex, c.k,
+                          dz_.get(), ldz, rowLoss);
+    } else {
+      context_.launchWith(*kernels_.crossEntropyGrad, perRow, at + ": cross entropy", logits_.get(),
+                          ldz, labels, vocab, c.ignoreIndex, c.k, dz_.get(), ldz, rowLoss);
+    }
     // dh = dz·W (rows n, in d, out vocab; dx's ld lddh), dW += dzᵀ·h.
     const size_t dhElem = c.dhBf16 ? 2 : 4;
     gemm_.gradInput(c.dhBf16 ? GemmType::Bf16 : GemmType::Bf16F32Out,

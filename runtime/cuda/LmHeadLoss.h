@@ -33,7 +33,9 @@ namespace tnlm::cuda {
 /// The two kernels it launches, from a module compiled from codegen/cuda/Backward.cuh:
 ///   crossEntropyGrad: bw::cross_entropy_grad<block, bf16>(const float *x, long long ldx,
 ///       const int *labels, int vocab, int ignoreIndex, const double *kp, bf16 *dx,
-///       long long lddx, double *rowLoss), one CTA of `block` threads per row;
+///       long long lddx, double *rowLoss), one CTA of `block` threads per row; or (gradRows)
+///       bw::cross_entropy_grad_rows<block, bf16>(x, ldx, labels, long long rows, vocab, ...),
+///       min(rows, #SMs) CTAs looping over the rows;
 ///   lossTotal: bw::loss_total(const double *rowLoss, long long rows, double *total), one thread;
 ///   crossEntropyLoss (for calls without dh): bw::cross_entropy_loss<block>(const float *x,
 ///       long long ldx, const int *labels, int vocab, int ignoreIndex, double *rowLoss).
@@ -43,6 +45,8 @@ struct LmHeadLossKernels {
   Kernel *lossTotal = nullptr;
   Kernel *crossEntropyLoss = nullptr;
   unsigned lossBlock = 256; // crossEntropyLoss's
+  bool gradRows = false;    // crossEntropyGrad is bw::cross_entropy_grad_rows (takes the rows; a
+                            // grid of at most one CTA per SM), not one CTA per row
 };
 
 struct LmHeadLossCall {

@@ -226,7 +226,7 @@ void checkTrainProgram(bool reference) {
   std::set<std::string> names;
   for (const mt::CudaKernel &k : program->kernels)
     EXPECT_TRUE(names.insert(k.name).second) << k.name << " emitted twice";
-  std::vector<std::string> want = {"tnlm_cross_entropy_grad_bf16",
+  std::vector<std::string> want = {"tnlm_cross_entropy_grad_rows_bf16", // (#SMs CTAs, a rows loop)
                                    "tnlm_loss_total",
                                    "tnlm_loss_mean",
                                    "tnlm_la_lrpe_grad_silu1",
@@ -256,7 +256,9 @@ void checkTrainProgram(bool reference) {
   EXPECT_TRUE(names.count("tnlm_gated_norm_from_o_c256"));
   // Replaced by tnlm_fused_adamw_bf16: AdamW without the copies, and the cast pass after it;
   // the plain layer's pack by its forward's workspace.
-  for (const char *k : {"tnlm_cast_bf16", "tnlm_adamw", "tnlm_la_grad_pack_silu1"})
+  // The rows loop replaced the one-CTA-per-row cross entropy gradient.
+  for (const char *k :
+       {"tnlm_cast_bf16", "tnlm_adamw", "tnlm_la_grad_pack_silu1", "tnlm_cross_entropy_grad_bf16"})
     EXPECT_FALSE(names.count(k)) << k << " emitted";
   for (const std::string &k : reference ? fast : slow)
     if (k != "tnlm_la_sm90_main_d128") // the forward steps use it either way

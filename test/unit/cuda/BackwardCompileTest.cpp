@@ -25,8 +25,10 @@ TEST(Nvrtc, CompilesTheBackwardTemplates) {
   EXPECT_GT(out.image.size(), 1000u);
   for (const char *k :
        {"srms_norm_grad_c4096_bf16", "add_srms_norm_grad_c768_float", "silu_grad_c100_bf16",
-        "mul_grad_c4096", "embedding_grad_float", "cross_entropy_grad_bf16", "loss_total",
-        "sum_squares_chunks", "adamw", "adamw_bf16", "optimizer_scalars", "step_increment"})
+        "mul_grad_c4096", "embedding_grad_float", "cross_entropy_grad_bf16",
+        "cross_entropy_grad_rows_bf16", "cross_entropy_grad_rows_float", "cross_entropy_loss_1024",
+        "loss_total", "sum_squares_chunks", "sum_squares_total_block", "adamw", "adamw_bf16",
+        "optimizer_scalars", "step_increment"})
     EXPECT_NE(out.image.find(k), std::string::npos) << k;
 }
 

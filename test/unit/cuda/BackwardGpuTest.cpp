@@ -498,17 +498,17 @@ TEST_P(BackwardGatedLinear, MatchesCpu) {
 
 //===-- The lm head's loss in chunks ----------------------------------------------===//
 
-// cuda::LmHeadLoss (chunks of 64 rows: 64, 64, 2 of 130, two with an ignored label) against the
-// CPU on the same bf16 h and W: logits = h·Wᵀ in f32, cpu::crossEntropyGrad (the mean loss, dz),
-// dh = dz·W, dW = dzᵀ·h (+ the prior dW: it accumulates). The logits differ only by the order
-// of their f32 sums; the GPU rounds dz to bf16 (2^-9 relative), so dh, dW are within
-// 2^-8·S + 3·K·2^-24·S of the CPU's (S = Σ|terms|, K the summed length); the loss within
-// 1e-5 relative (f32 logits, exp to 2 ulp). A chunk at the wrong rows or a missing dW
-// accumulation is O(1) off. Then the executor's two other modes on the same operands: dh in
-// bf16 (one more rounding: 2^-9 of |dh| <= S) with dW overwritten (the gradient alone, the
-// prior dW not added), and the loss alone (no dh: its total equals the first call's bit for
-// bit, the two kernels computing each row's loss the same way).
-TEST(BackwardLmHeadLoss, ChunksMatchCpu) {
+// cuda::LmHeadLoss (chunks of at most 64 rows: 44, 44, 42 of 130, two with an ignored label)
+// against the CPU on the same bf16 h and W: logits = h·Wᵀ in f32, cpu::crossEntropyGrad (the mean
+// loss, dz), dh = dz·W, dW = dzᵀ·h (+ the prior dW: it accumulates). The logits differ only by the
+// order of their f32 sums; the GPU rounds dz to bf16 (2^-9 relative), so dh, dW are within 2^-8·S +
+// 3·K·2^-24·S of the CPU's (S = Σ|terms|, K the summed length); the loss within 1e-5 relative (f32
+// logits, exp to 2 ulp). A chunk at the wrong rows or a missing dW accumulation is O(1) off. Then
+// the executor's two other modes on the same operands: dh in bf16 (one more rounding: 2^-9 of |dh|
+// <= S) with dW overwritten (the gradient alone, the prior dW not added), and the loss alone (no
+// dh: its total equals the first call's bit for bit, the two kernels computing each row's loss the
+// same way).
+void lmHeadLossCase(bool rowsKernels) {
   const int64_t rows = 130, d = 256, vocab = 1000, chunk = 64;
   Mat<uint16_t> h = randomMat<uint16_t>(rows, d, d + 8, -1, 1, 71);
   Mat<uint16_t> w = randomMat<uint16_t>(vocab, d, d, -0.2f, 0.2f, 72);
@@ -563,10 +563,13 @@ TEST(BackwardLmHeadLoss, ChunksMatchCpu) {
   DeviceBuffer dLabels = upload(labels.data(), labels.size() * 4), dK = upload(&k, 8);
   DeviceBuffer rowLoss(size_t(rows) * 8, "row losses"), total(8, "loss total");
   static Gemm gemm(gpu());
-  LmHeadLoss head(gpu(), gemm,
-                  {&module().kernel("cross_entropy_grad_bf16"), 256, &module().kernel("loss_total"),
-                   &module().kernel("cross_entropy_loss")},
-                  chunk, vocab, d);
+  LmHeadLossKernels kernels{&module().kernel("cross_entropy_grad_bf16"), 256,
+                            &module().kernel("loss_total"), &module().kernel("cross_entropy_loss")};
+  if (rowsKernels) // what tnlmc emits now: the rows loop, both kernels at 1,024 threads
+    kernels = {
+        &module().kernel("cross_entropy_grad_rows_bf16"), 1024, &module().kernel("loss_total"),
+        &module().kernel("cross_entropy_loss_1024"),      1024, true};
+  LmHeadLoss head(gpu(), gemm, kernels, chunk, vocab, d);
   EXPECT_EQ(head.workspaceBytes(), size_t(chunk * vocab * 6));
   LmHeadLossCall call;
   call.h = dH.ptr(), call.ldh = dH.ld(), call.w = dW.ptr(), call.labels = dLabels.get();
@@ -622,6 +625,9 @@ TEST(BackwardLmHeadLoss, ChunksMatchCpu) {
   EXPECT_EQ(lossOnlyTotal, gotTotal) << "the loss alone differs from the loss with its gradient";
 }
 
+TEST(BackwardLmHeadLoss, ChunksMatchCpu) { lmHeadLossCase(false); }
+TEST(BackwardLmHeadLoss, ChunksMatchCpuWithTheRowsLoop) { lmHeadLossCase(true); }
+
 //===-- Embedding backward -------------------------------------------------------===//
 
 template <typename T> void embeddingGradCase(int64_t tokens, int64_t d, float scale) {
@@ -668,7 +674,10 @@ TEST(BackwardEmbedding, MatchesCpuBitForBit) {
 
 //===-- Cross entropy ---------------------------------------------------------------===//
 
-template <typename T> void crossEntropyCase(int64_t rows, int64_t vocab) {
+// rowsKernel: bw::cross_entropy_grad_rows (1,024 threads, a grid of 5 CTAs looping over the
+// rows, as the executor's lm head loss runs it with #SMs; idle CTAs where rows < 5), its
+// loss-only twin at 1,024 threads.
+template <typename T> void crossEntropyCase(int64_t rows, int64_t vocab, bool rowsKernel = false) {
   const int ignore = -100;
   std::mt19937 rng(61);
   std::normal_distribution<float> dist(0.0f, 3.0f);
@@ -695,9 +704,14 @@ template <typename T> void crossEntropyCase(int64_t rows, int64_t vocab) {
       total(8, "total");
   gpu().copyToDevice(dLabels.get(), labels.data(), labels.size() * 4, "labels");
   gpu().copyToDevice(dK.get(), &k, 8, "k");
-  const std::string kernel = std::string("cross_entropy_grad_") + typeName<T>();
-  launch(kernel, {static_cast<unsigned>(rows)}, 256, dX.ptr(), dX.ld(), dLabels.get(), int(vocab),
-         ignore, dK.get(), dG.ptr(), dG.ld(), rowLoss.get());
+  const std::string kernel =
+      std::string(rowsKernel ? "cross_entropy_grad_rows_" : "cross_entropy_grad_") + typeName<T>();
+  if (rowsKernel)
+    launch(kernel, {5u}, 1024, dX.ptr(), dX.ld(), dLabels.get(), static_cast<long long>(rows),
+           int(vocab), ignore, dK.get(), dG.ptr(), dG.ld(), rowLoss.get());
+  else
+    launch(kernel, {static_cast<unsigned>(rows)}, 256, dX.ptr(), dX.ld(), dLabels.get(), int(vocab),
+           ignore, dK.get(), dG.ptr(), dG.ld(), rowLoss.get());
   launch("loss_total", {1}, 1, rowLoss.get(), static_cast<long long>(rows), total.get());
   const std::vector<T> got = dG.download(kernel);
   double gpuTotal = 0;
@@ -719,7 +733,8 @@ template <typename T> void crossEntropyCase(int64_t rows, int64_t vocab) {
               mean);
   // The loss alone (the forward's kernel: no gradient): the same row losses, bit for bit.
   DeviceBuffer lossOnly(size_t(rows) * 8, "loss only");
-  launch("cross_entropy_loss", {static_cast<unsigned>(rows)}, 256, dX.ptr(), dX.ld(), dLabels.get(),
+  launch(rowsKernel ? "cross_entropy_loss_1024" : "cross_entropy_loss",
+         {static_cast<unsigned>(rows)}, rowsKernel ? 1024 : 256, dX.ptr(), dX.ld(), dLabels.get(),
          int(vocab), ignore, lossOnly.get());
   std::vector<double> a(static_cast<size_t>(rows)), b(a.size());
   gpu().copyToHost(a.data(), rowLoss.get(), a.size() * 8, "row losses");
@@ -737,6 +752,14 @@ TEST(BackwardCrossEntropy, MatchesCpu) {
   crossEntropyCase<float>(64, 5000);
   crossEntropyCase<uint16_t>(16, 64000);
   crossEntropyCase<float>(4, 64000);
+}
+
+TEST(BackwardCrossEntropy, RowsLoopMatchesCpu) {
+  crossEntropyCase<float>(37, 100, true);
+  crossEntropyCase<uint16_t>(37, 100, true);
+  crossEntropyCase<float>(64, 5000, true);
+  crossEntropyCase<uint16_t>(16, 64000, true);
+  crossEntropyCase<uint16_t>(3, 64000, true); // fewer rows than CTAs
 }
 
 //===-- The optimizer ---------------------------------------------------------------===//
@@ -823,6 +846,45 @@ TEST_P(BackwardOptimizerShift, SumOfSquaresMatchesCpu) {
       << gpuNorm << " vs " << wantNorm;
   std::printf("  sum of squares %.17g (cpu %.17g), norm %.9g (cpu %.9g)\n", gpuTotal, want, gpuNorm,
               wantNorm);
+  // The 256-thread total (what tnlmc emits): the same within f64 rounding, and the same bits on
+  // every run (a fixed order).
+  double blockTotal[2] = {0, 0};
+  float blockNorm = 0;
+  for (double &t : blockTotal) {
+    launch("sum_squares_total_block", {1}, 256, partial.get(), c.chunks, divisor, total.get(),
+           norm.get());
+    gpu().copyToHost(&t, total.get(), 8, "total (block)");
+  }
+  gpu().copyToHost(&blockNorm, norm.get(), 4, "norm (block)");
+  EXPECT_LE(std::fabs(blockTotal[0] - want), 1e-12 * want) << blockTotal[0] << " vs " << want;
+  EXPECT_EQ(std::memcmp(&blockTotal[0], &blockTotal[1], 8), 0) << "two runs differ";
+  EXPECT_LE(std::fabs(blockNorm - wantNorm), std::ldexp(std::fabs(wantNorm), -23))
+      << blockNorm << " vs " << wantNorm;
+}
+
+// The 256-thread total over more chunks than threads (6,088 at 385M): each thread's strided
+// sum, against the sequential sum of the same partials.
+TEST(BackwardOptimizer, BlockTotalOverManyChunks) {
+  for (long long chunks : {1LL, 255LL, 256LL, 257LL, 6088LL}) {
+    std::vector<double> partial(static_cast<size_t>(chunks));
+    std::mt19937 rng{unsigned(chunks)};
+    std::uniform_real_distribution<double> dist(0.0, 1e3);
+    double want = 0;
+    for (double &p : partial)
+      p = dist(rng), want += p;
+    DeviceBuffer dPartial(partial.size() * 8, "partials"), total(8, "total"), norm(4, "norm");
+    gpu().copyToDevice(dPartial.get(), partial.data(), partial.size() * 8, "partials");
+    launch("sum_squares_total_block", {1}, 256, dPartial.get(), chunks, 2.0, total.get(),
+           norm.get());
+    double got = 0;
+    float gotNorm = 0;
+    gpu().copyToHost(&got, total.get(), 8, "total");
+    gpu().copyToHost(&gotNorm, norm.get(), 4, "norm");
+    EXPECT_LE(std::fabs(got - want), 1e-13 * want)
+        << chunks << " chunks: " << got << " vs " << want;
+    const float wantNorm = static_cast<float>(std::sqrt(want) / 2.0);
+    EXPECT_LE(std::fabs(gotNorm - wantNorm), std::ldexp(std::fabs(wantNorm), -23)) << chunks;
+  }
 }
 
 TEST_P(BackwardOptimizerShift, AdamWMatchesCpuBitForBit) {

@@ -55,10 +55,24 @@ inline std::string backwardWrappers() {
          " *dx, long long lddx, double *rowLoss) {\n"
          "  tnlm::bw::cross_entropy_grad<256>(x, ldx, labels, vocab, ignore, k, dx, lddx, "
          "rowLoss);\n}\n";
+  for (const char *t : {"bf16", "float"})
+    s += std::string(
+             "extern \"C\" __global__ void __launch_bounds__(1024)\ncross_entropy_grad_rows_") +
+         t +
+         "(const float *x, long long ldx, const int *labels, long long rows, int vocab, int "
+         "ignore, const double *k, " +
+         t +
+         " *dx, long long lddx, double *rowLoss) {\n"
+         "  tnlm::bw::cross_entropy_grad_rows<1024>(x, ldx, labels, rows, vocab, ignore, k, dx, "
+         "lddx, rowLoss);\n}\n";
   s += "extern \"C\" __global__ void __launch_bounds__(256)\n"
        "cross_entropy_loss(const float *x, long long ldx, const int *labels, int vocab, int "
        "ignore, double *rowLoss) {\n"
-       "  tnlm::bw::cross_entropy_loss<256>(x, ldx, labels, vocab, ignore, rowLoss);\n}\n";
+       "  tnlm::bw::cross_entropy_loss<256>(x, ldx, labels, vocab, ignore, rowLoss);\n}\n"
+       "extern \"C\" __global__ void __launch_bounds__(1024)\n"
+       "cross_entropy_loss_1024(const float *x, long long ldx, const int *labels, int vocab, int "
+       "ignore, double *rowLoss) {\n"
+       "  tnlm::bw::cross_entropy_loss<1024>(x, ldx, labels, vocab, ignore, rowLoss);\n}\n";
   s += "extern \"C\" __global__ void __launch_bounds__(1)\n"
        "loss_total(const double *rowLoss, long long rows, double *total) {\n"
        "  tnlm::bw::loss_total(rowLoss, rows, total);\n}\n";
@@ -69,6 +83,10 @@ inline std::string backwardWrappers() {
        "sum_squares_total(const double *partial, long long chunks, double divisor, double "
        "*total, float *norm) {\n"
        "  tnlm::bw::sum_squares_total(partial, chunks, divisor, total, norm);\n}\n"
+       "extern \"C\" __global__ void __launch_bounds__(256)\n"
+       "sum_squares_total_block(const double *partial, long long chunks, double divisor, double "
+       "*total, float *norm) {\n"
+       "  tnlm::bw::sum_squares_total_block<256>(partial, chunks, divisor, total, norm);\n}\n"
        "extern \"C\" __global__ void __launch_bounds__(256)\n"
        "adamw(const OptTensor *t, int count, const float *lr, const float *scale, const int "
        "*step, float beta1, float beta2, float eps, float wd) {\n"
