@@ -567,7 +567,7 @@ using Cfg90s2 = LightningFwdSm90Config<128, 128, 64, 2, 2>; // Hopper, 2-stage r
 using Cfg90s4 = LightningFwdSm90Config<128, 128, 64, 4, 4>; // Hopper, 4-stage main ring
 
 int main(int argc, char **argv) {
-  bool small_only = false, perf_only = false, sweep = true, bwd_only = false;
+  bool small_only = false, perf_only = false, sweep = true, bwd_only = false, train = false;
   int reps = 30, only_shape = -1;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--bwd"))
@@ -578,6 +578,8 @@ int main(int argc, char **argv) {
       perf_only = true; // skip the small cases
     if (!std::strcmp(argv[i], "--nosweep"))
       sweep = false; // default plans only
+    if (!std::strcmp(argv[i], "--train-shapes"))
+      train = true; // the 385M train step's shapes (H = 8): default plan + a sweep of plans
     if (!std::strncmp(argv[i], "--reps=", 7))
       reps = std::atoi(argv[i] + 7);
     if (!std::strncmp(argv[i], "--shape=", 8))
@@ -595,6 +597,29 @@ int main(int argc, char **argv) {
 
   int fails = 0;
   uint64_t seed = 1;
+  if (train) {
+    // The shapes of each Lightning pass of the 385M train step (d = 1024: 8 heads of 128): at
+    // 4 x 2048 the default plan gives 4 segments of 8 chunks (128 CTAs) and 3 pieces per head;
+    // which other plan, or ring depth, runs each pass faster? (Correctness checked per run.)
+    struct Train {
+      int B, H, N;
+      std::vector<std::pair<int, int>> alt;
+    };
+    const Train shapes[] = {
+        {4, 8, 2048, {{1, 0}, {2, 1}, {4, 2}, {8, 1}, {8, 2}, {16, 1}, {32, 1}}},
+        {1, 8, 8192, {{8, 1}, {16, 2}, {32, 1}, {64, 1}}},
+        {1, 8, 32768, {{16, 1}, {16, 4}, {32, 1}, {64, 1}}}};
+    for (const Train &c : shapes) {
+      Problem<Cfg128> p(c.B, c.H, c.N, 1.0f, "alibi", seed++);
+      fails += !p.template run<Cfg90>("train", sms, 0, 0, true, reps, true);
+      fails += !p.template run<Cfg90s2>("train-s2", sms, 0, 0, false, reps, false);
+      fails += !p.template run<Cfg90s4>("train-s4", sms, 0, 0, false, reps, false);
+      for (auto [sg, k] : c.alt)
+        fails += !p.template run<Cfg90>("train-sweep", sms, sg, k, false, reps, false);
+    }
+    std::printf("{\"summary\": \"train\", \"failures\": %d}\n", fails);
+    return fails ? 1 : 0;
+  }
   if (bwd_only) {
     const int shapes[3][3] = {{8, 16, 2048}, {4, 16, 8192}, {1, 16, 32768}};
     for (int si = 0; si < 3; ++si)

@@ -41,6 +41,7 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
     functions_.push_back(
         Function{fn->name()->str(), fn, {}, 0, fn->name()->str() == "decode_step"});
   stackGemms_ = stackingFromEnvironment();
+  firstWrite_ = firstWriteFromEnvironment();
   if (const char *pdl = std::getenv("TNLM_PDL")) {
     const std::string_view v(pdl);
     if (v != "0" && v != "1")
@@ -176,6 +177,7 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
     gatedScratch_ = arena_->allocate(gatedScratchBytes_, "the gated GEMMs' products");
   for (size_t i = 0; i < stateBytes_.size(); ++i)
     state_.push_back(arena_->allocate(std::max<size_t>(stateBytes_[i], 4), "the state"));
+  stale_.assign(stateBytes_.size(), 0);
 
   // Parameters as bf16 (one host buffer per tensor, kept until the copies have run), θ as f32.
   // In table order, back to back (the arena's 256-byte alignment leaves no gap after a [F, K]
@@ -856,12 +858,25 @@ void CudaExecutor::runSteps(size_t fi, int64_t batch, int64_t seq,
     const schema::Step *s = fn.steps()->Get(i);
     const std::string where = src + ": @" + f.name + " step " + std::to_string(i) + " '" +
                               (s->name() ? s->name()->str() : std::string()) + "'";
+    // A stale gradient (its zeroing skipped) read or written by this step as its own operand:
+    // zeroed first. (A GEMM that writes a gradient straight into it decides itself: it clears
+    // the flag, so that the accumulation step it replaced touches nothing here.)
+    if (train_ && anyStale()) {
+      for (const schema::Operand *o : *s->inputs())
+        touchGradient(o, where);
+      for (const schema::Operand *o : *s->outputs())
+        if (s->kind() != schema::KernelKind_Fill)
+          touchGradient(o, where);
+    }
     runStep(f, i, *s, batch, seq, where);
     if (syncSteps_)
       context_->synchronize(where);
     if (afterStep)
       afterStep(i);
   }
+  // @train_step leaves no gradient stale: one it did not write holds zero, as the artifact says.
+  if (train_ && f.name == "train_step")
+    zeroStaleGradients(src + ": @train_step (the gradients it did not write)");
 }
 
 void CudaExecutor::checkIds(const int32_t *ids, int64_t n, const char *what) const {
@@ -884,8 +899,22 @@ void CudaExecutor::uploadIds(const int32_t *ids, int64_t batch, int64_t seq) {
 
 void CudaExecutor::launchFunction(size_t fi, int64_t batch, int64_t seq) {
   const std::string &src = artifact_.source();
-  const CallKey key{fi, batch, seq};
-  lastCall_ = key;
+  // A @train_step from stale gradients is another graph (its first writes overwrite them).
+  bool fresh = train_ && anyStale() && functions_[fi].name == "train_step";
+  if (fresh && !freshPattern_.empty() && stale_ != freshPattern_) {
+    // Not the stale gradients the fresh graphs were captured from (the optimizer's fills
+    // skip the same ones each time, so this does not happen): the ordinary graph.
+    zeroStaleGradients(src + ": @train_step");
+    fresh = false;
+  }
+  if (fresh && freshPattern_.empty())
+    freshPattern_ = stale_;
+  const CallKey key{fi + (fresh ? functions_.size() : 0), batch, seq};
+  lastCall_ = CallKey{fi, batch, seq};
+  // A replayed graph would not keep stale_ in step with what its steps zero (@eval_loss reads
+  // no gradient: nothing to do).
+  if (train_ && !fresh && anyStale() && touchesGradients(functions_[fi]))
+    zeroStaleGradients(src + ": @" + functions_[fi].name);
   if (!useGraphs_ || syncSteps_ || eagerOnly_.count(key)) {
     runSteps(fi, batch, seq);
     return;
@@ -896,8 +925,12 @@ void CudaExecutor::launchFunction(size_t fi, int64_t batch, int64_t seq) {
   // after it.
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
+    // The capture records the same decisions as this run: from the same stale gradients.
+    const std::vector<char> staleBefore = stale_;
     runSteps(fi, batch, seq);
+    const std::vector<char> staleAfter = stale_;
     try {
+      stale_ = staleBefore;
       graphs_.emplace(
           key, context_->capture([&] { runSteps(fi, batch, seq); },
                                  src + ": capturing @" + functions_[fi].name + " as a CUDA graph"));
@@ -905,10 +938,13 @@ void CudaExecutor::launchFunction(size_t fi, int64_t batch, int64_t seq) {
       // This call is queued already; later calls of the shape launch step by step.
       eagerOnly_.insert(key);
     }
+    stale_ = staleAfter;
     return;
   }
   it->second.launch(context_->stream(),
                     src + ": replaying the CUDA graph of @" + functions_[fi].name);
+  if (fresh) // what the captured steps did: every gradient written or zeroed
+    std::fill(stale_.begin(), stale_.end(), 0);
 }
 
 size_t CudaExecutor::graphNodes(const std::string &function, int64_t batch, int64_t seq) const {
@@ -1012,6 +1048,7 @@ size_t CudaExecutor::uploadDecode(const int32_t *ids, const int32_t *positions, 
 }
 
 std::vector<std::vector<float>> CudaExecutor::state() {
+  zeroStaleGradients(artifact_.source() + ": copying the state back");
   std::vector<std::vector<float>> result(state_.size());
   for (size_t i = 0; i < state_.size(); ++i) {
     result[i].resize(stateBytes_[i] / 4);
@@ -1022,6 +1059,7 @@ std::vector<std::vector<float>> CudaExecutor::state() {
 }
 
 void CudaExecutor::resetState() {
+  std::fill(stale_.begin(), stale_.end(), 0);
   for (size_t i = 0; i < state_.size(); ++i)
     context_->fillBytes(state_[i], 0, stateBytes_[i], artifact_.source() + ": zeroing the state");
 }

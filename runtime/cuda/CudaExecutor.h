@@ -129,6 +129,14 @@ public:
   /// TNLM_GEMM_STACK: 1 (or unset) stacks, 0 does not; another value throws, naming the
   /// variable. Needs no GPU.
   static bool stackingFromEnvironment();
+  /// TNLM_GRAD_FIRST_WRITE: 1 (or unset): @optimizer_step leaves the gradients as they are
+  /// instead of zeroing them, and the next @train_step's first write of each gradient
+  /// overwrites it (β = 0 for the GEMMs; a gradient it would only add to, or not write, is
+  /// zeroed there first); 0: the optimizer zeroes them (its fills) and every write adds.
+  /// Another value throws, naming the variable. Needs no GPU.
+  static bool firstWriteFromEnvironment();
+  /// The same for this executor (tests compare both).
+  void setGradFirstWrite(bool on);
 
   int64_t vocabSize() const { return vocab_; }
   const Artifact &artifact() const { return artifact_; }
@@ -184,7 +192,9 @@ private:
     size_t logitsOffset = 0;
     bool decode = false; // @decode_step: GEMVs for small batches, programmatic launches
   };
-  using CallKey = std::tuple<size_t, int64_t, int64_t>; // (function, batch, seq)
+  // (function, batch, seq); a @train_step that starts from stale gradients is function index
+  // + the function count (its own graph: its first writes overwrite).
+  using CallKey = std::tuple<size_t, int64_t, int64_t>;
 
   size_t functionIndex(const std::string &name) const;
   /// run()'s checks and uploads (inputs, label count, embedding grouping); the function's index.
@@ -293,6 +303,23 @@ private:
   size_t trainScratchBytes_ = 0;
   bool syncSteps_ = false;
   bool stackGemms_ = true; // TNLM_GEMM_STACK: a gated pair as one GEMM where it can
+  // TNLM_GRAD_FIRST_WRITE. stale_[i]: gradient state i holds values the artifact says are zero
+  // (@optimizer_step's fill of it skipped); the next @train_step overwrites or zeroes it.
+  bool firstWrite_ = true;
+  std::vector<char> stale_;
+  std::vector<char> freshPattern_; // stale_ when the first fresh @train_step graph was captured
+  int gradientIndex(const schema::Operand *g) const; // its gradient state, or -1
+  bool fullGradient(const schema::Operand *g) const;  // g is the whole of its gradient state
+  /// Step code about to write gradient g in full (β = 0 possible): true, and g no longer
+  /// stale, where g is stale; false where the write must add (g zeroed first if stale and
+  /// the write is partial).
+  bool overwrites(const schema::Operand *g, const std::string &where);
+  /// Zeroes gradient g first where it is stale (a write that adds, or a read).
+  void touchGradient(const schema::Operand *g, const std::string &where);
+  /// Zeroes every stale gradient (before anything but @train_step reads the state).
+  void zeroStaleGradients(const std::string &where);
+  bool anyStale() const;
+  bool touchesGradients(const Function &f) const; // a step of f reads or writes a gradient
   bool useGraphs_ = true;
   std::map<CallKey, Graph> graphs_; // the captured calls
   std::set<CallKey> eagerOnly_;     // call shapes whose capture failed

@@ -192,6 +192,82 @@ const schema::Operand *CudaExecutor::accumulatedInto(const Function &f, unsigned
   return g;
 }
 
+bool CudaExecutor::firstWriteFromEnvironment() {
+  const char *v = std::getenv("TNLM_GRAD_FIRST_WRITE");
+  if (!v || !*v)
+    return true;
+  const std::string_view s(v);
+  if (s != "0" && s != "1")
+    throw Error("TNLM_GRAD_FIRST_WRITE=" + std::string(s) +
+                ": expected 0 (the optimizer step zeroes the gradients) or 1 (the next train "
+                "step's first writes overwrite them, the default)");
+  return s == "1";
+}
+
+void CudaExecutor::setGradFirstWrite(bool on) {
+  if (!on)
+    zeroStaleGradients(artifact_.source() + ": zeroing the gradients");
+  firstWrite_ = on;
+}
+
+int CudaExecutor::gradientIndex(const schema::Operand *g) const {
+  const auto *st = artifact_.root().state();
+  if (!g || g->kind() != schema::OperandKind_State || !st || g->offset() >= st->size() ||
+      g->offset() >= stale_.size())
+    return -1;
+  return st->Get(g->offset())->kind() == schema::StateKind_Gradient ? int(g->offset()) : -1;
+}
+
+bool CudaExecutor::fullGradient(const schema::Operand *g) const {
+  const int i = gradientIndex(g);
+  return i >= 0 && g->col_offset() == 0 && g->rows() > 0 && (g->ld() == g->cols() || g->rows() == 1) &&
+         size_t(g->rows()) * size_t(g->cols()) * 4 == stateBytes_[i];
+}
+
+bool CudaExecutor::overwrites(const schema::Operand *g, const std::string &where) {
+  const int i = gradientIndex(g);
+  if (i < 0 || !stale_[i])
+    return false;
+  if (!fullGradient(g)) {
+    touchGradient(g, where);
+    return false;
+  }
+  stale_[i] = 0;
+  return true;
+}
+
+void CudaExecutor::touchGradient(const schema::Operand *g, const std::string &where) {
+  const int i = gradientIndex(g);
+  if (i < 0 || !stale_[i])
+    return;
+  context_->fillBytes(state_[i], 0, stateBytes_[i], where + ": zeroing a gradient first");
+  stale_[i] = 0;
+}
+
+void CudaExecutor::zeroStaleGradients(const std::string &where) {
+  for (size_t i = 0; i < stale_.size(); ++i)
+    if (stale_[i]) {
+      context_->fillBytes(state_[i], 0, stateBytes_[i], where + ": zeroing a gradient");
+      stale_[i] = 0;
+    }
+}
+
+bool CudaExecutor::touchesGradients(const Function &f) const {
+  for (const schema::Step *s : *f.fn->steps()) {
+    for (const schema::Operand *o : *s->inputs())
+      if (gradientIndex(o) >= 0)
+        return true;
+    for (const schema::Operand *o : *s->outputs())
+      if (gradientIndex(o) >= 0)
+        return true;
+  }
+  return false;
+}
+
+bool CudaExecutor::anyStale() const {
+  return std::find(stale_.begin(), stale_.end(), 1) != stale_.end();
+}
+
 bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema::Step &s,
                                 int64_t batch, int64_t seq, const std::string &where) {
   const int64_t rows = batch * seq;
@@ -234,6 +310,16 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     if (y->ld() != y->cols())
       throw Error(where + ": a fill of a strided buffer");
     const size_t n = size_t(rowsOf(y) * y->cols());
+    if (const int g = gradientIndex(y); g >= 0 && y->col_offset() == 0 && n * 4 == stateBytes_[g]) {
+      // @optimizer_step's zeroing of a gradient: left to the next @train_step's first write
+      // (TNLM_GRAD_FIRST_WRITE; not under the per-step finite checks, which read it back).
+      if (firstWrite_ && !checkFinite_ && f.name != "train_step" &&
+          floatBits(f32(0)) == 0) {
+        stale_[g] = 1;
+        return true;
+      }
+      stale_[g] = 0; // filled in full here
+    }
     switch (y->dtype()) {
     case schema::DType_F32: {
       // The optimizer's zeroing of every gradient: consecutive f32 fills of the same value into
@@ -321,7 +407,7 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       // dW straight into the gradient where the next step accumulates it.
       const schema::Operand *g = accumulatedInto(f, index, dw, index + 1);
       if (g && g->ld() == g->cols()) {
-        c.dw = ptr(g), c.accumulateDw = true;
+        c.dw = ptr(g), c.accumulateDw = !overwrites(g, where);
         skip_.push_back({&f, index + 1});
       } else {
         c.dw = ptr(dw), c.accumulateDw = false;
@@ -342,7 +428,8 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     const schema::Operand *dy = in.Get(0), *x = in.Get(1);
     if (const schema::Operand *g = accumulatedInto(f, index, y, index + 1)) {
       GemmShape shape{rows, x->cols(), dy->cols(), x->ld(), g->ld(), dy->ld()};
-      gemm_->gradWeight(GemmType::Bf16F32Out, shape, ptr(dy), ptr(x), ptr(g), where, 1.0f, 1.0f);
+      gemm_->gradWeight(GemmType::Bf16F32Out, shape, ptr(dy), ptr(x), ptr(g), where, 1.0f,
+                        overwrites(g, where) ? 0.0f : 1.0f);
       skip_.push_back({&f, index + 1});
       return true;
     }
@@ -413,7 +500,20 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     const schema::Operand *g1 = accumulatedInto(f, index, dw1, index + 1);
     const schema::Operand *g2 = g1 ? accumulatedInto(f, index, dw2, index + 2) : nullptr;
     const schema::Operand *t1 = g1 && g2 ? g1 : dw1, *t2 = g1 && g2 ? g2 : dw2;
-    const float beta = g1 && g2 ? 1.0f : 0.0f;
+    float beta = 0.0f;
+    if (g1 && g2) {
+      // Both stale and written in full: overwritten (one β for both: the stacked GEMM); else
+      // both added to (a stale one zeroed first).
+      const int i1 = gradientIndex(g1), i2 = gradientIndex(g2);
+      if (i1 >= 0 && i2 >= 0 && stale_[i1] && stale_[i2] && fullGradient(g1) &&
+          fullGradient(g2)) {
+        stale_[i1] = stale_[i2] = 0;
+      } else {
+        touchGradient(g1, where);
+        touchGradient(g2, where);
+        beta = 1.0f;
+      }
+    }
     if (stacked(ptr(t1), ptr(t2), t1->ld(), t2->ld(), 4)) {
       gemm_->gradWeight(GemmType::Bf16F32Out, {rows, K, 2 * F, x->ld(), K, ldd}, da, ptr(x),
                         ptr(t1), where, 1.0f, beta);
@@ -579,6 +679,7 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     const schema::Operand *g = accumulatedInto(f, index, y, index + 1);
     if (g && g->ld() == y->ld()) {
       table = ptr(g);
+      touchGradient(g, where); // adds into some rows only: a stale gradient zeroed first
       skip_.push_back({&f, index + 1});
     } else {
       context_->fillBytes(ptr(y), 0, size_t(rowsOf(y)) * y->ld() * 4, where);
@@ -900,24 +1001,30 @@ void CudaExecutor::setState(const std::vector<std::vector<float>> &state) {
   if (state.size() != state_.size())
     throw Error(where + ": " + std::to_string(state.size()) + " buffers for " +
                 std::to_string(state_.size()));
-  for (size_t i = 0; i < state.size(); ++i) {
+  for (size_t i = 0; i < state.size(); ++i) // (checked before any is replaced)
     if (state[i].size() * 4 != stateBytes_[i])
       throw Error(where + ": buffer " + std::to_string(i) + " has the wrong size");
+  for (size_t i = 0; i < state.size(); ++i)
     context_->copyToDevice(state_[i], state[i].data(), stateBytes_[i], where);
-  }
+  std::fill(stale_.begin(), stale_.end(), 0); // every buffer replaced
   context_->synchronize(where);
 }
 
 std::vector<float> CudaExecutor::stateBuffer(size_t i) {
   if (i >= state_.size())
     throw Error(artifact_.source() + ": no state buffer " + std::to_string(i));
+  if (stale_[i])
+    zeroStaleGradients(artifact_.source() + ": copying a state buffer back");
   std::vector<float> v(stateBytes_[i] / 4);
   context_->copyToHost(v.data(), state_[i], stateBytes_[i],
                        artifact_.source() + ": copying a state buffer back");
   return v;
 }
 
-bool CudaExecutor::gradientsFinite() { return sumOfSquaresFinite(true); }
+bool CudaExecutor::gradientsFinite() {
+  zeroStaleGradients(artifact_.source() + ": checking the gradients");
+  return sumOfSquaresFinite(true);
+}
 bool CudaExecutor::mastersFinite() { return sumOfSquaresFinite(false); }
 
 bool CudaExecutor::sumOfSquaresFinite(bool gradients) {

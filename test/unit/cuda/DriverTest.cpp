@@ -164,6 +164,34 @@ TEST(GemmStacking, TheEnvironmentVariableIsChecked) {
     unsetenv("TNLM_GEMM_STACK");
 }
 
+// TNLM_GRAD_FIRST_WRITE: unset, empty or 1 leaves the gradients' zeroing to the next train
+// step's first writes, 0 has the optimizer step zero them, anything else is refused naming the
+// variable (no GPU needed).
+TEST(GradFirstWrite, TheEnvironmentVariableIsChecked) {
+  const char *saved = std::getenv("TNLM_GRAD_FIRST_WRITE");
+  const std::string before = saved ? saved : "";
+  unsetenv("TNLM_GRAD_FIRST_WRITE");
+  EXPECT_TRUE(CudaExecutor::firstWriteFromEnvironment());
+  setenv("TNLM_GRAD_FIRST_WRITE", "", 1);
+  EXPECT_TRUE(CudaExecutor::firstWriteFromEnvironment());
+  setenv("TNLM_GRAD_FIRST_WRITE", "0", 1);
+  EXPECT_FALSE(CudaExecutor::firstWriteFromEnvironment());
+  setenv("TNLM_GRAD_FIRST_WRITE", "1", 1);
+  EXPECT_TRUE(CudaExecutor::firstWriteFromEnvironment());
+  setenv("TNLM_GRAD_FIRST_WRITE", "yes", 1);
+  try {
+    CudaExecutor::firstWriteFromEnvironment();
+    ADD_FAILURE() << "yes was taken";
+  } catch (const Error &e) {
+    EXPECT_EQ(std::string(e.what()).rfind("TNLM_GRAD_FIRST_WRITE=yes: expected 0 ", 0), 0u)
+        << e.what();
+  }
+  if (saved)
+    setenv("TNLM_GRAD_FIRST_WRITE", before.c_str(), 1);
+  else
+    unsetenv("TNLM_GRAD_FIRST_WRITE");
+}
+
 // The lm head loss cuts a call into as few chunks as fit, of equal size: never above the
 // maximum, never more chunks than needed, the last one at most chunks - 1 rows smaller, and two
 // at least from two rows on (the call's logits are never whole).

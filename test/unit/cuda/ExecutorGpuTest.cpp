@@ -105,6 +105,11 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
   tnlm::ParamValues weights = tnlm::randomWeights(cpuArt, 4321);
   tnlm::CpuExecutor cpu(cpuArt, weights);
   tnlm::cuda::CudaExecutor gpu(gpuArt, weights);
+  // The same calls with the optimizer zeroing the gradients (TNLM_GRAD_FIRST_WRITE=0), for the
+  // check after the optimizer step below.
+  tnlm::cuda::CudaExecutor zeroed(gpuArt, weights);
+  zeroed.setGradFirstWrite(false);
+  gpu.setGradFirstWrite(true);
   std::vector<int32_t> ids(size_t(B * N)), labels(size_t(B * N));
   uint64_t x = 99;
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -122,6 +127,7 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
   for (int call = 0; call < 2; ++call) {
     cpuLoss = lossOf(cpu.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, B, N));
     gpuLoss = lossOf(gpu.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, B, N));
+    zeroed.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, B, N);
   }
   const bool lossOk =
       std::isfinite(gpuLoss) && std::fabs(gpuLoss - cpuLoss) <= 2e-2 * (1 + std::fabs(cpuLoss));
@@ -129,27 +135,33 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
               cpuLoss);
   failures += !lossOk;
   const auto &table = *cpuArt.root().state();
-  const std::vector<std::vector<float>> gs = gpu.state();
-  const std::vector<std::vector<float>> &cs = cpu.state();
-  double worst = 0;
-  for (unsigned i = 0; i < table.size(); ++i) {
-    if (table.Get(i)->kind() != tnlm::schema::StateKind_Gradient)
-      continue;
-    double d2 = 0, r2 = 0;
-    bool finite = true;
-    for (size_t j = 0; j < cs[i].size(); ++j) {
-      finite &= std::isfinite(gs[i][j]);
-      d2 += double(gs[i][j] - cs[i][j]) * (gs[i][j] - cs[i][j]);
-      r2 += double(cs[i][j]) * cs[i][j];
+  // Every gradient's relative L2 difference from ref's; prints each where `each`, returns the
+  // worst (infinite where one is not finite).
+  auto gradientsAgainst = [&](const std::vector<std::vector<float>> &gs,
+                              const std::vector<std::vector<float>> &cs, double bound, bool each,
+                              const char *what) {
+    double worst = 0;
+    for (unsigned i = 0; i < table.size(); ++i) {
+      if (table.Get(i)->kind() != tnlm::schema::StateKind_Gradient)
+        continue;
+      double d2 = 0, r2 = 0;
+      bool finite = true;
+      for (size_t j = 0; j < cs[i].size(); ++j) {
+        finite &= std::isfinite(gs[i][j]);
+        d2 += double(gs[i][j] - cs[i][j]) * (gs[i][j] - cs[i][j]);
+        r2 += double(cs[i][j]) * cs[i][j];
+      }
+      const double rel = !finite ? INFINITY : r2 > 0 ? std::sqrt(d2 / r2) : std::sqrt(d2);
+      worst = std::max(worst, rel);
+      const bool ok = rel <= bound;
+      failures += !ok;
+      if (each || !ok)
+        std::printf("%s grad %-60s rel L2 %.3e (|%s| %.3e)\n", ok ? "ok  " : "FAIL",
+                    table.Get(i)->name()->str().c_str(), rel, what, std::sqrt(r2));
     }
-    const double rel = r2 > 0 ? std::sqrt(d2 / r2) : std::sqrt(d2);
-    worst = std::max(worst, rel);
-    const bool ok = finite && rel <= 0.1;
-    failures += !ok;
-    std::printf("%s grad %-60s rel L2 %.3e (|cpu| %.3e)\n", ok ? "ok  " : "FAIL",
-                table.Get(i)->name()->str().c_str(), rel, std::sqrt(r2));
-  }
-  std::printf("worst gradient rel L2 %.3e\n", worst);
+    return worst;
+  };
+  std::printf("worst gradient rel L2 %.3e\n", gradientsAgainst(gpu.state(), cpu.state(), 0.1, true, "cpu"));
   // The optimizer step, then the evaluation loss.
   float hp[tnlm::schema::HyperParam_Count] = {};
   hp[tnlm::schema::HyperParam_Lr] = 1e-3f, hp[tnlm::schema::HyperParam_MinLr] = 1e-4f;
@@ -160,6 +172,7 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
   hp[tnlm::schema::HyperParam_ClipGrad] = 1.0f, hp[tnlm::schema::HyperParam_AccumSteps] = 1;
   cpu.run("optimizer_step", {{"hparams", hp}}, B, N);
   gpu.run("optimizer_step", {{"hparams", hp}}, B, N);
+  zeroed.run("optimizer_step", {{"hparams", hp}}, B, N);
   const std::vector<std::vector<float>> gp = gpu.masterParams();
   const tnlm::ParamValues &cp = cpu.params();
   // At AdamW's first step an element moves by about ±lr whatever its gradient's size, so an
@@ -192,6 +205,37 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
   failures += !evalOk;
   std::printf("%s eval_loss after the step: gpu %.6f, cpu %.6f\n", evalOk ? "ok  " : "FAIL",
               gpuEval, cpuEval);
+  // After the optimizer step the GPU's gradients still hold the step's values (its fills are
+  // skipped): the next train step's first writes overwrite them (its own graph), the one after
+  // adds (the ordinary graph). Each against the CPU (zeroed by its optimizer step; the bound
+  // above: stale values left in would be O(1) off) and against the executor whose optimizer
+  // zeroed them (same GPU kernels; β = 0 against β = 1 over zeros: within 1e-5).
+  for (int call = 0; call < 2; ++call) {
+    cpu.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, B, N);
+    gpu.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, B, N);
+    zeroed.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, B, N);
+    const std::vector<std::vector<float>> gs = gpu.state();
+    const double vsCpu = gradientsAgainst(gs, cpu.state(), 0.1, false, "cpu");
+    const double vsZeroed = gradientsAgainst(gs, zeroed.state(), 1e-5, false, "zeroed");
+    std::printf("%s train_step %d after the optimizer step (%s): worst gradient rel L2 %.3e vs "
+                "the cpu, %.3e vs the optimizer zeroing them\n",
+                vsCpu <= 0.1 && vsZeroed <= 1e-5 ? "ok  " : "FAIL", call + 1,
+                call == 0 ? "overwriting the stale gradients" : "adding", vsCpu, vsZeroed);
+    if (call == 0) { // two more calls of each graph: replays
+      for (int again = 0; again < 2; ++again) {
+        gpu.run("optimizer_step", {{"hparams", hp}}, B, N);
+        zeroed.run("optimizer_step", {{"hparams", hp}}, B, N);
+        cpu.run("optimizer_step", {{"hparams", hp}}, B, N);
+        cpu.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, B, N);
+        gpu.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, B, N);
+        zeroed.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, B, N);
+      }
+      const double replay = gradientsAgainst(gpu.state(), zeroed.state(), 1e-5, false, "zeroed");
+      std::printf("%s the overwriting graph replayed twice more: %.3e vs the optimizer zeroing "
+                  "them\n",
+                  replay <= 1e-5 ? "ok  " : "FAIL", replay);
+    }
+  }
   // A NaN in one weight (layer 1's out_proj): the device-side check says the weights are not
   // finite, and a train step with the per-step checks names the step whose output first holds
   // a NaN: that projection (tnlm-train reports it as "step N: the loss is nan: ...").
