@@ -384,10 +384,11 @@ private:
           "*rowLoss",
           "tnlm::bw::cross_entropy_loss<1024>(x, ldx, labels, vocab, ignore, rowLoss)", note));
     }
-    out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_loss_total", 1,
-                              "total = sum of the row losses in row order",
+    out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_loss_total", 256,
+                              "total = sum of the row losses (256 threads, a fixed order)",
                               "const double *rowLoss, long long rows, double *total",
-                              "tnlm::bw::loss_total(rowLoss, rows, total)", "the loss total"));
+                              "tnlm::bw::loss_total_block<256>(rowLoss, rows, total)",
+                              "the loss total"));
     if (mean)
       out.push_back(trainKernel(CudaLaunchKind::Single, "tnlm_loss_mean", 1,
                                 "loss = f32(total / counted)",

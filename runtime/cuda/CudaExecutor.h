@@ -309,7 +309,7 @@ private:
   std::vector<char> stale_;
   std::vector<char> freshPattern_; // stale_ when the first fresh @train_step graph was captured
   int gradientIndex(const schema::Operand *g) const; // its gradient state, or -1
-  bool fullGradient(const schema::Operand *g) const;  // g is the whole of its gradient state
+  bool fullGradient(const schema::Operand *g) const; // g is the whole of its gradient state
   /// Step code about to write gradient g in full (β = 0 possible): true, and g no longer
   /// stale, where g is stale; false where the write must add (g zeroed first if stale and
   /// the write is partial).

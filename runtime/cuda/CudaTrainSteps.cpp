@@ -151,7 +151,7 @@ void CudaExecutor::allocateTrain() {
         else if (n.rfind("tnlm_cross_entropy_loss", 0) == 0)
           k.crossEntropyLoss = &kernel(l, where), k.lossBlock = unsigned(l->block());
         else if (n.rfind("tnlm_loss_total", 0) == 0)
-          k.lossTotal = &kernel(l, where);
+          k.lossTotal = &kernel(l, where), k.lossTotalBlock = unsigned(l->block());
       }
     }
   if (heads.size() > 1)
@@ -220,7 +220,8 @@ int CudaExecutor::gradientIndex(const schema::Operand *g) const {
 
 bool CudaExecutor::fullGradient(const schema::Operand *g) const {
   const int i = gradientIndex(g);
-  return i >= 0 && g->col_offset() == 0 && g->rows() > 0 && (g->ld() == g->cols() || g->rows() == 1) &&
+  return i >= 0 && g->col_offset() == 0 && g->rows() > 0 &&
+         (g->ld() == g->cols() || g->rows() == 1) &&
          size_t(g->rows()) * size_t(g->cols()) * 4 == stateBytes_[i];
 }
 
@@ -313,8 +314,7 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     if (const int g = gradientIndex(y); g >= 0 && y->col_offset() == 0 && n * 4 == stateBytes_[g]) {
       // @optimizer_step's zeroing of a gradient: left to the next @train_step's first write
       // (TNLM_GRAD_FIRST_WRITE; not under the per-step finite checks, which read it back).
-      if (firstWrite_ && !checkFinite_ && f.name != "train_step" &&
-          floatBits(f32(0)) == 0) {
+      if (firstWrite_ && !checkFinite_ && f.name != "train_step" && floatBits(f32(0)) == 0) {
         stale_[g] = 1;
         return true;
       }
@@ -505,8 +505,7 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       // Both stale and written in full: overwritten (one β for both: the stacked GEMM); else
       // both added to (a stale one zeroed first).
       const int i1 = gradientIndex(g1), i2 = gradientIndex(g2);
-      if (i1 >= 0 && i2 >= 0 && stale_[i1] && stale_[i2] && fullGradient(g1) &&
-          fullGradient(g2)) {
+      if (i1 >= 0 && i2 >= 0 && stale_[i1] && stale_[i2] && fullGradient(g1) && fullGradient(g2)) {
         stale_[i1] = stale_[i2] = 0;
       } else {
         touchGradient(g1, where);

@@ -86,8 +86,8 @@ void LmHeadLoss::run(const LmHeadLossCall &c, std::string_view where) {
                      at + ": dW", 1.0f, beta);
   }
   const long long rows = c.rows;
-  context_.launchWith(*kernels_.lossTotal, LaunchConfig{{1}, {1}, 0}, at + ": loss total",
-                      c.rowLoss, rows, c.total);
+  context_.launchWith(*kernels_.lossTotal, LaunchConfig{{1}, {kernels_.lossTotalBlock}, 0},
+                      at + ": loss total", c.rowLoss, rows, c.total);
 }
 
 } // namespace tnlm::cuda

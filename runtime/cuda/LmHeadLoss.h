@@ -36,7 +36,8 @@ namespace tnlm::cuda {
 ///       long long lddx, double *rowLoss), one CTA of `block` threads per row; or (gradRows)
 ///       bw::cross_entropy_grad_rows<block, bf16>(x, ldx, labels, long long rows, vocab, ...),
 ///       min(rows, #SMs) CTAs looping over the rows;
-///   lossTotal: bw::loss_total(const double *rowLoss, long long rows, double *total), one thread;
+///   lossTotal: bw::loss_total(const double *rowLoss, long long rows, double *total), one thread
+///       (or bw::loss_total_block, lossTotalBlock threads);
 ///   crossEntropyLoss (for calls without dh): bw::cross_entropy_loss<block>(const float *x,
 ///       long long ldx, const int *labels, int vocab, int ignoreIndex, double *rowLoss).
 struct LmHeadLossKernels {
@@ -44,9 +45,10 @@ struct LmHeadLossKernels {
   unsigned block = 256; // crossEntropyGrad's
   Kernel *lossTotal = nullptr;
   Kernel *crossEntropyLoss = nullptr;
-  unsigned lossBlock = 256; // crossEntropyLoss's
-  bool gradRows = false;    // crossEntropyGrad is bw::cross_entropy_grad_rows (takes the rows; a
-                            // grid of at most one CTA per SM), not one CTA per row
+  unsigned lossBlock = 256;    // crossEntropyLoss's
+  bool gradRows = false;       // crossEntropyGrad is bw::cross_entropy_grad_rows (takes the rows; a
+                               // grid of at most one CTA per SM), not one CTA per row
+  unsigned lossTotalBlock = 1; // lossTotal's (bw::loss_total_block<block> where > 1)
 };
 
 struct LmHeadLossCall {

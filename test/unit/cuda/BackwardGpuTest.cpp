@@ -566,9 +566,13 @@ void lmHeadLossCase(bool rowsKernels) {
   LmHeadLossKernels kernels{&module().kernel("cross_entropy_grad_bf16"), 256,
                             &module().kernel("loss_total"), &module().kernel("cross_entropy_loss")};
   if (rowsKernels) // what tnlmc emits now: the rows loop, both kernels at 1,024 threads
-    kernels = {
-        &module().kernel("cross_entropy_grad_rows_bf16"), 1024, &module().kernel("loss_total"),
-        &module().kernel("cross_entropy_loss_1024"),      1024, true};
+    kernels = {&module().kernel("cross_entropy_grad_rows_bf16"),
+               1024,
+               &module().kernel("loss_total_block"),
+               &module().kernel("cross_entropy_loss_1024"),
+               1024,
+               true,
+               256};
   LmHeadLoss head(gpu(), gemm, kernels, chunk, vocab, d);
   EXPECT_EQ(head.workspaceBytes(), size_t(chunk * vocab * 6));
   LmHeadLossCall call;
@@ -726,6 +730,14 @@ template <typename T> void crossEntropyCase(int64_t rows, int64_t vocab, bool ro
   ASSERT_EQ(counted, count);
   expectNear(kernel + " v" + std::to_string(vocab), got, vocab + 8, ref, vocab, rows, vocab,
              relOf<T>(), [&](int64_t, int64_t) { return std::ldexp(k, -19); });
+  // The 256-thread total of the same row losses (what tnlmc emits): within f64 rounding.
+  DeviceBuffer blockTotal(8, "total (block)");
+  launch("loss_total_block", {1}, 256, rowLoss.get(), static_cast<long long>(rows),
+         blockTotal.get());
+  double gpuBlockTotal = 0;
+  gpu().copyToHost(&gpuBlockTotal, blockTotal.get(), 8, "total (block)");
+  EXPECT_LE(std::fabs(gpuBlockTotal - gpuTotal), 1e-13 * (1 + std::fabs(gpuTotal)))
+      << kernel << ": the 256-thread loss total " << gpuBlockTotal << " vs " << gpuTotal;
   const double gpuMean = gpuTotal / double(count);
   EXPECT_LE(std::fabs(gpuMean - mean), 4e-6 * (1 + std::fabs(mean)))
       << kernel << " mean loss " << gpuMean << " vs cpu " << mean;

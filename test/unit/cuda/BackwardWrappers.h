@@ -75,7 +75,10 @@ inline std::string backwardWrappers() {
        "  tnlm::bw::cross_entropy_loss<1024>(x, ldx, labels, vocab, ignore, rowLoss);\n}\n";
   s += "extern \"C\" __global__ void __launch_bounds__(1)\n"
        "loss_total(const double *rowLoss, long long rows, double *total) {\n"
-       "  tnlm::bw::loss_total(rowLoss, rows, total);\n}\n";
+       "  tnlm::bw::loss_total(rowLoss, rows, total);\n}\n"
+       "extern \"C\" __global__ void __launch_bounds__(256)\n"
+       "loss_total_block(const double *rowLoss, long long rows, double *total) {\n"
+       "  tnlm::bw::loss_total_block<256>(rowLoss, rows, total);\n}\n";
   s += "extern \"C\" __global__ void __launch_bounds__(256)\n"
        "sum_squares_chunks(const OptTensor *t, int count, double *partial) {\n"
        "  tnlm::bw::sum_squares_chunks<256>(t, count, partial);\n}\n"

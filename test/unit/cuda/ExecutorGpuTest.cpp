@@ -161,7 +161,8 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
     }
     return worst;
   };
-  std::printf("worst gradient rel L2 %.3e\n", gradientsAgainst(gpu.state(), cpu.state(), 0.1, true, "cpu"));
+  std::printf("worst gradient rel L2 %.3e\n",
+              gradientsAgainst(gpu.state(), cpu.state(), 0.1, true, "cpu"));
   // The optimizer step, then the evaluation loss.
   float hp[tnlm::schema::HyperParam_Count] = {};
   hp[tnlm::schema::HyperParam_Lr] = 1e-3f, hp[tnlm::schema::HyperParam_MinLr] = 1e-4f;
