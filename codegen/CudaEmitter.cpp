@@ -706,18 +706,19 @@ private:
       // input; the lowering's Lightning pairs): no pack and no O pass. The gate and norm
       // backward writes dO into that workspace's free columns [3D, 4D); then three passes of
       // the Hopper forward, all inputs at qkvu's row stride: dq = fwd(dO, v, k'), and over the
-      // reversed sequence dk = fwd(v, dO, q'), dv = fwd(k', q', dO).
+      // reversed sequence dk = fwd(v, dO, q'), dv = fwd(k', q', dO). φ' (SiLU' at qkvu's q, k)
+      // is applied in dq's and dk's passes' stores (LightningFwdArgs::oscale): no
+      // tnlm_la_silu_scale pass (its absence tells the executor).
       hopperLightningLaunches(
           out, llvm::formatv("H {0}, dk = dv = {1}: 3 passes over the forward's workspace and "
-                             "v (dq; dk, dv over the reversed sequence)",
+                             "v (dq; dk, dv over the reversed sequence; dq, dk stored times "
+                             "SiLU'(q), SiLU'(k))",
                              heads, dh)
                    .str());
       gateNormGrad(llvm::formatv("D {0}, eps {1:e}; O, dO: the forward's workspace [:, {2}:{3}], "
                                  "[:, {3}:{4}]",
                                  d, s.f32Attrs[0], 2 * d, 3 * d, 4 * d)
                        .str());
-      if (silu)
-        siluScale();
       return success();
     }
     if (!lrpe && s.inputs.size() == 3)

@@ -61,6 +61,31 @@ __device__ __forceinline__ void stsm_x4_t(uint32_t addr, const uint32_t (&r)[4])
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
+// Eight bf16 o (one 16-byte store) times SiLU'(x) of eight bf16 x, rounded to bf16: per
+// element the ops of la_bw::silu_both's slope and la_silu_scale (d = 1 + e^-x, s = 1 / d,
+// slope = s (1 + x (1 - s)); bf16(o · slope)), so the folded stores equal that pass bit for bit.
+__device__ __forceinline__ uint4 silu_slope_scale8(uint4 o, uint4 x) {
+  uint32_t ow[4] = {o.x, o.y, o.z, o.w};
+  const uint32_t xw[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const __nv_bfloat162 ob = *reinterpret_cast<const __nv_bfloat162 *>(&ow[i]);
+    const __nv_bfloat162 xb = *reinterpret_cast<const __nv_bfloat162 *>(&xw[i]);
+    float r[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const float xv = __bfloat162float(j ? xb.y : xb.x);
+      const float d = 1.0f + expf(-xv), sg = 1.0f / d;
+      const float slope = sg * (1.0f + xv * (1.0f - sg));
+      r[j] = __bfloat162float(j ? ob.y : ob.x) * slope;
+    }
+    __nv_bfloat162 out;
+    out.x = __float2bfloat16(r[0]);
+    out.y = __float2bfloat16(r[1]);
+    ow[i] = *reinterpret_cast<const uint32_t *>(&out);
+  }
+  return make_uint4(ow[0], ow[1], ow[2], ow[3]);
+}
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
@@ -378,6 +403,7 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
   const __nv_bfloat16 *kg = a.k + b * a.in_sb + h * a.in_sh;
   const __nv_bfloat16 *vg = a.v + b * a.in_sb + h * a.in_sh;
   __nv_bfloat16 *og = a.o + b * a.out_sb + h * a.out_sh;
+  const __nv_bfloat16 *osg = a.oscale != nullptr ? a.oscale + b * a.os_sb + h * a.os_sh : nullptr;
   const uint32_t sKV = s_base + Cfg::OFF_KV;
   float *decay = reinterpret_cast<float *>(smem + Cfg::OFF_DECAY); // decay[r] = exp(-s·r)
 
@@ -467,6 +493,20 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
       wgmma_wait<0>();
       fence_regs(oacc);
       fence_regs(pa);
+      // The SiLU' fold's pre-activations for this thread's stores below, all issued before the
+      // first is needed (one latency per block, not one per store).
+      constexpr int kStores = C * DV / 8 / WG_THREADS;
+      uint4 scale[kStores];
+      if (osg != nullptr) {
+#pragma unroll
+        for (int it = 0; it < kStores; ++it) {
+          const int idx = wtid + it * WG_THREADS;
+          const int r = idx / (DV / 8), c = idx % (DV / 8);
+          scale[it] = r < m ? __ldg(reinterpret_cast<const uint4 *>(
+                                  osg + static_cast<long long>(tok0 + r) * a.os_sn + c * 8))
+                            : make_uint4(0, 0, 0, 0);
+        }
+      }
       // O (bf16) -> the Q tile of this block (free: S and Q·KV are done; refilled only after
       // the next BLOCK barrier) -> 16-byte coalesced stores.
 #pragma unroll
@@ -481,11 +521,13 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
       }
       named_bar_sync(BAR_OUT, WG_THREADS);
 #pragma unroll
-      for (int it = 0; it < C * DV / 8 / WG_THREADS; ++it) {
+      for (int it = 0; it < kStores; ++it) {
         const int idx = wtid + it * WG_THREADS;
         const int r = idx / (DV / 8), c = idx % (DV / 8);
         if (r < m) {
-          const uint4 x = ld_shared_v4(sQ + swz_km<C>(r, c));
+          uint4 x = ld_shared_v4(sQ + swz_km<C>(r, c));
+          if (osg != nullptr) // o · SiLU'(oscale), eight at a time
+            x = silu_slope_scale8(x, scale[it]);
           *reinterpret_cast<uint4 *>(og + static_cast<long long>(tok0 + r) * a.out_sn + c * 8) = x;
         }
       }

@@ -25,6 +25,13 @@ template <class T> struct LightningFwdArgsT {
   int num_segs;      // ceil(N / seg_len)
   int piece_len;     // tokens per state piece, divides seg_len, multiple of C
   int pieces_per_bh; // (num_segs - 1) * seg_len / piece_len
+  // Optional (the Hopper main kernel only; nullptr: none): o = φ'(oscale) ⊙ o on the way out,
+  // φ = SiLU, oscale [B, N, H, DV] at these strides (the Lightning backward's dq, dk scaled by
+  // the SiLU's slope at the pre-activation q, k: the separate la_silu_scale pass folded into
+  // the stores, the same per-element arithmetic). Appended last: kernels compiled before it
+  // read the fields above only.
+  const T *oscale;
+  long long os_sb, os_sn, os_sh;
 };
 
 // The segment split (LightningAttentionFwd.cuh, "Sequence segments").

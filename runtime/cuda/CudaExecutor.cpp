@@ -688,6 +688,13 @@ void CudaExecutor::runLightningPass(const Function &f, unsigned index, const sch
   a.num_segs = plan.num_segs;
   a.piece_len = plan.piece_len;
   a.pieces_per_bh = plan.pieces_per_bh;
+  if (p.oscale) {
+    const long long lastScale = p.reversed ? (seq - 1) * p.ldScale * 2 : 0;
+    a.oscale = reinterpret_cast<const uint16_t *>(p.oscale + lastScale);
+    a.os_sn = p.reversed ? -p.ldScale : p.ldScale;
+    a.os_sb = seq * p.ldScale;
+    a.os_sh = kLaHeadDim;
+  }
   const unsigned bh = static_cast<unsigned>(batch * heads);
   bool main = false;
   for (const schema::KernelLaunch *l : *s.launches()) {

@@ -233,7 +233,9 @@ private:
     CUdeviceptr q, k, v, o;
     long long ldIn, ldOut;
     bool reversed;
-    long long outSh = 128; // o's head stride (the LRPE halves: 2 · 128, one half's offset)
+    long long outSh = 128;  // o's head stride (the LRPE halves: 2 · 128, one half's offset)
+    CUdeviceptr oscale = 0; // o ⊙= SiLU'(oscale) in the main kernel's stores (0: none)
+    long long ldScale = 0;  // oscale's row stride (its head stride 128)
   };
   void runLightningPass(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
                         int64_t seq, const LightningPass &pass, const std::string &where);

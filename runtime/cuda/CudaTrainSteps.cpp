@@ -376,8 +376,17 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
         throw Error(where + ": no scratch for the loss's gradient (recompile with this tnlmc)");
       const CUdeviceptr dx = grad ? ptr(y) : lossScratch_;
       const long long lddx = grad ? ld(y) : z->cols();
-      launch("tnlm_cross_entropy_grad", R, 1, ptr(z), ld(z), ptr(in.Get(1)), vocab, ignore,
-             grad ? lossK_ : invCount_, dx, lddx, rowLoss_);
+      if (launchesKernel(artifact_.root(), s, "tnlm_cross_entropy_grad_rows")) {
+        // (from this tnlmc on) at most one CTA per SM looping over the rows, which it takes
+        const unsigned grid = unsigned(std::min<int64_t>(std::max<int64_t>(rows, 1),
+                                                         std::max(1, context_->multiprocessors())));
+        launch("tnlm_cross_entropy_grad_rows", grid, 1, ptr(z), ld(z), ptr(in.Get(1)),
+               static_cast<long long>(rows), vocab, ignore, grad ? lossK_ : invCount_, dx, lddx,
+               rowLoss_);
+      } else {
+        launch("tnlm_cross_entropy_grad", R, 1, ptr(z), ld(z), ptr(in.Get(1)), vocab, ignore,
+               grad ? lossK_ : invCount_, dx, lddx, rowLoss_);
+      }
     }
     const long long n = rows;
     launch("tnlm_loss_total", 1, 1, rowLoss_, n, lossTotal_);
@@ -554,10 +563,18 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
                         vp = base + 2 * D * 2;
       launch("tnlm_la_gate_norm_grad_o16", R, 1, Op, L, ptr(dy), ld(dy), base + 3 * D * 2, L,
              g + 3 * D * 2, ldg, dOp, L, int(D), f32(0));
-      runLightningPass(f, index, s, batch, seq, {dOp, vp, kp, g, L, ldg, false}, where);
-      runLightningPass(f, index, s, batch, seq, {vp, dOp, qp, g + D * 2, L, ldg, true}, where);
+      // φ' = SiLU' at the pre-activation q, k (qkvu's columns [0, 2D)): in dq's and dk's passes'
+      // stores, unless the artifact (an earlier tnlmc) has its own pass for it.
+      const bool fold = silu && !launchesKernel(artifact_.root(), s, "tnlm_la_silu_scale");
+      LightningPass dq{dOp, vp, kp, g, L, ldg, false}, dk{vp, dOp, qp, g + D * 2, L, ldg, true};
+      if (fold) {
+        dq.oscale = base, dq.ldScale = L;
+        dk.oscale = base + D * 2, dk.ldScale = L;
+      }
+      runLightningPass(f, index, s, batch, seq, dq, where);
+      runLightningPass(f, index, s, batch, seq, dk, where);
       runLightningPass(f, index, s, batch, seq, {kp, qp, dOp, g + 2 * D * 2, L, ldg, true}, where);
-      if (silu)
+      if (silu && !fold)
         launch("tnlm_la_silu_scale", R, 1, base, L, g, ldg, int(D));
       return true;
     }

@@ -678,9 +678,10 @@ TEST(BackwardEmbedding, MatchesCpuBitForBit) {
 
 //===-- Cross entropy ---------------------------------------------------------------===//
 
-// rowsKernel: bw::cross_entropy_grad_rows (1,024 threads, a grid of 5 CTAs looping over the
-// rows, as the executor's lm head loss runs it with #SMs; idle CTAs where rows < 5), its
-// loss-only twin at 1,024 threads.
+// rowsKernel: bw::cross_entropy_grad_rows (1,024 threads, a grid of 7 CTAs looping over the
+// rows, as the executor's lm head loss runs it with #SMs; idle CTAs where rows < 7; with every
+// 5th row ignored, a CTA meets an ignored row and then a counted one), its loss-only twin at
+// 1,024 threads.
 template <typename T> void crossEntropyCase(int64_t rows, int64_t vocab, bool rowsKernel = false) {
   const int ignore = -100;
   std::mt19937 rng(61);
@@ -711,7 +712,7 @@ template <typename T> void crossEntropyCase(int64_t rows, int64_t vocab, bool ro
   const std::string kernel =
       std::string(rowsKernel ? "cross_entropy_grad_rows_" : "cross_entropy_grad_") + typeName<T>();
   if (rowsKernel)
-    launch(kernel, {5u}, 1024, dX.ptr(), dX.ld(), dLabels.get(), static_cast<long long>(rows),
+    launch(kernel, {7u}, 1024, dX.ptr(), dX.ld(), dLabels.get(), static_cast<long long>(rows),
            int(vocab), ignore, dK.get(), dG.ptr(), dG.ld(), rowLoss.get());
   else
     launch(kernel, {static_cast<unsigned>(rows)}, 256, dX.ptr(), dX.ld(), dLabels.get(), int(vocab),
@@ -772,6 +773,7 @@ TEST(BackwardCrossEntropy, RowsLoopMatchesCpu) {
   crossEntropyCase<float>(64, 5000, true);
   crossEntropyCase<uint16_t>(16, 64000, true);
   crossEntropyCase<uint16_t>(3, 64000, true); // fewer rows than CTAs
+  crossEntropyCase<float>(37, 1001, true);    // vocab % 4 != 0: the one-logit loops
 }
 
 //===-- The optimizer ---------------------------------------------------------------===//
