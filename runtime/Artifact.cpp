@@ -33,9 +33,11 @@ Artifact Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &sour
   if (!schema::VerifySizePrefixedArtifactBuffer(verifier))
     throw Error(source + ": corrupted artifact (FlatBuffers verification failed)");
   const schema::Artifact *root = schema::GetSizePrefixedArtifact(bytes.data());
-  if (root->format_version() != schema::FormatVersion_Current)
+  if (root->format_version() < schema::FormatVersion_OldestReadable ||
+      root->format_version() > schema::FormatVersion_Current)
     throw Error(source + ": artifact format version " + std::to_string(root->format_version()) +
                 " is not supported by this runtime (expects " +
+                std::to_string(schema::FormatVersion_OldestReadable) + " to " +
                 std::to_string(schema::FormatVersion_Current) + "); recompile it with tnlmc");
   Target target = fromSchema(root->target());
   if (expected && target != *expected)

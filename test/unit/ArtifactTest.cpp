@@ -86,9 +86,19 @@ TEST(Artifact, OtherFormatVersionIsRefused) {
     tnlm::Artifact::fromBytes(minimalArtifact(3, sc::Target_CPU), "v3.tnlm", tnlm::Target::Cpu);
   });
   EXPECT_NE(e.find("v3.tnlm: artifact format version 3 is not supported by this runtime "
-                   "(expects 4); recompile it with tnlmc"),
+                   "(expects 4 to 5); recompile it with tnlmc"),
             std::string::npos)
       << e;
+  // Version 4 (before the Lightning kernels' SiLU' fold) passes the version check (this
+  // minimal one then fails the structure's, as version 5's does).
+  e = errorOf([] {
+    tnlm::Artifact::fromBytes(minimalArtifact(4, sc::Target_CPU), "v4.tnlm", tnlm::Target::Cpu);
+  });
+  EXPECT_EQ(e.find("format version"), std::string::npos) << e;
+  EXPECT_EQ(e, errorOf([] {
+              tnlm::Artifact::fromBytes(minimalArtifact(5, sc::Target_CPU), "v4.tnlm",
+                                        tnlm::Target::Cpu);
+            }));
 }
 
 TEST(Artifact, TruncatedAndCorruptedAreRefused) {
