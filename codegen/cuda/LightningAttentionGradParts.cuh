@@ -35,7 +35,8 @@ __device__ __forceinline__ void silu_both(float x, float &value, float &slope) {
 // Four bf16 (8 bytes) at a time: the row kernels below take this path where every row they
 // touch starts 8-byte aligned and D is a multiple of 4 (the same value per element, the same
 // per-element arithmetic as the one-element path; only the order of the per-row f64 sums
-// changes), else one element per thread and step.
+// changes; la_gate_norm_grad2's du, dO and x̂ ⊙ g in f32 there), else one element per thread
+// and step.
 template <typename T> struct IsBf16 { static constexpr bool value = false; };
 template <> struct IsBf16<bf16> { static constexpr bool value = true; };
 struct __align__(8) Bf16x4 {
@@ -135,7 +136,8 @@ template <int BLOCK> __device__ __forceinline__ double cta_sum_f64(double v, dou
 
 // The gate and the cross-head norm's backward for one row: O (TO: the forward's output before
 // them), dy (TDY), u = qkvu's 4th part; du (TG) and dO (bf16, the attention core's input).
-// rstd as the forward's epilogue from Σ O² (f64), the mean of x̂ ⊙ g in f64, as the CPU.
+// rstd as the forward's epilogue from Σ O² (f64), the mean of x̂ ⊙ g in f64, as the CPU (on
+// the four-at-a-time path: the per-element products and each thread's sum in f32).
 // O2 (optional, same stride): the LRPE layer's second pass; the norm's input is O + O2 (f32
 // sum of the two, as the forward's epilogue).
 template <int BLOCK, typename TO, typename TDY, typename TG>
@@ -168,26 +170,29 @@ __device__ __forceinline__ void la_gate_norm_grad2(const TO *O, const TO *O2, lo
     }
     const double meanSq4 = cta_sum_f64<BLOCK>(ss4, red) / static_cast<double>(D);
     const float rstd4 = static_cast<float>(1.0 / sqrt(meanSq4 + static_cast<double>(eps)));
-    double dot4 = 0.0;
+    // The per-element work in f32 (each thread's four products summed in f32, the threads'
+    // sums in f64): the f64 path converted each element about seven times, at 16 conversions
+    // per SM and clock; dO is bf16, so f32 (2^-24) loses nothing that matters.
+    float dot4 = 0.0f;
     for (int c = threadIdx.x * 4; c < D; c += BLOCK * 4) {
       const Bf16x4 x = load4(Ob + c), g = load4(dyb + c), uu = load4(ur + c);
       Bf16x4 d;
       for (int j = 0; j < 4; ++j) {
         const float xhat = __bfloat162float(x.v[j]) * rstd4, gj = __bfloat162float(g.v[j]);
         d.v[j] = __float2bfloat16(gj * xhat);
-        dot4 += static_cast<double>(xhat) * (static_cast<double>(gj) * __bfloat162float(uu.v[j]));
+        dot4 = fmaf(xhat, gj * __bfloat162float(uu.v[j]), dot4);
       }
       store4(dub + c, d);
     }
-    const double mean4 = cta_sum_f64<BLOCK>(dot4, red) / static_cast<double>(D);
+    const float mean4 = static_cast<float>(cta_sum_f64<BLOCK>(static_cast<double>(dot4), red) /
+                                           static_cast<double>(D));
     for (int c = threadIdx.x * 4; c < D; c += BLOCK * 4) {
       const Bf16x4 x = load4(Ob + c), g = load4(dyb + c), uu = load4(ur + c);
       Bf16x4 o4;
       for (int j = 0; j < 4; ++j) {
-        const double xhat = __bfloat162float(x.v[j]) * rstd4;
-        const double gj = static_cast<double>(__bfloat162float(g.v[j])) * __bfloat162float(uu.v[j]);
-        o4.v[j] =
-            __float2bfloat16(static_cast<float>(static_cast<double>(rstd4) * (gj - xhat * mean4)));
+        const float xhat = __bfloat162float(x.v[j]) * rstd4;
+        const float gj = __bfloat162float(g.v[j]) * __bfloat162float(uu.v[j]);
+        o4.v[j] = __float2bfloat16(rstd4 * (gj - xhat * mean4));
       }
       store4(dOr + c, o4);
     }
