@@ -72,10 +72,13 @@ constexpr int64_t kGemvMaxRows = 4, kGemvBlock = 256;
 constexpr int64_t kGemvStages = 8;
 
 // Threads per row for the row-wise kernels: whole warps, about 4 columns per thread, at most
-// 256 (a function of the columns only, so identical layers share one kernel).
+// 256 (a function of the columns only, so identical layers share one kernel). The columns per
+// thread are TNLM_ROW_COLS_PER_THREAD where set when tnlmc runs (2, 4, 8 or 16; for
+// comparisons: more rows per SM in flight at 8), checked by emitCudaProgram.
+int64_t rowColsPerThread = 4;
 int64_t rowBlock(int64_t cols) {
   int64_t block = 32;
-  while (block < 256 && block * 4 < cols)
+  while (block < 256 && block * rowColsPerThread < cols)
     block *= 2;
   return block;
 }
@@ -1122,6 +1125,15 @@ FailureOr<CudaProgram> emitCudaProgram(const KernelPlan &plan, Location loc) {
 }
 
 FailureOr<CudaProgram> emitCudaProgram(const std::vector<KernelPlan> &plans, Location loc) {
+  rowColsPerThread = 4;
+  if (const char *v = std::getenv("TNLM_ROW_COLS_PER_THREAD"); v && *v) {
+    const std::string s(v);
+    if (s != "2" && s != "4" && s != "8" && s != "16")
+      return emitError(loc) << "TNLM_ROW_COLS_PER_THREAD=" << s
+                            << ": expected 2, 4 (the default), 8 or 16 columns per thread of the "
+                               "row-wise kernels";
+    rowColsPerThread = std::stoi(s);
+  }
   return Emitter(plans, loc).run();
 }
 
