@@ -53,7 +53,7 @@ namespace tnlm::cuda {
   X(cublasLtMatmulDescSetAttribute) X(cublasLtMatrixLayoutCreate)                              \
   X(cublasLtMatrixLayoutDestroy) X(cublasLtMatmulPreferenceCreate)                             \
   X(cublasLtMatmulPreferenceDestroy) X(cublasLtMatmulPreferenceSetAttribute)                   \
-  X(cublasLtMatmulAlgoGetHeuristic) X(cublasLtMatmul)
+  X(cublasLtMatmulAlgoGetHeuristic) X(cublasLtMatmul) X(cublasLtGetVersion)
 // clang-format on
 
 #define TNLM_CUDA_DECLARE_SYMBOL(fn) decltype(&::fn) fn = nullptr;

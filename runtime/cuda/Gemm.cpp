@@ -3,9 +3,13 @@
 
 #include "runtime/Error.h"
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <vector>
 
 namespace tnlm::cuda {
@@ -60,7 +64,101 @@ struct Gemm::Plan {
 Gemm::Gemm(const Context &context, size_t workspaceBytes)
     : context_(context), workspace_(workspaceBytes, "the cuBLASLt workspace") {
   tune_ = tuningFromEnvironment();
+  if (const char *cache = std::getenv("TNLM_GEMM_TUNE_CACHE"))
+    cachePath_ = cache;
   TNLM_CUBLASLT(cublasLtCreate, (&handle_), "creating the cuBLASLt handle");
+}
+
+void Gemm::setTuneCache(const std::string &path) {
+  cachePath_ = path;
+  cacheLoaded_ = false;
+  cache_ = TuneCache{};
+}
+
+std::string Gemm::fingerprint() const {
+  return "cuBLASLt " + std::to_string(cublasLt().cublasLtGetVersion()) + " on " +
+         context_.deviceName() + " (" + std::to_string(context_.multiprocessors()) +
+         " SMs), workspace " + std::to_string(workspace_.size()) + " bytes";
+}
+
+Gemm::TuneCache Gemm::parseTuneCache(const std::string &text, const std::string &source) {
+  const std::string what = source + ": not a GEMM tuning cache (TNLM_GEMM_TUNE_CACHE): ";
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception &e) {
+    throw Error(what + "not JSON (" + e.what() + ")");
+  }
+  if (!j.is_object() || !j.contains("fingerprint") || !j["fingerprint"].is_string() ||
+      !j.contains("plans") || !j["plans"].is_array())
+    throw Error(what + "expected {\"fingerprint\": string, \"plans\": [...]}");
+  TuneCache cache;
+  cache.fingerprint = j["fingerprint"].get<std::string>();
+  size_t i = 0;
+  for (const nlohmann::json &p : j["plans"]) {
+    const std::string at = what + "plan " + std::to_string(i++) + ": ";
+    if (!p.is_object() || !p.contains("key") || !p["key"].is_array() ||
+        p["key"].size() != size_t(kKeyFields) || !p.contains("index") ||
+        !p["index"].is_number_integer())
+      throw Error(at + "expected {\"key\": [" + std::to_string(kKeyFields) +
+                  " integers], \"index\": integer}");
+    std::vector<int64_t> key;
+    for (const nlohmann::json &v : p["key"]) {
+      if (!v.is_number_integer())
+        throw Error(at + "a key field is not an integer");
+      key.push_back(v.get<int64_t>());
+    }
+    const int64_t index = p["index"].get<int64_t>();
+    if (index < 0 || index >= kTuneCandidates)
+      throw Error(at + "index " + std::to_string(index) + " is outside [0, " +
+                  std::to_string(kTuneCandidates) + ")");
+    if (!cache.choices.emplace(std::move(key), int(index)).second)
+      throw Error(at + "the same key twice");
+  }
+  return cache;
+}
+
+std::string Gemm::formatTuneCache(const TuneCache &cache) {
+  nlohmann::json plans = nlohmann::json::array();
+  for (const auto &[key, index] : cache.choices)
+    plans.push_back({{"key", key}, {"index", index}});
+  nlohmann::json j = {{"fingerprint", cache.fingerprint}, {"plans", plans}};
+  return j.dump(1) + "\n";
+}
+
+void Gemm::loadTuneCache() {
+  cacheLoaded_ = true;
+  cache_ = TuneCache{};
+  std::ifstream in(cachePath_, std::ios::binary);
+  if (!in)
+    return; // no file yet: an empty cache (written when a plan is tuned)
+  std::ostringstream text;
+  text << in.rdbuf();
+  TuneCache read = parseTuneCache(text.str(), cachePath_);
+  if (read.fingerprint != fingerprint()) {
+    std::fprintf(stderr,
+                 "gemm tune: %s was made for %s, this is %s: its %zu plans are not used (the "
+                 "file is rewritten as plans are tuned)\n",
+                 cachePath_.c_str(), read.fingerprint.c_str(), fingerprint().c_str(),
+                 read.choices.size());
+    return;
+  }
+  cache_ = std::move(read);
+}
+
+void Gemm::saveTuneCache() const {
+  const std::string tmp = cachePath_ + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << formatTuneCache(cache_);
+    out.close();
+    if (!out)
+      throw Error(cachePath_ + ": cannot write the GEMM tuning cache (TNLM_GEMM_TUNE_CACHE) at " +
+                  tmp);
+  }
+  if (std::rename(tmp.c_str(), cachePath_.c_str()) != 0)
+    throw Error(cachePath_ + ": cannot replace the GEMM tuning cache (TNLM_GEMM_TUNE_CACHE) with " +
+                tmp);
 }
 
 int Gemm::tuningFromEnvironment() {
@@ -143,9 +241,16 @@ Gemm::Plan &Gemm::plan(const Key &key, std::string_view context, const Call &cal
                   (plan->preference, attribute, &value, sizeof value), where);
   }
 
+  // The tuning cache's choice for this key, if it has one.
+  const std::vector<int64_t> cacheKey = {formCode, typeCode, rows,   in,     out,   ldx,
+                                         ldw,      ldy,      alignA, alignB, alignD};
+  if (!cachePath_.empty() && !cacheLoaded_)
+    loadTuneCache();
+  const auto hit = cachePath_.empty() ? cache_.choices.end() : cache_.choices.find(cacheKey);
+  const bool inCache = hit != cache_.choices.end();
   cublasLtMatmulHeuristicResult_t results[kTuneCandidates] = {};
   int found = 0;
-  const int wanted = tune_ ? kTuneCandidates : 1;
+  const int wanted = tune_ || inCache ? kTuneCandidates : 1;
   TNLM_CUBLASLT(cublasLtMatmulAlgoGetHeuristic,
                 (handle_, plan->desc, plan->w, plan->x, plan->y, plan->y, plan->preference, wanted,
                  results, &found),
@@ -156,19 +261,30 @@ Gemm::Plan &Gemm::plan(const Key &key, std::string_view context, const Call &cal
                 std::to_string(alignD) + " bytes)");
   plan->algo = results[0].algo;
   plan->workspace = results[0].workspaceSize;
-  if (tune_ && found > 1)
-    tune(*plan, key, where, call, results, found);
+  if (inCache && hit->second < found && results[hit->second].state == CUBLAS_STATUS_SUCCESS &&
+      results[hit->second].workspaceSize <= workspace_.size()) {
+    plan->algo = results[hit->second].algo;
+    plan->workspace = results[hit->second].workspaceSize;
+    ++cachedPlans_;
+  } else if (tune_ && found > 1) {
+    const int chosen = tune(*plan, key, where, call, results, found);
+    if (chosen >= 0 && !cachePath_.empty()) {
+      cache_.fingerprint = fingerprint();
+      cache_.choices[cacheKey] = chosen;
+      saveTuneCache();
+    }
+  }
   return *plans_.emplace(key, std::move(plan)).first->second;
 }
 
-void Gemm::tune(Plan &plan, const Key &key, const std::string &where, const Call &call,
-                const cublasLtMatmulHeuristicResult_t *results, int found) {
+int Gemm::tune(Plan &plan, const Key &key, const std::string &where, const Call &call,
+               const cublasLtMatmulHeuristicResult_t *results, int found) {
   const DriverApi &driver = cuda::driver();
   const CublasLtApi &api = cublasLt();
   CUstreamCaptureStatus capturing = CU_STREAM_CAPTURE_STATUS_NONE;
   TNLM_CU(cuStreamIsCapturing, (context_.stream(), &capturing), where);
   if (capturing != CU_STREAM_CAPTURE_STATUS_NONE)
-    return; // nothing may be timed (or allocated) while a graph is being captured
+    return -1; // nothing may be timed (or allocated) while a graph is being captured
   // Where D is also C (beta != 0, e.g. gradients accumulated into), the candidates write a
   // scratch output of D's extent instead, so D keeps its value for the call itself.
   const auto [formCode, typeCode, rows, in, out, ldx, ldw, ldy, alignA, alignB, alignD] = key;
@@ -186,16 +302,16 @@ void Gemm::tune(Plan &plan, const Key &key, const std::string &where, const Call
       if (tune_ > 1)
         std::fprintf(stderr, "gemm tune: %s: no memory for a scratch output, heuristic kept\n",
                      where.c_str());
-      return;
+      return -1;
     }
     d = scratch.get();
   }
   CUevent start = nullptr, stop = nullptr;
   if (driver.cuEventCreate(&start, CU_EVENT_DEFAULT) != CUDA_SUCCESS)
-    return; // no timing: the heuristic's choice stays
+    return -1; // no timing: the heuristic's choice stays
   if (driver.cuEventCreate(&stop, CU_EVENT_DEFAULT) != CUDA_SUCCESS) {
     driver.cuEventDestroy(start);
-    return;
+    return -1;
   }
   const float beta = 0.0f; // the scratch or in-place output is not read
   auto runOnce = [&](int i) {
@@ -236,13 +352,13 @@ void Gemm::tune(Plan &plan, const Key &key, const std::string &where, const Call
   if (scratch.get())
     context_.synchronize(where + ": the GEMM tuning");
   if (failed)
-    return;
+    return -1;
   int best = -1;
   for (int i = 0; i < found; ++i)
     if (times[size_t(i)] >= 0.0f && (best < 0 || times[size_t(i)] < times[size_t(best)]))
       best = i;
   if (best < 0)
-    return;
+    return -1;
   ++timedPlans_;
   // Keep the heuristic's choice unless another is faster by more than timing noise (1 %).
   if (best != 0 && times[0] >= 0.0f && times[size_t(best)] > 0.99f * times[0])
@@ -264,6 +380,7 @@ void Gemm::tune(Plan &plan, const Key &key, const std::string &where, const Call
     }
     std::fprintf(stderr, "%s\n", line.c_str());
   }
+  return best;
 }
 
 void Gemm::linear(GemmType type, const GemmShape &shape, CUdeviceptr x, CUdeviceptr w,

@@ -23,6 +23,10 @@
 // not fit in the GPU's memory, or the stream is being captured, the heuristic's first choice
 // is kept. TNLM_GEMM_TUNE=2 also prints each plan's times to stderr. Off by default: the choice
 // depends on timings, so two runs may pick different algorithms (whose sums round differently).
+// TNLM_GEMM_TUNE_CACHE=FILE (or setTuneCache) makes the choices repeatable: a plan found in FILE
+// takes the algorithm recorded there (its index in the heuristic's list, no timing), and each
+// plan tuned writes its choice to FILE, so a later run with the same FILE (a resumed training
+// run) computes with the same algorithms.
 //
 //===----------------------------------------------------------------------===//
 #ifndef TNLM_RUNTIME_CUDA_GEMM_H
@@ -33,8 +37,10 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <tuple>
+#include <vector>
 
 namespace tnlm::cuda {
 
@@ -93,6 +99,27 @@ public:
   /// the heuristic's first was faster.
   int timedPlans() const { return timedPlans_; }
   int changedPlans() const { return changedPlans_; }
+  /// Plans whose algorithm came from the tuning cache.
+  int cachedPlans() const { return cachedPlans_; }
+
+  /// The tuning cache (TNLM_GEMM_TUNE_CACHE, read by the constructor; "" = none). Its file is
+  /// read on the first plan made after this: a missing file is an empty cache, one made for
+  /// another GPU, cuBLASLt or workspace size is set aside (a note on stderr; rewritten when a
+  /// plan is tuned), a malformed one throws naming it. Written (whole, through a temporary file
+  /// renamed over it) each time a plan is tuned.
+  void setTuneCache(const std::string &path);
+  const std::string &tuneCache() const { return cachePath_; }
+  /// The file's contents: for which GPU, cuBLASLt and workspace ("fingerprint"), and per plan
+  /// key (kKeyFields integers) the candidate index chosen (0 <= index < kTuneCandidates).
+  static constexpr int kKeyFields = 11;
+  struct TuneCache {
+    std::string fingerprint;
+    std::map<std::vector<int64_t>, int> choices;
+  };
+  /// JSON text <-> TuneCache; parse throws tnlm::Error naming `source` and what is wrong.
+  /// Need no GPU.
+  static TuneCache parseTuneCache(const std::string &text, const std::string &source);
+  static std::string formatTuneCache(const TuneCache &cache);
 
 private:
   struct Plan;
@@ -107,8 +134,13 @@ private:
     float alpha, beta;
   };
   Plan &plan(const Key &key, std::string_view context, const Call &call);
-  void tune(Plan &plan, const Key &key, const std::string &where, const Call &call,
-            const cublasLtMatmulHeuristicResult_t *results, int found);
+  /// Times the candidates and keeps the fastest in `plan`: its index, or -1 where none was
+  /// timed (the heuristic's first kept).
+  int tune(Plan &plan, const Key &key, const std::string &where, const Call &call,
+           const cublasLtMatmulHeuristicResult_t *results, int found);
+  std::string fingerprint() const;
+  void loadTuneCache();
+  void saveTuneCache() const;
   void run(Form form, GemmType type, const GemmShape &shape, CUdeviceptr a, CUdeviceptr b,
            CUdeviceptr d, std::string_view context, float alpha, float beta);
 
@@ -117,7 +149,10 @@ private:
   DeviceBuffer workspace_;
   std::map<Key, std::unique_ptr<Plan>> plans_;
   int tune_ = 0;
-  int timedPlans_ = 0, changedPlans_ = 0;
+  int timedPlans_ = 0, changedPlans_ = 0, cachedPlans_ = 0;
+  std::string cachePath_;
+  bool cacheLoaded_ = false;
+  TuneCache cache_;
 };
 
 } // namespace tnlm::cuda

@@ -164,6 +164,38 @@ TEST(GemmStacking, TheEnvironmentVariableIsChecked) {
     unsetenv("TNLM_GEMM_STACK");
 }
 
+// The GEMM tuning cache's file (TNLM_GEMM_TUNE_CACHE): written and read back the same; bad files
+// are refused naming the file and what is wrong (no GPU needed).
+TEST(GemmTuneCache, FileRoundTripsAndBadFilesAreRefused) {
+  Gemm::TuneCache cache;
+  cache.fingerprint = "cuBLASLt 130000 on NVIDIA H200 (132 SMs), workspace 33554432 bytes";
+  cache.choices[{0, 0, 8192, 1024, 4096, 1024, 1024, 4096, 256, 256, 256}] = 4;
+  cache.choices[{2, 2, 8192, 1024, 1024, 1024, 1024, 1024, 256, 256, 16}] = 0;
+  const Gemm::TuneCache back = Gemm::parseTuneCache(Gemm::formatTuneCache(cache), "c.json");
+  EXPECT_EQ(back.fingerprint, cache.fingerprint);
+  EXPECT_EQ(back.choices, cache.choices);
+  auto refused = [](const std::string &text) {
+    try {
+      Gemm::parseTuneCache(text, "c.json");
+    } catch (const Error &e) {
+      return std::string(e.what());
+    }
+    return std::string("<taken>");
+  };
+  const std::string head = "c.json: not a GEMM tuning cache (TNLM_GEMM_TUNE_CACHE): ";
+  EXPECT_EQ(refused("{oops").rfind(head + "not JSON", 0), 0u) << refused("{oops");
+  EXPECT_EQ(refused("[]").rfind(head + "expected {", 0), 0u) << refused("[]");
+  EXPECT_EQ(refused(R"({"fingerprint": "f", "plans": [{"key": [1, 2], "index": 0}]})")
+                .rfind(head + "plan 0: expected {\"key\": [11 integers]", 0),
+            0u);
+  const std::string key = "[0, 0, 1, 1, 1, 1, 1, 1, 16, 16, 16]";
+  EXPECT_EQ(refused(R"({"fingerprint": "f", "plans": [{"key": )" + key + R"(, "index": 8}]})"),
+            head + "plan 0: index 8 is outside [0, 8)");
+  EXPECT_EQ(refused(R"({"fingerprint": "f", "plans": [{"key": )" + key + R"(, "index": 1}, )" +
+                    R"({"key": )" + key + R"(, "index": 2}]})"),
+            head + "plan 1: the same key twice");
+}
+
 // TNLM_GRAD_FIRST_WRITE: unset, empty or 1 leaves the gradients' zeroing to the next train
 // step's first writes, 0 has the optimizer step zero them, anything else is refused naming the
 // variable (no GPU needed).

@@ -21,8 +21,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <random>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -258,6 +261,68 @@ TEST(GemmTuning, TimesOnceAndNotWhileCapturing) {
   EXPECT_EQ(a, b);
   std::printf("2048 x 1024 x 4096: the heuristic's first %s\n",
               tuned.changedPlans() ? "was not the fastest" : "was kept");
+}
+
+// TNLM_GEMM_TUNE_CACHE: a tuned plan's choice goes to the file; another Gemm with the file takes
+// it without timing and computes the same bits; a file made for another GPU (fingerprint) is
+// set aside and rewritten.
+TEST(GemmTuning, CacheMakesTheChoiceRepeatable) {
+  const int64_t rows = 2048, in = 1024, out = 4096;
+  Arena arena(size_t(rows * in + out * in + 2 * rows * out) * 2 + 4 * Arena::kAlignment,
+              "the GEMM cache arena");
+  CUdeviceptr x = arena.allocate(size_t(rows * in) * 2, "x");
+  CUdeviceptr w = arena.allocate(size_t(out * in) * 2, "W");
+  CUdeviceptr y = arena.allocate(size_t(rows * out) * 2, "y");
+  CUdeviceptr y2 = arena.allocate(size_t(rows * out) * 2, "y2");
+  std::mt19937 rng(6);
+  const std::vector<uint16_t> xs = randomBf16(size_t(rows * in), rng);
+  const std::vector<uint16_t> ws = randomBf16(size_t(out * in), rng);
+  gpu().copyToDevice(x, xs.data(), xs.size() * 2);
+  gpu().copyToDevice(w, ws.data(), ws.size() * 2);
+  const std::string path = ::testing::TempDir() + "tnlm-gemm-tune-cache.json";
+  std::remove(path.c_str());
+  auto readFile = [&] {
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream text;
+    text << in.rdbuf();
+    return text.str();
+  };
+  {
+    Gemm first(gpu());
+    first.setTuning(1);
+    first.setTuneCache(path);
+    first.linear(GemmType::Bf16, {rows, in, out}, x, w, y, "cache test");
+    EXPECT_EQ(first.timedPlans(), 1);
+    EXPECT_EQ(first.cachedPlans(), 0);
+  }
+  const Gemm::TuneCache written = Gemm::parseTuneCache(readFile(), path);
+  EXPECT_EQ(written.choices.size(), 1u);
+  EXPECT_NE(written.fingerprint.find(gpu().deviceName()), std::string::npos) << written.fingerprint;
+  {
+    Gemm second(gpu());
+    second.setTuning(1);
+    second.setTuneCache(path);
+    second.linear(GemmType::Bf16, {rows, in, out}, x, w, y2, "cache test");
+    EXPECT_EQ(second.timedPlans(), 0) << "a plan in the cache was timed";
+    EXPECT_EQ(second.cachedPlans(), 1);
+  }
+  std::vector<uint16_t> a(size_t(rows * out)), b(a.size());
+  gpu().copyToHost(a.data(), y, a.size() * 2);
+  gpu().copyToHost(b.data(), y2, b.size() * 2);
+  EXPECT_EQ(a, b) << "the cached algorithm computed other bits";
+  {
+    Gemm::TuneCache other = written;
+    other.fingerprint = "cuBLASLt 1 on another GPU";
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << Gemm::formatTuneCache(other);
+    Gemm third(gpu());
+    third.setTuning(1);
+    third.setTuneCache(path);
+    third.linear(GemmType::Bf16, {rows, in, out}, x, w, y2, "cache test");
+    EXPECT_EQ(third.cachedPlans(), 0) << "a cache of another GPU was used";
+    EXPECT_EQ(third.timedPlans(), 1);
+    EXPECT_EQ(Gemm::parseTuneCache(readFile(), path).fingerprint, written.fingerprint);
+  }
+  std::remove(path.c_str());
 }
 
 TEST(GemmGraph, CapturedGemmReplaysBitForBit) {
