@@ -722,6 +722,10 @@ private:
                                  "[:, {3}:{4}]",
                                  d, s.f32Attrs[0], 2 * d, 3 * d, 4 * d)
                        .str());
+      // TNLM_LA_FOLD_SILU=0 (when tnlmc runs, for comparisons): SiLU' as a pass of its own, as
+      // before the fold (the executor then does not fold).
+      if (const char *fold = std::getenv("TNLM_LA_FOLD_SILU"); fold && std::string(fold) == "0")
+        siluScale();
       return success();
     }
     if (!lrpe && s.inputs.size() == 3)
