@@ -8,9 +8,12 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <vector>
+
+#include <unistd.h>
 
 namespace tnlm::cuda {
 namespace {
@@ -72,6 +75,7 @@ Gemm::Gemm(const Context &context, size_t workspaceBytes)
 void Gemm::setTuneCache(const std::string &path) {
   cachePath_ = path;
   cacheLoaded_ = false;
+  cacheWritable_ = true;
   cache_ = TuneCache{};
 }
 
@@ -127,18 +131,30 @@ std::string Gemm::formatTuneCache(const TuneCache &cache) {
 }
 
 void Gemm::loadTuneCache() {
-  cacheLoaded_ = true;
   cache_ = TuneCache{};
+  std::error_code error;
+  if (!std::filesystem::exists(cachePath_, error)) {
+    if (error)
+      throw Error(cachePath_ + ": cannot look at the GEMM tuning cache (TNLM_GEMM_TUNE_CACHE): " +
+                  error.message());
+    cacheLoaded_ = true; // no file yet: an empty cache (written when a plan is tuned)
+    return;
+  }
   std::ifstream in(cachePath_, std::ios::binary);
   if (!in)
-    return; // no file yet: an empty cache (written when a plan is tuned)
+    throw Error(cachePath_ + ": cannot read the GEMM tuning cache (TNLM_GEMM_TUNE_CACHE)");
   std::ostringstream text;
   text << in.rdbuf();
-  TuneCache read = parseTuneCache(text.str(), cachePath_);
+  // An empty file (made by touch or mktemp) is an empty cache; anything else must parse
+  // (a malformed file is refused each time, never overwritten).
+  TuneCache read = text.str().find_first_not_of(" \t\r\n") == std::string::npos
+                       ? TuneCache{fingerprint(), {}}
+                       : parseTuneCache(text.str(), cachePath_);
+  cacheLoaded_ = true;
   if (read.fingerprint != fingerprint()) {
     std::fprintf(stderr,
                  "gemm tune: %s was made for %s, this is %s: its %zu plans are not used (the "
-                 "file is rewritten as plans are tuned)\n",
+                 "file is rewritten, without them, as plans are tuned)\n",
                  cachePath_.c_str(), read.fingerprint.c_str(), fingerprint().c_str(),
                  read.choices.size());
     return;
@@ -146,19 +162,30 @@ void Gemm::loadTuneCache() {
   cache_ = std::move(read);
 }
 
-void Gemm::saveTuneCache() const {
-  const std::string tmp = cachePath_ + ".tmp";
+void Gemm::saveTuneCache() {
+  if (!cacheWritable_)
+    return;
+  // A name of this process's own beside FILE, renamed over it once written whole.
+  const std::string tmp = cachePath_ + "." + std::to_string(getpid()) + ".tmp";
+  std::string problem;
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     out << formatTuneCache(cache_);
     out.close();
     if (!out)
-      throw Error(cachePath_ + ": cannot write the GEMM tuning cache (TNLM_GEMM_TUNE_CACHE) at " +
-                  tmp);
+      problem = "cannot write " + tmp;
   }
-  if (std::rename(tmp.c_str(), cachePath_.c_str()) != 0)
-    throw Error(cachePath_ + ": cannot replace the GEMM tuning cache (TNLM_GEMM_TUNE_CACHE) with " +
-                tmp);
+  if (problem.empty() && std::rename(tmp.c_str(), cachePath_.c_str()) != 0)
+    problem = "cannot rename " + tmp + " over it";
+  if (problem.empty())
+    return;
+  // Best effort: the run goes on with its tuned plans, the choices are just not recorded.
+  std::remove(tmp.c_str());
+  cacheWritable_ = false;
+  std::fprintf(stderr,
+               "gemm tune: %s: %s; the GEMM tuning cache (TNLM_GEMM_TUNE_CACHE) is not written "
+               "in this run\n",
+               cachePath_.c_str(), problem.c_str());
 }
 
 int Gemm::tuningFromEnvironment() {
@@ -261,8 +288,16 @@ Gemm::Plan &Gemm::plan(const Key &key, std::string_view context, const Call &cal
                 std::to_string(alignD) + " bytes)");
   plan->algo = results[0].algo;
   plan->workspace = results[0].workspaceSize;
-  if (inCache && hit->second < found && results[hit->second].state == CUBLAS_STATUS_SUCCESS &&
-      results[hit->second].workspaceSize <= workspace_.size()) {
+  const bool usable = inCache && hit->second < found &&
+                      results[hit->second].state == CUBLAS_STATUS_SUCCESS &&
+                      results[hit->second].workspaceSize <= workspace_.size();
+  if (inCache && !usable)
+    std::fprintf(stderr,
+                 "gemm tune: %s: %s: the cached algorithm #%d is not among cuBLASLt's %d "
+                 "candidates here (%s)\n",
+                 cachePath_.c_str(), where.c_str(), hit->second, found,
+                 tune_ ? "tuned again" : "its first taken");
+  if (usable) {
     plan->algo = results[hit->second].algo;
     plan->workspace = results[hit->second].workspaceSize;
     ++cachedPlans_;

@@ -103,10 +103,12 @@ public:
   int cachedPlans() const { return cachedPlans_; }
 
   /// The tuning cache (TNLM_GEMM_TUNE_CACHE, read by the constructor; "" = none). Its file is
-  /// read on the first plan made after this: a missing file is an empty cache, one made for
-  /// another GPU, cuBLASLt or workspace size is set aside (a note on stderr; rewritten when a
-  /// plan is tuned), a malformed one throws naming it. Written (whole, through a temporary file
-  /// renamed over it) each time a plan is tuned.
+  /// read on the first plan made after this: a missing or empty file is an empty cache, one
+  /// made for another GPU, cuBLASLt or workspace size is not used (a note on stderr; rewritten
+  /// without its entries when a plan is tuned), an unreadable or malformed one throws naming it
+  /// (each time). Written (whole, through a temporary file of this process renamed over it)
+  /// each time a plan is tuned; where that fails, a note on stderr and no more writes (the run
+  /// goes on).
   void setTuneCache(const std::string &path);
   const std::string &tuneCache() const { return cachePath_; }
   /// The file's contents: for which GPU, cuBLASLt and workspace ("fingerprint"), and per plan
@@ -140,7 +142,7 @@ private:
            const cublasLtMatmulHeuristicResult_t *results, int found);
   std::string fingerprint() const;
   void loadTuneCache();
-  void saveTuneCache() const;
+  void saveTuneCache();
   void run(Form form, GemmType type, const GemmShape &shape, CUdeviceptr a, CUdeviceptr b,
            CUdeviceptr d, std::string_view context, float alpha, float beta);
 
@@ -151,7 +153,7 @@ private:
   int tune_ = 0;
   int timedPlans_ = 0, changedPlans_ = 0, cachedPlans_ = 0;
   std::string cachePath_;
-  bool cacheLoaded_ = false;
+  bool cacheLoaded_ = false, cacheWritable_ = true;
   TuneCache cache_;
 };
 

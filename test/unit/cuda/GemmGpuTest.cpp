@@ -287,6 +287,7 @@ TEST(GemmTuning, CacheMakesTheChoiceRepeatable) {
     text << in.rdbuf();
     return text.str();
   };
+  bool firstChanged = false;
   {
     Gemm first(gpu());
     first.setTuning(1);
@@ -294,10 +295,13 @@ TEST(GemmTuning, CacheMakesTheChoiceRepeatable) {
     first.linear(GemmType::Bf16, {rows, in, out}, x, w, y, "cache test");
     EXPECT_EQ(first.timedPlans(), 1);
     EXPECT_EQ(first.cachedPlans(), 0);
+    firstChanged = first.changedPlans() != 0;
   }
   const Gemm::TuneCache written = Gemm::parseTuneCache(readFile(), path);
-  EXPECT_EQ(written.choices.size(), 1u);
+  ASSERT_EQ(written.choices.size(), 1u);
   EXPECT_NE(written.fingerprint.find(gpu().deviceName()), std::string::npos) << written.fingerprint;
+  // The recorded index is the algorithm kept (0 where the heuristic's first stayed).
+  EXPECT_EQ(written.choices.begin()->second != 0, firstChanged);
   {
     Gemm second(gpu());
     second.setTuning(1);
@@ -321,6 +325,40 @@ TEST(GemmTuning, CacheMakesTheChoiceRepeatable) {
     EXPECT_EQ(third.cachedPlans(), 0) << "a cache of another GPU was used";
     EXPECT_EQ(third.timedPlans(), 1);
     EXPECT_EQ(Gemm::parseTuneCache(readFile(), path).fingerprint, written.fingerprint);
+  }
+  // A malformed file is refused (naming it) on every plan, never overwritten; an empty one is
+  // an empty cache; one that cannot be written leaves the run going (a note, no record).
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << "{oops";
+  {
+    Gemm bad(gpu());
+    bad.setTuning(1);
+    bad.setTuneCache(path);
+    for (int call = 0; call < 2; ++call) {
+      try {
+        bad.linear(GemmType::Bf16, {rows, in, out}, x, w, y2, "cache test");
+        ADD_FAILURE() << "a malformed cache was taken (call " << call << ")";
+      } catch (const Error &e) {
+        EXPECT_NE(std::string(e.what()).find(path + ": not a GEMM tuning cache"), std::string::npos)
+            << e.what();
+      }
+    }
+    EXPECT_EQ(readFile(), "{oops");
+  }
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << "";
+  {
+    Gemm empty(gpu());
+    empty.setTuning(1);
+    empty.setTuneCache(path);
+    empty.linear(GemmType::Bf16, {rows, in, out}, x, w, y2, "cache test");
+    EXPECT_EQ(empty.timedPlans(), 1);
+    EXPECT_EQ(Gemm::parseTuneCache(readFile(), path).choices.size(), 1u);
+  }
+  {
+    Gemm nowhere(gpu());
+    nowhere.setTuning(1);
+    nowhere.setTuneCache(::testing::TempDir() + "no-such-folder/cache.json");
+    nowhere.linear(GemmType::Bf16, {rows, in, out}, x, w, y2, "cache test");
+    EXPECT_EQ(nowhere.timedPlans(), 1);
   }
   std::remove(path.c_str());
 }

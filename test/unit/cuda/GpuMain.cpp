@@ -9,6 +9,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include <cstdio>
 
 namespace tnlm::cuda::test {
@@ -27,6 +29,9 @@ std::string deviceArch() {
 
 int main(int argc, char **argv) {
   ::testing::InitGoogleTest(&argc, argv);
+  // The tests set the GEMM tuning (and its cache) themselves: none from the caller's
+  // environment reaches the Gemm instances they make.
+  unsetenv("TNLM_GEMM_TUNE_CACHE");
   if (!::testing::GTEST_FLAG(list_tests)) {
     std::string why;
     if (!tnlm::cuda::deviceAvailable(&why)) {
