@@ -9,9 +9,8 @@
 
 #include <gtest/gtest.h>
 
-#include <cstdlib>
-
 #include <cstdio>
+#include <cstdlib>
 
 namespace tnlm::cuda::test {
 
