@@ -101,6 +101,10 @@ LogicalResult Lowering::lightningAttentionGrad(LightningAttentionGradOp la) {
 }
 
 void Lowering::findLmHeadFusions(func::FuncOp fn) {
+  // TNLM_LM_HEAD_FUSE=0 (when tnlmc runs; for tests of the separate steps' kernels): the lm
+  // head and its cross entropy stay separate steps, their [tokens, V] logits whole in memory.
+  if (const char *fuse = std::getenv("TNLM_LM_HEAD_FUSE"); fuse && std::string(fuse) == "0")
+    return;
   for (Operation &op : fn.getBody().front()) {
     auto head = llvm::dyn_cast<LmHeadOp>(op);
     if (!head)
