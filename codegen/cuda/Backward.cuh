@@ -80,6 +80,22 @@ template <int BLOCK> __device__ __forceinline__ float2 cta_sum2(float a, float b
   return make_float2(ta, tb);
 }
 
+// Σ of each thread's s over the CTA (BLOCK whole warps) in a fixed order: a shuffle tree, then the
+// warps in index order (deterministic). The total is valid in thread 0. Once per kernel.
+template <int BLOCK> __device__ __forceinline__ double cta_total_f64(double s) {
+  __shared__ double red[BLOCK / 32];
+  for (int o = 16; o > 0; o >>= 1)
+    s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (threadIdx.x % 32 == 0)
+    red[threadIdx.x / 32] = s;
+  __syncthreads();
+  double t = 0.0;
+  if (threadIdx.x == 0)
+    for (int w = 0; w < BLOCK / 32; ++w)
+      t += red[w];
+  return t;
+}
+
 // The SRMSNorm backward of one row (y = x·r, r = rsqrt(mean(x²) + eps)):
 //   out = base + r·dy − x·r³·Σ(x·dy)/COLS        (= base + r·(dy − x̂·mean(x̂ ⊙ dy)), x̂ = x·r)
 // with base = 0, dx (ACC: accumulate) or dsum. out may alias dy or base (each element is read
@@ -433,21 +449,12 @@ __device__ __forceinline__ void cross_entropy_loss(const float *x, long long ldx
 template <int BLOCK>
 __device__ __forceinline__ void loss_total_block(const double *rowLoss, long long rows,
                                                  double *total) {
-  __shared__ double red[BLOCK / 32];
   double s = 0.0;
   for (long long r = threadIdx.x; r < rows; r += BLOCK)
     s += rowLoss[r];
-  for (int o = 16; o > 0; o >>= 1)
-    s += __shfl_xor_sync(0xffffffffu, s, o);
-  if (threadIdx.x % 32 == 0)
-    red[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double t = 0.0;
-    for (int w = 0; w < BLOCK / 32; ++w)
-      t += red[w];
+  const double t = cta_total_f64<BLOCK>(s);
+  if (threadIdx.x == 0)
     *total = t;
-  }
 }
 
 // One thread: *total = Σ rowLoss[r] over r < rows in row order (then / counted for the mean).
@@ -491,7 +498,6 @@ __device__ __forceinline__ int opt_tensor_of(const OptTensor *tensors, int count
 template <int BLOCK>
 __device__ __forceinline__ void sum_squares_chunks(const OptTensor *tensors, int count,
                                                    double *partial) {
-  __shared__ double red[BLOCK / 32];
   const long long c = blockIdx.x;
   const OptTensor t = tensors[opt_tensor_of(tensors, count, c)];
   const long long i0 = (c - t.chunk0) * kOptChunk;
@@ -513,17 +519,9 @@ __device__ __forceinline__ void sum_squares_chunks(const OptTensor *tensors, int
     const double v = t.g[i];
     s = fma(v, v, s);
   }
-  for (int o = 16; o > 0; o >>= 1)
-    s += __shfl_xor_sync(0xffffffffu, s, o);
-  if (threadIdx.x % 32 == 0)
-    red[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double total = 0.0;
-    for (int w = 0; w < BLOCK / 32; ++w)
-      total += red[w];
+  const double total = cta_total_f64<BLOCK>(s);
+  if (threadIdx.x == 0)
     partial[c] = total;
-  }
 }
 
 // One thread: total = Σ partial[c] in index order; norm = f32(sqrt(total) / divisor)
@@ -547,19 +545,11 @@ template <int BLOCK>
 __device__ __forceinline__ void sum_squares_total_block(const double *partial, long long chunks,
                                                         double divisor, double *total,
                                                         float *norm) {
-  __shared__ double red[BLOCK / 32];
   double s = 0.0;
   for (long long c = threadIdx.x; c < chunks; c += BLOCK)
     s += partial[c];
-  for (int o = 16; o > 0; o >>= 1)
-    s += __shfl_xor_sync(0xffffffffu, s, o);
-  if (threadIdx.x % 32 == 0)
-    red[threadIdx.x / 32] = s;
-  __syncthreads();
+  const double t = cta_total_f64<BLOCK>(s);
   if (threadIdx.x == 0) {
-    double t = 0.0;
-    for (int w = 0; w < BLOCK / 32; ++w)
-      t += red[w];
     if (total != nullptr)
       *total = t;
     if (norm != nullptr)

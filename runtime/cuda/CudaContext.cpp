@@ -144,8 +144,8 @@ void Context::launch(Kernel &kernel, const LaunchConfig &config, void **params,
     c.numAttrs = 1;
     result = api.cuLaunchKernelEx(&c, kernel.function, params, nullptr);
   } else {
-    result = api.cuLaunchKernel(kernel.function, g.x, g.y, g.z, b.x, b.y, b.z,
-                                config.sharedBytes, stream_, params, nullptr);
+    result = api.cuLaunchKernel(kernel.function, g.x, g.y, g.z, b.x, b.y, b.z, config.sharedBytes,
+                                stream_, params, nullptr);
   }
   if (result != CUDA_SUCCESS) {
     char shape[160];

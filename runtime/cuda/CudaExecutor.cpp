@@ -641,16 +641,20 @@ void CudaExecutor::runLightning(const Function &f, unsigned index, const schema:
                 " Lightning Attention passes, the layer needs " + std::to_string(lrpe ? 2 : 1));
 }
 
-bool CudaExecutor::stackingFromEnvironment() {
-  const char *stack = std::getenv("TNLM_GEMM_STACK");
-  if (!stack || !*stack)
+bool CudaExecutor::switchFromEnvironment(const char *name, const char *off, const char *on) {
+  const char *value = std::getenv(name);
+  if (!value || !*value)
     return true;
-  const std::string_view v(stack);
+  const std::string_view v(value);
   if (v != "0" && v != "1")
-    throw Error("TNLM_GEMM_STACK=" + std::string(v) +
-                ": expected 0 (a gated pair's GEMMs one by one) or 1 (stacked where W1 and W2 are "
-                "adjacent, the default)");
+    throw Error(std::string(name) + "=" + std::string(v) + ": expected 0 (" + off + ") or 1 (" +
+                on + ", the default)");
   return v == "1";
+}
+
+bool CudaExecutor::stackingFromEnvironment() {
+  return switchFromEnvironment("TNLM_GEMM_STACK", "a gated pair's GEMMs one by one",
+                               "stacked where W1 and W2 are adjacent");
 }
 
 void CudaExecutor::runLightningPass(const Function &f, unsigned index, const schema::Step &s,

@@ -137,6 +137,9 @@ public:
   static bool firstWriteFromEnvironment();
   /// The same for this executor (tests compare both).
   void setGradFirstWrite(bool on);
+  /// An on/off variable: unset, empty or 1 is on (the default), 0 off; another value throws
+  /// "NAME=value: expected 0 (off) or 1 (on, the default)".
+  static bool switchFromEnvironment(const char *name, const char *off, const char *on);
 
   int64_t vocabSize() const { return vocab_; }
   const Artifact &artifact() const { return artifact_; }

@@ -193,15 +193,8 @@ const schema::Operand *CudaExecutor::accumulatedInto(const Function &f, unsigned
 }
 
 bool CudaExecutor::firstWriteFromEnvironment() {
-  const char *v = std::getenv("TNLM_GRAD_FIRST_WRITE");
-  if (!v || !*v)
-    return true;
-  const std::string_view s(v);
-  if (s != "0" && s != "1")
-    throw Error("TNLM_GRAD_FIRST_WRITE=" + std::string(s) +
-                ": expected 0 (the optimizer step zeroes the gradients) or 1 (the next train "
-                "step's first writes overwrite them, the default)");
-  return s == "1";
+  return switchFromEnvironment("TNLM_GRAD_FIRST_WRITE", "the optimizer step zeroes the gradients",
+                               "the next train step's first writes overwrite them");
 }
 
 void CudaExecutor::setGradFirstWrite(bool on) {

@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <functional>
 
 namespace tnlm::cuda {
 namespace {
@@ -140,28 +141,38 @@ TEST(GemmTuning, TheEnvironmentVariableIsChecked) {
     unsetenv("TNLM_GEMM_TUNE");
 }
 
+// An on/off variable read by `read`: unset and 1 are on, 0 off, `bad` is refused naming the
+// variable; `more` runs further checks with the variable at hand; the caller's value is restored.
+void checkOnOffVariable(const char *name, bool (*read)(), const char *bad,
+                        const std::function<void()> &more = {}) {
+  const char *saved = std::getenv(name);
+  const std::string before = saved ? saved : "";
+  unsetenv(name);
+  EXPECT_TRUE(read()) << name << " unset";
+  setenv(name, "0", 1);
+  EXPECT_FALSE(read()) << name << "=0";
+  setenv(name, "1", 1);
+  EXPECT_TRUE(read()) << name << "=1";
+  setenv(name, bad, 1);
+  try {
+    read();
+    ADD_FAILURE() << bad << " was taken";
+  } catch (const Error &e) {
+    EXPECT_EQ(std::string(e.what()).rfind(std::string(name) + "=" + bad + ": expected 0 ", 0), 0u)
+        << e.what();
+  }
+  if (more)
+    more();
+  if (saved)
+    setenv(name, before.c_str(), 1);
+  else
+    unsetenv(name);
+}
+
 // TNLM_GEMM_STACK: unset, empty or 1 stacks the gated pairs' GEMMs, 0 does not, anything else
 // is refused naming the variable (no GPU needed).
 TEST(GemmStacking, TheEnvironmentVariableIsChecked) {
-  const char *saved = std::getenv("TNLM_GEMM_STACK");
-  const std::string before = saved ? saved : "";
-  unsetenv("TNLM_GEMM_STACK");
-  EXPECT_TRUE(CudaExecutor::stackingFromEnvironment());
-  setenv("TNLM_GEMM_STACK", "0", 1);
-  EXPECT_FALSE(CudaExecutor::stackingFromEnvironment());
-  setenv("TNLM_GEMM_STACK", "1", 1);
-  EXPECT_TRUE(CudaExecutor::stackingFromEnvironment());
-  setenv("TNLM_GEMM_STACK", "off", 1);
-  try {
-    CudaExecutor::stackingFromEnvironment();
-    ADD_FAILURE() << "off was taken";
-  } catch (const Error &e) {
-    EXPECT_EQ(std::string(e.what()).rfind("TNLM_GEMM_STACK=off: expected 0 ", 0), 0u) << e.what();
-  }
-  if (saved)
-    setenv("TNLM_GEMM_STACK", before.c_str(), 1);
-  else
-    unsetenv("TNLM_GEMM_STACK");
+  checkOnOffVariable("TNLM_GEMM_STACK", &CudaExecutor::stackingFromEnvironment, "off");
 }
 
 // The GEMM tuning cache's file (TNLM_GEMM_TUNE_CACHE): written and read back the same; bad files
@@ -200,28 +211,10 @@ TEST(GemmTuneCache, FileRoundTripsAndBadFilesAreRefused) {
 // step's first writes, 0 has the optimizer step zero them, anything else is refused naming the
 // variable (no GPU needed).
 TEST(GradFirstWrite, TheEnvironmentVariableIsChecked) {
-  const char *saved = std::getenv("TNLM_GRAD_FIRST_WRITE");
-  const std::string before = saved ? saved : "";
-  unsetenv("TNLM_GRAD_FIRST_WRITE");
-  EXPECT_TRUE(CudaExecutor::firstWriteFromEnvironment());
-  setenv("TNLM_GRAD_FIRST_WRITE", "", 1);
-  EXPECT_TRUE(CudaExecutor::firstWriteFromEnvironment());
-  setenv("TNLM_GRAD_FIRST_WRITE", "0", 1);
-  EXPECT_FALSE(CudaExecutor::firstWriteFromEnvironment());
-  setenv("TNLM_GRAD_FIRST_WRITE", "1", 1);
-  EXPECT_TRUE(CudaExecutor::firstWriteFromEnvironment());
-  setenv("TNLM_GRAD_FIRST_WRITE", "yes", 1);
-  try {
-    CudaExecutor::firstWriteFromEnvironment();
-    ADD_FAILURE() << "yes was taken";
-  } catch (const Error &e) {
-    EXPECT_EQ(std::string(e.what()).rfind("TNLM_GRAD_FIRST_WRITE=yes: expected 0 ", 0), 0u)
-        << e.what();
-  }
-  if (saved)
-    setenv("TNLM_GRAD_FIRST_WRITE", before.c_str(), 1);
-  else
-    unsetenv("TNLM_GRAD_FIRST_WRITE");
+  checkOnOffVariable("TNLM_GRAD_FIRST_WRITE", &CudaExecutor::firstWriteFromEnvironment, "yes", [] {
+    setenv("TNLM_GRAD_FIRST_WRITE", "", 1);
+    EXPECT_TRUE(CudaExecutor::firstWriteFromEnvironment());
+  });
 }
 
 // The lm head loss cuts a call into as few chunks as fit, of equal size: never above the

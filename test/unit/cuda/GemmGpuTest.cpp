@@ -223,6 +223,24 @@ TEST_P(GemmTunedVsCpu, WithinTheRoundingBound) {
 INSTANTIATE_TEST_SUITE_P(Shapes, GemmTunedVsCpu, ::testing::ValuesIn(kGemmCases),
                          [](const auto &info) { return std::string(info.param.name); });
 
+// The tuning tests' operands: random bf16 x [rows, in] and W [out, in] (seed), two outputs.
+struct TuningOperands {
+  static constexpr int64_t rows = 2048, in = 1024, out = 4096;
+  Arena arena{size_t(rows * in + out * in + 2 * rows * out) * 2 + 4 * Arena::kAlignment,
+              "the GEMM tuning arena"};
+  CUdeviceptr x = arena.allocate(size_t(rows * in) * 2, "x");
+  CUdeviceptr w = arena.allocate(size_t(out * in) * 2, "W");
+  CUdeviceptr y = arena.allocate(size_t(rows * out) * 2, "y");
+  CUdeviceptr y2 = arena.allocate(size_t(rows * out) * 2, "y2");
+  explicit TuningOperands(unsigned seed) {
+    std::mt19937 rng(seed);
+    const std::vector<uint16_t> xs = randomBf16(size_t(rows * in), rng);
+    const std::vector<uint16_t> ws = randomBf16(size_t(out * in), rng);
+    gpu().copyToDevice(x, xs.data(), xs.size() * 2);
+    gpu().copyToDevice(w, ws.data(), ws.size() * 2);
+  }
+};
+
 // A tuned Gemm times the heuristic's candidates on the first call of a shape (the heuristic
 // offers several for a 2048 x 1024 x 4096 bf16 GEMM on Hopper) and not on later calls; a plan
 // made while the stream is being captured keeps the heuristic's first algorithm (nothing is
@@ -230,18 +248,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GemmTunedVsCpu, ::testing::ValuesIn(kGemmCases)
 TEST(GemmTuning, TimesOnceAndNotWhileCapturing) {
   Gemm tuned(gpu());
   tuned.setTuning(1);
-  const int64_t rows = 2048, in = 1024, out = 4096;
-  Arena arena(size_t(rows * in + out * in + 2 * rows * out) * 2 + 4 * Arena::kAlignment,
-              "the GEMM tuning arena");
-  CUdeviceptr x = arena.allocate(size_t(rows * in) * 2, "x");
-  CUdeviceptr w = arena.allocate(size_t(out * in) * 2, "W");
-  CUdeviceptr y = arena.allocate(size_t(rows * out) * 2, "y");
-  CUdeviceptr y2 = arena.allocate(size_t(rows * out) * 2, "y2");
-  std::mt19937 rng(5);
-  const std::vector<uint16_t> xs = randomBf16(size_t(rows * in), rng);
-  const std::vector<uint16_t> ws = randomBf16(size_t(out * in), rng);
-  gpu().copyToDevice(x, xs.data(), xs.size() * 2);
-  gpu().copyToDevice(w, ws.data(), ws.size() * 2);
+  TuningOperands ops(5);
+  constexpr int64_t rows = TuningOperands::rows, in = TuningOperands::in, out = TuningOperands::out;
+  const CUdeviceptr x = ops.x, w = ops.w, y = ops.y, y2 = ops.y2;
   tuned.linear(GemmType::Bf16, {rows, in, out}, x, w, y, "tuning test");
   EXPECT_EQ(tuned.timedPlans(), 1);
   tuned.linear(GemmType::Bf16, {rows, in, out}, x, w, y, "tuning test");
@@ -267,18 +276,9 @@ TEST(GemmTuning, TimesOnceAndNotWhileCapturing) {
 // it without timing and computes the same bits; a file made for another GPU (fingerprint) is
 // set aside and rewritten.
 TEST(GemmTuning, CacheMakesTheChoiceRepeatable) {
-  const int64_t rows = 2048, in = 1024, out = 4096;
-  Arena arena(size_t(rows * in + out * in + 2 * rows * out) * 2 + 4 * Arena::kAlignment,
-              "the GEMM cache arena");
-  CUdeviceptr x = arena.allocate(size_t(rows * in) * 2, "x");
-  CUdeviceptr w = arena.allocate(size_t(out * in) * 2, "W");
-  CUdeviceptr y = arena.allocate(size_t(rows * out) * 2, "y");
-  CUdeviceptr y2 = arena.allocate(size_t(rows * out) * 2, "y2");
-  std::mt19937 rng(6);
-  const std::vector<uint16_t> xs = randomBf16(size_t(rows * in), rng);
-  const std::vector<uint16_t> ws = randomBf16(size_t(out * in), rng);
-  gpu().copyToDevice(x, xs.data(), xs.size() * 2);
-  gpu().copyToDevice(w, ws.data(), ws.size() * 2);
+  TuningOperands ops(6);
+  constexpr int64_t rows = TuningOperands::rows, in = TuningOperands::in, out = TuningOperands::out;
+  const CUdeviceptr x = ops.x, w = ops.w, y = ops.y, y2 = ops.y2;
   const std::string path = ::testing::TempDir() + "tnlm-gemm-tune-cache.json";
   std::remove(path.c_str());
   auto readFile = [&] {
