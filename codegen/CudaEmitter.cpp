@@ -60,8 +60,9 @@ namespace {
 // stages). The generated source static_asserts them against the template.
 constexpr int64_t kLaHeadDim = 128, kLaChunk = 64, kLaThreads = 256, kLaScanThreads = 256;
 constexpr int64_t kLaTile = kLaChunk * kLaHeadDim * 2;
+// Main: 3 stages of Q, K, V and the SiLU' fold's pre-activations, the state copy, the decays.
 constexpr int64_t kLaSmemMain =
-    3 * 3 * kLaTile + kLaHeadDim * kLaHeadDim * 2 + ((kLaChunk + 1) * 4 + 15) / 16 * 16 + 1024;
+    3 * 4 * kLaTile + kLaHeadDim * kLaHeadDim * 2 + ((kLaChunk + 1) * 4 + 15) / 16 * 16 + 1024;
 constexpr int64_t kLaSmemState = 4 * kLaTile * 2 + 1024;
 // The decode kernel's tiling (rec::lightning_decode): 16 state columns per CTA, 256 threads.
 constexpr int64_t kDecodeCols = 16, kDecodeBlock = 256;

@@ -35,8 +35,14 @@ struct LightningFwdSm90Config {
   static constexpr int OFF_K = OFF_Q + STAGES * Q_TILE;
   static constexpr int OFF_V = OFF_K + STAGES * K_TILE;
   static constexpr int OFF_KV = OFF_V + STAGES * V_TILE; // (KV)ᵀ bf16 [DV][DK]
-  static constexpr int OFF_DECAY = OFF_KV + DV * DK * 2; // fp32 [C + 1]
-  static constexpr int SMEM_MAIN = OFF_DECAY + ((C + 1) * 4 + 15) / 16 * 16 + 1024;
+  // The SiLU' fold's pre-activation ring (LightningFwdArgs::oscale), one C x DV tile per stage,
+  // loaded with Q/K/V so the stores never wait on global memory; only where it fits in shared
+  // memory (3 stages: 225 KB in all). Without it a kernel given oscale traps.
+  static constexpr int OFF_S = OFF_KV + DV * DK * 2;
+  static constexpr int DECAY_BYTES = ((C + 1) * 4 + 15) / 16 * 16;
+  static constexpr bool kScaleRing = OFF_S + STAGES * V_TILE + DECAY_BYTES + 1024 <= 227 * 1024;
+  static constexpr int OFF_DECAY = OFF_S + (kScaleRing ? STAGES * V_TILE : 0); // fp32 [C + 1]
+  static constexpr int SMEM_MAIN = OFF_DECAY + DECAY_BYTES + 1024;
   static constexpr int SOFF_K = 0;
   static constexpr int SOFF_V = STATE_STAGES * K_TILE;
   static constexpr int SMEM_STATE = SOFF_V + STATE_STAGES * V_TILE + 1024;
@@ -404,6 +410,9 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
   const __nv_bfloat16 *vg = a.v + b * a.in_sb + h * a.in_sh;
   __nv_bfloat16 *og = a.o + b * a.out_sb + h * a.out_sh;
   const __nv_bfloat16 *osg = a.oscale != nullptr ? a.oscale + b * a.os_sb + h * a.os_sh : nullptr;
+  if constexpr (!Cfg::kScaleRing)
+    if (osg != nullptr) // no S ring in this configuration: the fold is not available
+      __trap();
   const uint32_t sKV = s_base + Cfg::OFF_KV;
   float *decay = reinterpret_cast<float *>(smem + Cfg::OFF_DECAY); // decay[r] = exp(-s·r)
 
@@ -419,6 +428,10 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
                                           kg + tok * a.in_sn, a.in_sn, rows, wtid);
     load_tile_sw_async<C, DV, WG_THREADS>(s_base + Cfg::OFF_V + st * Cfg::V_TILE,
                                           vg + tok * a.in_sn, a.in_sn, rows, wtid);
+    if constexpr (Cfg::kScaleRing)
+      if (osg != nullptr)
+        load_tile_sw_async<C, DV, WG_THREADS>(s_base + Cfg::OFF_S + st * Cfg::V_TILE,
+                                              osg + tok * a.os_sn, a.os_sn, rows, wtid);
   };
   for (int r = tid; r <= C; r += Cfg::NTHREADS)
     decay[r] = expf(-s * static_cast<float>(r));
@@ -493,20 +506,6 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
       wgmma_wait<0>();
       fence_regs(oacc);
       fence_regs(pa);
-      // The SiLU' fold's pre-activations for this thread's stores below, all issued before the
-      // first is needed (one latency per block, not one per store).
-      constexpr int kStores = C * DV / 8 / WG_THREADS;
-      uint4 scale[kStores];
-      if (osg != nullptr) {
-#pragma unroll
-        for (int it = 0; it < kStores; ++it) {
-          const int idx = wtid + it * WG_THREADS;
-          const int r = idx / (DV / 8), c = idx % (DV / 8);
-          scale[it] = r < m ? __ldg(reinterpret_cast<const uint4 *>(
-                                  osg + static_cast<long long>(tok0 + r) * a.os_sn + c * 8))
-                            : make_uint4(0, 0, 0, 0);
-        }
-      }
       // O (bf16) -> the Q tile of this block (free: S and Q·KV are done; refilled only after
       // the next BLOCK barrier) -> 16-byte coalesced stores.
 #pragma unroll
@@ -520,14 +519,17 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
                 r);
       }
       named_bar_sync(BAR_OUT, WG_THREADS);
+      constexpr int kStores = C * DV / 8 / WG_THREADS;
 #pragma unroll
       for (int it = 0; it < kStores; ++it) {
         const int idx = wtid + it * WG_THREADS;
         const int r = idx / (DV / 8), c = idx % (DV / 8);
         if (r < m) {
           uint4 x = ld_shared_v4(sQ + swz_km<C>(r, c));
-          if (osg != nullptr) // o · SiLU'(oscale), eight at a time
-            x = silu_slope_scale8(x, scale[it]);
+          if constexpr (Cfg::kScaleRing)
+            if (osg != nullptr) // o · SiLU'(oscale), eight at a time, from this block's S tile
+              x = silu_slope_scale8(
+                  x, ld_shared_v4(s_base + Cfg::OFF_S + st * Cfg::V_TILE + swz_km<C>(r, c)));
           *reinterpret_cast<uint4 *>(og + static_cast<long long>(tok0 + r) * a.out_sn + c * 8) = x;
         }
       }

@@ -113,7 +113,7 @@ const char *const kStdintStub = "#pragma once\n"
 // template, as the emitted source does.
 constexpr int kD = 128, kC = 64, kThreads = 256, kScanThreads = 256;
 constexpr int kTile = kC * kD * 2;
-constexpr int kSmemMain = 3 * 3 * kTile + kD * kD * 2 + ((kC + 1) * 4 + 15) / 16 * 16 + 1024;
+constexpr int kSmemMain = 3 * 4 * kTile + kD * kD * 2 + ((kC + 1) * 4 + 15) / 16 * 16 + 1024;
 constexpr int kSmemState = 4 * kTile * 2 + 1024;
 
 const char *const kStateExpr = "&tnlm::la::lightning_fwd_sm90_state_kernel<Cfg>";
