@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
 """Per-kernel time from an ncu CSV (`ncu --metrics gpu__time_duration.sum --csv ...`).
+With dram__bytes_read.sum and dram__bytes_write.sum in the CSV too, each kernel's DRAM traffic
+per step (GB) and its rate (TB/s over its time) follow its launches.
 
 Groups the launches by kernel name and prints, per name, the launches and the time per
 optimizer step (the total divided by the launches of tnlm_lr_schedule, which runs once per
@@ -35,7 +37,14 @@ def main(argv):
         return 1
     total = defaultdict(float)
     count = defaultdict(int)
+    dram = defaultdict(float)  # bytes
+    byte_units = {"byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "KB": 1e3, "MB": 1e6,
+                  "GB": 1e9}
     for row in csv.DictReader(lines[start:]):
+        if row.get("Metric Name") in ("dram__bytes_read.sum", "dram__bytes_write.sum"):
+            value = float(row["Metric Value"].replace(",", ""))
+            dram[row["Kernel Name"]] += value * byte_units.get(row.get("Metric Unit", "byte"), 1.0)
+            continue
         if row.get("Metric Name") != "gpu__time_duration.sum":
             continue
         unit = row.get("Metric Unit", "ns")
@@ -51,7 +60,11 @@ def main(argv):
     print(f"per optimizer step ({steps} steps in the profile; ncu: base clocks, one kernel at a time)")
     rows = sorted(total.items(), key=lambda kv: -kv[1])
     for name, us in rows[:top]:
-        print(f"  {us / steps:10.1f} us  {count[name] / steps:7.1f} launches  {name[:90]}")
+        traffic = ""
+        if dram:
+            gb = dram.get(name, 0.0) / 1e9
+            traffic = f"  {gb / steps:7.3f} GB {gb / (us * 1e-6) / 1e3 if us > 0 else 0.0:5.2f} TB/s"
+        print(f"  {us / steps:10.1f} us  {count[name] / steps:7.1f} launches{traffic}  {name[:90]}")
     print(f"  {sum(total.values()) / steps:10.1f} us  in all ({len(rows)} kernels)")
     return 0
 
