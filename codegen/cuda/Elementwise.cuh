@@ -206,6 +206,47 @@ __device__ __forceinline__ void add_srms_norm(const bf16 *a, long long lda, cons
   TNLM_PDL_LAUNCH();
   const long long r = blockIdx.x;
   TNLM_EW_DISPATCH(aligned16<COLS>(a, lda, b, ldb, sum, lds, y, ldy), {
+    constexpr int G = (COLS + BLOCK * W - 1) / (BLOCK * W); // groups of W per thread
+    if constexpr (G <= 4) {
+      // The sums kept in registers for the second pass (not reread after the reduction);
+      // the same values in the same order as below.
+      float vs[G][W];
+#pragma unroll
+      for (int q = 0; q < G; ++q) {
+        const int c = threadIdx.x * W + q * BLOCK * W;
+        if (c < COLS) {
+          float vb[W];
+          ldv<W>(a + r * lda + c, vs[q]);
+          ldv<W>(b + r * ldb + c, vb);
+#pragma unroll
+          for (int i = 0; i < W; ++i)
+            vs[q][i] = __bfloat162float(__float2bfloat16(vs[q][i] + vb[i]));
+        }
+      }
+      float ss = 0.0f;
+#pragma unroll
+      for (int q = 0; q < G; ++q) {
+        const int c = threadIdx.x * W + q * BLOCK * W;
+        if (c < COLS) {
+#pragma unroll
+          for (int i = 0; i < W; ++i)
+            ss += vs[q][i] * vs[q][i];
+          stv<W>(sum + r * lds + c, vs[q]);
+        }
+      }
+      const float inv = rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
+#pragma unroll
+      for (int q = 0; q < G; ++q) {
+        const int c = threadIdx.x * W + q * BLOCK * W;
+        if (c < COLS) {
+#pragma unroll
+          for (int i = 0; i < W; ++i)
+            vs[q][i] *= inv;
+          stv<W>(y + r * ldy + c, vs[q]);
+        }
+      }
+      return;
+    }
     float ss = 0.0f;
     for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
       float va[W], vb[W];
@@ -241,6 +282,39 @@ __device__ __forceinline__ void gated_norm_from_o(const bf16 *u, long long ldu, 
   TNLM_PDL_LAUNCH();
   const long long r = blockIdx.x;
   TNLM_EW_DISPATCH(aligned16<COLS>(u, ldu, o, ldo, y, ldy), {
+    constexpr int G = (COLS + BLOCK * W - 1) / (BLOCK * W); // groups of W per thread
+    if constexpr (G <= 4) {
+      // o and u loaded once, before the reduction (u no longer a memory latency after it);
+      // the same values in the same order as below.
+      float vo[G][W], vu[G][W];
+#pragma unroll
+      for (int q = 0; q < G; ++q) {
+        const int c = threadIdx.x * W + q * BLOCK * W;
+        if (c < COLS) {
+          ldv<W>(o + r * ldo + c, vo[q]);
+          ldv<W>(u + r * ldu + c, vu[q]);
+        }
+      }
+      float ss = 0.0f;
+#pragma unroll
+      for (int q = 0; q < G; ++q)
+        if (threadIdx.x * W + q * BLOCK * W < COLS)
+#pragma unroll
+          for (int i = 0; i < W; ++i)
+            ss += vo[q][i] * vo[q][i];
+      const float inv = rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
+#pragma unroll
+      for (int q = 0; q < G; ++q) {
+        const int c = threadIdx.x * W + q * BLOCK * W;
+        if (c < COLS) {
+#pragma unroll
+          for (int i = 0; i < W; ++i)
+            vo[q][i] = vu[q][i] * vo[q][i] * inv;
+          stv<W>(y + r * ldy + c, vo[q]);
+        }
+      }
+      return;
+    }
     const float inv =
         row_rstd<COLS, BLOCK, W>([&](int c, float(&v)[W]) { ldv<W>(o + r * ldo + c, v); }, eps);
     for (int c = threadIdx.x * W; c < COLS; c += BLOCK * W) {
