@@ -134,6 +134,65 @@ template <int BLOCK> __device__ __forceinline__ double cta_sum_f64(double v, dou
   return t;
 }
 
+// la_gate_norm_grad2's bf16 rows with D ≤ 4·BLOCK·G: the row's O, dy and u loaded once, all
+// before the first is used (one memory latency per row instead of three); the same arithmetic,
+// in the same order, as its loop over the row.
+template <int BLOCK, int G>
+__device__ __forceinline__ void la_gate_norm_grad_regs(const bf16 *Ob, const bf16 *dyb,
+                                                       const bf16 *ur, bf16 *dub, bf16 *dOr, int D,
+                                                       float eps, double *red) {
+  Bf16x4 xs[G], gs[G], us[G];
+#pragma unroll
+  for (int k = 0; k < G; ++k) {
+    const int c = threadIdx.x * 4 + k * BLOCK * 4;
+    if (c < D) {
+      xs[k] = load4(Ob + c);
+      gs[k] = load4(dyb + c);
+      us[k] = load4(ur + c);
+    }
+  }
+  double ss = 0.0;
+#pragma unroll
+  for (int k = 0; k < G; ++k)
+    if (threadIdx.x * 4 + k * BLOCK * 4 < D)
+      for (int j = 0; j < 4; ++j) {
+        const double v = static_cast<double>(__bfloat162float(xs[k].v[j]));
+        ss += v * v;
+      }
+  const double meanSq = cta_sum_f64<BLOCK>(ss, red) / static_cast<double>(D);
+  const float rstd = static_cast<float>(1.0 / sqrt(meanSq + static_cast<double>(eps)));
+  float dot = 0.0f;
+#pragma unroll
+  for (int k = 0; k < G; ++k) {
+    const int c = threadIdx.x * 4 + k * BLOCK * 4;
+    if (c < D) {
+      Bf16x4 d;
+      for (int j = 0; j < 4; ++j) {
+        const float xhat = __bfloat162float(xs[k].v[j]) * rstd;
+        const float gj = __bfloat162float(gs[k].v[j]);
+        d.v[j] = __float2bfloat16(gj * xhat);
+        dot = fmaf(xhat, gj * __bfloat162float(us[k].v[j]), dot);
+      }
+      store4(dub + c, d);
+    }
+  }
+  const float mean = static_cast<float>(cta_sum_f64<BLOCK>(static_cast<double>(dot), red) /
+                                        static_cast<double>(D));
+#pragma unroll
+  for (int k = 0; k < G; ++k) {
+    const int c = threadIdx.x * 4 + k * BLOCK * 4;
+    if (c < D) {
+      Bf16x4 o4;
+      for (int j = 0; j < 4; ++j) {
+        const float xhat = __bfloat162float(xs[k].v[j]) * rstd;
+        const float gj = __bfloat162float(gs[k].v[j]) * __bfloat162float(us[k].v[j]);
+        o4.v[j] = __float2bfloat16(rstd * (gj - xhat * mean));
+      }
+      store4(dOr + c, o4);
+    }
+  }
+}
+
 // The gate and the cross-head norm's backward for one row: O (TO: the forward's output before
 // them), dy (TDY), u = qkvu's 4th part; du (TG) and dO (bf16, the attention core's input).
 // rstd as the forward's epilogue from Σ O² (f64), the mean of x̂ ⊙ g in f64, as the CPU (on
@@ -160,60 +219,10 @@ __device__ __forceinline__ void la_gate_norm_grad2(const TO *O, const TO *O2, lo
     const bf16 *dyb = reinterpret_cast<const bf16 *>(dyr);
     bf16 *dub = reinterpret_cast<bf16 *>(du + r * lddu);
     bf16 *dOr = dO + r * lddo;
-    constexpr int kMaxG = 4; // groups of four per thread held in registers (D ≤ 4096 at 256)
-    if (D <= BLOCK * 4 * kMaxG) {
-      // The row's O, dy and u loaded once, all before the first is used (one memory latency
-      // per row instead of three); the same arithmetic, in the same order, as below.
-      Bf16x4 xs[kMaxG], gs[kMaxG], us[kMaxG];
-#pragma unroll
-      for (int k = 0; k < kMaxG; ++k) {
-        const int c = threadIdx.x * 4 + k * BLOCK * 4;
-        if (c < D) {
-          xs[k] = load4(Ob + c);
-          gs[k] = load4(dyb + c);
-          us[k] = load4(ur + c);
-        }
-      }
-      double ss = 0.0;
-#pragma unroll
-      for (int k = 0; k < kMaxG; ++k)
-        if (threadIdx.x * 4 + k * BLOCK * 4 < D)
-          for (int j = 0; j < 4; ++j) {
-            const double v = static_cast<double>(__bfloat162float(xs[k].v[j]));
-            ss += v * v;
-          }
-      const double meanSq = cta_sum_f64<BLOCK>(ss, red) / static_cast<double>(D);
-      const float rstd = static_cast<float>(1.0 / sqrt(meanSq + static_cast<double>(eps)));
-      float dot = 0.0f;
-#pragma unroll
-      for (int k = 0; k < kMaxG; ++k) {
-        const int c = threadIdx.x * 4 + k * BLOCK * 4;
-        if (c < D) {
-          Bf16x4 d;
-          for (int j = 0; j < 4; ++j) {
-            const float xhat = __bfloat162float(xs[k].v[j]) * rstd;
-            const float gj = __bfloat162float(gs[k].v[j]);
-            d.v[j] = __float2bfloat16(gj * xhat);
-            dot = fmaf(xhat, gj * __bfloat162float(us[k].v[j]), dot);
-          }
-          store4(dub + c, d);
-        }
-      }
-      const float mean = static_cast<float>(cta_sum_f64<BLOCK>(static_cast<double>(dot), red) /
-                                            static_cast<double>(D));
-#pragma unroll
-      for (int k = 0; k < kMaxG; ++k) {
-        const int c = threadIdx.x * 4 + k * BLOCK * 4;
-        if (c < D) {
-          Bf16x4 o4;
-          for (int j = 0; j < 4; ++j) {
-            const float xhat = __bfloat162float(xs[k].v[j]) * rstd;
-            const float gj = __bfloat162float(gs[k].v[j]) * __bfloat162float(us[k].v[j]);
-            o4.v[j] = __float2bfloat16(rstd * (gj - xhat * mean));
-          }
-          store4(dOr + c, o4);
-        }
-      }
+    // D up to 4·BLOCK: the row in registers (one group of four per thread; a run-time count
+    // of up to four groups kept 74 registers, for all rows: 3 CTAs per SM, slower than the loop).
+    if (D <= BLOCK * 4) {
+      la_gate_norm_grad_regs<BLOCK, 1>(Ob, dyb, ur, dub, dOr, D, eps, red);
       return;
     }
     double ss4 = 0.0;
