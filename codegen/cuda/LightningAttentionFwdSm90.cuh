@@ -556,8 +556,15 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           const int row = 16 * wi + g + 8 * hf, col = 8 * j + 2 * t4;
-          const float2 x0 = __ldcg(reinterpret_cast<const float2 *>(ps + row * DV + col));
-          const float2 x1 = __ldcg(reinterpret_cast<const float2 *>(ps + (row + 64) * DV + col));
+          float2 x0, x1;
+          if (a.state_t) { // [DV][DK]: element (row, col) at col · DK + row
+            x0 = make_float2(__ldcg(ps + col * DK + row), __ldcg(ps + (col + 1) * DK + row));
+            x1 = make_float2(__ldcg(ps + col * DK + row + 64),
+                             __ldcg(ps + (col + 1) * DK + row + 64));
+          } else {
+            x0 = __ldcg(reinterpret_cast<const float2 *>(ps + row * DV + col));
+            x1 = __ldcg(reinterpret_cast<const float2 *>(ps + (row + 64) * DV + col));
+          }
           kv0[4 * j + 2 * hf] = x0.x;
           kv0[4 * j + 2 * hf + 1] = x0.y;
           kv1[4 * j + 2 * hf] = x1.x;

@@ -32,6 +32,11 @@ template <class T> struct LightningFwdArgsT {
   // read the fields above only.
   const T *oscale;
   long long os_sb, os_sn, os_sh;
+  // Non-zero (the Hopper main kernel only): piece_states hold the transposed states [DV][DK]
+  // (another pass's, whose K and V are this pass's V and K: the Lightning backward's dv pass
+  // reads the dk pass's instead of a state pass and scan of its own). Appended last, as
+  // oscale (artifact format 6).
+  int state_t;
 };
 
 // The segment split (LightningAttentionFwd.cuh, "Sequence segments").

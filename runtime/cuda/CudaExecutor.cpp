@@ -699,6 +699,7 @@ void CudaExecutor::runLightningPass(const Function &f, unsigned index, const sch
     a.os_sb = seq * p.ldScale;
     a.os_sh = kLaHeadDim;
   }
+  a.state_t = p.reuseTransposed ? 1 : 0;
   const unsigned bh = static_cast<unsigned>(batch * heads);
   bool main = false;
   for (const schema::KernelLaunch *l : *s.launches()) {
@@ -715,7 +716,7 @@ void CudaExecutor::runLightningPass(const Function &f, unsigned index, const sch
       main = true;
       break;
     }
-    if (plan.pieces_per_bh == 0)
+    if (plan.pieces_per_bh == 0 || p.reuseTransposed)
       continue;
     if (kind == schema::LaunchKind_LightningState) {
       c.grid.x = bh * static_cast<unsigned>(plan.pieces_per_bh);

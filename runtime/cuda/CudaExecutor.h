@@ -239,6 +239,9 @@ private:
     long long outSh = 128;  // o's head stride (the LRPE halves: 2 · 128, one half's offset)
     CUdeviceptr oscale = 0; // o ⊙= SiLU'(oscale) in the main kernel's stores (0: none)
     long long ldScale = 0;  // oscale's row stride (its head stride 128)
+    // The piece states of the pass just run (same plan, same direction), whose K and V are
+    // this pass's V and K, read transposed: no state pass and scan (artifact format 6 on).
+    bool reuseTransposed = false;
   };
   void runLightningPass(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
                         int64_t seq, const LightningPass &pass, const std::string &where);

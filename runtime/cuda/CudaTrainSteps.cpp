@@ -564,9 +564,14 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
         dq.oscale = base, dq.ldScale = L;
         dk.oscale = base + D * 2, dk.ldScale = L;
       }
+      // dv's pass (K = q', V = dO) has the transpose of dk's states (K = dO, V = q'), in the
+      // same direction and plan: it reads them (kernels of format 6 on) instead of its own
+      // state pass and scan.
+      LightningPass dv{kp, qp, dOp, g + 2 * D * 2, L, ldg, true};
+      dv.reuseTransposed = artifact_.root().format_version() >= 6;
       runLightningPass(f, index, s, batch, seq, dq, where);
       runLightningPass(f, index, s, batch, seq, dk, where);
-      runLightningPass(f, index, s, batch, seq, {kp, qp, dOp, g + 2 * D * 2, L, ldg, true}, where);
+      runLightningPass(f, index, s, batch, seq, dv, where);
       if (silu && !fold)
         launch("tnlm_la_silu_scale", R, 1, base, L, g, ldg, int(D));
       return true;

@@ -103,9 +103,12 @@ Kernels &kernels() {
 // The segment plan as CudaExecutor::runLightning makes it (or forced), its workspace `ws`.
 // With `oscale`, the stores multiply by SiLU'(oscale) ([B·N, H·D] at row stride scaleLd), as the
 // executor runs the plain layer's dq and dk passes.
+// With `reuseTransposed`, no state pass and scan: the main pass reads the piece states the pass
+// before left in `ws` transposed (LightningFwdArgs::state_t; that pass's K and V are this one's
+// V and K), as the executor runs the plain layer's dv pass after its dk pass.
 void pass(CUdeviceptr q, CUdeviceptr k, CUdeviceptr v, CUdeviceptr o, CUdeviceptr slopes, int N,
           bool reversed, int forceSegs, int forcePieces, DeviceBuffer &ws, CUdeviceptr oscale = 0,
-          long long scaleLd = 0) {
+          long long scaleLd = 0, bool reuseTransposed = false) {
   const long long ld = kH * kD;
   const la::LightningFwdPlan plan = la::plan_lightning_fwd(
       kB, kH, N, kD, kD, kC, gpu().multiprocessors(), forceSegs, forcePieces);
@@ -129,9 +132,10 @@ void pass(CUdeviceptr q, CUdeviceptr k, CUdeviceptr v, CUdeviceptr o, CUdevicept
     a.oscale = reinterpret_cast<const uint16_t *>(oscale + lastScale);
     a.os_sn = reversed ? -scaleLd : scaleLd, a.os_sb = int64_t(N) * scaleLd, a.os_sh = kD;
   }
+  a.state_t = reuseTransposed ? 1 : 0;
   Kernels &ks = kernels();
   const unsigned bh = unsigned(kB * kH);
-  if (plan.pieces_per_bh > 0) {
+  if (plan.pieces_per_bh > 0 && !reuseTransposed) {
     LaunchConfig state;
     state.grid.x = bh * unsigned(plan.pieces_per_bh);
     state.block.x = kThreads;
@@ -150,7 +154,7 @@ void pass(CUdeviceptr q, CUdeviceptr k, CUdeviceptr v, CUdeviceptr o, CUdevicept
   gpu().launchWith(*ks.main, c, "backward main pass", a);
 }
 
-void runCase(int N, int forceSegs = 0, int forcePieces = 0) {
+void runCase(int N, int forceSegs = 0, int forcePieces = 0, bool reuseDv = false) {
   const int64_t rows = int64_t(kB) * N, ld = kH * kD;
   const size_t n = size_t(rows * ld);
   const std::vector<uint16_t> q = test::randomBf16(n, 1, 0.5f), k = test::randomBf16(n, 2, 0.5f),
@@ -165,7 +169,8 @@ void runCase(int N, int forceSegs = 0, int forcePieces = 0) {
   DeviceBuffer ws;
   pass(dO.get(), dV.get(), dK.get(), gq.get(), dS.get(), N, false, forceSegs, forcePieces, ws);
   pass(dV.get(), dO.get(), dQ.get(), gk.get(), dS.get(), N, true, forceSegs, forcePieces, ws);
-  pass(dK.get(), dQ.get(), dO.get(), gv.get(), dS.get(), N, true, forceSegs, forcePieces, ws);
+  pass(dK.get(), dQ.get(), dO.get(), gv.get(), dS.get(), N, true, forceSegs, forcePieces, ws, 0, 0,
+       reuseDv);
   auto down = [&](const DeviceBuffer &b) {
     std::vector<uint16_t> raw(n);
     gpu().copyToHost(raw.data(), b.get(), n * 2, "result");
@@ -208,9 +213,9 @@ void runCase(int N, int forceSegs = 0, int forcePieces = 0) {
         EXPECT_LE(rel, std::ldexp(1.0, -7))
             << "N=" << N << " " << names[t] << " b" << b << " h" << h;
         if (b == 0 && h == kH - 1)
-          std::printf("  three-pass backward N=%d (segments %d) %s: max |diff|/bound %.3f, rel "
-                      "L2 %.2e\n",
-                      N, forceSegs, names[t], worst, rel);
+          std::printf("  three-pass backward N=%d (segments %d%s) %s: max |diff|/bound %.3f, "
+                      "rel L2 %.2e\n",
+                      N, forceSegs, reuseDv ? ", dv from dk's states" : "", names[t], worst, rel);
       }
 }
 
@@ -268,6 +273,18 @@ TEST(LightningBwdThreePass, MatchesCpu) {
   for (int N : {1, 63, 64, 65, 300, 2048})
     runCase(N);
   runCase(4097, 5, 2); // several segments and pieces, a partial last block
+}
+
+// The dv pass without its own state pass and scan, from the dk pass's piece states read
+// transposed (state_t, as the executor runs it from artifact format 6 on): the same bounds
+// against the CPU; one segment (no states: nothing to reuse), the planned segments at 2048 and
+// forced segments and pieces with a partial last block. A transpose mix-up (K·Vᵀ for Kᵀ·V) or
+// a wrong piece is O(1) off from the second segment on.
+TEST(LightningBwdThreePass, DvFromDkStates) {
+  for (int N : {65, 2048})
+    runCase(N, 0, 0, true);
+  runCase(4097, 5, 2, true);
+  runCase(1000, 4, 4, true);
 }
 
 } // namespace
