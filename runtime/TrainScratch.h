@@ -8,6 +8,8 @@
 #ifndef TNLM_RUNTIME_TRAINSCRATCH_H
 #define TNLM_RUNTIME_TRAINSCRATCH_H
 
+#include "codegen/cuda/LightningFwdPlan.h"
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -17,6 +19,17 @@ namespace tnlm {
 constexpr int64_t kTrainOptChunk = 1 << 16; // gradient elements per sum-of-squares chunk
 constexpr int kTrainPositionChunk = 16;     // positions per LRPE dθ partial
 constexpr int64_t kGpuLmHeadWholeBytes = int64_t(4) << 30; // one lm head chunk up to this
+// The Lightning piece states [DK][DV] f32 (DK = DV = 128) a plain layer's forward keeps for its
+// backward's dq pass: per layer, those of the plan at the artifact's largest call on the
+// H200's 132 SMs (keptLaStatesOf; a call whose plan needs more, a smaller batch on a GPU with
+// more SMs say, runs the dq pass's own state pass and scan instead).
+constexpr int kTrainKeptLaSms = 132;
+constexpr int64_t kTrainLaStateBytes = int64_t(128) * 128 * 4;
+inline int64_t keptLaStatesOf(int64_t maxBatch, int64_t heads, int64_t maxSeq) {
+  const la::LightningFwdPlan p =
+      la::plan_lightning_fwd(int(maxBatch), int(heads), int(maxSeq), 128, 128, 64, kTrainKeptLaSms);
+  return int64_t(p.workspace_bytes / kTrainLaStateBytes);
+}
 
 /// The largest operand of each kind over the artifact's train functions.
 struct TrainScratchNeeds {
@@ -27,10 +40,12 @@ struct TrainScratchNeeds {
   int64_t lrpeFeatures = 0;        // Lightning backward: H · dh
   int64_t gradChunks = 0;          // global norm: chunks of kTrainOptChunk gradient elements
   int64_t lmHeadVocab = 0;         // the fused lm head loss (lm_head_loss steps): its vocabulary
+  int64_t keptLaStates = 0; // Σ keptLaStatesOf over the Lightning backward steps of plain layers
+                            // that read their forward's kept workspace
 };
 
 struct TrainScratch {
-  size_t loss = 0, gated = 0, dtheta = 0, chunks = 0, lmHead = 0, total = 0;
+  size_t loss = 0, gated = 0, dtheta = 0, chunks = 0, lmHead = 0, keptLaStates = 0, total = 0;
   int64_t lmHeadChunkRows = 0;
 };
 
@@ -67,7 +82,8 @@ inline int64_t lmHeadChunkRows(int64_t maxRows, int64_t vocab, int64_t wholeByte
 /// gated linear backward's bf16 products [rows, F]: da and db, and a and b where a step
 /// recomputes them (without the forward's); the LRPE dθ partials (f64 per position
 /// chunk and feature); the sum of squares' f64 chunks; 20 bytes per row (row losses, the
-/// embedding grouping) and 4 KiB of scalars.
+/// embedding grouping), the plain layers' kept Lightning piece states (keptLaStatesOf each) and
+/// 4 KiB of scalars.
 inline TrainScratch trainScratch(int64_t maxRows, int64_t maxSeq, const TrainScratchNeeds &n) {
   TrainScratch s;
   const size_t rows = size_t(std::max<int64_t>(maxRows, 0));
@@ -78,7 +94,9 @@ inline TrainScratch trainScratch(int64_t maxRows, int64_t maxSeq, const TrainScr
   s.chunks = size_t(n.gradChunks);
   s.lmHeadChunkRows = lmHeadChunkRows(maxRows, n.lmHeadVocab, kGpuLmHeadWholeBytes);
   s.lmHead = size_t(s.lmHeadChunkRows) * size_t(std::max<int64_t>(n.lmHeadVocab, 0)) * 6;
-  s.total = s.loss + s.gated + s.dtheta + s.chunks * 8 + s.lmHead + rows * (8 + 12) + 4096;
+  s.keptLaStates = size_t(std::max<int64_t>(n.keptLaStates, 0)) * size_t(kTrainLaStateBytes);
+  s.total = s.loss + s.gated + s.dtheta + s.chunks * 8 + s.lmHead + s.keptLaStates +
+            rows * (8 + 12) + 4096;
   return s;
 }
 

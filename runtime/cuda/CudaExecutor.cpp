@@ -42,6 +42,7 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
         Function{fn->name()->str(), fn, {}, 0, fn->name()->str() == "decode_step"});
   stackGemms_ = stackingFromEnvironment();
   firstWrite_ = firstWriteFromEnvironment();
+  reuseLaStates_ = reuseLaStatesFromEnvironment();
   if (const char *pdl = std::getenv("TNLM_PDL")) {
     const std::string_view v(pdl);
     if (v != "0" && v != "1")
@@ -527,6 +528,10 @@ void CudaExecutor::runLightning(const Function &f, unsigned index, const schema:
   if (need > workspaceBytes_)
     throw Error(where + ": the Lightning Attention plan needs " + std::to_string(need) +
                 " bytes of piece states, " + std::to_string(workspaceBytes_) + " allocated");
+  // A train step's plain layer keeps its piece states for its backward's dq pass (where they
+  // fit: keptLaStates; with TNLM_LA_REUSE_STATES=0 the shared workspace).
+  const CUdeviceptr kept =
+      keepO && reuseLaStates_ ? keptLaStates(operand(ws, where), batch, heads, seq) : 0;
   // Pass p's q, k, o and their strides.
   auto argsOf = [&](int pass) {
     LightningArgs a{};
@@ -545,7 +550,8 @@ void CudaExecutor::runLightning(const Function &f, unsigned index, const schema:
     a.v = reinterpret_cast<const uint16_t *>(base + 2 * d * 2);
     a.o = reinterpret_cast<uint16_t *>(o);
     a.slopes = reinterpret_cast<const float *>(f.slopes[index]);
-    a.piece_states = plan.pieces_per_bh > 0 ? reinterpret_cast<float *>(workspace_) : nullptr;
+    a.piece_states =
+        plan.pieces_per_bh > 0 ? reinterpret_cast<float *>(kept ? kept : workspace_) : nullptr;
     a.final_state = prefill ? reinterpret_cast<float *>(scratch_) : nullptr;
     a.B = int(batch);
     a.N = int(seq);
@@ -677,7 +683,9 @@ void CudaExecutor::runLightningPass(const Function &f, unsigned index, const sch
   a.v = reinterpret_cast<const uint16_t *>(p.v + lastIn);
   a.o = reinterpret_cast<uint16_t *>(p.o + lastOut);
   a.slopes = reinterpret_cast<const float *>(f.slopes[index]);
-  a.piece_states = plan.pieces_per_bh > 0 ? reinterpret_cast<float *>(workspace_) : nullptr;
+  a.piece_states = plan.pieces_per_bh > 0
+                       ? reinterpret_cast<float *>(p.states ? p.states : workspace_)
+                       : nullptr;
   a.final_state = nullptr;
   a.B = int(batch);
   a.N = int(seq);

@@ -135,6 +135,11 @@ public:
   /// zeroed there first); 0: the optimizer zeroes them (its fills) and every write adds.
   /// Another value throws, naming the variable. Needs no GPU.
   static bool firstWriteFromEnvironment();
+  /// TNLM_LA_REUSE_STATES: 1 (or unset): the plain layer's Lightning backward reads the piece
+  /// states its dq pass shares with the forward (kept per layer) and its dv pass with its dk
+  /// pass, transposed, instead of a state pass and scan each; 0: every pass has its own.
+  /// Another value throws, naming the variable. Needs no GPU.
+  static bool reuseLaStatesFromEnvironment();
   /// The same for this executor (tests compare both).
   void setGradFirstWrite(bool on);
   /// An on/off variable: unset, empty or 1 is on (the default), 0 off; another value throws
@@ -242,7 +247,16 @@ private:
     // The piece states of the pass just run (same plan, same direction), whose K and V are
     // this pass's V and K, read transposed: no state pass and scan (artifact format 6 on).
     bool reuseTransposed = false;
+    CUdeviceptr states = 0; // the piece states' buffer (0: the workspace)
   };
+  /// The kept piece states of the plain layer whose forward workspace is `workspace`, where a
+  /// call of this shape's plan fits them; else 0 (the forward and the dq pass then use the
+  /// shared workspace).
+  CUdeviceptr keptLaStates(CUdeviceptr workspace, int64_t batch, int64_t heads, int64_t seq) const;
+  // forward workspace -> its piece states (device address, bytes)
+  std::map<CUdeviceptr, std::pair<CUdeviceptr, size_t>> keptLaSlots_;
+  size_t keptLaBytes_ = 0;
+  bool reuseLaStates_ = true; // TNLM_LA_REUSE_STATES
   void runLightningPass(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
                         int64_t seq, const LightningPass &pass, const std::string &where);
   void runDecode(const Function &f, unsigned index, const schema::Step &step, int64_t batch,

@@ -14,6 +14,7 @@
 //===----------------------------------------------------------------------===//
 #include "runtime/cuda/CudaExecutor.h"
 
+#include "codegen/cuda/LightningFwdPlan.h"
 #include "runtime/CpuExecutor.h"
 #include "runtime/DType.h"
 #include "runtime/EmbeddingSegments.h"
@@ -91,6 +92,9 @@ size_t CudaExecutor::planTrainScratch() {
       case schema::KernelKind_LightningAttentionGrad:
         n.lrpeFeatures =
             std::max<int64_t>(n.lrpeFeatures, s->i64_attrs()->Get(0) * s->i64_attrs()->Get(1));
+        if (s->i64_attrs()->Get(3) == 0 && in.size() == 3) // as gpuTrainScratch (tnlmc)
+          n.keptLaStates +=
+              keptLaStatesOf(artifact_.maxBatch(), s->i64_attrs()->Get(0), artifact_.maxSeq());
         break;
       case schema::KernelKind_GlobalNorm: {
         int64_t c = 0;
@@ -109,6 +113,7 @@ size_t CudaExecutor::planTrainScratch() {
   lossScratchBytes_ = t.loss, gatedGradBytes_ = t.gated, dthetaBytes_ = t.dtheta;
   optChunks_ = t.chunks;
   lmHeadChunkRows_ = t.lmHeadChunkRows;
+  keptLaBytes_ = t.keptLaStates;
   return t.total;
 }
 
@@ -130,6 +135,25 @@ void CudaExecutor::allocateTrain() {
   segIds_ = buffer(size_t(maxRows) * 4, "the embedding grouping");
   optPartial_ = buffer(optChunks_ * 8, "the sum of squares' chunks");
   optT_ = buffer(4, "the AdamW step");
+  // The plain layers' kept piece states: one slot per kept workspace (the forward step's output,
+  // its backward's third input: the same arena operand), keptLaStatesOf states each.
+  if (keptLaBytes_) {
+    const CUdeviceptr kept = buffer(keptLaBytes_, "the kept Lightning piece states");
+    size_t used = 0;
+    for (const Function &f : functions_)
+      for (const schema::Step *s : *f.fn->steps())
+        if (s->kind() == schema::KernelKind_LightningAttentionGrad && s->i64_attrs()->Get(3) == 0 &&
+            s->inputs()->size() == 3) {
+          const size_t bytes = size_t(keptLaStatesOf(artifact_.maxBatch(), s->i64_attrs()->Get(0),
+                                                     artifact_.maxSeq())) *
+                               size_t(kTrainLaStateBytes);
+          const CUdeviceptr ws = operand(s->inputs()->Get(2), artifact_.source());
+          if (bytes && !keptLaSlots_.count(ws) && used + bytes <= keptLaBytes_) {
+            keptLaSlots_[ws] = {kept + CUdeviceptr(used), bytes};
+            used += bytes;
+          }
+        }
+  }
   // The fused lm head losses: the kernels of every step of one (vocabulary, hidden size), then
   // one cuda::LmHeadLoss with its chunk's workspace (planTrainScratch counted it).
   std::map<std::pair<int64_t, int64_t>, LmHeadLossKernels> heads;
@@ -190,6 +214,22 @@ const schema::Operand *CudaExecutor::accumulatedInto(const Function &f, unsigned
   }
   (void)index;
   return g;
+}
+
+bool CudaExecutor::reuseLaStatesFromEnvironment() {
+  return switchFromEnvironment("TNLM_LA_REUSE_STATES",
+                               "every Lightning backward pass with its own state pass and scan",
+                               "the dq and dv passes read the forward's and the dk pass's states");
+}
+
+CUdeviceptr CudaExecutor::keptLaStates(CUdeviceptr workspace, int64_t batch, int64_t heads,
+                                       int64_t seq) const {
+  const auto it = keptLaSlots_.find(workspace);
+  if (it == keptLaSlots_.end())
+    return 0;
+  const la::LightningFwdPlan plan = la::plan_lightning_fwd(int(batch), int(heads), int(seq), 128,
+                                                           128, 64, context_->multiprocessors());
+  return plan.workspace_bytes <= it->second.second ? it->second.first : 0;
 }
 
 bool CudaExecutor::firstWriteFromEnvironment() {
@@ -566,9 +606,13 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       }
       // dv's pass (K = q', V = dO) has the transpose of dk's states (K = dO, V = q'), in the
       // same direction and plan: it reads them (kernels of format 6 on) instead of its own
-      // state pass and scan.
+      // state pass and scan. So has dq's (K = v, V = k') of the forward's (K = k', V = v): kept
+      // by the forward step for this one where they fit (keptLaStates).
       LightningPass dv{kp, qp, dOp, g + 2 * D * 2, L, ldg, true};
-      dv.reuseTransposed = artifact_.root().format_version() >= 6;
+      const bool reuse = reuseLaStates_ && artifact_.root().format_version() >= 6;
+      dv.reuseTransposed = reuse;
+      if (const CUdeviceptr kept = keptLaStates(F, batch, H, seq); reuse && kept)
+        dq.states = kept, dq.reuseTransposed = true;
       runLightningPass(f, index, s, batch, seq, dq, where);
       runLightningPass(f, index, s, batch, seq, dk, where);
       runLightningPass(f, index, s, batch, seq, dv, where);

@@ -24,6 +24,9 @@ GpuTrainScratchBytes gpuTrainScratch(const std::vector<KernelPlan> &plans, int64
         break;
       case KernelKind::LightningAttentionGrad:
         n.lrpeFeatures = std::max(n.lrpeFeatures, s.i64Attrs[0] * s.i64Attrs[1]);
+        if (s.i64Attrs[3] == 0 && s.inputs.size() == 3) // a plain layer reading its forward's
+          n.keptLaStates +=                             // workspace: its piece states kept
+              ::tnlm::keptLaStatesOf(maxRows / std::max<int64_t>(maxSeq, 1), s.i64Attrs[0], maxSeq);
         break;
       case KernelKind::GlobalNorm: {
         int64_t c = 0;
@@ -39,7 +42,8 @@ GpuTrainScratchBytes gpuTrainScratch(const std::vector<KernelPlan> &plans, int64
       }
     }
   const ::tnlm::TrainScratch t = ::tnlm::trainScratch(maxRows, maxSeq, n);
-  return {int64_t(t.total), int64_t(t.gated), int64_t(t.lmHead), t.lmHeadChunkRows};
+  return {int64_t(t.total), int64_t(t.gated), int64_t(t.lmHead), t.lmHeadChunkRows,
+          int64_t(t.keptLaStates)};
 }
 
 } // namespace mlir::tnlm

@@ -18,6 +18,7 @@ namespace mlir::tnlm {
 struct GpuTrainScratchBytes {
   int64_t total = 0, gated = 0;
   int64_t lmHead = 0, lmHeadChunkRows = 0; // the fused lm head loss's chunk of logits
+  int64_t keptLaStates = 0;                // the plain layers' kept Lightning piece states
 };
 GpuTrainScratchBytes gpuTrainScratch(const std::vector<KernelPlan> &plans, int64_t maxRows,
                                      int64_t maxSeq);

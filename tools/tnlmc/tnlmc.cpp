@@ -534,6 +534,9 @@ int main(int argc, char **argv) {
             llvm::outs() << llvm::formatv(", the lm head loss's chunk of {0} rows {1:F2} MiB",
                                           scratch.lmHeadChunkRows,
                                           scratch.lmHead / (1024.0 * 1024.0));
+          if (scratch.keptLaStates > 0)
+            llvm::outs() << llvm::formatv(", the kept Lightning states {0:F2} MiB",
+                                          scratch.keptLaStates / (1024.0 * 1024.0));
           llvm::outs() << ")\n";
           const int64_t fixed = state + int64_t(scratch.total) + (32 << 20);
           const int64_t need = fixed + arena;

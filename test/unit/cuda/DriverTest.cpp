@@ -217,6 +217,13 @@ TEST(GradFirstWrite, TheEnvironmentVariableIsChecked) {
   });
 }
 
+// TNLM_LA_REUSE_STATES: unset, empty or 1 lets the Lightning backward's dq and dv passes read
+// the states they share with the forward and the dk pass, 0 gives each pass its own, anything
+// else is refused naming the variable (no GPU needed).
+TEST(LightningStateReuse, TheEnvironmentVariableIsChecked) {
+  checkOnOffVariable("TNLM_LA_REUSE_STATES", &CudaExecutor::reuseLaStatesFromEnvironment, "on");
+}
+
 // The lm head loss cuts a call into as few chunks as fit, of equal size: never above the
 // maximum, never more chunks than needed, the last one at most chunks - 1 rows smaller, and two
 // at least from two rows on (the call's logits are never whole).
