@@ -154,7 +154,10 @@ void pass(CUdeviceptr q, CUdeviceptr k, CUdeviceptr v, CUdeviceptr o, CUdevicept
   gpu().launchWith(*ks.main, c, "backward main pass", a);
 }
 
-void runCase(int N, int forceSegs = 0, int forcePieces = 0, bool reuseDv = false) {
+// reuseDv: the dv pass reads the dk pass's states (state_t); reuseDq: the dq pass reads those of
+// a forward pass fwd(q, k, v) run just before it (as the executor keeps the train forward's).
+void runCase(int N, int forceSegs = 0, int forcePieces = 0, bool reuseDv = false,
+             bool reuseDq = false) {
   const int64_t rows = int64_t(kB) * N, ld = kH * kD;
   const size_t n = size_t(rows * ld);
   const std::vector<uint16_t> q = test::randomBf16(n, 1, 0.5f), k = test::randomBf16(n, 2, 0.5f),
@@ -167,7 +170,15 @@ void runCase(int N, int forceSegs = 0, int forcePieces = 0, bool reuseDv = false
   for (DeviceBuffer *b : {&gq, &gk, &gv})
     gpu().fillBytes(b->get(), 0xff, n * 2, "sentinel");
   DeviceBuffer ws;
-  pass(dO.get(), dV.get(), dK.get(), gq.get(), dS.get(), N, false, forceSegs, forcePieces, ws);
+  DeviceBuffer fwdOut(reuseDq ? n * 2 : 16, "forward o"); // (kept until the end: async launches)
+  if (reuseDq) { // the forward (its output unused), then dq from its states
+    pass(dQ.get(), dK.get(), dV.get(), fwdOut.get(), dS.get(), N, false, forceSegs, forcePieces,
+         ws);
+    pass(dO.get(), dV.get(), dK.get(), gq.get(), dS.get(), N, false, forceSegs, forcePieces, ws, 0,
+         0, true);
+  } else {
+    pass(dO.get(), dV.get(), dK.get(), gq.get(), dS.get(), N, false, forceSegs, forcePieces, ws);
+  }
   pass(dV.get(), dO.get(), dQ.get(), gk.get(), dS.get(), N, true, forceSegs, forcePieces, ws);
   pass(dK.get(), dQ.get(), dO.get(), gv.get(), dS.get(), N, true, forceSegs, forcePieces, ws, 0, 0,
        reuseDv);
@@ -215,7 +226,10 @@ void runCase(int N, int forceSegs = 0, int forcePieces = 0, bool reuseDv = false
         if (b == 0 && h == kH - 1)
           std::printf("  three-pass backward N=%d (segments %d%s) %s: max |diff|/bound %.3f, "
                       "rel L2 %.2e\n",
-                      N, forceSegs, reuseDv ? ", dv from dk's states" : "", names[t], worst, rel);
+                      N, forceSegs,
+                      reuseDq ? (reuseDv ? ", dq, dv from kept states" : ", dq from the forward's")
+                              : (reuseDv ? ", dv from dk's states" : ""),
+                      names[t], worst, rel);
       }
 }
 
@@ -272,19 +286,27 @@ TEST(LightningBwdThreePass, SiluSlopeInTheStores) {
 TEST(LightningBwdThreePass, MatchesCpu) {
   for (int N : {1, 63, 64, 65, 300, 2048})
     runCase(N);
-  runCase(4097, 5, 2); // several segments and pieces, a partial last block
+  runCase(4097, 5, 2); // several segments (one piece each: 13 chunks), a partial last block
 }
 
 // The dv pass without its own state pass and scan, from the dk pass's piece states read
-// transposed (state_t, as the executor runs it from artifact format 6 on): the same bounds
-// against the CPU; one segment (no states: nothing to reuse), the planned segments at 2048 and
-// forced segments and pieces with a partial last block. A transpose mix-up (K·Vᵀ for Kᵀ·V) or
-// a wrong piece is O(1) off from the second segment on.
+// transposed (state_t, as the executor runs it from artifact format 6 on), and the dq pass from
+// the forward's: the same bounds against the CPU; at 132 SMs N = 65 has 2 segments of 1 piece,
+// 2048 has 16 of 1, (4097, 5, 2) 5 of 1 with a partial last block, (1000, 4, 4) 4 segments of
+// 4 pieces (a state from a piece inside a segment). A transpose mix-up (K·Vᵀ for Kᵀ·V) or a
+// wrong piece is O(1) off from the second segment on.
 TEST(LightningBwdThreePass, DvFromDkStates) {
   for (int N : {65, 2048})
     runCase(N, 0, 0, true);
   runCase(4097, 5, 2, true);
   runCase(1000, 4, 4, true);
+}
+
+TEST(LightningBwdThreePass, DqFromForwardStates) {
+  for (int N : {65, 2048})
+    runCase(N, 0, 0, false, true);
+  runCase(1000, 4, 4, false, true);
+  runCase(1000, 4, 4, true, true); // both, as the executor runs a plain layer
 }
 
 } // namespace
