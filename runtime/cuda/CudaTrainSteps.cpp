@@ -136,8 +136,10 @@ void CudaExecutor::allocateTrain() {
   optPartial_ = buffer(optChunks_ * 8, "the sum of squares' chunks");
   optT_ = buffer(4, "the AdamW step");
   // The plain layers' kept piece states: one slot per kept workspace (the forward step's output,
-  // its backward's third input: the same arena operand), keptLaStatesOf states each.
-  if (keptLaBytes_) {
+  // its backward's third input: the same arena operand), keptLaStatesOf states each; none where
+  // nothing reads them (TNLM_LA_REUSE_STATES=0, or kernels before format 6: planTrainScratch
+  // still counts them, an upper bound).
+  if (keptLaBytes_ && reuseLaStates_ && artifact_.root().format_version() >= 6) {
     const CUdeviceptr kept = buffer(keptLaBytes_, "the kept Lightning piece states");
     size_t used = 0;
     for (const Function &f : functions_)
