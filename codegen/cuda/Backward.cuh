@@ -297,6 +297,25 @@ __device__ __forceinline__ void embedding_grad(const int *order, const int *star
   *row = acc;
 }
 
+// body(c, load(c)) for c = threadIdx.x, + BLOCK, ... < n, in that order, the loads of four
+// consecutive c's of a thread issued before the first body (64 bytes of float4 in flight per
+// thread, not 16: one load at a time kept a 1024-thread CTA near 16 GB/s per SM).
+template <int BLOCK, class Load, class Body>
+__device__ __forceinline__ void for_each4_batched(int n, Load load, Body body) {
+  int c = threadIdx.x;
+  for (; c + 3 * BLOCK < n; c += 4 * BLOCK) {
+    float4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      v[u] = load(c + u * BLOCK);
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      body(c + u * BLOCK, v[u]);
+  }
+  for (; c < n; c += BLOCK)
+    body(c, load(c));
+}
+
 // A row's max and Σ exp(x − max) in one pass over it (online: each thread keeps its running max
 // m and Σ exp(x − m) in f64, rescaled by expf(m_old − m_new) when m grows; the threads are then
 // combined at the row's max, the warps in order: deterministic). e = expf(x − m) in f32; on the
@@ -320,8 +339,7 @@ __device__ __forceinline__ void ce_row_stats(const float *xr, int vocab, float &
     // 16-byte loads (four logits per thread and step: more bytes in flight per load), the four
     // e's summed in f32 (each <= 1: a few 2^-24 of their sum) and added to the f64 sum once:
     // the f32 -> f64 conversions (16 per SM and clock) bounded this kernel at one per element.
-    // Four of a thread's loads are issued before the first is used (64 bytes in flight per
-    // thread, not 16: one load at a time kept a 1024-thread CTA near 16 GB/s per SM); the
+    // Four of a thread's loads in flight before the first is used (for_each4_batched); the
     // elements are taken in the same order as one at a time.
     const float4 *x4 = reinterpret_cast<const float4 *>(xr);
     auto add4 = [&](const float4 v) {
@@ -332,19 +350,8 @@ __device__ __forceinline__ void ce_row_stats(const float *xr, int vocab, float &
       }
       sum += static_cast<double>((expf(v.x - m) + expf(v.y - m)) + (expf(v.z - m) + expf(v.w - m)));
     };
-    const int n4 = vocab / 4;
-    int c = threadIdx.x;
-    for (; c + 3 * BLOCK < n4; c += 4 * BLOCK) {
-      float4 v[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-        v[u] = x4[c + u * BLOCK];
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-        add4(v[u]);
-    }
-    for (; c < n4; c += BLOCK)
-      add4(x4[c]);
+    for_each4_batched<BLOCK>(
+        vocab / 4, [&](int c) { return x4[c]; }, [&](int, const float4 v) { add4(v); });
   } else {
     for (int c = threadIdx.x; c < vocab; c += BLOCK)
       add(xr[c]);
@@ -448,19 +455,7 @@ cross_entropy_grad_row(long long r, const float *x, long long ldx, const int *la
           reinterpret_cast<uint2 *>(gr)[c] = w;
       }
     };
-    const int n4 = vocab / 4;
-    int c = threadIdx.x;
-    for (; c + 3 * BLOCK < n4; c += 4 * BLOCK) {
-      float4 v[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-        v[u] = load4(c + u * BLOCK);
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-        store4(c + u * BLOCK, v[u]);
-    }
-    for (; c < n4; c += BLOCK)
-      store4(c, load4(c));
+    for_each4_batched<BLOCK>(vocab / 4, load4, store4);
   } else {
     for (int c = threadIdx.x; c < vocab; c += BLOCK)
       gr[c] = grad(c, xr[c]);

@@ -118,6 +118,18 @@ template <int BLOCK> __device__ __forceinline__ float block_sum(float v) {
   } while (0)
 template <int N> struct Width { static constexpr int value = N; };
 
+// f(q, c) for each of this thread's groups q < G of W columns of a row, starting at column
+// c < COLS (unrolled: the rows held in registers below index their arrays by q).
+template <int COLS, int BLOCK, int W, int G, class F>
+__device__ __forceinline__ void for_groups(F f) {
+#pragma unroll
+  for (int q = 0; q < G; ++q) {
+    const int c = threadIdx.x * W + q * BLOCK * W;
+    if (c < COLS)
+      f(q, c);
+  }
+}
+
 // rsqrt(mean_c(v[c]²) + eps) of this CTA's row, the threads loading W columns at a time with
 // load(c, v) (v = W fp32 values from column c); every thread gets the result.
 template <int COLS, int BLOCK, int W, class Load>
@@ -211,40 +223,28 @@ __device__ __forceinline__ void add_srms_norm(const bf16 *a, long long lda, cons
       // The sums kept in registers for the second pass (not reread after the reduction);
       // the same values in the same order as below.
       float vs[G][W];
+      for_groups<COLS, BLOCK, W, G>([&](int q, int c) {
+        float vb[W];
+        ldv<W>(a + r * lda + c, vs[q]);
+        ldv<W>(b + r * ldb + c, vb);
 #pragma unroll
-      for (int q = 0; q < G; ++q) {
-        const int c = threadIdx.x * W + q * BLOCK * W;
-        if (c < COLS) {
-          float vb[W];
-          ldv<W>(a + r * lda + c, vs[q]);
-          ldv<W>(b + r * ldb + c, vb);
-#pragma unroll
-          for (int i = 0; i < W; ++i)
-            vs[q][i] = __bfloat162float(__float2bfloat16(vs[q][i] + vb[i]));
-        }
-      }
+        for (int i = 0; i < W; ++i)
+          vs[q][i] = __bfloat162float(__float2bfloat16(vs[q][i] + vb[i]));
+      });
       float ss = 0.0f;
+      for_groups<COLS, BLOCK, W, G>([&](int q, int c) {
 #pragma unroll
-      for (int q = 0; q < G; ++q) {
-        const int c = threadIdx.x * W + q * BLOCK * W;
-        if (c < COLS) {
-#pragma unroll
-          for (int i = 0; i < W; ++i)
-            ss += vs[q][i] * vs[q][i];
-          stv<W>(sum + r * lds + c, vs[q]);
-        }
-      }
+        for (int i = 0; i < W; ++i)
+          ss += vs[q][i] * vs[q][i];
+        stv<W>(sum + r * lds + c, vs[q]);
+      });
       const float inv = rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
+      for_groups<COLS, BLOCK, W, G>([&](int q, int c) {
 #pragma unroll
-      for (int q = 0; q < G; ++q) {
-        const int c = threadIdx.x * W + q * BLOCK * W;
-        if (c < COLS) {
-#pragma unroll
-          for (int i = 0; i < W; ++i)
-            vs[q][i] *= inv;
-          stv<W>(y + r * ldy + c, vs[q]);
-        }
-      }
+        for (int i = 0; i < W; ++i)
+          vs[q][i] *= inv;
+        stv<W>(y + r * ldy + c, vs[q]);
+      });
       return;
     }
     float ss = 0.0f;
@@ -287,32 +287,23 @@ __device__ __forceinline__ void gated_norm_from_o(const bf16 *u, long long ldu, 
       // o and u loaded once, before the reduction (u no longer a memory latency after it);
       // the same values in the same order as below.
       float vo[G][W], vu[G][W];
-#pragma unroll
-      for (int q = 0; q < G; ++q) {
-        const int c = threadIdx.x * W + q * BLOCK * W;
-        if (c < COLS) {
-          ldv<W>(o + r * ldo + c, vo[q]);
-          ldv<W>(u + r * ldu + c, vu[q]);
-        }
-      }
+      for_groups<COLS, BLOCK, W, G>([&](int q, int c) {
+        ldv<W>(o + r * ldo + c, vo[q]);
+        ldv<W>(u + r * ldu + c, vu[q]);
+      });
       float ss = 0.0f;
+      for_groups<COLS, BLOCK, W, G>([&](int q, int) {
 #pragma unroll
-      for (int q = 0; q < G; ++q)
-        if (threadIdx.x * W + q * BLOCK * W < COLS)
-#pragma unroll
-          for (int i = 0; i < W; ++i)
-            ss += vo[q][i] * vo[q][i];
+        for (int i = 0; i < W; ++i)
+          ss += vo[q][i] * vo[q][i];
+      });
       const float inv = rsqrtf(block_sum<BLOCK>(ss) / COLS + eps);
+      for_groups<COLS, BLOCK, W, G>([&](int q, int c) {
 #pragma unroll
-      for (int q = 0; q < G; ++q) {
-        const int c = threadIdx.x * W + q * BLOCK * W;
-        if (c < COLS) {
-#pragma unroll
-          for (int i = 0; i < W; ++i)
-            vo[q][i] = vu[q][i] * vo[q][i] * inv;
-          stv<W>(y + r * ldy + c, vo[q]);
-        }
-      }
+        for (int i = 0; i < W; ++i)
+          vo[q][i] = vu[q][i] * vo[q][i] * inv;
+        stv<W>(y + r * ldy + c, vo[q]);
+      });
       return;
     }
     const float inv =
