@@ -25,9 +25,10 @@ constexpr int64_t kGpuLmHeadWholeBytes = int64_t(4) << 30; // one lm head chunk 
 // more SMs say, runs the dq pass's own state pass and scan instead).
 constexpr int kTrainKeptLaSms = 132;
 constexpr int64_t kTrainLaStateBytes = int64_t(128) * 128 * 4;
-inline int64_t keptLaStatesOf(int64_t maxBatch, int64_t heads, int64_t maxSeq) {
+inline int64_t keptLaStatesOf(int64_t maxBatch, int64_t heads, int64_t maxSeq,
+                              int sms = kTrainKeptLaSms) {
   const la::LightningFwdPlan p =
-      la::plan_lightning_fwd(int(maxBatch), int(heads), int(maxSeq), 128, 128, 64, kTrainKeptLaSms);
+      la::plan_lightning_fwd(int(maxBatch), int(heads), int(maxSeq), 128, 128, 64, sms);
   return int64_t(p.workspace_bytes / kTrainLaStateBytes);
 }
 

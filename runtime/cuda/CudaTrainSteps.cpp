@@ -71,6 +71,13 @@ CUdeviceptr CudaExecutor::master(const schema::Operand *o, const std::string &wh
   return masters_.at(o->offset()) + o->col_offset() * 4;
 }
 
+// A plain layer's Lightning backward that reads its forward's kept workspace (φ(q), φ(k), O:
+// the step's third input), whose forward keeps its piece states for it.
+static bool readsKeptWorkspace(const schema::Step &s) {
+  return s.kind() == schema::KernelKind_LightningAttentionGrad && s.i64_attrs()->Get(3) == 0 &&
+         s.inputs()->size() == 3;
+}
+
 size_t CudaExecutor::planTrainScratch() {
   TrainScratchNeeds n;
   for (const Function &f : functions_)
@@ -92,7 +99,7 @@ size_t CudaExecutor::planTrainScratch() {
       case schema::KernelKind_LightningAttentionGrad:
         n.lrpeFeatures =
             std::max<int64_t>(n.lrpeFeatures, s->i64_attrs()->Get(0) * s->i64_attrs()->Get(1));
-        if (s->i64_attrs()->Get(3) == 0 && in.size() == 3) // as gpuTrainScratch (tnlmc)
+        if (readsKeptWorkspace(*s)) // as gpuTrainScratch (tnlmc)
           n.keptLaStates +=
               keptLaStatesOf(artifact_.maxBatch(), s->i64_attrs()->Get(0), artifact_.maxSeq());
         break;
@@ -144,8 +151,7 @@ void CudaExecutor::allocateTrain() {
     size_t used = 0;
     for (const Function &f : functions_)
       for (const schema::Step *s : *f.fn->steps())
-        if (s->kind() == schema::KernelKind_LightningAttentionGrad && s->i64_attrs()->Get(3) == 0 &&
-            s->inputs()->size() == 3) {
+        if (readsKeptWorkspace(*s)) {
           const size_t bytes = size_t(keptLaStatesOf(artifact_.maxBatch(), s->i64_attrs()->Get(0),
                                                      artifact_.maxSeq())) *
                                size_t(kTrainLaStateBytes);
@@ -229,9 +235,10 @@ CUdeviceptr CudaExecutor::keptLaStates(CUdeviceptr workspace, int64_t batch, int
   const auto it = keptLaSlots_.find(workspace);
   if (it == keptLaSlots_.end())
     return 0;
-  const la::LightningFwdPlan plan = la::plan_lightning_fwd(int(batch), int(heads), int(seq), 128,
-                                                           128, 64, context_->multiprocessors());
-  return plan.workspace_bytes <= it->second.second ? it->second.first : 0;
+  // The states this call's plan needs on this GPU, against the slot's (sized for 132 SMs).
+  const size_t need = size_t(keptLaStatesOf(batch, heads, seq, context_->multiprocessors())) *
+                      size_t(kTrainLaStateBytes);
+  return need <= it->second.second ? it->second.first : 0;
 }
 
 bool CudaExecutor::firstWriteFromEnvironment() {
