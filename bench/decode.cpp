@@ -237,11 +237,12 @@ int main(int argc, char **argv) {
           "\"prefill_ms\":%.3f,\"prefill_tokens_per_s\":%.1f,\"wall_ms_per_step\":%.4f,"
           "\"device_ms_per_step\":%.4f,\"tokens_per_s\":%.1f,\"weight_floor_ms\":%.4f,"
           "\"floor_with_state_ms\":%.4f,\"device_vs_weight_floor\":%.3f,\"graph_nodes\":%zu,"
-          "\"device_bytes\":%zu,\"gpu\":%s}\n",
+          "\"fused_decodes\":%lld,\"device_bytes\":%zu,\"gpu\":%s}\n",
           bench::jsonString(label).c_str(), (long long)batch, (long long)context, (long long)steps,
           prefillMs, double(batch * context) / (prefillMs / 1e3), wallMs, deviceMs,
           double(batch) / (wallMs / 1e3), weightFloorMs, floorMs, deviceMs / weightFloorMs, nodes,
-          exec.deviceBytes(), bench::jsonString(ctx.deviceName()).c_str());
+          (long long)exec.fusedDecodeLaunches(), exec.deviceBytes(),
+          bench::jsonString(ctx.deviceName()).c_str());
       std::fflush(stdout);
       if (opts.has("profile")) {
         next();

@@ -173,7 +173,7 @@ fb::Offset<sc::Function> writeFunction(fb::FlatBufferBuilder &b, const KernelPla
             b, static_cast<sc::LaunchKind>(l.kind), static_cast<int32_t>(l.kernel),
             static_cast<int32_t>(l.block), static_cast<int32_t>(l.sharedMem), l.gemmN, l.gemmK,
             static_cast<int8_t>(l.prologue), static_cast<int32_t>(l.maxRows),
-            static_cast<int32_t>(l.stages)));
+            static_cast<int32_t>(l.stages), static_cast<int32_t>(l.cluster)));
     steps.push_back(sc::CreateStepDirect(b, kindOf(s.kind), s.name.c_str(), &ins, &outs,
                                          &s.f32Attrs, &s.i64Attrs, &s.slopes,
                                          program ? &launches : nullptr));

@@ -28,6 +28,8 @@ const char *launchKindName(CudaLaunchKind kind) {
     return "per-slot";
   case CudaLaunchKind::Gemv:
     return "gemv";
+  case CudaLaunchKind::GemvDecode:
+    return "gemv-decode";
   case CudaLaunchKind::Single:
     return "single";
   case CudaLaunchKind::PerHead:
@@ -225,8 +227,11 @@ private:
                              cols, view("x", s.inputs[0]), l.gemmK, s.outputs[0].dtype)
                    .str();
       out.push_back(l);
-      if (decodeFunction)
+      if (decodeFunction) {
         out.push_back(gemv(s, false));
+        if (fusesDecode(s))
+          out.push_back(gemvDecode(s));
+      }
       return success();
     }
     case KernelKind::GatedLinear: {
@@ -1058,6 +1063,60 @@ private:
                       kGemvMaxRows, gated ? "GEMV pair" : "GEMV", l.gemmN, view("x", s.inputs[0]),
                       l.gemmK, gated ? " (*) x . W2^T" : "", s.outputs[0].dtype, kFused[prologue])
             .str();
+    return l;
+  }
+
+  // The qkvu linear of a decode layer with the lightning_decode after it (rec::gemv_decode):
+  // one cluster per head, 16 CTAs where H·16 CTAs fit on an H200's 132 SMs at once (8, 4 for
+  // more heads), so that the grid is about as many CTAs as rec::gemv's.
+  static int64_t decodeCluster(int64_t heads) {
+    int64_t cluster = 16;
+    while (cluster > 4 && heads * cluster > 132)
+      cluster /= 2;
+    return cluster;
+  }
+  // Where the fused launch exists: a head dim the decode tiling takes, and at most 32 state
+  // entries per thread held in registers across the GEMV (64 spill: 1B's LRPE layer, 7B).
+  static bool fusesDecode(const PlanStep &s) {
+    if (s.decodeFusion.size() != 4 || s.gemvPrologue == 3)
+      return false;
+    const int64_t heads = s.decodeFusion[0], dh = s.decodeFusion[1];
+    const int64_t cluster = decodeCluster(heads), dk = s.decodeFusion[2] != 0 ? 2 * dh : dh;
+    const int64_t items = (kGemvMaxRows * 16 * (dh / cluster) + kGemvBlock - 1) / kGemvBlock;
+    return dh % 16 == 0 && dh <= 256 && items * (dk / 16) <= 32;
+  }
+  CudaLaunch gemvDecode(const PlanStep &s) {
+    const int64_t heads = s.decodeFusion[0], dh = s.decodeFusion[1];
+    const bool lrpe = s.decodeFusion[2] != 0, silu = s.decodeFusion[3] != 0;
+    const int64_t cluster = decodeCluster(heads);
+    CudaLaunch l = wrapped(
+        CudaLaunchKind::GemvDecode,
+        llvm::formatv("tnlm_gemv_decode_p{0}_d{1}_c{2}_silu{3}_lrpe{4}", s.gemvPrologue, dh,
+                      cluster, silu ? 1 : 0, lrpe ? 1 : 0)
+            .str(),
+        kGemvBlock, "the qkvu GEMV and lightning_decode in one launch: a cluster of CTAs per head",
+        "const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *sum, long long "
+        "ldsum, float eps, const bf16 *w, bf16 *qkvu, long long ldqkvu, int M, int K, int "
+        "stageRows, int stages, int warpsPerRow, const float *theta, const int *positions, const "
+        "float *slopes, float *state, bf16 *o, long long ldo, int heads",
+        llvm::formatv("tnlm::rec::gemv_decode<{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}>(x, ldx, x2, "
+                      "ldx2, sum, ldsum, eps, w, qkvu, ldqkvu, M, K, stageRows, stages, "
+                      "warpsPerRow, theta, positions, slopes, state, o, ldo, heads)",
+                      kGemvMaxRows, kGemvStages, kGemvBlock, s.gemvPrologue, dh, cluster,
+                      silu ? "true" : "false", lrpe ? "true" : "false")
+            .str(),
+        "", /*minBlocks=*/2);
+    l.gemmN = s.outputs[0].cols;
+    l.gemmK = s.inputs[0].cols;
+    l.prologue = s.gemvPrologue;
+    l.maxRows = kGemvMaxRows;
+    l.stages = kGemvStages;
+    l.cluster = cluster;
+    l.note = llvm::formatv("batch <= {0}: GEMV {1} and the lightning_decode after it (H {2}, dh "
+                           "{3}{4}) in one launch, clusters of {5} CTAs per head",
+                           kGemvMaxRows, view("x", s.inputs[0]), heads, dh, lrpe ? ", LRPE" : "",
+                           cluster)
+                 .str();
     return l;
   }
 

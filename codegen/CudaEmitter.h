@@ -35,7 +35,8 @@ enum class CudaLaunchKind {
   Gemv,
   Single,
   PerHead,
-  PerChunk
+  PerChunk,
+  GemvDecode
 };
 const char *launchKindName(CudaLaunchKind kind);
 
@@ -47,6 +48,7 @@ struct CudaLaunch {
   int64_t prologue = 0;         // Gemv: the fused norm of the step before (KernelPlan.h)
   int64_t maxRows = 0;          // Gemv: the largest batch it serves
   int64_t stages = 0;           // Gemv: the most weight stages of its shared-memory ring
+  int64_t cluster = 0;          // GemvDecode: CTAs per head (its thread block cluster)
   std::string note;             // what the launch does, for the manifest
 };
 

@@ -94,6 +94,10 @@ struct PlanStep {
   /// step before it does not run (1 srms_norm, 2 add_srms_norm, 3 the gated norm of a
   /// lightning_decode); 0 = none.
   int64_t gemvPrologue = 0;
+  /// CUDA @decode_step, the qkvu linear whose output only the lightning_decode right after it
+  /// reads as its q, k, v, u (markDecodeFusions): that step's i64Attrs (heads, dh, lrpe, silu),
+  /// for the launch that runs both (rec::gemv_decode); empty = none.
+  std::vector<int64_t> decodeFusion;
 };
 
 struct PlanBuffer {

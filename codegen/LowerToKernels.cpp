@@ -751,6 +751,19 @@ void markDecodeFusions(KernelPlan &plan) {
       extend(out, static_cast<int64_t>(i + 1));
     gemv.gemvPrologue = mode;
   }
+  // The qkvu linear and the lightning_decode that reads its whole output as q | k | v | u.
+  for (size_t i = 0; i + 1 < plan.steps.size(); ++i) {
+    PlanStep &lin = plan.steps[i];
+    const PlanStep &dec = plan.steps[i + 1];
+    if (lin.kind != KernelKind::Linear || dec.kind != KernelKind::LightningDecode ||
+        dec.i64Attrs.size() < 4 || dec.inputs.empty() || lin.outputs.empty())
+      continue;
+    const PlanOperand &y = lin.outputs[0], &qkvu = dec.inputs[0];
+    if (y.dtype == "bf16" && qkvu.sameStorage(y) && qkvu.colOffset == y.colOffset &&
+        y.colOffset == 0 && qkvu.cols == y.cols && qkvu.ld == y.ld &&
+        y.cols == 4 * dec.i64Attrs[0] * dec.i64Attrs[1])
+      lin.decodeFusion.assign(dec.i64Attrs.begin(), dec.i64Attrs.begin() + 4);
+  }
 }
 
 FailureOr<std::vector<KernelPlan>> lowerFunctions(ModuleOp module, ArrayRef<std::string> functions,

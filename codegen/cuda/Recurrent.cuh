@@ -279,11 +279,18 @@ __device__ __forceinline__ void bulk_copy(unsigned dst, const void *src, unsigne
 // slices added in order (deterministic for a given K and warpsPerRow); a stage is refilled
 // once every warp is done with it.
 // Dynamic shared memory: `stages` stages of stageBytes (128-byte multiples), then v.
-template <int MAXM, int MAXSTAGES, int BLOCK, bool GATED, int PROLOGUE, typename OutT>
-__device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2,
-                                     bf16 *sum, long long ldsum, float eps, const bf16 *w,
-                                     const bf16 *w2, OutT *y, long long ldy, int M, int N, int K,
-                                     int rowsPerCta, int stageRows, int stages, int warpsPerRow) {
+//
+// gemv_rows is the body for the CTA's rows [n0, n0 + rows); `sink(n - n0, m, value)` also gets
+// each stored output as stored (rec::gemv_decode keeps them in shared memory).
+struct NoSink {
+  __device__ void operator()(int, int, float) const {}
+};
+template <int MAXM, int MAXSTAGES, int BLOCK, bool GATED, int PROLOGUE, typename OutT,
+          typename Sink>
+__device__ __forceinline__ void
+gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *sum, long long ldsum,
+          float eps, const bf16 *w, const bf16 *w2, OutT *y, long long ldy, int M, int K, int n0,
+          int rows, int stageRows, int stages, int warpsPerRow, Sink sink) {
   constexpr int WARPS = BLOCK / 32, MATS = GATED ? 2 : 1;
   extern __shared__ __align__(128) unsigned char gemv_smem[];
   __shared__ __align__(8) unsigned long long bars[MAXSTAGES];
@@ -294,17 +301,19 @@ __device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x
   const long long rowBytes = static_cast<long long>(K) * 2;
   const unsigned stageBytes =
       static_cast<unsigned>((MATS * stageRows * rowBytes + 127) / 128 * 128);
-  const int n0 = blockIdx.x * rowsPerCta, rows = max(0, min(N, n0 + rowsPerCta) - n0);
   const int nStages = (rows + stageRows - 1) / stageRows;
   stages = max(1, min(stages, MAXSTAGES));
   // y[m, n] from the row's sums (the gated pair rounded as two GEMMs and their product).
   auto store = [&](int n, int m, float v, float v2) {
     if (GATED)
       v = round_bf16(v) * round_bf16(v2);
-    if constexpr (sizeof(OutT) == 4)
+    if constexpr (sizeof(OutT) == 4) {
       y[m * ldy + n] = v;
-    else
+      sink(n - n0, m, v);
+    } else {
       y[m * ldy + n] = __float2bfloat16(v);
+      sink(n - n0, m, round_bf16(v));
+    }
   };
   bf16 *vs = reinterpret_cast<bf16 *>(gemv_smem + static_cast<size_t>(stages) * stageBytes);
   const unsigned ring = smem_u32(gemv_smem), bar0 = smem_u32(bars);
@@ -464,6 +473,153 @@ __device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x
         issue(t + stages);
     }
   }
+}
+
+template <int MAXM, int MAXSTAGES, int BLOCK, bool GATED, int PROLOGUE, typename OutT>
+__device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2,
+                                     bf16 *sum, long long ldsum, float eps, const bf16 *w,
+                                     const bf16 *w2, OutT *y, long long ldy, int M, int N, int K,
+                                     int rowsPerCta, int stageRows, int stages, int warpsPerRow) {
+  const int n0 = blockIdx.x * rowsPerCta, rows = max(0, min(N, n0 + rowsPerCta) - n0);
+  gemv_rows<MAXM, MAXSTAGES, BLOCK, GATED, PROLOGUE, OutT>(x, ldx, x2, ldx2, sum, ldsum, eps, w, w2,
+                                                           y, ldy, M, K, n0, rows, stageRows,
+                                                           stages, warpsPerRow, NoSink{});
+}
+
+// Thread block clusters (sm_90): the CTA's rank, the cluster-wide barrier in its two halves
+// (arrive releases this CTA's writes, wait acquires everyone's), and a float of another
+// CTA's shared memory (distributed shared memory).
+__device__ __forceinline__ unsigned cluster_rank() {
+  unsigned r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ void cluster_arrive() {
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ float dsmem_load(const float *local, unsigned rank) {
+  unsigned remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;"
+               : "=r"(remote)
+               : "r"(smem_u32(local)), "r"(rank));
+  float v;
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+  return v;
+}
+
+// The qkvu linear of a decode layer and its lightning_decode in one launch (the executor's
+// choice where both would run as rec::gemv and rec::lightning_decode; CudaExecutor::runStep):
+// one cluster of CLUSTER CTAs per head h (grid.x = H·CLUSTER, cluster dims CLUSTER). CTA rank c
+// computes ROWS = 4·DH / CLUSTER rows of the head's q | k | v | u (rows b·D + h·DH + p·ROWS
+// onwards, b = c / (CLUSTER / 4), p = c % (CLUSTER / 4)) exactly as rec::gemv (same prologue,
+// same sums, written to qkvu), keeps them in shared memory, and after a cluster barrier reads
+// the head's q, k and its DH / CLUSTER columns of v from the other CTAs' shared memory and
+// updates those columns of the slots' states as lightning_decode does (the same 16 row groups
+// per column, the same order of every sum: the same bits as the two launches).
+template <int MAXM, int MAXSTAGES, int BLOCK, int PROLOGUE, int DH, int CLUSTER, bool SILU,
+          bool LRPE>
+__device__ __forceinline__ void
+gemv_decode(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *sum,
+            long long ldsum, float eps, const bf16 *w, bf16 *qkvu, long long ldqkvu, int M, int K,
+            int stageRows, int stages, int warpsPerRow, const float *theta, const int *positions,
+            const float *slopes, float *state, bf16 *o, long long ldo, int heads) {
+  static_assert(CLUSTER % 4 == 0 && DH % CLUSTER == 0, "the cluster splits q, k, v, u evenly");
+  constexpr int ROWS = 4 * DH / CLUSTER, COLS = DH / CLUSTER, DK = LRPE ? 2 * DH : DH;
+  constexpr int GROUPS = 16, PER = DK / GROUPS; // lightning_decode<DH, 16, 256>'s row groups
+  constexpr int ITEMS = (MAXM * GROUPS * COLS + BLOCK - 1) / BLOCK; // (slot, group, column)
+  static_assert(DK % GROUPS == 0, "decode tiling");
+  __shared__ float xout[MAXM][ROWS];
+  __shared__ float qs[MAXM][DK], ks[MAXM][DK], vs[MAXM][COLS], partial[MAXM][GROUPS][COLS];
+  const int h = blockIdx.x / CLUSTER;
+  const unsigned rank = cluster_rank();
+  const long long D = static_cast<long long>(heads) * DH;
+  const int col0 = static_cast<int>(rank) * COLS;
+  // The state entries of this CTA's items and the decay, before the GEMV's wait (the state of
+  // a layer is this launch's alone, λ a parameter).
+  float sv[ITEMS][PER];
+#pragma unroll
+  for (int it = 0; it < ITEMS; ++it) {
+    const int e = threadIdx.x + it * BLOCK, m = e / (GROUPS * COLS);
+    const int g = e % (GROUPS * COLS) / COLS, j = e % COLS;
+    if (m < M) {
+      const float *S = state + (static_cast<long long>(m) * heads + h) * DK * DH + col0 + j;
+#pragma unroll
+      for (int t = 0; t < PER; ++t)
+        sv[it][t] = S[(g + t * GROUPS) * DH];
+    }
+  }
+  const double lambda = exp(-static_cast<double>(slopes[h]));
+  const int b = static_cast<int>(rank) / (CLUSTER / 4), p = static_cast<int>(rank) % (CLUSTER / 4);
+  const int n0 = static_cast<int>(b * D + h * DH + p * ROWS);
+  gemv_rows<MAXM, MAXSTAGES, BLOCK, false, PROLOGUE, bf16>(
+      x, ldx, x2, ldx2, sum, ldsum, eps, w, w, qkvu, ldqkvu, M, K, n0, ROWS, stageRows, stages,
+      warpsPerRow, [&](int r, int m, float v) { xout[m][r] = v; });
+  cluster_arrive();
+  cluster_wait(); // every CTA's rows are in its shared memory
+  // Head-local row t (q: [0, DH), k: [DH, 2DH), v: [2DH, 3DH)) is entry t % ROWS of rank t / ROWS.
+  for (int e = threadIdx.x; e < MAXM * DH; e += BLOCK) {
+    const int m = e / DH, c = e % DH;
+    if (m >= M)
+      break;
+    const int pos = positions[m];
+    float q = dsmem_load(&xout[m][c % ROWS], c / ROWS);
+    float k = dsmem_load(&xout[m][(DH + c) % ROWS], (DH + c) / ROWS);
+    if (SILU) {
+      q = silu_f(q);
+      k = silu_f(k);
+    }
+    if (LRPE) {
+      float sn, cs;
+      sincosf(static_cast<float>(max(pos, 0)) * theta[h * DH + c], &sn, &cs);
+      qs[m][c] = q * cs, ks[m][c] = k * cs;
+      qs[m][DH + c] = q * sn, ks[m][DH + c] = k * sn;
+    } else {
+      qs[m][c] = q, ks[m][c] = k;
+    }
+  }
+  for (int e = threadIdx.x; e < MAXM * COLS; e += BLOCK) {
+    const int m = e / COLS, j = e % COLS, t = 2 * DH + col0 + j;
+    if (m < M)
+      vs[m][j] = dsmem_load(&xout[m][t % ROWS], t / ROWS);
+  }
+  cluster_arrive(); // this CTA has read all it reads of the others' shared memory
+  __syncthreads();
+#pragma unroll
+  for (int it = 0; it < ITEMS; ++it) {
+    const int e = threadIdx.x + it * BLOCK, m = e / (GROUPS * COLS);
+    const int g = e % (GROUPS * COLS) / COLS, j = e % COLS;
+    if (m < M && positions[m] >= 0) {
+      float *S = state + (static_cast<long long>(m) * heads + h) * DK * DH + col0 + j;
+      const float v = vs[m][j];
+      float acc = 0.0f;
+#pragma unroll
+      for (int t = 0; t < PER; ++t) {
+        const int i = g + t * GROUPS;
+        const float s = static_cast<float>(lambda * static_cast<double>(sv[it][t]) +
+                                           static_cast<double>(ks[m][i]) * static_cast<double>(v));
+        S[i * DH] = s;
+        acc = fmaf(qs[m][i], s, acc);
+      }
+      partial[m][g][j] = acc;
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < MAXM * COLS; e += BLOCK) {
+    const int m = e / COLS, j = e % COLS;
+    if (m >= M)
+      break;
+    float out = 0.0f;
+    if (positions[m] >= 0) { // an inactive slot: state untouched, output row zero
+#pragma unroll
+      for (int k = 0; k < GROUPS; ++k)
+        out += partial[m][k][j];
+    }
+    o[m * ldo + h * DH + col0 + j] = __float2bfloat16(out);
+  }
+  cluster_wait(); // no CTA leaves while another may still read its rows
 }
 
 } // namespace rec

@@ -39,7 +39,7 @@ namespace tnlm::cuda {
   X(cuFuncSetAttribute) X(cuLaunchKernel) X(cuLaunchKernelEx) X(cuStreamBeginCapture) X(cuStreamEndCapture)        \
   X(cuGraphInstantiate) X(cuGraphLaunch) X(cuGraphGetNodes) X(cuGraphDestroy)                  \
   X(cuGraphExecDestroy) X(cuEventCreate) X(cuEventDestroy) X(cuEventRecord)                   \
-  X(cuEventSynchronize) X(cuEventElapsedTime) X(cuStreamIsCapturing)
+  X(cuEventSynchronize) X(cuEventElapsedTime) X(cuStreamIsCapturing) X(cuOccupancyMaxActiveClusters)
 
 #define TNLM_CUDA_NVRTC_SYMBOLS(X)                                                             \
   X(nvrtcVersion) X(nvrtcGetErrorString) X(nvrtcCreateProgram) X(nvrtcDestroyProgram)          \

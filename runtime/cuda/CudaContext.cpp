@@ -115,8 +115,9 @@ void Context::fillWords(CUdeviceptr dst, uint32_t value, size_t count,
     TNLM_CU(cuMemsetD32Async, (dst, value, count, stream_), context);
 }
 
-void Context::launch(Kernel &kernel, const LaunchConfig &config, void **params,
-                     std::string_view context) const {
+// The kernel's opt-ins for `config`: dynamic shared memory above 48 KiB, clusters above 8.
+static void optIn(Kernel &kernel, const LaunchConfig &config, size_t maxShared,
+                  std::string_view context) {
   const DriverApi &api = driver();
   if (config.sharedBytes > kernel.sharedOptIn) {
     CUresult result = api.cuFuncSetAttribute(
@@ -126,31 +127,82 @@ void Context::launch(Kernel &kernel, const LaunchConfig &config, void **params,
                    join(context, "kernel '" + kernel.name + "' asking for " +
                                      std::to_string(config.sharedBytes) +
                                      " bytes of shared memory (the device allows " +
-                                     std::to_string(maxSharedOptIn_) + ")"));
+                                     std::to_string(maxShared) + ")"));
     kernel.sharedOptIn = config.sharedBytes;
   }
+  if (config.cluster > 8 && !kernel.nonPortableClusters) {
+    CUresult result = api.cuFuncSetAttribute(
+        kernel.function, CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1);
+    if (result != CUDA_SUCCESS)
+      throwCuError(result, "cuFuncSetAttribute",
+                   join(context, "kernel '" + kernel.name + "' asking for clusters of " +
+                                     std::to_string(config.cluster) + " CTAs"));
+    kernel.nonPortableClusters = true;
+  }
+}
+
+namespace {
+// A CUlaunchConfig for `config` on `stream`, with its attributes in `attrs` (at least 2).
+CUlaunchConfig exConfig(const LaunchConfig &config, CUstream stream, CUlaunchAttribute *attrs) {
+  const Dim3 &g = config.grid, &b = config.block;
+  CUlaunchConfig c{};
+  c.gridDimX = g.x, c.gridDimY = g.y, c.gridDimZ = g.z;
+  c.blockDimX = b.x, c.blockDimY = b.y, c.blockDimZ = b.z;
+  c.sharedMemBytes = config.sharedBytes;
+  c.hStream = stream;
+  c.attrs = attrs;
+  if (config.programmatic) {
+    attrs[c.numAttrs] = CUlaunchAttribute{};
+    attrs[c.numAttrs].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attrs[c.numAttrs].value.programmaticStreamSerializationAllowed = 1;
+    ++c.numAttrs;
+  }
+  if (config.cluster > 1) {
+    attrs[c.numAttrs] = CUlaunchAttribute{};
+    attrs[c.numAttrs].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attrs[c.numAttrs].value.clusterDim.x = config.cluster;
+    attrs[c.numAttrs].value.clusterDim.y = 1;
+    attrs[c.numAttrs].value.clusterDim.z = 1;
+    ++c.numAttrs;
+  }
+  return c;
+}
+} // namespace
+
+int Context::maxActiveClusters(Kernel &kernel, const LaunchConfig &config,
+                               std::string_view context) const {
+  optIn(kernel, config, maxSharedOptIn_, context);
+  CUlaunchAttribute attrs[2];
+  LaunchConfig plain = config;
+  plain.programmatic = false;
+  const CUlaunchConfig c = exConfig(plain, stream_, attrs);
+  int clusters = 0;
+  TNLM_CU(cuOccupancyMaxActiveClusters, (&clusters, kernel.function, &c),
+          join(context, "kernel '" + kernel.name + "': how many clusters of " +
+                            std::to_string(config.cluster) + " fit"));
+  return clusters;
+}
+
+void Context::launch(Kernel &kernel, const LaunchConfig &config, void **params,
+                     std::string_view context) const {
+  const DriverApi &api = driver();
+  optIn(kernel, config, maxSharedOptIn_, context);
   const Dim3 &g = config.grid, &b = config.block;
   CUresult result;
-  if (config.programmatic) {
-    CUlaunchAttribute attr{};
-    attr.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-    attr.value.programmaticStreamSerializationAllowed = 1;
-    CUlaunchConfig c{};
-    c.gridDimX = g.x, c.gridDimY = g.y, c.gridDimZ = g.z;
-    c.blockDimX = b.x, c.blockDimY = b.y, c.blockDimZ = b.z;
-    c.sharedMemBytes = config.sharedBytes;
-    c.hStream = stream_;
-    c.attrs = &attr;
-    c.numAttrs = 1;
+  if (config.programmatic || config.cluster > 1) {
+    CUlaunchAttribute attrs[2];
+    CUlaunchConfig c = exConfig(config, stream_, attrs);
     result = api.cuLaunchKernelEx(&c, kernel.function, params, nullptr);
   } else {
     result = api.cuLaunchKernel(kernel.function, g.x, g.y, g.z, b.x, b.y, b.z, config.sharedBytes,
                                 stream_, params, nullptr);
   }
   if (result != CUDA_SUCCESS) {
-    char shape[160];
-    std::snprintf(shape, sizeof shape, " (grid %ux%ux%u, block %ux%ux%u, %u bytes shared)", g.x,
-                  g.y, g.z, b.x, b.y, b.z, config.sharedBytes);
+    char shape[200];
+    std::snprintf(shape, sizeof shape, " (grid %ux%ux%u, block %ux%ux%u, %u bytes shared%s)", g.x,
+                  g.y, g.z, b.x, b.y, b.z, config.sharedBytes,
+                  config.cluster > 1 ? (", clusters of " + std::to_string(config.cluster)).c_str()
+                                     : "");
     throwCuError(result, "cuLaunchKernel", join(context, "kernel '" + kernel.name + "'" + shape));
   }
 }

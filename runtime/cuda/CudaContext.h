@@ -38,6 +38,9 @@ struct LaunchConfig {
   /// before it has finished; it must wait (griddepcontrol.wait, TNLM_PDL_WAIT in the device
   /// headers) before it touches anything an earlier kernel writes or reads.
   bool programmatic = false;
+  /// Thread block clusters of `cluster` CTAs along x (0 or 1: none); above 8 the kernel is
+  /// opted in to non-portable sizes.
+  unsigned cluster = 0;
 };
 
 /// A kernel of a loaded Module.
@@ -45,6 +48,7 @@ struct Kernel {
   CUfunction function = nullptr;
   std::string name;
   unsigned sharedOptIn = 48 * 1024; // dynamic shared memory the function is allowed so far
+  bool nonPortableClusters = false; // opted in to clusters of more than 8 CTAs
 };
 
 class Graph;
@@ -87,6 +91,10 @@ public:
   /// Queues `kernel` on the stream. `params` points at one pointer per kernel parameter.
   void launch(Kernel &kernel, const LaunchConfig &config, void **params,
               std::string_view context = {}) const;
+  /// How many clusters of `config` (its cluster size, block and shared memory) can be resident
+  /// on the device at once (cuOccupancyMaxActiveClusters); opts the kernel in as launch does.
+  int maxActiveClusters(Kernel &kernel, const LaunchConfig &config,
+                        std::string_view context = {}) const;
   /// The same with the parameters given as values (each passed by address to the driver,
   /// which copies them before returning).
   template <typename... Args>

@@ -50,6 +50,14 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
                   ": expected 0 (no programmatic dependent launch) or 1 (the default)");
     programmatic_ = v == "1";
   }
+  if (const char *fuse = std::getenv("TNLM_DECODE_FUSE")) {
+    const std::string_view v(fuse);
+    if (v != "0" && v != "1")
+      throw Error("TNLM_DECODE_FUSE=" + std::string(v) +
+                  ": expected 0 (the qkvu GEMV and the decode kernel apart) or 1 (one launch, the "
+                  "default)");
+    decodeFusion_ = v == "1";
+  }
   // Parameters are uploaded as bf16 (what the GEMMs and kernels read), except LRPE's θ, which
   // the prologues read as f32: angles p·θ reach 10^4 rad, where θ's bf16 rounding (2^-9)
   // would move them by tens of radians. θ is the parameter input of the attention steps.
@@ -307,6 +315,10 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
 
   // The decode GEMV (rec::gemv) where the step has one and the call has at most 8 rows; its
   // prologue computes the norm of the step before it (which was skipped, see gemvFor).
+  if (const schema::KernelLaunch *fused = gemvDecodeFor(f, index, rows)) {
+    runGemvDecode(f, index, s, *fused, rows, where);
+    return;
+  }
   if (const schema::KernelLaunch *gemv = gemvFor(f, index, rows)) {
     LaunchConfig c;
     c.block.x = static_cast<unsigned>(gemv->block());
@@ -828,13 +840,13 @@ const schema::KernelLaunch *CudaExecutor::gemvFor(const Function &f, unsigned in
 // fits beside it and issues all its copies before this kernel ends. (Measured on the H200: more
 // stages or one CTA per SM for larger matrices were slower; bench/RESULTS.md.)
 CudaExecutor::GemvLayout CudaExecutor::gemvLayout(const schema::KernelLaunch &l, bool gated,
-                                                  int64_t rows) const {
+                                                  int64_t rows, int64_t rowsPerCta) const {
   const int64_t n = l.gemm_n(), k = l.gemm_k(), mats = gated ? 2 : 1;
   const int64_t sms = context_->multiprocessors();
   const bool small = (n + sms - 1) / sms * mats * k * 2 <= 3 * 32768;
   const int64_t ctas = sms * (programmatic_ && small ? 1 : 2);
   GemvLayout g;
-  g.rowsPerCta = std::max<int64_t>(1, (n + ctas - 1) / ctas);
+  g.rowsPerCta = rowsPerCta > 0 ? rowsPerCta : std::max<int64_t>(1, (n + ctas - 1) / ctas);
   int64_t fit = std::max<int64_t>(1, gemvStageBytes_ / (k * 2 * mats)); // rows in a stage
   if (fit >= 8)
     fit -= fit % 8;
@@ -852,6 +864,89 @@ CudaExecutor::GemvLayout CudaExecutor::gemvLayout(const schema::KernelLaunch &l,
   g.grid = (n + g.rowsPerCta - 1) / g.rowsPerCta;
   g.sharedBytes = g.stages * stageBytes + rows * k * 2;
   return g;
+}
+
+const schema::KernelLaunch *CudaExecutor::gemvDecodeFor(const Function &f, unsigned index,
+                                                        int64_t rows) {
+  if (!decodeFusion_ || !f.decode || index + 2 >= f.fn->steps()->size())
+    return nullptr;
+  const schema::Step &s = *f.fn->steps()->Get(index);
+  const schema::KernelLaunch *fused = nullptr;
+  for (const schema::KernelLaunch *l : *s.launches())
+    if (l->kind() == schema::LaunchKind_GemvDecode)
+      fused = l;
+  if (!fused || s.kind() != schema::KernelKind_Linear || !gemvFor(f, index, rows))
+    return nullptr;
+  const schema::Step &d = *f.fn->steps()->Get(index + 1);
+  if (d.kind() != schema::KernelKind_LightningDecode || !d.i64_attrs() ||
+      d.i64_attrs()->size() < 3 || !f.slopes[index + 1] || !fusedIntoNext(f, index + 1, rows))
+    return nullptr;
+  const int64_t heads = d.i64_attrs()->Get(0), dh = d.i64_attrs()->Get(1);
+  const bool lrpe = d.i64_attrs()->Get(2) != 0;
+  const int64_t cluster = fused->cluster();
+  if (cluster < 4 || cluster % 4 != 0 || dh % cluster != 0 || fused->gemm_n() != 4 * heads * dh ||
+      d.inputs()->size() < (lrpe ? 4u : 3u) ||
+      operand(d.inputs()->Get(0), "") != operand(s.outputs()->Get(0), "") ||
+      d.inputs()->Get(0)->ld() != s.outputs()->Get(0)->ld())
+    return nullptr;
+  const GemvLayout g = gemvLayout(*fused, false, rows, 4 * dh / cluster);
+  if (g.sharedBytes > 200 * 1024)
+    return nullptr;
+  // Every head's cluster resident at once (CTAs per SM, and SMs per GPC, allowing).
+  auto it = clustersFit_.find(fused);
+  if (it == clustersFit_.end()) {
+    LaunchConfig c;
+    c.grid.x = static_cast<unsigned>(heads * cluster);
+    c.block.x = static_cast<unsigned>(fused->block());
+    c.sharedBytes = static_cast<unsigned>(g.sharedBytes);
+    c.cluster = static_cast<unsigned>(cluster);
+    Kernel &k = kernel(fused, artifact_.source());
+    it = clustersFit_.emplace(fused, context_->maxActiveClusters(k, c) >= heads).first;
+  }
+  return it->second ? fused : nullptr;
+}
+
+// The qkvu GEMV (the prologue's norm as rec::gemv's) and the lightning_decode of the next step
+// in one launch (rec::gemv_decode); that step is skipped.
+void CudaExecutor::runGemvDecode(const Function &f, unsigned index, const schema::Step &s,
+                                 const schema::KernelLaunch &l, int64_t rows,
+                                 const std::string &where) {
+  const schema::Step &d = *f.fn->steps()->Get(index + 1);
+  const int heads = static_cast<int>(d.i64_attrs()->Get(0));
+  const int64_t dh = d.i64_attrs()->Get(1);
+  const bool lrpe = d.i64_attrs()->Get(2) != 0;
+  auto ptr = [&](const schema::Operand *o) { return operand(o, where); };
+  auto ld = [](const schema::Operand *o) { return static_cast<long long>(o->ld()); };
+  const GemvLayout g = gemvLayout(l, false, rows, 4 * dh / l.cluster());
+  LaunchConfig c;
+  c.grid.x = static_cast<unsigned>(heads * l.cluster());
+  c.block.x = static_cast<unsigned>(l.block());
+  c.sharedBytes = static_cast<unsigned>(g.sharedBytes);
+  c.programmatic = programmatic_;
+  c.cluster = static_cast<unsigned>(l.cluster());
+  const auto &in = *s.inputs();
+  CUdeviceptr x = ptr(in.Get(0)), x2 = 0, sum = 0;
+  long long ldx = ld(in.Get(0)), ldx2 = 0, ldsum = 0;
+  float eps = 0;
+  if (l.prologue() != 0) { // as the GEMV's (gemvFor checked the norm step before)
+    const schema::Step &n = *f.fn->steps()->Get(index - 1);
+    const auto &nin = *n.inputs();
+    eps = n.f32_attrs()->Get(0);
+    x = ptr(nin.Get(0)), ldx = ld(nin.Get(0));
+    if (l.prologue() == 2) {
+      x2 = ptr(nin.Get(1)), ldx2 = ld(nin.Get(1));
+      sum = ptr(n.outputs()->Get(0)), ldsum = ld(n.outputs()->Get(0));
+    }
+  }
+  const auto &din = *d.inputs();
+  const schema::Operand *qkvu = s.outputs()->Get(0), *o = d.outputs()->Get(0);
+  const CUdeviceptr theta = lrpe ? ptr(din.Get(3)) : 0;
+  context_->launchWith(kernel(&l, where), c, where, x, ldx, x2, ldx2, sum, ldsum, eps,
+                       ptr(in.Get(1)), ptr(qkvu), ld(qkvu), int(rows), int(l.gemm_k()),
+                       int(g.stageRows), int(g.stages), int(g.warpsPerRow), theta, ptr(din.Get(2)),
+                       f.slopes[index + 1], ptr(din.Get(1)), ptr(o), ld(o), heads);
+  skip_.push_back({&f, index + 1});
+  ++fusedDecodes_;
 }
 
 bool CudaExecutor::fusedIntoNext(const Function &f, unsigned index, int64_t rows) const {
@@ -874,6 +969,8 @@ void CudaExecutor::runSteps(size_t fi, int64_t batch, int64_t seq,
   const Function &f = functions_.at(fi);
   const schema::Function &fn = *f.fn;
   skip_.clear(); // (left over only where a run threw)
+  if (f.decode)
+    fusedDecodes_ = 0;
   for (unsigned i = 0; i < fn.steps()->size(); ++i) {
     const schema::Step *s = fn.steps()->Get(i);
     const std::string where = src + ": @" + f.name + " step " + std::to_string(i) + " '" +

@@ -35,6 +35,7 @@
 #include <set>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -95,6 +96,12 @@ public:
   /// give more stages and more warps per row: for tests). Takes effect for graphs captured
   /// afterwards.
   void setGemvStageBytes(int64_t bytes) { gemvStageBytes_ = std::max<int64_t>(16, bytes); }
+  /// The qkvu GEMV and the lightning_decode after it as one launch where the artifact has it
+  /// (rec::gemv_decode; default on, TNLM_DECODE_FUSE=0 turns it off; the same bits either
+  /// way). Takes effect for graphs captured afterwards.
+  void setDecodeFusion(bool on) { decodeFusion_ = on; }
+  /// How many qkvu GEMVs of the last @decode_step ran with their lightning_decode fused.
+  int64_t fusedDecodeLaunches() const { return fusedDecodes_; }
   /// Bytes of the device allocations (parameters, activations, state, workspaces; a train
   /// artifact's scratch buffers too), without cuBLASLt's workspace and the CUDA context.
   size_t deviceBytes() const;
@@ -217,12 +224,21 @@ private:
   };
   /// The grid, the rows of W per CTA and per shared-memory stage, and the shared memory of the
   /// decode GEMV `l` for a call of `rows` rows (rec::gemv).
-  GemvLayout gemvLayout(const schema::KernelLaunch &l, bool gated, int64_t rows) const;
+  /// rowsPerCta > 0: that many rows per CTA (rec::gemv_decode's share of a head).
+  GemvLayout gemvLayout(const schema::KernelLaunch &l, bool gated, int64_t rows,
+                        int64_t rowsPerCta = 0) const;
+  /// The GemvDecode launch of step `index` (a qkvu linear) where it runs for `rows` rows:
+  /// its GEMV would run, the next step is the lightning_decode it stands for and the step
+  /// after that fuses the decode's gated norm, and the device holds a cluster per head at
+  /// once; else null.
+  const schema::KernelLaunch *gemvDecodeFor(const Function &f, unsigned index, int64_t rows);
   /// Whether step `index` is a norm that the next step's GEMV computes (so it does not run).
   bool fusedIntoNext(const Function &f, unsigned index, int64_t rows) const;
   void checkInputs(size_t function, const char *second) const; // (ids, second)
   void runStep(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
                int64_t seq, const std::string &where);
+  void runGemvDecode(const Function &f, unsigned index, const schema::Step &step,
+                     const schema::KernelLaunch &launch, int64_t rows, const std::string &where);
   /// The train plan's backward and optimizer steps (CudaTrainSteps.cpp); false: not one.
   bool runTrainStep(const Function &f, unsigned index, const schema::Step &step, int64_t batch,
                     int64_t seq, const std::string &where);
@@ -284,6 +300,9 @@ private:
   size_t workspaceBytes_ = 0, scratchBytes_ = 0, gatedScratchBytes_ = 0;
   bool gemv_ = true;
   int64_t gemvStageBytes_ = 32768;
+  bool decodeFusion_ = true; // rec::gemv_decode where the artifact has it (TNLM_DECODE_FUSE)
+  int64_t fusedDecodes_ = 0;
+  std::unordered_map<const schema::KernelLaunch *, bool> clustersFit_;
   bool programmatic_ = true;        // programmatic dependent launches in @decode_step (TNLM_PDL)
   std::vector<CUdeviceptr> inputs_; // i32 [max batch · max seq] per function-input index
   std::vector<CUdeviceptr> state_;  // f32 per state-table entry (recurrent state)

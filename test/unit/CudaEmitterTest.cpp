@@ -403,4 +403,33 @@ TEST(CudaCodegen, DecodeFusesNormsIntoGemvsWithoutAliasing) {
         }
   }
   EXPECT_EQ(fused, 7);
+
+  // The qkvu linears (and nothing else) also carry their lightning_decode's attributes
+  // (heads, dh, lrpe, silu) for the launch that runs both, and the emitted program has that
+  // launch (GemvDecode, clusters of 16 CTAs for 2 heads) on exactly those two steps.
+  std::vector<std::vector<int64_t>> fusions;
+  for (const mt::PlanStep &s : prefill.steps)
+    EXPECT_TRUE(s.decodeFusion.empty()) << "only @decode_step fuses: " << s.name;
+  for (size_t i = 0; i < decode.steps.size(); ++i)
+    if (!decode.steps[i].decodeFusion.empty()) {
+      fusions.push_back(decode.steps[i].decodeFusion);
+      ASSERT_LT(i + 1, decode.steps.size());
+      EXPECT_EQ(decode.steps[i + 1].kind, mt::KernelKind::LightningDecode);
+    }
+  EXPECT_EQ(fusions, (std::vector<std::vector<int64_t>>{{2, 128, 1, 1}, {2, 128, 0, 1}}));
+  mlir::FailureOr<mt::CudaProgram> program =
+      mt::emitCudaProgram(*plans, mlir::UnknownLoc::get(&ctx));
+  ASSERT_TRUE(mlir::succeeded(program));
+  ASSERT_EQ(program->functions.size(), 2u);
+  int gemvDecodes = 0;
+  for (size_t f = 0; f < 2; ++f)
+    for (size_t i = 0; i < program->functions[f].size(); ++i)
+      for (const mt::CudaLaunch &l : program->functions[f][i])
+        if (l.kind == mt::CudaLaunchKind::GemvDecode) {
+          ++gemvDecodes;
+          EXPECT_EQ(f, 1u);
+          EXPECT_FALSE((*plans)[f].steps[i].decodeFusion.empty());
+          EXPECT_EQ(l.cluster, 16);
+        }
+  EXPECT_EQ(gemvDecodes, 2);
 }

@@ -1,7 +1,7 @@
 # tnlm_embed_text(<source> <output .inc>): the text of <source> as a C++ raw string literal in
 # <output>, written at configure time (the GPU test binaries run on the device machine without
 # the source tree); reconfigured, and so regenerated, when <source> changes. Used by
-# RowKernels.cmake, Lightning.cmake and Backward.cmake.
+# RowKernels.cmake, Gemv.cmake, Lightning.cmake and Backward.cmake.
 function(tnlm_embed_text source output)
   set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${source})
   file(READ ${source} _text)

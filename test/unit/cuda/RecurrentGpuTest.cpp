@@ -10,7 +10,9 @@
 //      CPU prefill(n)); again (n = 65, 300) with decode's linear layers on cuBLASLt (the path
 //      of batches above 4) instead of the small-batch GEMVs; and (n = 65) without programmatic
 //      dependent launch: identical logits; and (n = 65, 300) with 2 KiB GEMV weight stages
-//      (rings that wrap around, several warps per row);
+//      (rings that wrap around, several warps per row); and four slots through two decode
+//      steps with the qkvu GEMV and the decode kernel fused (the default) and apart: the
+//      same logits and states bit for bit;
 //   2. the GPU state after prefill(n) equals the GPU state after n decode steps, and the CPU
 //      state after prefill(n) (n = 300);
 //   3. a batch of slots of different lengths (5, 0, 300, 2048) in one prefill: each slot's
@@ -22,7 +24,7 @@
 //      agree until the first step where the CPU's two best logits are within the bf16 noise
 //      bound below (a near-tie may then go either way); at least 8 tokens must agree.
 //   6. bad input: a length outside [0, seq], an id outside the vocabulary, a position < -1,
-//      a TNLM_PDL that is neither 0 nor 1.
+//      a TNLM_PDL or TNLM_DECODE_FUSE that is neither 0 nor 1.
 //
 // Bounds. Logits: max |a - b| ≤ 3e-2 · max |b| (the bound of ExecutorGpuTest.cpp: bf16
 // activations and weights, about 25 rounded ops between the ids and a logit, errors of a few
@@ -282,6 +284,50 @@ int main(int argc, char **argv) {
       againstCpuAndDefault(small, "with 2 KiB GEMV stages", "32 KiB stages");
     }
 
+    // 1e. The qkvu GEMV and the decode kernel as one launch per layer (rec::gemv_decode, the
+    // default where it applies) vs two: the same sums in the same order, so four slots
+    // prefilled to different lengths, then two decode steps (the second with slot 1 inactive)
+    // give the same logits and states bit for bit; the fused launch ran on every layer.
+    {
+      CudaExecutor apartExec(gpuArt, weights);
+      apartExec.setDecodeFusion(false);
+      Runner apart{nullptr, &apartExec, slots, vocab};
+      const int64_t n = 300;
+      std::vector<int32_t> ids(size_t(slots * n), 0), lens = {5, 64, 300, 17};
+      for (int64_t b = 0; b < slots; ++b)
+        for (int64_t t = 0; t < n; ++t)
+          ids[b * n + t] = text[(t * (b + 5) + 3 * b) % 2048];
+      size_t differ = 0, total = 0;
+      auto compare = [&](const std::vector<float> &a, const std::vector<float> &b) {
+        total += a.size();
+        if (a.size() != b.size()) {
+          differ += a.size() + b.size();
+          return;
+        }
+        for (size_t i = 0; i < a.size(); ++i)
+          differ += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
+      };
+      gpu.reset();
+      apart.reset();
+      gpu.prefill(ids, lens, n);
+      apart.prefill(ids, lens, n);
+      const std::vector<int32_t> tokens = {7, 8, 9, 10}, pos1 = {5, 64, 300, 17},
+                                 pos2 = {6, -1, 301, 18};
+      compare(gpu.decode(tokens, pos1), apart.decode(tokens, pos1));
+      compare(gpu.decode(tokens, pos2), apart.decode(tokens, pos2));
+      const auto sf = gpu.state(), sa = apart.state();
+      for (size_t l = 0; l < sf.size() && l < sa.size(); ++l)
+        compare(sf[l], sa[l]);
+      const int64_t layers = static_cast<int64_t>(sf.size());
+      report(differ == 0 && total > 0 && gpuExec.fusedDecodeLaunches() == layers &&
+                 apartExec.fusedDecodeLaunches() == 0,
+             "4 slots, two decode steps, qkvu GEMV + decode fused vs apart: " +
+                 std::to_string(differ) + " of " + std::to_string(total) +
+                 " logits and state entries differ (want 0); fused on " +
+                 std::to_string(gpuExec.fusedDecodeLaunches()) + " of " + std::to_string(layers) +
+                 " layers");
+    }
+
     // 2. state after prefill(n) = state after n decode steps (GPU), = CPU state.
     {
       const int64_t n = 300;
@@ -466,6 +512,9 @@ int main(int argc, char **argv) {
       ::setenv("TNLM_PDL", "yes", 1);
       refused("TNLM_PDL=yes", [&] { CudaExecutor bad(gpuArt, weights); });
       ::unsetenv("TNLM_PDL");
+      ::setenv("TNLM_DECODE_FUSE", "2", 1);
+      refused("TNLM_DECODE_FUSE=2", [&] { CudaExecutor bad(gpuArt, weights); });
+      ::unsetenv("TNLM_DECODE_FUSE");
     }
     std::printf("decode graph: %zu kernel launches for %lld slots\n",
                 gpuExec.graphNodes("decode_step", slots, 1), (long long)slots);
