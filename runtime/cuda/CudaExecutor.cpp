@@ -893,7 +893,7 @@ const schema::KernelLaunch *CudaExecutor::gemvDecodeFor(const Function &f, unsig
   if (g.sharedBytes > 200 * 1024)
     return nullptr;
   // Every head's cluster resident at once (CTAs per SM, and SMs per GPC, allowing).
-  auto it = clustersFit_.find(fused);
+  auto it = clustersFit_.find({fused, rows});
   if (it == clustersFit_.end()) {
     LaunchConfig c;
     c.grid.x = static_cast<unsigned>(heads * cluster);
@@ -901,7 +901,9 @@ const schema::KernelLaunch *CudaExecutor::gemvDecodeFor(const Function &f, unsig
     c.sharedBytes = static_cast<unsigned>(g.sharedBytes);
     c.cluster = static_cast<unsigned>(cluster);
     Kernel &k = kernel(fused, artifact_.source());
-    it = clustersFit_.emplace(fused, context_->maxActiveClusters(k, c) >= heads).first;
+    it = clustersFit_
+             .emplace(std::make_pair(fused, rows), context_->maxActiveClusters(k, c) >= heads)
+             .first;
   }
   return it->second ? fused : nullptr;
 }

@@ -35,7 +35,6 @@
 #include <set>
 #include <string>
 #include <tuple>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -302,7 +301,9 @@ private:
   int64_t gemvStageBytes_ = 32768;
   bool decodeFusion_ = true; // rec::gemv_decode where the artifact has it (TNLM_DECODE_FUSE)
   int64_t fusedDecodes_ = 0;
-  std::unordered_map<const schema::KernelLaunch *, bool> clustersFit_;
+  // Whether every head's cluster of a GemvDecode launch is resident at once, per call rows
+  // (the input rows' shared memory grows with them).
+  std::map<std::pair<const schema::KernelLaunch *, int64_t>, bool> clustersFit_;
   bool programmatic_ = true;        // programmatic dependent launches in @decode_step (TNLM_PDL)
   std::vector<CUdeviceptr> inputs_; // i32 [max batch · max seq] per function-input index
   std::vector<CUdeviceptr> state_;  // f32 per state-table entry (recurrent state)
