@@ -141,56 +141,52 @@ template <int BLOCK, int G>
 __device__ __forceinline__ void la_gate_norm_grad_regs(const bf16 *Ob, const bf16 *dyb,
                                                        const bf16 *ur, bf16 *dub, bf16 *dOr, int D,
                                                        float eps, double *red) {
-  Bf16x4 xs[G], gs[G], us[G];
+  // f(k, c) for each of this thread's groups k < G of four columns, starting at c < D.
+  auto groups = [&](auto f) {
 #pragma unroll
-  for (int k = 0; k < G; ++k) {
-    const int c = threadIdx.x * 4 + k * BLOCK * 4;
-    if (c < D) {
-      xs[k] = load4(Ob + c);
-      gs[k] = load4(dyb + c);
-      us[k] = load4(ur + c);
+    for (int k = 0; k < G; ++k) {
+      const int c = threadIdx.x * 4 + k * BLOCK * 4;
+      if (c < D)
+        f(k, c);
     }
-  }
+  };
+  Bf16x4 xs[G], gs[G], us[G];
+  groups([&](int k, int c) {
+    xs[k] = load4(Ob + c);
+    gs[k] = load4(dyb + c);
+    us[k] = load4(ur + c);
+  });
   double ss = 0.0;
-#pragma unroll
-  for (int k = 0; k < G; ++k)
-    if (threadIdx.x * 4 + k * BLOCK * 4 < D)
-      for (int j = 0; j < 4; ++j) {
-        const double v = static_cast<double>(__bfloat162float(xs[k].v[j]));
-        ss += v * v;
-      }
+  groups([&](int k, int) {
+    for (int j = 0; j < 4; ++j) {
+      const double v = static_cast<double>(__bfloat162float(xs[k].v[j]));
+      ss += v * v;
+    }
+  });
   const double meanSq = cta_sum_f64<BLOCK>(ss, red) / static_cast<double>(D);
   const float rstd = static_cast<float>(1.0 / sqrt(meanSq + static_cast<double>(eps)));
   float dot = 0.0f;
-#pragma unroll
-  for (int k = 0; k < G; ++k) {
-    const int c = threadIdx.x * 4 + k * BLOCK * 4;
-    if (c < D) {
-      Bf16x4 d;
-      for (int j = 0; j < 4; ++j) {
-        const float xhat = __bfloat162float(xs[k].v[j]) * rstd;
-        const float gj = __bfloat162float(gs[k].v[j]);
-        d.v[j] = __float2bfloat16(gj * xhat);
-        dot = fmaf(xhat, gj * __bfloat162float(us[k].v[j]), dot);
-      }
-      store4(dub + c, d);
+  groups([&](int k, int c) {
+    Bf16x4 d;
+    for (int j = 0; j < 4; ++j) {
+      const float xhat = __bfloat162float(xs[k].v[j]) * rstd;
+      const float gj = __bfloat162float(gs[k].v[j]);
+      d.v[j] = __float2bfloat16(gj * xhat);
+      dot = fmaf(xhat, gj * __bfloat162float(us[k].v[j]), dot);
     }
-  }
+    store4(dub + c, d);
+  });
   const float mean = static_cast<float>(cta_sum_f64<BLOCK>(static_cast<double>(dot), red) /
                                         static_cast<double>(D));
-#pragma unroll
-  for (int k = 0; k < G; ++k) {
-    const int c = threadIdx.x * 4 + k * BLOCK * 4;
-    if (c < D) {
-      Bf16x4 o4;
-      for (int j = 0; j < 4; ++j) {
-        const float xhat = __bfloat162float(xs[k].v[j]) * rstd;
-        const float gj = __bfloat162float(gs[k].v[j]) * __bfloat162float(us[k].v[j]);
-        o4.v[j] = __float2bfloat16(rstd * (gj - xhat * mean));
-      }
-      store4(dOr + c, o4);
+  groups([&](int k, int c) {
+    Bf16x4 o4;
+    for (int j = 0; j < 4; ++j) {
+      const float xhat = __bfloat162float(xs[k].v[j]) * rstd;
+      const float gj = __bfloat162float(gs[k].v[j]) * __bfloat162float(us[k].v[j]);
+      o4.v[j] = __float2bfloat16(rstd * (gj - xhat * mean));
     }
-  }
+    store4(dOr + c, o4);
+  });
 }
 
 // The gate and the cross-head norm's backward for one row: O (TO: the forward's output before

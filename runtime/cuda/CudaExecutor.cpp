@@ -328,27 +328,8 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
     c.sharedBytes = static_cast<unsigned>(g.sharedBytes);
     c.programmatic = f.decode && programmatic_;
     const CUdeviceptr w2 = gated ? ptr(in.Get(2)) : ptr(in.Get(1));
-    // The prologue's operands, from the norm step before this one.
-    CUdeviceptr x = ptr(in.Get(0)), x2 = 0, sum = 0;
-    long long ldx = ld(in.Get(0)), ldx2 = 0, ldsum = 0;
-    float eps = 0;
-    if (gemv->prologue() != 0) {
-      const schema::Step &n = *f.fn->steps()->Get(index - 1);
-      const auto &nin = *n.inputs();
-      eps = n.f32_attrs()->Get(0);
-      if (gemv->prologue() == 1) { // srms_norm(x)
-        x = ptr(nin.Get(0)), ldx = ld(nin.Get(0));
-      } else if (gemv->prologue() == 2) { // add_srms_norm(a, b) -> sum, y
-        x = ptr(nin.Get(0)), ldx = ld(nin.Get(0));
-        x2 = ptr(nin.Get(1)), ldx2 = ld(nin.Get(1));
-        sum = ptr(n.outputs()->Get(0)), ldsum = ld(n.outputs()->Get(0));
-      } else { // lightning_decode: o (its raw output) and u = qkvu[:, 3D:4D]
-        const int64_t d = n.i64_attrs()->Get(0) * n.i64_attrs()->Get(1);
-        x = ptr(n.outputs()->Get(0)), ldx = ld(n.outputs()->Get(0));
-        x2 = ptr(nin.Get(0)) + 3 * d * 2, ldx2 = ld(nin.Get(0));
-      }
-    }
-    context_->launchWith(kernelOf(gemv), c, where, x, ldx, x2, ldx2, sum, ldsum, eps,
+    const GemvInputs v = gemvInputs(f, index, gemv->prologue(), where);
+    context_->launchWith(kernelOf(gemv), c, where, v.x, v.ldx, v.x2, v.ldx2, v.sum, v.ldsum, v.eps,
                          ptr(in.Get(1)), w2, ptr(y), ld(y), int(rows), int(gemv->gemm_n()),
                          int(gemv->gemm_k()), int(g.rowsPerCta), int(g.stageRows), int(g.stages),
                          int(g.warpsPerRow));
@@ -927,28 +908,43 @@ void CudaExecutor::runGemvDecode(const Function &f, unsigned index, const schema
   c.programmatic = programmatic_;
   c.cluster = static_cast<unsigned>(l.cluster());
   const auto &in = *s.inputs();
-  CUdeviceptr x = ptr(in.Get(0)), x2 = 0, sum = 0;
-  long long ldx = ld(in.Get(0)), ldx2 = 0, ldsum = 0;
-  float eps = 0;
-  if (l.prologue() != 0) { // as the GEMV's (gemvFor checked the norm step before)
-    const schema::Step &n = *f.fn->steps()->Get(index - 1);
-    const auto &nin = *n.inputs();
-    eps = n.f32_attrs()->Get(0);
-    x = ptr(nin.Get(0)), ldx = ld(nin.Get(0));
-    if (l.prologue() == 2) {
-      x2 = ptr(nin.Get(1)), ldx2 = ld(nin.Get(1));
-      sum = ptr(n.outputs()->Get(0)), ldsum = ld(n.outputs()->Get(0));
-    }
-  }
+  const GemvInputs v = gemvInputs(f, index, l.prologue(), where); // (gemvFor checked the norm)
   const auto &din = *d.inputs();
   const schema::Operand *qkvu = s.outputs()->Get(0), *o = d.outputs()->Get(0);
   const CUdeviceptr theta = lrpe ? ptr(din.Get(3)) : 0;
-  context_->launchWith(kernel(&l, where), c, where, x, ldx, x2, ldx2, sum, ldsum, eps,
+  context_->launchWith(kernel(&l, where), c, where, v.x, v.ldx, v.x2, v.ldx2, v.sum, v.ldsum, v.eps,
                        ptr(in.Get(1)), ptr(qkvu), ld(qkvu), int(rows), int(l.gemm_k()),
                        int(g.stageRows), int(g.stages), int(g.warpsPerRow), theta, ptr(din.Get(2)),
                        f.slopes[index + 1], ptr(din.Get(1)), ptr(o), ld(o), heads);
   skip_.push_back({&f, index + 1});
   ++fusedDecodes_;
+}
+
+// The prologue's operands of step `index`'s GEMV, from the norm step before it.
+CudaExecutor::GemvInputs CudaExecutor::gemvInputs(const Function &f, unsigned index, int prologue,
+                                                  const std::string &where) const {
+  auto ptr = [&](const schema::Operand *o) { return operand(o, where); };
+  auto ld = [](const schema::Operand *o) { return static_cast<long long>(o->ld()); };
+  const schema::Operand *in = f.fn->steps()->Get(index)->inputs()->Get(0);
+  GemvInputs v;
+  v.x = ptr(in), v.ldx = ld(in);
+  if (prologue == 0)
+    return v;
+  const schema::Step &n = *f.fn->steps()->Get(index - 1);
+  const auto &nin = *n.inputs();
+  v.eps = n.f32_attrs()->Get(0);
+  if (prologue == 1) { // srms_norm(x)
+    v.x = ptr(nin.Get(0)), v.ldx = ld(nin.Get(0));
+  } else if (prologue == 2) { // add_srms_norm(a, b) -> sum, y
+    v.x = ptr(nin.Get(0)), v.ldx = ld(nin.Get(0));
+    v.x2 = ptr(nin.Get(1)), v.ldx2 = ld(nin.Get(1));
+    v.sum = ptr(n.outputs()->Get(0)), v.ldsum = ld(n.outputs()->Get(0));
+  } else { // lightning_decode: o (its raw output) and u = qkvu[:, 3D:4D]
+    const int64_t d = n.i64_attrs()->Get(0) * n.i64_attrs()->Get(1);
+    v.x = ptr(n.outputs()->Get(0)), v.ldx = ld(n.outputs()->Get(0));
+    v.x2 = ptr(nin.Get(0)) + 3 * d * 2, v.ldx2 = ld(nin.Get(0));
+  }
+  return v;
 }
 
 bool CudaExecutor::fusedIntoNext(const Function &f, unsigned index, int64_t rows) const {

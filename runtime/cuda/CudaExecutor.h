@@ -231,6 +231,15 @@ private:
   /// after that fuses the decode's gated norm, and the device holds a cluster per head at
   /// once; else null.
   const schema::KernelLaunch *gemvDecodeFor(const Function &f, unsigned index, int64_t rows);
+  /// The decode GEMV's prologue operands (rec::gemv: x, x2, sum, eps) for `prologue`, from step
+  /// `index` and the norm step before it.
+  struct GemvInputs {
+    CUdeviceptr x = 0, x2 = 0, sum = 0;
+    long long ldx = 0, ldx2 = 0, ldsum = 0;
+    float eps = 0;
+  };
+  GemvInputs gemvInputs(const Function &f, unsigned index, int prologue,
+                        const std::string &where) const;
   /// Whether step `index` is a norm that the next step's GEMV computes (so it does not run).
   bool fusedIntoNext(const Function &f, unsigned index, int64_t rows) const;
   void checkInputs(size_t function, const char *second) const; // (ids, second)
