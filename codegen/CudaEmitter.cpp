@@ -73,6 +73,10 @@ constexpr int64_t kGemvMaxRows = 4, kGemvBlock = 256;
 // The most weight stages of its ring in shared memory (rec::gemv; how many, and their size,
 // the executor chooses).
 constexpr int64_t kGemvStages = 8;
+// The 16-byte chunks per lane of rec::gemv's single-row path (gemv_one: a row of K = 256·CPL
+// held in registers by every warp), or 0 where K does not take it (not a multiple of 256, or
+// more than 12 chunks of registers: then every call runs the general path).
+int64_t gemvChunksPerLane(int64_t k) { return k % 256 == 0 && k / 256 <= 12 ? k / 256 : 0; }
 
 // Threads per row for the row-wise kernels: whole warps, about 4 columns per thread, at most
 // 256 (a function of the columns only, so identical layers share one kernel). The columns per
@@ -1026,11 +1030,12 @@ private:
     const int64_t prologue = s.gemvPrologue;
     static const char *const kPrologue[] = {
         "v = x", "v = srms_norm(x)", "s = x + x2, v = srms_norm(s)", "v = x2 * srms_norm(x)"};
-    std::string name = llvm::formatv("tnlm_gemv_{0}_p{1}",
+    const int64_t cpl = gemvChunksPerLane(s.inputs[0].cols);
+    std::string name = llvm::formatv("tnlm_gemv_{0}_p{1}_c{2}",
                                      gated ? "gated"
                                      : f32 ? "f32"
                                            : "bf16",
-                                     prologue)
+                                     prologue, cpl)
                            .str();
     const char *out = f32 ? "float" : "bf16";
     CudaLaunch l = wrapped(
@@ -1045,9 +1050,9 @@ private:
                       out)
             .str(),
         llvm::formatv(
-            "tnlm::rec::gemv<{0}, {1}, {2}, {3}, {4}, {5}>(x, ldx, x2, ldx2, sum, "
+            "tnlm::rec::gemv<{0}, {1}, {2}, {3}, {4}, {5}, {6}>(x, ldx, x2, ldx2, sum, "
             "ldsum, eps, w, w2, y, ldy, M, N, K, rowsPerCta, stageRows, stages, warpsPerRow)",
-            kGemvMaxRows, kGemvStages, kGemvBlock, gated ? "true" : "false", prologue, out)
+            kGemvMaxRows, kGemvStages, kGemvBlock, gated ? "true" : "false", prologue, out, cpl)
             .str(),
         "", /*minBlocks=*/2); // two CTAs per SM: this GEMV's and the next one's (CudaExecutor)
     l.gemmN = s.outputs[0].cols;
@@ -1088,22 +1093,22 @@ private:
   CudaLaunch gemvDecode(const PlanStep &s) {
     const int64_t heads = s.decodeFusion[0], dh = s.decodeFusion[1];
     const bool lrpe = s.decodeFusion[2] != 0, silu = s.decodeFusion[3] != 0;
-    const int64_t cluster = decodeCluster(heads);
+    const int64_t cluster = decodeCluster(heads), cpl = gemvChunksPerLane(s.inputs[0].cols);
     CudaLaunch l = wrapped(
         CudaLaunchKind::GemvDecode,
-        llvm::formatv("tnlm_gemv_decode_p{0}_d{1}_c{2}_silu{3}_lrpe{4}", s.gemvPrologue, dh,
-                      cluster, silu ? 1 : 0, lrpe ? 1 : 0)
+        llvm::formatv("tnlm_gemv_decode_p{0}_d{1}_c{2}_silu{3}_lrpe{4}_k{5}", s.gemvPrologue, dh,
+                      cluster, silu ? 1 : 0, lrpe ? 1 : 0, cpl)
             .str(),
         kGemvBlock, "the qkvu GEMV and lightning_decode in one launch: a cluster of CTAs per head",
         "const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *sum, long long "
         "ldsum, float eps, const bf16 *w, bf16 *qkvu, long long ldqkvu, int M, int K, int "
         "stageRows, int stages, int warpsPerRow, const float *theta, const int *positions, const "
         "float *slopes, float *state, bf16 *o, long long ldo, int heads",
-        llvm::formatv("tnlm::rec::gemv_decode<{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}>(x, ldx, x2, "
-                      "ldx2, sum, ldsum, eps, w, qkvu, ldqkvu, M, K, stageRows, stages, "
+        llvm::formatv("tnlm::rec::gemv_decode<{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}>(x, "
+                      "ldx, x2, ldx2, sum, ldsum, eps, w, qkvu, ldqkvu, M, K, stageRows, stages, "
                       "warpsPerRow, theta, positions, slopes, state, o, ldo, heads)",
                       kGemvMaxRows, kGemvStages, kGemvBlock, s.gemvPrologue, dh, cluster,
-                      silu ? "true" : "false", lrpe ? "true" : "false")
+                      silu ? "true" : "false", lrpe ? "true" : "false", cpl)
             .str(),
         "", /*minBlocks=*/2);
     l.gemmN = s.outputs[0].cols;

@@ -282,10 +282,142 @@ __device__ __forceinline__ void bulk_copy(unsigned dst, const void *src, unsigne
 //
 // gemv_rows is the body for the CTA's rows [n0, n0 + rows); `sink(n - n0, m, value)` also gets
 // each stored output as stored (rec::gemv_decode keeps them in shared memory).
+// The single-row case of gemv_rows with K = 256·CPL (CPL > 0: the emitter's choice where the
+// lane's share of a row fits in registers): no barrier after the wait. Every warp computes the
+// prologue's whole input row itself (lane l holds the 16-byte chunks l + 32j, j < CPL, the same
+// chunks it reads of every weight row; the norm's sum of squares by a butterfly over the warp),
+// keeps it in registers, and sums up to RW of its rows of a stage at once (their weight chunks
+// loaded together). The order of each row's sum is gemv_rows's with one warp per row (j, then the
+// 8 products of a chunk, then the butterfly); only the norm's sum of squares is added in another
+// order (lane-wise, then the butterfly).
+template <int BLOCK, bool GATED, int PROLOGUE, int CPL, typename Issue, typename Store>
+__device__ __forceinline__ void gemv_one(const bf16 *x, const bf16 *x2, bf16 *sum, float eps, int K,
+                                         const unsigned char *smem, unsigned stageBytes,
+                                         unsigned bar0, int n0, int rows, int stageRows, int stages,
+                                         int nStages, Issue &issue, Store &store) {
+  constexpr int WARPS = BLOCK / 32, MATS = GATED ? 2 : 1;
+  constexpr int RW = 8 / (CPL * MATS) < 1 ? 1 : (8 / (CPL * MATS) > 4 ? 4 : 8 / (CPL * MATS));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  uint4 vr[CPL];
+#pragma unroll
+  for (int j = 0; j < CPL; ++j)
+    vr[j] = *reinterpret_cast<const uint4 *>(x + 8 * (lane + 32 * j));
+  if constexpr (PROLOGUE != 0) {
+    uint4 br[PROLOGUE == 3 ? CPL : 1];
+    if constexpr (PROLOGUE == 3) {
+#pragma unroll
+      for (int j = 0; j < CPL; ++j)
+        br[j] = *reinterpret_cast<const uint4 *>(x2 + 8 * (lane + 32 * j));
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < CPL; ++j) {
+      float a[8];
+      unpack8(vr[j], a);
+      if constexpr (PROLOGUE == 2) { // s = bf16(x + x2), kept in place of x
+        float b[8];
+        unpack8(*reinterpret_cast<const uint4 *>(x2 + 8 * (lane + 32 * j)), b);
+        __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&vr[j]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          h[i] = __floats2bfloat162_rn(a[2 * i] + b[2 * i], a[2 * i + 1] + b[2 * i + 1]);
+          a[2 * i] = round_bf16(a[2 * i] + b[2 * i]);
+          a[2 * i + 1] = round_bf16(a[2 * i + 1] + b[2 * i + 1]);
+        }
+        if (blockIdx.x == 0 && warp == 0)
+          *reinterpret_cast<uint4 *>(sum + 8 * (lane + 32 * j)) = vr[j];
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+        ss += a[i] * a[i];
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+      ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    const float r = rsqrtf(ss / K + eps);
+#pragma unroll
+    for (int j = 0; j < CPL; ++j) {
+      float a[8], b[8];
+      unpack8(vr[j], a);
+      if constexpr (PROLOGUE == 3)
+        unpack8(br[j], b);
+      __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&vr[j]);
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+        a[i] = PROLOGUE == 3 ? b[i] * a[i] * r : a[i] * r;
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        h[i] = __floats2bfloat162_rn(a[2 * i], a[2 * i + 1]);
+    }
+  }
+  for (int t = 0; t < nStages; ++t) {
+    mbar_wait(bar0 + 8 * (t % stages), (t / stages) & 1);
+    const int r0 = t * stageRows, nr = min(stageRows, rows - r0);
+    const uint4 *slot = reinterpret_cast<const uint4 *>(smem + (t % stages) * stageBytes);
+    for (int rb = warp; rb < nr; rb += WARPS * RW) {
+      uint4 wv[RW][CPL], wv2[GATED ? RW : 1][CPL];
+#pragma unroll
+      for (int i = 0; i < RW; ++i) {
+        const int r = rb + i * WARPS;
+        if (r < nr) {
+#pragma unroll
+          for (int j = 0; j < CPL; ++j) {
+            wv[i][j] = slot[r * 32 * CPL + lane + 32 * j];
+            if constexpr (GATED)
+              wv2[i][j] = slot[(stageRows + r) * 32 * CPL + lane + 32 * j];
+          }
+        }
+      }
+      float acc[RW], acc2[RW];
+#pragma unroll
+      for (int i = 0; i < RW; ++i)
+        acc[i] = 0.0f, acc2[i] = 0.0f;
+#pragma unroll
+      for (int j = 0; j < CPL; ++j) {
+        float v[8];
+        unpack8(vr[j], v);
+#pragma unroll
+        for (int i = 0; i < RW; ++i) {
+          float wf[8], wf2[8];
+          unpack8(wv[i][j], wf);
+          if constexpr (GATED)
+            unpack8(wv2[i][j], wf2);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            acc[i] = fmaf(v[e], wf[e], acc[i]);
+            if constexpr (GATED)
+              acc2[i] = fmaf(v[e], wf2[e], acc2[i]);
+          }
+        }
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+#pragma unroll
+        for (int i = 0; i < RW; ++i) {
+          acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+          if constexpr (GATED)
+            acc2[i] += __shfl_xor_sync(0xffffffffu, acc2[i], o);
+        }
+      }
+      if (lane == 0) {
+#pragma unroll
+        for (int i = 0; i < RW; ++i)
+          if (rb + i * WARPS < nr)
+            store(n0 + r0 + rb + i * WARPS, 0, acc[i], acc2[i]);
+      }
+    }
+    if (t + stages < nStages) {
+      __syncthreads(); // every warp is done with slot t % stages
+      if (threadIdx.x == 0)
+        issue(t + stages);
+    }
+  }
+}
+
 struct NoSink {
   __device__ void operator()(int, int, float) const {}
 };
-template <int MAXM, int MAXSTAGES, int BLOCK, bool GATED, int PROLOGUE, typename OutT,
+template <int MAXM, int MAXSTAGES, int BLOCK, bool GATED, int PROLOGUE, typename OutT, int CPL,
           typename Sink>
 __device__ __forceinline__ void
 gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *sum, long long ldsum,
@@ -335,8 +467,16 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
     for (int t = 0; t < min(stages, nStages); ++t)
       issue(t);
   }
+  __syncthreads(); // the barriers' initialization visible to every warp (before the wait: free)
   TNLM_PDL_WAIT();
   TNLM_PDL_LAUNCH();
+  if constexpr (CPL > 0) {
+    if (M == 1 && K == 256 * CPL) {
+      gemv_one<BLOCK, GATED, PROLOGUE, CPL>(x, x2, sum, eps, K, gemv_smem, stageBytes, bar0, n0,
+                                            rows, stageRows, stages, nStages, issue, store);
+      return;
+    }
+  }
   // The input rows into shared memory, with the prologue's norm.
   for (int m = 0; m < M; ++m) {
     float r = 1.0f;
@@ -475,15 +615,15 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
   }
 }
 
-template <int MAXM, int MAXSTAGES, int BLOCK, bool GATED, int PROLOGUE, typename OutT>
+template <int MAXM, int MAXSTAGES, int BLOCK, bool GATED, int PROLOGUE, typename OutT, int CPL = 0>
 __device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2,
                                      bf16 *sum, long long ldsum, float eps, const bf16 *w,
                                      const bf16 *w2, OutT *y, long long ldy, int M, int N, int K,
                                      int rowsPerCta, int stageRows, int stages, int warpsPerRow) {
   const int n0 = blockIdx.x * rowsPerCta, rows = max(0, min(N, n0 + rowsPerCta) - n0);
-  gemv_rows<MAXM, MAXSTAGES, BLOCK, GATED, PROLOGUE, OutT>(x, ldx, x2, ldx2, sum, ldsum, eps, w, w2,
-                                                           y, ldy, M, K, n0, rows, stageRows,
-                                                           stages, warpsPerRow, NoSink{});
+  gemv_rows<MAXM, MAXSTAGES, BLOCK, GATED, PROLOGUE, OutT, CPL>(
+      x, ldx, x2, ldx2, sum, ldsum, eps, w, w2, y, ldy, M, K, n0, rows, stageRows, stages,
+      warpsPerRow, NoSink{});
 }
 
 // Thread block clusters (sm_90): the CTA's rank, the cluster-wide barrier in its two halves
@@ -520,7 +660,7 @@ __device__ __forceinline__ float dsmem_load(const float *local, unsigned rank) {
 // updates those columns of the slots' states as lightning_decode does (the same 16 row groups
 // per column, the same order of every sum: the same bits as the two launches).
 template <int MAXM, int MAXSTAGES, int BLOCK, int PROLOGUE, int DH, int CLUSTER, bool SILU,
-          bool LRPE>
+          bool LRPE, int CPL = 0>
 __device__ __forceinline__ void
 gemv_decode(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *sum,
             long long ldsum, float eps, const bf16 *w, bf16 *qkvu, long long ldqkvu, int M, int K,
@@ -554,7 +694,7 @@ gemv_decode(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *
   const double lambda = exp(-static_cast<double>(slopes[h]));
   const int b = static_cast<int>(rank) / (CLUSTER / 4), p = static_cast<int>(rank) % (CLUSTER / 4);
   const int n0 = static_cast<int>(b * D + h * DH + p * ROWS);
-  gemv_rows<MAXM, MAXSTAGES, BLOCK, false, PROLOGUE, bf16>(
+  gemv_rows<MAXM, MAXSTAGES, BLOCK, false, PROLOGUE, bf16, CPL>(
       x, ldx, x2, ldx2, sum, ldsum, eps, w, w, qkvu, ldqkvu, M, K, n0, ROWS, stageRows, stages,
       warpsPerRow, [&](int r, int m, float v) { xout[m][r] = v; });
   cluster_arrive();
