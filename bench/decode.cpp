@@ -11,9 +11,10 @@
 // the state is zeroed, then the timed @prefill (host clock around CudaExecutor::prefill, which
 // includes the upload and the copy of the last logits: the time to the first token). Then
 // `warmup` untimed decode steps, then `steps` timed ones at positions C + warmup, …:
-//   - wall: CudaExecutor::decodeStep, the host clock around the upload of ids and positions,
-//     the graph replay of the whole step and the copy of the [B, vocab] f32 logits back (what
-//     a generation loop waits for per token, sampling excluded); median;
+//   - wall: CudaExecutor::decodeStepLogits (what tnlm-run's generation loop calls), the host
+//     clock around the upload of ids and positions, the graph replay of the whole step and the
+//     copy of the [B, vocab] f32 logits back into page-locked memory (what a generation loop
+//     waits for per token, sampling excluded); median;
 //   - device: `steps` back-to-back enqueueDecode calls between two CUDA events, divided by
 //     `steps` (the GPU time of one step's graph, its uploads included).
 // The logits of the first and last timed steps must be finite (exit 1 otherwise).
@@ -205,13 +206,13 @@ int main(int argc, char **argv) {
         exec.decodeStep(step.data(), pos.data(), batch);
       }
       std::vector<double> wall;
-      std::vector<float> logits;
       for (int64_t i = 0; i < steps; ++i) {
         next();
         const auto s0 = std::chrono::steady_clock::now();
-        logits = exec.decodeStep(step.data(), pos.data(), batch);
+        const float *l = exec.decodeStepLogits(step.data(), pos.data(), batch);
         wall.push_back(msSince(s0));
-        if ((i == 0 || i == steps - 1) && !allFinite(logits))
+        if ((i == 0 || i == steps - 1) &&
+            !allFinite(std::vector<float>(l, l + size_t(batch) * size_t(exec.vocabSize()))))
           throw Error("non-finite decode logits at position " + std::to_string(position - 1));
       }
       // Device time of back-to-back steps.

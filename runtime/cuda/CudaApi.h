@@ -39,7 +39,8 @@ namespace tnlm::cuda {
   X(cuFuncSetAttribute) X(cuLaunchKernel) X(cuLaunchKernelEx) X(cuStreamBeginCapture) X(cuStreamEndCapture)        \
   X(cuGraphInstantiate) X(cuGraphLaunch) X(cuGraphGetNodes) X(cuGraphDestroy)                  \
   X(cuGraphExecDestroy) X(cuEventCreate) X(cuEventDestroy) X(cuEventRecord)                   \
-  X(cuEventSynchronize) X(cuEventElapsedTime) X(cuStreamIsCapturing) X(cuOccupancyMaxActiveClusters)
+  X(cuEventSynchronize) X(cuEventElapsedTime) X(cuStreamIsCapturing) X(cuOccupancyMaxActiveClusters) \
+  X(cuMemHostAlloc) X(cuMemFreeHost)
 
 #define TNLM_CUDA_NVRTC_SYMBOLS(X)                                                             \
   X(nvrtcVersion) X(nvrtcGetErrorString) X(nvrtcCreateProgram) X(nvrtcDestroyProgram)          \

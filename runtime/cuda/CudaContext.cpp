@@ -4,6 +4,7 @@
 #include "runtime/Error.h"
 
 #include <cstdio>
+#include <cstring>
 #include <utility>
 
 namespace tnlm::cuda {
@@ -299,6 +300,33 @@ DeviceBuffer &DeviceBuffer::operator=(DeviceBuffer &&other) noexcept {
     if (ptr_)
       driver().cuMemFree(ptr_);
     ptr_ = std::exchange(other.ptr_, 0);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+PinnedBuffer::PinnedBuffer(size_t bytes, std::string_view what) : bytes_(bytes) {
+  if (bytes) {
+    TNLM_CU(cuMemHostAlloc, (&ptr_, bytes, 0),
+            "allocating " + std::string(what) + " (" + humanBytes(bytes) +
+                ") in page-locked host memory");
+    std::memset(ptr_, 0, bytes);
+  }
+}
+
+PinnedBuffer::~PinnedBuffer() {
+  if (ptr_)
+    driver().cuMemFreeHost(ptr_);
+}
+
+PinnedBuffer::PinnedBuffer(PinnedBuffer &&other) noexcept
+    : ptr_(std::exchange(other.ptr_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+
+PinnedBuffer &PinnedBuffer::operator=(PinnedBuffer &&other) noexcept {
+  if (this != &other) {
+    if (ptr_)
+      driver().cuMemFreeHost(ptr_);
+    ptr_ = std::exchange(other.ptr_, nullptr);
     bytes_ = std::exchange(other.bytes_, 0);
   }
   return *this;

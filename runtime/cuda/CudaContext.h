@@ -157,6 +157,24 @@ private:
   size_t bytes_ = 0;
 };
 
+/// Page-locked host memory (cuMemHostAlloc), zeroed: copies from and to it run asynchronously
+/// on the stream (a pageable buffer goes through the driver's staging copies).
+class PinnedBuffer {
+public:
+  PinnedBuffer() = default;
+  PinnedBuffer(size_t bytes, std::string_view what);
+  ~PinnedBuffer();
+  PinnedBuffer(PinnedBuffer &&other) noexcept;
+  PinnedBuffer &operator=(PinnedBuffer &&other) noexcept;
+
+  void *get() const { return ptr_; }
+  size_t size() const { return bytes_; }
+
+private:
+  void *ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 /// One device allocation carved up by offset: the compiler's planned arena offsets go
 /// through at(); allocate() hands out the rest front to back.
 class Arena {

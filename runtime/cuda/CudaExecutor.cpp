@@ -252,6 +252,9 @@ CudaExecutor::~CudaExecutor() {
   // module, the GEMM workspace and the arena go.
   if (context_)
     driver().cuStreamSynchronize(context_->stream());
+  for (CUevent e : decodeUploaded_)
+    if (e)
+      driver().cuEventDestroy(e);
 }
 
 CUdeviceptr CudaExecutor::operand(const schema::Operand *o, const std::string &where) const {
@@ -1126,8 +1129,23 @@ std::vector<float> CudaExecutor::prefill(const int32_t *ids, const int32_t *leng
 
 std::vector<float> CudaExecutor::decodeStep(const int32_t *ids, const int32_t *positions,
                                             int64_t batch) {
+  const float *l = decodeStepLogits(ids, positions, batch);
+  return std::vector<float>(l, l + size_t(batch) * size_t(vocab_));
+}
+
+const float *CudaExecutor::decodeStepLogits(const int32_t *ids, const int32_t *positions,
+                                            int64_t batch) {
   enqueueDecode(ids, positions, batch);
-  return copyLogits(functionIndex("decode_step"), batch);
+  const size_t fi = functionIndex("decode_step"), bytes = size_t(batch) * size_t(vocab_) * 4;
+  if (decodeLogits_.size() < size_t(artifact_.maxBatch()) * size_t(vocab_) * 4)
+    decodeLogits_ =
+        PinnedBuffer(size_t(artifact_.maxBatch()) * size_t(vocab_) * 4, "the decode step's logits");
+  context_->copyToHost(decodeLogits_.get(), activations_ + functions_[fi].logitsOffset, bytes,
+                       artifact_.source() +
+                           ": @decode_step (copying the logits back; a kernel fault of any step "
+                           "surfaces here: synchronizing after every step, e.g. tnlm-run "
+                           "--sync-steps, names the step)");
+  return static_cast<const float *>(decodeLogits_.get());
 }
 
 size_t CudaExecutor::deviceBytes() const {
@@ -1155,10 +1173,26 @@ size_t CudaExecutor::uploadDecode(const int32_t *ids, const int32_t *positions, 
   }
   checkIds(tokens.data(), batch, "slot");
   context_->makeCurrent();
-  context_->copyToDevice(inputs_.at(0), tokens.data(), tokens.size() * 4,
-                         src + ": uploading the tokens");
-  context_->copyToDevice(inputs_.at(1), pos.data(), pos.size() * 4,
+  // From page-locked memory (asynchronous): slot decodeSlot_, once its last upload has run.
+  const size_t maxBatch = size_t(artifact_.maxBatch());
+  if (!decodeInputs_.get()) {
+    decodeInputs_ = PinnedBuffer(2 * 2 * maxBatch * 4, "the decode step's ids and positions");
+    for (CUevent &e : decodeUploaded_)
+      TNLM_CU(cuEventCreate, (&e, CU_EVENT_DISABLE_TIMING), src + ": creating an upload event");
+  }
+  const int slot = decodeSlot_;
+  decodeSlot_ ^= 1;
+  if (decodeUploadPending_[slot])
+    TNLM_CU(cuEventSynchronize, (decodeUploaded_[slot]), src + ": waiting for an earlier upload");
+  int32_t *host = static_cast<int32_t *>(decodeInputs_.get()) + slot * 2 * maxBatch;
+  std::copy(tokens.begin(), tokens.end(), host);
+  std::copy(pos.begin(), pos.end(), host + maxBatch);
+  context_->copyToDevice(inputs_.at(0), host, tokens.size() * 4, src + ": uploading the tokens");
+  context_->copyToDevice(inputs_.at(1), host + maxBatch, pos.size() * 4,
                          src + ": uploading the positions");
+  TNLM_CU(cuEventRecord, (decodeUploaded_[slot], context_->stream()),
+          src + ": recording an upload event");
+  decodeUploadPending_[slot] = true;
   return fi;
 }
 

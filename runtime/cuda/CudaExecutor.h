@@ -80,6 +80,9 @@ public:
   /// @decode_step: one token per slot at positions[b] (-1: inactive, state untouched);
   /// returns the f32 logits [batch, vocab]. The whole step replays as one CUDA graph.
   std::vector<float> decodeStep(const int32_t *ids, const int32_t *positions, int64_t batch);
+  /// decodeStep's logits in place: [batch, vocab] in the executor's page-locked host memory,
+  /// valid until its next call (no allocation or copy on the host: what a generation loop reads).
+  const float *decodeStepLogits(const int32_t *ids, const int32_t *positions, int64_t batch);
   /// decodeStep without waiting: checks and uploads, then queues the step's graph; the
   /// logits stay on the device (benchmarks time back-to-back steps with it).
   void enqueueDecode(const int32_t *ids, const int32_t *positions, int64_t batch);
@@ -318,6 +321,13 @@ private:
   std::vector<CUdeviceptr> state_;  // f32 per state-table entry (recurrent state)
   std::vector<size_t> stateBytes_;
   std::vector<std::vector<int32_t>> staged_; // host copies of the inputs until uploaded
+  // @decode_step's host side in page-locked memory (copies truly asynchronous): two slots of
+  // [ids | positions] (max batch each) used in turn, one rewritten only once its upload of
+  // two calls before has run (its event), and the logits [max batch, vocab].
+  PinnedBuffer decodeInputs_, decodeLogits_;
+  CUevent decodeUploaded_[2] = {nullptr, nullptr};
+  bool decodeUploadPending_[2] = {false, false};
+  int decodeSlot_ = 0;
   // Training: the f32 master weights (θ: params_ itself), the per-call scalars and scratch.
   bool train_ = false, checkFinite_ = false;
   std::vector<CUdeviceptr> masters_;

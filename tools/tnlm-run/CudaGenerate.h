@@ -20,9 +20,8 @@ public:
                              int64_t seq) override {
     return exec_.prefill(ids, lengths, slots, seq);
   }
-  std::vector<float> decode(const int32_t *ids, const int32_t *positions,
-                            int64_t slots) override {
-    return exec_.decodeStep(ids, positions, slots);
+  const float *decode(const int32_t *ids, const int32_t *positions, int64_t slots) override {
+    return exec_.decodeStepLogits(ids, positions, slots);
   }
 
 private:

@@ -290,7 +290,7 @@ std::vector<std::string> generateText(RecurrentModel &exec, const generate::Toke
       continue;
     }
     const auto t0 = Clock::now();
-    const std::vector<float> logits = exec.decode(stepIds.data(), positions.data(), slots);
+    const float *logits = exec.decode(stepIds.data(), positions.data(), slots);
     decodeTime += Clock::now() - t0;
     decodeSteps += 1;
     for (int64_t b = 0; b < slots; ++b) {
@@ -299,7 +299,7 @@ std::vector<std::string> generateText(RecurrentModel &exec, const generate::Toke
         continue;
       s.position += 1;
       decodedTokens += 1;
-      int32_t token = sampler.sample(b, logits.data() + b * vocab, vocab, s.history);
+      int32_t token = sampler.sample(b, logits + b * vocab, vocab, s.history);
       if (!accept(s, token))
         finish(s);
     }

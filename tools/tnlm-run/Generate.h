@@ -49,7 +49,8 @@ GenerateOptions generateOptionsFromFlags(const Options &opts,
 /// What the generation loop needs of an executor: the two functions of a recurrent artifact.
 /// prefill: ids [slots, seq] with slot b's prompt in its first lengths[b] entries (0: the slot
 /// keeps its state) → logits [slots, vocab] of each slot's last prompt token; decode: one id
-/// per slot at positions[b] (-1: inactive) → logits [slots, vocab].
+/// per slot at positions[b] (-1: inactive) → logits [slots, vocab], owned by the model and
+/// valid until its next call (the CUDA executor's page-locked buffer: no copy per token).
 class RecurrentModel {
 public:
   virtual ~RecurrentModel() = default;
@@ -57,8 +58,7 @@ public:
   virtual int64_t vocabSize() const = 0;
   virtual std::vector<float> prefill(const int32_t *ids, const int32_t *lengths, int64_t slots,
                                      int64_t seq) = 0;
-  virtual std::vector<float> decode(const int32_t *ids, const int32_t *positions,
-                                    int64_t slots) = 0;
+  virtual const float *decode(const int32_t *ids, const int32_t *positions, int64_t slots) = 0;
 };
 
 /// The CPU executor as a RecurrentModel.
@@ -72,14 +72,16 @@ public:
     return std::move(
         exec_.run("prefill", {{"ids", ids}, {"lengths", lengths}}, slots, seq).front().second);
   }
-  std::vector<float> decode(const int32_t *ids, const int32_t *positions, int64_t slots) override {
-    return std::move(exec_.run("decode_step", {{"ids", ids}, {"positions", positions}}, slots, 1)
-                         .front()
-                         .second);
+  const float *decode(const int32_t *ids, const int32_t *positions, int64_t slots) override {
+    last_ = std::move(exec_.run("decode_step", {{"ids", ids}, {"positions", positions}}, slots, 1)
+                          .front()
+                          .second);
+    return last_.data();
   }
 
 private:
   CpuExecutor &exec_;
+  std::vector<float> last_;
 };
 
 /// The completions (without prompts), in prompt order. Throws tnlm::Error on a prompt that

@@ -12,7 +12,8 @@
 //      dependent launch: identical logits; and (n = 65, 300) with 2 KiB GEMV weight stages
 //      (rings that wrap around, several warps per row); and four slots through two decode
 //      steps with the qkvu GEMV and the decode kernel fused (the default) and apart: the
-//      same logits and states bit for bit;
+//      same logits and states bit for bit; and 13 decode steps queued back to back
+//      (enqueueDecode, the page-locked uploads' ring) vs waited for: the same bits;
 //   2. the GPU state after prefill(n) equals the GPU state after n decode steps, and the CPU
 //      state after prefill(n) (n = 300);
 //   3. a batch of slots of different lengths (5, 0, 300, 2048) in one prefill: each slot's
@@ -326,6 +327,57 @@ int main(int argc, char **argv) {
                  " logits and state entries differ (want 0); fused on " +
                  std::to_string(gpuExec.fusedDecodeLaunches()) + " of " + std::to_string(layers) +
                  " layers");
+    }
+
+    // 1f. Decode steps queued back to back (enqueueDecode: the host runs ahead of the GPU, and
+    // the page-locked ids and positions of a step must not be rewritten before its upload
+    // ran) leave the same states, bit for bit, as the same steps each waited for
+    // (decodeStep), and decodeStepLogits returns decodeStep's logits.
+    {
+      const int64_t n = 64, count = 12;
+      std::vector<int32_t> ids(size_t(slots * n), 0), lens(size_t(slots), static_cast<int32_t>(n));
+      for (int64_t b = 0; b < slots; ++b)
+        for (int64_t t = 0; t < n; ++t)
+          ids[b * n + t] = text[(t * (b + 3) + 5 * b) % 2048];
+      auto step = [&](int64_t i, std::vector<int32_t> &tok, std::vector<int32_t> &pos) {
+        tok.resize(size_t(slots)), pos.resize(size_t(slots));
+        for (int64_t b = 0; b < slots; ++b) {
+          tok[b] = text[(i * 31 + b * 7 + 11) % 2048];
+          pos[b] = int32_t(n + i);
+        }
+      };
+      std::vector<int32_t> tok, pos;
+      gpu.reset();
+      gpu.prefill(ids, lens, n);
+      for (int64_t i = 0; i < count; ++i) {
+        step(i, tok, pos);
+        gpuExec.enqueueDecode(tok.data(), pos.data(), slots);
+      }
+      step(count, tok, pos);
+      const float *queuedLogits = gpuExec.decodeStepLogits(tok.data(), pos.data(), slots);
+      const std::vector<float> queued(queuedLogits, queuedLogits + slots * vocab);
+      const auto queuedState = gpu.state();
+      gpu.reset();
+      gpu.prefill(ids, lens, n);
+      std::vector<float> waited;
+      for (int64_t i = 0; i <= count; ++i) {
+        step(i, tok, pos);
+        waited = gpu.decode(tok, pos);
+      }
+      const auto waitedState = gpu.state();
+      size_t differ = queued.size() == waited.size() ? 0 : queued.size() + waited.size(), total = 0;
+      for (size_t i = 0; i < queued.size() && i < waited.size(); ++i)
+        differ += std::memcmp(&queued[i], &waited[i], sizeof(float)) != 0;
+      total += queued.size();
+      for (size_t l = 0; l < queuedState.size() && l < waitedState.size(); ++l) {
+        total += queuedState[l].size();
+        for (size_t i = 0; i < queuedState[l].size(); ++i)
+          differ += std::memcmp(&queuedState[l][i], &waitedState[l][i], sizeof(float)) != 0;
+      }
+      report(differ == 0 && total > 0 && queuedState.size() == waitedState.size(),
+             std::to_string(count) +
+                 " decode steps queued back to back vs waited for: " + std::to_string(differ) +
+                 " of " + std::to_string(total) + " logits and state entries differ (want 0)");
     }
 
     // 2. state after prefill(n) = state after n decode steps (GPU), = CPU state.
