@@ -1046,12 +1046,14 @@ private:
         llvm::formatv("const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *sum, "
                       "long long ldsum, float eps, const bf16 *w, const bf16 *w2, {0} *y, long "
                       "long ldy, int M, int N, int K, int rowsPerCta, int stageRows, int stages, "
-                      "int warpsPerRow",
+                      "int warpsPerRow, const unsigned char *pf, long long pfBytes, const unsigned "
+                      "char *pf2, long long pf2Bytes",
                       out)
             .str(),
         llvm::formatv(
             "tnlm::rec::gemv<{0}, {1}, {2}, {3}, {4}, {5}, {6}>(x, ldx, x2, ldx2, sum, "
-            "ldsum, eps, w, w2, y, ldy, M, N, K, rowsPerCta, stageRows, stages, warpsPerRow)",
+            "ldsum, eps, w, w2, y, ldy, M, N, K, rowsPerCta, stageRows, stages, warpsPerRow, pf, "
+            "pfBytes, pf2, pf2Bytes)",
             kGemvMaxRows, kGemvStages, kGemvBlock, gated ? "true" : "false", prologue, out, cpl)
             .str(),
         "", /*minBlocks=*/2); // two CTAs per SM: this GEMV's and the next one's (CudaExecutor)
@@ -1103,10 +1105,12 @@ private:
         "const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *sum, long long "
         "ldsum, float eps, const bf16 *w, bf16 *qkvu, long long ldqkvu, int M, int K, int "
         "stageRows, int stages, int warpsPerRow, const float *theta, const int *positions, const "
-        "float *slopes, float *state, bf16 *o, long long ldo, int heads",
+        "float *slopes, float *state, bf16 *o, long long ldo, int heads, const unsigned char "
+        "*pf, long long pfBytes, const unsigned char *pf2, long long pf2Bytes",
         llvm::formatv("tnlm::rec::gemv_decode<{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}>(x, "
                       "ldx, x2, ldx2, sum, ldsum, eps, w, qkvu, ldqkvu, M, K, stageRows, stages, "
-                      "warpsPerRow, theta, positions, slopes, state, o, ldo, heads)",
+                      "warpsPerRow, theta, positions, slopes, state, o, ldo, heads, pf, pfBytes, "
+                      "pf2, pf2Bytes)",
                       kGemvMaxRows, kGemvStages, kGemvBlock, s.gemvPrologue, dh, cluster,
                       silu ? "true" : "false", lrpe ? "true" : "false", cpl)
             .str(),

@@ -254,6 +254,22 @@ __device__ __forceinline__ void bulk_copy(unsigned dst, const void *src, unsigne
                : "memory");
 }
 
+// Bytes of global memory into L2 without waiting (the TMA engine's bulk prefetch, sm_90):
+// `bytes` a multiple of 16, p 16-byte aligned.
+__device__ __forceinline__ void l2_prefetch(const void *p, unsigned bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+}
+// This CTA's share (1 / gridDim.x, in 16 KiB pieces over warp 0's lanes) of `bytes` at p: a
+// later decode GEMV's weights, which then stream from L2 rather than HBM (none: p null).
+__device__ __forceinline__ void prefetch_share(const unsigned char *p, long long bytes) {
+  if (p == nullptr || bytes <= 0 || threadIdx.x >= 32)
+    return;
+  const long long share = ((bytes + gridDim.x - 1) / gridDim.x + 15) / 16 * 16;
+  const long long b0 = blockIdx.x * share, b1 = min(bytes, b0 + share);
+  for (long long o = b0 + threadIdx.x * 16384LL; o < b1; o += 32 * 16384LL)
+    l2_prefetch(p + o, static_cast<unsigned>(min(16384LL, b1 - o)));
+}
+
 // One linear layer of a decode step for M <= MAXM rows (the slots of the call):
 //   y[m, n] = Σ_k v[m, k] · W[n, k]           (tnlm.linear; OutT bf16, or f32 for the logits)
 //   y[m, n] = bf16(v·W1ᵀ) ⊙ bf16(v·W2ᵀ)       (GATED: tnlm.gated_linear, rounded as the two
@@ -279,6 +295,8 @@ __device__ __forceinline__ void bulk_copy(unsigned dst, const void *src, unsigne
 // slices added in order (deterministic for a given K and warpsPerRow); a stage is refilled
 // once every warp is done with it.
 // Dynamic shared memory: `stages` stages of stageBytes (128-byte multiples), then v.
+// Before the wait each CTA also prefetches its share of [pf, pf + pfBytes) and [pf2, pf2 +
+// pf2Bytes) into L2 (prefetch_share; the executor passes a later GEMV's weights, or nulls).
 //
 // gemv_rows is the body for the CTA's rows [n0, n0 + rows); `sink(n - n0, m, value)` also gets
 // each stored output as stored (rec::gemv_decode keeps them in shared memory).
@@ -422,7 +440,8 @@ template <int MAXM, int MAXSTAGES, int BLOCK, bool GATED, int PROLOGUE, typename
 __device__ __forceinline__ void
 gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *sum, long long ldsum,
           float eps, const bf16 *w, const bf16 *w2, OutT *y, long long ldy, int M, int K, int n0,
-          int rows, int stageRows, int stages, int warpsPerRow, Sink sink) {
+          int rows, int stageRows, int stages, int warpsPerRow, const unsigned char *pf,
+          long long pfBytes, const unsigned char *pf2, long long pf2Bytes, Sink sink) {
   constexpr int WARPS = BLOCK / 32, MATS = GATED ? 2 : 1;
   extern __shared__ __align__(128) unsigned char gemv_smem[];
   __shared__ __align__(8) unsigned long long bars[MAXSTAGES];
@@ -467,6 +486,8 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
     for (int t = 0; t < min(stages, nStages); ++t)
       issue(t);
   }
+  prefetch_share(pf, pfBytes);
+  prefetch_share(pf2, pf2Bytes);
   __syncthreads(); // the barriers' initialization visible to every warp (before the wait: free)
   TNLM_PDL_WAIT();
   TNLM_PDL_LAUNCH();
@@ -616,14 +637,15 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
 }
 
 template <int MAXM, int MAXSTAGES, int BLOCK, bool GATED, int PROLOGUE, typename OutT, int CPL = 0>
-__device__ __forceinline__ void gemv(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2,
-                                     bf16 *sum, long long ldsum, float eps, const bf16 *w,
-                                     const bf16 *w2, OutT *y, long long ldy, int M, int N, int K,
-                                     int rowsPerCta, int stageRows, int stages, int warpsPerRow) {
+__device__ __forceinline__ void
+gemv(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *sum, long long ldsum,
+     float eps, const bf16 *w, const bf16 *w2, OutT *y, long long ldy, int M, int N, int K,
+     int rowsPerCta, int stageRows, int stages, int warpsPerRow, const unsigned char *pf = nullptr,
+     long long pfBytes = 0, const unsigned char *pf2 = nullptr, long long pf2Bytes = 0) {
   const int n0 = blockIdx.x * rowsPerCta, rows = max(0, min(N, n0 + rowsPerCta) - n0);
   gemv_rows<MAXM, MAXSTAGES, BLOCK, GATED, PROLOGUE, OutT, CPL>(
       x, ldx, x2, ldx2, sum, ldsum, eps, w, w2, y, ldy, M, K, n0, rows, stageRows, stages,
-      warpsPerRow, NoSink{});
+      warpsPerRow, pf, pfBytes, pf2, pf2Bytes, NoSink{});
 }
 
 // Thread block clusters (sm_90): the CTA's rank, the cluster-wide barrier in its two halves
@@ -665,7 +687,9 @@ __device__ __forceinline__ void
 gemv_decode(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *sum,
             long long ldsum, float eps, const bf16 *w, bf16 *qkvu, long long ldqkvu, int M, int K,
             int stageRows, int stages, int warpsPerRow, const float *theta, const int *positions,
-            const float *slopes, float *state, bf16 *o, long long ldo, int heads) {
+            const float *slopes, float *state, bf16 *o, long long ldo, int heads,
+            const unsigned char *pf = nullptr, long long pfBytes = 0,
+            const unsigned char *pf2 = nullptr, long long pf2Bytes = 0) {
   static_assert(CLUSTER % 4 == 0 && DH % CLUSTER == 0, "the cluster splits q, k, v, u evenly");
   constexpr int ROWS = 4 * DH / CLUSTER, COLS = DH / CLUSTER, DK = LRPE ? 2 * DH : DH;
   constexpr int GROUPS = 16, PER = DK / GROUPS; // lightning_decode<DH, 16, 256>'s row groups
@@ -696,7 +720,7 @@ gemv_decode(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *
   const int n0 = static_cast<int>(b * D + h * DH + p * ROWS);
   gemv_rows<MAXM, MAXSTAGES, BLOCK, false, PROLOGUE, bf16, CPL>(
       x, ldx, x2, ldx2, sum, ldsum, eps, w, w, qkvu, ldqkvu, M, K, n0, ROWS, stageRows, stages,
-      warpsPerRow, [&](int r, int m, float v) { xout[m][r] = v; });
+      warpsPerRow, pf, pfBytes, pf2, pf2Bytes, [&](int r, int m, float v) { xout[m][r] = v; });
   cluster_arrive();
   cluster_wait(); // every CTA's rows are in its shared memory
   // Head-local row t (q: [0, DH), k: [DH, 2DH), v: [2DH, 3DH)) is entry t % ROWS of rank t / ROWS.

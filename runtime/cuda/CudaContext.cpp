@@ -59,6 +59,7 @@ Context::Context(int ordinal) : ordinal_(ordinal) {
                   attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
     multiprocessors_ = attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
     maxSharedOptIn_ = size_t(attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN));
+    l2Bytes_ = size_t(attribute(CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE));
     TNLM_CU(cuDeviceTotalMem, (&totalMemory_, device_), "querying the CUDA device");
     // Non-blocking: the plan's stream never waits on work others queue on the legacy stream.
     TNLM_CU(cuStreamCreate, (&stream_, CU_STREAM_NON_BLOCKING), "creating the CUDA stream");

@@ -68,6 +68,7 @@ public:
   int multiprocessors() const { return multiprocessors_; }
   size_t totalMemory() const { return totalMemory_; }
   size_t maxSharedPerBlock() const { return maxSharedOptIn_; } // with opt-in
+  size_t l2Bytes() const { return l2Bytes_; }                  // 50 MiB on the H200
   CUstream stream() const { return stream_; }
 
   /// Makes the primary context current on the calling thread.
@@ -116,7 +117,7 @@ private:
   CUstream stream_ = nullptr;
   std::string name_;
   int capability_ = 0, multiprocessors_ = 0;
-  size_t totalMemory_ = 0, maxSharedOptIn_ = 0;
+  size_t totalMemory_ = 0, maxSharedOptIn_ = 0, l2Bytes_ = 0;
 };
 
 /// An instantiated CUDA graph; replays its launches on a stream, in order after what is

@@ -58,6 +58,14 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
                   "default)");
     decodeFusion_ = v == "1";
   }
+  if (const char *pf = std::getenv("TNLM_GEMV_PREFETCH")) {
+    const std::string_view v(pf);
+    if (v != "0" && v != "1" && v != "2")
+      throw Error("TNLM_GEMV_PREFETCH=" + std::string(v) +
+                  ": expected 0 (no L2 prefetch of later decode GEMVs' weights), 1 (the next "
+                  "GEMV's, the default) or 2 (the one after it)");
+    gemvPrefetch_ = v[0] - '0';
+  }
   // Parameters are uploaded as bf16 (what the GEMMs and kernels read), except LRPE's θ, which
   // the prologues read as f32: angles p·θ reach 10^4 rad, where θ's bf16 rounding (2^-9)
   // would move them by tens of radians. θ is the parameter input of the attention steps.
@@ -332,10 +340,11 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
     c.programmatic = f.decode && programmatic_;
     const CUdeviceptr w2 = gated ? ptr(in.Get(2)) : ptr(in.Get(1));
     const GemvInputs v = gemvInputs(f, index, gemv->prologue(), where);
+    const GemvPrefetch pf = gemvPrefetchFor(f, index, rows, where);
     context_->launchWith(kernelOf(gemv), c, where, v.x, v.ldx, v.x2, v.ldx2, v.sum, v.ldsum, v.eps,
                          ptr(in.Get(1)), w2, ptr(y), ld(y), int(rows), int(gemv->gemm_n()),
                          int(gemv->gemm_k()), int(g.rowsPerCta), int(g.stageRows), int(g.stages),
-                         int(g.warpsPerRow));
+                         int(g.warpsPerRow), pf.w, pf.bytes, pf.w2, pf.bytes2);
     return;
   }
   // A norm that the next step's GEMV computes itself (lightning_decode: only its epilogue).
@@ -915,12 +924,42 @@ void CudaExecutor::runGemvDecode(const Function &f, unsigned index, const schema
   const auto &din = *d.inputs();
   const schema::Operand *qkvu = s.outputs()->Get(0), *o = d.outputs()->Get(0);
   const CUdeviceptr theta = lrpe ? ptr(din.Get(3)) : 0;
+  const GemvPrefetch pf = gemvPrefetchFor(f, index, rows, where);
   context_->launchWith(kernel(&l, where), c, where, v.x, v.ldx, v.x2, v.ldx2, v.sum, v.ldsum, v.eps,
                        ptr(in.Get(1)), ptr(qkvu), ld(qkvu), int(rows), int(l.gemm_k()),
                        int(g.stageRows), int(g.stages), int(g.warpsPerRow), theta, ptr(din.Get(2)),
-                       f.slopes[index + 1], ptr(din.Get(1)), ptr(o), ld(o), heads);
+                       f.slopes[index + 1], ptr(din.Get(1)), ptr(o), ld(o), heads, pf.w, pf.bytes,
+                       pf.w2, pf.bytes2);
   skip_.push_back({&f, index + 1});
   ++fusedDecodes_;
+}
+
+CudaExecutor::GemvPrefetch CudaExecutor::gemvPrefetchFor(const Function &f, unsigned index,
+                                                         int64_t rows,
+                                                         const std::string &where) const {
+  GemvPrefetch p;
+  if (gemvPrefetch_ <= 0)
+    return p;
+  const unsigned n = f.fn->steps()->size();
+  int seen = 0;
+  for (unsigned j = index + 1; j < n; ++j) {
+    const schema::KernelLaunch *l = gemvFor(f, j, rows);
+    if (!l || ++seen < gemvPrefetch_)
+      continue;
+    const schema::Step &s = *f.fn->steps()->Get(j);
+    const bool gated = s.kind() == schema::KernelKind_GatedLinear;
+    const long long bytes = static_cast<long long>(l->gemm_n()) * l->gemm_k() * 2;
+    const size_t l2 = context_->l2Bytes();
+    if (s.inputs()->size() < (gated ? 3u : 2u) ||
+        s.inputs()->Get(1)->kind() != schema::OperandKind_Param ||
+        (l2 > 0 && size_t((gated ? 2 : 1) * bytes) > l2 / 3))
+      return p;
+    p.w = operand(s.inputs()->Get(1), where), p.bytes = bytes;
+    if (gated)
+      p.w2 = operand(s.inputs()->Get(2), where), p.bytes2 = bytes;
+    return p;
+  }
+  return p;
 }
 
 // The prologue's operands of step `index`'s GEMV, from the norm step before it.

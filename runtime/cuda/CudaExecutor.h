@@ -102,6 +102,11 @@ public:
   /// (rec::gemv_decode; default on, TNLM_DECODE_FUSE=0 turns it off; the same bits either
   /// way). Takes effect for graphs captured afterwards.
   void setDecodeFusion(bool on) { decodeFusion_ = on; }
+  /// Each decode GEMV prefetches into L2 the weights of the GEMV `ahead` GEMVs after it in the
+  /// step (0: none; default 1, TNLM_GEMV_PREFETCH; a hint, the same bits either way), so that
+  /// weights stream from HBM ahead of the kernels that read them. Takes effect for graphs
+  /// captured afterwards.
+  void setGemvPrefetch(int ahead) { gemvPrefetch_ = std::clamp(ahead, 0, 2); }
   /// How many qkvu GEMVs of the last @decode_step ran with their lightning_decode fused.
   int64_t fusedDecodeLaunches() const { return fusedDecodes_; }
   /// Bytes of the device allocations (parameters, activations, state, workspaces; a train
@@ -243,6 +248,15 @@ private:
   };
   GemvInputs gemvInputs(const Function &f, unsigned index, int prologue,
                         const std::string &where) const;
+  /// The weights that the decode GEMV of step `index` prefetches into L2 (setGemvPrefetch):
+  /// those of the gemvPrefetch_-th GEMV step after it (W, and W2 of a gated pair), none where
+  /// there is none or they would take more than a third of L2.
+  struct GemvPrefetch {
+    CUdeviceptr w = 0, w2 = 0;
+    long long bytes = 0, bytes2 = 0;
+  };
+  GemvPrefetch gemvPrefetchFor(const Function &f, unsigned index, int64_t rows,
+                               const std::string &where) const;
   /// Whether step `index` is a norm that the next step's GEMV computes (so it does not run).
   bool fusedIntoNext(const Function &f, unsigned index, int64_t rows) const;
   void checkInputs(size_t function, const char *second) const; // (ids, second)
@@ -312,6 +326,7 @@ private:
   bool gemv_ = true;
   int64_t gemvStageBytes_ = 32768;
   bool decodeFusion_ = true; // rec::gemv_decode where the artifact has it (TNLM_DECODE_FUSE)
+  int gemvPrefetch_ = 1; // GEMVs ahead whose weights a decode GEMV prefetches (TNLM_GEMV_PREFETCH)
   int64_t fusedDecodes_ = 0;
   // Whether every head's cluster of a GemvDecode launch is resident at once, per call rows
   // (the input rows' shared memory grows with them).

@@ -9,7 +9,8 @@
 //      GPU decode step at position n - 1 gives the logits of GPU prefill(n) (and both those of
 //      CPU prefill(n)); again (n = 65, 300) with decode's linear layers on cuBLASLt (the path
 //      of batches above 4) instead of the small-batch GEMVs; and (n = 65) without programmatic
-//      dependent launch: identical logits; and (n = 65, 300) with 2 KiB GEMV weight stages
+//      dependent launch, and with the GEMVs' L2 prefetch off or two GEMVs ahead: identical
+//      logits; and (n = 65, 300) with 2 KiB GEMV weight stages
 //      (rings that wrap around, several warps per row); and four slots through two decode
 //      steps with the qkvu GEMV and the decode kernel fused (the default) and apart: the
 //      same logits and states bit for bit; and 13 decode steps queued back to back
@@ -25,7 +26,7 @@
 //      agree until the first step where the CPU's two best logits are within the bf16 noise
 //      bound below (a near-tie may then go either way); at least 8 tokens must agree.
 //   6. bad input: a length outside [0, seq], an id outside the vocabulary, a position < -1,
-//      a TNLM_PDL or TNLM_DECODE_FUSE that is neither 0 nor 1.
+//      a TNLM_PDL or TNLM_DECODE_FUSE that is neither 0 nor 1, a TNLM_GEMV_PREFETCH not 0-2.
 //
 // Bounds. Logits: max |a - b| ≤ 3e-2 · max |b| (the bound of ExecutorGpuTest.cpp: bf16
 // activations and weights, about 25 rounded ops between the ids and a logit, errors of a few
@@ -273,6 +274,22 @@ int main(int argc, char **argv) {
       report(r.other.size() == r.base.size() && differ == 0,
              "n=65, decode without programmatic launch vs with: " + std::to_string(differ) +
                  " of " + std::to_string(r.other.size()) + " logits differ (want 0)");
+    }
+
+    // 1c'. The decode GEMVs' L2 prefetch of later GEMVs' weights (a hint) off, and two GEMVs
+    // ahead instead of one: the same sums, so the same logits bit for bit.
+    for (int ahead : {0, 2}) {
+      CudaExecutor pfExec(gpuArt, weights);
+      pfExec.setGemvPrefetch(ahead);
+      Runner pfRun{nullptr, &pfExec, slots, vocab};
+      const Decoded r = decodeBoth(pfRun, 65);
+      size_t differ = 0;
+      for (size_t i = 0; i < r.other.size(); ++i)
+        differ += std::memcmp(&r.other[i], &r.base[i], sizeof(float)) != 0;
+      report(r.other.size() == r.base.size() && differ == 0,
+             "n=65, decode with the L2 prefetch " + std::to_string(ahead) +
+                 " GEMVs ahead vs 1: " + std::to_string(differ) + " of " +
+                 std::to_string(r.other.size()) + " logits differ (want 0)");
     }
 
     // 1d. GEMVs with 2 KiB weight stages: one row per stage, eight warps per row over slices of
@@ -567,6 +584,9 @@ int main(int argc, char **argv) {
       ::setenv("TNLM_DECODE_FUSE", "2", 1);
       refused("TNLM_DECODE_FUSE=2", [&] { CudaExecutor bad(gpuArt, weights); });
       ::unsetenv("TNLM_DECODE_FUSE");
+      ::setenv("TNLM_GEMV_PREFETCH", "3", 1);
+      refused("TNLM_GEMV_PREFETCH=3", [&] { CudaExecutor bad(gpuArt, weights); });
+      ::unsetenv("TNLM_GEMV_PREFETCH");
     }
     std::printf("decode graph: %zu kernel launches for %lld slots\n",
                 gpuExec.graphNodes("decode_step", slots, 1), (long long)slots);
