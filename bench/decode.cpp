@@ -79,13 +79,15 @@ bool allFinite(const std::vector<float> &v) {
 } // namespace
 
 int main(int argc, char **argv) {
-  Options opts(kTool, std::string(kTool) +
-                          " MODEL.tnlm [--batch=B] [--contexts=C1,C2,...] [--steps=K] "
-                          "[--warmup=K] [--label=NAME] [--profile] [--no-gemv]\n  MODEL.tnlm: an "
-                          "artifact from tnlmc "
-                          "--mode=recurrent --target=cuda:sm_90a. Prints one JSON\n  line per "
-                          "context (prefill time, decode ms per step, tokens/s, floors).\n  Exit 0 "
-                          "ok, 1 error or non-finite logits, 2 usage, 77 no CUDA device.");
+  Options opts(kTool,
+               std::string(kTool) +
+                   " MODEL.tnlm [--batch=B] [--contexts=C1,C2,...] [--steps=K] "
+                   "[--warmup=K] [--label=NAME] [--profile] [--no-gemv] [--gemv-stage-bytes=N]\n  "
+                   "MODEL.tnlm: an "
+                   "artifact from tnlmc "
+                   "--mode=recurrent --target=cuda:sm_90a. Prints one JSON\n  line per "
+                   "context (prefill time, decode ms per step, tokens/s, floors).\n  Exit 0 "
+                   "ok, 1 error or non-finite logits, 2 usage, 77 no CUDA device.");
   opts.value("batch", "b", "Slots of every call (default: the artifact's max batch)");
   opts.value("contexts", "list",
              "Prompt lengths to decode after, each <= the artifact's --seq (default: 1024 and "
@@ -95,10 +97,13 @@ int main(int argc, char **argv) {
   opts.value("label", "name", "Label for the JSON lines (default: the model's name)");
   opts.flag("no-gemv", "Run the linear layers of batches up to 4 as cuBLASLt GEMMs too (as "
                        "larger batches), not as the decode GEMVs");
+  opts.value("gemv-stage-bytes", "n",
+             "Bytes of weights per stage of the decode GEMVs' shared-memory ring (default "
+             "32768; 16 to 65536)");
   opts.flag("profile", "Also time every step of one decode step (CUDA events, no graph) and "
                        "print the time per kernel kind to stderr");
   std::string path;
-  int64_t steps = 0, warmup = 0;
+  int64_t steps = 0, warmup = 0, stageBytes = 0;
   try {
     if (!opts.parse(argc, argv))
       return 0;
@@ -107,6 +112,7 @@ int main(int argc, char **argv) {
     path = opts.positional()[0];
     steps = opts.getInt("steps", 64, 1, 100000);
     warmup = opts.getInt("warmup", 8, 0, 100000);
+    stageBytes = opts.getInt("gemv-stage-bytes", 32768, 16, 65536);
   } catch (const Error &e) {
     std::fprintf(stderr, "%s: error: %s\n", kTool, e.what());
     return 2;
@@ -172,6 +178,7 @@ int main(int argc, char **argv) {
     const double setupS = msSince(t0) / 1e3;
     cuda::Context &ctx = exec.context();
     exec.setSmallBatchGemv(!opts.has("no-gemv"));
+    exec.setGemvStageBytes(stageBytes);
     const int64_t vocab = exec.vocabSize();
     std::fprintf(stderr,
                  "%s: %s, batch %lld, device arena %.2f GiB, weights+state set up in %.1f s\n",

@@ -87,6 +87,12 @@ int64_t rowColsPerThread = 4;
 // (TNLM_LA_FOLD_SILU=1 when tnlmc runs) or a pass of its own (the default), checked by
 // emitCudaProgram.
 bool foldSilu = false;
+// Where a kernel launched as a programmatic dependent (the decode kernels) lets the next kernel
+// launch: after its griddepcontrol.wait (the default) or before it (TNLM_PDL_EARLY=1 when tnlmc
+// runs), so that the kernel after next can launch, and issue its weight copies, while this one
+// still waits. Safe either way: no kernel touches activations before its wait, and a wait
+// returns only once the whole grid before has finished, so the order of the writes holds.
+bool pdlEarly = false;
 int64_t rowBlock(int64_t cols) {
   int64_t block = 32;
   while (block < 256 && block * rowColsPerThread < cols)
@@ -121,6 +127,13 @@ public:
        << ", max batch " << first.maxBatch << ", max seq " << first.maxSeq << ").\n"
        << "// " << program.kernels.size() << " kernels for " << steps
        << " steps; GEMMs run through cuBLASLt at run time. Do not edit.\n"
+       << (pdlEarly
+               ? "// TNLM_PDL_EARLY=1: dependents launch before each kernel's wait.\n"
+                 "#define TNLM_PDL_WAIT() \\\n"
+                 "  asm volatile(\"griddepcontrol.launch_dependents;\\n\\tgriddepcontrol.wait;\" "
+                 "::: \"memory\")\n"
+                 "#define TNLM_PDL_LAUNCH() do {} while (0)\n"
+               : "")
        << "#include \"tnlm/Elementwise.cuh\"\n";
     if (usesLightning)
       os << "#include \"tnlm/LightningAttentionFwdSm90.cuh\"\n";
@@ -1209,6 +1222,15 @@ FailureOr<CudaProgram> emitCudaProgram(const std::vector<KernelPlan> &plans, Loc
                             << ": expected 0 (SiLU' as its own pass, the default) or 1 (folded "
                                "into the Lightning backward's dq and dk passes)";
     foldSilu = s == "1";
+  }
+  pdlEarly = false;
+  if (const char *v = std::getenv("TNLM_PDL_EARLY"); v && *v) {
+    const std::string s(v);
+    if (s != "0" && s != "1")
+      return emitError(loc) << "TNLM_PDL_EARLY=" << s
+                            << ": expected 0 (a kernel lets the next one launch after its wait, "
+                               "the default) or 1 (before it)";
+    pdlEarly = s == "1";
   }
   rowColsPerThread = 4;
   if (const char *v = std::getenv("TNLM_ROW_COLS_PER_THREAD"); v && *v) {

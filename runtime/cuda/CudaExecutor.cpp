@@ -54,16 +54,16 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
     const std::string_view v(fuse);
     if (v != "0" && v != "1")
       throw Error("TNLM_DECODE_FUSE=" + std::string(v) +
-                  ": expected 0 (the qkvu GEMV and the decode kernel apart) or 1 (one launch, the "
-                  "default)");
+                  ": expected 0 (the qkvu GEMV and the decode kernel apart, the default) or 1 (one "
+                  "launch)");
     decodeFusion_ = v == "1";
   }
   if (const char *pf = std::getenv("TNLM_GEMV_PREFETCH")) {
     const std::string_view v(pf);
     if (v != "0" && v != "1" && v != "2")
       throw Error("TNLM_GEMV_PREFETCH=" + std::string(v) +
-                  ": expected 0 (no L2 prefetch of later decode GEMVs' weights), 1 (the next "
-                  "GEMV's, the default) or 2 (the one after it)");
+                  ": expected 0 (no L2 prefetch of later decode GEMVs' weights, the default), 1 "
+                  "(the next GEMV's) or 2 (the one after it)");
     gemvPrefetch_ = v[0] - '0';
   }
   // Parameters are uploaded as bf16 (what the GEMMs and kernels read), except LRPE's θ, which

@@ -99,12 +99,14 @@ public:
   /// afterwards.
   void setGemvStageBytes(int64_t bytes) { gemvStageBytes_ = std::max<int64_t>(16, bytes); }
   /// The qkvu GEMV and the lightning_decode after it as one launch where the artifact has it
-  /// (rec::gemv_decode; default on, TNLM_DECODE_FUSE=0 turns it off; the same bits either
+  /// (rec::gemv_decode; default off since the single-row GEMV path: apart measured as fast or
+  /// faster on the H200, bench/RESULTS.md; TNLM_DECODE_FUSE=1 turns it on; the same bits either
   /// way). Takes effect for graphs captured afterwards.
   void setDecodeFusion(bool on) { decodeFusion_ = on; }
   /// Each decode GEMV prefetches into L2 the weights of the GEMV `ahead` GEMVs after it in the
-  /// step (0: none; default 1, TNLM_GEMV_PREFETCH; a hint, the same bits either way), so that
-  /// weights stream from HBM ahead of the kernels that read them. Takes effect for graphs
+  /// step (0: none, the default; TNLM_GEMV_PREFETCH; a hint, the same bits either way), so that
+  /// weights stream from HBM ahead of the kernels that read them (measured no faster on the
+  /// H200's 385M, 1B and 7B decode: bench/RESULTS.md). Takes effect for graphs
   /// captured afterwards.
   void setGemvPrefetch(int ahead) { gemvPrefetch_ = std::clamp(ahead, 0, 2); }
   /// How many qkvu GEMVs of the last @decode_step ran with their lightning_decode fused.
@@ -325,8 +327,8 @@ private:
   size_t workspaceBytes_ = 0, scratchBytes_ = 0, gatedScratchBytes_ = 0;
   bool gemv_ = true;
   int64_t gemvStageBytes_ = 32768;
-  bool decodeFusion_ = true; // rec::gemv_decode where the artifact has it (TNLM_DECODE_FUSE)
-  int gemvPrefetch_ = 1; // GEMVs ahead whose weights a decode GEMV prefetches (TNLM_GEMV_PREFETCH)
+  bool decodeFusion_ = false; // rec::gemv_decode where the artifact has it (TNLM_DECODE_FUSE)
+  int gemvPrefetch_ = 0; // GEMVs ahead whose weights a decode GEMV prefetches (TNLM_GEMV_PREFETCH)
   int64_t fusedDecodes_ = 0;
   // Whether every head's cluster of a GemvDecode launch is resident at once, per call rows
   // (the input rows' shared memory grows with them).

@@ -12,7 +12,7 @@
 //      dependent launch, and with the GEMVs' L2 prefetch off or two GEMVs ahead: identical
 //      logits; and (n = 65, 300) with 2 KiB GEMV weight stages
 //      (rings that wrap around, several warps per row); and four slots through two decode
-//      steps with the qkvu GEMV and the decode kernel fused (the default) and apart: the
+//      steps with the qkvu GEMV and the decode kernel fused and apart (the default): the
 //      same logits and states bit for bit; and 13 decode steps queued back to back
 //      (enqueueDecode, the page-locked uploads' ring) vs waited for: the same bits;
 //   2. the GPU state after prefill(n) equals the GPU state after n decode steps, and the CPU
@@ -302,14 +302,16 @@ int main(int argc, char **argv) {
       againstCpuAndDefault(small, "with 2 KiB GEMV stages", "32 KiB stages");
     }
 
-    // 1e. The qkvu GEMV and the decode kernel as one launch per layer (rec::gemv_decode, the
-    // default where it applies) vs two: the same sums in the same order, so four slots
+    // 1e. The qkvu GEMV and the decode kernel as one launch per layer (rec::gemv_decode,
+    // setDecodeFusion(true) where it applies) vs two (the default): the same sums in the same
+    // order, so four slots
     // prefilled to different lengths, then two decode steps (the second with slot 1 inactive)
     // give the same logits and states bit for bit; the fused launch ran on every layer.
     {
-      CudaExecutor apartExec(gpuArt, weights);
-      apartExec.setDecodeFusion(false);
-      Runner apart{nullptr, &apartExec, slots, vocab};
+      CudaExecutor fusedExec(gpuArt, weights);
+      fusedExec.setDecodeFusion(true);
+      Runner fused{nullptr, &fusedExec, slots, vocab};
+      Runner &apart = gpu;
       const int64_t n = 300;
       std::vector<int32_t> ids(size_t(slots * n), 0), lens = {5, 64, 300, 17};
       for (int64_t b = 0; b < slots; ++b)
@@ -325,24 +327,24 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < a.size(); ++i)
           differ += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
       };
-      gpu.reset();
+      fused.reset();
       apart.reset();
-      gpu.prefill(ids, lens, n);
+      fused.prefill(ids, lens, n);
       apart.prefill(ids, lens, n);
       const std::vector<int32_t> tokens = {7, 8, 9, 10}, pos1 = {5, 64, 300, 17},
                                  pos2 = {6, -1, 301, 18};
-      compare(gpu.decode(tokens, pos1), apart.decode(tokens, pos1));
-      compare(gpu.decode(tokens, pos2), apart.decode(tokens, pos2));
-      const auto sf = gpu.state(), sa = apart.state();
+      compare(fused.decode(tokens, pos1), apart.decode(tokens, pos1));
+      compare(fused.decode(tokens, pos2), apart.decode(tokens, pos2));
+      const auto sf = fused.state(), sa = apart.state();
       for (size_t l = 0; l < sf.size() && l < sa.size(); ++l)
         compare(sf[l], sa[l]);
       const int64_t layers = static_cast<int64_t>(sf.size());
-      report(differ == 0 && total > 0 && gpuExec.fusedDecodeLaunches() == layers &&
-                 apartExec.fusedDecodeLaunches() == 0,
+      report(differ == 0 && total > 0 && fusedExec.fusedDecodeLaunches() == layers &&
+                 gpuExec.fusedDecodeLaunches() == 0,
              "4 slots, two decode steps, qkvu GEMV + decode fused vs apart: " +
                  std::to_string(differ) + " of " + std::to_string(total) +
                  " logits and state entries differ (want 0); fused on " +
-                 std::to_string(gpuExec.fusedDecodeLaunches()) + " of " + std::to_string(layers) +
+                 std::to_string(fusedExec.fusedDecodeLaunches()) + " of " + std::to_string(layers) +
                  " layers");
     }
 
