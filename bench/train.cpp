@@ -201,14 +201,18 @@ int main(int argc, char **argv) {
                  ctx.deviceName().c_str(), double(exec.deviceBytes()) / double(1ull << 30));
     std::fprintf(stderr, "GEMMs over stacked pairs (the gated forward, dx, dW): %zu\n",
                  exec.stackedGemms());
+    if (exec.sideSteps())
+      std::fprintf(stderr,
+                   "weight-gradient GEMMs on the side stream (TNLM_GRAD_STREAM=1): %lld per "
+                   "train step, %lld joins before the end\n",
+                   (long long)exec.sideSteps(), (long long)exec.sideJoins());
     if (exec.gemm().tuning() || !exec.gemm().tuneCache().empty())
       std::fprintf(stderr,
                    "GEMM tuning (TNLM_GEMM_TUNE=%d): %zu plans, %d timed, %d of them faster with "
                    "another algorithm than cuBLASLt's first, %d from the cache%s%s\n",
                    exec.gemm().tuning(), exec.gemm().planCount(), exec.gemm().timedPlans(),
                    exec.gemm().changedPlans(), exec.gemm().cachedPlans(),
-                   exec.gemm().tuneCache().empty() ? "" : " ",
-                   exec.gemm().tuneCache().c_str());
+                   exec.gemm().tuneCache().empty() ? "" : " ", exec.gemm().tuneCache().c_str());
     if (!opts.has("no-profile")) {
       std::map<std::string, bench::KindTime> byKind;
       double total = bench::addByKind(byKind, exec.profileRun("train_step", trainIn, batch, seq));

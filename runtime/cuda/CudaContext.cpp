@@ -63,6 +63,7 @@ Context::Context(int ordinal) : ordinal_(ordinal) {
     TNLM_CU(cuDeviceTotalMem, (&totalMemory_, device_), "querying the CUDA device");
     // Non-blocking: the plan's stream never waits on work others queue on the legacy stream.
     TNLM_CU(cuStreamCreate, (&stream_, CU_STREAM_NON_BLOCKING), "creating the CUDA stream");
+    current_ = stream_;
   } catch (...) {
     api.cuDevicePrimaryCtxRelease(device_);
     throw;
@@ -72,6 +73,13 @@ Context::Context(int ordinal) : ordinal_(ordinal) {
 Context::~Context() {
   // Destructors do not throw; a failure here would only be a fault reported earlier.
   const DriverApi &api = driver();
+  if (side_) {
+    api.cuStreamSynchronize(side_);
+    api.cuStreamDestroy(side_);
+  }
+  for (CUevent e : {forked_, joined_})
+    if (e)
+      api.cuEventDestroy(e);
   if (stream_) {
     api.cuStreamSynchronize(stream_);
     api.cuStreamDestroy(stream_);
@@ -84,37 +92,63 @@ void Context::makeCurrent() const {
 }
 
 void Context::synchronize(std::string_view context) const {
+  if (side_)
+    TNLM_CU(cuStreamSynchronize, (side_), context);
   TNLM_CU(cuStreamSynchronize, (stream_), context);
+}
+
+void Context::createSideStream() {
+  if (side_)
+    return;
+  TNLM_CU(cuStreamCreate, (&side_, CU_STREAM_NON_BLOCKING), "creating the side CUDA stream");
+  TNLM_CU(cuEventCreate, (&forked_, CU_EVENT_DISABLE_TIMING), "creating the side stream's events");
+  TNLM_CU(cuEventCreate, (&joined_, CU_EVENT_DISABLE_TIMING), "creating the side stream's events");
+}
+
+void Context::useSideStream(bool on) const {
+  if (on && !side_)
+    throw Error("Context::useSideStream: no side stream (createSideStream first)");
+  current_ = on ? side_ : stream_;
+}
+
+void Context::forkSide(std::string_view context) const {
+  TNLM_CU(cuEventRecord, (forked_, stream_), join(context, "forking the side stream"));
+  TNLM_CU(cuStreamWaitEvent, (side_, forked_, 0), join(context, "forking the side stream"));
+}
+
+void Context::joinSide(std::string_view context) const {
+  TNLM_CU(cuEventRecord, (joined_, side_), join(context, "joining the side stream"));
+  TNLM_CU(cuStreamWaitEvent, (stream_, joined_, 0), join(context, "joining the side stream"));
 }
 
 void Context::copyToDevice(CUdeviceptr dst, const void *src, size_t bytes,
                            std::string_view context) const {
   if (bytes)
-    TNLM_CU(cuMemcpyHtoDAsync, (dst, src, bytes, stream_), context);
+    TNLM_CU(cuMemcpyHtoDAsync, (dst, src, bytes, current_), context);
 }
 
 void Context::copyToHost(void *dst, CUdeviceptr src, size_t bytes, std::string_view context) const {
   if (bytes)
-    TNLM_CU(cuMemcpyDtoHAsync, (dst, src, bytes, stream_), context);
+    TNLM_CU(cuMemcpyDtoHAsync, (dst, src, bytes, current_), context);
   synchronize(context);
 }
 
 void Context::copyOnDevice(CUdeviceptr dst, CUdeviceptr src, size_t bytes,
                            std::string_view context) const {
   if (bytes)
-    TNLM_CU(cuMemcpyDtoDAsync, (dst, src, bytes, stream_), context);
+    TNLM_CU(cuMemcpyDtoDAsync, (dst, src, bytes, current_), context);
 }
 
 void Context::fillBytes(CUdeviceptr dst, unsigned char value, size_t bytes,
                         std::string_view context) const {
   if (bytes)
-    TNLM_CU(cuMemsetD8Async, (dst, value, bytes, stream_), context);
+    TNLM_CU(cuMemsetD8Async, (dst, value, bytes, current_), context);
 }
 
 void Context::fillWords(CUdeviceptr dst, uint32_t value, size_t count,
                         std::string_view context) const {
   if (count)
-    TNLM_CU(cuMemsetD32Async, (dst, value, count, stream_), context);
+    TNLM_CU(cuMemsetD32Async, (dst, value, count, current_), context);
 }
 
 // The kernel's opt-ins for `config`: dynamic shared memory above 48 KiB, clusters above 8.
@@ -193,11 +227,11 @@ void Context::launch(Kernel &kernel, const LaunchConfig &config, void **params,
   CUresult result;
   if (config.programmatic || config.cluster > 1) {
     CUlaunchAttribute attrs[2];
-    CUlaunchConfig c = exConfig(config, stream_, attrs);
+    CUlaunchConfig c = exConfig(config, current_, attrs);
     result = api.cuLaunchKernelEx(&c, kernel.function, params, nullptr);
   } else {
     result = api.cuLaunchKernel(kernel.function, g.x, g.y, g.z, b.x, b.y, b.z, config.sharedBytes,
-                                stream_, params, nullptr);
+                                current_, params, nullptr);
   }
   if (result != CUDA_SUCCESS) {
     char shape[200];

@@ -69,11 +69,25 @@ public:
   size_t totalMemory() const { return totalMemory_; }
   size_t maxSharedPerBlock() const { return maxSharedOptIn_; } // with opt-in
   size_t l2Bytes() const { return l2Bytes_; }                  // 50 MiB on the H200
-  CUstream stream() const { return stream_; }
+  /// The stream work is queued on: the main one, or the side stream while useSideStream(true).
+  CUstream stream() const { return current_; }
+  CUstream mainStream() const { return stream_; }
+
+  /// A second stream for work that may run beside the main stream's (CudaExecutor's weight
+  /// gradients). While useSideStream(true), every copy, fill, launch and GEMM is queued on it.
+  /// forkSide: the side stream waits for what the main one has queued so far; joinSide: the
+  /// main stream waits for what the side one has queued so far. Both are captured into graphs
+  /// as edges (a capture must join everything it forked before it ends).
+  void createSideStream();
+  bool hasSideStream() const { return side_ != nullptr; }
+  bool onSideStream() const { return side_ && current_ == side_; }
+  void useSideStream(bool on) const;
+  void forkSide(std::string_view context = {}) const;
+  void joinSide(std::string_view context = {}) const;
 
   /// Makes the primary context current on the calling thread.
   void makeCurrent() const;
-  /// Waits for everything queued on the stream; an asynchronous kernel fault surfaces here.
+  /// Waits for everything queued on the streams; an asynchronous kernel fault surfaces here.
   void synchronize(std::string_view context = {}) const;
 
   /// Queued on the stream; `src` must stay valid until the stream reaches the copy.
@@ -114,7 +128,9 @@ private:
   int ordinal_ = 0;
   CUdevice device_ = 0;
   CUcontext context_ = nullptr;
-  CUstream stream_ = nullptr;
+  CUstream stream_ = nullptr, side_ = nullptr;
+  mutable CUstream current_ = nullptr;
+  CUevent forked_ = nullptr, joined_ = nullptr;
   std::string name_;
   int capability_ = 0, multiprocessors_ = 0;
   size_t totalMemory_ = 0, maxSharedOptIn_ = 0, l2Bytes_ = 0;

@@ -42,6 +42,7 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
         Function{fn->name()->str(), fn, {}, 0, fn->name()->str() == "decode_step"});
   stackGemms_ = stackingFromEnvironment();
   firstWrite_ = firstWriteFromEnvironment();
+  gradStream_ = gradStreamFromEnvironment();
   reuseLaStates_ = reuseLaStatesFromEnvironment();
   if (const char *pdl = std::getenv("TNLM_PDL")) {
     const std::string_view v(pdl);
@@ -283,6 +284,26 @@ CUdeviceptr CudaExecutor::operand(const schema::Operand *o, const std::string &w
     return state_[o->offset()] + o->col_offset() * 4;
   default:
     throw Error(where + ": an operand of unknown kind");
+  }
+}
+
+// The device bytes an operand's rows span (from its first row's start to its last row's end,
+// at its row stride: the columns of other operands in between count too), for the weight
+// gradients' side stream. Parameters and the function's inputs are not written by a train
+// step: none.
+CudaExecutor::Overlap::Range CudaExecutor::extentOf(const schema::Operand *o, int64_t rows) const {
+  switch (o->kind()) {
+  case schema::OperandKind_Arena: {
+    const CUdeviceptr lo = activations_ + o->offset();
+    const int64_t r = std::max<int64_t>(1, o->rows() >= 0 ? o->rows() : rows);
+    return {lo, lo + CUdeviceptr(r * std::max(o->ld(), o->cols()) * dtypeBytes(o->dtype()))};
+  }
+  case schema::OperandKind_State:
+    if (o->offset() < state_.size())
+      return {state_[o->offset()], state_[o->offset()] + stateBytes_[o->offset()]};
+    return {};
+  default:
+    return {};
   }
 }
 
@@ -1011,26 +1032,78 @@ void CudaExecutor::runSteps(size_t fi, int64_t batch, int64_t seq,
   skip_.clear(); // (left over only where a run threw)
   if (f.decode)
     fusedDecodes_ = 0;
+  // The weight gradients (LinearGradWeight) on the side stream (TNLM_GRAD_STREAM): each forks
+  // from the main stream where it is reached; a main-stream step that would write what a
+  // pending one reads or writes, or read what it writes, joins first (Overlap).
+  const bool overlap = gradStream_ && train_ && f.name == "train_step" && !syncSteps_ && !afterStep;
+  Overlap pending;
+  if (overlap)
+    sideSteps_ = sideJoins_ = 0;
+  if (overlap && !context_->hasSideStream()) { // (the first call of a shape is not captured)
+    context_->createSideStream();
+    gemm_->createSideWorkspace();
+  }
+  const int64_t rows = batch * seq;
   for (unsigned i = 0; i < fn.steps()->size(); ++i) {
     const schema::Step *s = fn.steps()->Get(i);
     const std::string where = src + ": @" + f.name + " step " + std::to_string(i) + " '" +
                               (s->name() ? s->name()->str() : std::string()) + "'";
-    // A stale gradient (its zeroing skipped) read or written by this step as its own operand:
-    // zeroed first. (A GEMM that writes a gradient straight into it decides itself: it clears
-    // the flag, so that the accumulation step it replaced touches nothing here.)
-    if (train_ && anyStale()) {
-      for (const schema::Operand *o : *s->inputs())
-        touchGradient(o, where);
-      for (const schema::Operand *o : *s->outputs())
-        if (s->kind() != schema::KernelKind_Fill)
-          touchGradient(o, where);
+    const bool skipped =
+        overlap && std::find(skip_.begin(), skip_.end(), std::make_pair(&f, i)) != skip_.end();
+    const bool side = overlap && !skipped && s->kind() == schema::KernelKind_LinearGradWeight;
+    if (overlap && !skipped && !side && !pending.empty()) {
+      // This step's operands and those of the next two (a step may do the next ones' work:
+      // an accumulation into a gradient, a stacked GEMM) or of the fills after a fill.
+      unsigned last = i + 2;
+      const auto &steps = *fn.steps();
+      if (s->kind() == schema::KernelKind_Fill)
+        while (last + 1 < steps.size() && steps.Get(last + 1)->kind() == schema::KernelKind_Fill)
+          ++last;
+      Overlap here;
+      addAccesses(f, i, last, rows, here);
+      if (pending.conflicts(here)) {
+        context_->joinSide(where);
+        pending.clear();
+        ++sideJoins_;
+      }
     }
-    runStep(f, i, *s, batch, seq, where);
+    if (side) {
+      context_->forkSide(where);
+      context_->useSideStream(true);
+      ++sideSteps_;
+    }
+    try {
+      // A stale gradient (its zeroing skipped) read or written by this step as its own
+      // operand: zeroed first. (A GEMM that writes a gradient straight into it decides itself:
+      // it clears the flag, so that the accumulation step it replaced touches nothing here.)
+      if (train_ && anyStale()) {
+        for (const schema::Operand *o : *s->inputs())
+          touchGradient(o, where);
+        for (const schema::Operand *o : *s->outputs())
+          if (s->kind() != schema::KernelKind_Fill)
+            touchGradient(o, where);
+      }
+      runStep(f, i, *s, batch, seq, where);
+    } catch (...) {
+      context_->useSideStream(false);
+      if (overlap)
+        context_->joinSide(where);
+      throw;
+    }
+    if (side) {
+      context_->useSideStream(false);
+      // What it read and wrote, and the accumulation step it did itself (skipped).
+      addAccesses(f, i, i, rows, pending);
+      if (std::find(skip_.begin(), skip_.end(), std::make_pair(&f, i + 1)) != skip_.end())
+        addAccesses(f, i + 1, i + 1, rows, pending);
+    }
     if (syncSteps_)
       context_->synchronize(where);
     if (afterStep)
       afterStep(i);
   }
+  if (overlap)
+    context_->joinSide(src + ": @" + f.name + ": the weight gradients' side stream");
   // @train_step leaves no gradient stale: one it did not write holds zero, as the artifact says.
   if (train_ && f.name == "train_step")
     zeroStaleGradients(src + ": @train_step (the gradients it did not write)");

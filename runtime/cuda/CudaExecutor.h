@@ -142,6 +142,10 @@ public:
   /// The GEMMs run as one over a stacked pair (W1, W2 adjacent: the gated pair's forward, its
   /// dx and its dW): how many distinct (function, step) places did so.
   size_t stackedGemms() const { return stacked_.size(); }
+  /// Of the last @train_step run step by step (the first call of a shape): the steps queued on
+  /// the side stream (TNLM_GRAD_STREAM) and the joins a conflict forced before the end.
+  int64_t sideSteps() const { return sideSteps_; }
+  int64_t sideJoins() const { return sideJoins_; }
   /// TNLM_GEMM_STACK: 1 (or unset) stacks, 0 does not; another value throws, naming the
   /// variable. Needs no GPU.
   static bool stackingFromEnvironment();
@@ -158,6 +162,14 @@ public:
   static bool reuseLaStatesFromEnvironment();
   /// The same for this executor (tests compare both).
   void setGradFirstWrite(bool on);
+  /// TNLM_GRAD_STREAM: 1 queues @train_step's weight-gradient GEMMs (LinearGradWeight) on a
+  /// second stream, so that they run beside the rest of the backward (a step that would
+  /// touch what one of them still reads or writes waits for it first; the same results bit for
+  /// bit); 0 (or unset): every step on one stream. Another value throws, naming the variable.
+  /// Needs no GPU.
+  static bool gradStreamFromEnvironment();
+  /// The same for this executor. Takes effect for graphs captured afterwards.
+  void setGradStream(bool on) { gradStream_ = on; }
   /// An on/off variable: unset, empty or 1 is on (the default), 0 off; another value throws
   /// "NAME=value: expected 0 (off) or 1 (on, the default)".
   static bool switchFromEnvironment(const char *name, const char *off, const char *on);
@@ -384,6 +396,24 @@ private:
   // TNLM_GRAD_FIRST_WRITE. stale_[i]: gradient state i holds values the artifact says are zero
   // (@optimizer_step's fill of it skipped); the next @train_step overwrites or zeroes it.
   bool firstWrite_ = true;
+  bool gradStream_ = false; // TNLM_GRAD_STREAM: weight gradients on the side stream
+  int64_t sideSteps_ = 0, sideJoins_ = 0;
+  // Device byte ranges read and written by the side stream's pending steps.
+  struct Overlap {
+    struct Range {
+      CUdeviceptr lo = 0, hi = 0;
+    };
+    std::vector<Range> reads, writes;
+    bool empty() const { return reads.empty() && writes.empty(); }
+    void clear() { reads.clear(), writes.clear(); }
+    /// Whether `later` (a main-stream step) writes what these read or write, or reads what
+    /// these write.
+    bool conflicts(const Overlap &later) const;
+  };
+  Overlap::Range extentOf(const schema::Operand *o, int64_t rows) const;
+  /// The operands of steps first..last of `f` (their extents at `rows` call rows).
+  void addAccesses(const Function &f, unsigned first, unsigned last, int64_t rows,
+                   Overlap &into) const;
   std::vector<char> stale_;
   std::vector<char> freshPattern_; // stale_ when the first fresh @train_step graph was captured
   int gradientIndex(const schema::Operand *g) const; // its gradient state, or -1

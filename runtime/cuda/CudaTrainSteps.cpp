@@ -241,6 +241,43 @@ CUdeviceptr CudaExecutor::keptLaStates(CUdeviceptr workspace, int64_t batch, int
   return need <= it->second.second ? it->second.first : 0;
 }
 
+bool CudaExecutor::Overlap::conflicts(const Overlap &later) const {
+  auto meets = [](const std::vector<Range> &a, const std::vector<Range> &b) {
+    for (const Range &x : a)
+      for (const Range &y : b)
+        if (x.lo < y.hi && y.lo < x.hi)
+          return true;
+    return false;
+  };
+  return meets(later.writes, reads) || meets(later.writes, writes) || meets(later.reads, writes);
+}
+
+void CudaExecutor::addAccesses(const Function &f, unsigned first, unsigned last, int64_t rows,
+                               Overlap &into) const {
+  const auto &steps = *f.fn->steps();
+  for (unsigned j = first; j <= last && j < steps.size(); ++j) {
+    const schema::Step &s = *steps.Get(j);
+    for (const schema::Operand *o : *s.inputs())
+      if (const Overlap::Range r = extentOf(o, rows); r.hi > r.lo)
+        into.reads.push_back(r);
+    for (const schema::Operand *o : *s.outputs())
+      if (const Overlap::Range r = extentOf(o, rows); r.hi > r.lo)
+        into.writes.push_back(r);
+  }
+}
+
+bool CudaExecutor::gradStreamFromEnvironment() {
+  const char *v = std::getenv("TNLM_GRAD_STREAM");
+  if (!v || !*v)
+    return false;
+  const std::string_view s(v);
+  if (s != "0" && s != "1")
+    throw Error("TNLM_GRAD_STREAM=" + std::string(s) +
+                ": expected 0 (every step on one stream, the default) or 1 (the weight "
+                "gradients' GEMMs on a second stream, beside the rest of the backward)");
+  return s == "1";
+}
+
 bool CudaExecutor::firstWriteFromEnvironment() {
   return switchFromEnvironment("TNLM_GRAD_FIRST_WRITE", "the optimizer step zeroes the gradients",
                                "the next train step's first writes overwrite them");

@@ -354,7 +354,7 @@ int Gemm::tune(Plan &plan, const Key &key, const std::string &where, const Call 
         handle_, plan.desc, &call.alpha, reinterpret_cast<const void *>(call.a), plan.w,
         reinterpret_cast<const void *>(call.b), plan.x, &beta, reinterpret_cast<const void *>(d),
         plan.y, reinterpret_cast<void *>(d), plan.y, &results[i].algo,
-        reinterpret_cast<void *>(workspace_.get()), results[i].workspaceSize, context_.stream());
+        reinterpret_cast<void *>(workspace()), results[i].workspaceSize, context_.stream());
   };
   std::vector<float> times(size_t(found), -1.0f);
   // Every candidate once, untimed (the kernels loaded, the caches warm for all alike); then
@@ -455,10 +455,24 @@ void Gemm::run(Form form, GemmType type, const GemmShape &shape, CUdeviceptr a, 
   cublasStatus_t status = cublasLt().cublasLtMatmul(
       handle_, p.desc, &alpha, reinterpret_cast<const void *>(a), p.w,
       reinterpret_cast<const void *>(b), p.x, &beta, reinterpret_cast<const void *>(d), p.y,
-      reinterpret_cast<void *>(d), p.y, &p.algo, reinterpret_cast<void *>(workspace_.get()),
-      p.workspace, context_.stream());
+      reinterpret_cast<void *>(d), p.y, &p.algo, reinterpret_cast<void *>(workspace()), p.workspace,
+      context_.stream());
   if (status != CUBLAS_STATUS_SUCCESS)
     throwCublasLtError(status, "cublasLtMatmul", join(context, describe(int(form), type, s)));
+}
+
+void Gemm::createSideWorkspace() {
+  if (!sideWorkspace_.get())
+    sideWorkspace_ = DeviceBuffer(workspace_.size(), "the side stream's cuBLASLt workspace");
+}
+
+CUdeviceptr Gemm::workspace() const {
+  if (context_.onSideStream()) {
+    if (!sideWorkspace_.get())
+      throw Error("a GEMM on the side stream without its workspace (Gemm::createSideWorkspace)");
+    return sideWorkspace_.get();
+  }
+  return workspace_.get();
 }
 
 } // namespace tnlm::cuda

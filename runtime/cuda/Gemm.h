@@ -62,6 +62,10 @@ public:
   Gemm(const Gemm &) = delete;
   Gemm &operator=(const Gemm &) = delete;
 
+  /// A second workspace of the same size, used by the GEMMs queued on the context's side
+  /// stream (Context::useSideStream), so that they may run beside the main stream's.
+  void createSideWorkspace();
+
   /// Queues y = alpha·x·Wᵀ + beta·y on the context's stream. `context` names the step in
   /// errors, to which the shape is added.
   void linear(GemmType type, const GemmShape &shape, CUdeviceptr x, CUdeviceptr w, CUdeviceptr y,
@@ -148,7 +152,9 @@ private:
 
   const Context &context_;
   cublasLtHandle_t handle_ = nullptr;
-  DeviceBuffer workspace_;
+  DeviceBuffer workspace_, sideWorkspace_;
+  /// The workspace of the stream GEMMs are queued on now.
+  CUdeviceptr workspace() const;
   std::map<Key, std::unique_ptr<Plan>> plans_;
   int tune_ = 0;
   int timedPlans_ = 0, changedPlans_ = 0, cachedPlans_ = 0;

@@ -217,6 +217,26 @@ TEST(GradFirstWrite, TheEnvironmentVariableIsChecked) {
   });
 }
 
+// TNLM_GRAD_STREAM: unset, empty or 0 keeps every train step on one stream, 1 puts the
+// weight gradients' GEMMs on a second one, anything else is refused naming the variable (no
+// GPU needed).
+TEST(GradStream, TheEnvironmentVariableIsChecked) {
+  unsetenv("TNLM_GRAD_STREAM");
+  EXPECT_FALSE(CudaExecutor::gradStreamFromEnvironment());
+  setenv("TNLM_GRAD_STREAM", "1", 1);
+  EXPECT_TRUE(CudaExecutor::gradStreamFromEnvironment());
+  setenv("TNLM_GRAD_STREAM", "0", 1);
+  EXPECT_FALSE(CudaExecutor::gradStreamFromEnvironment());
+  setenv("TNLM_GRAD_STREAM", "on", 1);
+  try {
+    CudaExecutor::gradStreamFromEnvironment();
+    ADD_FAILURE() << "TNLM_GRAD_STREAM=on was taken";
+  } catch (const Error &e) {
+    EXPECT_EQ(std::string(e.what()).rfind("TNLM_GRAD_STREAM=on: expected 0", 0), 0u) << e.what();
+  }
+  unsetenv("TNLM_GRAD_STREAM");
+}
+
 // TNLM_LA_REUSE_STATES: unset, empty or 1 lets the Lightning backward's dq and dv passes read
 // the states they share with the forward and the dk pass, 0 gives each pass its own, anything
 // else is refused naming the variable (no GPU needed).
