@@ -175,6 +175,11 @@ FailureOr<std::vector<KernelPlan>> lowerFunctions(ModuleOp module,
 /// Liveness-based static planning of all buffers into one arena (greedy by size, first fit).
 /// Sets every buffer's offset and the plan's arenaBytes.
 void planMemory(KernelPlan &plan);
+/// Keeps the arena inputs of every LinearGradWeight step live `window` steps past it (before
+/// planMemory), so that a CUDA executor running those GEMMs on a second stream
+/// (TNLM_GRAD_STREAM=1) finds the next steps writing elsewhere and need not wait for them
+/// (tnlmc: TNLM_GRAD_STREAM_WINDOW=N).
+void keepGradWeightInputs(KernelPlan &plan, int64_t window);
 
 /// Sum of the bytes of buffers live at the busiest step: a lower bound on any arena.
 int64_t peakLiveBytes(const KernelPlan &plan);

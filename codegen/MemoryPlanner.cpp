@@ -55,6 +55,18 @@ void planMemory(KernelPlan &plan) {
   plan.arenaBytes = peak;
 }
 
+void keepGradWeightInputs(KernelPlan &plan, int64_t window) {
+  const int64_t last = static_cast<int64_t>(plan.steps.size()) - 1;
+  for (size_t i = 0; i < plan.steps.size(); ++i) {
+    if (plan.steps[i].kind != KernelKind::LinearGradWeight)
+      continue;
+    for (const PlanOperand &o : plan.steps[i].inputs)
+      if (o.kind == OperandKind::Arena)
+        plan.buffers[o.index].lastStep = std::max(plan.buffers[o.index].lastStep,
+                                                  std::min(last, static_cast<int64_t>(i) + window));
+  }
+}
+
 int64_t peakLiveBytes(const KernelPlan &plan) {
   int64_t peak = 0;
   for (size_t step = 0; step < plan.steps.size(); ++step) {
@@ -98,8 +110,7 @@ void printPlan(const KernelPlan &plan, llvm::raw_ostream &os) {
          << (o.rows == kRowsPerCall    ? std::string("rows")
              : o.rows == kRowsPerBatch ? std::string("batch")
                                        : std::to_string(o.rows))
-         << " x "
-         << o.cols << "]";
+         << " x " << o.cols << "]";
     os << " = " << kernelName(s.kind) << "(";
     for (auto [j, o] : llvm::enumerate(s.inputs))
       os << (j ? ", " : "") << operand(o);

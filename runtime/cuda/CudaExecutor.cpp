@@ -1092,10 +1092,18 @@ void CudaExecutor::runSteps(size_t fi, int64_t batch, int64_t seq,
     }
     if (side) {
       context_->useSideStream(false);
-      // What it read and wrote, and the accumulation step it did itself (skipped).
-      addAccesses(f, i, i, rows, pending);
-      if (std::find(skip_.begin(), skip_.end(), std::make_pair(&f, i + 1)) != skip_.end())
-        addAccesses(f, i + 1, i + 1, rows, pending);
+      // What it read and wrote: where it accumulated into the gradient itself (the next
+      // step, skipped), the gradient and not its own output.
+      Overlap done;
+      addAccesses(f, i, i, rows, done);
+      pending.reads.insert(pending.reads.end(), done.reads.begin(), done.reads.end());
+      if (std::find(skip_.begin(), skip_.end(), std::make_pair(&f, i + 1)) != skip_.end()) {
+        Overlap acc;
+        addAccesses(f, i + 1, i + 1, rows, acc);
+        pending.writes.insert(pending.writes.end(), acc.writes.begin(), acc.writes.end());
+      } else {
+        pending.writes.insert(pending.writes.end(), done.writes.begin(), done.writes.end());
+      }
     }
     if (syncSteps_)
       context_->synchronize(where);

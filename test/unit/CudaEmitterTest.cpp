@@ -67,6 +67,48 @@ mlir::FailureOr<mt::CudaProgram> emit(Lowered &l) {
   return mt::emitCudaProgram(l.plan, l.module->getLoc());
 }
 
+// keepGradWeightInputs (tnlmc's TNLM_GRAD_STREAM_WINDOW): a LinearGradWeight step's arena
+// inputs stay live `window` steps past it, so the buffers of the steps after it are placed
+// elsewhere; without it the planner reuses their bytes at once.
+TEST(MemoryPlanner, GradWeightInputsKeptForTheWindow) {
+  auto build = [](int64_t window) {
+    mt::KernelPlan plan;
+    plan.function = "train_step";
+    plan.maxBatch = 1, plan.maxSeq = 16;
+    for (int b = 0; b < 4; ++b) {
+      mt::PlanBuffer buf;
+      buf.cols = 8, buf.bytesPerRow = 32;
+      buf.firstStep = buf.lastStep = b;
+      plan.buffers.push_back(buf);
+    }
+    auto arena = [](int64_t index) {
+      mt::PlanOperand o;
+      o.index = index, o.cols = 8, o.ld = 8;
+      return o;
+    };
+    // 0: b0 = ...; 1: b1 = dW(b0, b0); 2: b2 = ...; 3: b3 = ...(b2)
+    plan.steps.resize(4);
+    plan.steps[0].kind = mt::KernelKind::Silu, plan.steps[0].outputs = {arena(0)};
+    plan.steps[1].kind = mt::KernelKind::LinearGradWeight;
+    plan.steps[1].inputs = {arena(0), arena(0)}, plan.steps[1].outputs = {arena(1)};
+    plan.steps[2].kind = mt::KernelKind::Silu, plan.steps[2].outputs = {arena(2)};
+    plan.steps[3].kind = mt::KernelKind::Silu;
+    plan.steps[3].inputs = {arena(2)}, plan.steps[3].outputs = {arena(3)};
+    plan.buffers[0].lastStep = 1, plan.buffers[2].lastStep = 3;
+    if (window > 0)
+      mt::keepGradWeightInputs(plan, window);
+    mt::planMemory(plan);
+    return plan;
+  };
+  const mt::KernelPlan plain = build(0), kept = build(2), far = build(10);
+  EXPECT_EQ(plain.buffers[0].lastStep, 1);
+  EXPECT_EQ(plain.buffers[2].offset, plain.buffers[0].offset); // b0's bytes reused by b2
+  EXPECT_EQ(kept.buffers[0].lastStep, 3);
+  EXPECT_NE(kept.buffers[2].offset, kept.buffers[0].offset);
+  EXPECT_GT(kept.arenaBytes, plain.arenaBytes);
+  EXPECT_EQ(far.buffers[0].lastStep, 3); // not past the last step
+}
+
 TEST(CudaCodegen, ActivationsAreBf16AndLogitsF32) {
   auto cuda = lower(kConfig, "cuda:sm_90a");
   auto cpu = lower(kConfig, "cpu");
@@ -242,12 +284,11 @@ void checkTrainProgram(bool reference) {
   // reads its forward's workspace, so no pack) or the reference cores.
   const std::vector<std::string> fast = {
       "tnlm_la_grad_pack_lrpe_silu1", "tnlm_la_gate_norm_grad_o16", "tnlm_la_gate_norm_grad2_o16",
-      "tnlm_la_add_rows_bf16", "tnlm_la_sm90_main_d128", "tnlm_la_silu_scale"};
+      "tnlm_la_add_rows_bf16",        "tnlm_la_sm90_main_d128",     "tnlm_la_silu_scale"};
   const std::vector<std::string> slow = {
-      "tnlm_la_grad_prologue_silu1_lrpe1",
-      "tnlm_la_fwd_simple_dk256",     "tnlm_la_fwd_simple_dk128",
-      "tnlm_la_gate_norm_grad",       "tnlm_la_bwd_simple_dk256_bf16",
-      "tnlm_la_bwd_simple_dk128_bf16"};
+      "tnlm_la_grad_prologue_silu1_lrpe1", "tnlm_la_fwd_simple_dk256",
+      "tnlm_la_fwd_simple_dk128",          "tnlm_la_gate_norm_grad",
+      "tnlm_la_bwd_simple_dk256_bf16",     "tnlm_la_bwd_simple_dk128_bf16"};
   want.insert(want.end(), reference ? slow.begin() : fast.begin(),
               reference ? slow.end() : fast.end());
   for (const std::string &k : want)

@@ -37,6 +37,7 @@
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/WithColor.h"
 
+#include <cstdlib>
 #include <map>
 #include <optional>
 
@@ -181,6 +182,29 @@ OwningOpRef<ModuleOp> loadInput(MLIRContext &context, llvm::SourceMgr &sourceMgr
 
 bool isCuda() { return target == "cuda:sm_90a"; }
 
+/// TNLM_GRAD_STREAM_WINDOW=N (CUDA train artifacts, for TNLM_GRAD_STREAM=1 at run time): the
+/// inputs of each weight-gradient GEMM stay live N steps past it in @train_step's arena plan
+/// (keepGradWeightInputs); 0 or unset, the default: as the steps need them.
+FailureOr<int64_t> gradStreamWindow() {
+  const char *v = std::getenv("TNLM_GRAD_STREAM_WINDOW");
+  if (!v || !*v)
+    return int64_t(0);
+  const std::string s(v);
+  if (s.size() > 4 || s.find_first_not_of("0123456789") != std::string::npos) {
+    llvm::errs() << "tnlmc: error: TNLM_GRAD_STREAM_WINDOW=" << s
+                 << ": expected a number of steps from 0 (the default) to 9999\n";
+    return failure();
+  }
+  return int64_t(std::stoll(s));
+}
+
+/// The arena plan of `p` (keeping weight-gradient inputs live longer where asked).
+void planArena(tnlm::KernelPlan &p, int64_t window) {
+  if (window > 0 && isCuda() && p.function == "train_step")
+    tnlm::keepGradWeightInputs(p, window);
+  tnlm::planMemory(p);
+}
+
 /// --emit=cuda-source: DIR/<function>.cu and DIR/<function>.launches.txt.
 int writeCudaSource(const std::vector<tnlm::KernelPlan> &plans, const tnlm::CudaProgram &program) {
   if (outputPath == "-") {
@@ -248,7 +272,10 @@ FailureOr<int64_t> trainStepArena(ModuleOp module, const tnlm::InferPipelineOpti
       tnlm::lowerToKernelPlan(module, "train_step", maxBatch, maxSeq, target);
   if (failed(p))
     return failure();
-  tnlm::planMemory(*p);
+  FailureOr<int64_t> window = gradStreamWindow();
+  if (failed(window))
+    return failure();
+  planArena(*p, *window);
   return p->arenaBytes;
 }
 
@@ -470,8 +497,11 @@ int main(int argc, char **argv) {
       if (needed)
         return 1;
     } else {
+      FailureOr<int64_t> window = gradStreamWindow();
+      if (failed(window))
+        return 1;
       for (tnlm::KernelPlan &p : *lowered)
-        tnlm::planMemory(p);
+        planArena(p, *window);
       plans = std::move(*lowered);
       plan = plans.front();
     }
