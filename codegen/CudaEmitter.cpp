@@ -77,6 +77,32 @@ constexpr int64_t kGemvStages = 8;
 // held in registers by every warp), or 0 where K does not take it (not a multiple of 256, or
 // more than 12 chunks of registers: then every call runs the general path).
 int64_t gemvChunksPerLane(int64_t k) { return k % 256 == 0 && k / 256 <= 12 ? k / 256 : 0; }
+// The single-row path with K split over the CTA's threads (rec::gemv_split, TNLM_GEMV_SPLIT=1
+// when tnlmc runs; checked by emitCudaProgram): its chunks per thread (gemv_split_chunks of
+// Recurrent.cuh: groups of threads that each cover a row), at most 8 (then the general path).
+bool gemvSplit = false;
+int64_t gemvSplitChunks(int64_t k) {
+  if (k % 8 != 0)
+    return 0;
+  const int64_t chunks = k / 8;
+  int64_t groups = 1;
+  while (2 * groups <= kGemvBlock / 32 && 2 * groups * chunks <= kGemvBlock)
+    groups *= 2;
+  const int64_t perGroup = kGemvBlock / groups, split = (chunks + perGroup - 1) / perGroup;
+  return split <= 8 ? split : 0;
+}
+// rec::gemv's CPL template argument for rows of k: the split path's chunks per thread, negated,
+// where TNLM_GEMV_SPLIT=1 (and k takes it), else gemv_one's chunks per lane (0: neither); and
+// the kernel name's tag of it.
+int64_t gemvPathArg(int64_t k) {
+  if (gemvSplit)
+    if (int64_t split = gemvSplitChunks(k))
+      return -split;
+  return gemvChunksPerLane(k);
+}
+std::string gemvPathTag(int64_t arg) {
+  return arg < 0 ? "s" + std::to_string(-arg) : "c" + std::to_string(arg);
+}
 
 // Threads per row for the row-wise kernels: whole warps, about 4 columns per thread, at most
 // 256 (a function of the columns only, so identical layers share one kernel). The columns per
@@ -1043,12 +1069,12 @@ private:
     const int64_t prologue = s.gemvPrologue;
     static const char *const kPrologue[] = {
         "v = x", "v = srms_norm(x)", "s = x + x2, v = srms_norm(s)", "v = x2 * srms_norm(x)"};
-    const int64_t cpl = gemvChunksPerLane(s.inputs[0].cols);
-    std::string name = llvm::formatv("tnlm_gemv_{0}_p{1}_c{2}",
+    const int64_t cpl = gemvPathArg(s.inputs[0].cols);
+    std::string name = llvm::formatv("tnlm_gemv_{0}_p{1}_{2}",
                                      gated ? "gated"
                                      : f32 ? "f32"
                                            : "bf16",
-                                     prologue, cpl)
+                                     prologue, gemvPathTag(cpl))
                            .str();
     const char *out = f32 ? "float" : "bf16";
     CudaLaunch l = wrapped(
@@ -1108,11 +1134,11 @@ private:
   CudaLaunch gemvDecode(const PlanStep &s) {
     const int64_t heads = s.decodeFusion[0], dh = s.decodeFusion[1];
     const bool lrpe = s.decodeFusion[2] != 0, silu = s.decodeFusion[3] != 0;
-    const int64_t cluster = decodeCluster(heads), cpl = gemvChunksPerLane(s.inputs[0].cols);
+    const int64_t cluster = decodeCluster(heads), cpl = gemvPathArg(s.inputs[0].cols);
     CudaLaunch l = wrapped(
         CudaLaunchKind::GemvDecode,
-        llvm::formatv("tnlm_gemv_decode_p{0}_d{1}_c{2}_silu{3}_lrpe{4}_k{5}", s.gemvPrologue, dh,
-                      cluster, silu ? 1 : 0, lrpe ? 1 : 0, cpl)
+        llvm::formatv("tnlm_gemv_decode_p{0}_d{1}_c{2}_silu{3}_lrpe{4}_{5}", s.gemvPrologue, dh,
+                      cluster, silu ? 1 : 0, lrpe ? 1 : 0, gemvPathTag(cpl))
             .str(),
         kGemvBlock, "the qkvu GEMV and lightning_decode in one launch: a cluster of CTAs per head",
         "const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *sum, long long "
@@ -1213,25 +1239,34 @@ FailureOr<CudaProgram> emitCudaProgram(const KernelPlan &plan, Location loc) {
   return emitCudaProgram(std::vector<KernelPlan>{plan}, loc);
 }
 
+// A 0/1 switch of the emitter from the environment when tnlmc runs: unset or empty is 0 (`off`,
+// the default), anything but 0 or 1 an error naming both.
+static LogicalResult switchFromEnvironment(const char *name, const char *off, const char *on,
+                                           bool &value,
+                                    Location loc) {
+  value = false;
+  const char *v = std::getenv(name);
+  if (!v || !*v)
+    return success();
+  const std::string s(v);
+  if (s != "0" && s != "1")
+    return emitError(loc) << name << "=" << s << ": expected 0 (" << off << ", the default) or 1 ("
+                          << on << ")";
+  value = s == "1";
+  return success();
+}
+
 FailureOr<CudaProgram> emitCudaProgram(const std::vector<KernelPlan> &plans, Location loc) {
-  foldSilu = false;
-  if (const char *v = std::getenv("TNLM_LA_FOLD_SILU"); v && *v) {
-    const std::string s(v);
-    if (s != "0" && s != "1")
-      return emitError(loc) << "TNLM_LA_FOLD_SILU=" << s
-                            << ": expected 0 (SiLU' as its own pass, the default) or 1 (folded "
-                               "into the Lightning backward's dq and dk passes)";
-    foldSilu = s == "1";
-  }
-  pdlEarly = false;
-  if (const char *v = std::getenv("TNLM_PDL_EARLY"); v && *v) {
-    const std::string s(v);
-    if (s != "0" && s != "1")
-      return emitError(loc) << "TNLM_PDL_EARLY=" << s
-                            << ": expected 0 (a kernel lets the next one launch after its wait, "
-                               "the default) or 1 (before it)";
-    pdlEarly = s == "1";
-  }
+  if (failed(switchFromEnvironment("TNLM_LA_FOLD_SILU", "SiLU' as its own pass",
+                                    "folded into the Lightning backward's dq and dk passes",
+                                    foldSilu, loc)) ||
+      failed(switchFromEnvironment("TNLM_PDL_EARLY",
+                                    "a kernel lets the next one launch after its wait",
+                                    "before it", pdlEarly, loc)) ||
+      failed(switchFromEnvironment("TNLM_GEMV_SPLIT",
+                                    "the single-row decode GEMV with rows over the warps",
+                                    "with K split over the CTA's threads", gemvSplit, loc)))
+    return failure();
   rowColsPerThread = 4;
   if (const char *v = std::getenv("TNLM_ROW_COLS_PER_THREAD"); v && *v) {
     const std::string s(v);

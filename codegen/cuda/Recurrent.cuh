@@ -432,6 +432,177 @@ __device__ __forceinline__ void gemv_one(const bf16 *x, const bf16 *x2, bf16 *su
   }
 }
 
+// The groups of rec::gemv_split for rows of `chunks` 16-byte chunks: the largest power of two G
+// <= BLOCK / 32 with G · chunks <= BLOCK (each group's threads cover a whole row), and the
+// chunks per thread that takes (the emitter's SPLIT: CudaEmitter.cpp's gemvSplitChunks).
+__host__ __device__ constexpr int gemv_split_groups(int chunks, int block) {
+  int g = 1;
+  while (2 * g <= block / 32 && 2 * g * chunks <= block)
+    g *= 2;
+  return g;
+}
+__host__ __device__ constexpr int gemv_split_chunks(int chunks, int block) {
+  return (chunks + block / gemv_split_groups(chunks, block) - 1) /
+         (block / gemv_split_groups(chunks, block));
+}
+
+// The single-row case of gemv_rows with K split over the threads (SPLIT > 0 chunks per thread
+// at most; TNLM_GEMV_SPLIT=1 when tnlmc runs). The CTA's BLOCK threads form G groups of TPR =
+// BLOCK / G (gemv_split_groups); thread c of group g holds the 16-byte chunks c + TPR·j of the
+// input row v (in f32 registers, with the prologue's norm: its sum of squares from group 0's
+// partials, one CTA barrier) and, for a block of R·G rows of a stage, sums its chunks of rows
+// g + G·i (i < R) at once: R independent chains of 8·SPLIT products. Each warp then adds its
+// lanes' R partial sums with a transposing butterfly (R - 1 + 5 - log2 R shuffles for R rows,
+// not 5 per row), the warps of a group add theirs through shared memory in warp order, and a
+// thread per row stores it. Deterministic for a given K: the order of every sum is fixed (the
+// chunks j, the 8 products, the butterfly's pairs, the warps).
+template <int BLOCK, bool GATED, int PROLOGUE, int SPLIT, typename Issue, typename Store>
+__device__ __forceinline__ void gemv_split(const bf16 *x, const bf16 *x2, bf16 *sum, float eps,
+                                           int K, const unsigned char *smem, unsigned stageBytes,
+                                           unsigned bar0, int n0, int rows, int stageRows,
+                                           int stages, int nStages, Issue &issue, Store &store) {
+  constexpr int WARPS = BLOCK / 32, R = 8;
+  __shared__ float red[WARPS];
+  __shared__ float part[2][WARPS][R], part2[2][GATED ? WARPS : 1][R];
+  const int chunks = K / 8;
+  const int G = gemv_split_groups(chunks, BLOCK), TPR = BLOCK / G, WPG = TPR / 32;
+  const int g = threadIdx.x / TPR, c0 = threadIdx.x % TPR;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float v[SPLIT][8];
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < SPLIT; ++j) {
+    const int c = c0 + TPR * j;
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      v[j][e] = 0.0f;
+    if (c < chunks) {
+      unpack8(*reinterpret_cast<const uint4 *>(x + 8 * c), v[j]);
+      if constexpr (PROLOGUE == 2) { // s = bf16(x + x2), kept in place of x
+        float b[8];
+        unpack8(*reinterpret_cast<const uint4 *>(x2 + 8 * c), b);
+        uint4 o;
+        __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&o);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          h[i] = __floats2bfloat162_rn(v[j][2 * i] + b[2 * i], v[j][2 * i + 1] + b[2 * i + 1]);
+          v[j][2 * i] = round_bf16(v[j][2 * i] + b[2 * i]);
+          v[j][2 * i + 1] = round_bf16(v[j][2 * i + 1] + b[2 * i + 1]);
+        }
+        if (blockIdx.x == 0 && g == 0)
+          *reinterpret_cast<uint4 *>(sum + 8 * c) = o;
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        ss += v[j][e] * v[j][e];
+    }
+  }
+  if constexpr (PROLOGUE != 0) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+      ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if (lane == 0)
+      red[warp] = ss;
+    __syncthreads();
+    float t = 0.0f;
+    for (int w = 0; w < WPG; ++w) // group 0's warps: the whole row
+      t += red[w];
+    const float r = rsqrtf(t / K + eps);
+#pragma unroll
+    for (int j = 0; j < SPLIT; ++j) {
+      const int c = c0 + TPR * j;
+      if (c < chunks) {
+        float b[8];
+        if constexpr (PROLOGUE == 3)
+          unpack8(*reinterpret_cast<const uint4 *>(x2 + 8 * c), b);
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+          v[j][e] = round_bf16(PROLOGUE == 3 ? b[e] * v[j][e] * r : v[j][e] * r);
+      }
+    }
+  }
+  int parity = 0;
+  for (int t = 0; t < nStages; ++t) {
+    mbar_wait(bar0 + 8 * (t % stages), (t / stages) & 1);
+    const int r0 = t * stageRows, nr = min(stageRows, rows - r0);
+    const uint4 *slot = reinterpret_cast<const uint4 *>(smem + (t % stages) * stageBytes);
+    for (int rb = 0; rb < nr; rb += R * G) {
+      float acc[R], acc2[R];
+#pragma unroll
+      for (int i = 0; i < R; ++i)
+        acc[i] = 0.0f, acc2[i] = 0.0f;
+#pragma unroll
+      for (int j = 0; j < SPLIT; ++j) {
+        const int c = c0 + TPR * j;
+        if (c < chunks) {
+#pragma unroll
+          for (int i = 0; i < R; ++i) {
+            const int r = rb + g + G * i;
+            if (r < nr) {
+              float wf[8];
+              unpack8(slot[r * chunks + c], wf);
+#pragma unroll
+              for (int e = 0; e < 8; ++e)
+                acc[i] = fmaf(v[j][e], wf[e], acc[i]);
+              if constexpr (GATED) {
+                unpack8(slot[(stageRows + r) * chunks + c], wf);
+#pragma unroll
+                for (int e = 0; e < 8; ++e)
+                  acc2[i] = fmaf(v[j][e], wf[e], acc2[i]);
+              }
+            }
+          }
+        }
+      }
+      // The transposing butterfly: after the step of offset o (16, 8, 4) a lane keeps the half
+      // of its rows that its bit o selects and adds its partner's values of them; then o = 2, 1
+      // add the one row left. Lane l ends with row ((l >> 4) & 1)·4 + ((l >> 3) & 1)·2 +
+      // ((l >> 2) & 1) of the warp's rows.
+#pragma unroll
+      for (int o = 16, n = R / 2; n >= 1; o >>= 1, n >>= 1) {
+        const bool up = (lane & o) != 0;
+#pragma unroll
+        for (int i = 0; i < n; ++i) {
+          const float send = up ? acc[i] : acc[i + n], keep = up ? acc[i + n] : acc[i];
+          acc[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+          if constexpr (GATED) {
+            const float send2 = up ? acc2[i] : acc2[i + n], keep2 = up ? acc2[i + n] : acc2[i];
+            acc2[i] = keep2 + __shfl_xor_sync(0xffffffffu, send2, o);
+          }
+        }
+      }
+#pragma unroll
+      for (int o = 2; o > 0; o >>= 1) {
+        acc[0] += __shfl_xor_sync(0xffffffffu, acc[0], o);
+        if constexpr (GATED)
+          acc2[0] += __shfl_xor_sync(0xffffffffu, acc2[0], o);
+      }
+      if ((lane & 3) == 0) {
+        const int i = ((lane >> 4) & 1) * 4 + ((lane >> 3) & 1) * 2 + ((lane >> 2) & 1);
+        part[parity][warp][i] = acc[0];
+        if constexpr (GATED)
+          part2[parity][warp][i] = acc2[0];
+      }
+      __syncthreads(); // the partial sums, and every warp done with this block of the stage
+      if (rb + R * G >= nr && t + stages < nStages && threadIdx.x == 0)
+        issue(t + stages); // the slot is free
+      if (threadIdx.x < R * G) {
+        const int gg = threadIdx.x / R, i = threadIdx.x % R, r = rb + gg + G * i;
+        if (r < nr) {
+          float s = 0.0f, s2 = 0.0f;
+          for (int w = 0; w < WPG; ++w) { // in warp order: deterministic
+            s += part[parity][gg * WPG + w][i];
+            if constexpr (GATED)
+              s2 += part2[parity][gg * WPG + w][i];
+          }
+          store(n0 + r0 + r, 0, s, s2);
+        }
+      }
+      parity ^= 1; // the next block writes the other half (its barrier orders the one after)
+    }
+  }
+}
+
 struct NoSink {
   __device__ void operator()(int, int, float) const {}
 };
@@ -491,6 +662,14 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
   __syncthreads(); // the barriers' initialization visible to every warp (before the wait: free)
   TNLM_PDL_WAIT();
   TNLM_PDL_LAUNCH();
+  if constexpr (CPL < 0) {
+    if (M == 1 && gemv_split_chunks(K / 8, BLOCK) <= -CPL) {
+      gemv_split<BLOCK, GATED, PROLOGUE, (CPL < 0 ? -CPL : 1)>(x, x2, sum, eps, K, gemv_smem,
+                                                             stageBytes, bar0, n0, rows, stageRows,
+                                                             stages, nStages, issue, store);
+      return;
+    }
+  }
   if constexpr (CPL > 0) {
     if (M == 1 && K == 256 * CPL) {
       gemv_one<BLOCK, GATED, PROLOGUE, CPL>(x, x2, sum, eps, K, gemv_smem, stageBytes, bar0, n0,

@@ -61,7 +61,8 @@ struct Case {
   int rowsPerCta, stageRows, stages, warpsPerRow;
   int prologue =
       0; // rec::gemv's PROLOGUE: 0 v = x, 1 srms_norm(x), 2 srms_norm(x + x2), 3 x2 * srms_norm(x)
-  int cpl = 0; // its CPL template argument (K / 256 for the single-row path, 0 = none)
+  int cpl = 0; // its CPL template argument (K / 256 for the single-row path, -chunks per thread
+               // for the split path, 0 = none)
 };
 
 std::string kernelName(const Case &c) {
@@ -69,7 +70,8 @@ std::string kernelName(const Case &c) {
          (c.gated    ? "gated"
           : c.f32out ? "f32"
                      : "bf16") +
-         "_p" + std::to_string(c.prologue) + "_c" + std::to_string(c.cpl);
+         "_p" + std::to_string(c.prologue) +
+         (c.cpl < 0 ? "_s" + std::to_string(-c.cpl) : "_c" + std::to_string(c.cpl));
 }
 
 std::string wrapper(const Case &c) {
@@ -114,6 +116,20 @@ const Case kCases[] = {
     {"general_m2_norm", 4096, 1024, 2, false, false, 32, 16, 2, 1, 1, 4},
     {"general_m3_add_norm", 2816, 1024, 3, true, false, 22, 8, 3, 1, 2, 4},
     {"general_m4_gate_norm", 1024, 1024, 4, false, false, 8, 8, 1, 1, 3, 4},
+    // The split path (gemv_split, TNLM_GEMV_SPLIT=1: CPL = -chunks per thread) at the same
+    // shapes: 2 groups of 128 threads at K = 1024, one group of 256 with 2 chunks for some
+    // threads at K = 2816, 8 groups of one warp at K = 256; rows of a block past the stage's end,
+    // stages that wrap, and M > 1 calls of the same kernels (the general path).
+    {"split_qkvu_norm", 4096, 1024, 1, false, false, 32, 16, 2, 1, 1, -1},
+    {"split_qkvu_add_norm", 4096, 1024, 1, false, false, 32, 16, 2, 1, 2, -1},
+    {"split_out_gate_norm", 1024, 1024, 1, false, false, 8, 8, 1, 1, 3, -1},
+    {"split_gated_add_norm", 2816, 1024, 1, true, false, 22, 8, 3, 1, 2, -1},
+    {"split_down", 1024, 2816, 1, false, false, 8, 5, 2, 1, 0, -2},
+    {"split_lmhead_wraps", 1000, 1024, 1, false, true, 70, 16, 3, 1, 2, -1},
+    {"split_row_stages", 300, 2816, 1, false, false, 20, 1, 8, 8, 0, -2},
+    {"split_short_rows_gated", 200, 256, 1, true, false, 7, 7, 1, 1, 3, -1},
+    {"split_wide_rows", 500, 4096, 1, false, false, 9, 4, 3, 2, 1, -2},
+    {"split_general_m3", 2816, 1024, 3, true, false, 22, 8, 3, 1, 2, -1},
 };
 
 Module &gemvModule() {
