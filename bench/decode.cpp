@@ -82,7 +82,8 @@ int main(int argc, char **argv) {
   Options opts(kTool,
                std::string(kTool) +
                    " MODEL.tnlm [--batch=B] [--contexts=C1,C2,...] [--steps=K] "
-                   "[--warmup=K] [--label=NAME] [--profile] [--no-gemv] [--gemv-stage-bytes=N]\n  "
+                   "[--warmup=K] [--label=NAME] [--profile] [--no-gemv] [--gemv-stage-bytes=N] "
+                   "[--trace=FILE]\n  "
                    "MODEL.tnlm: an "
                    "artifact from tnlmc "
                    "--mode=recurrent --target=cuda:sm_90a. Prints one JSON\n  line per "
@@ -102,6 +103,10 @@ int main(int argc, char **argv) {
              "32768; 16 to 65536)");
   opts.flag("profile", "Also time every step of one decode step (CUDA events, no graph) and "
                        "print the time per kernel kind to stderr");
+  opts.value("trace", "file",
+             "After the timing, replay 4 decode steps of an artifact compiled with "
+             "TNLM_DECODE_TRACE=1 and write its kernels' trace to FILE (CSV: one line per "
+             "sampled CTA; Recurrent.cuh)");
   std::string path;
   int64_t steps = 0, warmup = 0, stageBytes = 0;
   try {
@@ -168,6 +173,11 @@ int main(int argc, char **argv) {
     const double weightFloorMs = weightBytes / kBandwidth * 1e3;
     const double floorMs = (weightBytes + stateBytes) / kBandwidth * 1e3;
 
+    const std::string tracePath = opts.get("trace");
+    if (opts.has("trace") && tracePath.empty()) {
+      std::fprintf(stderr, "%s: error: --trace needs a file\n", kTool);
+      return 2;
+    }
     std::string why;
     if (!cuda::deviceAvailable(&why)) {
       std::printf("SKIPPED: no CUDA device is available (%s)\n", why.c_str());
@@ -252,6 +262,32 @@ int main(int argc, char **argv) {
           (long long)exec.fusedDecodeLaunches(), exec.deviceBytes(),
           bench::jsonString(ctx.deviceName()).c_str());
       std::fflush(stdout);
+      if (!tracePath.empty()) {
+        if (!exec.hasDecodeTrace())
+          throw Error("--trace: " + path + " has no decode trace (compile it with "
+                      "TNLM_DECODE_TRACE=1 when tnlmc runs)");
+        exec.resetDecodeTrace();
+        for (int i = 0; i < 4; ++i) {
+          next();
+          exec.enqueueDecode(step.data(), pos.data(), batch);
+        }
+        const std::vector<uint64_t> t = exec.decodeTrace();
+        std::FILE *f = std::fopen(tracePath.c_str(), "w");
+        if (!f)
+          throw Error("--trace: cannot write " + tracePath);
+        std::fprintf(f, "tag,key,block,grid,sm,entry,wait,input,end\n");
+        for (size_t i = 0; i + 8 <= t.size(); i += 8)
+          std::fprintf(f, "%llu,%llx,%llu,%llu,%llu,%llu,%llu,%llu,%llu\n",
+                       (unsigned long long)t[i], (unsigned long long)t[i + 1],
+                       (unsigned long long)(t[i + 2] & 0xfffff),
+                       (unsigned long long)(t[i + 2] >> 40), (unsigned long long)t[i + 3],
+                       (unsigned long long)t[i + 4], (unsigned long long)t[i + 5],
+                       (unsigned long long)t[i + 6], (unsigned long long)t[i + 7]);
+        if (std::fclose(f) != 0)
+          throw Error("--trace: cannot write " + tracePath);
+        std::fprintf(stderr, "%s: %zu trace records of 4 decode steps in %s\n", label.c_str(),
+                     t.size() / 8, tracePath.c_str());
+      }
       if (opts.has("profile")) {
         next();
         exec.profileDecode(step.data(), pos.data(), batch); // warm

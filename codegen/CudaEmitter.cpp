@@ -81,6 +81,13 @@ int64_t gemvChunksPerLane(int64_t k) { return k % 256 == 0 && k / 256 <= 12 ? k 
 // when tnlmc runs; checked by emitCudaProgram): its chunks per thread (gemv_split_chunks of
 // Recurrent.cuh: groups of threads that each cover a row), at most 8 (then the general path).
 bool gemvSplit = false;
+// The decode kernels' timing trace (TNLM_DECODE_TRACE=1 when tnlmc runs: Recurrent.cuh's
+// tnlm_trace, read by CudaExecutor::decodeTrace), checked by emitCudaProgram.
+bool decodeTrace = false;
+// Where the decode GEMVs and decode kernels let the next kernel launch (Recurrent.cuh's
+// TNLM_PDL_AT_WAIT / TNLM_PDL_AT_INPUTS): after their wait, or once their input rows are in
+// (TNLM_PDL_AFTER_INPUTS=1 when tnlmc runs), checked by emitCudaProgram.
+bool pdlAfterInputs = false;
 int64_t gemvSplitChunks(int64_t k) {
   if (k % 8 != 0)
     return 0;
@@ -160,6 +167,13 @@ public:
                  "::: \"memory\")\n"
                  "#define TNLM_PDL_LAUNCH() do {} while (0)\n"
                : "")
+       << (pdlAfterInputs ? "// TNLM_PDL_AFTER_INPUTS=1: the decode GEMVs and decode kernels let "
+                            "the next kernel launch once their inputs are in.\n"
+                            "#define TNLM_PDL_AFTER_INPUTS 1\n"
+                          : "")
+       << (decodeTrace ? "// TNLM_DECODE_TRACE=1: the decode kernels write tnlm_trace.\n"
+                         "#define TNLM_DECODE_TRACE 1\n"
+                       : "")
        << "#include \"tnlm/Elementwise.cuh\"\n";
     if (usesLightning)
       os << "#include \"tnlm/LightningAttentionFwdSm90.cuh\"\n";
@@ -1265,8 +1279,16 @@ FailureOr<CudaProgram> emitCudaProgram(const std::vector<KernelPlan> &plans, Loc
                                     "before it", pdlEarly, loc)) ||
       failed(switchFromEnvironment("TNLM_GEMV_SPLIT",
                                     "the single-row decode GEMV with rows over the warps",
-                                    "with K split over the CTA's threads", gemvSplit, loc)))
+                                    "with K split over the CTA's threads", gemvSplit, loc)) ||
+      failed(switchFromEnvironment("TNLM_DECODE_TRACE", "no trace",
+                                    "the decode kernels write a timing trace", decodeTrace, loc)) ||
+      failed(switchFromEnvironment("TNLM_PDL_AFTER_INPUTS",
+                                    "the decode kernels let the next one launch after their wait",
+                                    "once their input rows are in", pdlAfterInputs, loc)))
     return failure();
+  if (pdlEarly && pdlAfterInputs)
+    return emitError(loc) << "TNLM_PDL_EARLY=1 and TNLM_PDL_AFTER_INPUTS=1 contradict each other "
+                             "(the next kernel launches before the wait, or after the inputs)";
   rowColsPerThread = 4;
   if (const char *v = std::getenv("TNLM_ROW_COLS_PER_THREAD"); v && *v) {
     const std::string s(v);

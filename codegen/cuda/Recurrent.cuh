@@ -33,11 +33,83 @@
 #define TNLM_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
 #define TNLM_PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
 #endif
+// Where the decode GEMVs and the decode kernel let the next kernel launch: right after their
+// wait (TNLM_PDL_AT_WAIT), or once their input rows have landed (TNLM_PDL_AT_INPUTS, where
+// TNLM_PDL_AFTER_INPUTS is defined: TNLM_PDL_AFTER_INPUTS=1 when tnlmc runs). The next kernel's
+// CTAs issue their weight copies as soon as they start, and an SM returns bytes in order: input
+// rows requested after those copies wait for them (the trace: 4.7 µs after the wait for the
+// gated pair's input row, behind its own and the down projection's weights).
+#ifdef TNLM_PDL_AFTER_INPUTS
+#define TNLM_PDL_AT_WAIT() ((void)0)
+#define TNLM_PDL_AT_INPUTS() TNLM_PDL_LAUNCH()
+#else
+#define TNLM_PDL_AT_WAIT() TNLM_PDL_LAUNCH()
+#define TNLM_PDL_AT_INPUTS() ((void)0)
+#endif
+
+// The decode step's trace (TNLM_DECODE_TRACE=1 when tnlmc runs defines TNLM_DECODE_TRACE; for
+// timing studies, CudaExecutor::decodeTrace reads it): thread 0 of a sample of the CTAs of each
+// GEMV and decode kernel takes a record of tnlm_trace (tnlm_trace_count counts them, up to
+// TNLM_DECODE_TRACE_RECORDS) and writes into it: [0] the kernel's tag (1 a GEMV, 2 the fused
+// qkvu GEMV + decode, 3 a decode kernel), [1] a pointer that names the launch (its weights or
+// state), [2] blockIdx.x | blockIdx.y << 20 | gridDim.x << 40, [3] the SM, then %globaltimer
+// (ns) at [4] entry, [5] after griddepcontrol.wait, [6] the input row ready (a GEMV: after the
+// prologue; decode: q, k in shared memory), [7] thread 0's last instruction.
+#ifdef TNLM_DECODE_TRACE
+#define TNLM_DECODE_TRACE_RECORDS 131072
+extern "C" {
+__device__ unsigned long long tnlm_trace[TNLM_DECODE_TRACE_RECORDS][8];
+__device__ unsigned int tnlm_trace_count;
+}
+#endif
 
 namespace tnlm {
 namespace rec {
 
 using bf16 = __nv_bfloat16;
+
+#ifdef TNLM_DECODE_TRACE
+__device__ __forceinline__ unsigned long long trace_clock() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+// The CTA's record (thread 0's; null where the CTA is not sampled or the buffer is full).
+__device__ __forceinline__ unsigned long long *&trace_record() {
+  __shared__ unsigned long long *record;
+  return record;
+}
+__device__ __forceinline__ void trace_open(int tag, const void *key, bool sampled) {
+  if (threadIdx.x != 0)
+    return;
+  const unsigned long long t = trace_clock();
+  unsigned long long *r = nullptr;
+  if (sampled) {
+    const unsigned i = atomicAdd(&tnlm_trace_count, 1u);
+    if (i < TNLM_DECODE_TRACE_RECORDS) {
+      unsigned sm;
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+      r = tnlm_trace[i];
+      r[0] = static_cast<unsigned long long>(tag);
+      r[1] = reinterpret_cast<unsigned long long>(key);
+      r[2] = blockIdx.x | static_cast<unsigned long long>(blockIdx.y) << 20 |
+             static_cast<unsigned long long>(gridDim.x) << 40;
+      r[3] = sm;
+      r[4] = t;
+    }
+  }
+  trace_record() = r;
+}
+__device__ __forceinline__ void trace_at(int i) {
+  if (threadIdx.x == 0 && trace_record())
+    trace_record()[i] = trace_clock();
+}
+#define TNLM_TRACE_OPEN(tag, key, sampled) ::tnlm::rec::trace_open(tag, key, sampled)
+#define TNLM_TRACE_AT(i) ::tnlm::rec::trace_at(i)
+#else
+#define TNLM_TRACE_OPEN(tag, key, sampled) ((void)0)
+#define TNLM_TRACE_AT(i) ((void)0)
+#endif
 
 __device__ __forceinline__ float silu_f(float x) { return x / (1.0f + __expf(-x)); }
 
@@ -142,6 +214,7 @@ lightning_decode(const bf16 *qkvu, long long ldqkvu, const float *theta, const i
   const int j = threadIdx.x % COLS_PER_CTA, g = threadIdx.x / COLS_PER_CTA;
   // The thread's state entries and the decay before the wait: no kernel of the step writes
   // them before this one (the state of a layer is this kernel's alone, λ a parameter).
+  TNLM_TRACE_OPEN(3, state, blockIdx.y == 0);
   float *S = state + static_cast<long long>(bh) * DK * DH + col0 + j;
   float sv[PER];
 #pragma unroll
@@ -149,7 +222,8 @@ lightning_decode(const bf16 *qkvu, long long ldqkvu, const float *theta, const i
     sv[t] = S[(g + t * GROUPS) * DH];
   const double lambda = exp(-static_cast<double>(slopes[h]));
   TNLM_PDL_WAIT();
-  TNLM_PDL_LAUNCH();
+  TNLM_PDL_AT_WAIT();
+  TNLM_TRACE_AT(5);
   const int pos = positions[b];
   const long long D = static_cast<long long>(heads) * DH;
   if (pos < 0) { // inactive slot: state untouched, output row zero
@@ -174,6 +248,8 @@ lightning_decode(const bf16 *qkvu, long long ldqkvu, const float *theta, const i
     }
   }
   __syncthreads();
+  TNLM_PDL_AT_INPUTS();
+  TNLM_TRACE_AT(6);
   const float v = __bfloat162float(row[2 * D + h * DH + col0 + j]);
   float acc = 0.0f;
 #pragma unroll
@@ -193,6 +269,7 @@ lightning_decode(const bf16 *qkvu, long long ldqkvu, const float *theta, const i
       o += partial[k][threadIdx.x];
     y[b * ldy + h * DH + col0 + threadIdx.x] = __float2bfloat16(o);
   }
+  TNLM_TRACE_AT(7);
 }
 
 // Sum over the CTA (BLOCK whole warps); every thread gets it. `red` holds BLOCK / 32 floats.
@@ -368,6 +445,8 @@ __device__ __forceinline__ void gemv_one(const bf16 *x, const bf16 *x2, bf16 *su
         h[i] = __floats2bfloat162_rn(a[2 * i], a[2 * i + 1]);
     }
   }
+  TNLM_PDL_AT_INPUTS();
+  TNLM_TRACE_AT(6);
   for (int t = 0; t < nStages; ++t) {
     mbar_wait(bar0 + 8 * (t % stages), (t / stages) & 1);
     const int r0 = t * stageRows, nr = min(stageRows, rows - r0);
@@ -521,6 +600,8 @@ __device__ __forceinline__ void gemv_split(const bf16 *x, const bf16 *x2, bf16 *
       }
     }
   }
+  TNLM_PDL_AT_INPUTS();
+  TNLM_TRACE_AT(6);
   int parity = 0;
   for (int t = 0; t < nStages; ++t) {
     mbar_wait(bar0 + 8 * (t % stages), (t / stages) & 1);
@@ -606,6 +687,13 @@ __device__ __forceinline__ void gemv_split(const bf16 *x, const bf16 *x2, bf16 *
 struct NoSink {
   __device__ void operator()(int, int, float) const {}
 };
+// The trace's tag of a gemv_rows call: 1 rec::gemv's (no sink), 2 rec::gemv_decode's.
+template <typename Sink> struct TraceTag {
+  static constexpr int value = 2;
+};
+template <> struct TraceTag<NoSink> {
+  static constexpr int value = 1;
+};
 template <int MAXM, int MAXSTAGES, int BLOCK, bool GATED, int PROLOGUE, typename OutT, int CPL,
           typename Sink>
 __device__ __forceinline__ void
@@ -650,6 +738,7 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
       bulk_copy(slot + static_cast<unsigned>(stageRows * rowBytes),
                 w2 + static_cast<long long>(n0 + r0) * K, bytes, bar);
   };
+  TNLM_TRACE_OPEN(TraceTag<Sink>::value, w, blockIdx.x % 8 == 0);
   if (threadIdx.x == 0) {
     for (int i = 0; i < stages; ++i)
       mbar_init(bar0 + 8 * i, 1);
@@ -661,12 +750,14 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
   prefetch_share(pf2, pf2Bytes);
   __syncthreads(); // the barriers' initialization visible to every warp (before the wait: free)
   TNLM_PDL_WAIT();
-  TNLM_PDL_LAUNCH();
+  TNLM_PDL_AT_WAIT();
+  TNLM_TRACE_AT(5);
   if constexpr (CPL < 0) {
     if (M == 1 && gemv_split_chunks(K / 8, BLOCK) <= -CPL) {
       gemv_split<BLOCK, GATED, PROLOGUE, (CPL < 0 ? -CPL : 1)>(x, x2, sum, eps, K, gemv_smem,
                                                              stageBytes, bar0, n0, rows, stageRows,
                                                              stages, nStages, issue, store);
+      TNLM_TRACE_AT(7);
       return;
     }
   }
@@ -674,6 +765,7 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
     if (M == 1 && K == 256 * CPL) {
       gemv_one<BLOCK, GATED, PROLOGUE, CPL>(x, x2, sum, eps, K, gemv_smem, stageBytes, bar0, n0,
                                             rows, stageRows, stages, nStages, issue, store);
+      TNLM_TRACE_AT(7);
       return;
     }
   }
@@ -734,6 +826,8 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
     }
   }
   __syncthreads(); // v, and the barriers' initialization, visible to every warp
+  TNLM_PDL_AT_INPUTS();
+  TNLM_TRACE_AT(6);
   for (int t = 0; t < nStages; ++t) {
     mbar_wait(bar0 + 8 * (t % stages), (t / stages) & 1);
     const int r0 = t * stageRows, nr = min(stageRows, rows - r0);
@@ -813,6 +907,7 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
         issue(t + stages);
     }
   }
+  TNLM_TRACE_AT(7);
 }
 
 template <int MAXM, int MAXSTAGES, int BLOCK, bool GATED, int PROLOGUE, typename OutT, int CPL = 0>

@@ -441,6 +441,14 @@ Kernel &Module::kernel(const std::string &kernelName, std::string_view context) 
   return *kernels_.emplace(kernelName, std::move(kernel)).first->second;
 }
 
+std::pair<CUdeviceptr, size_t> Module::global(const std::string &name) const {
+  CUdeviceptr ptr = 0;
+  size_t bytes = 0;
+  if (driver().cuModuleGetGlobal(&ptr, &bytes, module_, name.c_str()) != CUDA_SUCCESS)
+    return {0, 0};
+  return {ptr, bytes};
+}
+
 void Module::launch(const std::string &kernelName, const LaunchConfig &config, void **params,
                     std::string_view context) {
   context_.launch(kernel(kernelName, context), config, params, context);

@@ -24,6 +24,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 
 namespace tnlm::cuda {
 
@@ -232,6 +233,9 @@ public:
   const std::string &name() const { return name_; }
   /// The kernel with this (extern "C" or lowered) name; throws naming it and the module.
   Kernel &kernel(const std::string &kernelName, std::string_view context = {});
+  /// The address and size of the module's global variable `name` (extern "C"), or {0, 0} where
+  /// it has none.
+  std::pair<CUdeviceptr, size_t> global(const std::string &name) const;
   /// kernel(kernelName) launched on the context's stream.
   void launch(const std::string &kernelName, const LaunchConfig &config, void **params,
               std::string_view context = {});

@@ -1383,3 +1383,32 @@ std::vector<float> CudaExecutor::forward(const int32_t *ids, int64_t batch, int6
 }
 
 } // namespace tnlm::cuda
+
+namespace tnlm::cuda {
+
+bool CudaExecutor::hasDecodeTrace() const {
+  return module_ && module_->global("tnlm_trace_count").first != 0 &&
+         module_->global("tnlm_trace").first != 0;
+}
+
+void CudaExecutor::resetDecodeTrace() {
+  if (!hasDecodeTrace())
+    throw Error("the artifact has no decode trace (compile it with TNLM_DECODE_TRACE=1)");
+  context_->fillWords(module_->global("tnlm_trace_count").first, 0, 1, "resetting the trace");
+}
+
+std::vector<uint64_t> CudaExecutor::decodeTrace() {
+  if (!hasDecodeTrace())
+    throw Error("the artifact has no decode trace (compile it with TNLM_DECODE_TRACE=1)");
+  const CUdeviceptr countPtr = module_->global("tnlm_trace_count").first;
+  const auto [records, bytes] = module_->global("tnlm_trace");
+  uint32_t count = 0;
+  context_->copyToHost(&count, countPtr, sizeof count, "reading the trace");
+  const size_t n = std::min<size_t>(count, bytes / (8 * sizeof(uint64_t)));
+  std::vector<uint64_t> out(n * 8);
+  if (n > 0)
+    context_->copyToHost(out.data(), records, out.size() * sizeof(uint64_t), "reading the trace");
+  return out;
+}
+
+} // namespace tnlm::cuda

@@ -129,6 +129,13 @@ public:
   std::vector<StepTime> profileSteps(const int32_t *ids, int64_t batch, int64_t seq);
   /// The same for one @decode_step (which advances the state of the active slots, as any).
   std::vector<StepTime> profileDecode(const int32_t *ids, const int32_t *positions, int64_t batch);
+  /// The decode kernels' timing trace of an artifact compiled with TNLM_DECODE_TRACE=1
+  /// (Recurrent.cuh's tnlm_trace: 8 numbers per record). hasDecodeTrace: whether it has one;
+  /// resetDecodeTrace empties it (queued); decodeTrace waits for the queue and returns the
+  /// records written since.
+  bool hasDecodeTrace() const;
+  void resetDecodeTrace();
+  std::vector<uint64_t> decodeTrace();
 
   /// CUDA-graph replay of the forward (default on). Off: every call launches each step.
   void setUseGraphs(bool on) { useGraphs_ = on; }
