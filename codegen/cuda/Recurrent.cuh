@@ -389,7 +389,7 @@ template <int BLOCK, bool GATED, int PROLOGUE, int CPL, typename Issue, typename
 __device__ __forceinline__ void gemv_one(const bf16 *x, const bf16 *x2, bf16 *sum, float eps, int K,
                                          const unsigned char *smem, unsigned stageBytes,
                                          unsigned bar0, int n0, int rows, int stageRows, int stages,
-                                         int nStages, Issue &issue, Store &store) {
+                                         int nStages, int pre, Issue &issue, Store &store) {
   constexpr int WARPS = BLOCK / 32, MATS = GATED ? 2 : 1;
   constexpr int RW = 8 / (CPL * MATS) < 1 ? 1 : (8 / (CPL * MATS) > 4 ? 4 : 8 / (CPL * MATS));
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -397,13 +397,16 @@ __device__ __forceinline__ void gemv_one(const bf16 *x, const bf16 *x2, bf16 *su
 #pragma unroll
   for (int j = 0; j < CPL; ++j)
     vr[j] = *reinterpret_cast<const uint4 *>(x + 8 * (lane + 32 * j));
-  if constexpr (PROLOGUE != 0) {
-    uint4 br[PROLOGUE == 3 ? CPL : 1];
-    if constexpr (PROLOGUE == 3) {
+  uint4 br[PROLOGUE >= 2 ? CPL : 1];
+  if constexpr (PROLOGUE >= 2) {
 #pragma unroll
-      for (int j = 0; j < CPL; ++j)
-        br[j] = *reinterpret_cast<const uint4 *>(x2 + 8 * (lane + 32 * j));
-    }
+    for (int j = 0; j < CPL; ++j)
+      br[j] = *reinterpret_cast<const uint4 *>(x2 + 8 * (lane + 32 * j));
+  }
+  if (threadIdx.x == 0) // the stages not issued before the wait: after the input rows' loads
+    for (int t = pre; t < min(stages, nStages); ++t)
+      issue(t);
+  if constexpr (PROLOGUE != 0) {
     float ss = 0.0f;
 #pragma unroll
     for (int j = 0; j < CPL; ++j) {
@@ -411,7 +414,7 @@ __device__ __forceinline__ void gemv_one(const bf16 *x, const bf16 *x2, bf16 *su
       unpack8(vr[j], a);
       if constexpr (PROLOGUE == 2) { // s = bf16(x + x2), kept in place of x
         float b[8];
-        unpack8(*reinterpret_cast<const uint4 *>(x2 + 8 * (lane + 32 * j)), b);
+        unpack8(br[j], b);
         __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&vr[j]);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -539,7 +542,8 @@ template <int BLOCK, bool GATED, int PROLOGUE, int SPLIT, typename Issue, typena
 __device__ __forceinline__ void gemv_split(const bf16 *x, const bf16 *x2, bf16 *sum, float eps,
                                            int K, const unsigned char *smem, unsigned stageBytes,
                                            unsigned bar0, int n0, int rows, int stageRows,
-                                           int stages, int nStages, Issue &issue, Store &store) {
+                                           int stages, int nStages, int pre, Issue &issue,
+                                           Store &store) {
   constexpr int WARPS = BLOCK / 32, R = 8;
   __shared__ float red[WARPS];
   __shared__ float part[2][WARPS][R], part2[2][GATED ? WARPS : 1][R];
@@ -576,6 +580,9 @@ __device__ __forceinline__ void gemv_split(const bf16 *x, const bf16 *x2, bf16 *
         ss += v[j][e] * v[j][e];
     }
   }
+  if (threadIdx.x == 0) // the stages not issued before the wait
+    for (int t = pre; t < min(stages, nStages); ++t)
+      issue(t);
   if constexpr (PROLOGUE != 0) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
@@ -738,12 +745,22 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
       bulk_copy(slot + static_cast<unsigned>(stageRows * rowBytes),
                 w2 + static_cast<long long>(n0 + r0) * K, bytes, bar);
   };
+  // Stages issued before the wait: all of the ring, or TNLM_GEMV_PRE_STAGES (when tnlmc runs
+  // TNLM_GEMV_PRE_STAGES=N) where the single-row paths issue the rest after their input rows'
+  // loads (their bytes come back before those stages' then).
+#if defined(TNLM_GEMV_PRE_STAGES)
+  const bool single = M == 1 && ((CPL < 0 && gemv_split_chunks(K / 8, BLOCK) <= -CPL) ||
+                                 (CPL > 0 && K == 256 * CPL)); // the paths below
+  const int pre = single ? min(stages, TNLM_GEMV_PRE_STAGES) : stages;
+#else
+  const int pre = stages;
+#endif
   TNLM_TRACE_OPEN(TraceTag<Sink>::value, w, blockIdx.x % 8 == 0);
   if (threadIdx.x == 0) {
     for (int i = 0; i < stages; ++i)
       mbar_init(bar0 + 8 * i, 1);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    for (int t = 0; t < min(stages, nStages); ++t)
+    for (int t = 0; t < min(pre, nStages); ++t)
       issue(t);
   }
   prefetch_share(pf, pfBytes);
@@ -756,7 +773,7 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
     if (M == 1 && gemv_split_chunks(K / 8, BLOCK) <= -CPL) {
       gemv_split<BLOCK, GATED, PROLOGUE, (CPL < 0 ? -CPL : 1)>(x, x2, sum, eps, K, gemv_smem,
                                                              stageBytes, bar0, n0, rows, stageRows,
-                                                             stages, nStages, issue, store);
+                                                             stages, nStages, pre, issue, store);
       TNLM_TRACE_AT(7);
       return;
     }
@@ -764,7 +781,7 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
   if constexpr (CPL > 0) {
     if (M == 1 && K == 256 * CPL) {
       gemv_one<BLOCK, GATED, PROLOGUE, CPL>(x, x2, sum, eps, K, gemv_smem, stageBytes, bar0, n0,
-                                            rows, stageRows, stages, nStages, issue, store);
+                                            rows, stageRows, stages, nStages, pre, issue, store);
       TNLM_TRACE_AT(7);
       return;
     }
