@@ -88,10 +88,11 @@ bool decodeTrace = false;
 // TNLM_PDL_AT_WAIT / TNLM_PDL_AT_INPUTS): after their wait, or once their input rows are in
 // (TNLM_PDL_AFTER_INPUTS=1 when tnlmc runs), checked by emitCudaProgram.
 bool pdlAfterInputs = false;
-// The weight stages a single-row decode GEMV issues before its wait (TNLM_GEMV_PRE_STAGES=N,
-// 1 to 8, when tnlmc runs: the rest after its input rows' loads; 0, the default: all of them),
-// checked by emitCudaProgram.
-int64_t gemvPreStages = 0;
+// The weight stages a single-row decode GEMV issues before its wait (Recurrent.cuh's
+// TNLM_GEMV_PRE_STAGES; the rest after its input rows' loads): 1 by default, TNLM_GEMV_PRE_STAGES=N
+// (1 to 8; 8: the whole ring, as before) when tnlmc runs, checked by emitCudaProgram. Measured
+// on the H200 (bench/RESULTS.md): one stage before the wait, 385M batch 1 0.441 against 0.486 ms.
+int64_t gemvPreStages = 1;
 int64_t gemvSplitChunks(int64_t k) {
   if (k % 8 != 0)
     return 0;
@@ -175,11 +176,10 @@ public:
                             "the next kernel launch once their inputs are in.\n"
                             "#define TNLM_PDL_AFTER_INPUTS 1\n"
                           : "")
-       << (gemvPreStages > 0 ? "// TNLM_GEMV_PRE_STAGES=" + std::to_string(gemvPreStages) +
-                                   ": stages the decode GEMVs issue before their wait.\n"
-                                   "#define TNLM_GEMV_PRE_STAGES " +
-                                   std::to_string(gemvPreStages) + "\n"
-                             : std::string())
+       << (usesRecurrent ? "// Weight stages the decode GEMVs issue before their wait "
+                           "(TNLM_GEMV_PRE_STAGES).\n#define TNLM_GEMV_PRE_STAGES " +
+                               std::to_string(gemvPreStages) + "\n"
+                         : std::string())
        << (decodeTrace ? "// TNLM_DECODE_TRACE=1: the decode kernels write tnlm_trace.\n"
                          "#define TNLM_DECODE_TRACE 1\n"
                        : "")
@@ -1295,13 +1295,13 @@ FailureOr<CudaProgram> emitCudaProgram(const std::vector<KernelPlan> &plans, Loc
                                     "the decode kernels let the next one launch after their wait",
                                     "once their input rows are in", pdlAfterInputs, loc)))
     return failure();
-  gemvPreStages = 0;
+  gemvPreStages = 1;
   if (const char *v = std::getenv("TNLM_GEMV_PRE_STAGES"); v && *v) {
     const std::string s(v);
     if (s.size() != 1 || s[0] < '1' || s[0] > '8')
       return emitError(loc) << "TNLM_GEMV_PRE_STAGES=" << s
                             << ": expected 1 to 8 (the weight stages a decode GEMV issues before "
-                               "its wait; unset: all of them)";
+                               "its wait, the default 1; 8: all of them)";
     gemvPreStages = s[0] - '0';
   }
   if (pdlEarly && pdlAfterInputs)

@@ -745,9 +745,11 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
       bulk_copy(slot + static_cast<unsigned>(stageRows * rowBytes),
                 w2 + static_cast<long long>(n0 + r0) * K, bytes, bar);
   };
-  // Stages issued before the wait: all of the ring, or TNLM_GEMV_PRE_STAGES (when tnlmc runs
-  // TNLM_GEMV_PRE_STAGES=N) where the single-row paths issue the rest after their input rows'
-  // loads (their bytes come back before those stages' then).
+  // Stages issued before the wait: all of the ring, or TNLM_GEMV_PRE_STAGES (the emitter
+  // defines it: 1 unless TNLM_GEMV_PRE_STAGES=N when tnlmc runs) where the single-row paths
+  // issue the rest after their input rows' loads: an SM returns bytes in the order asked, so
+  // the input rows then land before those stages instead of after the whole ring (the trace:
+  // the gated pair's rows 4.7 us after its wait with the whole ring issued before it).
 #if defined(TNLM_GEMV_PRE_STAGES)
   const bool single = M == 1 && ((CPL < 0 && gemv_split_chunks(K / 8, BLOCK) <= -CPL) ||
                                  (CPL > 0 && K == 256 * CPL)); // the paths below

@@ -135,7 +135,10 @@ const Case kCases[] = {
 Module &gemvModule() {
   static std::unique_ptr<Module> module;
   if (!module) {
-    std::string text = "#include \"tnlm/Recurrent.cuh\"\n\nusing bf16 = __nv_bfloat16;\n";
+    // As the emitter's default: one weight stage before the wait, the rest after the input
+    // rows' loads (the single-row paths; the wrapping rings above take both branches).
+    std::string text = "#define TNLM_GEMV_PRE_STAGES 1\n#include \"tnlm/Recurrent.cuh\"\n\nusing "
+                       "bf16 = __nv_bfloat16;\n";
     std::vector<std::string> names;
     for (const Case &c : kCases)
       if (std::find(names.begin(), names.end(), kernelName(c)) == names.end()) {
