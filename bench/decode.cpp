@@ -264,7 +264,8 @@ int main(int argc, char **argv) {
       std::fflush(stdout);
       if (!tracePath.empty()) {
         if (!exec.hasDecodeTrace())
-          throw Error("--trace: " + path + " has no decode trace (compile it with "
+          throw Error("--trace: " + path +
+                      " has no decode trace (compile it with "
                       "TNLM_DECODE_TRACE=1 when tnlmc runs)");
         exec.resetDecodeTrace();
         for (int i = 0; i < 4; ++i) {

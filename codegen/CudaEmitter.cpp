@@ -1265,8 +1265,7 @@ FailureOr<CudaProgram> emitCudaProgram(const KernelPlan &plan, Location loc) {
 // A 0/1 switch of the emitter from the environment when tnlmc runs: unset or empty is 0 (`off`,
 // the default), anything but 0 or 1 an error naming both.
 static LogicalResult switchFromEnvironment(const char *name, const char *off, const char *on,
-                                           bool &value,
-                                    Location loc) {
+                                           bool &value, Location loc) {
   value = false;
   const char *v = std::getenv(name);
   if (!v || !*v)
@@ -1281,19 +1280,19 @@ static LogicalResult switchFromEnvironment(const char *name, const char *off, co
 
 FailureOr<CudaProgram> emitCudaProgram(const std::vector<KernelPlan> &plans, Location loc) {
   if (failed(switchFromEnvironment("TNLM_LA_FOLD_SILU", "SiLU' as its own pass",
-                                    "folded into the Lightning backward's dq and dk passes",
-                                    foldSilu, loc)) ||
+                                   "folded into the Lightning backward's dq and dk passes",
+                                   foldSilu, loc)) ||
       failed(switchFromEnvironment("TNLM_PDL_EARLY",
-                                    "a kernel lets the next one launch after its wait",
-                                    "before it", pdlEarly, loc)) ||
+                                   "a kernel lets the next one launch after its wait", "before it",
+                                   pdlEarly, loc)) ||
       failed(switchFromEnvironment("TNLM_GEMV_SPLIT",
-                                    "the single-row decode GEMV with rows over the warps",
-                                    "with K split over the CTA's threads", gemvSplit, loc)) ||
+                                   "the single-row decode GEMV with rows over the warps",
+                                   "with K split over the CTA's threads", gemvSplit, loc)) ||
       failed(switchFromEnvironment("TNLM_DECODE_TRACE", "no trace",
-                                    "the decode kernels write a timing trace", decodeTrace, loc)) ||
+                                   "the decode kernels write a timing trace", decodeTrace, loc)) ||
       failed(switchFromEnvironment("TNLM_PDL_AFTER_INPUTS",
-                                    "the decode kernels let the next one launch after their wait",
-                                    "once their input rows are in", pdlAfterInputs, loc)))
+                                   "the decode kernels let the next one launch after their wait",
+                                   "once their input rows are in", pdlAfterInputs, loc)))
     return failure();
   gemvPreStages = 1;
   if (const char *v = std::getenv("TNLM_GEMV_PRE_STAGES"); v && *v) {

@@ -1382,10 +1382,6 @@ std::vector<float> CudaExecutor::forward(const int32_t *ids, int64_t batch, int6
   return logits(batch, seq);
 }
 
-} // namespace tnlm::cuda
-
-namespace tnlm::cuda {
-
 bool CudaExecutor::hasDecodeTrace() const {
   return module_ && module_->global("tnlm_trace_count").first != 0 &&
          module_->global("tnlm_trace").first != 0;
