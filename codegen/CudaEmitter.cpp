@@ -90,9 +90,16 @@ bool decodeTrace = false;
 bool pdlAfterInputs = false;
 // The weight stages a single-row decode GEMV issues before its wait (Recurrent.cuh's
 // TNLM_GEMV_PRE_STAGES; the rest after its input rows' loads): 1 by default, TNLM_GEMV_PRE_STAGES=N
-// (1 to 8; 8: the whole ring, as before) when tnlmc runs, checked by emitCudaProgram. Measured
-// on the H200 (bench/RESULTS.md): one stage before the wait, 385M batch 1 0.441 against 0.486 ms.
+// (0 to 8; 8: the whole ring, as before; 0: none) when tnlmc runs, checked by emitCudaProgram.
+// Measured on the H200 (bench/RESULTS.md): one stage before the wait, 385M batch 1 0.441 against
+// 0.486 ms.
 int64_t gemvPreStages = 1;
+// The bytes of the next stage's share of each matrix a single-row decode GEMV issues before its
+// wait too (Recurrent.cuh's TNLM_GEMV_PRE_BYTES; 0, the default: none), TNLM_GEMV_PRE_BYTES=B
+// (a multiple of 16 up to 65536) when tnlmc runs; and whether it asks L2 for the rest of its
+// weights before the wait (TNLM_GEMV_PRE_L2=1; off by default). Both checked by emitCudaProgram.
+int64_t gemvPreBytes = 0;
+bool gemvPreL2 = false;
 int64_t gemvSplitChunks(int64_t k) {
   if (k % 8 != 0)
     return 0;
@@ -180,6 +187,15 @@ public:
                            "(TNLM_GEMV_PRE_STAGES).\n#define TNLM_GEMV_PRE_STAGES " +
                                std::to_string(gemvPreStages) + "\n"
                          : std::string())
+       << (usesRecurrent && gemvPreBytes != 0
+               ? "// Bytes of the next stage the decode GEMVs issue before their wait too "
+                 "(TNLM_GEMV_PRE_BYTES).\n#define TNLM_GEMV_PRE_BYTES " +
+                     std::to_string(gemvPreBytes) + "u\n"
+               : std::string())
+       << (usesRecurrent && gemvPreL2 ? "// TNLM_GEMV_PRE_L2=1: the decode GEMVs ask L2 for the "
+                                        "rest of their weights before their wait.\n"
+                                        "#define TNLM_GEMV_PRE_L2 1\n"
+                                      : "")
        << (decodeTrace ? "// TNLM_DECODE_TRACE=1: the decode kernels write tnlm_trace.\n"
                          "#define TNLM_DECODE_TRACE 1\n"
                        : "")
@@ -1292,16 +1308,32 @@ FailureOr<CudaProgram> emitCudaProgram(const std::vector<KernelPlan> &plans, Loc
                                    "the decode kernels write a timing trace", decodeTrace, loc)) ||
       failed(switchFromEnvironment("TNLM_PDL_AFTER_INPUTS",
                                    "the decode kernels let the next one launch after their wait",
-                                   "once their input rows are in", pdlAfterInputs, loc)))
+                                   "once their input rows are in", pdlAfterInputs, loc)) ||
+      failed(switchFromEnvironment("TNLM_GEMV_PRE_L2", "no L2 prefetch before the wait",
+                                   "the decode GEMVs ask L2 for the rest of their weights before "
+                                   "their wait",
+                                   gemvPreL2, loc)))
     return failure();
   gemvPreStages = 1;
   if (const char *v = std::getenv("TNLM_GEMV_PRE_STAGES"); v && *v) {
     const std::string s(v);
-    if (s.size() != 1 || s[0] < '1' || s[0] > '8')
+    if (s.size() != 1 || s[0] < '0' || s[0] > '8')
       return emitError(loc) << "TNLM_GEMV_PRE_STAGES=" << s
-                            << ": expected 1 to 8 (the weight stages a decode GEMV issues before "
+                            << ": expected 0 to 8 (the weight stages a decode GEMV issues before "
                                "its wait, the default 1; 8: all of them)";
     gemvPreStages = s[0] - '0';
+  }
+  gemvPreBytes = 0;
+  if (const char *v = std::getenv("TNLM_GEMV_PRE_BYTES"); v && *v) {
+    const std::string s(v);
+    const bool digits = s.size() <= 5 && s.find_first_not_of("0123456789") == std::string::npos;
+    const int64_t b = digits ? std::stoll(s) : -1;
+    if (b < 0 || b > 65536 || b % 16 != 0)
+      return emitError(loc) << "TNLM_GEMV_PRE_BYTES=" << s
+                            << ": expected a multiple of 16 from 0 to 65536 (the bytes of the next "
+                               "weight stage a decode GEMV issues before its wait too, the "
+                               "default 0)";
+    gemvPreBytes = b;
   }
   if (pdlEarly && pdlAfterInputs)
     return emitError(loc) << "TNLM_PDL_EARLY=1 and TNLM_PDL_AFTER_INPUTS=1 contradict each other "

@@ -386,10 +386,10 @@ __device__ __forceinline__ void prefetch_share(const unsigned char *p, long long
 // 8 products of a chunk, then the butterfly); only the norm's sum of squares is added in another
 // order (lane-wise, then the butterfly).
 template <int BLOCK, bool GATED, int PROLOGUE, int CPL, typename Issue, typename Store>
-__device__ __forceinline__ void gemv_one(const bf16 *x, const bf16 *x2, bf16 *sum, float eps, int K,
-                                         const unsigned char *smem, unsigned stageBytes,
-                                         unsigned bar0, int n0, int rows, int stageRows, int stages,
-                                         int nStages, int pre, Issue &issue, Store &store) {
+__device__ __forceinline__ void
+gemv_one(const bf16 *x, const bf16 *x2, bf16 *sum, float eps, int K, const unsigned char *smem,
+         unsigned stageBytes, unsigned bar0, int n0, int rows, int stageRows, int stages,
+         int nStages, int pre, unsigned preBytes, Issue &issue, Store &store) {
   constexpr int WARPS = BLOCK / 32, MATS = GATED ? 2 : 1;
   constexpr int RW = 8 / (CPL * MATS) < 1 ? 1 : (8 / (CPL * MATS) > 4 ? 4 : 8 / (CPL * MATS));
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -405,7 +405,7 @@ __device__ __forceinline__ void gemv_one(const bf16 *x, const bf16 *x2, bf16 *su
   }
   if (threadIdx.x == 0) // the stages not issued before the wait: after the input rows' loads
     for (int t = pre; t < min(stages, nStages); ++t)
-      issue(t);
+      issue(t, t == pre ? preBytes : 0u);
   if constexpr (PROLOGUE != 0) {
     float ss = 0.0f;
 #pragma unroll
@@ -539,11 +539,10 @@ __host__ __device__ constexpr int gemv_split_chunks(int chunks, int block) {
 // thread per row stores it. Deterministic for a given K: the order of every sum is fixed (the
 // chunks j, the 8 products, the butterfly's pairs, the warps).
 template <int BLOCK, bool GATED, int PROLOGUE, int SPLIT, typename Issue, typename Store>
-__device__ __forceinline__ void gemv_split(const bf16 *x, const bf16 *x2, bf16 *sum, float eps,
-                                           int K, const unsigned char *smem, unsigned stageBytes,
-                                           unsigned bar0, int n0, int rows, int stageRows,
-                                           int stages, int nStages, int pre, Issue &issue,
-                                           Store &store) {
+__device__ __forceinline__ void
+gemv_split(const bf16 *x, const bf16 *x2, bf16 *sum, float eps, int K, const unsigned char *smem,
+           unsigned stageBytes, unsigned bar0, int n0, int rows, int stageRows, int stages,
+           int nStages, int pre, unsigned preBytes, Issue &issue, Store &store) {
   constexpr int WARPS = BLOCK / 32, R = 8;
   __shared__ float red[WARPS];
   __shared__ float part[2][WARPS][R], part2[2][GATED ? WARPS : 1][R];
@@ -582,7 +581,7 @@ __device__ __forceinline__ void gemv_split(const bf16 *x, const bf16 *x2, bf16 *
   }
   if (threadIdx.x == 0) // the stages not issued before the wait
     for (int t = pre; t < min(stages, nStages); ++t)
-      issue(t);
+      issue(t, t == pre ? preBytes : 0u);
   if constexpr (PROLOGUE != 0) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
@@ -695,12 +694,8 @@ struct NoSink {
   __device__ void operator()(int, int, float) const {}
 };
 // The trace's tag of a gemv_rows call: 1 rec::gemv's (no sink), 2 rec::gemv_decode's.
-template <typename Sink> struct TraceTag {
-  static constexpr int value = 2;
-};
-template <> struct TraceTag<NoSink> {
-  static constexpr int value = 1;
-};
+template <typename Sink> struct TraceTag { static constexpr int value = 2; };
+template <> struct TraceTag<NoSink> { static constexpr int value = 1; };
 template <int MAXM, int MAXSTAGES, int BLOCK, bool GATED, int PROLOGUE, typename OutT, int CPL,
           typename Sink>
 __device__ __forceinline__ void
@@ -734,28 +729,48 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
   };
   bf16 *vs = reinterpret_cast<bf16 *>(gemv_smem + static_cast<size_t>(stages) * stageBytes);
   const unsigned ring = smem_u32(gemv_smem), bar0 = smem_u32(bars);
-  // Stage t: rows [n0 + t·stageRows, ...) of W (then of W2) into slot t % stages.
-  auto issue = [&](int t) {
+  // Stage t: rows [n0 + t·stageRows, ...) of W (then of W2) into slot t % stages; bytes
+  // [lo, hi) of each matrix's share (lo 0 arms the barrier for the whole stage, so a stage may
+  // be issued in two parts: TNLM_GEMV_PRE_BYTES).
+  auto issue_part = [&](int t, unsigned lo, unsigned hi) {
     const int r0 = t * stageRows, nr = min(stageRows, rows - r0);
     const unsigned bytes = static_cast<unsigned>(nr * rowBytes);
     const unsigned slot = ring + (t % stages) * stageBytes, bar = bar0 + 8 * (t % stages);
-    mbar_expect(bar, MATS * bytes);
-    bulk_copy(slot, w + static_cast<long long>(n0 + r0) * K, bytes, bar);
+    hi = min(hi, bytes);
+    if (lo == 0)
+      mbar_expect(bar, MATS * bytes);
+    if (lo >= hi)
+      return;
+    const unsigned char *src = reinterpret_cast<const unsigned char *>(w) +
+                               static_cast<long long>(n0 + r0) * rowBytes + lo;
+    bulk_copy(slot + lo, src, hi - lo, bar);
     if constexpr (GATED)
-      bulk_copy(slot + static_cast<unsigned>(stageRows * rowBytes),
-                w2 + static_cast<long long>(n0 + r0) * K, bytes, bar);
+      bulk_copy(slot + static_cast<unsigned>(stageRows * rowBytes) + lo,
+                reinterpret_cast<const unsigned char *>(w2) +
+                    static_cast<long long>(n0 + r0) * rowBytes + lo,
+                hi - lo, bar);
   };
+  auto issue = [&](int t, unsigned lo = 0) { issue_part(t, lo, ~0u); };
   // Stages issued before the wait: all of the ring, or TNLM_GEMV_PRE_STAGES (the emitter
   // defines it: 1 unless TNLM_GEMV_PRE_STAGES=N when tnlmc runs) where the single-row paths
   // issue the rest after their input rows' loads: an SM returns bytes in the order asked, so
   // the input rows then land before those stages instead of after the whole ring (the trace:
   // the gated pair's rows 4.7 us after its wait with the whole ring issued before it).
-#if defined(TNLM_GEMV_PRE_STAGES)
+  // TNLM_GEMV_PRE_BYTES=B (a multiple of 16) also issues the first B bytes of each matrix's
+  // share of stage `pre` before the wait (its rest after the input rows' loads), and
+  // TNLM_GEMV_PRE_L2=1 asks L2 for every byte of the CTA's weights not issued before the wait
+  // (a bulk prefetch: nothing returns to the SM, so it does not queue ahead of the input rows).
   const bool single = M == 1 && ((CPL < 0 && gemv_split_chunks(K / 8, BLOCK) <= -CPL) ||
                                  (CPL > 0 && K == 256 * CPL)); // the paths below
+#if defined(TNLM_GEMV_PRE_STAGES)
   const int pre = single ? min(stages, TNLM_GEMV_PRE_STAGES) : stages;
 #else
   const int pre = stages;
+#endif
+#if defined(TNLM_GEMV_PRE_BYTES)
+  const unsigned preBytes = single && pre < min(stages, nStages) ? TNLM_GEMV_PRE_BYTES : 0u;
+#else
+  const unsigned preBytes = 0u;
 #endif
   TNLM_TRACE_OPEN(TraceTag<Sink>::value, w, blockIdx.x % 8 == 0);
   if (threadIdx.x == 0) {
@@ -764,6 +779,21 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     for (int t = 0; t < min(pre, nStages); ++t)
       issue(t);
+    if (preBytes != 0)
+      issue_part(pre, 0, preBytes);
+#if defined(TNLM_GEMV_PRE_L2)
+    if (single && pre < nStages) {
+      const long long from = static_cast<long long>(n0 + pre * stageRows) * rowBytes + preBytes;
+      const long long to = static_cast<long long>(n0 + rows) * rowBytes;
+      if (to > from) {
+        l2_prefetch(reinterpret_cast<const unsigned char *>(w) + from,
+                    static_cast<unsigned>(to - from));
+        if constexpr (GATED)
+          l2_prefetch(reinterpret_cast<const unsigned char *>(w2) + from,
+                      static_cast<unsigned>(to - from));
+      }
+    }
+#endif
   }
   prefetch_share(pf, pfBytes);
   prefetch_share(pf2, pf2Bytes);
@@ -773,9 +803,9 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
   TNLM_TRACE_AT(5);
   if constexpr (CPL < 0) {
     if (M == 1 && gemv_split_chunks(K / 8, BLOCK) <= -CPL) {
-      gemv_split<BLOCK, GATED, PROLOGUE, (CPL < 0 ? -CPL : 1)>(x, x2, sum, eps, K, gemv_smem,
-                                                             stageBytes, bar0, n0, rows, stageRows,
-                                                             stages, nStages, pre, issue, store);
+      gemv_split<BLOCK, GATED, PROLOGUE, (CPL < 0 ? -CPL : 1)>(
+          x, x2, sum, eps, K, gemv_smem, stageBytes, bar0, n0, rows, stageRows, stages, nStages,
+          pre, preBytes, issue, store);
       TNLM_TRACE_AT(7);
       return;
     }
@@ -783,7 +813,8 @@ gemv_rows(const bf16 *x, long long ldx, const bf16 *x2, long long ldx2, bf16 *su
   if constexpr (CPL > 0) {
     if (M == 1 && K == 256 * CPL) {
       gemv_one<BLOCK, GATED, PROLOGUE, CPL>(x, x2, sum, eps, K, gemv_smem, stageBytes, bar0, n0,
-                                            rows, stageRows, stages, nStages, pre, issue, store);
+                                            rows, stageRows, stages, nStages, pre, preBytes, issue,
+                                            store);
       TNLM_TRACE_AT(7);
       return;
     }

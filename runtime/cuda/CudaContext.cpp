@@ -175,6 +175,17 @@ static void optIn(Kernel &kernel, const LaunchConfig &config, size_t maxShared,
                                      std::to_string(config.cluster) + " CTAs"));
     kernel.nonPortableClusters = true;
   }
+  if (config.carveout >= 0 && config.carveout != kernel.carveout) {
+    CUresult result = api.cuFuncSetAttribute(
+        kernel.function, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, config.carveout);
+    if (result != CUDA_SUCCESS)
+      throwCuError(result, "cuFuncSetAttribute",
+                   join(context, "kernel '" + kernel.name +
+                                     "' asking for a shared-memory "
+                                     "carveout of " +
+                                     std::to_string(config.carveout) + " %"));
+    kernel.carveout = config.carveout;
+  }
 }
 
 namespace {

@@ -42,6 +42,11 @@ struct LaunchConfig {
   /// Thread block clusters of `cluster` CTAs along x (0 or 1: none); above 8 the kernel is
   /// opted in to non-portable sizes.
   unsigned cluster = 0;
+  /// The kernel's preferred shared-memory carveout in percent of the SM's unified L1 / shared
+  /// memory (CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT), or -1: the driver's choice.
+  /// An SM runs CTAs of different carveouts together only after draining to reconfigure, so
+  /// kernels meant to overlap (programmatic launches) should all ask for the same one.
+  int carveout = -1;
 };
 
 /// A kernel of a loaded Module.
@@ -50,6 +55,7 @@ struct Kernel {
   std::string name;
   unsigned sharedOptIn = 48 * 1024; // dynamic shared memory the function is allowed so far
   bool nonPortableClusters = false; // opted in to clusters of more than 8 CTAs
+  int carveout = -1;                // the preferred carveout set so far (-1: none)
 };
 
 class Graph;

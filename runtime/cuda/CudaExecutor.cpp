@@ -51,6 +51,16 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
                   ": expected 0 (no programmatic dependent launch) or 1 (the default)");
     programmatic_ = v == "1";
   }
+  if (const char *cv = std::getenv("TNLM_DECODE_CARVEOUT"); cv && *cv) {
+    const std::string v(cv);
+    const bool digits = v.size() <= 3 && v.find_first_not_of("0123456789") == std::string::npos;
+    const int pct = digits ? std::stoi(v) : -1;
+    if (v != "driver" && (pct < 0 || pct > 100))
+      throw Error("TNLM_DECODE_CARVEOUT=" + v +
+                  ": expected a percent from 0 to 100 (the shared-memory carveout every kernel of "
+                  "@decode_step asks for) or 'driver' (the driver's choice per kernel)");
+    carveout_ = v == "driver" ? -1 : pct;
+  }
   if (const char *fuse = std::getenv("TNLM_DECODE_FUSE")) {
     const std::string_view v(fuse);
     if (v != "0" && v != "1")
@@ -329,6 +339,7 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
     c.block.x = static_cast<unsigned>(l->block());
     c.sharedBytes = static_cast<unsigned>(l->shared_mem());
     c.programmatic = f.decode && programmatic_;
+    c.carveout = c.programmatic ? carveout_ : -1;
     return c;
   };
   const schema::Operand *y = out.Get(0);
@@ -359,6 +370,7 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
     c.grid.x = static_cast<unsigned>(g.grid);
     c.sharedBytes = static_cast<unsigned>(g.sharedBytes);
     c.programmatic = f.decode && programmatic_;
+    c.carveout = c.programmatic ? carveout_ : -1;
     const CUdeviceptr w2 = gated ? ptr(in.Get(2)) : ptr(in.Get(1));
     const GemvInputs v = gemvInputs(f, index, gemv->prologue(), where);
     const GemvPrefetch pf = gemvPrefetchFor(f, index, rows, where);
@@ -786,6 +798,7 @@ void CudaExecutor::runDecode(const Function &f, unsigned index, const schema::St
     c.block.x = static_cast<unsigned>(l->block());
     c.sharedBytes = static_cast<unsigned>(l->shared_mem());
     c.programmatic = programmatic_;
+    c.carveout = c.programmatic ? carveout_ : -1;
     if (l->kind() == schema::LaunchKind_Decode) {
       c.grid.x = static_cast<unsigned>(batch * heads);
       c.grid.y = static_cast<unsigned>(dh / 16);
@@ -939,6 +952,7 @@ void CudaExecutor::runGemvDecode(const Function &f, unsigned index, const schema
   c.block.x = static_cast<unsigned>(l.block());
   c.sharedBytes = static_cast<unsigned>(g.sharedBytes);
   c.programmatic = programmatic_;
+  c.carveout = c.programmatic ? carveout_ : -1;
   c.cluster = static_cast<unsigned>(l.cluster());
   const auto &in = *s.inputs();
   const GemvInputs v = gemvInputs(f, index, l.prologue(), where); // (gemvFor checked the norm)

@@ -352,7 +352,8 @@ private:
   // Whether every head's cluster of a GemvDecode launch is resident at once, per call rows
   // (the input rows' shared memory grows with them).
   std::map<std::pair<const schema::KernelLaunch *, int64_t>, bool> clustersFit_;
-  bool programmatic_ = true;        // programmatic dependent launches in @decode_step (TNLM_PDL)
+  bool programmatic_ = true; // programmatic dependent launches in @decode_step (TNLM_PDL)
+  int carveout_ = -1; // @decode_step's kernels' shared-memory carveout (TNLM_DECODE_CARVEOUT)
   std::vector<CUdeviceptr> inputs_; // i32 [max batch · max seq] per function-input index
   std::vector<CUdeviceptr> state_;  // f32 per state-table entry (recurrent state)
   std::vector<size_t> stateBytes_;

@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <ostream>
@@ -136,9 +137,17 @@ Module &gemvModule() {
   static std::unique_ptr<Module> module;
   if (!module) {
     // As the emitter's default: one weight stage before the wait, the rest after the input
-    // rows' loads (the single-row paths; the wrapping rings above take both branches).
-    std::string text = "#define TNLM_GEMV_PRE_STAGES 1\n#include \"tnlm/Recurrent.cuh\"\n\nusing "
-                       "bf16 = __nv_bfloat16;\n";
+    // rows' loads (the single-row paths; the wrapping rings above take both branches). The
+    // environment variable TNLM_GEMV_TEST_DEFINES replaces that line (e.g. "#define
+    // TNLM_GEMV_PRE_STAGES 0;#define TNLM_GEMV_PRE_BYTES 8192u", ';' between lines), so that
+    // the device scripts check the emitter's other orders of issue on the same cases.
+    std::string defines = "#define TNLM_GEMV_PRE_STAGES 1";
+    if (const char *d = std::getenv("TNLM_GEMV_TEST_DEFINES"); d && *d) {
+      defines = d;
+      std::replace(defines.begin(), defines.end(), ';', '\n');
+    }
+    std::string text =
+        defines + "\n#include \"tnlm/Recurrent.cuh\"\n\nusing bf16 = __nv_bfloat16;\n";
     std::vector<std::string> names;
     for (const Case &c : kCases)
       if (std::find(names.begin(), names.end(), kernelName(c)) == names.end()) {

@@ -589,6 +589,9 @@ int main(int argc, char **argv) {
       ::setenv("TNLM_GEMV_PREFETCH", "3", 1);
       refused("TNLM_GEMV_PREFETCH=3", [&] { CudaExecutor bad(gpuArt, weights); });
       ::unsetenv("TNLM_GEMV_PREFETCH");
+      ::setenv("TNLM_DECODE_CARVEOUT", "101", 1);
+      refused("TNLM_DECODE_CARVEOUT=101", [&] { CudaExecutor bad(gpuArt, weights); });
+      ::unsetenv("TNLM_DECODE_CARVEOUT");
     }
     std::printf("decode graph: %zu kernel launches for %lld slots\n",
                 gpuExec.graphNodes("decode_step", slots, 1), (long long)slots);
