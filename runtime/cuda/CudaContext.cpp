@@ -181,8 +181,7 @@ static void optIn(Kernel &kernel, const LaunchConfig &config, size_t maxShared,
     if (result != CUDA_SUCCESS)
       throwCuError(result, "cuFuncSetAttribute",
                    join(context, "kernel '" + kernel.name +
-                                     "' asking for a shared-memory "
-                                     "carveout of " +
+                                     "' asking for a shared-memory carveout of " +
                                      std::to_string(config.carveout) + " %"));
     kernel.carveout = config.carveout;
   }

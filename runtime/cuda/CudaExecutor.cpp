@@ -338,8 +338,7 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
     c.grid.x = static_cast<unsigned>(rows);
     c.block.x = static_cast<unsigned>(l->block());
     c.sharedBytes = static_cast<unsigned>(l->shared_mem());
-    c.programmatic = f.decode && programmatic_;
-    c.carveout = c.programmatic ? carveout_ : -1;
+    decodeLaunch(c, f.decode);
     return c;
   };
   const schema::Operand *y = out.Get(0);
@@ -369,8 +368,7 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
     const GemvLayout g = gemvLayout(*gemv, gated, rows);
     c.grid.x = static_cast<unsigned>(g.grid);
     c.sharedBytes = static_cast<unsigned>(g.sharedBytes);
-    c.programmatic = f.decode && programmatic_;
-    c.carveout = c.programmatic ? carveout_ : -1;
+    decodeLaunch(c, f.decode);
     const CUdeviceptr w2 = gated ? ptr(in.Get(2)) : ptr(in.Get(1));
     const GemvInputs v = gemvInputs(f, index, gemv->prologue(), where);
     const GemvPrefetch pf = gemvPrefetchFor(f, index, rows, where);
@@ -797,8 +795,7 @@ void CudaExecutor::runDecode(const Function &f, unsigned index, const schema::St
     LaunchConfig c;
     c.block.x = static_cast<unsigned>(l->block());
     c.sharedBytes = static_cast<unsigned>(l->shared_mem());
-    c.programmatic = programmatic_;
-    c.carveout = c.programmatic ? carveout_ : -1;
+    decodeLaunch(c, true);
     if (l->kind() == schema::LaunchKind_Decode) {
       c.grid.x = static_cast<unsigned>(batch * heads);
       c.grid.y = static_cast<unsigned>(dh / 16);
@@ -951,8 +948,7 @@ void CudaExecutor::runGemvDecode(const Function &f, unsigned index, const schema
   c.grid.x = static_cast<unsigned>(heads * l.cluster());
   c.block.x = static_cast<unsigned>(l.block());
   c.sharedBytes = static_cast<unsigned>(g.sharedBytes);
-  c.programmatic = programmatic_;
-  c.carveout = c.programmatic ? carveout_ : -1;
+  decodeLaunch(c, true);
   c.cluster = static_cast<unsigned>(l.cluster());
   const auto &in = *s.inputs();
   const GemvInputs v = gemvInputs(f, index, l.prologue(), where); // (gemvFor checked the norm)

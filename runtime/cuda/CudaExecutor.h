@@ -354,6 +354,12 @@ private:
   std::map<std::pair<const schema::KernelLaunch *, int64_t>, bool> clustersFit_;
   bool programmatic_ = true; // programmatic dependent launches in @decode_step (TNLM_PDL)
   int carveout_ = -1; // @decode_step's kernels' shared-memory carveout (TNLM_DECODE_CARVEOUT)
+  /// A launch of @decode_step (`decode`) overlaps its neighbours: programmatic, with the
+  /// step's one carveout; any other launch neither.
+  void decodeLaunch(LaunchConfig &c, bool decode) const {
+    c.programmatic = decode && programmatic_;
+    c.carveout = c.programmatic ? carveout_ : -1;
+  }
   std::vector<CUdeviceptr> inputs_; // i32 [max batch · max seq] per function-input index
   std::vector<CUdeviceptr> state_;  // f32 per state-table entry (recurrent state)
   std::vector<size_t> stateBytes_;
