@@ -255,11 +255,11 @@ int main(int argc, char **argv) {
           "\"prefill_ms\":%.3f,\"prefill_tokens_per_s\":%.1f,\"wall_ms_per_step\":%.4f,"
           "\"device_ms_per_step\":%.4f,\"tokens_per_s\":%.1f,\"weight_floor_ms\":%.4f,"
           "\"floor_with_state_ms\":%.4f,\"device_vs_weight_floor\":%.3f,\"graph_nodes\":%zu,"
-          "\"fused_decodes\":%lld,\"device_bytes\":%zu,\"gpu\":%s}\n",
+          "\"fused_decodes\":%lld,\"carveout\":%d,\"device_bytes\":%zu,\"gpu\":%s}\n",
           bench::jsonString(label).c_str(), (long long)batch, (long long)context, (long long)steps,
           prefillMs, double(batch * context) / (prefillMs / 1e3), wallMs, deviceMs,
           double(batch) / (wallMs / 1e3), weightFloorMs, floorMs, deviceMs / weightFloorMs, nodes,
-          (long long)exec.fusedDecodeLaunches(), exec.deviceBytes(),
+          (long long)exec.fusedDecodeLaunches(), exec.decodeCarveout(batch), exec.deviceBytes(),
           bench::jsonString(ctx.deviceName()).c_str());
       std::fflush(stdout);
       if (!tracePath.empty()) {

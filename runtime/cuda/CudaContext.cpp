@@ -3,6 +3,8 @@
 
 #include "runtime/Error.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <utility>
@@ -60,6 +62,9 @@ Context::Context(int ordinal) : ordinal_(ordinal) {
     multiprocessors_ = attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
     maxSharedOptIn_ = size_t(attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN));
     l2Bytes_ = size_t(attribute(CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE));
+    sharedPerSm_ = size_t(attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR));
+    reservedSharedPerBlock_ =
+        size_t(attribute(CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK));
     TNLM_CU(cuDeviceTotalMem, (&totalMemory_, device_), "querying the CUDA device");
     // Non-blocking: the plan's stream never waits on work others queue on the legacy stream.
     TNLM_CU(cuStreamCreate, (&stream_, CU_STREAM_NON_BLOCKING), "creating the CUDA stream");
@@ -175,20 +180,10 @@ static void optIn(Kernel &kernel, const LaunchConfig &config, size_t maxShared,
                                      std::to_string(config.cluster) + " CTAs"));
     kernel.nonPortableClusters = true;
   }
-  if (config.carveout >= 0 && config.carveout != kernel.carveout) {
-    CUresult result = api.cuFuncSetAttribute(
-        kernel.function, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, config.carveout);
-    if (result != CUDA_SUCCESS)
-      throwCuError(result, "cuFuncSetAttribute",
-                   join(context, "kernel '" + kernel.name +
-                                     "' asking for a shared-memory carveout of " +
-                                     std::to_string(config.carveout) + " %"));
-    kernel.carveout = config.carveout;
-  }
 }
 
 namespace {
-// A CUlaunchConfig for `config` on `stream`, with its attributes in `attrs` (at least 2).
+// A CUlaunchConfig for `config` on `stream`, with its attributes in `attrs` (at least 3).
 CUlaunchConfig exConfig(const LaunchConfig &config, CUstream stream, CUlaunchAttribute *attrs) {
   const Dim3 &g = config.grid, &b = config.block;
   CUlaunchConfig c{};
@@ -211,16 +206,42 @@ CUlaunchConfig exConfig(const LaunchConfig &config, CUstream stream, CUlaunchAtt
     attrs[c.numAttrs].value.clusterDim.z = 1;
     ++c.numAttrs;
   }
+  if (config.carveout >= 0) {
+    attrs[c.numAttrs] = CUlaunchAttribute{};
+    attrs[c.numAttrs].id = CU_LAUNCH_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT;
+    attrs[c.numAttrs].value.sharedMemCarveout = unsigned(config.carveout);
+    ++c.numAttrs;
+  }
   return c;
 }
 } // namespace
 
+int Context::carveoutFor(Kernel &kernel, const LaunchConfig &config,
+                         std::string_view context) const {
+  if (kernel.staticShared < 0) {
+    int bytes = 0;
+    TNLM_CU(cuFuncGetAttribute, (&bytes, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, kernel.function),
+            join(context, "kernel '" + kernel.name + "': its static shared memory"));
+    kernel.staticShared = bytes;
+  }
+  if (sharedPerSm_ == 0 || multiprocessors_ <= 0)
+    return 100;
+  const uint64_t ctas = uint64_t(config.grid.x) * config.grid.y * config.grid.z;
+  const uint64_t perSm = (ctas + multiprocessors_ - 1) / uint64_t(multiprocessors_);
+  const uint64_t need = perSm * (uint64_t(config.sharedBytes) + uint64_t(kernel.staticShared) +
+                                 reservedSharedPerBlock_);
+  if (need >= sharedPerSm_)
+    return 100;
+  return int((100 * need + sharedPerSm_ - 1) / sharedPerSm_);
+}
+
 int Context::maxActiveClusters(Kernel &kernel, const LaunchConfig &config,
                                std::string_view context) const {
   optIn(kernel, config, maxSharedOptIn_, context);
-  CUlaunchAttribute attrs[2];
+  CUlaunchAttribute attrs[3];
   LaunchConfig plain = config;
   plain.programmatic = false;
+  plain.carveout = -1;
   const CUlaunchConfig c = exConfig(plain, stream_, attrs);
   int clusters = 0;
   TNLM_CU(cuOccupancyMaxActiveClusters, (&clusters, kernel.function, &c),
@@ -232,11 +253,13 @@ int Context::maxActiveClusters(Kernel &kernel, const LaunchConfig &config,
 void Context::launch(Kernel &kernel, const LaunchConfig &config, void **params,
                      std::string_view context) const {
   const DriverApi &api = driver();
+  if (config.carveoutNeeds)
+    config.carveoutNeeds->push_back(carveoutFor(kernel, config, context));
   optIn(kernel, config, maxSharedOptIn_, context);
   const Dim3 &g = config.grid, &b = config.block;
   CUresult result;
-  if (config.programmatic || config.cluster > 1) {
-    CUlaunchAttribute attrs[2];
+  if (config.programmatic || config.cluster > 1 || config.carveout >= 0) {
+    CUlaunchAttribute attrs[3];
     CUlaunchConfig c = exConfig(config, current_, attrs);
     result = api.cuLaunchKernelEx(&c, kernel.function, params, nullptr);
   } else {

@@ -25,6 +25,7 @@
 #include <string_view>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 namespace tnlm::cuda {
 
@@ -42,11 +43,14 @@ struct LaunchConfig {
   /// Thread block clusters of `cluster` CTAs along x (0 or 1: none); above 8 the kernel is
   /// opted in to non-portable sizes.
   unsigned cluster = 0;
-  /// The kernel's preferred shared-memory carveout in percent of the SM's unified L1 / shared
-  /// memory (CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT), or -1: the driver's choice.
-  /// An SM runs CTAs of different carveouts together only after draining to reconfigure, so
-  /// kernels meant to overlap (programmatic launches) should all ask for the same one.
+  /// The launch's preferred shared-memory carveout in percent of the SM's unified L1 / shared
+  /// memory (CU_LAUNCH_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, which a captured graph
+  /// keeps per node), or -1: the driver's choice. An SM runs CTAs of different carveouts
+  /// together only after draining to reconfigure, so kernels meant to overlap (programmatic
+  /// launches) should all ask for the same one.
   int carveout = -1;
+  /// When set, the launch appends the carveout it needs (Context::carveoutFor) here.
+  std::vector<int> *carveoutNeeds = nullptr;
 };
 
 /// A kernel of a loaded Module.
@@ -55,7 +59,7 @@ struct Kernel {
   std::string name;
   unsigned sharedOptIn = 48 * 1024; // dynamic shared memory the function is allowed so far
   bool nonPortableClusters = false; // opted in to clusters of more than 8 CTAs
-  int carveout = -1;                // the preferred carveout set so far (-1: none)
+  int staticShared = -1;            // its static shared memory in bytes (-1: not asked yet)
 };
 
 class Graph;
@@ -74,8 +78,14 @@ public:
   int computeCapability() const { return capability_; } // 90 for the H100 and H200
   int multiprocessors() const { return multiprocessors_; }
   size_t totalMemory() const { return totalMemory_; }
-  size_t maxSharedPerBlock() const { return maxSharedOptIn_; } // with opt-in
-  size_t l2Bytes() const { return l2Bytes_; }                  // 50 MiB on the H200
+  size_t maxSharedPerBlock() const { return maxSharedOptIn_; }    // with opt-in
+  size_t l2Bytes() const { return l2Bytes_; }                     // 50 MiB on the H200
+  size_t sharedPerMultiprocessor() const { return sharedPerSm_; } // 228 KiB on the H200
+  /// The smallest shared-memory carveout in percent (0 to 100) that holds the CTAs `config`
+  /// puts on one SM at once: ⌈CTAs / SMs⌉ of them (clusters count as their CTAs), each with
+  /// its dynamic and static shared memory and the driver's reserve per CTA; 100 where they do
+  /// not all fit.
+  int carveoutFor(Kernel &kernel, const LaunchConfig &config, std::string_view context = {}) const;
   /// The stream work is queued on: the main one, or the side stream while useSideStream(true).
   CUstream stream() const { return current_; }
   CUstream mainStream() const { return stream_; }
@@ -141,6 +151,7 @@ private:
   std::string name_;
   int capability_ = 0, multiprocessors_ = 0;
   size_t totalMemory_ = 0, maxSharedOptIn_ = 0, l2Bytes_ = 0;
+  size_t sharedPerSm_ = 0, reservedSharedPerBlock_ = 0;
 };
 
 /// An instantiated CUDA graph; replays its launches on a stream, in order after what is

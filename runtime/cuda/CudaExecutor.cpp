@@ -55,11 +55,14 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
     const std::string v(cv);
     const bool digits = v.size() <= 3 && v.find_first_not_of("0123456789") == std::string::npos;
     const int pct = digits ? std::stoi(v) : -1;
-    if (v != "driver" && (pct < 0 || pct > 100))
+    if (v != "driver" && v != "auto" && (pct < 0 || pct > 100))
       throw Error("TNLM_DECODE_CARVEOUT=" + v +
-                  ": expected a percent from 0 to 100 (the shared-memory carveout every kernel of "
-                  "@decode_step asks for) or 'driver' (the driver's choice per kernel)");
-    carveout_ = v == "driver" ? -1 : pct;
+                  ": expected 'auto' (the default: one shared-memory carveout for every kernel "
+                  "of @decode_step, from what they need), a percent from 0 to 100 (the carveout "
+                  "every kernel of @decode_step asks for) or 'driver' (the driver's choice per "
+                  "kernel)");
+    autoCarveout_ = v == "auto";
+    carveout_ = digits ? pct : -1;
   }
   if (const char *fuse = std::getenv("TNLM_DECODE_FUSE")) {
     const std::string_view v(fuse);
@@ -1040,8 +1043,16 @@ void CudaExecutor::runSteps(size_t fi, int64_t batch, int64_t seq,
   const Function &f = functions_.at(fi);
   const schema::Function &fn = *f.fn;
   skip_.clear(); // (left over only where a run threw)
-  if (f.decode)
+  if (f.decode) {
     fusedDecodes_ = 0;
+    // TNLM_DECODE_CARVEOUT=auto: the first run of a batch size, at the driver's choice, notes
+    // what each launch needs; the carveout follows from them (chooseCarveout) for the runs
+    // after it, its graph's capture among them.
+    auto chosen = autoCarveouts_.find(batch);
+    collectCarveouts_ = autoCarveout_ && chosen == autoCarveouts_.end();
+    carveoutNeeds_.clear();
+    decodeCarveout_ = !autoCarveout_ ? carveout_ : collectCarveouts_ ? -1 : chosen->second;
+  }
   // The weight gradients (LinearGradWeight) on the side stream (TNLM_GRAD_STREAM): each forks
   // from the main stream where it is reached; a main-stream step that would write what a
   // pending one reads or writes, or read what it writes, joins first (Overlap).
@@ -1122,9 +1133,32 @@ void CudaExecutor::runSteps(size_t fi, int64_t batch, int64_t seq,
   }
   if (overlap)
     context_->joinSide(src + ": @" + f.name + ": the weight gradients' side stream");
+  if (f.decode && collectCarveouts_) {
+    autoCarveouts_[batch] = chooseCarveout(carveoutNeeds_);
+    collectCarveouts_ = false;
+  }
   // @train_step leaves no gradient stale: one it did not write holds zero, as the artifact says.
   if (train_ && f.name == "train_step")
     zeroStaleGradients(src + ": @train_step (the gradients it did not write)");
+}
+
+// The smallest carveout that holds the CTAs per SM of all but the most demanding 5 % of the
+// step's launches: one kernel (the lm head's GEMV, whose grid is twice the SMs) may then run a
+// second wave instead of every other kernel giving up L1 to shared memory it does not use
+// (the H200's 385M at batch 1: 44 %, the lm head alone would ask for 88; bench/RESULTS.md).
+int CudaExecutor::chooseCarveout(std::vector<int> needs) {
+  if (needs.empty())
+    return -1;
+  std::sort(needs.begin(), needs.end());
+  const size_t n = needs.size(), keep = (95 * n + 99) / 100; // ⌈0.95 n⌉ ≥ 1
+  return needs[keep - 1];
+}
+
+int CudaExecutor::decodeCarveout(int64_t batch) const {
+  if (!autoCarveout_)
+    return carveout_;
+  auto it = autoCarveouts_.find(batch);
+  return it == autoCarveouts_.end() ? -1 : it->second;
 }
 
 void CudaExecutor::checkIds(const int32_t *ids, int64_t n, const char *what) const {

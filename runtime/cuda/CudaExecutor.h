@@ -109,6 +109,11 @@ public:
   /// H200's 385M, 1B and 7B decode: bench/RESULTS.md). Takes effect for graphs
   /// captured afterwards.
   void setGemvPrefetch(int ahead) { gemvPrefetch_ = std::clamp(ahead, 0, 2); }
+  /// The shared-memory carveout (percent) the kernels of a batch-`batch` @decode_step ask
+  /// for: with TNLM_DECODE_CARVEOUT=auto (the default) the one chosen at the first call of that
+  /// batch size (which itself runs at the driver's choice), else the fixed percent; -1 for the
+  /// driver's choice per kernel.
+  int decodeCarveout(int64_t batch) const;
   /// How many qkvu GEMVs of the last @decode_step ran with their lightning_decode fused.
   int64_t fusedDecodeLaunches() const { return fusedDecodes_; }
   /// Bytes of the device allocations (parameters, activations, state, workspaces; a train
@@ -353,12 +358,23 @@ private:
   // (the input rows' shared memory grows with them).
   std::map<std::pair<const schema::KernelLaunch *, int64_t>, bool> clustersFit_;
   bool programmatic_ = true; // programmatic dependent launches in @decode_step (TNLM_PDL)
-  int carveout_ = -1; // @decode_step's kernels' shared-memory carveout (TNLM_DECODE_CARVEOUT)
+  // @decode_step's kernels' shared-memory carveout (TNLM_DECODE_CARVEOUT): by default (auto)
+  // one per batch size, chosen from what the launches of its first call need
+  // (chooseCarveout), else carveout_ (-1: the driver's choice per kernel). decodeCarveout_ is
+  // the current run's; collectCarveouts_ while a first call notes the needs.
+  bool autoCarveout_ = true;
+  int carveout_ = -1;
+  std::map<int64_t, int> autoCarveouts_;
+  int decodeCarveout_ = -1;
+  bool collectCarveouts_ = false;
+  std::vector<int> carveoutNeeds_;
+  static int chooseCarveout(std::vector<int> needs);
   /// A launch of @decode_step (`decode`) overlaps its neighbours: programmatic, with the
   /// step's one carveout; any other launch neither.
-  void decodeLaunch(LaunchConfig &c, bool decode) const {
+  void decodeLaunch(LaunchConfig &c, bool decode) {
     c.programmatic = decode && programmatic_;
-    c.carveout = c.programmatic ? carveout_ : -1;
+    c.carveout = c.programmatic ? decodeCarveout_ : -1;
+    c.carveoutNeeds = c.programmatic && collectCarveouts_ ? &carveoutNeeds_ : nullptr;
   }
   std::vector<CUdeviceptr> inputs_; // i32 [max batch · max seq] per function-input index
   std::vector<CUdeviceptr> state_;  // f32 per state-table entry (recurrent state)

@@ -177,6 +177,62 @@ TEST(Launch, SharedMemoryAbove48KiBIsOptedIn) {
   }
 }
 
+// Context::carveoutFor: the smallest percent of the SM's shared memory that holds the CTAs a
+// launch puts on each SM (TNLM_DECODE_CARVEOUT=auto notes it per launch), and launches asking
+// for a carveout run (0, 50 and 100 %).
+TEST(Launch, CarveoutHoldsTheCtasOfOneSm) {
+  Module &module = elementwise();
+  Kernel &k = module.kernel("shared_roundtrip");
+  const unsigned sms = unsigned(gpu().multiprocessors());
+  const size_t perSm = gpu().sharedPerMultiprocessor();
+  int reserve = -1, staticBytes = -1;
+  CUdevice dev = 0;
+  TNLM_CU(cuDeviceGet, (&dev, gpu().ordinal()), "carveout test");
+  TNLM_CU(cuDeviceGetAttribute,
+          (&reserve, CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK, dev), "carveout test");
+  TNLM_CU(cuFuncGetAttribute, (&staticBytes, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, k.function),
+          "carveout test");
+  ASSERT_GT(perSm, 64u * 1024);
+  ASSERT_GE(reserve, 0);
+  // Whether P % of the SM's shared memory holds `ctas` CTAs of `bytes` dynamic shared memory.
+  auto holds = [&](int pct, unsigned ctas, unsigned bytes) {
+    return double(pct) / 100 * double(perSm) >= double(ctas) * (bytes + staticBytes + reserve);
+  };
+  const unsigned kib40 = 40 * 1024;
+  LaunchConfig one{{sms}, {256}, kib40}, two{{2 * sms}, {256}, kib40};
+  const int p1 = gpu().carveoutFor(k, one), p2 = gpu().carveoutFor(k, two);
+  EXPECT_TRUE(holds(p1, 1, kib40) && !holds(p1 - 1, 1, kib40)) << p1;
+  EXPECT_TRUE(holds(p2, 2, kib40) && !holds(p2 - 1, 2, kib40)) << p2;
+  EXPECT_GT(p2, p1);
+  // One CTA more than the SMs: two on some SM. More than fits: all of it.
+  LaunchConfig spill{{sms + 1}, {256}, kib40};
+  EXPECT_EQ(gpu().carveoutFor(k, spill), p2);
+  LaunchConfig three{{3 * sms}, {256}, 100 * 1024};
+  EXPECT_EQ(gpu().carveoutFor(k, three), 100);
+
+  // Launches noting their needs, each at a carveout of its own (a launch attribute).
+  const unsigned floats = kib40 / sizeof(float);
+  DeviceBuffer out(kib40, "out");
+  CUdeviceptr p = out.get();
+  std::vector<int> needs;
+  const LaunchConfig small{{1}, {256}, 4096};
+  int carveout = 0;
+  for (LaunchConfig c : {one, two, small}) {
+    c.carveoutNeeds = &needs;
+    c.carveout = carveout;
+    carveout += 50;
+    gpu().launchWith(k, c, "carveout test", p, c.sharedBytes / unsigned(sizeof(float)));
+  }
+  EXPECT_EQ(needs, (std::vector<int>{p1, p2, gpu().carveoutFor(k, small)}));
+  std::vector<float> host(floats);
+  gpu().copyToHost(host.data(), p, kib40);
+  for (unsigned i = 0; i < 1024; ++i) // the last launch wrote 4 KiB reversed
+    ASSERT_EQ(host[i], float(1023 - i));
+  std::printf("carveout: one CTA of 40 KiB per SM %d %%, two %d %% (%zu bytes per SM, %d "
+              "reserved per CTA)\n",
+              p1, p2, perSm, reserve);
+}
+
 TEST(Module, RejectsAnImageThatIsNoKernelCode) {
   try {
     Module module(gpu(), "definitely not a cubin", "junk");

@@ -26,7 +26,8 @@
 //      agree until the first step where the CPU's two best logits are within the bf16 noise
 //      bound below (a near-tie may then go either way); at least 8 tokens must agree.
 //   6. bad input: a length outside [0, seq], an id outside the vocabulary, a position < -1,
-//      a TNLM_PDL or TNLM_DECODE_FUSE that is neither 0 nor 1, a TNLM_GEMV_PREFETCH not 0-2.
+//      a TNLM_PDL or TNLM_DECODE_FUSE that is neither 0 nor 1, a TNLM_GEMV_PREFETCH not 0-2,
+//      a TNLM_DECODE_CARVEOUT not auto, driver or 0-100.
 //
 // Bounds. Logits: max |a - b| ≤ 3e-2 · max |b| (the bound of ExecutorGpuTest.cpp: bf16
 // activations and weights, about 25 rounded ops between the ids and a logit, errors of a few
@@ -51,6 +52,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace {
@@ -591,6 +593,28 @@ int main(int argc, char **argv) {
       ::unsetenv("TNLM_GEMV_PREFETCH");
       ::setenv("TNLM_DECODE_CARVEOUT", "101", 1);
       refused("TNLM_DECODE_CARVEOUT=101", [&] { CudaExecutor bad(gpuArt, weights); });
+      ::setenv("TNLM_DECODE_CARVEOUT", "most", 1);
+      refused("TNLM_DECODE_CARVEOUT=most", [&] { CudaExecutor bad(gpuArt, weights); });
+      // auto (the default) asks for what the decode kernels need, noted at the first call of
+      // a batch size (which runs at the driver's choice); driver and a percent are what they
+      // say, before and after a step.
+      const int chosen = gpuExec.decodeCarveout(slots);
+      report(chosen > 0 && chosen <= 100,
+             "the default carveout after decode steps: " + std::to_string(chosen) + " %");
+      for (const char *v : {"auto", "driver", "37"}) {
+        ::setenv("TNLM_DECODE_CARVEOUT", v, 1);
+        CudaExecutor e(gpuArt, weights);
+        const std::string_view name(v);
+        const int before = e.decodeCarveout(slots);
+        std::vector<int32_t> tokens(size_t(slots), 1), at(size_t(slots), 5);
+        e.decodeStep(tokens.data(), at.data(), slots);
+        const int after = e.decodeCarveout(slots);
+        const bool ok = name == "auto"     ? before == -1 && after == chosen
+                        : name == "driver" ? before == -1 && after == -1
+                                           : before == 37 && after == 37;
+        report(ok, "TNLM_DECODE_CARVEOUT=" + std::string(name) + ": " + std::to_string(before) +
+                       " before a step, " + std::to_string(after) + " after");
+      }
       ::unsetenv("TNLM_DECODE_CARVEOUT");
     }
     std::printf("decode graph: %zu kernel launches for %lld slots\n",
