@@ -241,7 +241,7 @@ int Context::maxActiveClusters(Kernel &kernel, const LaunchConfig &config,
   CUlaunchAttribute attrs[3];
   LaunchConfig plain = config;
   plain.programmatic = false;
-  plain.carveout = -1;
+  plain.carveout = -1; // (at the driver's choice: the carveout is a hint a launch may not get)
   const CUlaunchConfig c = exConfig(plain, stream_, attrs);
   int clusters = 0;
   TNLM_CU(cuOccupancyMaxActiveClusters, (&clusters, kernel.function, &c),

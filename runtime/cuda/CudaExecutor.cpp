@@ -1146,6 +1146,10 @@ void CudaExecutor::runSteps(size_t fi, int64_t batch, int64_t seq,
 // step's launches: one kernel (the lm head's GEMV, whose grid is twice the SMs) may then run a
 // second wave instead of every other kernel giving up L1 to shared memory it does not use
 // (the H200's 385M at batch 1: 44 %, the lm head alone would ask for 88; bench/RESULTS.md).
+// Each need counts one launch's own CTAs, not room for the next kernel's beside them; what
+// matters is that every kernel asks for the same one (no reconfiguration between them). The
+// percent is a hint that the driver rounds up to a size the SM supports (44 % of 228 KiB: the
+// 132 KiB configuration on the H200).
 int CudaExecutor::chooseCarveout(std::vector<int> needs) {
   if (needs.empty())
     return -1;
@@ -1155,6 +1159,8 @@ int CudaExecutor::chooseCarveout(std::vector<int> needs) {
 }
 
 int CudaExecutor::decodeCarveout(int64_t batch) const {
+  if (!programmatic_)
+    return -1;
   if (!autoCarveout_)
     return carveout_;
   auto it = autoCarveouts_.find(batch);

@@ -93,26 +93,39 @@ public:
   /// The GEMV path of @decode_step's linear layers for batches up to 4 (default on); off, they
   /// run as cuBLASLt GEMMs as larger batches do (for tests). Takes effect for graphs captured
   /// afterwards.
-  void setSmallBatchGemv(bool on) { gemv_ = on; }
+  void setSmallBatchGemv(bool on) {
+    gemv_ = on;
+    autoCarveouts_.clear(); // other kernels: the next call of each batch size chooses again
+  }
   /// The most bytes of one stage of a decode GEMV's weight ring (default 32 KiB; smaller ones
   /// give more stages and more warps per row: for tests). Takes effect for graphs captured
   /// afterwards.
-  void setGemvStageBytes(int64_t bytes) { gemvStageBytes_ = std::max<int64_t>(16, bytes); }
+  void setGemvStageBytes(int64_t bytes) {
+    gemvStageBytes_ = std::max<int64_t>(16, bytes);
+    autoCarveouts_.clear();
+  }
   /// The qkvu GEMV and the lightning_decode after it as one launch where the artifact has it
   /// (rec::gemv_decode; default off since the single-row GEMV path: apart measured as fast or
   /// faster on the H200, bench/RESULTS.md; TNLM_DECODE_FUSE=1 turns it on; the same bits either
   /// way). Takes effect for graphs captured afterwards.
-  void setDecodeFusion(bool on) { decodeFusion_ = on; }
+  void setDecodeFusion(bool on) {
+    decodeFusion_ = on;
+    autoCarveouts_.clear();
+  }
   /// Each decode GEMV prefetches into L2 the weights of the GEMV `ahead` GEMVs after it in the
   /// step (0: none, the default; TNLM_GEMV_PREFETCH; a hint, the same bits either way), so that
   /// weights stream from HBM ahead of the kernels that read them (measured no faster on the
   /// H200's 385M, 1B and 7B decode: bench/RESULTS.md). Takes effect for graphs
   /// captured afterwards.
-  void setGemvPrefetch(int ahead) { gemvPrefetch_ = std::clamp(ahead, 0, 2); }
+  void setGemvPrefetch(int ahead) {
+    gemvPrefetch_ = std::clamp(ahead, 0, 2);
+    autoCarveouts_.clear();
+  }
   /// The shared-memory carveout (percent) the kernels of a batch-`batch` @decode_step ask
   /// for: with TNLM_DECODE_CARVEOUT=auto (the default) the one chosen at the first call of that
   /// batch size (which itself runs at the driver's choice), else the fixed percent; -1 for the
-  /// driver's choice per kernel.
+  /// driver's choice per kernel, and without programmatic launches (TNLM_PDL=0), which take
+  /// none. The setters above that change the decode kernels make each batch size choose again.
   int decodeCarveout(int64_t batch) const;
   /// How many qkvu GEMVs of the last @decode_step ran with their lightning_decode fused.
   int64_t fusedDecodeLaunches() const { return fusedDecodes_; }

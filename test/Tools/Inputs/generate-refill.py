@@ -32,7 +32,7 @@ with open(path, "w") as f:
     f.write("\n".join(prompts) + "\n")
 out = subprocess.run(common + ["--prompts=" + path] + extra, capture_output=True, check=True)
 lines = [json.loads(line) for line in out.stdout.decode().splitlines()]
-same = len(lines) == len(prompts)
+same = sorted(line["index"] for line in lines) == list(range(len(prompts)))
 lengths = []
 for line in lines:
     text = alone(prompts[line["index"]], extra)

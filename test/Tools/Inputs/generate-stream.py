@@ -13,7 +13,7 @@ import sys
 
 run, artifact, weights = sys.argv[1:4]
 p = subprocess.Popen([run, artifact, "--weights=" + weights, "--prompt=one", "--max-tokens=2000",
-                      "--temperature=0", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                      "--temperature=0", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 first = p.stdout.read(1)
 p.stdout.close()
 rc = p.wait()

@@ -14,6 +14,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -195,8 +197,8 @@ TEST(Launch, CarveoutHoldsTheCtasOfOneSm) {
   ASSERT_GT(perSm, 64u * 1024);
   ASSERT_GE(reserve, 0);
   // Whether P % of the SM's shared memory holds `ctas` CTAs of `bytes` dynamic shared memory.
-  auto holds = [&](int pct, unsigned ctas, unsigned bytes) {
-    return double(pct) / 100 * double(perSm) >= double(ctas) * (bytes + staticBytes + reserve);
+  auto holds = [&](int pct, unsigned ctas, unsigned bytes) { // pct % of perSm ≥ the CTAs' bytes
+    return uint64_t(pct) * perSm >= 100 * uint64_t(ctas) * (bytes + staticBytes + reserve);
   };
   const unsigned kib40 = 40 * 1024;
   LaunchConfig one{{sms}, {256}, kib40}, two{{2 * sms}, {256}, kib40};
