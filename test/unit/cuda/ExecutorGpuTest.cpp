@@ -92,10 +92,11 @@ double msSince(std::chrono::steady_clock::time_point t0) {
 /// activation gradients round to 2^-9 relative, about 25 times along the path from the ids to
 /// a weight gradient's operand: at worst 25 · 2^-9 ≈ 4.9e-2 for each of the two operands of
 /// dW = xᵀ·dy, so ≈ 0.1 for their product; errors that add like a random walk give
-/// √25 · 2^-9 ≈ 1e-2 per operand, and the measured worst is 3.6e-2), after the optimizer step at most 2 % of the weights more than lr / 2
-/// from the CPU's and none more than 2.5 lr (sign flips of gradients near zero move an
-/// element 2 lr at the first step; the bounds are first guesses, to be set from measurements).
-/// Then a NaN in one weight: the finite checks name the step it first reaches.
+/// √25 · 2^-9 ≈ 1e-2 per operand, and the measured worst is 3.6e-2); after the optimizer
+/// step at most 2 % of the weights more than lr / 2 from the CPU's and none more than 2.5 lr
+/// (sign flips of gradients near zero move an element 2 lr at the first step; these two
+/// bounds are first guesses, to be set from measurements). Then a NaN in one weight: the
+/// finite checks name the step it first reaches.
 int trainMain(const char *gpuPath, const char *cpuPath) {
   tnlm::Artifact gpuArt = tnlm::Artifact::load(gpuPath, tnlm::Target::CudaSm90a);
   tnlm::Artifact cpuArt = tnlm::Artifact::load(cpuPath, tnlm::Target::Cpu);
