@@ -1048,10 +1048,9 @@ void CudaExecutor::runSteps(size_t fi, int64_t batch, int64_t seq,
     // TNLM_DECODE_CARVEOUT=auto: the first run of a batch size, at the driver's choice, notes
     // what each launch needs; the carveout follows from them (chooseCarveout) for the runs
     // after it, its graph's capture among them.
-    auto chosen = autoCarveouts_.find(batch);
-    collectCarveouts_ = autoCarveout_ && chosen == autoCarveouts_.end();
+    collectCarveouts_ = autoCarveout_ && !autoCarveouts_.count(batch);
     carveoutNeeds_.clear();
-    decodeCarveout_ = !autoCarveout_ ? carveout_ : collectCarveouts_ ? -1 : chosen->second;
+    decodeCarveout_ = decodeCarveout(batch); // (-1 while collecting)
   }
   // The weight gradients (LinearGradWeight) on the side stream (TNLM_GRAD_STREAM): each forks
   // from the main stream where it is reached; a main-stream step that would write what a
