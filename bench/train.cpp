@@ -1,7 +1,7 @@
 //===- train.cpp - the GPU train step of a CUDA train artifact ------------===//
 //
 //   tnlm-bench-train MODEL-train.tnlm [--batch=B] [--seq=N] [--warmup=3] [--iters=10]
-//                    [--label=NAME] [--no-profile]                                  (--help)
+//                    [--label=NAME] [--no-profile] [--timeline=K]                   (--help)
 //   MODEL-train.tnlm from `tnlmc CONFIG --mode=train --target=cuda:sm_90a`; one JSON line on
 //   stdout, the time per kernel kind on stderr. Run on the device machine by
 //   scripts/device-train; exits 77 without a CUDA device.
@@ -23,8 +23,15 @@
 // every step (launched one by one, no graph: the sum is above the graph's time), summed by
 // kernel kind, in ms and as a share of the profiled total.
 //
+// The timeline (--timeline=K): K more optimizer steps, graph replays as timed, with CUPTI
+// recording every kernel (bench/KernelTimeline.h): per step the span from the first kernel's
+// start to the last one's end, the time some kernel ran (busy) and the rest (gaps between
+// kernels), and the kernels' time by name, averaged over the K steps; on stderr, and as one
+// more JSON line ("bench":"train_step_timeline").
+//
 //===----------------------------------------------------------------------===//
 #include "bench/BenchCommon.h"
+#include "bench/KernelTimeline.h"
 #include "runtime/Artifact.h"
 #include "runtime/Error.h"
 #include "runtime/Init.h"
@@ -34,6 +41,7 @@
 #include "tools/tnlm-run/Options.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -68,6 +76,86 @@ double msSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+bool isGemm(const std::string &name) {
+  return name.find("nvjet") != std::string::npos || name.find("gemm") != std::string::npos ||
+         name.find("xmma") != std::string::npos || name.find("cutlass") != std::string::npos;
+}
+
+// K optimizer steps with CUPTI recording; `step` runs one and marks its train_step's start,
+// its optimizer_step's start and its end on the records' clock.
+template <typename Step> void printTimeline(const std::string &label, int64_t k, Step step) {
+  bench::KernelTimeline tl;
+  std::string why;
+  if (!tl.start(&why)) {
+    std::fprintf(stderr, "timeline: not recorded: %s\n", why.c_str());
+    return;
+  }
+  std::vector<std::array<uint64_t, 3>> marks(static_cast<size_t>(k));
+  std::vector<double> wall;
+  for (auto &m : marks) {
+    const auto t0 = std::chrono::steady_clock::now();
+    step(tl, m.data());
+    wall.push_back(msSince(t0));
+  }
+  const std::vector<bench::TimelineRecord> recs = tl.stop();
+  // Per phase (train_step, optimizer_step): the mean over the K steps.
+  struct Phase {
+    double span = 0, busy = 0, gap = 0, kernels = 0;
+    std::map<std::string, std::pair<double, double>> kinds; // ms, count
+  } phases[2];
+  for (const auto &m : marks)
+    for (int p = 0; p < 2; ++p) {
+      const bench::TimelineSummary s = bench::summarize(recs, m[size_t(p)], m[size_t(p) + 1]);
+      phases[p].span += s.spanMs / double(k);
+      phases[p].busy += s.busyMs / double(k);
+      phases[p].gap += s.gapMs / double(k);
+      phases[p].kernels += double(s.kernels) / double(k);
+      for (const auto &kind : s.kinds) {
+        auto &v = phases[p].kinds[kind.name];
+        v.first += kind.ms / double(k);
+        v.second += double(kind.count) / double(k);
+      }
+    }
+  std::fprintf(stderr,
+               "timeline (CUPTI, %lld graph-replayed steps, median %.2f ms each on the host):\n",
+               (long long)k, median(wall));
+  std::string json = "{\"bench\":\"train_step_timeline\",\"label\":" + jsonString(label) +
+                     ",\"steps\":" + std::to_string(k) +
+                     ",\"median_ms\":" + std::to_string(median(wall));
+  const char *names[2] = {"train_step", "optimizer_step"};
+  for (int p = 0; p < 2; ++p) {
+    const Phase &ph = phases[p];
+    double gemm = 0;
+    for (const auto &[name, v] : ph.kinds)
+      gemm += isGemm(name) ? v.first : 0;
+    std::fprintf(stderr,
+                 "  %s: span %.3f ms, kernels busy %.3f ms, gaps %.3f ms (%.1f %%), %.0f kernels "
+                 "(%.2f us of gap each); GEMMs %.3f ms, the rest %.3f ms\n",
+                 names[p], ph.span, ph.busy, ph.gap, 100 * ph.gap / std::max(ph.span, 1e-9),
+                 ph.kernels, 1e3 * ph.gap / std::max(ph.kernels, 1.0), gemm, ph.busy - gemm);
+    std::vector<std::pair<std::string, std::pair<double, double>>> sorted(ph.kinds.begin(),
+                                                                          ph.kinds.end());
+    std::stable_sort(sorted.begin(), sorted.end(),
+                     [](const auto &x, const auto &y) { return x.second.first > y.second.first; });
+    json += std::string(",\"") + names[p] + "\":{\"span_ms\":" + std::to_string(ph.span) +
+            ",\"busy_ms\":" + std::to_string(ph.busy) + ",\"gap_ms\":" + std::to_string(ph.gap) +
+            ",\"kernels\":" + std::to_string(ph.kernels) + ",\"gemm_ms\":" + std::to_string(gemm) +
+            ",\"by_kernel\":[";
+    for (size_t i = 0; i < sorted.size(); ++i) {
+      const auto &[name, v] = sorted[i];
+      if (i < 40)
+        std::fprintf(stderr, "    %9.3f ms %5.1f %% %6.0f x %8.2f us  %s\n", v.first,
+                     100 * v.first / std::max(ph.busy, 1e-9), v.second,
+                     1e3 * v.first / std::max(v.second, 1.0), name.c_str());
+      json += std::string(i ? "," : "") + "{\"name\":" + jsonString(name) +
+              ",\"ms\":" + std::to_string(v.first) + ",\"count\":" + std::to_string(v.second) + "}";
+    }
+    json += "]}";
+  }
+  std::printf("%s}\n", json.c_str());
+  std::fflush(stdout);
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -84,7 +172,10 @@ int main(int argc, char **argv) {
   opts.value("iters", "k", "Timed optimizer steps; median and min are reported (default 10)");
   opts.value("label", "name", "Label for the JSON line (default: the model's name)");
   opts.flag("no-profile", "Skip the per-step profile (time per kernel kind)");
-  int64_t batch = 0, seq = 0, warmup = 0, iters = 0;
+  opts.value("timeline", "k",
+             "K more steps (graph replays) with every kernel recorded by CUPTI: busy time, gaps "
+             "and time by kernel (default 0: none)");
+  int64_t batch = 0, seq = 0, warmup = 0, iters = 0, timelineSteps = 0;
   std::string path;
   try {
     if (!opts.parse(argc, argv))
@@ -92,6 +183,7 @@ int main(int argc, char **argv) {
     path = bench::oneArtifact(opts.positional(), kTool);
     warmup = opts.getInt("warmup", 3, 0, 100000);
     iters = opts.getInt("iters", 10, 1, 100000);
+    timelineSteps = opts.getInt("timeline", 0, 0, 1000);
   } catch (const Error &e) {
     std::fprintf(stderr, "%s: error: %s\n", kTool, e.what());
     return 2;
@@ -213,6 +305,14 @@ int main(int argc, char **argv) {
                    exec.gemm().tuning(), exec.gemm().planCount(), exec.gemm().timedPlans(),
                    exec.gemm().changedPlans(), exec.gemm().cachedPlans(),
                    exec.gemm().tuneCache().empty() ? "" : " ", exec.gemm().tuneCache().c_str());
+    if (timelineSteps > 0)
+      printTimeline(label, timelineSteps, [&](bench::KernelTimeline &tl, uint64_t marks[3]) {
+        marks[0] = tl.now();
+        exec.run("train_step", trainIn, batch, seq);
+        marks[1] = tl.now();
+        exec.run("optimizer_step", optIn, batch, seq);
+        marks[2] = tl.now();
+      });
     if (!opts.has("no-profile")) {
       std::map<std::string, bench::KindTime> byKind;
       double total = bench::addByKind(byKind, exec.profileRun("train_step", trainIn, batch, seq));

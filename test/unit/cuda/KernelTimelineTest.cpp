@@ -1,0 +1,58 @@
+//===- KernelTimelineTest.cpp - the CUPTI timeline's summary (no GPU) -----===//
+//
+// bench/KernelTimeline.h's summarize(): the span, the union of the kernels' intervals (busy),
+// the gaps, the window of a step, and the time per kernel name, on hand-made records.
+//
+//===----------------------------------------------------------------------===//
+#include "bench/KernelTimeline.h"
+
+#include <gtest/gtest.h>
+
+using tnlm::bench::summarize;
+using tnlm::bench::TimelineRecord;
+
+namespace {
+
+// Records sorted by start, as KernelTimeline::stop returns them (times in ns).
+std::vector<TimelineRecord> records() {
+  return {
+      {"gemm", 1000, 3000},  // 2 us
+      {"norm", 3500, 4000},  // 0.5 us after a 0.5 us gap
+      {"side", 3600, 4500},  // overlaps norm: busy grows by 0.5 us only
+      {"norm", 6500, 7000},  // after a 2 us gap
+      {"later", 9000, 9500}, // outside the window [0, 9000)
+  };
+}
+
+TEST(KernelTimeline, BusyIsTheUnionAndGapsTheRest) {
+  const auto s = summarize(records(), 0, 9000);
+  EXPECT_EQ(s.kernels, 4);
+  EXPECT_DOUBLE_EQ(s.spanMs, 6000 / 1e6);                     // 1000 .. 7000
+  EXPECT_DOUBLE_EQ(s.busyMs, (2000 + 500 + 500 + 500) / 1e6); // the overlap counted once
+  EXPECT_DOUBLE_EQ(s.gapMs, (500 + 2000) / 1e6);
+}
+
+TEST(KernelTimeline, KindsSumTheirKernelsSlowestFirst) {
+  const auto s = summarize(records(), 0, 9000);
+  ASSERT_EQ(s.kinds.size(), 3u);
+  EXPECT_EQ(s.kinds[0].name, "gemm");
+  EXPECT_DOUBLE_EQ(s.kinds[0].ms, 2000 / 1e6);
+  EXPECT_EQ(s.kinds[1].name, "norm"); // two kernels, 1 us in all
+  EXPECT_EQ(s.kinds[1].count, 2);
+  EXPECT_DOUBLE_EQ(s.kinds[1].ms, 1000 / 1e6);
+  EXPECT_EQ(s.kinds[2].name, "side"); // one, 0.9 us
+  EXPECT_DOUBLE_EQ(s.kinds[2].ms, 900 / 1e6);
+}
+
+TEST(KernelTimeline, TheWindowIsByStart) {
+  const auto s = summarize(records(), 3500, 9500); // from norm on, "later" included
+  EXPECT_EQ(s.kernels, 4);
+  EXPECT_DOUBLE_EQ(s.spanMs, 6000 / 1e6); // 3500 .. 9500
+  EXPECT_DOUBLE_EQ(s.busyMs, (1000 + 500 + 500) / 1e6);
+  const auto none = summarize(records(), 10000, 20000);
+  EXPECT_EQ(none.kernels, 0);
+  EXPECT_EQ(none.spanMs, 0);
+  EXPECT_TRUE(none.kinds.empty());
+}
+
+} // namespace
