@@ -87,12 +87,14 @@ void CUPTIAPI bufferCompleted(CUcontext, uint32_t, uint8_t *buffer, size_t, size
                         : m->copyKind == CUPTI_ACTIVITY_MEMCPY_KIND_DTOH ? "DtoH"
                         : m->copyKind == CUPTI_ACTIVITY_MEMCPY_KIND_DTOD ? "DtoD"
                                                                          : "other";
-      got.push_back({std::string("memcpy ") + dir, m->start, m->end});
+      got.push_back(
+          {std::string("memcpy ") + dir + " " + std::to_string(m->bytes) + " bytes", m->start,
+           m->end});
       break;
     }
     case CUPTI_ACTIVITY_KIND_MEMSET: {
       const auto *m = reinterpret_cast<const CUpti_ActivityMemset4 *>(rec);
-      got.push_back({"memset", m->start, m->end});
+      got.push_back({"memset " + std::to_string(m->bytes) + " bytes", m->start, m->end});
       break;
     }
     default:

@@ -17,7 +17,7 @@
 namespace tnlm::bench {
 
 struct TimelineRecord {
-  std::string name; ///< the kernel's name, demangled without arguments; "memcpy HtoD", "memset"
+  std::string name; ///< the kernel's name demangled without arguments; "memset 4096 bytes", ...
   uint64_t start = 0, end = 0;
 };
 

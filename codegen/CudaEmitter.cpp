@@ -138,6 +138,9 @@ bool foldSilu = false;
 // still waits. Safe either way: no kernel touches activations before its wait, and a wait
 // returns only once the whole grid before has finished, so the order of the writes holds.
 bool pdlEarly = false;
+// TNLM_CE_TWO_PASS=1: the cross entropy's gradient rows in two passes over each row (the rows
+// loop, the second pass from L2) instead of held on chip (for comparison).
+bool disableHeldRows = false;
 int64_t rowBlock(int64_t cols) {
   int64_t block = 32;
   while (block < 256 && block * rowColsPerThread < cols)
@@ -455,8 +458,32 @@ private:
   // The cross entropy's kernels (cuda::LmHeadLoss's pieces): with `grad` the factor k and the
   // row losses with bf16 dz, else the row losses alone; the total in row order; with `mean`
   // the f32 mean loss. `note` describes the logits.
-  void lossKernels(bool grad, bool mean, const std::string &note, std::vector<CudaLaunch> &out) {
-    if (grad) {
+  void lossKernels(bool grad, bool mean, int64_t vocab, const std::string &note,
+                   std::vector<CudaLaunch> &out) {
+    // The gradient's rows held on chip (bw::cross_entropy_grad_rows_held: 1,024 threads, REG
+    // float4 each in registers, the rest of the row in shared memory; each row read once) where
+    // the row fits in 200 KiB of shared memory besides; else the rows loop's two passes.
+    const int64_t held4 = vocab / 4, reg = std::min<int64_t>(6, (held4 + 1023) / 1024);
+    const int64_t heldBytes = std::max<int64_t>(0, held4 - reg * 1024) * 16;
+    const bool held = !disableHeldRows && vocab % 4 == 0 && held4 > 0 && heldBytes <= 200 * 1024;
+    if (grad && held) {
+      out.push_back(
+          trainKernel(CudaLaunchKind::Single, "tnlm_loss_grad_scale", 1, "k = dloss / counted",
+                      "const float *dloss, const double *invCount, double *k",
+                      "tnlm::bw::loss_grad_scale(dloss, invCount, k)", "the gradient's factor"));
+      out.push_back(trainKernel(
+          CudaLaunchKind::PerRow,
+          llvm::formatv("tnlm_cross_entropy_grad_rows_held_v{0}_bf16", vocab).str(), 1024,
+          "row losses (f64) and dz = k (softmax - onehot) of f32 logits, bf16; at most one CTA "
+          "per SM, looping over the rows, each read once and held in registers and shared memory",
+          "const float *x, long long ldx, const int *labels, long long rows, int vocab, int "
+          "ignore, const double *k, bf16 *dx, long long lddx, double *rowLoss",
+          llvm::formatv("tnlm::bw::cross_entropy_grad_rows_held<1024, {0}, {1}, bf16>(x, ldx, "
+                        "labels, rows, vocab, ignore, k, dx, lddx, rowLoss)",
+                        reg, held4)
+              .str(),
+          note, heldBytes));
+    } else if (grad) {
       out.push_back(
           trainKernel(CudaLaunchKind::Single, "tnlm_loss_grad_scale", 1, "k = dloss / counted",
                       "const float *dloss, const double *invCount, double *k",
@@ -506,7 +533,7 @@ private:
       if (z.dtype != "f32")
         return fail(s) << "the cross entropy reads f32 logits, got " << z.dtype;
       const bool grad = s.kind == KernelKind::CrossEntropyGrad;
-      lossKernels(grad, !grad,
+      lossKernels(grad, !grad, z.cols,
                   llvm::formatv("{0} (vocab {1}), ignore index {2}{3}", view("logits", z), z.cols,
                                 s.i64Attrs[0], grad ? ": chunks of rows (cuda::LmHeadLoss)" : "")
                       .str(),
@@ -530,7 +557,7 @@ private:
       const std::string chunk =
           llvm::formatv("a chunk of logits (vocab {0}), ignore index {1}", vocab, s.i64Attrs[0]);
       std::vector<CudaLaunch> loss;
-      lossKernels(grad, true, chunk, loss);
+      lossKernels(grad, true, vocab, chunk, loss);
       // The loss kernels around the backward GEMMs, in the order the executor runs them.
       const size_t beforeTotal = loss.size() - 2;
       out.insert(out.end(), loss.begin(), loss.begin() + beforeTotal);
@@ -1298,6 +1325,9 @@ FailureOr<CudaProgram> emitCudaProgram(const std::vector<KernelPlan> &plans, Loc
   if (failed(switchFromEnvironment("TNLM_LA_FOLD_SILU", "SiLU' as its own pass",
                                    "folded into the Lightning backward's dq and dk passes",
                                    foldSilu, loc)) ||
+      failed(switchFromEnvironment("TNLM_CE_TWO_PASS",
+                                   "the cross entropy's rows held on chip, read once",
+                                   "two passes over each row", disableHeldRows, loc)) ||
       failed(switchFromEnvironment("TNLM_PDL_EARLY",
                                    "a kernel lets the next one launch after its wait", "before it",
                                    pdlEarly, loc)) ||

@@ -489,6 +489,122 @@ cross_entropy_grad_rows(const float *x, long long ldx, const int *labels, long l
                                             rowLoss);
 }
 
+// The same values as cross_entropy_grad_rows, bit for bit, with each row held on chip: each
+// thread's float4s c = threadIdx.x + j·BLOCK of the row, REG of them in registers and the rest
+// (up to HELD4 − REG·BLOCK per CTA) in dynamic shared memory (cp.async, each thread its own
+// chunks: no barrier guards them), so the logits are read from memory once where the rows loop
+// reads every row twice (the second time from L2). The max and Σe are ce_row_stats's: the
+// same elements per thread in the same order, the same online update and the same combine.
+// A row that does not fit (vocab > 4·HELD4, vocab % 4 != 0, unaligned rows, dx aliasing x)
+// takes cross_entropy_grad_row's two passes. Launched with (HELD4 − REG·BLOCK)·16 bytes of
+// dynamic shared memory.
+template <int BLOCK, int REG, int HELD4, typename TG>
+__device__ __forceinline__ void
+cross_entropy_grad_rows_held(const float *x, long long ldx, const int *labels, long long rows,
+                             int vocab, int ignoreIndex, const double *kp, TG *dx, long long lddx,
+                             double *rowLoss) {
+  static_assert(sizeof(TG) == 2, "the held rows write bf16 gradients");
+  extern __shared__ float4 ce_held[];
+  __shared__ float redf[BLOCK / 32];
+  __shared__ double redd[BLOCK / 32];
+  const float ninf = __int_as_float(0xff800000);
+  const int n4 = vocab / 4;
+  const bool fits = vocab % 4 == 0 && n4 <= HELD4 && (ldx & 3) == 0 && (lddx & 3) == 0 &&
+                    (reinterpret_cast<unsigned long long>(x) & 15) == 0 &&
+                    (reinterpret_cast<unsigned long long>(dx) & 7) == 0 &&
+                    static_cast<const void *>(dx) != static_cast<const void *>(x);
+  const int t = threadIdx.x;
+  const unsigned sbase = static_cast<unsigned>(__cvta_generic_to_shared(ce_held));
+  for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+    const int label = labels[r];
+    if (!fits || label == ignoreIndex || label < 0 || label >= vocab) {
+      cross_entropy_grad_row<BLOCK, TG, true>(r, x, ldx, labels, vocab, ignoreIndex, kp, dx, lddx,
+                                              rowLoss);
+      continue;
+    }
+    const float4 *x4 = reinterpret_cast<const float4 *>(x + r * ldx);
+    // The shared part first (cp.async, L2 only), then the registers' loads: all in flight.
+    for (int c = t + REG * BLOCK; c < n4; c += BLOCK)
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
+                       sbase + static_cast<unsigned>(c - REG * BLOCK) * 16u),
+                   "l"(x4 + c)
+                   : "memory");
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+    float4 v[REG];
+#pragma unroll
+    for (int j = 0; j < REG; ++j)
+      v[j] = t + j * BLOCK < n4 ? __ldcs(x4 + t + j * BLOCK) : make_float4(ninf, ninf, ninf, ninf);
+    const float xl = x[r * ldx + label];
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    // ce_row_stats's online max and Σe, element by element in its order.
+    float m = ninf;
+    double sum = 0.0;
+    auto add4 = [&](const float4 w) {
+      const float mx4 = fmaxf(fmaxf(w.x, w.y), fmaxf(w.z, w.w));
+      if (mx4 > m) {
+        sum = m == ninf ? 0.0 : sum * static_cast<double>(expf(m - mx4));
+        m = mx4;
+      }
+      sum += static_cast<double>((expf(w.x - m) + expf(w.y - m)) + (expf(w.z - m) + expf(w.w - m)));
+    };
+#pragma unroll
+    for (int j = 0; j < REG; ++j)
+      if (t + j * BLOCK < n4)
+        add4(v[j]);
+    for (int c = t + REG * BLOCK; c < n4; c += BLOCK)
+      add4(ce_held[c - REG * BLOCK]);
+    float mx = m;
+    for (int o = 16; o > 0; o >>= 1)
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if (t % 32 == 0)
+      redf[t / 32] = mx;
+    __syncthreads();
+    mx = redf[0];
+#pragma unroll
+    for (int w = 1; w < BLOCK / 32; ++w)
+      mx = fmaxf(mx, redf[w]);
+    double tsum = m == ninf ? 0.0 : sum * static_cast<double>(expf(m - mx));
+    for (int o = 16; o > 0; o >>= 1)
+      tsum += __shfl_xor_sync(0xffffffffu, tsum, o);
+    if (t % 32 == 0)
+      redd[t / 32] = tsum;
+    __syncthreads();
+    tsum = 0.0;
+#pragma unroll
+    for (int w = 0; w < BLOCK / 32; ++w)
+      tsum += redd[w];
+    // The next row's reductions write redf / redd only after this row's reads of them.
+    __syncthreads();
+    // cross_entropy_grad_row's gradient from the held values.
+    const double k = *kp, scale = k / tsum;
+    const float el = expf(xl - mx), scalef = static_cast<float>(scale);
+    auto grad = [&](int c, float xv) {
+      return c == label ? from_f<TG>(static_cast<float>(k * (static_cast<double>(el) / tsum - 1.0)))
+                        : from_f<TG>(__expf(xv - mx) * scalef);
+    };
+    TG *gr = dx + r * lddx;
+    auto store4 = [&](int c, const float4 w) {
+      __nv_bfloat162 lo, hi;
+      lo.x = grad(4 * c, w.x), lo.y = grad(4 * c + 1, w.y);
+      hi.x = grad(4 * c + 2, w.z), hi.y = grad(4 * c + 3, w.w);
+      uint2 u;
+      u.x = *reinterpret_cast<const unsigned *>(&lo);
+      u.y = *reinterpret_cast<const unsigned *>(&hi);
+      __stcs(reinterpret_cast<uint2 *>(gr) + c, u);
+    };
+#pragma unroll
+    for (int j = 0; j < REG; ++j)
+      if (t + j * BLOCK < n4)
+        store4(t + j * BLOCK, v[j]);
+    for (int c = t + REG * BLOCK; c < n4; c += BLOCK)
+      store4(c, ce_held[c - REG * BLOCK]);
+    if (t == 0) {
+      const double lse = isinf(mx) ? static_cast<double>(mx) : mx + log(tsum);
+      rowLoss[r] = lse - static_cast<double>(xl);
+    }
+  }
+}
+
 // The row losses alone (the loss of @train_step's forward and @eval_loss): one pass over each
 // row, no gradient written. Same values as cross_entropy_grad's rowLoss.
 template <int BLOCK>

@@ -179,7 +179,8 @@ void CudaExecutor::allocateTrain() {
         const std::string n = names.Get(l->kernel())->str();
         if (n.rfind("tnlm_cross_entropy_grad", 0) == 0)
           k.crossEntropyGrad = &kernel(l, where), k.block = unsigned(l->block()),
-          k.gradRows = n.rfind("tnlm_cross_entropy_grad_rows", 0) == 0;
+          k.gradRows = n.rfind("tnlm_cross_entropy_grad_rows", 0) == 0,
+          k.gradShared = unsigned(l->shared_mem());
         else if (n.rfind("tnlm_cross_entropy_loss", 0) == 0)
           k.crossEntropyLoss = &kernel(l, where), k.lossBlock = unsigned(l->block());
         else if (n.rfind("tnlm_loss_total", 0) == 0)

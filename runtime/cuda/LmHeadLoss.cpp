@@ -68,7 +68,7 @@ void LmHeadLoss::run(const LmHeadLossCall &c, std::string_view where) {
       const LaunchConfig perSm{
           {unsigned(std::min<int64_t>(n, std::max(1, context_.multiprocessors())))},
           {kernels_.block},
-          0};
+          kernels_.gradShared};
       context_.launchWith(*kernels_.crossEntropyGrad, perSm, at + ": cross entropy", logits_.get(),
                           ldz, labels, static_cast<long long>(n), vocab, c.ignoreIndex, c.k,
                           dz_.get(), ldz, rowLoss);

@@ -35,7 +35,8 @@ namespace tnlm::cuda {
 ///       const int *labels, int vocab, int ignoreIndex, const double *kp, bf16 *dx,
 ///       long long lddx, double *rowLoss), one CTA of `block` threads per row; or (gradRows)
 ///       bw::cross_entropy_grad_rows<block, bf16>(x, ldx, labels, long long rows, vocab, ...),
-///       min(rows, #SMs) CTAs looping over the rows;
+///       min(rows, #SMs) CTAs looping over the rows (or bw::cross_entropy_grad_rows_held, the
+///       same arguments, with gradShared bytes of dynamic shared memory);
 ///   lossTotal: bw::loss_total(const double *rowLoss, long long rows, double *total), one thread
 ///       (or bw::loss_total_block, lossTotalBlock threads);
 ///   crossEntropyLoss (for calls without dh): bw::cross_entropy_loss<block>(const float *x,
@@ -49,6 +50,8 @@ struct LmHeadLossKernels {
   bool gradRows = false;       // crossEntropyGrad is bw::cross_entropy_grad_rows (takes the rows; a
                                // grid of at most one CTA per SM), not one CTA per row
   unsigned lossTotalBlock = 1; // lossTotal's (bw::loss_total_block<block> where > 1)
+  unsigned gradShared = 0;     // crossEntropyGrad's dynamic shared memory (the held rows:
+                               // bw::cross_entropy_grad_rows_held, same arguments as gradRows)
 };
 
 struct LmHeadLossCall {

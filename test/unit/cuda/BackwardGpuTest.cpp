@@ -508,7 +508,7 @@ TEST_P(BackwardGatedLinear, MatchesCpu) {
 // <= S) with dW overwritten (the gradient alone, the prior dW not added), and the loss alone (no
 // dh: its total equals the first call's bit for bit, the two kernels computing each row's loss the
 // same way).
-void lmHeadLossCase(bool rowsKernels) {
+void lmHeadLossCase(bool rowsKernels, bool heldRows = false) {
   const int64_t rows = 130, d = 256, vocab = 1000, chunk = 64;
   Mat<uint16_t> h = randomMat<uint16_t>(rows, d, d + 8, -1, 1, 71);
   Mat<uint16_t> w = randomMat<uint16_t>(vocab, d, d, -0.2f, 0.2f, 72);
@@ -573,6 +573,8 @@ void lmHeadLossCase(bool rowsKernels) {
                1024,
                true,
                256};
+  if (heldRows) // the held rows (what tnlmc emits for vocab 1000): all in registers
+    kernels.crossEntropyGrad = &module().kernel("cross_entropy_grad_rows_held_v1000");
   LmHeadLoss head(gpu(), gemm, kernels, chunk, vocab, d);
   EXPECT_EQ(head.workspaceBytes(), size_t(chunk * vocab * 6));
   LmHeadLossCall call;
@@ -631,6 +633,7 @@ void lmHeadLossCase(bool rowsKernels) {
 
 TEST(BackwardLmHeadLoss, ChunksMatchCpu) { lmHeadLossCase(false); }
 TEST(BackwardLmHeadLoss, ChunksMatchCpuWithTheRowsLoop) { lmHeadLossCase(true); }
+TEST(BackwardLmHeadLoss, ChunksMatchCpuWithTheHeldRows) { lmHeadLossCase(true, true); }
 
 //===-- Embedding backward -------------------------------------------------------===//
 
@@ -774,6 +777,69 @@ TEST(BackwardCrossEntropy, RowsLoopMatchesCpu) {
   crossEntropyCase<uint16_t>(16, 64000, true);
   crossEntropyCase<uint16_t>(3, 64000, true); // fewer rows than CTAs
   crossEntropyCase<float>(37, 1001, true);    // vocab % 4 != 0: the one-logit loops
+}
+
+// The held rows (bw::cross_entropy_grad_rows_held: each row read once, held in registers and
+// shared memory) against the rows loop (two passes, validated against the CPU above) on the
+// same logits: the same gradient and row losses bit for bit (the same elements per thread in
+// the same order, the same combine). 7 CTAs over the rows; every 5th row ignored, every 3rd
+// with a dominant label; v64000 with (16000 − 6·1024)·16 bytes of shared memory (the 385M's
+// vocabulary), v100 and v5000 all in registers, v1001 (built for 1000) the two passes.
+void heldRowsCase(int64_t rows, int64_t vocab, unsigned sharedBytes) {
+  const int ignore = -100;
+  std::mt19937 rng(67);
+  std::normal_distribution<float> dist(0.0f, 3.0f);
+  std::uniform_int_distribution<int32_t> pick(0, int32_t(vocab - 1));
+  const int64_t ld = (vocab + 3) / 4 * 4 + 4; // 16-byte rows
+  Mat<float> x{rows, vocab, ld, std::vector<float>(size_t(rows * ld), guard<float>())};
+  std::vector<int32_t> labels(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < vocab; ++c)
+      x.data[r * x.ld + c] = dist(rng);
+    labels[r] = pick(rng);
+    if (r % 3 == 1)
+      x.data[r * x.ld + labels[r]] = 60.0f;
+    if (r % 5 == 2)
+      labels[r] = ignore;
+  }
+  const double k = 1.0 / double(rows);
+  Dev<float> dX(x);
+  Dev<uint16_t> a(outputMat<uint16_t>(rows, vocab, ld + 4)),
+      b(outputMat<uint16_t>(rows, vocab, ld + 4));
+  DeviceBuffer dLabels(labels.size() * 4, "labels"), dK(8, "k"), lossA(size_t(rows) * 8, "loss"),
+      lossB(size_t(rows) * 8, "loss (held)");
+  gpu().copyToDevice(dLabels.get(), labels.data(), labels.size() * 4, "labels");
+  gpu().copyToDevice(dK.get(), &k, 8, "k");
+  launch("cross_entropy_grad_rows_bf16", {7u}, 1024, dX.ptr(), dX.ld(), dLabels.get(),
+         static_cast<long long>(rows), int(vocab), ignore, dK.get(), a.ptr(), a.ld(), lossA.get());
+  const std::string held = "cross_entropy_grad_rows_held_v" + std::to_string(vocab);
+  LaunchConfig config{{7u}, {1024u}, sharedBytes};
+  gpu().launchWith(module().kernel(held), config, held, dX.ptr(), dX.ld(), dLabels.get(),
+                   static_cast<long long>(rows), int(vocab), ignore, dK.get(), b.ptr(), b.ld(),
+                   lossB.get());
+  const std::vector<uint16_t> ga = a.download("rows loop"), gb = b.download(held);
+  int64_t differ = 0;
+  for (size_t i = 0; i < ga.size(); ++i)
+    differ += ga[i] != gb[i];
+  std::vector<double> la(static_cast<size_t>(rows)), lb(la.size());
+  gpu().copyToHost(la.data(), lossA.get(), la.size() * 8, "row losses");
+  gpu().copyToHost(lb.data(), lossB.get(), lb.size() * 8, "row losses (held)");
+  int64_t lossDiffer = 0;
+  for (size_t r = 0; r < la.size(); ++r)
+    lossDiffer += std::memcmp(&la[r], &lb[r], 8) != 0;
+  EXPECT_EQ(differ, 0) << held << ": gradient elements (guards included) differ from the rows loop";
+  EXPECT_EQ(lossDiffer, 0) << held << ": row losses differ from the rows loop";
+  std::printf("  %s, %lld rows: %lld of %zu gradient elements and %lld row losses differ from "
+              "the rows loop\n",
+              held.c_str(), (long long)rows, (long long)differ, ga.size(), (long long)lossDiffer);
+}
+
+TEST(BackwardCrossEntropy, HeldRowsEqualTheRowsLoop) {
+  heldRowsCase(37, 64000, (16000 - 6 * 1024) * 16);
+  heldRowsCase(3, 64000, (16000 - 6 * 1024) * 16); // fewer rows than CTAs
+  heldRowsCase(37, 100, 0);
+  heldRowsCase(64, 5000, 0);
+  heldRowsCase(37, 1001, 0);
 }
 
 //===-- The optimizer ---------------------------------------------------------------===//

@@ -65,6 +65,19 @@ inline std::string backwardWrappers() {
          " *dx, long long lddx, double *rowLoss) {\n"
          "  tnlm::bw::cross_entropy_grad_rows<1024>(x, ldx, labels, rows, vocab, ignore, k, dx, "
          "lddx, rowLoss);\n}\n";
+  // The held rows (bw::cross_entropy_grad_rows_held<1024, REG, HELD4, bf16>) as tnlmc emits
+  // them per vocabulary: REG = min(6, ceil(HELD4 / 1024)), HELD4 = vocab / 4 (CudaEmitter's
+  // lossKernels); v1001 is built for 1000 (a row of 1001 takes the two passes).
+  for (const char *cfg :
+       {"64000, 6, 16000", "100, 1, 25", "5000, 2, 1250", "1000, 1, 250", "1001, 1, 250"}) {
+    const std::string c(cfg), v = c.substr(0, c.find(',')), rest = c.substr(c.find(',') + 1);
+    s += "extern \"C\" __global__ void __launch_bounds__(1024)\ncross_entropy_grad_rows_held_v" +
+         v +
+         "(const float *x, long long ldx, const int *labels, long long rows, int vocab, int "
+         "ignore, const double *k, bf16 *dx, long long lddx, double *rowLoss) {\n"
+         "  tnlm::bw::cross_entropy_grad_rows_held<1024," +
+         rest + ", bf16>(x, ldx, labels, rows, vocab, ignore, k, dx, lddx, rowLoss);\n}\n";
+  }
   s += "extern \"C\" __global__ void __launch_bounds__(256)\n"
        "cross_entropy_loss(const float *x, long long ldx, const int *labels, int vocab, int "
        "ignore, double *rowLoss) {\n"

@@ -298,10 +298,105 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
   return failures ? 1 : 0;
 }
 
+/// tnlm-gpu-executor --train <cuda train artifact> <cpu train artifact> BxN ... (issue 11's
+/// lengths): per shape, one @train_step of fresh executors on the same random weights and
+/// batch (as trainMain's), the loss and every gradient against the CPU with trainMain's bounds
+/// (2e-2 · (1 + |loss|); 0.1 relative L2, reasoned there for bf16: the path from the ids to a
+/// gradient does not lengthen with N, and the sums over tokens are f32). At 1, 63, 64, 65,
+/// 2048 and 32768 tokens this runs the fused Lightning backward (the three passes and their
+/// segment plans, the gate and norm backward, φ', LRPE and dθ) with H = 6 (not a power of two)
+/// from one token to a sequence split over the SMs.
+int trainShapesMain(const char *gpuPath, const char *cpuPath, const std::vector<Shape> &shapes) {
+  tnlm::Artifact gpuArt = tnlm::Artifact::load(gpuPath, tnlm::Target::CudaSm90a);
+  tnlm::Artifact cpuArt = tnlm::Artifact::load(cpuPath, tnlm::Target::Cpu);
+  for (const Shape &s : shapes)
+    if (s.batch > gpuArt.maxBatch() || s.seq > gpuArt.maxSeq() || s.batch > cpuArt.maxBatch() ||
+        s.seq > cpuArt.maxSeq()) {
+      std::printf("FAIL: shape %lldx%lld is outside the artifacts' %lldx%lld / %lldx%lld\n",
+                  (long long)s.batch, (long long)s.seq, (long long)gpuArt.maxBatch(),
+                  (long long)gpuArt.maxSeq(), (long long)cpuArt.maxBatch(),
+                  (long long)cpuArt.maxSeq());
+      return 1;
+    }
+  std::string why;
+  if (!tnlm::cuda::deviceAvailable(&why)) {
+    std::printf("SKIPPED: no CUDA device (%s)\n", why.c_str());
+    return 77;
+  }
+  const int64_t V = cpuArt.vocabSize();
+  const tnlm::ParamValues weights = tnlm::randomWeights(cpuArt, 4321);
+  const auto &table = *cpuArt.root().state();
+  int failures = 0;
+  for (const Shape &s : shapes) {
+    const int64_t B = s.batch, N = s.seq;
+    std::vector<int32_t> ids(size_t(B * N)), labels(size_t(B * N));
+    uint64_t x = 99;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+      ids[i] = int32_t((x >> 33) % uint64_t(V));
+      labels[i] = i % 7 == 3 ? -100 : int32_t((x >> 13) % uint64_t(V));
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    tnlm::CpuExecutor cpu(cpuArt, weights);
+    tnlm::cuda::CudaExecutor gpu(gpuArt, weights);
+    const std::vector<tnlm::cuda::CudaExecutor::Input> in = {{"ids", ids.data()},
+                                                             {"labels", labels.data()}};
+    const auto c = cpu.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, B, N);
+    const auto g = gpu.run("train_step", in, B, N);
+    const double cpuLoss = c.empty() || c.front().second.empty() ? NAN : c.front().second[0];
+    const double gpuLoss = g.empty() || g.front().second.empty() ? NAN : g.front().second[0];
+    const bool lossOk =
+        std::isfinite(gpuLoss) && std::fabs(gpuLoss - cpuLoss) <= 2e-2 * (1 + std::fabs(cpuLoss));
+    failures += !lossOk;
+    const std::vector<std::vector<float>> gs = gpu.state(), cs = cpu.state();
+    double worst = 0;
+    std::string worstName;
+    int bad = 0, grads = 0;
+    for (unsigned i = 0; i < table.size() && i < gs.size() && i < cs.size(); ++i) {
+      if (table.Get(i)->kind() != tnlm::schema::StateKind_Gradient)
+        continue;
+      ++grads;
+      double d2 = 0, r2 = 0;
+      bool finite = gs[i].size() == cs[i].size();
+      for (size_t j = 0; j < cs[i].size() && j < gs[i].size(); ++j) {
+        finite &= std::isfinite(gs[i][j]);
+        d2 += double(gs[i][j] - cs[i][j]) * (gs[i][j] - cs[i][j]);
+        r2 += double(cs[i][j]) * cs[i][j];
+      }
+      const double rel = !finite ? INFINITY : r2 > 0 ? std::sqrt(d2 / r2) : std::sqrt(d2);
+      if (rel > worst || worstName.empty())
+        worst = rel, worstName = table.Get(i)->name()->str();
+      if (!(rel <= 0.1)) {
+        ++bad;
+        std::printf("FAIL %lldx%lld grad %s rel L2 %.3e (bound 0.1)\n", (long long)B, (long long)N,
+                    table.Get(i)->name()->str().c_str(), rel);
+      }
+    }
+    failures += bad + (grads == 0);
+    std::printf("%s train_step %lldx%lld: loss gpu %.6f cpu %.6f; %d gradients, worst rel L2 "
+                "%.3e (%s); %.1f s\n",
+                lossOk && bad == 0 && grads > 0 ? "ok  " : "FAIL", (long long)B, (long long)N,
+                gpuLoss, cpuLoss, grads, worst, worstName.c_str(), msSince(t0) / 1e3);
+  }
+  std::printf("%s\n", failures ? "FAILED" : "PASSED");
+  return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
-  if (argc == 4 && std::string(argv[1]) == "--train") {
+  if (argc >= 4 && std::string(argv[1]) == "--train") {
     try {
-      return trainMain(argv[2], argv[3]);
+      if (argc == 4)
+        return trainMain(argv[2], argv[3]);
+      std::vector<Shape> shapes;
+      for (int i = 4; i < argc; ++i) {
+        Shape s;
+        if (!parseShape(argv[i], s)) {
+          std::fprintf(stderr, "%s: bad shape '%s': expected BxN (e.g. 2x63)\n", argv[0], argv[i]);
+          return 2;
+        }
+        shapes.push_back(s);
+      }
+      return trainShapesMain(argv[2], argv[3], shapes);
     } catch (const tnlm::Error &e) {
       std::printf("FAIL: %s\n", e.what());
       return 1;

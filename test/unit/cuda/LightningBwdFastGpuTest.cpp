@@ -9,7 +9,7 @@
 //   dv = rev(q := k,  k := q,  v := dO): dv_j = Σ_{i>=j} λ^(i−j) (k_j·q_i) dO_i
 // each with the default segment plan (the state pass and the scan when it has pieces), checked
 // against cpu::lightningAttentionGrad (block 64) on the same bf16 q, k, v, dO: B = 2, H = 3,
-// D = 128, N = 1, 63, 64, 65, 300, 2048, and N = 4097 with forced segments (5 segments of 2
+// D = 128, N = 1, 63, 64, 65, 300, 2048, 32768, and N = 4097 with forced segments (5 segments of 2
 // pieces: the reversed pass's segments start from the states of the pieces after them).
 // Bound (LightningGpuTest.cpp's analysis applies pass by pass: P, the decayed keys and the
 // state copy rounded to bf16 once each, fp32 sums, the output rounded once): elementwise
@@ -300,6 +300,15 @@ TEST(LightningBwdThreePass, DvFromDkStates) {
     runCase(N, 0, 0, true);
   runCase(4097, 5, 2, true);
   runCase(1000, 4, 4, true);
+}
+
+// N = 32768 (issue 11's longest length): the default plan splits each (b, h) into 22
+// segments at 132 SMs (B·H = 6), so the reversed passes start 21 of them from piece states;
+// the same bounds, with each pass's own states and as the executor runs a plain layer (dq
+// from the forward's states, dv from dk's).
+TEST(LightningBwdThreePass, At32768Tokens) {
+  runCase(32768);
+  runCase(32768, 0, 0, true, true);
 }
 
 TEST(LightningBwdThreePass, DqFromForwardStates) {
