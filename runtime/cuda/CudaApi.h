@@ -54,7 +54,8 @@ namespace tnlm::cuda {
   X(cublasLtMatmulDescSetAttribute) X(cublasLtMatrixLayoutCreate)                              \
   X(cublasLtMatrixLayoutDestroy) X(cublasLtMatmulPreferenceCreate)                             \
   X(cublasLtMatmulPreferenceDestroy) X(cublasLtMatmulPreferenceSetAttribute)                   \
-  X(cublasLtMatmulAlgoGetHeuristic) X(cublasLtMatmul) X(cublasLtGetVersion)
+  X(cublasLtMatmulAlgoGetHeuristic) X(cublasLtMatmul) X(cublasLtGetVersion)                  \
+  X(cublasLtMatmulAlgoConfigGetAttribute)
 // clang-format on
 
 #define TNLM_CUDA_DECLARE_SYMBOL(fn) decltype(&::fn) fn = nullptr;

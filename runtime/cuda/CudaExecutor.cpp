@@ -1226,12 +1226,16 @@ void CudaExecutor::launchFunction(size_t fi, int64_t batch, int64_t seq) {
       eagerOnly_.insert(key);
     }
     stale_ = staleAfter;
+    if (train_ && functions_[fi].name == "optimizer_step")
+      staleAfter_[key] = staleAfter; // the zeroings its replays skip as well
     return;
   }
   it->second.launch(context_->stream(),
                     src + ": replaying the CUDA graph of @" + functions_[fi].name);
   if (fresh) // what the captured steps did: every gradient written or zeroed
     std::fill(stale_.begin(), stale_.end(), 0);
+  if (auto s = staleAfter_.find(key); s != staleAfter_.end())
+    stale_ = s->second; // @optimizer_step: the gradients whose zeroing it left to the next step
 }
 
 size_t CudaExecutor::graphNodes(const std::string &function, int64_t batch, int64_t seq) const {

@@ -28,6 +28,7 @@
 #include "runtime/cuda/LmHeadLoss.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -473,8 +474,14 @@ private:
   bool touchesGradients(const Function &f) const; // a step of f reads or writes a gradient
   bool useGraphs_ = true;
   std::map<CallKey, Graph> graphs_; // the captured calls
-  std::set<CallKey> eagerOnly_;     // call shapes whose capture failed
-  CallKey lastCall_{0, 0, 0};       // the call enqueued last
+  // @optimizer_step's graphs take the hyperparameters its launches pass by value (β1, β2, ε,
+  // weight decay, the accumulation steps): captured with optGraphHp_, dropped when they change.
+  // staleAfter_: the gradients a captured call leaves stale (its skipped fills), set again
+  // when its graph is replayed.
+  std::array<float, 5> optGraphHp_{};
+  std::map<CallKey, std::vector<char>> staleAfter_;
+  std::set<CallKey> eagerOnly_; // call shapes whose capture failed
+  CallKey lastCall_{0, 0, 0};   // the call enqueued last
 };
 
 } // namespace tnlm::cuda

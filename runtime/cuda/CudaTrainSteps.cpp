@@ -1043,14 +1043,23 @@ CudaExecutor::run(const std::string &name, const std::vector<Input> &inputs, int
   const size_t fi = uploadRun(name, inputs, batch, seq);
   const Function &f = functions_[fi];
   const schema::Function &fn = *f.fn;
-  // @train_step and @eval_loss replay as one CUDA graph per call shape (their per-call values
-  // are all in device buffers uploaded above); @optimizer_step, whose kernels take the call's
-  // hyperparameters as arguments, runs step by step.
+  // Every function replays as one CUDA graph per call shape (the per-call values are in device
+  // buffers uploaded above); @optimizer_step's kernels also take some hyperparameters by value,
+  // so its graphs are captured again when those change.
   if (checkFinite_) {
     runSteps(fi, batch, seq, [&](unsigned i) { checkStepFinite(f, i, batch, seq); });
-  } else if (name == "optimizer_step") {
-    runSteps(fi, batch, seq);
   } else {
+    if (name == "optimizer_step") {
+      const std::array<float, 5> hp = {
+          hostHp_[schema::HyperParam_Beta1], hostHp_[schema::HyperParam_Beta2],
+          hostHp_[schema::HyperParam_Eps], hostHp_[schema::HyperParam_WeightDecay],
+          static_cast<float>(accumSteps_)};
+      if (std::memcmp(hp.data(), optGraphHp_.data(), sizeof hp) != 0) {
+        for (auto g = graphs_.begin(); g != graphs_.end();)
+          g = std::get<0>(g->first) == fi ? graphs_.erase(g) : std::next(g);
+        optGraphHp_ = hp;
+      }
+    }
     launchFunction(fi, batch, seq);
   }
   context_->synchronize(src + ": @" + name);

@@ -67,6 +67,14 @@ struct Gemm::Plan {
 Gemm::Gemm(const Context &context, size_t workspaceBytes)
     : context_(context), workspace_(workspaceBytes, "the cuBLASLt workspace") {
   tune_ = tuningFromEnvironment();
+  if (const char *v = std::getenv("TNLM_GEMM_TUNE_SPLITK"); v && *v) {
+    const std::string s(v);
+    if (s != "0" && s != "1")
+      throw Error("TNLM_GEMM_TUNE_SPLITK=" + s +
+                  ": expected 1 (the tuning times split-K candidates too, the default) or 0 "
+                  "(it skips them: a split-K GEMM adds a reduction kernel to the step)");
+    tuneSplitK_ = s == "1";
+  }
   if (const char *cache = std::getenv("TNLM_GEMM_TUNE_CACHE"))
     cachePath_ = cache;
   TNLM_CUBLASLT(cublasLtCreate, (&handle_), "creating the cuBLASLt handle");
@@ -360,9 +368,20 @@ int Gemm::tune(Plan &plan, const Key &key, const std::string &where, const Call 
   // Every candidate once, untimed (the kernels loaded, the caches warm for all alike); then
   // each timed from a drained stream.
   std::vector<bool> runs(size_t(found), false);
+  // Without split-K (TNLM_GEMM_TUNE_SPLITK=0) a candidate that splits K is not timed (the
+  // heuristic's first stays a candidate whatever it is).
+  auto splits = [&](int i) {
+    int32_t n = 1;
+    size_t written = 0;
+    return i > 0 && !tuneSplitK_ &&
+           api.cublasLtMatmulAlgoConfigGetAttribute(&results[i].algo,
+                                                    CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &n, sizeof n,
+                                                    &written) == CUBLAS_STATUS_SUCCESS &&
+           n > 1;
+  };
   for (int i = 0; i < found; ++i)
     runs[size_t(i)] = results[i].state == CUBLAS_STATUS_SUCCESS &&
-                      results[i].workspaceSize <= workspace_.size() &&
+                      results[i].workspaceSize <= workspace_.size() && !splits(i) &&
                       runOnce(i) == CUBLAS_STATUS_SUCCESS; // else it cannot run here
   bool failed = driver.cuStreamSynchronize(context_.stream()) != CUDA_SUCCESS;
   for (int i = 0; i < found && !failed; ++i) {

@@ -781,10 +781,15 @@ TEST(BackwardCrossEntropy, RowsLoopMatchesCpu) {
 
 // The held rows (bw::cross_entropy_grad_rows_held: each row read once, held in registers and
 // shared memory) against the rows loop (two passes, validated against the CPU above) on the
-// same logits: the same gradient and row losses bit for bit (the same elements per thread in
-// the same order, the same combine). 7 CTAs over the rows; every 5th row ignored, every 3rd
-// with a dominant label; v64000 with (16000 − 6·1024)·16 bytes of shared memory (the 385M's
-// vocabulary), v100 and v5000 all in registers, v1001 (built for 1000) the two passes.
+// same logits. Both take the same max and the same e = __expf(x − max) for the gradient; Σe
+// differs by about 1e-7 relative (accurate expf in the rows loop's, and its online rescaling),
+// so the scale k / Σe too, and the label's e (expf there): each bf16 element within one
+// rounding step (2^-8 of the larger) plus 2^-20·k where the label's term cancels; the row losses
+// within 1e-6 (1 + |loss|) (the rows loop's are cross_entropy_loss's bit for bit, checked
+// above). A wrong max, a missed chunk or a stale row is O(1). 7 CTAs over the rows; every 5th
+// row ignored, every 3rd with a dominant label; v64000 with (16000 − 6·1024)·16 bytes of shared
+// memory (the 385M's vocabulary), v100 and v5000 all in registers, v1001 (built for 1000) the
+// two passes (then bit for bit).
 void heldRowsCase(int64_t rows, int64_t vocab, unsigned sharedBytes) {
   const int ignore = -100;
   std::mt19937 rng(67);
@@ -818,20 +823,32 @@ void heldRowsCase(int64_t rows, int64_t vocab, unsigned sharedBytes) {
                    static_cast<long long>(rows), int(vocab), ignore, dK.get(), b.ptr(), b.ld(),
                    lossB.get());
   const std::vector<uint16_t> ga = a.download("rows loop"), gb = b.download(held);
-  int64_t differ = 0;
-  for (size_t i = 0; i < ga.size(); ++i)
+  const bool exact = vocab % 4 != 0; // the two passes themselves
+  int64_t differ = 0, bad = 0;
+  for (size_t i = 0; i < ga.size(); ++i) {
     differ += ga[i] != gb[i];
+    const double p = bf16ToF32(ga[i]), q = bf16ToF32(gb[i]);
+    const bool guard = ga[i] == kBf16Guard || gb[i] == kBf16Guard;
+    const double bound = std::ldexp(std::max(std::fabs(p), std::fabs(q)), -8) + std::ldexp(k, -20);
+    const bool ok = exact || guard ? ga[i] == gb[i] : std::fabs(p - q) <= bound;
+    if (!ok && bad++ < 3)
+      ADD_FAILURE() << held << " element " << i << " (row " << int64_t(i) / a.ld() << "): held "
+                    << q << ", rows loop " << p;
+  }
   std::vector<double> la(static_cast<size_t>(rows)), lb(la.size());
   gpu().copyToHost(la.data(), lossA.get(), la.size() * 8, "row losses");
   gpu().copyToHost(lb.data(), lossB.get(), lb.size() * 8, "row losses (held)");
-  int64_t lossDiffer = 0;
-  for (size_t r = 0; r < la.size(); ++r)
-    lossDiffer += std::memcmp(&la[r], &lb[r], 8) != 0;
-  EXPECT_EQ(differ, 0) << held << ": gradient elements (guards included) differ from the rows loop";
-  EXPECT_EQ(lossDiffer, 0) << held << ": row losses differ from the rows loop";
-  std::printf("  %s, %lld rows: %lld of %zu gradient elements and %lld row losses differ from "
-              "the rows loop\n",
-              held.c_str(), (long long)rows, (long long)differ, ga.size(), (long long)lossDiffer);
+  double worstLoss = 0;
+  for (size_t r = 0; r < la.size(); ++r) {
+    const double d = std::fabs(la[r] - lb[r]);
+    worstLoss = std::max(worstLoss, d);
+    if (exact ? std::memcmp(&la[r], &lb[r], 8) != 0 : !(d <= 1e-6 * (1 + std::fabs(la[r]))))
+      ADD_FAILURE() << held << " row " << r << ": loss held " << lb[r] << ", rows loop " << la[r];
+  }
+  EXPECT_EQ(bad, 0) << held << ": gradient elements (guards included) off the rows loop's";
+  std::printf("  %s, %lld rows: %lld of %zu gradient elements differ from the rows loop (within "
+              "one bf16 step), row losses by at most %.3g\n",
+              held.c_str(), (long long)rows, (long long)differ, ga.size(), worstLoss);
 }
 
 TEST(BackwardCrossEntropy, HeldRowsEqualTheRowsLoop) {
