@@ -157,7 +157,7 @@ private:
   CUdeviceptr workspace() const;
   std::map<Key, std::unique_ptr<Plan>> plans_;
   int tune_ = 0;
-  bool tuneSplitK_ = true; // TNLM_GEMM_TUNE_SPLITK: the tuning times split-K candidates too
+  bool tuneSplitK_ = false; // TNLM_GEMM_TUNE_SPLITK=1: the tuning times split-K candidates too
   int timedPlans_ = 0, changedPlans_ = 0, cachedPlans_ = 0;
   std::string cachePath_;
   bool cacheLoaded_ = false, cacheWritable_ = true;
