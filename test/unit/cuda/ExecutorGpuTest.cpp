@@ -81,6 +81,16 @@ double msSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+/// The train calls' batch: ids in [0, V), every 7th label ignored (-100), the rest in [0, V).
+void trainBatch(int64_t V, std::vector<int32_t> &ids, std::vector<int32_t> &labels) {
+  uint64_t x = 99;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+    ids[i] = int32_t((x >> 33) % uint64_t(V));
+    labels[i] = i % 7 == 3 ? -100 : int32_t((x >> 13) % uint64_t(V));
+  }
+}
+
 } // namespace
 
 /// tnlm-gpu-executor --train <cuda train artifact> <cpu train artifact> (issue 11): two
@@ -121,12 +131,7 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
   sided.setGradFirstWrite(true);
   sided.setGradStream(true);
   std::vector<int32_t> ids(size_t(B * N)), labels(size_t(B * N));
-  uint64_t x = 99;
-  for (size_t i = 0; i < ids.size(); ++i) {
-    x = x * 6364136223846793005ULL + 1442695040888963407ULL;
-    ids[i] = int32_t((x >> 33) % uint64_t(V));
-    labels[i] = i % 7 == 3 ? -100 : int32_t((x >> 13) % uint64_t(V));
-  }
+  trainBatch(V, ids, labels);
   int failures = 0;
   auto lossOf = [](const std::vector<std::pair<std::string, std::vector<float>>> &r) {
     return r.empty() || r.front().second.empty() ? NAN : double(r.front().second[0]);
@@ -330,12 +335,7 @@ int trainShapesMain(const char *gpuPath, const char *cpuPath, const std::vector<
   for (const Shape &s : shapes) {
     const int64_t B = s.batch, N = s.seq;
     std::vector<int32_t> ids(size_t(B * N)), labels(size_t(B * N));
-    uint64_t x = 99;
-    for (size_t i = 0; i < ids.size(); ++i) {
-      x = x * 6364136223846793005ULL + 1442695040888963407ULL;
-      ids[i] = int32_t((x >> 33) % uint64_t(V));
-      labels[i] = i % 7 == 3 ? -100 : int32_t((x >> 13) % uint64_t(V));
-    }
+    trainBatch(V, ids, labels);
     const auto t0 = std::chrono::steady_clock::now();
     tnlm::CpuExecutor cpu(cpuArt, weights);
     tnlm::cuda::CudaExecutor gpu(gpuArt, weights);
