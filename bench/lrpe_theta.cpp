@@ -1,19 +1,21 @@
 //===- lrpe_theta.cpp - how bf16 dq', dk' amplify into the LRPE θ gradient ---------===//
 //
-//   tnlm-bench-lrpe-theta        (CPU only, a few seconds; no arguments)
+//   tnlm-bench-lrpe-theta        (CPU only, no arguments)
 //
 // The LRPE θ gradient of a train step, dθ = Σ_t p·x·(dy_s·cos − dy_c·sin) over the q and k sides
 // (cpu::lrpeGrad), on random operands with the 385M's layer-0 shape per head (dh = 128, 6 heads
 // at the ALiBi slopes of tnl models, θ as docs/model.md's init), against the all-f32 value:
 //   1. dq', dk' of cpu::lightningAttentionGrad rounded once to bf16 (as the GPU stores them);
-//   2. the inputs (q', k', v, dO) rounded once to bf16, dq', dk' in f32 from those.
+//   2. the inputs (q', k', v, dO) rounded once to bf16, dq', dk' in f32 from those;
+//   3. the relative form (below) on those bf16 inputs, in f64.
 // Also the sizes of the q and k sides: each grows like the positions p while their sum does
 // not (the gradient flows through nearby tokens, where the two sides cancel), so any 2^-9
 // rounding of the rotated planes or of their gradients is amplified about N-fold, in case 2 as
 // in case 1: f32 dq', dk' alone do not fix it. The GPU's measured errors against the CPU
 // (bench/RESULTS.md, 2026-12-03: 0.087 at 512 tokens, 0.22 at 2 x 2048, 1.1 at 8192) match.
-// A fix computes dθ in the relative form Σ_{n,m} (n − m)·(...) inside the Lightning backward
-// (docs/gpu-training.md, "Still to build").
+// A fix computes dθ in the relative form (case 3: 2.5e-2 at 8192 tokens where the absolute
+// form is off by 1.2) inside the Lightning backward (docs/gpu-training.md, "Still to build").
+// About 2 minutes on 2 cores (case 3 is O(N²)).
 //
 //===----------------------------------------------------------------------===//
 #include "runtime/DType.h"
@@ -77,6 +79,31 @@ int main() {
     double f2 = 0;
     for (int64_t i = 0; i < D; ++i)
       f2 += double(inputsBf16[i] - exact[i]) * (inputsBf16[i] - exact[i]);
+    // 3. The relative form on the same bf16 inputs: dθ_(h,c) = −Σ_{m<=n} (n − m)·dS_nm·(qs_n kc_m
+    // − qc_n ks_m), dS_nm = λ^(n−m)·(dO_n · v_m), in f64 (O(N²): the fix's arithmetic, naive).
+    std::vector<double> rel(size_t(D), 0.0);
+    for (int64_t h = 0; h < H; ++h) {
+      const double lam = std::exp(-double(sl[h]));
+      for (int64_t n = 0; n < N; ++n) {
+        const float *qn = qr.data() + (n * H + h) * 2 * dh, *on = dOr.data() + (n * H + h) * dh;
+        double decay = 1.0;
+        for (int64_t m = n; m >= 0 && decay > 1e-30; --m, decay *= lam) {
+          const float *km = kr.data() + (m * H + h) * 2 * dh, *vm = vr.data() + (m * H + h) * dh;
+          double dot = 0;
+          for (int64_t c = 0; c < dh; ++c)
+            dot += double(on[c]) * vm[c];
+          const double w = -double(n - m) * decay * dot;
+          if (w == 0.0)
+            continue;
+          for (int64_t c = 0; c < dh; ++c)
+            rel[size_t(h * dh + c)] +=
+                w * (double(qn[dh + c]) * km[c] - double(qn[c]) * km[dh + c]);
+        }
+      }
+    }
+    double g2 = 0;
+    for (int64_t i = 0; i < D; ++i)
+      g2 += (rel[size_t(i)] - exact[i]) * (rel[size_t(i)] - exact[i]);
     double e2 = 0, r2 = 0, qs = 0, ks = 0;
     for (int64_t i = 0; i < D; ++i)
       e2 += double(rounded[i] - exact[i]) * (rounded[i] - exact[i]),
@@ -87,8 +114,10 @@ int main() {
     for (int64_t i = 0; i < D; ++i)
       qs += double(qside[i]) * qside[i], ks += double(kside[i]) * kside[i];
     std::printf("N=%5lld: dθ rel L2 error from bf16 dq', dk' %.3e; from bf16 inputs and f32 "
-                "dq', dk' %.3e; |dθ| %.3e, |q side| %.3e, |k side| %.3e\n",
-                (long long)N, std::sqrt(e2 / r2), std::sqrt(f2 / r2), std::sqrt(r2), std::sqrt(qs),
-                std::sqrt(ks));
+                "dq', dk' %.3e; the relative form from bf16 inputs %.3e; |dθ| %.3e, |q side| "
+                "%.3e, |k side| %.3e\n",
+                (long long)N, std::sqrt(e2 / r2), std::sqrt(f2 / r2), std::sqrt(g2 / r2),
+                std::sqrt(r2), std::sqrt(qs), std::sqrt(ks));
+    std::fflush(stdout);
   }
 }
