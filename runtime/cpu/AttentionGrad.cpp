@@ -139,6 +139,90 @@ void lrpeBackward(const LrpeOperand *ops, int nops, bool silu, int64_t B, int64_
 
 } // namespace
 
+void lrpeThetaGradRelative(const float *q, const float *k, const float *v, const float *dout,
+                           int64_t B, int64_t N, int64_t H, int64_t dh, int64_t dv, int64_t ldq,
+                           int64_t ldk, int64_t ldv, int64_t lddo, const float *slopes,
+                           int64_t block, float *dtheta) {
+  if (block <= 0)
+    throw Error("lrpeThetaGradRelative: block " + std::to_string(block) + " (must be > 0)");
+  for (int64_t h = 0; h < H; ++h)
+    if (!(slopes[h] >= 0.0f) || !std::isfinite(slopes[h]))
+      throw Error("lrpeThetaGradRelative: slope " + std::to_string(slopes[h]) + " of head " +
+                  std::to_string(h) + " (must be finite and >= 0)");
+  const int64_t dk = 2 * dh;
+  // Per (b, h) its sum, added in (b, h) order at the end (deterministic).
+  std::vector<double> perHead(size_t(B * H * dh), 0.0);
+  parallelFor(B * H, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<double> S(static_cast<size_t>(dv * dk)), T(S.size()), out(static_cast<size_t>(dk));
+    std::vector<double> lam(static_cast<size_t>(block + 1));
+    for (int64_t bh = i0; bh < i1; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      for (int64_t r = 0; r <= block; ++r)
+        lam[size_t(r)] = std::exp(-static_cast<double>(slopes[h]) * static_cast<double>(r));
+      std::fill(S.begin(), S.end(), 0.0);
+      std::fill(T.begin(), T.end(), 0.0);
+      double *local = perHead.data() + bh * dh;
+      auto qrow = [&](int64_t n) { return q + (b * N + n) * ldq + h * dk; };
+      auto krow = [&](int64_t n) { return k + (b * N + n) * ldk + h * dk; };
+      auto vrow = [&](int64_t n) { return v + (b * N + n) * ldv + h * dv; };
+      auto orow = [&](int64_t n) { return dout + (b * N + n) * lddo + h * dv; };
+      for (int64_t t0 = 0; t0 < N; t0 += block) {
+        const int64_t m = std::min(block, N - t0);
+        for (int64_t n = t0; n < t0 + m; ++n) {
+          const float *on = orow(n);
+          const int64_t r = n - t0 + 1;
+          // From before the block: dO_n · λ^r (T + r·S).
+          for (int64_t c = 0; c < dk; ++c) {
+            double s = 0;
+            for (int64_t e = 0; e < dv; ++e)
+              s += double(on[e]) * (T[size_t(e * dk + c)] + double(r) * S[size_t(e * dk + c)]);
+            out[size_t(c)] = lam[size_t(r)] * s;
+          }
+          // The block's own pairs (m' < n; m' = n has weight 0).
+          double decay = 1.0;
+          for (int64_t mm = n - 1; mm >= t0; --mm) {
+            decay *= lam[1];
+            double dot = 0;
+            const float *vm = vrow(mm), *km = krow(mm);
+            for (int64_t e = 0; e < dv; ++e)
+              dot += double(on[e]) * vm[e];
+            const double w = double(n - mm) * decay * dot;
+            for (int64_t c = 0; c < dk; ++c)
+              out[size_t(c)] += w * km[c];
+          }
+          const float *qn = qrow(n);
+          for (int64_t c = 0; c < dh; ++c)
+            local[c] -= double(qn[dh + c]) * out[size_t(c)] - double(qn[c]) * out[size_t(dh + c)];
+        }
+        // The states at the block's last token t1 = t0 + m − 1.
+        const double lm = lam[size_t(m)];
+        for (size_t i = 0; i < S.size(); ++i) {
+          T[i] = lm * (T[i] + double(m) * S[i]);
+          S[i] = lm * S[i];
+        }
+        for (int64_t mm = t0; mm < t0 + m; ++mm) {
+          const int64_t d = t0 + m - 1 - mm;
+          const double ls = lam[size_t(d)], lt = double(d) * ls;
+          const float *vm = vrow(mm), *km = krow(mm);
+          for (int64_t e = 0; e < dv; ++e)
+            for (int64_t c = 0; c < dk; ++c) {
+              const double x = double(vm[e]) * km[c];
+              S[size_t(e * dk + c)] += ls * x;
+              T[size_t(e * dk + c)] += lt * x;
+            }
+        }
+      }
+    }
+  });
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t c = 0; c < dh; ++c) {
+      double sum = 0.0;
+      for (int64_t b = 0; b < B; ++b)
+        sum += perHead[size_t((b * H + h) * dh + c)];
+      dtheta[h * dh + c] = static_cast<float>(dtheta[h * dh + c] + sum);
+    }
+}
+
 void lrpeGrad(const float *x, int64_t B, int64_t N, int64_t H, int64_t dh, int64_t ldx,
               const float *theta, int64_t offset, const float *dy, float *dx, int64_t lddx,
               float *dtheta) {

@@ -100,6 +100,24 @@ void lrpeGrad(const float *x, int64_t B, int64_t N, int64_t H, int64_t dh, int64
               const float *theta, int64_t offset, const float *dy, float *dx, int64_t lddx,
               float *dtheta);
 
+/// The LRPE θ gradient in the relative form (the reference for a well-conditioned GPU one,
+/// bench/lrpe_theta.cpp): with the rotated planes q' = [qc | qs], k' = [kc | ks] ([B, N, H, 2·dh],
+/// cpu::lrpe's layout, token stride ldq / ldk), v and dO ([B, N, H, dv], strides ldv / lddo) of
+/// o_n = Σ_{m<=n} λ^(n−m) (q'_n·k'_m) v_m,
+///   dθ_(h,c) += −Σ_{m<=n} (n − m) λ^(n−m) (dO_n·v_m) (qs_n,c kc_m,c − qc_n,c ks_m,c),
+/// which equals cpu::lrpeGrad's dθ over the q and k sides in exact arithmetic. That form sums
+/// absolute positions p on each side, and the two sides cancel (each ~86x |dθ| at 8192 tokens),
+/// so one bf16 rounding of its inputs is amplified about N-fold; here every weight (n − m) is a
+/// relative distance. By blocks of `block` tokens with two f64 states per head, S = Σ_{m<t}
+/// λ^(t−1−m) v_m k'_mᵀ and T = Σ_{m<t} (t−1−m) λ^(t−1−m) v_m k'_mᵀ: token n of the block that
+/// starts at t0 takes λ^r (T + r·S) from before it (r = n − t0 + 1) and the block's own pairs
+/// directly; at the block's end (m tokens) S ← λ^m S + ..., T ← λ^m (T + m·S) + ... (all weights
+/// non-negative). dθ [H·dh] is accumulated (one f32 rounding).
+void lrpeThetaGradRelative(const float *q, const float *k, const float *v, const float *dout,
+                           int64_t B, int64_t N, int64_t H, int64_t dh, int64_t dv, int64_t ldq,
+                           int64_t ldk, int64_t ldv, int64_t lddo, const float *slopes,
+                           int64_t block, float *dtheta);
+
 /// Backward of cpu::decayLinearAttentionRecurrent (S_0 = 0) by the reverse recurrence:
 ///   forward S_t = λ S_{t−1} + k_tᵀ v_t;  dq_t = do_t S_tᵀ
 ///   reverse dS_t = λ dS_{t+1} + q_tᵀ do_t;  dk_t = v_t dS_tᵀ;  dv_t = k_t dS_t
