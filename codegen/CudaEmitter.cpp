@@ -466,37 +466,37 @@ private:
     const int64_t held4 = vocab / 4, reg = std::min<int64_t>(6, (held4 + 1023) / 1024);
     const int64_t heldBytes = std::max<int64_t>(0, held4 - reg * 1024) * 16;
     const bool held = !disableHeldRows && vocab % 4 == 0 && held4 > 0 && heldBytes <= 200 * 1024;
-    if (grad && held) {
+    if (grad) {
       out.push_back(
           trainKernel(CudaLaunchKind::Single, "tnlm_loss_grad_scale", 1, "k = dloss / counted",
                       "const float *dloss, const double *invCount, double *k",
                       "tnlm::bw::loss_grad_scale(dloss, invCount, k)", "the gradient's factor"));
-      out.push_back(trainKernel(
-          CudaLaunchKind::PerRow,
-          llvm::formatv("tnlm_cross_entropy_grad_rows_held_v{0}_bf16", vocab).str(), 1024,
-          "row losses (f64) and dz = k (softmax - onehot) of f32 logits, bf16; at most one CTA "
-          "per SM, looping over the rows, each read once and held in registers and shared memory",
-          "const float *x, long long ldx, const int *labels, long long rows, int vocab, int "
-          "ignore, const double *k, bf16 *dx, long long lddx, double *rowLoss",
-          llvm::formatv("tnlm::bw::cross_entropy_grad_rows_held<1024, {0}, {1}, bf16>(x, ldx, "
-                        "labels, rows, vocab, ignore, k, dx, lddx, rowLoss)",
-                        reg, held4)
-              .str(),
-          note, heldBytes));
-    } else if (grad) {
-      out.push_back(
-          trainKernel(CudaLaunchKind::Single, "tnlm_loss_grad_scale", 1, "k = dloss / counted",
-                      "const float *dloss, const double *invCount, double *k",
-                      "tnlm::bw::loss_grad_scale(dloss, invCount, k)", "the gradient's factor"));
-      out.push_back(trainKernel(
-          CudaLaunchKind::PerRow, "tnlm_cross_entropy_grad_rows_bf16", 1024,
-          "row losses (f64) and dz = k (softmax - onehot) of f32 logits, bf16; at most one CTA "
-          "per SM, looping over the rows (the rows in flight stay in L2 for the second pass)",
-          "const float *x, long long ldx, const int *labels, long long rows, int vocab, int "
-          "ignore, const double *k, bf16 *dx, long long lddx, double *rowLoss",
-          "tnlm::bw::cross_entropy_grad_rows<1024, bf16>(x, ldx, labels, rows, vocab, ignore, "
-          "k, dx, lddx, rowLoss)",
-          note));
+      // Both take the rows loop's arguments (cuda::LmHeadLoss, CudaExecutor's unfused steps).
+      const char *params = "const float *x, long long ldx, const int *labels, long long rows, "
+                           "int vocab, int ignore, const double *k, bf16 *dx, long long lddx, "
+                           "double *rowLoss";
+      if (held)
+        out.push_back(trainKernel(
+            CudaLaunchKind::PerRow,
+            llvm::formatv("tnlm_cross_entropy_grad_rows_held_v{0}_bf16", vocab).str(), 1024,
+            "row losses (f64) and dz = k (softmax - onehot) of f32 logits, bf16; at most one CTA "
+            "per SM, looping over the rows, each read once and held in registers and shared "
+            "memory",
+            params,
+            llvm::formatv("tnlm::bw::cross_entropy_grad_rows_held<1024, {0}, {1}, bf16>(x, ldx, "
+                          "labels, rows, vocab, ignore, k, dx, lddx, rowLoss)",
+                          reg, held4)
+                .str(),
+            note, heldBytes));
+      else
+        out.push_back(trainKernel(
+            CudaLaunchKind::PerRow, "tnlm_cross_entropy_grad_rows_bf16", 1024,
+            "row losses (f64) and dz = k (softmax - onehot) of f32 logits, bf16; at most one CTA "
+            "per SM, looping over the rows (the rows in flight stay in L2 for the second pass)",
+            params,
+            "tnlm::bw::cross_entropy_grad_rows<1024, bf16>(x, ldx, labels, rows, vocab, ignore, "
+            "k, dx, lddx, rowLoss)",
+            note));
     } else {
       out.push_back(trainKernel(
           CudaLaunchKind::PerRow, "tnlm_cross_entropy_loss", 1024,

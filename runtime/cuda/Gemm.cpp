@@ -67,14 +67,7 @@ struct Gemm::Plan {
 Gemm::Gemm(const Context &context, size_t workspaceBytes)
     : context_(context), workspace_(workspaceBytes, "the cuBLASLt workspace") {
   tune_ = tuningFromEnvironment();
-  if (const char *v = std::getenv("TNLM_GEMM_TUNE_SPLITK"); v && *v) {
-    const std::string s(v);
-    if (s != "0" && s != "1")
-      throw Error("TNLM_GEMM_TUNE_SPLITK=" + s +
-                  ": expected 0 (the tuning skips candidates that split K, the default: each "
-                  "adds a reduction kernel to the step) or 1 (it times them too)");
-    tuneSplitK_ = s == "1";
-  }
+  tuneSplitK_ = splitKTuningFromEnvironment();
   if (const char *cache = std::getenv("TNLM_GEMM_TUNE_CACHE"))
     cachePath_ = cache;
   TNLM_CUBLASLT(cublasLtCreate, (&handle_), "creating the cuBLASLt handle");
@@ -194,6 +187,18 @@ void Gemm::saveTuneCache() {
                "gemm tune: %s: %s; the GEMM tuning cache (TNLM_GEMM_TUNE_CACHE) is not written "
                "in this run\n",
                cachePath_.c_str(), problem.c_str());
+}
+
+bool Gemm::splitKTuningFromEnvironment() {
+  const char *v = std::getenv("TNLM_GEMM_TUNE_SPLITK");
+  if (!v || !*v)
+    return false;
+  const std::string s(v);
+  if (s != "0" && s != "1")
+    throw Error("TNLM_GEMM_TUNE_SPLITK=" + s +
+                ": expected 0 (the tuning skips candidates that split K, the default: each "
+                "adds a reduction kernel to the step) or 1 (it times them too)");
+  return s == "1";
 }
 
 int Gemm::tuningFromEnvironment() {

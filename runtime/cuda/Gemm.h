@@ -98,6 +98,9 @@ public:
   /// TNLM_GEMM_TUNE's level (0 where unset or empty); throws tnlm::Error for another value
   /// than 0, 1 or 2. Needs no GPU.
   static int tuningFromEnvironment();
+  /// TNLM_GEMM_TUNE_SPLITK: whether the tuning times candidates that split K (false where
+  /// unset, empty or 0; true for 1); throws tnlm::Error for another value. Needs no GPU.
+  static bool splitKTuningFromEnvironment();
   int tuning() const { return tune_; }
   /// Plans whose candidates were timed, and of those the ones where another algorithm than
   /// the heuristic's first was faster.

@@ -110,6 +110,36 @@ TEST(CudaErrors, CublasLtErrorNamesCallAndContext) {
   checkCublasLt(CUBLAS_STATUS_SUCCESS, "cublasLtMatmul", "no error, no throw");
 }
 
+// TNLM_GEMM_TUNE_SPLITK: unset, empty or 0 skips split-K candidates, 1 times them, anything
+// else is refused naming the variable (no GPU needed).
+TEST(GemmTuning, TheSplitKVariableIsChecked) {
+  const char *saved = std::getenv("TNLM_GEMM_TUNE_SPLITK");
+  const std::string before = saved ? saved : "";
+  unsetenv("TNLM_GEMM_TUNE_SPLITK");
+  EXPECT_FALSE(Gemm::splitKTuningFromEnvironment());
+  setenv("TNLM_GEMM_TUNE_SPLITK", "", 1);
+  EXPECT_FALSE(Gemm::splitKTuningFromEnvironment());
+  setenv("TNLM_GEMM_TUNE_SPLITK", "0", 1);
+  EXPECT_FALSE(Gemm::splitKTuningFromEnvironment());
+  setenv("TNLM_GEMM_TUNE_SPLITK", "1", 1);
+  EXPECT_TRUE(Gemm::splitKTuningFromEnvironment());
+  for (const char *bad : {"yes", "2", "-1"}) {
+    setenv("TNLM_GEMM_TUNE_SPLITK", bad, 1);
+    try {
+      Gemm::splitKTuningFromEnvironment();
+      ADD_FAILURE() << bad << " was taken";
+    } catch (const Error &e) {
+      const std::string message = e.what();
+      EXPECT_EQ(message.rfind(std::string("TNLM_GEMM_TUNE_SPLITK=") + bad + ": expected 0 ", 0), 0u)
+          << message;
+    }
+  }
+  if (saved)
+    setenv("TNLM_GEMM_TUNE_SPLITK", before.c_str(), 1);
+  else
+    unsetenv("TNLM_GEMM_TUNE_SPLITK");
+}
+
 // TNLM_GEMM_TUNE: unset or empty is 0; 0, 1, 2 are taken; anything else is refused, naming
 // the variable and the values it takes (read before any GPU work, so no GPU is needed).
 TEST(GemmTuning, TheEnvironmentVariableIsChecked) {

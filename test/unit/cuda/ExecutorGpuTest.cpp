@@ -81,6 +81,20 @@ double msSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+/// ‖g − c‖₂ / ‖c‖₂ (‖g − c‖₂ where c is 0; infinite where g holds a non-finite value or the
+/// sizes differ); *norm = ‖c‖₂.
+double gradientRelL2(const std::vector<float> &g, const std::vector<float> &c, double *norm) {
+  double d2 = 0, r2 = 0;
+  bool finite = g.size() == c.size();
+  for (size_t j = 0; j < c.size() && j < g.size(); ++j) {
+    finite &= std::isfinite(g[j]);
+    d2 += double(g[j] - c[j]) * (g[j] - c[j]);
+    r2 += double(c[j]) * c[j];
+  }
+  *norm = std::sqrt(r2);
+  return !finite ? INFINITY : r2 > 0 ? std::sqrt(d2 / r2) : std::sqrt(d2);
+}
+
 /// The train calls' batch: ids in [0, V), every 7th label ignored (-100), the rest in [0, V).
 void trainBatch(int64_t V, std::vector<int32_t> &ids, std::vector<int32_t> &labels) {
   uint64_t x = 99;
@@ -175,20 +189,14 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
     for (unsigned i = 0; i < table.size(); ++i) {
       if (table.Get(i)->kind() != tnlm::schema::StateKind_Gradient)
         continue;
-      double d2 = 0, r2 = 0;
-      bool finite = true;
-      for (size_t j = 0; j < cs[i].size(); ++j) {
-        finite &= std::isfinite(gs[i][j]);
-        d2 += double(gs[i][j] - cs[i][j]) * (gs[i][j] - cs[i][j]);
-        r2 += double(cs[i][j]) * cs[i][j];
-      }
-      const double rel = !finite ? INFINITY : r2 > 0 ? std::sqrt(d2 / r2) : std::sqrt(d2);
+      double norm = 0;
+      const double rel = gradientRelL2(gs[i], cs[i], &norm);
       worst = std::max(worst, rel);
       const bool ok = rel <= bound;
       failures += !ok;
       if (each || !ok)
         std::printf("%s grad %-60s rel L2 %.3e (|%s| %.3e)\n", ok ? "ok  " : "FAIL",
-                    table.Get(i)->name()->str().c_str(), rel, what, std::sqrt(r2));
+                    table.Get(i)->name()->str().c_str(), rel, what, norm);
     }
     return worst;
   };
@@ -356,14 +364,8 @@ int trainShapesMain(const char *gpuPath, const char *cpuPath, const std::vector<
       if (table.Get(i)->kind() != tnlm::schema::StateKind_Gradient)
         continue;
       ++grads;
-      double d2 = 0, r2 = 0;
-      bool finite = gs[i].size() == cs[i].size();
-      for (size_t j = 0; j < cs[i].size() && j < gs[i].size(); ++j) {
-        finite &= std::isfinite(gs[i][j]);
-        d2 += double(gs[i][j] - cs[i][j]) * (gs[i][j] - cs[i][j]);
-        r2 += double(cs[i][j]) * cs[i][j];
-      }
-      const double rel = !finite ? INFINITY : r2 > 0 ? std::sqrt(d2 / r2) : std::sqrt(d2);
+      double norm = 0;
+      const double rel = gradientRelL2(gs[i], cs[i], &norm);
       if (rel > worst || worstName.empty())
         worst = rel, worstName = table.Get(i)->name()->str();
       if (!(rel <= 0.1)) {
