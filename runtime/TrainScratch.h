@@ -82,7 +82,7 @@ inline int64_t lmHeadChunkRows(int64_t maxRows, int64_t vocab, int64_t wholeByte
 /// fused lm head loss's chunk (lmHeadChunkRows · V · 6 bytes: f32 logits, bf16 gradients); the
 /// gated linear backward's bf16 products [rows, F]: da and db, and a and b where a step
 /// recomputes them (without the forward's); the LRPE dθ partials (f64 per position
-/// chunk and feature); the sum of squares' f64 chunks; 20 bytes per row (row losses, the
+/// chunk, or per batch row where there are more, and feature); the sum of squares' f64 chunks; 20 bytes per row (row losses, the
 /// embedding grouping), the plain layers' kept Lightning piece states (keptLaStatesOf each) and
 /// 4 KiB of scalars.
 inline TrainScratch trainScratch(int64_t maxRows, int64_t maxSeq, const TrainScratchNeeds &n) {
@@ -90,8 +90,12 @@ inline TrainScratch trainScratch(int64_t maxRows, int64_t maxSeq, const TrainScr
   const size_t rows = size_t(std::max<int64_t>(maxRows, 0));
   s.loss = rows * size_t(n.lossCols) * 2;
   s.gated = 2 * rows * size_t(n.gatedCols) * 2 + 2 * rows * size_t(n.gatedRecomputedCols) * 2;
-  s.dtheta =
-      size_t((maxSeq + kTrainPositionChunk - 1) / kTrainPositionChunk) * size_t(n.lrpeFeatures) * 8;
+  // The LRPE dθ partials: per position chunk (the absolute form, older artifacts) or per batch
+  // row (la_dtheta_relative), whichever is more.
+  const int64_t maxBatch = maxSeq > 0 ? maxRows / maxSeq : 0;
+  s.dtheta = size_t(std::max<int64_t>((maxSeq + kTrainPositionChunk - 1) / kTrainPositionChunk,
+                                      maxBatch)) *
+             size_t(n.lrpeFeatures) * 8;
   s.chunks = size_t(n.gradChunks);
   s.lmHeadChunkRows = lmHeadChunkRows(maxRows, n.lmHeadVocab, kGpuLmHeadWholeBytes);
   s.lmHead = size_t(s.lmHeadChunkRows) * size_t(std::max<int64_t>(n.lmHeadVocab, 0)) * 6;

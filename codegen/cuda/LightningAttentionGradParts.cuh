@@ -386,11 +386,206 @@ __device__ __forceinline__ void la_lrpe_grad(const bf16 *qkvu, long long ld, con
         if (SILU)
           silu_both(x, x, slope);
         dqkvu[row * lddqkvu + op * D + i] = out_of<TG>(SILU ? g * slope : g);
-        acc += static_cast<double>(p) * x *
-               (static_cast<double>(dys) * cs - static_cast<double>(dyc) * sn);
+        if (partial)
+          acc += static_cast<double>(p) * x *
+                 (static_cast<double>(dys) * cs - static_cast<double>(dyc) * sn);
       }
   }
-  partial[static_cast<long long>(chunk) * D + i] = acc;
+  if (partial)
+    partial[static_cast<long long>(chunk) * D + i] = acc;
+}
+
+// The LRPE θ gradient in the relative form (cpu::lrpeThetaGradRelative, the reference): with
+// q'_n = [qc | qs] = φ(q_n)·[cos | sin](nθ) and likewise k', the pair (n, m ≤ n) has the score
+// λ^(n−m) Σ_c (qc_n,c kc_m,c + qs_n,c ks_m,c) = λ^(n−m) Σ_c q_n,c k_m,c cos((n−m)θ_c), so
+//   dθ_c = −Σ_{m≤n} (n−m) λ^(n−m) (dO_n·v_m) (qs_n,c kc_m,c − qc_n,c ks_m,c):
+// every weight a distance, never an absolute position. The absolute form (la_lrpe_grad's
+// partials: a q side and a k side, each ~p times larger than their sum) amplifies the bf16
+// rounding of its inputs ~N-fold; this one does not (docs/gpu-training.md).
+// By blocks of C tokens with two fp32 states per (b, h): S = Σ_{m<t0} λ^(t0−1−m) v_m k'_mᵀ and
+// the position-weighted T = Σ_{m<t0} (t0−1−m) λ^(t0−1−m) v_m k'_mᵀ; token n = t0 + r − 1 of the
+// block takes dO_n·λ^r (T + r S) from before it, its block's pairs directly (fp32 C × C scores).
+// One CTA per (b·H + h, block of CB features): its state columns are the CB kc columns, then
+// the CB ks ones (2·CB = 32: lane = column). q: the cos part at q + row·ldq + h·qHead + c, the
+// sin part qSin further (the fast path's planes: qHead = dh, qSin = 2D; the reference path's
+// [cos | sin] per head: qHead = 2 dh, qSin = dh); k alike; v and dO at h·DV. partial[b·D + h·dh +
+// c] = the f64 sum over the (b, h) sequence (la_dtheta_sum adds the b in order).
+template <int DV, int CB, int C> struct DthetaRelative {
+  static constexpr int COLS = 2 * CB, LDB = DV + 2, LDW = C + 1;
+  // fp32 [S, T (DV × COLS), K', Q' (C × COLS), W (C × LDW), λ^0..C], then bf16 [dO, v (C × LDB)]
+  static constexpr int FLOATS = 2 * DV * COLS + 2 * C * COLS + C * LDW + C + 1;
+  static constexpr int SMEM = (FLOATS + 1) / 2 * 2 * 4 + 2 * C * LDB * 2;
+};
+
+template <int DV, int CB, int C, int BLOCK>
+__device__ __forceinline__ void
+la_dtheta_relative(const bf16 *q, long long ldq, long long qHead, long long qSin, const bf16 *k,
+                   long long ldk, long long kHead, long long kSin, const bf16 *v, long long ldv,
+                   const bf16 *dO, long long lddo, const float *slopes, int N, int H, int dh,
+                   double *partial) {
+  using P = DthetaRelative<DV, CB, C>;
+  static_assert(P::COLS == 32 && BLOCK % 32 == 0 && C % (BLOCK / 32) == 0, "lane = column");
+  static_assert(DV % (BLOCK / 32) == 0 && (DV / (BLOCK / 32)) % 2 == 0, "state rows per warp");
+  static_assert(BLOCK == 256 && C == 64 && DV % 2 == 0, "the score tile: 16 × 16 threads, 4 × 4");
+  constexpr int WARPS = BLOCK / 32, NPW = C / WARPS, JPW = DV / WARPS, COLS = P::COLS;
+  extern __shared__ __align__(16) unsigned char la_dtheta_smem[];
+  float *sS = reinterpret_cast<float *>(la_dtheta_smem), *sT = sS + DV * COLS;
+  float *sK = sT + DV * COLS, *sQ = sK + C * COLS, *sW = sQ + C * COLS, *lam = sW + C * P::LDW;
+  bf16 *sO = reinterpret_cast<bf16 *>(la_dtheta_smem + (P::FLOATS + 1) / 2 * 2 * 4);
+  bf16 *sV = sO + C * P::LDB;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int bh = blockIdx.x, b = bh / H, h = bh % H, c0 = blockIdx.y * CB;
+  const long long row0 = static_cast<long long>(b) * N;
+  const float slope = slopes[h];
+  for (int i = tid; i <= C; i += BLOCK)
+    lam[i] = expf(-slope * static_cast<float>(i));
+  // This thread's state entries (rows warp·JPW + jj, column lane), kept in registers.
+  float S[JPW], T[JPW];
+#pragma unroll
+  for (int jj = 0; jj < JPW; ++jj)
+    S[jj] = T[jj] = 0.0f;
+  for (int i = tid; i < DV * COLS; i += BLOCK)
+    sS[i] = sT[i] = 0.0f;
+  const int col = lane, fc = c0 + (col < CB ? col : col - CB);
+  // Column col of k' (kc of feature fc, then ks); of q the factor its score column takes in dθ:
+  // −qs for a kc column, +qc for a ks column.
+  const long long kcol = h * kHead + fc + (col < CB ? 0 : kSin);
+  const long long qcol = h * qHead + fc + (col < CB ? qSin : 0);
+  const float qsign = col < CB ? -1.0f : 1.0f;
+  double acc = 0.0;
+  __syncthreads();
+  for (int t0 = 0; t0 < N; t0 += C) {
+    const int len = min(C, N - t0);
+    // The block's dO, v (bf16 pairs), k' and q' columns; zeros past the sequence's end.
+    for (int i = tid; i < C * DV / 2; i += BLOCK) {
+      const int n = i / (DV / 2), j = 2 * (i % (DV / 2));
+      __nv_bfloat162 o = __float2bfloat162_rn(0.0f), x = o;
+      if (n < len) {
+        const long long r = row0 + t0 + n;
+        o = *reinterpret_cast<const __nv_bfloat162 *>(dO + r * lddo + h * DV + j);
+        x = *reinterpret_cast<const __nv_bfloat162 *>(v + r * ldv + h * DV + j);
+      }
+      *reinterpret_cast<__nv_bfloat162 *>(sO + n * P::LDB + j) = o;
+      *reinterpret_cast<__nv_bfloat162 *>(sV + n * P::LDB + j) = x;
+    }
+    for (int n = warp; n < C; n += WARPS) {
+      float kv = 0.0f, qv = 0.0f;
+      if (n < len) {
+        const long long r = row0 + t0 + n;
+        kv = __bfloat162float(k[r * ldk + kcol]);
+        qv = qsign * __bfloat162float(q[r * ldq + qcol]);
+      }
+      sK[n * COLS + col] = kv;
+      sQ[n * COLS + col] = qv;
+    }
+    __syncthreads();
+    // The block's weighted scores W_nm = (n − m) λ^(n−m) (dO_n·v_m), m < n (4 × 4 per thread:
+    // n = tn + 16a, m = tm + 16b).
+    {
+      const int tn = tid / 16, tm = tid % 16;
+      float a[4][4] = {};
+      for (int j = 0; j < DV; j += 2) {
+        float2 on[4], vm[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          on[i] = __bfloat1622float2(
+              *reinterpret_cast<const __nv_bfloat162 *>(sO + (tn + 16 * i) * P::LDB + j));
+          vm[i] = __bfloat1622float2(
+              *reinterpret_cast<const __nv_bfloat162 *>(sV + (tm + 16 * i) * P::LDB + j));
+        }
+#pragma unroll
+        for (int x = 0; x < 4; ++x)
+#pragma unroll
+          for (int y = 0; y < 4; ++y)
+            a[x][y] += on[x].x * vm[y].x + on[x].y * vm[y].y;
+      }
+#pragma unroll
+      for (int x = 0; x < 4; ++x)
+#pragma unroll
+        for (int y = 0; y < 4; ++y) {
+          const int n = tn + 16 * x, m = tm + 16 * y;
+          sW[n * P::LDW + m] = m < n ? static_cast<float>(n - m) * lam[n - m] * a[x][y] : 0.0f;
+        }
+    }
+    __syncthreads();
+    // Per token n = warp + WARPS·i of the block, column col: from before the block
+    // λ^r (dO_n·T + r dO_n·S), r = n + 1, plus Σ_{m<n} W_nm k'_m; then × its q factor.
+    {
+      float X[NPW], Y[NPW];
+#pragma unroll
+      for (int i = 0; i < NPW; ++i)
+        X[i] = Y[i] = 0.0f;
+      if (t0 > 0)
+        for (int j = 0; j < DV; j += 2) {
+          const float s0 = sS[j * COLS + col], s1 = sS[(j + 1) * COLS + col];
+          const float u0 = sT[j * COLS + col], u1 = sT[(j + 1) * COLS + col];
+#pragma unroll
+          for (int i = 0; i < NPW; ++i) {
+            const float2 o = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(
+                sO + (warp + WARPS * i) * P::LDB + j));
+            X[i] += o.x * u0 + o.y * u1;
+            Y[i] += o.x * s0 + o.y * s1;
+          }
+        }
+      float G[NPW];
+#pragma unroll
+      for (int i = 0; i < NPW; ++i) {
+        const int r = warp + WARPS * i + 1;
+        G[i] = lam[r] * (X[i] + static_cast<float>(r) * Y[i]);
+      }
+      for (int m = 0; m < C - 1; ++m) {
+        const float km = sK[m * COLS + col];
+#pragma unroll
+        for (int i = 0; i < NPW; ++i)
+          G[i] += sW[(warp + WARPS * i) * P::LDW + m] * km;
+      }
+      float blockSum = 0.0f;
+#pragma unroll
+      for (int i = 0; i < NPW; ++i)
+        blockSum += sQ[(warp + WARPS * i) * COLS + col] * G[i];
+      acc += static_cast<double>(blockSum);
+    }
+    __syncthreads();
+    // The states at the block's end: T ← λ^len (T + len S) + Σ_m d λ^d v_m k'_m,
+    // S ← λ^len S + Σ_m λ^d v_m k'_m, d = len − 1 − m.
+    {
+      const float ll = lam[len], fl = static_cast<float>(len);
+#pragma unroll
+      for (int jj = 0; jj < JPW; ++jj) {
+        T[jj] = ll * (T[jj] + fl * S[jj]);
+        S[jj] = ll * S[jj];
+      }
+      for (int m = 0; m < len; ++m) {
+        const int d = len - 1 - m;
+        const float ks = lam[d] * sK[m * COLS + col], kt = static_cast<float>(d) * ks;
+#pragma unroll
+        for (int jj = 0; jj < JPW; jj += 2) {
+          const float2 x = __bfloat1622float2(
+              *reinterpret_cast<const __nv_bfloat162 *>(sV + m * P::LDB + warp * JPW + jj));
+          S[jj] += x.x * ks;
+          T[jj] += x.x * kt;
+          S[jj + 1] += x.y * ks;
+          T[jj + 1] += x.y * kt;
+        }
+      }
+#pragma unroll
+      for (int jj = 0; jj < JPW; ++jj) {
+        sS[(warp * JPW + jj) * COLS + col] = S[jj];
+        sT[(warp * JPW + jj) * COLS + col] = T[jj];
+      }
+    }
+    __syncthreads();
+  }
+  // Feature c0 + c: its kc and ks columns' sums over the warps, in order.
+  double *red = reinterpret_cast<double *>(la_dtheta_smem);
+  red[tid] = acc;
+  __syncthreads();
+  if (tid < CB) {
+    double sum = 0.0;
+    for (int w = 0; w < WARPS; ++w)
+      sum += red[w * 32 + tid] + red[w * 32 + CB + tid];
+    partial[static_cast<long long>(b) * H * dh + h * dh + c0 + tid] = sum;
+  }
 }
 
 // dθ[i] = f32(dθ[i] + Σ_chunk partial[chunk · D + i]), the chunks in order. grid.x = ceil(D /

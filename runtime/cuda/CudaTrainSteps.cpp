@@ -667,6 +667,18 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
         launch("tnlm_la_silu_scale", R, 1, base, L, g, ldg, int(D));
       return true;
     }
+    // la_dtheta_relative's partials per (b, feature): q', k' at one stride, the cos part at q
+    // (k), the sin part qSin further, head stride qHead; v, dO at head stride dh.
+    auto dthetaRelative = [&](CUdeviceptr q, long long ldq, long long qHead, long long qSin,
+                              CUdeviceptr k, CUdeviceptr v, long long ldv, CUdeviceptr dO,
+                              long long lddo) {
+      if (dh % 16 || size_t(batch) * size_t(D) * 8 > dthetaBytes_)
+        throw Error(where + ": the relative dθ needs head dim a multiple of 16 and " +
+                    std::to_string(batch * D * 8) + " bytes of partials");
+      launch("tnlm_la_dtheta_relative", unsigned(batch * H), unsigned(dh / 16), q, ldq, qHead,
+             qSin, k, ldq, qHead, qSin, v, ldv, dO, lddo, f.slopes[index], int(seq), H, dh,
+             dthetaPartial_);
+    };
     const schema::Operand *ws = out.Get(out.size() - 1);
     const schema::Operand *dtheta = lrpe ? out.Get(1) : nullptr;
     const CUdeviceptr theta = lrpe ? ptr(in.Get(1)) : 0;
@@ -711,11 +723,18 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       launch("tnlm_la_add_rows_bf16", R, 1, g + 2 * D * 2, ldg, dv2, S, int(D));
       const int chunks = (N + kPositionChunk - 1) / kPositionChunk;
       const long long dkOff = 2 * D;
+      // dθ: in the relative form from the planes (q, k: cos plane, sin plane two planes on,
+      // head stride dh) where the artifact has it (tnlmc from 2026-12-03 on), else la_lrpe_grad's
+      // absolute-form partials.
+      const bool relative = launchesKernel(artifact_.root(), s, "tnlm_la_dtheta_relative");
       launch("tnlm_la_lrpe_grad", unsigned(chunks), unsigned((D + 255) / 256), base, ld(qkvu), dqp,
-             S, dkOff, theta, int(batch), N, offset, H, dh, g, ldg, dthetaPartial_);
+             S, dkOff, theta, int(batch), N, offset, H, dh, g, ldg,
+             relative ? CUdeviceptr(0) : dthetaPartial_);
+      if (relative)
+        dthetaRelative(qc, S, dh, 2 * D, kc, vp, S, dOp, S);
       context_->fillBytes(ptr(dtheta), 0, size_t(dtheta->rows()) * dtheta->cols() * 4, where);
-      launch("tnlm_la_dtheta_sum", unsigned((D + 255) / 256), 1, dthetaPartial_, chunks, int(D),
-             ptr(dtheta));
+      launch("tnlm_la_dtheta_sum", unsigned((D + 255) / 256), 1, dthetaPartial_,
+             relative ? int(batch) : chunks, int(D), ptr(dtheta));
       return true;
     }
     if (fast) {
@@ -763,11 +782,15 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       const int chunks = (N + kPositionChunk - 1) / kPositionChunk;
       const long long dkOff = H * dk;
       const int B = int(batch), offset = 0;
+      const bool relative = launchesKernel(artifact_.root(), s, "tnlm_la_dtheta_relative");
       launch("tnlm_la_lrpe_grad", unsigned(chunks), unsigned((D + 255) / 256), base, ld(qkvu), dq,
-             W2, dkOff, theta, B, N, offset, H, dh, g, ld(dqkvu), dthetaPartial_);
+             W2, dkOff, theta, B, N, offset, H, dh, g, ld(dqkvu),
+             relative ? CUdeviceptr(0) : dthetaPartial_);
+      if (relative) // q', k' per head [cos | sin] (head stride 2 dh), dO at the workspace's stride
+        dthetaRelative(qp, W2, 2 * dh, dh, kp, v, ld(qkvu), dO, W2);
       context_->fillBytes(ptr(dtheta), 0, size_t(dtheta->rows()) * dtheta->cols() * 4, where);
-      launch("tnlm_la_dtheta_sum", unsigned((D + 255) / 256), 1, dthetaPartial_, chunks, int(D),
-             ptr(dtheta));
+      launch("tnlm_la_dtheta_sum", unsigned((D + 255) / 256), 1, dthetaPartial_,
+             relative ? B : chunks, int(D), ptr(dtheta));
     } else if (silu) {
       launch("tnlm_la_silu_scale", R, 1, base, ld(qkvu), g, ld(dqkvu), int(D));
     }

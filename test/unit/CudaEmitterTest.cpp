@@ -278,6 +278,7 @@ void checkTrainProgram(bool reference) {
   std::vector<std::string> want = {"tnlm_loss_total",
                                    "tnlm_loss_mean",
                                    "tnlm_la_lrpe_grad_silu1",
+                                   "tnlm_la_dtheta_relative",
                                    "tnlm_la_dtheta_sum",
                                    "tnlm_embedding_grad_bf16",
                                    "tnlm_sum_squares_chunks",

@@ -32,7 +32,7 @@ TEST(Nvrtc, CompilesTheLightningBackward) {
       compileCuda(test::lightningFusedGradWrappers(), "la_fused_bwd.cu", options);
   for (const char *k :
        {"prologue_11", "prologue_10", "prologue_01", "fwd_128", "fwd_256", "bwd_128", "bwd_256",
-        "gate_norm", "lrpe_grad_0", "lrpe_grad_1", "dtheta_sum", "silu_scale"})
+        "gate_norm", "lrpe_grad_0", "lrpe_grad_1", "dtheta_sum", "silu_scale", "dtheta_relative"})
     EXPECT_NE(fused.image.find(k), std::string::npos) << k;
 }
 

@@ -15,6 +15,9 @@ namespace tnlm::cuda::test {
 // The fused backward's core block: 16 rows where dk = 256 (its fp32 state is 128 KiB), else 64.
 inline int fusedGradBlock(int dk) { return dk == 256 ? 16 : 64; }
 
+/// dtheta_relative's dynamic shared memory (as tnlmc's kLaDthetaSmem).
+constexpr int kDthetaRelativeSmem = 99336;
+
 /// la_bwd_simple_{bf16,float}: lightning_bwd_simple<128, 128, 64, 256>.
 inline std::string lightningBwdSimpleWrappers() {
 
@@ -32,7 +35,8 @@ inline std::string lightningBwdSimpleWrappers() {
 }
 
 /// The fused op's backward parts: prologue_<silu><lrpe>, fwd_<dk>, bwd_<dk>, gate_norm,
-/// lrpe_grad_<silu>, dtheta_sum, silu_scale.
+/// lrpe_grad_<silu>, dtheta_sum, silu_scale, dtheta_relative (its shared memory:
+/// la_bw::DthetaRelative<128, 16, 64>::SMEM = kDthetaRelativeSmem).
 inline std::string lightningFusedGradWrappers() {
 
   std::string s = "#include \"tnlm/LightningAttentionGradParts.cuh\"\nusing bf16 = "
@@ -78,7 +82,15 @@ inline std::string lightningFusedGradWrappers() {
        "chunks, int D, float *dtheta) {\n  la_dtheta_sum<256>(partial, chunks, D, dtheta);\n}\n"
        "extern \"C\" __global__ void __launch_bounds__(256) silu_scale(const bf16 *qkvu, long "
        "long ld, float *dqkvu, long long lddqkvu, int D) {\n"
-       "  la_silu_scale<256>(qkvu, ld, dqkvu, lddqkvu, D);\n}\n";
+       "  la_silu_scale<256>(qkvu, ld, dqkvu, lddqkvu, D);\n}\n"
+       "extern \"C\" __global__ void __launch_bounds__(256, 2) dtheta_relative(const bf16 *q, "
+       "long long ldq, long long qHead, long long qSin, const bf16 *k, long long ldk, long long "
+       "kHead, long long kSin, const bf16 *v, long long ldv, const bf16 *dO, long long lddo, "
+       "const float *slopes, int N, int H, int dh, double *partial) {\n"
+       "  la_dtheta_relative<128, 16, 64, 256>(q, ldq, qHead, qSin, k, ldk, kHead, kSin, v, ldv, "
+       "dO, lddo, slopes, N, H, dh, partial);\n}\n"
+       "static_assert(DthetaRelative<128, 16, 64>::SMEM == " +
+       std::to_string(kDthetaRelativeSmem) + ", \"dtheta_relative's shared memory\");\n";
   return s;
 }
 

@@ -31,6 +31,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <string>
@@ -119,6 +120,7 @@ void runCase(int N, bool silu, bool lrpe) {
   DeviceBuffer gDqk(size_t(rows * 2 * ldp) * 4, "dq', dk'");
   const int chunks = (N + 15) / 16;
   DeviceBuffer gPartial(size_t(chunks) * kD * 8, "dtheta partials");
+  std::vector<float> gotRelTheta(kD, 0.0f);
   const unsigned rowsU = unsigned(rows);
   const LaunchConfig perRow{{rowsU}, {256}, 0};
   const long long l = ld;
@@ -151,6 +153,19 @@ void runCase(int N, bool silu, bool lrpe) {
     const LaunchConfig s{{unsigned((kD + 255) / 256)}, {256}, 0};
     gpu().launchWith(module().kernel("dtheta_sum"), s, "dtheta_sum", gPartial.get(), chunks, kD,
                      gDtheta.get());
+    // dθ again in the relative form (la_dtheta_relative, the train step's), from the same q',
+    // k' (per head [cos | sin]), v and dO: the same bound against the CPU's.
+    DeviceBuffer gRel = test::upload(zeros.data(), kD * 4, "dtheta (relative)"),
+                 gRelPartial(size_t(kB) * kD * 8, "dtheta partials (relative)");
+    const LaunchConfig r{{unsigned(kB * kH), unsigned(kDh / 16)}, {256},
+                         unsigned(test::kDthetaRelativeSmem)};
+    gpu().launchWith(module().kernel("dtheta_relative"), r, "dtheta_relative", gQp.get(), ldp,
+                     (long long)(2 * kDh), (long long)kDh, gKp.get(), ldp, (long long)(2 * kDh),
+                     (long long)kDh, v, l, gDO.get(), ldD, gSlopes.get(), N, kH, kDh,
+                     gRelPartial.get());
+    gpu().launchWith(module().kernel("dtheta_sum"), s, "dtheta_sum", gRelPartial.get(), kB, kD,
+                     gRel.get());
+    gpu().copyToHost(gotRelTheta.data(), gRel.get(), kD * 4, "dtheta (relative)");
   } else if (silu) {
     gpu().launchWith(module().kernel("silu_scale"), perRow, "silu_scale", gQkvu.get(), l,
                      gOut.get(), l, kD);
@@ -191,13 +206,15 @@ void runCase(int N, bool silu, bool lrpe) {
                       name.c_str(), parts[part], worst, mx);
       }
   if (lrpe) {
-    double mx = 0, worst = 0;
+    double mx = 0, worst = 0, worstRel = 0;
     for (float t : wantTheta)
       mx = std::max(mx, double(std::fabs(t)));
     if (N == 1) { // position 0 only: every term has the factor p = 0
       EXPECT_EQ(mx, 0.0) << name;
-      for (int i = 0; i < kD; ++i)
+      for (int i = 0; i < kD; ++i) {
         EXPECT_EQ(gotTheta[i], 0.0f) << name << " dtheta[" << i << "]";
+        EXPECT_EQ(gotRelTheta[i], 0.0f) << name << " dtheta[" << i << "] (relative)";
+      }
       return;
     }
     ASSERT_GT(mx, 0.0) << name << ": the CPU's dθ is zero";
@@ -206,9 +223,14 @@ void runCase(int N, bool silu, bool lrpe) {
       EXPECT_LE(err, bound) << name << " dtheta[" << i << "]: gpu " << gotTheta[i] << ", cpu "
                             << wantTheta[i];
       worst = std::max(worst, err / bound);
+      const double rel = std::fabs(double(gotRelTheta[i]) - wantTheta[i]);
+      EXPECT_LE(rel, bound) << name << " dtheta[" << i << "] (relative): gpu " << gotRelTheta[i]
+                            << ", cpu " << wantTheta[i];
+      worstRel = std::max(worstRel, rel / bound);
     }
-    std::printf("  fused grad %-16s dθ: max |diff|/bound %.3f (max |cpu| %.3g)\n", name.c_str(),
-                worst, mx);
+    std::printf("  fused grad %-16s dθ: max |diff|/bound %.3f, relative form %.3f (max |cpu| "
+                "%.3g)\n",
+                name.c_str(), worst, worstRel, mx);
   }
 }
 
@@ -217,6 +239,107 @@ TEST(LightningFusedGrad, MatchesCpu) {
     for (int silu = 0; silu < 2; ++silu)
       for (int lrpe = 0; lrpe < 2; ++lrpe)
         runCase(N, silu != 0, lrpe != 0);
+}
+
+// la_dtheta_relative (the LRPE dθ of the train step, in the relative form) against
+// cpu::lrpeThetaGradRelative (f64 states, block 64) on the same bf16 q', k', v, dO (q', k' at
+// 0.5, v, dO at 1): B = 2, H = 3, dh = dv = 128, N = 1, 63, 64, 65, 300, 2048, 4096, in the fast
+// path's layout (bf16 planes [q cos, k cos, q sin, k sin, v, dO] of D columns, head stride dh)
+// and the reference path's (q', k' per head [cos | sin]): the two must agree bit for bit (the
+// same values, only the strides differ). Bound: ‖gpu − cpu‖₂ <= 2^-10·‖cpu‖₂ and elementwise
+// 2^-10·max|cpu|. The GPU differs from the CPU only in its fp32 states and sums (2^-24 relative
+// per operation, over at most N·C terms per sum: ~2^-12 at 4,096 in the worst case, far less
+// typically); a wrong decay power, weight, sign, state update or stride is O(1).
+TEST(LightningDthetaRelative, MatchesTheCpuReference) {
+  const float slopes[kH] = {0.5f, 0.0625f, 0.0078125f};
+  DeviceBuffer gSlopes = test::upload(slopes, sizeof slopes, "slopes");
+  for (int N : {1, 63, 64, 65, 300, 2048, 4096}) {
+    const int64_t rows = int64_t(kB) * N, dk = 2 * kDh, ldq = kH * dk;
+    const std::vector<uint16_t> q = test::randomBf16(size_t(rows * ldq), 21 + N, 0.5f),
+                                k = test::randomBf16(size_t(rows * ldq), 22 + N, 0.5f),
+                                v = test::randomBf16(size_t(rows * kD), 23 + N, 1.0f),
+                                dO = test::randomBf16(size_t(rows * kD), 24 + N, 1.0f);
+    auto floats = [](const std::vector<uint16_t> &x) {
+      std::vector<float> y(x.size());
+      for (size_t i = 0; i < x.size(); ++i)
+        y[i] = bf16ToF32(x[i]);
+      return y;
+    };
+    const std::vector<float> qF = floats(q), kF = floats(k), vF = floats(v), oF = floats(dO);
+    std::vector<float> want(kD, 0.0f);
+    cpu::lrpeThetaGradRelative(qF.data(), kF.data(), vF.data(), oF.data(), kB, N, kH, kDh, kDh,
+                               ldq, ldq, kD, kD, slopes, 64, want.data());
+    // The planes: [q c, k c, q s, k s, v, dO] at row stride 6D.
+    const int64_t S = 6 * kD;
+    std::vector<uint16_t> planes(size_t(rows * S));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int h = 0; h < kH; ++h)
+        for (int c = 0; c < kDh; ++c) {
+          uint16_t *p = planes.data() + r * S + h * kDh + c;
+          const int64_t x = r * ldq + h * dk + c;
+          p[0] = q[size_t(x)], p[2 * kD] = q[size_t(x + kDh)];
+          p[kD] = k[size_t(x)], p[3 * kD] = k[size_t(x + kDh)];
+          p[4 * kD] = v[size_t(r * kD + h * kDh + c)];
+          p[5 * kD] = dO[size_t(r * kD + h * kDh + c)];
+        }
+    DeviceBuffer gPlanes = test::upload(planes.data(), planes.size() * 2, "planes"),
+                 gQ = test::upload(q.data(), q.size() * 2, "q'"),
+                 gK = test::upload(k.data(), k.size() * 2, "k'"),
+                 gV = test::upload(v.data(), v.size() * 2, "v"),
+                 gO = test::upload(dO.data(), dO.size() * 2, "dO");
+    const std::vector<float> zeros(kD, 0.0f);
+    DeviceBuffer gPartial(size_t(kB) * kD * 8, "partials");
+    const LaunchConfig r{{unsigned(kB * kH), unsigned(kDh / 16)}, {256},
+                         unsigned(test::kDthetaRelativeSmem)};
+    const LaunchConfig sum{{unsigned((kD + 255) / 256)}, {256}, 0};
+    auto run = [&](bool planar) {
+      DeviceBuffer gTheta = test::upload(zeros.data(), kD * 4, "dtheta");
+      const CUdeviceptr P = gPlanes.get();
+      const long long ldP = S, ldQ = ldq, ldV = kD, dh2 = 2 * kDh, dh1 = kDh, twoD = 2 * kD;
+      if (planar)
+        gpu().launchWith(module().kernel("dtheta_relative"), r, "dtheta_relative", P, ldP, dh1,
+                         twoD, P + kD * 2, ldP, dh1, twoD, P + 4 * kD * 2, ldP, P + 5 * kD * 2,
+                         ldP, gSlopes.get(), N, kH, kDh, gPartial.get());
+      else
+        gpu().launchWith(module().kernel("dtheta_relative"), r, "dtheta_relative", gQ.get(), ldQ,
+                         dh2, dh1, gK.get(), ldQ, dh2, dh1, gV.get(), ldV, gO.get(), ldV,
+                         gSlopes.get(), N, kH, kDh, gPartial.get());
+      gpu().launchWith(module().kernel("dtheta_sum"), sum, "dtheta_sum", gPartial.get(), kB, kD,
+                       gTheta.get());
+      std::vector<float> got(kD);
+      gpu().copyToHost(got.data(), gTheta.get(), kD * 4, "dtheta");
+      return got;
+    };
+    const std::vector<float> planar = run(true), perHead = run(false);
+    double mx = 0, norm = 0, diff = 0, worst = 0;
+    for (int i = 0; i < kD; ++i)
+      mx = std::max(mx, double(std::fabs(want[i]))), norm += double(want[i]) * want[i];
+    for (int i = 0; i < kD; ++i) {
+      uint32_t a = 0, b = 0;
+      std::memcpy(&a, &planar[i], 4);
+      std::memcpy(&b, &perHead[i], 4);
+      EXPECT_EQ(a, b)
+          << "N=" << N << " dtheta[" << i << "]: planes " << planar[i] << ", per head "
+          << perHead[i];
+      const double e = std::fabs(double(planar[i]) - want[i]);
+      diff += e * e;
+      worst = std::max(worst, e);
+      if (N > 1) {
+        EXPECT_LE(e, std::ldexp(mx, -10))
+            << "N=" << N << " dtheta[" << i << "]: gpu " << planar[i] << ", cpu " << want[i];
+      }
+    }
+    if (N == 1) { // one token: no pair at a distance > 0
+      EXPECT_EQ(mx, 0.0);
+      EXPECT_EQ(worst, 0.0);
+      continue;
+    }
+    ASSERT_GT(mx, 0.0) << "N=" << N;
+    const double relL2 = std::sqrt(diff / norm);
+    EXPECT_LE(relL2, std::ldexp(1.0, -10)) << "N=" << N;
+    std::printf("  dθ relative N=%-5d rel L2 %.3g, max |diff| / max|cpu| %.3g\n", N, relL2,
+                worst / mx);
+  }
 }
 
 } // namespace
