@@ -66,8 +66,9 @@ constexpr int64_t kLaTile = kLaChunk * kLaHeadDim * 2;
 constexpr int64_t kLaSmemMain =
     3 * 4 * kLaTile + kLaHeadDim * kLaHeadDim * 2 + ((kLaChunk + 1) * 4 + 15) / 16 * 16 + 1024;
 constexpr int64_t kLaSmemState = 4 * kLaTile * 2 + 1024;
-// la_bw::DthetaRelative<128, 16, 64>::SMEM (asserted in the emitted kernel).
-constexpr int64_t kLaDthetaSmem = 99336;
+// la_bw::DthetaRelative<128, 16, 64>::SMEM and DthetaRelativeTc's (asserted in the emitted
+// kernels).
+constexpr int64_t kLaDthetaSmem = 99336, kLaDthetaTcSmem = 174464;
 // The decode kernel's tiling (rec::lightning_decode): 16 state columns per CTA, 256 threads.
 constexpr int64_t kDecodeCols = 16, kDecodeBlock = 256;
 // The decode GEMV (rec::gemv): batches up to 4, 8 warps per CTA.
@@ -936,19 +937,23 @@ private:
           llvm::formatv("grid (ceil(N / 16), ceil({0} / 256)); dtheta by la_dtheta_relative", d)
               .str()));
       // dθ in the relative form (every weight a distance; the absolute form's partials amplify
-      // the bf16 rounding of q', k', dO ~N-fold): one CTA per (b, h, 16 features), fp32 states.
+      // the bf16 rounding of q', k', dO ~N-fold): one CTA per (b, h, 16 features); on tensor
+      // cores in the fast path (la_dtheta_relative_tc), fp32 FMA loops in the reference one.
+      const std::string tc = fast ? "_tc" : "";
+      const int64_t dthetaSmem = fast ? kLaDthetaTcSmem : kLaDthetaSmem;
       out.push_back(trainKernel(
-          CudaLaunchKind::PerHead, "tnlm_la_dtheta_relative", 256,
+          CudaLaunchKind::PerHead, "tnlm_la_dtheta_relative" + tc, 256,
           "dtheta partials per (b, feature) = -sum_{m<=n} (n-m) lambda^(n-m) (dO_n.v_m) (qs_n kc_m "
           "- qc_n ks_m) (f64)",
           "const bf16 *q, long long ldq, long long qHead, long long qSin, const bf16 *k, long "
           "long ldk, long long kHead, long long kSin, const bf16 *v, long long ldv, const bf16 "
           "*dO, long long lddo, const float *slopes, int N, int H, int dh, double *partial",
-          "static_assert(tnlm::la_bw::DthetaRelative<128, 16, 64>::SMEM == " +
-              std::to_string(kLaDthetaSmem) +
-              ", \"tnlmc's shared memory\"); tnlm::la_bw::la_dtheta_relative<128, 16, 64, 256>(q, ldq, qHead, qSin, k, ldk, kHead, "
-          "kSin, v, ldv, dO, lddo, slopes, N, H, dh, partial)",
-          llvm::formatv("grid (B * {0}, {1} / 16)", heads, dh).str(), kLaDthetaSmem, 2));
+          "static_assert(tnlm::la_bw::DthetaRelative" + std::string(fast ? "Tc" : "") +
+              "<128, 16, 64>::SMEM == " + std::to_string(dthetaSmem) +
+              ", \"tnlmc's shared memory\"); tnlm::la_bw::la_dtheta_relative" + tc +
+              "<128, 16, 64, 256>(q, ldq, qHead, qSin, k, ldk, kHead, kSin, v, ldv, dO, lddo, "
+              "slopes, N, H, dh, partial)",
+          llvm::formatv("grid (B * {0}, {1} / 16)", heads, dh).str(), dthetaSmem, fast ? 1 : 2));
       out.push_back(trainKernel(CudaLaunchKind::PerChunk, "tnlm_la_dtheta_sum", 256,
                                 "dtheta += the partials, the batch rows in order",
                                 "const double *partial, int chunks, int D, float *dtheta",

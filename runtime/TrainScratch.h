@@ -82,9 +82,9 @@ inline int64_t lmHeadChunkRows(int64_t maxRows, int64_t vocab, int64_t wholeByte
 /// fused lm head loss's chunk (lmHeadChunkRows · V · 6 bytes: f32 logits, bf16 gradients); the
 /// gated linear backward's bf16 products [rows, F]: da and db, and a and b where a step
 /// recomputes them (without the forward's); the LRPE dθ partials (f64 per position
-/// chunk, or per batch row where there are more, and feature); the sum of squares' f64 chunks; 20 bytes per row (row losses, the
-/// embedding grouping), the plain layers' kept Lightning piece states (keptLaStatesOf each) and
-/// 4 KiB of scalars.
+/// chunk, or per batch row where there are more, and feature); the sum of squares' f64 chunks; 20
+/// bytes per row (row losses, the embedding grouping), the plain layers' kept Lightning piece
+/// states (keptLaStatesOf each) and 4 KiB of scalars.
 inline TrainScratch trainScratch(int64_t maxRows, int64_t maxSeq, const TrainScratchNeeds &n) {
   TrainScratch s;
   const size_t rows = size_t(std::max<int64_t>(maxRows, 0));

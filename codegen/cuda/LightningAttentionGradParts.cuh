@@ -20,6 +20,7 @@
 #include "tnlm/LightningAttentionBwdSimple.cuh"
 
 #include <cuda_bf16.h>
+#include <mma.h>
 
 namespace tnlm {
 namespace la_bw {
@@ -521,8 +522,8 @@ la_dtheta_relative(const bf16 *q, long long ldq, long long qHead, long long qSin
           const float u0 = sT[j * COLS + col], u1 = sT[(j + 1) * COLS + col];
 #pragma unroll
           for (int i = 0; i < NPW; ++i) {
-            const float2 o = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(
-                sO + (warp + WARPS * i) * P::LDB + j));
+            const float2 o = __bfloat1622float2(
+                *reinterpret_cast<const __nv_bfloat162 *>(sO + (warp + WARPS * i) * P::LDB + j));
             X[i] += o.x * u0 + o.y * u1;
             Y[i] += o.x * s0 + o.y * s1;
           }
@@ -578,6 +579,270 @@ la_dtheta_relative(const bf16 *q, long long ldq, long long qHead, long long qSin
   }
   // Feature c0 + c: its kc and ks columns' sums over the warps, in order.
   double *red = reinterpret_cast<double *>(la_dtheta_smem);
+  red[tid] = acc;
+  __syncthreads();
+  if (tid < CB) {
+    double sum = 0.0;
+    for (int w = 0; w < WARPS; ++w)
+      sum += red[w * 32 + tid] + red[w * 32 + CB + tid];
+    partial[static_cast<long long>(b) * H * dh + h * dh + c0 + tid] = sum;
+  }
+}
+
+// la_dtheta_relative on tensor cores (WMMA bf16 16 × 16 × 16, fp32 accumulators): the same
+// sums by blocks of C = 64 tokens, one CTA of 8 warps per (b·H + h, block of 16 features).
+// (16 warps, measured on the H200: no faster.)
+// Matrix products: the scores A = dO·vᵀ (bf16 operands, exact), X = dO·T, Y = dO·S (the states
+// fp32, split as bf16 hi + lo: 16 mantissa bits), Z = W·k' (W = (n−m) λ^(n−m) A, hi + lo), and
+// the state update S += vᵀ·(λ^d k'), T += vᵀ·(d λ^d k') (the weighted keys hi + lo) into the
+// fp32 states; the rest element-wise as la_dtheta_relative.
+template <int DV, int CB, int C> struct DthetaRelativeTc {
+  static constexpr int COLS = 2 * CB, LO = DV + 8, LK = COLS + 8, LA = C + 4, LW = C + 8,
+                       LF = COLS + 4, LS = COLS + 8;
+  static constexpr int align(int b) { return (b + 127) / 128 * 128; }
+  static constexpr int O_BYTES = align(C * LO * 2), K_BYTES = align(C * LK * 2),
+                       Q_BYTES = align(C * COLS * 4),
+                       R1_BYTES = align((C * LA > 3 * C * LF ? C * LA : 3 * C * LF) * 4),
+                       R2_BYTES = align((2 * C * LW > 4 * C * LK ? 2 * C * LW : 4 * C * LK) * 2),
+                       F_BYTES = align(DV * LF * 4), H_BYTES = align(DV * LS * 2),
+                       L_BYTES = align((C + 1) * 4);
+  static constexpr int SMEM =
+      2 * O_BYTES + K_BYTES + Q_BYTES + R1_BYTES + R2_BYTES + 2 * F_BYTES + 4 * H_BYTES + L_BYTES;
+};
+
+template <int DV, int CB, int C, int BLOCK>
+__device__ __forceinline__ void
+la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long qSin, const bf16 *k,
+                      long long ldk, long long kHead, long long kSin, const bf16 *v, long long ldv,
+                      const bf16 *dO, long long lddo, const float *slopes, int N, int H, int dh,
+                      double *partial) {
+  using namespace nvcuda;
+  using P = DthetaRelativeTc<DV, CB, C>;
+  constexpr int COLS = P::COLS, WARPS = BLOCK / 32;
+  static_assert(BLOCK == 256 && C == 64 && COLS == 32 && DV == 128, "the tile assignment");
+  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
+  using FragAc = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;
+  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
+  using FragBc = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
+  using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+  extern __shared__ __align__(128) unsigned char la_dtheta_tc_smem[];
+  unsigned char *base = la_dtheta_tc_smem;
+  bf16 *sO = reinterpret_cast<bf16 *>(base);
+  bf16 *sV = reinterpret_cast<bf16 *>(base += P::O_BYTES);
+  bf16 *sK = reinterpret_cast<bf16 *>(base += P::O_BYTES);
+  float *sQ = reinterpret_cast<float *>(base += P::K_BYTES);
+  float *r1 = reinterpret_cast<float *>(base += P::Q_BYTES); // A, then X, Y, Z
+  bf16 *r2 = reinterpret_cast<bf16 *>(base += P::R1_BYTES);  // W hi, lo; then the weighted keys
+  float *sSf = reinterpret_cast<float *>(base += P::R2_BYTES);
+  float *sTf = reinterpret_cast<float *>(base += P::F_BYTES);
+  bf16 *sSh = reinterpret_cast<bf16 *>(base += P::F_BYTES);
+  bf16 *sSl = reinterpret_cast<bf16 *>(base += P::H_BYTES);
+  bf16 *sTh = reinterpret_cast<bf16 *>(base += P::H_BYTES);
+  bf16 *sTl = reinterpret_cast<bf16 *>(base += P::H_BYTES);
+  float *lam = reinterpret_cast<float *>(base += P::H_BYTES);
+  float *sA = r1, *sX = r1, *sY = r1 + C * P::LF, *sZ = r1 + 2 * C * P::LF;
+  bf16 *sWh = r2, *sWl = r2 + C * P::LW;
+  bf16 *sKsh = r2, *sKsl = r2 + C * P::LK, *sKth = r2 + 2 * C * P::LK, *sKtl = r2 + 3 * C * P::LK;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int bh = blockIdx.x, b = bh / H, h = bh % H, c0 = blockIdx.y * CB;
+  const long long row0 = static_cast<long long>(b) * N;
+  const float slope = slopes[h];
+  for (int i = tid; i <= C; i += BLOCK)
+    lam[i] = expf(-slope * static_cast<float>(i));
+  for (int i = tid; i < DV * P::LF; i += BLOCK)
+    sSf[i] = sTf[i] = 0.0f;
+  for (int i = tid; i < DV * P::LS; i += BLOCK)
+    sSh[i] = sSl[i] = sTh[i] = sTl[i] = __float2bfloat16(0.0f);
+  // Column col of k' and q' (as la_dtheta_relative): kc then ks of feature c0 + col mod CB; of
+  // q the factor −qs (kc columns) or +qc (ks columns).
+  const int col = lane, fc = c0 + (col < CB ? col : col - CB);
+  const long long kcol = h * kHead + fc + (col < CB ? 0 : kSin);
+  const long long qcol = h * qHead + fc + (col < CB ? qSin : 0);
+  const float qsign = col < CB ? -1.0f : 1.0f;
+  double acc = 0.0;
+  // The next block's dO, v (bf16 pairs: element pair u of this thread at row (tid + BLOCK·u) /
+  // (DV / 2)), k' and signed q' columns (rows warp + WARPS·u), fetched into registers while the
+  // current block is worked on; zeros past the sequence's end.
+  constexpr int PAIRS = C * DV / 2 / BLOCK, ROWS = C / WARPS;
+  __nv_bfloat162 po[PAIRS], pv[PAIRS];
+  bf16 pk[ROWS];
+  float pq[ROWS];
+  auto fetch = [&](int start) {
+    const int count = min(C, N - start);
+#pragma unroll
+    for (int u = 0; u < PAIRS; ++u) {
+      const int i = tid + BLOCK * u, n = i / (DV / 2), j = 2 * (i % (DV / 2));
+      po[u] = pv[u] = __float2bfloat162_rn(0.0f);
+      if (n < count) {
+        const long long r = row0 + start + n;
+        po[u] = *reinterpret_cast<const __nv_bfloat162 *>(dO + r * lddo + h * DV + j);
+        pv[u] = *reinterpret_cast<const __nv_bfloat162 *>(v + r * ldv + h * DV + j);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < ROWS; ++u) {
+      const int n = warp + WARPS * u;
+      pk[u] = __float2bfloat16(0.0f);
+      pq[u] = 0.0f;
+      if (n < count) {
+        const long long r = row0 + start + n;
+        pk[u] = k[r * ldk + kcol];
+        pq[u] = qsign * __bfloat162float(q[r * ldq + qcol]);
+      }
+    }
+  };
+  if (N > 0)
+    fetch(0);
+  __syncthreads();
+  for (int t0 = 0; t0 < N; t0 += C) {
+    const int len = min(C, N - t0);
+    // 1. The block's fetched dO, v, k' (bf16) and q' factors (fp32) into shared memory.
+#pragma unroll
+    for (int u = 0; u < PAIRS; ++u) {
+      const int i = tid + BLOCK * u, n = i / (DV / 2), j = 2 * (i % (DV / 2));
+      *reinterpret_cast<__nv_bfloat162 *>(sO + n * P::LO + j) = po[u];
+      *reinterpret_cast<__nv_bfloat162 *>(sV + n * P::LO + j) = pv[u];
+    }
+#pragma unroll
+    for (int u = 0; u < ROWS; ++u) {
+      const int n = warp + WARPS * u;
+      sK[n * P::LK + col] = pk[u];
+      sQ[n * COLS + col] = pq[u];
+    }
+    __syncthreads();
+    if (t0 + C < N)
+      fetch(t0 + C); // in flight during steps 2-7
+    // 2. The scores A = dO·vᵀ, the tiles on and below the diagonal (m-tile ≤ n-tile).
+    for (int t = warp; t < 16; t += WARPS) {
+      const int tn = t / 4, tm = t % 4;
+      if (tm > tn)
+        continue;
+      Acc a;
+      wmma::fill_fragment(a, 0.0f);
+      for (int kk = 0; kk < DV; kk += 16) {
+        FragA fa;
+        FragBc fb;
+        wmma::load_matrix_sync(fa, sO + 16 * tn * P::LO + kk, P::LO);
+        wmma::load_matrix_sync(fb, sV + 16 * tm * P::LO + kk, P::LO);
+        wmma::mma_sync(a, fa, fb, a);
+      }
+      wmma::store_matrix_sync(sA + 16 * tn * P::LA + 16 * tm, a, P::LA, wmma::mem_row_major);
+    }
+    __syncthreads();
+    // 3. W_nm = (n − m) λ^(n−m) A_nm (m < n, else 0) as bf16 hi + lo.
+    for (int i = tid; i < C * C; i += BLOCK) {
+      const int n = i / C, m = i % C;
+      const float w = m < n ? static_cast<float>(n - m) * lam[n - m] * sA[n * P::LA + m] : 0.0f;
+      const bf16 hi = __float2bfloat16(w);
+      sWh[n * P::LW + m] = hi;
+      sWl[n * P::LW + m] = __float2bfloat16(w - __bfloat162float(hi));
+    }
+    __syncthreads();
+    // 4. X = dO·T, Y = dO·S (before the block), Z = W·k': tile (tn = warp / 2, tc = warp % 2).
+    {
+      const int tn = warp / 2, tc = warp % 2;
+      Acc x, y, z;
+      wmma::fill_fragment(x, 0.0f);
+      wmma::fill_fragment(y, 0.0f);
+      wmma::fill_fragment(z, 0.0f);
+      if (t0 > 0)
+        for (int kk = 0; kk < DV; kk += 16) {
+          FragA fa;
+          FragB fb;
+          wmma::load_matrix_sync(fa, sO + 16 * tn * P::LO + kk, P::LO);
+          wmma::load_matrix_sync(fb, sTh + kk * P::LS + 16 * tc, P::LS);
+          wmma::mma_sync(x, fa, fb, x);
+          wmma::load_matrix_sync(fb, sTl + kk * P::LS + 16 * tc, P::LS);
+          wmma::mma_sync(x, fa, fb, x);
+          wmma::load_matrix_sync(fb, sSh + kk * P::LS + 16 * tc, P::LS);
+          wmma::mma_sync(y, fa, fb, y);
+          wmma::load_matrix_sync(fb, sSl + kk * P::LS + 16 * tc, P::LS);
+          wmma::mma_sync(y, fa, fb, y);
+        }
+      for (int kk = 0; kk <= 16 * tn; kk += 16) { // W is zero right of the diagonal tile
+        FragA fa;
+        FragB fb;
+        wmma::load_matrix_sync(fb, sK + kk * P::LK + 16 * tc, P::LK);
+        wmma::load_matrix_sync(fa, sWh + 16 * tn * P::LW + kk, P::LW);
+        wmma::mma_sync(z, fa, fb, z);
+        wmma::load_matrix_sync(fa, sWl + 16 * tn * P::LW + kk, P::LW);
+        wmma::mma_sync(z, fa, fb, z);
+      }
+      // (A, in r1, was last read in step 3.)
+      wmma::store_matrix_sync(sX + 16 * tn * P::LF + 16 * tc, x, P::LF, wmma::mem_row_major);
+      wmma::store_matrix_sync(sY + 16 * tn * P::LF + 16 * tc, y, P::LF, wmma::mem_row_major);
+      wmma::store_matrix_sync(sZ + 16 * tn * P::LF + 16 * tc, z, P::LF, wmma::mem_row_major);
+    }
+    __syncthreads();
+    // 5. Token n (warp + 8i), column col: G = λ^r (X + r Y) + Z, r = n + 1, times its q factor.
+    //    The weighted keys λ^d k', d λ^d k' (d = len − 1 − m) as bf16 hi + lo (W is read).
+    {
+      float blockSum = 0.0f;
+      for (int n = warp; n < C; n += WARPS) {
+        const float r = static_cast<float>(n + 1);
+        const float g =
+            lam[n + 1] * (sX[n * P::LF + col] + r * sY[n * P::LF + col]) + sZ[n * P::LF + col];
+        blockSum += sQ[n * COLS + col] * g;
+      }
+      acc += static_cast<double>(blockSum);
+      for (int m = warp; m < C; m += WARPS) {
+        float ks = 0.0f, kt = 0.0f;
+        if (m < len) {
+          const int d = len - 1 - m;
+          ks = lam[d] * __bfloat162float(sK[m * P::LK + col]);
+          kt = static_cast<float>(d) * ks;
+        }
+        const bf16 sh = __float2bfloat16(ks), th = __float2bfloat16(kt);
+        sKsh[m * P::LK + col] = sh;
+        sKsl[m * P::LK + col] = __float2bfloat16(ks - __bfloat162float(sh));
+        sKth[m * P::LK + col] = th;
+        sKtl[m * P::LK + col] = __float2bfloat16(kt - __bfloat162float(th));
+      }
+      const float ll = lam[len], fl = static_cast<float>(len);
+      for (int i = tid; i < DV * COLS; i += BLOCK) {
+        const int j = i / COLS, c = i % COLS;
+        const float sv = sSf[j * P::LF + c];
+        sTf[j * P::LF + c] = ll * (sTf[j * P::LF + c] + fl * sv);
+        sSf[j * P::LF + c] = ll * sv;
+      }
+    }
+    __syncthreads();
+    // 6. S += vᵀ·(λ^d k'), T += vᵀ·(d λ^d k'): warp w the state rows 16w.., both column tiles.
+    for (int tc = 0; tc < 2; ++tc) {
+      Acc sa, ta;
+      wmma::load_matrix_sync(sa, sSf + 16 * warp * P::LF + 16 * tc, P::LF, wmma::mem_row_major);
+      wmma::load_matrix_sync(ta, sTf + 16 * warp * P::LF + 16 * tc, P::LF, wmma::mem_row_major);
+      for (int kk = 0; kk < C; kk += 16) {
+        FragAc fa; // vᵀ: element (j, m) = v[m][j]
+        FragB fb;
+        wmma::load_matrix_sync(fa, sV + kk * P::LO + 16 * warp, P::LO);
+        wmma::load_matrix_sync(fb, sKsh + kk * P::LK + 16 * tc, P::LK);
+        wmma::mma_sync(sa, fa, fb, sa);
+        wmma::load_matrix_sync(fb, sKsl + kk * P::LK + 16 * tc, P::LK);
+        wmma::mma_sync(sa, fa, fb, sa);
+        wmma::load_matrix_sync(fb, sKth + kk * P::LK + 16 * tc, P::LK);
+        wmma::mma_sync(ta, fa, fb, ta);
+        wmma::load_matrix_sync(fb, sKtl + kk * P::LK + 16 * tc, P::LK);
+        wmma::mma_sync(ta, fa, fb, ta);
+      }
+      wmma::store_matrix_sync(sSf + 16 * warp * P::LF + 16 * tc, sa, P::LF, wmma::mem_row_major);
+      wmma::store_matrix_sync(sTf + 16 * warp * P::LF + 16 * tc, ta, P::LF, wmma::mem_row_major);
+    }
+    __syncthreads();
+    // 7. The states' bf16 hi + lo for the next block's X, Y.
+    for (int i = tid; i < DV * COLS; i += BLOCK) {
+      const int j = i / COLS, c = i % COLS;
+      const float sv = sSf[j * P::LF + c], tv = sTf[j * P::LF + c];
+      const bf16 sh = __float2bfloat16(sv), th = __float2bfloat16(tv);
+      sSh[j * P::LS + c] = sh;
+      sSl[j * P::LS + c] = __float2bfloat16(sv - __bfloat162float(sh));
+      sTh[j * P::LS + c] = th;
+      sTl[j * P::LS + c] = __float2bfloat16(tv - __bfloat162float(th));
+    }
+    __syncthreads();
+  }
+  double *red = reinterpret_cast<double *>(r1);
   red[tid] = acc;
   __syncthreads();
   if (tid < CB) {

@@ -675,8 +675,8 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       if (dh % 16 || size_t(batch) * size_t(D) * 8 > dthetaBytes_)
         throw Error(where + ": the relative dθ needs head dim a multiple of 16 and " +
                     std::to_string(batch * D * 8) + " bytes of partials");
-      launch("tnlm_la_dtheta_relative", unsigned(batch * H), unsigned(dh / 16), q, ldq, qHead,
-             qSin, k, ldq, qHead, qSin, v, ldv, dO, lddo, f.slopes[index], int(seq), H, dh,
+      launch("tnlm_la_dtheta_relative", unsigned(batch * H), unsigned(dh / 16), q, ldq, qHead, qSin,
+             k, ldq, qHead, qSin, v, ldv, dO, lddo, f.slopes[index], int(seq), H, dh,
              dthetaPartial_);
     };
     const schema::Operand *ws = out.Get(out.size() - 1);

@@ -272,30 +272,28 @@ void checkTrainProgram(bool reference) {
   // The cross entropy's gradient rows held on chip (#SMs CTAs, a rows loop, each row read
   // once), named by the vocabulary.
   EXPECT_TRUE(std::any_of(names.begin(), names.end(), [](const std::string &n) {
-    return n.rfind("tnlm_cross_entropy_grad_rows_held_v", 0) == 0 &&
-           n.size() > 5 && n.compare(n.size() - 5, 5, "_bf16") == 0;
+    return n.rfind("tnlm_cross_entropy_grad_rows_held_v", 0) == 0 && n.size() > 5 &&
+           n.compare(n.size() - 5, 5, "_bf16") == 0;
   })) << "no held cross entropy rows kernel";
-  std::vector<std::string> want = {"tnlm_loss_total",
-                                   "tnlm_loss_mean",
-                                   "tnlm_la_lrpe_grad_silu1",
-                                   "tnlm_la_dtheta_relative",
-                                   "tnlm_la_dtheta_sum",
-                                   "tnlm_embedding_grad_bf16",
-                                   "tnlm_sum_squares_chunks",
-                                   "tnlm_sum_squares_total",
-                                   "tnlm_lr_schedule",
-                                   "tnlm_clip_scale",
-                                   "tnlm_fused_adamw_bf16", // (writes the bf16 copies itself)
-                                   "tnlm_step_increment"};
+  std::vector<std::string> want = {
+      "tnlm_loss_total",        "tnlm_loss_mean",           "tnlm_la_lrpe_grad_silu1",
+      "tnlm_la_dtheta_sum",     "tnlm_embedding_grad_bf16", "tnlm_sum_squares_chunks",
+      "tnlm_sum_squares_total", "tnlm_lr_schedule",         "tnlm_clip_scale",
+      "tnlm_fused_adamw_bf16", // (writes the bf16 copies itself)
+      "tnlm_step_increment"};
   // The fast Lightning backward (the LRPE layer's pack, the Hopper forward; the plain layer
   // reads its forward's workspace, so no pack) or the reference cores.
   const std::vector<std::string> fast = {
       "tnlm_la_grad_pack_lrpe_silu1", "tnlm_la_gate_norm_grad_o16", "tnlm_la_gate_norm_grad2_o16",
-      "tnlm_la_add_rows_bf16",        "tnlm_la_sm90_main_d128",     "tnlm_la_silu_scale"};
-  const std::vector<std::string> slow = {
-      "tnlm_la_grad_prologue_silu1_lrpe1", "tnlm_la_fwd_simple_dk256",
-      "tnlm_la_fwd_simple_dk128",          "tnlm_la_gate_norm_grad",
-      "tnlm_la_bwd_simple_dk256_bf16",     "tnlm_la_bwd_simple_dk128_bf16"};
+      "tnlm_la_add_rows_bf16",        "tnlm_la_sm90_main_d128",     "tnlm_la_silu_scale",
+      "tnlm_la_dtheta_relative_tc"};
+  const std::vector<std::string> slow = {"tnlm_la_grad_prologue_silu1_lrpe1",
+                                         "tnlm_la_fwd_simple_dk256",
+                                         "tnlm_la_fwd_simple_dk128",
+                                         "tnlm_la_gate_norm_grad",
+                                         "tnlm_la_bwd_simple_dk256_bf16",
+                                         "tnlm_la_bwd_simple_dk128_bf16",
+                                         "tnlm_la_dtheta_relative"};
   want.insert(want.end(), reference ? slow.begin() : fast.begin(),
               reference ? slow.end() : fast.end());
   for (const std::string &k : want)

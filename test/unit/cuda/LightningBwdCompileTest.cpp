@@ -30,9 +30,9 @@ TEST(Nvrtc, CompilesTheLightningBackward) {
     EXPECT_NE(simple.image.find(k), std::string::npos) << k;
   const CompiledKernels fused =
       compileCuda(test::lightningFusedGradWrappers(), "la_fused_bwd.cu", options);
-  for (const char *k :
-       {"prologue_11", "prologue_10", "prologue_01", "fwd_128", "fwd_256", "bwd_128", "bwd_256",
-        "gate_norm", "lrpe_grad_0", "lrpe_grad_1", "dtheta_sum", "silu_scale", "dtheta_relative"})
+  for (const char *k : {"prologue_11", "prologue_10", "prologue_01", "fwd_128", "fwd_256",
+                        "bwd_128", "bwd_256", "gate_norm", "lrpe_grad_0", "lrpe_grad_1",
+                        "dtheta_sum", "silu_scale", "dtheta_relative", "dtheta_relative_tc"})
     EXPECT_NE(fused.image.find(k), std::string::npos) << k;
 }
 

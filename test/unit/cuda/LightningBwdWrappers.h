@@ -15,8 +15,9 @@ namespace tnlm::cuda::test {
 // The fused backward's core block: 16 rows where dk = 256 (its fp32 state is 128 KiB), else 64.
 inline int fusedGradBlock(int dk) { return dk == 256 ? 16 : 64; }
 
-/// dtheta_relative's dynamic shared memory (as tnlmc's kLaDthetaSmem).
-constexpr int kDthetaRelativeSmem = 99336;
+/// dtheta_relative's and dtheta_relative_tc's dynamic shared memory (as tnlmc's kLaDthetaSmem,
+/// kLaDthetaTcSmem).
+constexpr int kDthetaRelativeSmem = 99336, kDthetaRelativeTcSmem = 174464;
 
 /// la_bwd_simple_{bf16,float}: lightning_bwd_simple<128, 128, 64, 256>.
 inline std::string lightningBwdSimpleWrappers() {
@@ -35,8 +36,7 @@ inline std::string lightningBwdSimpleWrappers() {
 }
 
 /// The fused op's backward parts: prologue_<silu><lrpe>, fwd_<dk>, bwd_<dk>, gate_norm,
-/// lrpe_grad_<silu>, dtheta_sum, silu_scale, dtheta_relative (its shared memory:
-/// la_bw::DthetaRelative<128, 16, 64>::SMEM = kDthetaRelativeSmem).
+/// lrpe_grad_<silu>, dtheta_sum, silu_scale, dtheta_relative, dtheta_relative_tc.
 inline std::string lightningFusedGradWrappers() {
 
   std::string s = "#include \"tnlm/LightningAttentionGradParts.cuh\"\nusing bf16 = "
@@ -90,7 +90,16 @@ inline std::string lightningFusedGradWrappers() {
        "  la_dtheta_relative<128, 16, 64, 256>(q, ldq, qHead, qSin, k, ldk, kHead, kSin, v, ldv, "
        "dO, lddo, slopes, N, H, dh, partial);\n}\n"
        "static_assert(DthetaRelative<128, 16, 64>::SMEM == " +
-       std::to_string(kDthetaRelativeSmem) + ", \"dtheta_relative's shared memory\");\n";
+       std::to_string(kDthetaRelativeSmem) +
+       ", \"dtheta_relative's shared memory\");\n"
+       "extern \"C\" __global__ void __launch_bounds__(256, 1) dtheta_relative_tc(const bf16 "
+       "*q, long long ldq, long long qHead, long long qSin, const bf16 *k, long long ldk, long "
+       "long kHead, long long kSin, const bf16 *v, long long ldv, const bf16 *dO, long long "
+       "lddo, const float *slopes, int N, int H, int dh, double *partial) {\n"
+       "  la_dtheta_relative_tc<128, 16, 64, 256>(q, ldq, qHead, qSin, k, ldk, kHead, kSin, v, "
+       "ldv, dO, lddo, slopes, N, H, dh, partial);\n}\n"
+       "static_assert(DthetaRelativeTc<128, 16, 64>::SMEM == " +
+       std::to_string(kDthetaRelativeTcSmem) + ", \"dtheta_relative_tc's shared memory\");\n";
   return s;
 }
 

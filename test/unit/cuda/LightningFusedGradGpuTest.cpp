@@ -157,8 +157,8 @@ void runCase(int N, bool silu, bool lrpe) {
     // k' (per head [cos | sin]), v and dO: the same bound against the CPU's.
     DeviceBuffer gRel = test::upload(zeros.data(), kD * 4, "dtheta (relative)"),
                  gRelPartial(size_t(kB) * kD * 8, "dtheta partials (relative)");
-    const LaunchConfig r{{unsigned(kB * kH), unsigned(kDh / 16)}, {256},
-                         unsigned(test::kDthetaRelativeSmem)};
+    const LaunchConfig r{
+        {unsigned(kB * kH), unsigned(kDh / 16)}, {256}, unsigned(test::kDthetaRelativeSmem)};
     gpu().launchWith(module().kernel("dtheta_relative"), r, "dtheta_relative", gQp.get(), ldp,
                      (long long)(2 * kDh), (long long)kDh, gKp.get(), ldp, (long long)(2 * kDh),
                      (long long)kDh, v, l, gDO.get(), ldD, gSlopes.get(), N, kH, kDh,
@@ -241,7 +241,8 @@ TEST(LightningFusedGrad, MatchesCpu) {
         runCase(N, silu != 0, lrpe != 0);
 }
 
-// la_dtheta_relative (the LRPE dθ of the train step, in the relative form) against
+// la_dtheta_relative and la_dtheta_relative_tc (the LRPE dθ of the train step in the relative
+// form: fp32 FMA loops, the reference path's; tensor cores, the fast path's) against
 // cpu::lrpeThetaGradRelative (f64 states, block 64) on the same bf16 q', k', v, dO (q', k' at
 // 0.5, v, dO at 1): B = 2, H = 3, dh = dv = 128, N = 1, 63, 64, 65, 300, 2048, 4096, in the fast
 // path's layout (bf16 planes [q cos, k cos, q sin, k sin, v, dO] of D columns, head stride dh)
@@ -249,7 +250,8 @@ TEST(LightningFusedGrad, MatchesCpu) {
 // same values, only the strides differ). Bound: ‖gpu − cpu‖₂ <= 2^-10·‖cpu‖₂ and elementwise
 // 2^-10·max|cpu|. The GPU differs from the CPU only in its fp32 states and sums (2^-24 relative
 // per operation, over at most N·C terms per sum: ~2^-12 at 4,096 in the worst case, far less
-// typically); a wrong decay power, weight, sign, state update or stride is O(1).
+// typically) and, on tensor cores, in the fp32 operands split as bf16 hi + lo (2^-17 relative
+// each); a wrong decay power, weight, sign, state update or stride is O(1).
 TEST(LightningDthetaRelative, MatchesTheCpuReference) {
   const float slopes[kH] = {0.5f, 0.0625f, 0.0078125f};
   DeviceBuffer gSlopes = test::upload(slopes, sizeof slopes, "slopes");
@@ -267,8 +269,8 @@ TEST(LightningDthetaRelative, MatchesTheCpuReference) {
     };
     const std::vector<float> qF = floats(q), kF = floats(k), vF = floats(v), oF = floats(dO);
     std::vector<float> want(kD, 0.0f);
-    cpu::lrpeThetaGradRelative(qF.data(), kF.data(), vF.data(), oF.data(), kB, N, kH, kDh, kDh,
-                               ldq, ldq, kD, kD, slopes, 64, want.data());
+    cpu::lrpeThetaGradRelative(qF.data(), kF.data(), vF.data(), oF.data(), kB, N, kH, kDh, kDh, ldq,
+                               ldq, kD, kD, slopes, 64, want.data());
     // The planes: [q c, k c, q s, k s, v, dO] at row stride 6D.
     const int64_t S = 6 * kD;
     std::vector<uint16_t> planes(size_t(rows * S));
@@ -289,56 +291,60 @@ TEST(LightningDthetaRelative, MatchesTheCpuReference) {
                  gO = test::upload(dO.data(), dO.size() * 2, "dO");
     const std::vector<float> zeros(kD, 0.0f);
     DeviceBuffer gPartial(size_t(kB) * kD * 8, "partials");
-    const LaunchConfig r{{unsigned(kB * kH), unsigned(kDh / 16)}, {256},
-                         unsigned(test::kDthetaRelativeSmem)};
     const LaunchConfig sum{{unsigned((kD + 255) / 256)}, {256}, 0};
-    auto run = [&](bool planar) {
+    auto run = [&](const std::string &kernel, bool planar) {
+      const LaunchConfig r{{unsigned(kB * kH), unsigned(kDh / 16)},
+                           {256},
+                           unsigned(kernel == "dtheta_relative" ? test::kDthetaRelativeSmem
+                                                                : test::kDthetaRelativeTcSmem)};
       DeviceBuffer gTheta = test::upload(zeros.data(), kD * 4, "dtheta");
       const CUdeviceptr P = gPlanes.get();
       const long long ldP = S, ldQ = ldq, ldV = kD, dh2 = 2 * kDh, dh1 = kDh, twoD = 2 * kD;
       if (planar)
-        gpu().launchWith(module().kernel("dtheta_relative"), r, "dtheta_relative", P, ldP, dh1,
-                         twoD, P + kD * 2, ldP, dh1, twoD, P + 4 * kD * 2, ldP, P + 5 * kD * 2,
-                         ldP, gSlopes.get(), N, kH, kDh, gPartial.get());
+        gpu().launchWith(module().kernel(kernel), r, kernel, P, ldP, dh1, twoD, P + kD * 2, ldP,
+                         dh1, twoD, P + 4 * kD * 2, ldP, P + 5 * kD * 2, ldP, gSlopes.get(), N, kH,
+                         kDh, gPartial.get());
       else
-        gpu().launchWith(module().kernel("dtheta_relative"), r, "dtheta_relative", gQ.get(), ldQ,
-                         dh2, dh1, gK.get(), ldQ, dh2, dh1, gV.get(), ldV, gO.get(), ldV,
-                         gSlopes.get(), N, kH, kDh, gPartial.get());
+        gpu().launchWith(module().kernel(kernel), r, kernel, gQ.get(), ldQ, dh2, dh1, gK.get(), ldQ,
+                         dh2, dh1, gV.get(), ldV, gO.get(), ldV, gSlopes.get(), N, kH, kDh,
+                         gPartial.get());
       gpu().launchWith(module().kernel("dtheta_sum"), sum, "dtheta_sum", gPartial.get(), kB, kD,
                        gTheta.get());
       std::vector<float> got(kD);
       gpu().copyToHost(got.data(), gTheta.get(), kD * 4, "dtheta");
       return got;
     };
-    const std::vector<float> planar = run(true), perHead = run(false);
-    double mx = 0, norm = 0, diff = 0, worst = 0;
+    double mx = 0, norm = 0;
     for (int i = 0; i < kD; ++i)
       mx = std::max(mx, double(std::fabs(want[i]))), norm += double(want[i]) * want[i];
-    for (int i = 0; i < kD; ++i) {
-      uint32_t a = 0, b = 0;
-      std::memcpy(&a, &planar[i], 4);
-      std::memcpy(&b, &perHead[i], 4);
-      EXPECT_EQ(a, b)
-          << "N=" << N << " dtheta[" << i << "]: planes " << planar[i] << ", per head "
-          << perHead[i];
-      const double e = std::fabs(double(planar[i]) - want[i]);
-      diff += e * e;
-      worst = std::max(worst, e);
-      if (N > 1) {
-        EXPECT_LE(e, std::ldexp(mx, -10))
-            << "N=" << N << " dtheta[" << i << "]: gpu " << planar[i] << ", cpu " << want[i];
+    for (const std::string kernel : {"dtheta_relative", "dtheta_relative_tc"}) {
+      const std::vector<float> planar = run(kernel, true), perHead = run(kernel, false);
+      double diff = 0, worst = 0;
+      for (int i = 0; i < kD; ++i) {
+        uint32_t a = 0, b = 0;
+        std::memcpy(&a, &planar[i], 4);
+        std::memcpy(&b, &perHead[i], 4);
+        EXPECT_EQ(a, b) << kernel << " N=" << N << " dtheta[" << i << "]: planes " << planar[i]
+                        << ", per head " << perHead[i];
+        const double e = std::fabs(double(planar[i]) - want[i]);
+        diff += e * e;
+        worst = std::max(worst, e);
+        if (N > 1) {
+          EXPECT_LE(e, std::ldexp(mx, -10)) << kernel << " N=" << N << " dtheta[" << i << "]: gpu "
+                                            << planar[i] << ", cpu " << want[i];
+        }
       }
+      if (N == 1) { // one token: no pair at a distance > 0
+        EXPECT_EQ(mx, 0.0);
+        EXPECT_EQ(worst, 0.0) << kernel;
+        continue;
+      }
+      ASSERT_GT(mx, 0.0) << "N=" << N;
+      const double relL2 = std::sqrt(diff / norm);
+      EXPECT_LE(relL2, std::ldexp(1.0, -10)) << kernel << " N=" << N;
+      std::printf("  dθ %-18s N=%-5d rel L2 %.3g, max |diff| / max|cpu| %.3g\n", kernel.c_str(), N,
+                  relL2, worst / mx);
     }
-    if (N == 1) { // one token: no pair at a distance > 0
-      EXPECT_EQ(mx, 0.0);
-      EXPECT_EQ(worst, 0.0);
-      continue;
-    }
-    ASSERT_GT(mx, 0.0) << "N=" << N;
-    const double relL2 = std::sqrt(diff / norm);
-    EXPECT_LE(relL2, std::ldexp(1.0, -10)) << "N=" << N;
-    std::printf("  dθ relative N=%-5d rel L2 %.3g, max |diff| / max|cpu| %.3g\n", N, relL2,
-                worst / mx);
   }
 }
 
