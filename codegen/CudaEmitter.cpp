@@ -939,21 +939,34 @@ private:
       // dθ in the relative form (every weight a distance; the absolute form's partials amplify
       // the bf16 rounding of q', k', dO ~N-fold): one CTA per (b, h, 16 features); on tensor
       // cores in the fast path (la_dtheta_relative_tc), fp32 FMA loops in the reference one.
-      const std::string tc = fast ? "_tc" : "";
-      const int64_t dthetaSmem = fast ? kLaDthetaTcSmem : kLaDthetaSmem;
-      out.push_back(trainKernel(
-          CudaLaunchKind::PerHead, "tnlm_la_dtheta_relative" + tc, 256,
-          "dtheta partials per (b, feature) = -sum_{m<=n} (n-m) lambda^(n-m) (dO_n.v_m) (qs_n kc_m "
-          "- qc_n ks_m) (f64)",
+      const std::string params =
           "const bf16 *q, long long ldq, long long qHead, long long qSin, const bf16 *k, long "
           "long ldk, long long kHead, long long kSin, const bf16 *v, long long ldv, const bf16 "
-          "*dO, long long lddo, const float *slopes, int N, int H, int dh, double *partial",
-          "static_assert(tnlm::la_bw::DthetaRelative" + std::string(fast ? "Tc" : "") +
-              "<128, 16, 64>::SMEM == " + std::to_string(dthetaSmem) +
-              ", \"tnlmc's shared memory\"); tnlm::la_bw::la_dtheta_relative" + tc +
-              "<128, 16, 64, 256>(q, ldq, qHead, qSin, k, ldk, kHead, kSin, v, ldv, dO, lddo, "
-              "slopes, N, H, dh, partial)",
-          llvm::formatv("grid (B * {0}, {1} / 16)", heads, dh).str(), dthetaSmem, fast ? 1 : 2));
+          "*dO, long long lddo, const float *slopes, int N, int H, int dh, double *partial";
+      const char *what = "dtheta partials per (b, feature) = -sum_{m<=n} (n-m) lambda^(n-m) "
+                         "(dO_n.v_m) (qs_n kc_m - qc_n ks_m) (f64)";
+      if (fast) // tensor cores, the sequence cut into segments across CTAs (grid.z)
+        out.push_back(trainKernel(
+            CudaLaunchKind::PerHead, "tnlm_la_dtheta_relative_seg", 256, what,
+            params + ", float *segStates, int segLen, int statesOnly",
+            "static_assert(tnlm::la_bw::DthetaRelativeTc<128, 16, 64>::SMEM == " +
+                std::to_string(kLaDthetaTcSmem) +
+                ", \"tnlmc's shared memory\"); tnlm::la_bw::la_dtheta_relative_tc<128, 16, 64, "
+                "256>(q, ldq, qHead, qSin, k, ldk, kHead, kSin, v, ldv, dO, lddo, slopes, N, H, "
+                "dh, partial, segStates, segLen, statesOnly)",
+            llvm::formatv("grid (B * {0}, {1} / 16, segments): the segments' states, then dtheta",
+                          heads, dh)
+                .str(),
+            kLaDthetaTcSmem, 1));
+      else
+        out.push_back(trainKernel(
+            CudaLaunchKind::PerHead, "tnlm_la_dtheta_relative", 256, what, params,
+            "static_assert(tnlm::la_bw::DthetaRelative<128, 16, 64>::SMEM == " +
+                std::to_string(kLaDthetaSmem) +
+                ", \"tnlmc's shared memory\"); tnlm::la_bw::la_dtheta_relative<128, 16, 64, "
+                "256>(q, ldq, qHead, qSin, k, ldk, kHead, kSin, v, ldv, dO, lddo, slopes, N, H, "
+                "dh, partial)",
+            llvm::formatv("grid (B * {0}, {1} / 16)", heads, dh).str(), kLaDthetaSmem, 2));
       out.push_back(trainKernel(CudaLaunchKind::PerChunk, "tnlm_la_dtheta_sum", 256,
                                 "dtheta += the partials, the batch rows in order",
                                 "const double *partial, int chunks, int D, float *dtheta",

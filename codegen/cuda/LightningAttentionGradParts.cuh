@@ -615,7 +615,7 @@ __device__ __forceinline__ void
 la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long qSin, const bf16 *k,
                       long long ldk, long long kHead, long long kSin, const bf16 *v, long long ldv,
                       const bf16 *dO, long long lddo, const float *slopes, int N, int H, int dh,
-                      double *partial) {
+                      double *partial, float *segStates, int segLen, int statesOnly) {
   using namespace nvcuda;
   using P = DthetaRelativeTc<DV, CB, C>;
   constexpr int COLS = P::COLS, WARPS = BLOCK / 32;
@@ -648,12 +648,42 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
   const int bh = blockIdx.x, b = bh / H, h = bh % H, c0 = blockIdx.y * CB;
   const long long row0 = static_cast<long long>(b) * N;
   const float slope = slopes[h];
+  // Segment g = blockIdx.z of gridDim.z: tokens [s0, s1), segLen a multiple of C. statesOnly:
+  // the segment's own S, T (from zero) into segStates, for the segments after it; else dθ over
+  // the segment from the states of the segments before it (their S, T in order:
+  // T ← λ^L (T + L·S) + T_g, S ← λ^L S + S_g).
+  const int g = blockIdx.z, s0 = g * segLen, s1 = min(N, s0 + segLen);
+  auto statesOf = [&](int seg) {
+    return segStates + ((static_cast<long long>(seg) * gridDim.x + bh) * gridDim.y + blockIdx.y) *
+                           2 * DV * COLS;
+  };
   for (int i = tid; i <= C; i += BLOCK)
     lam[i] = expf(-slope * static_cast<float>(i));
   for (int i = tid; i < DV * P::LF; i += BLOCK)
     sSf[i] = sTf[i] = 0.0f;
-  for (int i = tid; i < DV * P::LS; i += BLOCK)
-    sSh[i] = sSl[i] = sTh[i] = sTl[i] = __float2bfloat16(0.0f);
+  if (!statesOnly && g > 0) {
+    const float lL = expf(-slope * static_cast<float>(segLen)), fL = static_cast<float>(segLen);
+    for (int i = tid; i < DV * COLS; i += BLOCK) {
+      const int j = i / COLS, c = i % COLS;
+      float sv = 0.0f, tv = 0.0f;
+      for (int seg = 0; seg < g; ++seg) {
+        const float *st = statesOf(seg);
+        tv = lL * (tv + fL * sv) + st[DV * COLS + i];
+        sv = lL * sv + st[i];
+      }
+      sSf[j * P::LF + c] = sv;
+      sTf[j * P::LF + c] = tv;
+    }
+  }
+  for (int i = tid; i < DV * COLS; i += BLOCK) {
+    const int j = i / COLS, c = i % COLS;
+    const float sv = sSf[j * P::LF + c], tv = sTf[j * P::LF + c];
+    const bf16 sh = __float2bfloat16(sv), th = __float2bfloat16(tv);
+    sSh[j * P::LS + c] = sh;
+    sSl[j * P::LS + c] = __float2bfloat16(sv - __bfloat162float(sh));
+    sTh[j * P::LS + c] = th;
+    sTl[j * P::LS + c] = __float2bfloat16(tv - __bfloat162float(th));
+  }
   // Column col of k' and q' (as la_dtheta_relative): kc then ks of feature c0 + col mod CB; of
   // q the factor −qs (kc columns) or +qc (ks columns).
   const int col = lane, fc = c0 + (col < CB ? col : col - CB);
@@ -692,11 +722,11 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
       }
     }
   };
-  if (N > 0)
-    fetch(0);
+  if (s0 < s1)
+    fetch(s0);
   __syncthreads();
-  for (int t0 = 0; t0 < N; t0 += C) {
-    const int len = min(C, N - t0);
+  for (int t0 = s0; t0 < s1; t0 += C) {
+    const int len = min(C, s1 - t0);
     // 1. The block's fetched dO, v, k' (bf16) and q' factors (fp32) into shared memory.
 #pragma unroll
     for (int u = 0; u < PAIRS; ++u) {
@@ -711,81 +741,85 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
       sQ[n * COLS + col] = pq[u];
     }
     __syncthreads();
-    if (t0 + C < N)
+    if (t0 + C < s1)
       fetch(t0 + C); // in flight during steps 2-7
-    // 2. The scores A = dO·vᵀ, the tiles on and below the diagonal (m-tile ≤ n-tile).
-    for (int t = warp; t < 16; t += WARPS) {
-      const int tn = t / 4, tm = t % 4;
-      if (tm > tn)
-        continue;
-      Acc a;
-      wmma::fill_fragment(a, 0.0f);
-      for (int kk = 0; kk < DV; kk += 16) {
-        FragA fa;
-        FragBc fb;
-        wmma::load_matrix_sync(fa, sO + 16 * tn * P::LO + kk, P::LO);
-        wmma::load_matrix_sync(fb, sV + 16 * tm * P::LO + kk, P::LO);
-        wmma::mma_sync(a, fa, fb, a);
-      }
-      wmma::store_matrix_sync(sA + 16 * tn * P::LA + 16 * tm, a, P::LA, wmma::mem_row_major);
-    }
-    __syncthreads();
-    // 3. W_nm = (n − m) λ^(n−m) A_nm (m < n, else 0) as bf16 hi + lo.
-    for (int i = tid; i < C * C; i += BLOCK) {
-      const int n = i / C, m = i % C;
-      const float w = m < n ? static_cast<float>(n - m) * lam[n - m] * sA[n * P::LA + m] : 0.0f;
-      const bf16 hi = __float2bfloat16(w);
-      sWh[n * P::LW + m] = hi;
-      sWl[n * P::LW + m] = __float2bfloat16(w - __bfloat162float(hi));
-    }
-    __syncthreads();
-    // 4. X = dO·T, Y = dO·S (before the block), Z = W·k': tile (tn = warp / 2, tc = warp % 2).
-    {
-      const int tn = warp / 2, tc = warp % 2;
-      Acc x, y, z;
-      wmma::fill_fragment(x, 0.0f);
-      wmma::fill_fragment(y, 0.0f);
-      wmma::fill_fragment(z, 0.0f);
-      if (t0 > 0)
+    if (!statesOnly) {
+      // 2. The scores A = dO·vᵀ, the tiles on and below the diagonal (m-tile ≤ n-tile).
+      for (int t = warp; t < 16; t += WARPS) {
+        const int tn = t / 4, tm = t % 4;
+        if (tm > tn)
+          continue;
+        Acc a;
+        wmma::fill_fragment(a, 0.0f);
         for (int kk = 0; kk < DV; kk += 16) {
           FragA fa;
-          FragB fb;
+          FragBc fb;
           wmma::load_matrix_sync(fa, sO + 16 * tn * P::LO + kk, P::LO);
-          wmma::load_matrix_sync(fb, sTh + kk * P::LS + 16 * tc, P::LS);
-          wmma::mma_sync(x, fa, fb, x);
-          wmma::load_matrix_sync(fb, sTl + kk * P::LS + 16 * tc, P::LS);
-          wmma::mma_sync(x, fa, fb, x);
-          wmma::load_matrix_sync(fb, sSh + kk * P::LS + 16 * tc, P::LS);
-          wmma::mma_sync(y, fa, fb, y);
-          wmma::load_matrix_sync(fb, sSl + kk * P::LS + 16 * tc, P::LS);
-          wmma::mma_sync(y, fa, fb, y);
+          wmma::load_matrix_sync(fb, sV + 16 * tm * P::LO + kk, P::LO);
+          wmma::mma_sync(a, fa, fb, a);
         }
-      for (int kk = 0; kk <= 16 * tn; kk += 16) { // W is zero right of the diagonal tile
-        FragA fa;
-        FragB fb;
-        wmma::load_matrix_sync(fb, sK + kk * P::LK + 16 * tc, P::LK);
-        wmma::load_matrix_sync(fa, sWh + 16 * tn * P::LW + kk, P::LW);
-        wmma::mma_sync(z, fa, fb, z);
-        wmma::load_matrix_sync(fa, sWl + 16 * tn * P::LW + kk, P::LW);
-        wmma::mma_sync(z, fa, fb, z);
+        wmma::store_matrix_sync(sA + 16 * tn * P::LA + 16 * tm, a, P::LA, wmma::mem_row_major);
       }
-      // (A, in r1, was last read in step 3.)
-      wmma::store_matrix_sync(sX + 16 * tn * P::LF + 16 * tc, x, P::LF, wmma::mem_row_major);
-      wmma::store_matrix_sync(sY + 16 * tn * P::LF + 16 * tc, y, P::LF, wmma::mem_row_major);
-      wmma::store_matrix_sync(sZ + 16 * tn * P::LF + 16 * tc, z, P::LF, wmma::mem_row_major);
-    }
-    __syncthreads();
-    // 5. Token n (warp + 8i), column col: G = λ^r (X + r Y) + Z, r = n + 1, times its q factor.
-    //    The weighted keys λ^d k', d λ^d k' (d = len − 1 − m) as bf16 hi + lo (W is read).
+      __syncthreads();
+      // 3. W_nm = (n − m) λ^(n−m) A_nm (m < n, else 0) as bf16 hi + lo.
+      for (int i = tid; i < C * C; i += BLOCK) {
+        const int n = i / C, m = i % C;
+        const float w = m < n ? static_cast<float>(n - m) * lam[n - m] * sA[n * P::LA + m] : 0.0f;
+        const bf16 hi = __float2bfloat16(w);
+        sWh[n * P::LW + m] = hi;
+        sWl[n * P::LW + m] = __float2bfloat16(w - __bfloat162float(hi));
+      }
+      __syncthreads();
+      // 4. X = dO·T, Y = dO·S (before the block), Z = W·k': tile (tn = warp / 2, tc = warp % 2).
+      {
+        const int tn = warp / 2, tc = warp % 2;
+        Acc x, y, z;
+        wmma::fill_fragment(x, 0.0f);
+        wmma::fill_fragment(y, 0.0f);
+        wmma::fill_fragment(z, 0.0f);
+        if (t0 > 0)
+          for (int kk = 0; kk < DV; kk += 16) {
+            FragA fa;
+            FragB fb;
+            wmma::load_matrix_sync(fa, sO + 16 * tn * P::LO + kk, P::LO);
+            wmma::load_matrix_sync(fb, sTh + kk * P::LS + 16 * tc, P::LS);
+            wmma::mma_sync(x, fa, fb, x);
+            wmma::load_matrix_sync(fb, sTl + kk * P::LS + 16 * tc, P::LS);
+            wmma::mma_sync(x, fa, fb, x);
+            wmma::load_matrix_sync(fb, sSh + kk * P::LS + 16 * tc, P::LS);
+            wmma::mma_sync(y, fa, fb, y);
+            wmma::load_matrix_sync(fb, sSl + kk * P::LS + 16 * tc, P::LS);
+            wmma::mma_sync(y, fa, fb, y);
+          }
+        for (int kk = 0; kk <= 16 * tn; kk += 16) { // W is zero right of the diagonal tile
+          FragA fa;
+          FragB fb;
+          wmma::load_matrix_sync(fb, sK + kk * P::LK + 16 * tc, P::LK);
+          wmma::load_matrix_sync(fa, sWh + 16 * tn * P::LW + kk, P::LW);
+          wmma::mma_sync(z, fa, fb, z);
+          wmma::load_matrix_sync(fa, sWl + 16 * tn * P::LW + kk, P::LW);
+          wmma::mma_sync(z, fa, fb, z);
+        }
+        // (A, in r1, was last read in step 3.)
+        wmma::store_matrix_sync(sX + 16 * tn * P::LF + 16 * tc, x, P::LF, wmma::mem_row_major);
+        wmma::store_matrix_sync(sY + 16 * tn * P::LF + 16 * tc, y, P::LF, wmma::mem_row_major);
+        wmma::store_matrix_sync(sZ + 16 * tn * P::LF + 16 * tc, z, P::LF, wmma::mem_row_major);
+      }
+      __syncthreads();
+      // 5. Token n (warp + 8i), column col: G = λ^r (X + r Y) + Z, r = n + 1, times its q factor.
+      //    The weighted keys λ^d k', d λ^d k' (d = len − 1 − m) as bf16 hi + lo (W is read).
+      {
+        float blockSum = 0.0f;
+        for (int n = warp; n < C; n += WARPS) {
+          const float r = static_cast<float>(n + 1);
+          const float gn =
+              lam[n + 1] * (sX[n * P::LF + col] + r * sY[n * P::LF + col]) + sZ[n * P::LF + col];
+          blockSum += sQ[n * COLS + col] * gn;
+        }
+        acc += static_cast<double>(blockSum);
+      }
+    } // !statesOnly
     {
-      float blockSum = 0.0f;
-      for (int n = warp; n < C; n += WARPS) {
-        const float r = static_cast<float>(n + 1);
-        const float g =
-            lam[n + 1] * (sX[n * P::LF + col] + r * sY[n * P::LF + col]) + sZ[n * P::LF + col];
-        blockSum += sQ[n * COLS + col] * g;
-      }
-      acc += static_cast<double>(blockSum);
       for (int m = warp; m < C; m += WARPS) {
         float ks = 0.0f, kt = 0.0f;
         if (m < len) {
@@ -831,7 +865,7 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
     }
     __syncthreads();
     // 7. The states' bf16 hi + lo for the next block's X, Y.
-    for (int i = tid; i < DV * COLS; i += BLOCK) {
+    for (int i = tid; i < DV * COLS && !statesOnly; i += BLOCK) {
       const int j = i / COLS, c = i % COLS;
       const float sv = sSf[j * P::LF + c], tv = sTf[j * P::LF + c];
       const bf16 sh = __float2bfloat16(sv), th = __float2bfloat16(tv);
@@ -842,6 +876,15 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
     }
     __syncthreads();
   }
+  if (statesOnly) {
+    float *st = statesOf(g);
+    for (int i = tid; i < DV * COLS; i += BLOCK) {
+      const int j = i / COLS, c = i % COLS;
+      st[i] = sSf[j * P::LF + c];
+      st[DV * COLS + i] = sTf[j * P::LF + c];
+    }
+    return;
+  }
   double *red = reinterpret_cast<double *>(r1);
   red[tid] = acc;
   __syncthreads();
@@ -849,7 +892,7 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
     double sum = 0.0;
     for (int w = 0; w < WARPS; ++w)
       sum += red[w * 32 + tid] + red[w * 32 + CB + tid];
-    partial[static_cast<long long>(b) * H * dh + h * dh + c0 + tid] = sum;
+    partial[(static_cast<long long>(b) * gridDim.z + g) * H * dh + h * dh + c0 + tid] = sum;
   }
 }
 

@@ -667,17 +667,44 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
         launch("tnlm_la_silu_scale", R, 1, base, L, g, ldg, int(D));
       return true;
     }
-    // la_dtheta_relative's partials per (b, feature): q', k' at one stride, the cos part at q
-    // (k), the sin part qSin further, head stride qHead; v, dO at head stride dh.
+    // dθ in the relative form: partials per (b, segment, feature) into dthetaPartial_, how many
+    // rows of them returned (the dtheta_sum's chunks). q', k' at one stride, the cos part at q
+    // (k), the sin part qSin further, head stride qHead; v, dO at head stride dh. The tensor-core
+    // kernel (tnlm_la_dtheta_relative_seg) cuts the sequence into segments where one CTA per
+    // (b, h, 16 features) leaves SMs idle: a pass for the segments' own states (in the rest of
+    // dthetaPartial_), then every segment from the states before it.
     auto dthetaRelative = [&](CUdeviceptr q, long long ldq, long long qHead, long long qSin,
                               CUdeviceptr k, CUdeviceptr v, long long ldv, CUdeviceptr dO,
-                              long long lddo) {
+                              long long lddo) -> int {
       if (dh % 16 || size_t(batch) * size_t(D) * 8 > dthetaBytes_)
         throw Error(where + ": the relative dθ needs head dim a multiple of 16 and " +
                     std::to_string(batch * D * 8) + " bytes of partials");
-      launch("tnlm_la_dtheta_relative", unsigned(batch * H), unsigned(dh / 16), q, ldq, qHead, qSin,
-             k, ldq, qHead, qSin, v, ldv, dO, lddo, f.slopes[index], int(seq), H, dh,
-             dthetaPartial_);
+      const schema::KernelLaunch *l = launchOf("tnlm_la_dtheta_relative");
+      const unsigned gx = unsigned(batch * H), gy = unsigned(dh / 16);
+      const bool segmented = names.Get(l->kernel())->string_view() == "tnlm_la_dtheta_relative_seg";
+      if (!segmented) {
+        launch("tnlm_la_dtheta_relative", gx, gy, q, ldq, qHead, qSin, k, ldq, qHead, qSin, v, ldv,
+               dO, lddo, f.slopes[index], int(seq), H, dh, dthetaPartial_);
+        return int(batch);
+      }
+      constexpr int64_t kBlock = 64, kStateBytes = 2 * 128 * 32 * 4; // S, T per CTA
+      const int64_t ctas = int64_t(gx) * gy, N = seq;
+      int64_t segs = std::max<int64_t>(1, context_->multiprocessors() / ctas);
+      segs = std::min<int64_t>(segs, std::max<int64_t>(1, N / (8 * kBlock))); // >= 8 blocks each
+      auto partialBytes = [&](int64_t g) { return (size_t(batch * g * D) * 8 + 255) / 256 * 256; };
+      while (segs > 1 && partialBytes(segs) + size_t(segs * ctas * kStateBytes) > dthetaBytes_)
+        --segs;
+      const int64_t segLen = ((N + segs - 1) / segs + kBlock - 1) / kBlock * kBlock;
+      segs = std::max<int64_t>(1, (N + segLen - 1) / segLen);
+      const CUdeviceptr states = dthetaPartial_ + partialBytes(segs);
+      LaunchConfig c = config(l, gx, gy);
+      for (int statesOnly = segs > 1 ? 1 : 0; statesOnly >= 0; --statesOnly) {
+        c.grid.z = unsigned(statesOnly ? segs - 1 : segs);
+        context_->launchWith(kernel(l, where), c, where, q, ldq, qHead, qSin, k, ldq, qHead, qSin,
+                             v, ldv, dO, lddo, f.slopes[index], int(seq), H, dh, dthetaPartial_,
+                             states, int(segLen), statesOnly);
+      }
+      return int(batch * segs);
     };
     const schema::Operand *ws = out.Get(out.size() - 1);
     const schema::Operand *dtheta = lrpe ? out.Get(1) : nullptr;
@@ -730,11 +757,11 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       launch("tnlm_la_lrpe_grad", unsigned(chunks), unsigned((D + 255) / 256), base, ld(qkvu), dqp,
              S, dkOff, theta, int(batch), N, offset, H, dh, g, ldg,
              relative ? CUdeviceptr(0) : dthetaPartial_);
-      if (relative)
-        dthetaRelative(qc, S, dh, 2 * D, kc, vp, S, dOp, S);
+      const int rowsOfPartials =
+          relative ? dthetaRelative(qc, S, dh, 2 * D, kc, vp, S, dOp, S) : chunks;
       context_->fillBytes(ptr(dtheta), 0, size_t(dtheta->rows()) * dtheta->cols() * 4, where);
-      launch("tnlm_la_dtheta_sum", unsigned((D + 255) / 256), 1, dthetaPartial_,
-             relative ? int(batch) : chunks, int(D), ptr(dtheta));
+      launch("tnlm_la_dtheta_sum", unsigned((D + 255) / 256), 1, dthetaPartial_, rowsOfPartials,
+             int(D), ptr(dtheta));
       return true;
     }
     if (fast) {
@@ -786,11 +813,12 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       launch("tnlm_la_lrpe_grad", unsigned(chunks), unsigned((D + 255) / 256), base, ld(qkvu), dq,
              W2, dkOff, theta, B, N, offset, H, dh, g, ld(dqkvu),
              relative ? CUdeviceptr(0) : dthetaPartial_);
-      if (relative) // q', k' per head [cos | sin] (head stride 2 dh), dO at the workspace's stride
-        dthetaRelative(qp, W2, 2 * dh, dh, kp, v, ld(qkvu), dO, W2);
+      // q', k' per head [cos | sin] (head stride 2 dh), dO at the workspace's stride.
+      const int rowsOfPartials =
+          relative ? dthetaRelative(qp, W2, 2 * dh, dh, kp, v, ld(qkvu), dO, W2) : chunks;
       context_->fillBytes(ptr(dtheta), 0, size_t(dtheta->rows()) * dtheta->cols() * 4, where);
-      launch("tnlm_la_dtheta_sum", unsigned((D + 255) / 256), 1, dthetaPartial_,
-             relative ? B : chunks, int(D), ptr(dtheta));
+      launch("tnlm_la_dtheta_sum", unsigned((D + 255) / 256), 1, dthetaPartial_, rowsOfPartials,
+             int(D), ptr(dtheta));
     } else if (silu) {
       launch("tnlm_la_silu_scale", R, 1, base, ld(qkvu), g, ld(dqkvu), int(D));
     }

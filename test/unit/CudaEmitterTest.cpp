@@ -286,7 +286,7 @@ void checkTrainProgram(bool reference) {
   const std::vector<std::string> fast = {
       "tnlm_la_grad_pack_lrpe_silu1", "tnlm_la_gate_norm_grad_o16", "tnlm_la_gate_norm_grad2_o16",
       "tnlm_la_add_rows_bf16",        "tnlm_la_sm90_main_d128",     "tnlm_la_silu_scale",
-      "tnlm_la_dtheta_relative_tc"};
+      "tnlm_la_dtheta_relative_seg"};
   const std::vector<std::string> slow = {"tnlm_la_grad_prologue_silu1_lrpe1",
                                          "tnlm_la_fwd_simple_dk256",
                                          "tnlm_la_fwd_simple_dk128",

@@ -95,9 +95,10 @@ inline std::string lightningFusedGradWrappers() {
        "extern \"C\" __global__ void __launch_bounds__(256, 1) dtheta_relative_tc(const bf16 "
        "*q, long long ldq, long long qHead, long long qSin, const bf16 *k, long long ldk, long "
        "long kHead, long long kSin, const bf16 *v, long long ldv, const bf16 *dO, long long "
-       "lddo, const float *slopes, int N, int H, int dh, double *partial) {\n"
+       "lddo, const float *slopes, int N, int H, int dh, double *partial, float *segStates, int "
+       "segLen, int statesOnly) {\n"
        "  la_dtheta_relative_tc<128, 16, 64, 256>(q, ldq, qHead, qSin, k, ldk, kHead, kSin, v, "
-       "ldv, dO, lddo, slopes, N, H, dh, partial);\n}\n"
+       "ldv, dO, lddo, slopes, N, H, dh, partial, segStates, segLen, statesOnly);\n}\n"
        "static_assert(DthetaRelativeTc<128, 16, 64>::SMEM == " +
        std::to_string(kDthetaRelativeTcSmem) + ", \"dtheta_relative_tc's shared memory\");\n";
   return s;

@@ -244,7 +244,9 @@ TEST(LightningFusedGrad, MatchesCpu) {
 // la_dtheta_relative and la_dtheta_relative_tc (the LRPE dθ of the train step in the relative
 // form: fp32 FMA loops, the reference path's; tensor cores, the fast path's) against
 // cpu::lrpeThetaGradRelative (f64 states, block 64) on the same bf16 q', k', v, dO (q', k' at
-// 0.5, v, dO at 1): B = 2, H = 3, dh = dv = 128, N = 1, 63, 64, 65, 300, 2048, 4096, in the fast
+// 0.5, v, dO at 1): B = 2, H = 3, dh = dv = 128, N = 1, 63, 64, 65, 300, 2048, 4096 (the
+// tensor-core kernel also with the sequence in 3 segments: 64-token multiples, the last shorter
+// or, at N < 192, fewer segments), in the fast
 // path's layout (bf16 planes [q cos, k cos, q sin, k sin, v, dO] of D columns, head stride dh)
 // and the reference path's (q', k' per head [cos | sin]): the two must agree bit for bit (the
 // same values, only the strides differ). Bound: ‖gpu − cpu‖₂ <= 2^-10·‖cpu‖₂ and elementwise
@@ -290,26 +292,39 @@ TEST(LightningDthetaRelative, MatchesTheCpuReference) {
                  gV = test::upload(v.data(), v.size() * 2, "v"),
                  gO = test::upload(dO.data(), dO.size() * 2, "dO");
     const std::vector<float> zeros(kD, 0.0f);
-    DeviceBuffer gPartial(size_t(kB) * kD * 8, "partials");
     const LaunchConfig sum{{unsigned((kD + 255) / 256)}, {256}, 0};
-    auto run = [&](const std::string &kernel, bool planar) {
-      const LaunchConfig r{{unsigned(kB * kH), unsigned(kDh / 16)},
-                           {256},
-                           unsigned(kernel == "dtheta_relative" ? test::kDthetaRelativeSmem
-                                                                : test::kDthetaRelativeTcSmem)};
+    // The tensor-core kernel with the sequence in `segs` segments (as CudaExecutor cuts it): a
+    // pass for the segments' own states, then every segment from the states before it.
+    auto run = [&](const std::string &kernel, bool planar, int segs) {
+      const bool tc = kernel == "dtheta_relative_tc";
+      const int segLen = (((N + segs - 1) / segs) + 63) / 64 * 64;
+      segs = (N + segLen - 1) / segLen;
+      DeviceBuffer gPart(size_t(kB) * segs * kD * 8, "partials"),
+          gStates(size_t(segs) * kB * kH * (kDh / 16) * 2 * 128 * 32 * 4, "segment states");
       DeviceBuffer gTheta = test::upload(zeros.data(), kD * 4, "dtheta");
       const CUdeviceptr P = gPlanes.get();
       const long long ldP = S, ldQ = ldq, ldV = kD, dh2 = 2 * kDh, dh1 = kDh, twoD = 2 * kD;
-      if (planar)
-        gpu().launchWith(module().kernel(kernel), r, kernel, P, ldP, dh1, twoD, P + kD * 2, ldP,
-                         dh1, twoD, P + 4 * kD * 2, ldP, P + 5 * kD * 2, ldP, gSlopes.get(), N, kH,
-                         kDh, gPartial.get());
-      else
-        gpu().launchWith(module().kernel(kernel), r, kernel, gQ.get(), ldQ, dh2, dh1, gK.get(), ldQ,
-                         dh2, dh1, gV.get(), ldV, gO.get(), ldV, gSlopes.get(), N, kH, kDh,
-                         gPartial.get());
-      gpu().launchWith(module().kernel("dtheta_sum"), sum, "dtheta_sum", gPartial.get(), kB, kD,
-                       gTheta.get());
+      for (int statesOnly = tc && segs > 1 ? 1 : 0; statesOnly >= 0; --statesOnly) {
+        const unsigned gz = unsigned(statesOnly ? segs - 1 : tc ? segs : 1);
+        const LaunchConfig r{
+            {unsigned(kB * kH), unsigned(kDh / 16), gz},
+            {256},
+            unsigned(tc ? test::kDthetaRelativeTcSmem : test::kDthetaRelativeSmem)};
+        const CUdeviceptr qq = planar ? P : gQ.get(), kk = planar ? P + kD * 2 : gK.get(),
+                          vv = planar ? P + 4 * kD * 2 : gV.get(),
+                          oo = planar ? P + 5 * kD * 2 : gO.get();
+        const long long lq = planar ? ldP : ldQ, lv = planar ? ldP : ldV, head = planar ? dh1 : dh2,
+                        sin = planar ? twoD : dh1;
+        if (tc)
+          gpu().launchWith(module().kernel(kernel), r, kernel, qq, lq, head, sin, kk, lq, head, sin,
+                           vv, lv, oo, lv, gSlopes.get(), N, kH, kDh, gPart.get(), gStates.get(),
+                           segLen, statesOnly);
+        else
+          gpu().launchWith(module().kernel(kernel), r, kernel, qq, lq, head, sin, kk, lq, head, sin,
+                           vv, lv, oo, lv, gSlopes.get(), N, kH, kDh, gPart.get());
+      }
+      gpu().launchWith(module().kernel("dtheta_sum"), sum, "dtheta_sum", gPart.get(),
+                       tc ? kB * segs : kB, kD, gTheta.get());
       std::vector<float> got(kD);
       gpu().copyToHost(got.data(), gTheta.get(), kD * 4, "dtheta");
       return got;
@@ -317,33 +332,35 @@ TEST(LightningDthetaRelative, MatchesTheCpuReference) {
     double mx = 0, norm = 0;
     for (int i = 0; i < kD; ++i)
       mx = std::max(mx, double(std::fabs(want[i]))), norm += double(want[i]) * want[i];
-    for (const std::string kernel : {"dtheta_relative", "dtheta_relative_tc"}) {
-      const std::vector<float> planar = run(kernel, true), perHead = run(kernel, false);
+    for (const auto &[kernel, segs] : std::vector<std::pair<std::string, int>>{
+             {"dtheta_relative", 1}, {"dtheta_relative_tc", 1}, {"dtheta_relative_tc", 3}}) {
+      const std::vector<float> planar = run(kernel, true, segs), perHead = run(kernel, false, segs);
       double diff = 0, worst = 0;
       for (int i = 0; i < kD; ++i) {
         uint32_t a = 0, b = 0;
         std::memcpy(&a, &planar[i], 4);
         std::memcpy(&b, &perHead[i], 4);
-        EXPECT_EQ(a, b) << kernel << " N=" << N << " dtheta[" << i << "]: planes " << planar[i]
-                        << ", per head " << perHead[i];
+        EXPECT_EQ(a, b) << kernel << " segments " << segs << " N=" << N << " dtheta[" << i
+                        << "]: planes " << planar[i] << ", per head " << perHead[i];
         const double e = std::fabs(double(planar[i]) - want[i]);
         diff += e * e;
         worst = std::max(worst, e);
         if (N > 1) {
-          EXPECT_LE(e, std::ldexp(mx, -10)) << kernel << " N=" << N << " dtheta[" << i << "]: gpu "
-                                            << planar[i] << ", cpu " << want[i];
+          EXPECT_LE(e, std::ldexp(mx, -10))
+              << kernel << " segments " << segs << " N=" << N << " dtheta[" << i << "]: gpu "
+              << planar[i] << ", cpu " << want[i];
         }
       }
       if (N == 1) { // one token: no pair at a distance > 0
         EXPECT_EQ(mx, 0.0);
-        EXPECT_EQ(worst, 0.0) << kernel;
+        EXPECT_EQ(worst, 0.0) << kernel << " segments " << segs;
         continue;
       }
       ASSERT_GT(mx, 0.0) << "N=" << N;
       const double relL2 = std::sqrt(diff / norm);
-      EXPECT_LE(relL2, std::ldexp(1.0, -10)) << kernel << " N=" << N;
-      std::printf("  dθ %-18s N=%-5d rel L2 %.3g, max |diff| / max|cpu| %.3g\n", kernel.c_str(), N,
-                  relL2, worst / mx);
+      EXPECT_LE(relL2, std::ldexp(1.0, -10)) << kernel << " segments " << segs << " N=" << N;
+      std::printf("  dθ %-18s segments %d N=%-5d rel L2 %.3g, max |diff| / max|cpu| %.3g\n",
+                  kernel.c_str(), segs, N, relL2, worst / mx);
     }
   }
 }
