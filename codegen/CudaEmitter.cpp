@@ -945,9 +945,12 @@ private:
           "*dO, long long lddo, const float *slopes, int N, int H, int dh, double *partial";
       const char *what = "dtheta partials per (b, feature) = -sum_{m<=n} (n-m) lambda^(n-m) "
                          "(dO_n.v_m) (qs_n kc_m - qc_n ks_m) (f64)";
-      if (fast) // tensor cores, the sequence cut into segments across CTAs (grid.z)
+      // Tensor cores, the sequence cut into segments across CTAs (grid.z); its name starts with
+      // no older kernel's (executors find kernels by prefix: one from before it keeps the
+      // absolute form on this artifact instead of launching it with the wrong parameters).
+      if (fast)
         out.push_back(trainKernel(
-            CudaLaunchKind::PerHead, "tnlm_la_dtheta_relative_seg", 256, what,
+            CudaLaunchKind::PerHead, "tnlm_la_dtheta_segments", 256, what,
             params + ", float *segStates, int segLen, int statesOnly",
             "static_assert(tnlm::la_bw::DthetaRelativeTc<128, 16, 64>::SMEM == " +
                 std::to_string(kLaDthetaTcSmem) +

@@ -659,14 +659,15 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
   };
   for (int i = tid; i <= C; i += BLOCK)
     lam[i] = expf(-slope * static_cast<float>(i));
-  for (int i = tid; i < DV * P::LF; i += BLOCK)
-    sSf[i] = sTf[i] = 0.0f;
-  if (!statesOnly && g > 0) {
+  // The states at the segment's start (zero for the first segment and the states pass), each
+  // entry written and then read by the same thread (the padding columns are never read).
+  {
+    const bool prefix = !statesOnly && g > 0;
     const float lL = expf(-slope * static_cast<float>(segLen)), fL = static_cast<float>(segLen);
     for (int i = tid; i < DV * COLS; i += BLOCK) {
       const int j = i / COLS, c = i % COLS;
       float sv = 0.0f, tv = 0.0f;
-      for (int seg = 0; seg < g; ++seg) {
+      for (int seg = 0; prefix && seg < g; ++seg) {
         const float *st = statesOf(seg);
         tv = lL * (tv + fL * sv) + st[DV * COLS + i];
         sv = lL * sv + st[i];

@@ -670,7 +670,7 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     // dθ in the relative form: partials per (b, segment, feature) into dthetaPartial_, how many
     // rows of them returned (the dtheta_sum's chunks). q', k' at one stride, the cos part at q
     // (k), the sin part qSin further, head stride qHead; v, dO at head stride dh. The tensor-core
-    // kernel (tnlm_la_dtheta_relative_seg) cuts the sequence into segments where one CTA per
+    // kernel (tnlm_la_dtheta_segments) cuts the sequence into segments where one CTA per
     // (b, h, 16 features) leaves SMs idle: a pass for the segments' own states (in the rest of
     // dthetaPartial_), then every segment from the states before it.
     auto dthetaRelative = [&](CUdeviceptr q, long long ldq, long long qHead, long long qSin,
@@ -679,14 +679,13 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       if (dh % 16 || size_t(batch) * size_t(D) * 8 > dthetaBytes_)
         throw Error(where + ": the relative dθ needs head dim a multiple of 16 and " +
                     std::to_string(batch * D * 8) + " bytes of partials");
-      const schema::KernelLaunch *l = launchOf("tnlm_la_dtheta_relative");
       const unsigned gx = unsigned(batch * H), gy = unsigned(dh / 16);
-      const bool segmented = names.Get(l->kernel())->string_view() == "tnlm_la_dtheta_relative_seg";
-      if (!segmented) {
+      if (!launchesKernel(artifact_.root(), s, "tnlm_la_dtheta_segments")) {
         launch("tnlm_la_dtheta_relative", gx, gy, q, ldq, qHead, qSin, k, ldq, qHead, qSin, v, ldv,
                dO, lddo, f.slopes[index], int(seq), H, dh, dthetaPartial_);
         return int(batch);
       }
+      const schema::KernelLaunch *l = launchOf("tnlm_la_dtheta_segments");
       constexpr int64_t kBlock = 64, kStateBytes = 2 * 128 * 32 * 4; // S, T per CTA
       const int64_t ctas = int64_t(gx) * gy, N = seq;
       int64_t segs = std::max<int64_t>(1, context_->multiprocessors() / ctas);
@@ -694,7 +693,8 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       auto partialBytes = [&](int64_t g) { return (size_t(batch * g * D) * 8 + 255) / 256 * 256; };
       while (segs > 1 && partialBytes(segs) + size_t(segs * ctas * kStateBytes) > dthetaBytes_)
         --segs;
-      const int64_t segLen = ((N + segs - 1) / segs + kBlock - 1) / kBlock * kBlock;
+      const int64_t segLen =
+          std::max(kBlock, ((N + segs - 1) / segs + kBlock - 1) / kBlock * kBlock);
       segs = std::max<int64_t>(1, (N + segLen - 1) / segLen);
       const CUdeviceptr states = dthetaPartial_ + partialBytes(segs);
       LaunchConfig c = config(l, gx, gy);
@@ -753,7 +753,8 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       // dθ: in the relative form from the planes (q, k: cos plane, sin plane two planes on,
       // head stride dh) where the artifact has it (tnlmc from 2026-12-03 on), else la_lrpe_grad's
       // absolute-form partials.
-      const bool relative = launchesKernel(artifact_.root(), s, "tnlm_la_dtheta_relative");
+      const bool relative = launchesKernel(artifact_.root(), s, "tnlm_la_dtheta_relative") ||
+                            launchesKernel(artifact_.root(), s, "tnlm_la_dtheta_segments");
       launch("tnlm_la_lrpe_grad", unsigned(chunks), unsigned((D + 255) / 256), base, ld(qkvu), dqp,
              S, dkOff, theta, int(batch), N, offset, H, dh, g, ldg,
              relative ? CUdeviceptr(0) : dthetaPartial_);
@@ -809,7 +810,8 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       const int chunks = (N + kPositionChunk - 1) / kPositionChunk;
       const long long dkOff = H * dk;
       const int B = int(batch), offset = 0;
-      const bool relative = launchesKernel(artifact_.root(), s, "tnlm_la_dtheta_relative");
+      const bool relative = launchesKernel(artifact_.root(), s, "tnlm_la_dtheta_relative") ||
+                            launchesKernel(artifact_.root(), s, "tnlm_la_dtheta_segments");
       launch("tnlm_la_lrpe_grad", unsigned(chunks), unsigned((D + 255) / 256), base, ld(qkvu), dq,
              W2, dkOff, theta, B, N, offset, H, dh, g, ld(dqkvu),
              relative ? CUdeviceptr(0) : dthetaPartial_);
