@@ -105,6 +105,35 @@ inline TrainScratch trainScratch(int64_t maxRows, int64_t maxSeq, const TrainScr
   return s;
 }
 
+/// How the tensor-core relative dθ kernel (tnlm_la_dtheta_segments) cuts a call's sequence:
+/// `segments` of `length` tokens each (whole 64-token blocks; the last one shorter), and where
+/// the segments' states go in the dθ partials' scratch: after the partials (batch · segments ·
+/// features f64, rounded up to 256 bytes), 32 KiB (S and T of 128 × 32 f32) per CTA and segment.
+struct DthetaSegments {
+  int64_t segments = 1, length = 0;
+  size_t statesOffset = 0; // bytes into the partials' scratch
+};
+
+/// One CTA per (b, h, 16 features) (`ctas` of them): as many segments as leave no more CTAs
+/// than the GPU's `sms`, each at least 8 blocks, their partials and states within
+/// `scratchBytes`; at least one segment of at least one block.
+inline DthetaSegments dthetaSegments(int64_t batch, int64_t ctas, int64_t features, int64_t seq,
+                                     int sms, size_t scratchBytes) {
+  constexpr int64_t kBlock = 64, kStateBytes = 2 * 128 * 32 * 4;
+  auto partialBytes = [&](int64_t g) {
+    return (size_t(std::max<int64_t>(batch * g * features, 0)) * 8 + 255) / 256 * 256;
+  };
+  int64_t segs = std::max<int64_t>(1, sms / std::max<int64_t>(ctas, 1));
+  segs = std::min<int64_t>(segs, std::max<int64_t>(1, seq / (8 * kBlock)));
+  while (segs > 1 && partialBytes(segs) + size_t(segs * ctas * kStateBytes) > scratchBytes)
+    --segs;
+  DthetaSegments d;
+  d.length = std::max(kBlock, ((seq + segs - 1) / segs + kBlock - 1) / kBlock * kBlock);
+  d.segments = std::max<int64_t>(1, (seq + d.length - 1) / d.length);
+  d.statesOffset = partialBytes(d.segments);
+  return d;
+}
+
 } // namespace tnlm
 
 #endif // TNLM_RUNTIME_TRAINSCRATCH_H

@@ -686,17 +686,10 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
         return int(batch);
       }
       const schema::KernelLaunch *l = launchOf("tnlm_la_dtheta_segments");
-      constexpr int64_t kBlock = 64, kStateBytes = 2 * 128 * 32 * 4; // S, T per CTA
-      const int64_t ctas = int64_t(gx) * gy, N = seq;
-      int64_t segs = std::max<int64_t>(1, context_->multiprocessors() / ctas);
-      segs = std::min<int64_t>(segs, std::max<int64_t>(1, N / (8 * kBlock))); // >= 8 blocks each
-      auto partialBytes = [&](int64_t g) { return (size_t(batch * g * D) * 8 + 255) / 256 * 256; };
-      while (segs > 1 && partialBytes(segs) + size_t(segs * ctas * kStateBytes) > dthetaBytes_)
-        --segs;
-      const int64_t segLen =
-          std::max(kBlock, ((N + segs - 1) / segs + kBlock - 1) / kBlock * kBlock);
-      segs = std::max<int64_t>(1, (N + segLen - 1) / segLen);
-      const CUdeviceptr states = dthetaPartial_ + partialBytes(segs);
+      const DthetaSegments d = dthetaSegments(batch, int64_t(gx) * gy, D, seq,
+                                              context_->multiprocessors(), dthetaBytes_);
+      const int64_t segs = d.segments, segLen = d.length;
+      const CUdeviceptr states = dthetaPartial_ + d.statesOffset;
       LaunchConfig c = config(l, gx, gy);
       for (int statesOnly = segs > 1 ? 1 : 0; statesOnly >= 0; --statesOnly) {
         c.grid.z = unsigned(statesOnly ? segs - 1 : segs);
