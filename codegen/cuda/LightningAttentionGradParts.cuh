@@ -610,6 +610,24 @@ template <int DV, int CB, int C> struct DthetaRelativeTc {
       2 * O_BYTES + K_BYTES + Q_BYTES + R1_BYTES + R2_BYTES + 2 * F_BYTES + 4 * H_BYTES + L_BYTES;
 };
 
+// x as bf16 hi + lo (hi = bf16(x), lo = bf16(x − hi): 16 mantissa bits between them).
+__device__ __forceinline__ void store_hi_lo(bf16 &hi, bf16 &lo, float x) {
+  const bf16 h = __float2bfloat16(x);
+  hi = h;
+  lo = __float2bfloat16(x - __bfloat162float(h));
+}
+
+// acc += fa · (B hi + B lo), B a row-major 16 × 16 bf16 tile at hi / lo (leading dimension ld).
+template <typename Acc, typename FragA>
+__device__ __forceinline__ void mma_hi_lo(Acc &acc, const FragA &fa, const bf16 *hi, const bf16 *lo,
+                                          int ld) {
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, bf16, nvcuda::wmma::row_major> fb;
+  nvcuda::wmma::load_matrix_sync(fb, hi, ld);
+  nvcuda::wmma::mma_sync(acc, fa, fb, acc);
+  nvcuda::wmma::load_matrix_sync(fb, lo, ld);
+  nvcuda::wmma::mma_sync(acc, fa, fb, acc);
+}
+
 template <int DV, int CB, int C, int BLOCK>
 __device__ __forceinline__ void
 la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long qSin, const bf16 *k,
@@ -676,15 +694,15 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
       sTf[j * P::LF + c] = tv;
     }
   }
-  for (int i = tid; i < DV * COLS; i += BLOCK) {
-    const int j = i / COLS, c = i % COLS;
-    const float sv = sSf[j * P::LF + c], tv = sTf[j * P::LF + c];
-    const bf16 sh = __float2bfloat16(sv), th = __float2bfloat16(tv);
-    sSh[j * P::LS + c] = sh;
-    sSl[j * P::LS + c] = __float2bfloat16(sv - __bfloat162float(sh));
-    sTh[j * P::LS + c] = th;
-    sTl[j * P::LS + c] = __float2bfloat16(tv - __bfloat162float(th));
-  }
+  // The fp32 states' bf16 hi + lo, read by X, Y (each entry by the thread that wrote it).
+  auto splitStates = [&]() {
+    for (int i = tid; i < DV * COLS; i += BLOCK) {
+      const int j = i / COLS, c = i % COLS;
+      store_hi_lo(sSh[j * P::LS + c], sSl[j * P::LS + c], sSf[j * P::LF + c]);
+      store_hi_lo(sTh[j * P::LS + c], sTl[j * P::LS + c], sTf[j * P::LF + c]);
+    }
+  };
+  splitStates();
   // Column col of k' and q' (as la_dtheta_relative): kc then ks of feature c0 + col mod CB; of
   // q the factor −qs (kc columns) or +qc (ks columns).
   const int col = lane, fc = c0 + (col < CB ? col : col - CB);
@@ -766,9 +784,7 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
       for (int i = tid; i < C * C; i += BLOCK) {
         const int n = i / C, m = i % C;
         const float w = m < n ? static_cast<float>(n - m) * lam[n - m] * sA[n * P::LA + m] : 0.0f;
-        const bf16 hi = __float2bfloat16(w);
-        sWh[n * P::LW + m] = hi;
-        sWl[n * P::LW + m] = __float2bfloat16(w - __bfloat162float(hi));
+        store_hi_lo(sWh[n * P::LW + m], sWl[n * P::LW + m], w);
       }
       __syncthreads();
       // 4. X = dO·T, Y = dO·S (before the block), Z = W·k': tile (tn = warp / 2, tc = warp % 2).
@@ -781,16 +797,10 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
         if (t0 > 0)
           for (int kk = 0; kk < DV; kk += 16) {
             FragA fa;
-            FragB fb;
             wmma::load_matrix_sync(fa, sO + 16 * tn * P::LO + kk, P::LO);
-            wmma::load_matrix_sync(fb, sTh + kk * P::LS + 16 * tc, P::LS);
-            wmma::mma_sync(x, fa, fb, x);
-            wmma::load_matrix_sync(fb, sTl + kk * P::LS + 16 * tc, P::LS);
-            wmma::mma_sync(x, fa, fb, x);
-            wmma::load_matrix_sync(fb, sSh + kk * P::LS + 16 * tc, P::LS);
-            wmma::mma_sync(y, fa, fb, y);
-            wmma::load_matrix_sync(fb, sSl + kk * P::LS + 16 * tc, P::LS);
-            wmma::mma_sync(y, fa, fb, y);
+            const int at = kk * P::LS + 16 * tc;
+            mma_hi_lo(x, fa, sTh + at, sTl + at, P::LS);
+            mma_hi_lo(y, fa, sSh + at, sSl + at, P::LS);
           }
         for (int kk = 0; kk <= 16 * tn; kk += 16) { // W is zero right of the diagonal tile
           FragA fa;
@@ -828,11 +838,8 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
           ks = lam[d] * __bfloat162float(sK[m * P::LK + col]);
           kt = static_cast<float>(d) * ks;
         }
-        const bf16 sh = __float2bfloat16(ks), th = __float2bfloat16(kt);
-        sKsh[m * P::LK + col] = sh;
-        sKsl[m * P::LK + col] = __float2bfloat16(ks - __bfloat162float(sh));
-        sKth[m * P::LK + col] = th;
-        sKtl[m * P::LK + col] = __float2bfloat16(kt - __bfloat162float(th));
+        store_hi_lo(sKsh[m * P::LK + col], sKsl[m * P::LK + col], ks);
+        store_hi_lo(sKth[m * P::LK + col], sKtl[m * P::LK + col], kt);
       }
       const float ll = lam[len], fl = static_cast<float>(len);
       for (int i = tid; i < DV * COLS; i += BLOCK) {
@@ -850,31 +857,18 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
       wmma::load_matrix_sync(ta, sTf + 16 * warp * P::LF + 16 * tc, P::LF, wmma::mem_row_major);
       for (int kk = 0; kk < C; kk += 16) {
         FragAc fa; // vᵀ: element (j, m) = v[m][j]
-        FragB fb;
         wmma::load_matrix_sync(fa, sV + kk * P::LO + 16 * warp, P::LO);
-        wmma::load_matrix_sync(fb, sKsh + kk * P::LK + 16 * tc, P::LK);
-        wmma::mma_sync(sa, fa, fb, sa);
-        wmma::load_matrix_sync(fb, sKsl + kk * P::LK + 16 * tc, P::LK);
-        wmma::mma_sync(sa, fa, fb, sa);
-        wmma::load_matrix_sync(fb, sKth + kk * P::LK + 16 * tc, P::LK);
-        wmma::mma_sync(ta, fa, fb, ta);
-        wmma::load_matrix_sync(fb, sKtl + kk * P::LK + 16 * tc, P::LK);
-        wmma::mma_sync(ta, fa, fb, ta);
+        const int at = kk * P::LK + 16 * tc;
+        mma_hi_lo(sa, fa, sKsh + at, sKsl + at, P::LK);
+        mma_hi_lo(ta, fa, sKth + at, sKtl + at, P::LK);
       }
       wmma::store_matrix_sync(sSf + 16 * warp * P::LF + 16 * tc, sa, P::LF, wmma::mem_row_major);
       wmma::store_matrix_sync(sTf + 16 * warp * P::LF + 16 * tc, ta, P::LF, wmma::mem_row_major);
     }
     __syncthreads();
     // 7. The states' bf16 hi + lo for the next block's X, Y.
-    for (int i = tid; i < DV * COLS && !statesOnly; i += BLOCK) {
-      const int j = i / COLS, c = i % COLS;
-      const float sv = sSf[j * P::LF + c], tv = sTf[j * P::LF + c];
-      const bf16 sh = __float2bfloat16(sv), th = __float2bfloat16(tv);
-      sSh[j * P::LS + c] = sh;
-      sSl[j * P::LS + c] = __float2bfloat16(sv - __bfloat162float(sh));
-      sTh[j * P::LS + c] = th;
-      sTl[j * P::LS + c] = __float2bfloat16(tv - __bfloat162float(th));
-    }
+    if (!statesOnly)
+      splitStates();
     __syncthreads();
   }
   if (statesOnly) {
