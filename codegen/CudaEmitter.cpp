@@ -68,7 +68,7 @@ constexpr int64_t kLaSmemMain =
 constexpr int64_t kLaSmemState = 4 * kLaTile * 2 + 1024;
 // la_bw::DthetaRelative<128, 16, 64>::SMEM and DthetaRelativeTc's (asserted in the emitted
 // kernels).
-constexpr int64_t kLaDthetaSmem = 99336, kLaDthetaTcSmem = 174464;
+constexpr int64_t kLaDthetaSmem = 99336, kLaDthetaTcSmem = 125312;
 // The decode kernel's tiling (rec::lightning_decode): 16 state columns per CTA, 256 threads.
 constexpr int64_t kDecodeCols = 16, kDecodeBlock = 256;
 // The decode GEMV (rec::gemv): batches up to 4, 8 warps per CTA.

@@ -20,7 +20,6 @@
 #include "tnlm/LightningAttentionBwdSimple.cuh"
 
 #include <cuda_bf16.h>
-#include <mma.h>
 
 namespace tnlm {
 namespace la_bw {
@@ -589,25 +588,29 @@ la_dtheta_relative(const bf16 *q, long long ldq, long long qHead, long long qSin
   }
 }
 
-// la_dtheta_relative on tensor cores (WMMA bf16 16 × 16 × 16, fp32 accumulators): the same
-// sums by blocks of C = 64 tokens, one CTA of 8 warps per (b·H + h, block of 16 features).
-// (16 warps, measured on the H200: no faster.)
+// la_dtheta_relative on tensor cores (mma.sync m16n8k16 bf16, fp32 accumulators, operands from
+// shared memory by ldmatrix): the same sums by blocks of C = 64 tokens, one CTA of 8 warps per
+// (b·H + h, block of 16 features, segment).
 // Matrix products: the scores A = dO·vᵀ (bf16 operands, exact), X = dO·T, Y = dO·S (the states
 // fp32, split as bf16 hi + lo: 16 mantissa bits), Z = W·k' (W = (n−m) λ^(n−m) A, hi + lo), and
-// the state update S += vᵀ·(λ^d k'), T += vᵀ·(d λ^d k') (the weighted keys hi + lo) into the
-// fp32 states; the rest element-wise as la_dtheta_relative.
+// the state update S += vᵀ·(λ^d k'), T += vᵀ·(d λ^d k') (the weighted keys hi + lo). The states
+// stay in the accumulators of the update (warp w: state rows 16w..16w+15, all 32 columns) from
+// block to block; their hi + lo go to shared memory for the next block's X, Y. W goes from the
+// scores' accumulators to shared memory as hi + lo; G = λ^r (X + r Y) + Z (r = n + 1) is
+// weighted by q' and summed per column in registers.
 template <int DV, int CB, int C> struct DthetaRelativeTc {
-  static constexpr int COLS = 2 * CB, LO = DV + 8, LK = COLS + 8, LA = C + 4, LW = C + 8,
-                       LF = COLS + 4, LS = COLS + 8;
+  // Row lengths in elements: dO, v; k', q', the weighted keys; W; the states' hi + lo (each row
+  // 16 bytes past a multiple of 128: the 8 rows of an ldmatrix fall in different banks).
+  static constexpr int COLS = 2 * CB, LO = DV + 8, LK = COLS + 8, LW = C + 8, LS = COLS + 8;
   static constexpr int align(int b) { return (b + 127) / 128 * 128; }
   static constexpr int O_BYTES = align(C * LO * 2), K_BYTES = align(C * LK * 2),
-                       Q_BYTES = align(C * COLS * 4),
-                       R1_BYTES = align((C * LA > 3 * C * LF ? C * LA : 3 * C * LF) * 4),
-                       R2_BYTES = align((2 * C * LW > 4 * C * LK ? 2 * C * LW : 4 * C * LK) * 2),
-                       F_BYTES = align(DV * LF * 4), H_BYTES = align(DV * LS * 2),
+                       W_BYTES = align(C * LW * 2), S_BYTES = align(DV * LS * 2),
                        L_BYTES = align((C + 1) * 4);
-  static constexpr int SMEM =
-      2 * O_BYTES + K_BYTES + Q_BYTES + R1_BYTES + R2_BYTES + 2 * F_BYTES + 4 * H_BYTES + L_BYTES;
+  // dO, v; k', q', the weighted keys λ^d k' and d λ^d k' (hi, lo each); W (hi, lo); S and T
+  // (hi, lo each); λ^i, i = 0..C.
+  static constexpr int OFF_K = 2 * O_BYTES, OFF_W = OFF_K + 6 * K_BYTES,
+                       OFF_S = OFF_W + 2 * W_BYTES, OFF_L = OFF_S + 4 * S_BYTES,
+                       SMEM = OFF_L + L_BYTES;
 };
 
 // x as bf16 hi + lo (hi = bf16(x), lo = bf16(x − hi): 16 mantissa bits between them).
@@ -616,16 +619,36 @@ __device__ __forceinline__ void store_hi_lo(bf16 &hi, bf16 &lo, float x) {
   hi = h;
   lo = __float2bfloat16(x - __bfloat162float(h));
 }
-
-// acc += fa · (B hi + B lo), B a row-major 16 × 16 bf16 tile at hi / lo (leading dimension ld).
-template <typename Acc, typename FragA>
-__device__ __forceinline__ void mma_hi_lo(Acc &acc, const FragA &fa, const bf16 *hi, const bf16 *lo,
-                                          int ld) {
-  nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, bf16, nvcuda::wmma::row_major> fb;
-  nvcuda::wmma::load_matrix_sync(fb, hi, ld);
-  nvcuda::wmma::mma_sync(acc, fa, fb, acc);
-  nvcuda::wmma::load_matrix_sync(fb, lo, ld);
-  nvcuda::wmma::mma_sync(acc, fa, fb, acc);
+// The pair (x0, x1) as bf16x2 hi + lo, stored at shared addresses hi, lo.
+__device__ __forceinline__ void st_hi_lo_pair(unsigned hi, unsigned lo, float x0, float x1) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+  const float2 hf = __bfloat1622float2(h);
+  const __nv_bfloat162 l = __floats2bfloat162_rn(x0 - hf.x, x1 - hf.y);
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(hi), "r"(*reinterpret_cast<const unsigned *>(&h)));
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(lo), "r"(*reinterpret_cast<const unsigned *>(&l)));
+}
+__device__ __forceinline__ unsigned dt_smem(const void *p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+// Four 8 × 8 bf16 matrices (lane l gives a row address of matrix l / 8); .trans: transposed.
+__device__ __forceinline__ void dt_ldsm(unsigned (&r)[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void dt_ldsm_t(unsigned (&r)[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// d += a (16 × 16, row) · b (16 × 8, col): bf16 operands, fp32 accumulators. d's elements:
+// (row lane / 4, columns 2 (lane % 4) + 0, 1), then the same 8 rows below.
+__device__ __forceinline__ void dt_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0,
+                                       unsigned b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+               "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 template <int DV, int CB, int C, int BLOCK>
@@ -634,35 +657,27 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
                       long long ldk, long long kHead, long long kSin, const bf16 *v, long long ldv,
                       const bf16 *dO, long long lddo, const float *slopes, int N, int H, int dh,
                       double *partial, float *segStates, int segLen, int statesOnly) {
-  using namespace nvcuda;
   using P = DthetaRelativeTc<DV, CB, C>;
-  constexpr int COLS = P::COLS, WARPS = BLOCK / 32;
+  constexpr int COLS = P::COLS, WARPS = BLOCK / 32, LO = P::LO, LK = P::LK, LW = P::LW,
+                LS = P::LS;
   static_assert(BLOCK == 256 && C == 64 && COLS == 32 && DV == 128, "the tile assignment");
-  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
-  using FragAc = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;
-  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
-  using FragBc = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
-  using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
   extern __shared__ __align__(128) unsigned char la_dtheta_tc_smem[];
-  unsigned char *base = la_dtheta_tc_smem;
-  bf16 *sO = reinterpret_cast<bf16 *>(base);
-  bf16 *sV = reinterpret_cast<bf16 *>(base += P::O_BYTES);
-  bf16 *sK = reinterpret_cast<bf16 *>(base += P::O_BYTES);
-  float *sQ = reinterpret_cast<float *>(base += P::K_BYTES);
-  float *r1 = reinterpret_cast<float *>(base += P::Q_BYTES); // A, then X, Y, Z
-  bf16 *r2 = reinterpret_cast<bf16 *>(base += P::R1_BYTES);  // W hi, lo; then the weighted keys
-  float *sSf = reinterpret_cast<float *>(base += P::R2_BYTES);
-  float *sTf = reinterpret_cast<float *>(base += P::F_BYTES);
-  bf16 *sSh = reinterpret_cast<bf16 *>(base += P::F_BYTES);
-  bf16 *sSl = reinterpret_cast<bf16 *>(base += P::H_BYTES);
-  bf16 *sTh = reinterpret_cast<bf16 *>(base += P::H_BYTES);
-  bf16 *sTl = reinterpret_cast<bf16 *>(base += P::H_BYTES);
-  float *lam = reinterpret_cast<float *>(base += P::H_BYTES);
-  float *sA = r1, *sX = r1, *sY = r1 + C * P::LF, *sZ = r1 + 2 * C * P::LF;
-  bf16 *sWh = r2, *sWl = r2 + C * P::LW;
-  bf16 *sKsh = r2, *sKsl = r2 + C * P::LK, *sKth = r2 + 2 * C * P::LK, *sKtl = r2 + 3 * C * P::LK;
+  unsigned char *const base = la_dtheta_tc_smem;
+  bf16 *sO = reinterpret_cast<bf16 *>(base), *sV = reinterpret_cast<bf16 *>(base + P::O_BYTES);
+  bf16 *sK = reinterpret_cast<bf16 *>(base + P::OFF_K);
+  bf16 *sQ = reinterpret_cast<bf16 *>(base + P::OFF_K + P::K_BYTES);
+  bf16 *sKsh = reinterpret_cast<bf16 *>(base + P::OFF_K + 2 * P::K_BYTES);
+  bf16 *sKsl = reinterpret_cast<bf16 *>(base + P::OFF_K + 3 * P::K_BYTES);
+  bf16 *sKth = reinterpret_cast<bf16 *>(base + P::OFF_K + 4 * P::K_BYTES);
+  bf16 *sKtl = reinterpret_cast<bf16 *>(base + P::OFF_K + 5 * P::K_BYTES);
+  const unsigned aO = dt_smem(sO), aV = dt_smem(sV), aK = dt_smem(sK), aKsh = dt_smem(sKsh),
+                 aKsl = dt_smem(sKsl), aKth = dt_smem(sKth), aKtl = dt_smem(sKtl),
+                 aWh = dt_smem(base + P::OFF_W), aWl = aWh + P::W_BYTES,
+                 aSh = dt_smem(base + P::OFF_S), aSl = aSh + P::S_BYTES, aTh = aSl + P::S_BYTES,
+                 aTl = aTh + P::S_BYTES;
+  float *lam = reinterpret_cast<float *>(base + P::OFF_L);
 
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gid = lane / 4, tig = lane % 4;
   const int bh = blockIdx.x, b = bh / H, h = bh % H, c0 = blockIdx.y * CB;
   const long long row0 = static_cast<long long>(b) * N;
   const float slope = slopes[h];
@@ -677,46 +692,54 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
   };
   for (int i = tid; i <= C; i += BLOCK)
     lam[i] = expf(-slope * static_cast<float>(i));
-  // The states at the segment's start (zero for the first segment and the states pass), each
-  // entry written and then read by the same thread (the padding columns are never read).
+  // This thread's state entries: S[t][e], T[t][e] at row 16·warp + gid + 8 (e / 2), column
+  // 8t + 2·tig + e % 2 (segStates: entry row·COLS + column, S then T).
+  float S[4][4], T[4][4];
   {
     const bool prefix = !statesOnly && g > 0;
     const float lL = expf(-slope * static_cast<float>(segLen)), fL = static_cast<float>(segLen);
-    for (int i = tid; i < DV * COLS; i += BLOCK) {
-      const int j = i / COLS, c = i % COLS;
-      float sv = 0.0f, tv = 0.0f;
-      for (int seg = 0; prefix && seg < g; ++seg) {
-        const float *st = statesOf(seg);
-        tv = lL * (tv + fL * sv) + st[DV * COLS + i];
-        sv = lL * sv + st[i];
+#pragma unroll
+    for (int t = 0; t < 4; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = (16 * warp + gid + 8 * (e / 2)) * COLS + 8 * t + 2 * tig + e % 2;
+        float sv = 0.0f, tv = 0.0f;
+        for (int seg = 0; prefix && seg < g; ++seg) {
+          const float *st = statesOf(seg);
+          tv = lL * (tv + fL * sv) + st[DV * COLS + i];
+          sv = lL * sv + st[i];
+        }
+        S[t][e] = sv;
+        T[t][e] = tv;
       }
-      sSf[j * P::LF + c] = sv;
-      sTf[j * P::LF + c] = tv;
-    }
   }
-  // The fp32 states' bf16 hi + lo, read by X, Y (each entry by the thread that wrote it).
+  // The states' hi + lo (rows j, columns c; K × N operands of X, Y) for the next block.
   auto splitStates = [&]() {
-    for (int i = tid; i < DV * COLS; i += BLOCK) {
-      const int j = i / COLS, c = i % COLS;
-      store_hi_lo(sSh[j * P::LS + c], sSl[j * P::LS + c], sSf[j * P::LF + c]);
-      store_hi_lo(sTh[j * P::LS + c], sTl[j * P::LS + c], sTf[j * P::LF + c]);
-    }
+#pragma unroll
+    for (int t = 0; t < 4; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; e += 2) {
+        const unsigned at = 2u * ((16 * warp + gid + 4 * e) * LS + 8 * t + 2 * tig);
+        st_hi_lo_pair(aSh + at, aSl + at, S[t][e], S[t][e + 1]);
+        st_hi_lo_pair(aTh + at, aTl + at, T[t][e], T[t][e + 1]);
+      }
   };
-  splitStates();
+  if (!statesOnly)
+    splitStates();
   // Column col of k' and q' (as la_dtheta_relative): kc then ks of feature c0 + col mod CB; of
   // q the factor −qs (kc columns) or +qc (ks columns).
   const int col = lane, fc = c0 + (col < CB ? col : col - CB);
   const long long kcol = h * kHead + fc + (col < CB ? 0 : kSin);
   const long long qcol = h * qHead + fc + (col < CB ? qSin : 0);
   const float qsign = col < CB ? -1.0f : 1.0f;
-  double acc = 0.0;
+  // Σ over the blocks of q'·G, per column 16·(warp % 2) + 8t + 2·tig + e of this thread.
+  double acc[2][2] = {};
   // The next block's dO, v (bf16 pairs: element pair u of this thread at row (tid + BLOCK·u) /
   // (DV / 2)), k' and signed q' columns (rows warp + WARPS·u), fetched into registers while the
   // current block is worked on; zeros past the sequence's end.
   constexpr int PAIRS = C * DV / 2 / BLOCK, ROWS = C / WARPS;
   __nv_bfloat162 po[PAIRS], pv[PAIRS];
-  bf16 pk[ROWS];
-  float pq[ROWS];
+  bf16 pk[ROWS], pq[ROWS];
   auto fetch = [&](int start) {
     const int count = min(C, N - start);
 #pragma unroll
@@ -732,161 +755,201 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
 #pragma unroll
     for (int u = 0; u < ROWS; ++u) {
       const int n = warp + WARPS * u;
-      pk[u] = __float2bfloat16(0.0f);
-      pq[u] = 0.0f;
+      pk[u] = pq[u] = __float2bfloat16(0.0f);
       if (n < count) {
         const long long r = row0 + start + n;
         pk[u] = k[r * ldk + kcol];
-        pq[u] = qsign * __bfloat162float(q[r * ldq + qcol]);
+        pq[u] = __float2bfloat16(qsign * __bfloat162float(q[r * ldq + qcol]));
       }
     }
   };
   if (s0 < s1)
     fetch(s0);
   __syncthreads();
+  // ldmatrix lane addresses (byte offsets within a tile): a row-major A operand (rows lane % 16,
+  // column 8 (lane / 16)); a B operand stored N × K (rows (lane % 8) + 8 (lane / 16), column
+  // 8 ((lane / 8) % 2)); a B operand stored K × N, transposed (rows (lane % 8) + 8 ((lane / 8) %
+  // 2), column 8 (lane / 16)); Aᵀ of a matrix stored K × M (as the N × K B operand).
+  const int rA = lane % 16, cA = 8 * (lane / 16), rNK = lane % 8 + 8 * (lane / 16),
+            cNK = 8 * ((lane / 8) % 2), rKN = lane % 8 + 8 * ((lane / 8) % 2), cKN = 8 * (lane / 16);
   for (int t0 = s0; t0 < s1; t0 += C) {
     const int len = min(C, s1 - t0);
-    // 1. The block's fetched dO, v, k' (bf16) and q' factors (fp32) into shared memory.
+    // 1. The block's fetched dO, v, k' and q' factors (bf16) into shared memory, and the
+    //    weighted keys λ^d k', d λ^d k' (d = len − 1 − m; zero from len on) as hi + lo.
 #pragma unroll
     for (int u = 0; u < PAIRS; ++u) {
       const int i = tid + BLOCK * u, n = i / (DV / 2), j = 2 * (i % (DV / 2));
-      *reinterpret_cast<__nv_bfloat162 *>(sO + n * P::LO + j) = po[u];
-      *reinterpret_cast<__nv_bfloat162 *>(sV + n * P::LO + j) = pv[u];
+      *reinterpret_cast<__nv_bfloat162 *>(sO + n * LO + j) = po[u];
+      *reinterpret_cast<__nv_bfloat162 *>(sV + n * LO + j) = pv[u];
     }
 #pragma unroll
     for (int u = 0; u < ROWS; ++u) {
-      const int n = warp + WARPS * u;
-      sK[n * P::LK + col] = pk[u];
-      sQ[n * COLS + col] = pq[u];
+      const int m = warp + WARPS * u;
+      sK[m * LK + col] = pk[u];
+      sQ[m * LK + col] = pq[u];
+      float ks = 0.0f, kt = 0.0f;
+      if (m < len) {
+        const int d = len - 1 - m;
+        ks = lam[d] * __bfloat162float(pk[u]);
+        kt = static_cast<float>(d) * ks;
+      }
+      store_hi_lo(sKsh[m * LK + col], sKsl[m * LK + col], ks);
+      store_hi_lo(sKth[m * LK + col], sKtl[m * LK + col], kt);
     }
     __syncthreads();
     if (t0 + C < s1)
-      fetch(t0 + C); // in flight during steps 2-7
+      fetch(t0 + C); // in flight during steps 2-4
     if (!statesOnly) {
-      // 2. The scores A = dO·vᵀ, the tiles on and below the diagonal (m-tile ≤ n-tile).
-      for (int t = warp; t < 16; t += WARPS) {
-        const int tn = t / 4, tm = t % 4;
-        if (tm > tn)
-          continue;
-        Acc a;
-        wmma::fill_fragment(a, 0.0f);
+      // 2. The scores A = dO·vᵀ on and below the diagonal, 16 × 16 tiles (tn, tm ≤ tn): tile p
+      //    = warp, warp + 8 of the 10; W_nm = (n − m) λ^(n−m) A_nm (m < n, else 0) as hi + lo.
+      for (int p = warp; p < 10; p += WARPS) {
+        const int tn = p < 1 ? 0 : p < 3 ? 1 : p < 6 ? 2 : 3, tm = p - tn * (tn + 1) / 2;
+        float a[2][4] = {};
+#pragma unroll
         for (int kk = 0; kk < DV; kk += 16) {
-          FragA fa;
-          FragBc fb;
-          wmma::load_matrix_sync(fa, sO + 16 * tn * P::LO + kk, P::LO);
-          wmma::load_matrix_sync(fb, sV + 16 * tm * P::LO + kk, P::LO);
-          wmma::mma_sync(a, fa, fb, a);
+          unsigned fa[4], fb[4];
+          dt_ldsm(fa, aO + 2u * ((16 * tn + rA) * LO + kk + cA));
+          dt_ldsm(fb, aV + 2u * ((16 * tm + rNK) * LO + kk + cNK));
+          dt_mma(a[0], fa, fb[0], fb[1]);
+          dt_mma(a[1], fa, fb[2], fb[3]);
         }
-        wmma::store_matrix_sync(sA + 16 * tn * P::LA + 16 * tm, a, P::LA, wmma::mem_row_major);
-      }
-      __syncthreads();
-      // 3. W_nm = (n − m) λ^(n−m) A_nm (m < n, else 0) as bf16 hi + lo.
-      for (int i = tid; i < C * C; i += BLOCK) {
-        const int n = i / C, m = i % C;
-        const float w = m < n ? static_cast<float>(n - m) * lam[n - m] * sA[n * P::LA + m] : 0.0f;
-        store_hi_lo(sWh[n * P::LW + m], sWl[n * P::LW + m], w);
-      }
-      __syncthreads();
-      // 4. X = dO·T, Y = dO·S (before the block), Z = W·k': tile (tn = warp / 2, tc = warp % 2).
-      {
-        const int tn = warp / 2, tc = warp % 2;
-        Acc x, y, z;
-        wmma::fill_fragment(x, 0.0f);
-        wmma::fill_fragment(y, 0.0f);
-        wmma::fill_fragment(z, 0.0f);
-        if (t0 > 0)
-          for (int kk = 0; kk < DV; kk += 16) {
-            FragA fa;
-            wmma::load_matrix_sync(fa, sO + 16 * tn * P::LO + kk, P::LO);
-            const int at = kk * P::LS + 16 * tc;
-            mma_hi_lo(x, fa, sTh + at, sTl + at, P::LS);
-            mma_hi_lo(y, fa, sSh + at, sSl + at, P::LS);
+#pragma unroll
+        for (int s = 0; s < 2; ++s)
+#pragma unroll
+          for (int e = 0; e < 4; e += 2) {
+            const int n = 16 * tn + gid + 4 * e, m = 16 * tm + 8 * s + 2 * tig;
+            const float w0 = m < n ? static_cast<float>(n - m) * lam[n - m] * a[s][e] : 0.0f;
+            const float w1 =
+                m + 1 < n ? static_cast<float>(n - m - 1) * lam[n - m - 1] * a[s][e + 1] : 0.0f;
+            const unsigned at = 2u * (n * LW + m);
+            st_hi_lo_pair(aWh + at, aWl + at, w0, w1);
           }
-        for (int kk = 0; kk <= 16 * tn; kk += 16) { // W is zero right of the diagonal tile
-          FragA fa;
-          FragB fb;
-          wmma::load_matrix_sync(fb, sK + kk * P::LK + 16 * tc, P::LK);
-          wmma::load_matrix_sync(fa, sWh + 16 * tn * P::LW + kk, P::LW);
-          wmma::mma_sync(z, fa, fb, z);
-          wmma::load_matrix_sync(fa, sWl + 16 * tn * P::LW + kk, P::LW);
-          wmma::mma_sync(z, fa, fb, z);
-        }
-        // (A, in r1, was last read in step 3.)
-        wmma::store_matrix_sync(sX + 16 * tn * P::LF + 16 * tc, x, P::LF, wmma::mem_row_major);
-        wmma::store_matrix_sync(sY + 16 * tn * P::LF + 16 * tc, y, P::LF, wmma::mem_row_major);
-        wmma::store_matrix_sync(sZ + 16 * tn * P::LF + 16 * tc, z, P::LF, wmma::mem_row_major);
       }
       __syncthreads();
-      // 5. Token n (warp + 8i), column col: G = λ^r (X + r Y) + Z, r = n + 1, times its q factor.
-      //    The weighted keys λ^d k', d λ^d k' (d = len − 1 − m) as bf16 hi + lo (W is read).
-      {
-        float blockSum = 0.0f;
-        for (int n = warp; n < C; n += WARPS) {
-          const float r = static_cast<float>(n + 1);
-          const float gn =
-              lam[n + 1] * (sX[n * P::LF + col] + r * sY[n * P::LF + col]) + sZ[n * P::LF + col];
-          blockSum += sQ[n * COLS + col] * gn;
+      // 3. X = dO·T, Y = dO·S (the states before the block), Z = W·k' for rows 16 tn.., columns
+      //    16 hc..16 hc + 15 (tn = warp / 2, hc = warp % 2); G = λ^r (X + r Y) + Z, r = n + 1,
+      //    times its q factor, summed per column.
+      const int tn = warp / 2, hc = warp % 2;
+      float x[2][4] = {}, y[2][4] = {}, z[2][4] = {};
+      if (t0 > 0) {
+#pragma unroll
+        for (int kk = 0; kk < DV; kk += 16) {
+          unsigned fa[4], th[4], tl[4], sh[4], sl[4];
+          dt_ldsm(fa, aO + 2u * ((16 * tn + rA) * LO + kk + cA));
+          const unsigned at = 2u * ((kk + rKN) * LS + 16 * hc + cKN);
+          dt_ldsm_t(th, aTh + at);
+          dt_ldsm_t(tl, aTl + at);
+          dt_ldsm_t(sh, aSh + at);
+          dt_ldsm_t(sl, aSl + at);
+#pragma unroll
+          for (int s = 0; s < 2; ++s) {
+            dt_mma(x[s], fa, th[2 * s], th[2 * s + 1]);
+            dt_mma(x[s], fa, tl[2 * s], tl[2 * s + 1]);
+            dt_mma(y[s], fa, sh[2 * s], sh[2 * s + 1]);
+            dt_mma(y[s], fa, sl[2 * s], sl[2 * s + 1]);
+          }
         }
-        acc += static_cast<double>(blockSum);
+      }
+      for (int kk = 0; kk <= 16 * tn; kk += 16) { // W is zero right of the diagonal tile
+        unsigned wh[4], wl[4], fk[4];
+        dt_ldsm(wh, aWh + 2u * ((16 * tn + rA) * LW + kk + cA));
+        dt_ldsm(wl, aWl + 2u * ((16 * tn + rA) * LW + kk + cA));
+        dt_ldsm_t(fk, aK + 2u * ((kk + rKN) * LK + 16 * hc + cKN));
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+          dt_mma(z[s], wh, fk[2 * s], fk[2 * s + 1]);
+          dt_mma(z[s], wl, fk[2 * s], fk[2 * s + 1]);
+        }
+      }
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+          const int n = 16 * tn + gid + 4 * e, c = 16 * hc + 8 * s + 2 * tig;
+          const float r = static_cast<float>(n + 1), l = lam[n + 1];
+          const float2 qf =
+              __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(sQ + n * LK + c));
+          sum0 += qf.x * (l * (x[s][e] + r * y[s][e]) + z[s][e]);
+          sum1 += qf.y * (l * (x[s][e + 1] + r * y[s][e + 1]) + z[s][e + 1]);
+        }
+        acc[s][0] += static_cast<double>(sum0);
+        acc[s][1] += static_cast<double>(sum1);
       }
     } // !statesOnly
+    // 4. The states at the block's end: T ← λ^len (T + len S) + vᵀ·(d λ^d k'), S ← λ^len S +
+    //    vᵀ·(λ^d k'), d = len − 1 − m; warp w the state rows 16w.., all columns.
     {
-      for (int m = warp; m < C; m += WARPS) {
-        float ks = 0.0f, kt = 0.0f;
-        if (m < len) {
-          const int d = len - 1 - m;
-          ks = lam[d] * __bfloat162float(sK[m * P::LK + col]);
-          kt = static_cast<float>(d) * ks;
-        }
-        store_hi_lo(sKsh[m * P::LK + col], sKsl[m * P::LK + col], ks);
-        store_hi_lo(sKth[m * P::LK + col], sKtl[m * P::LK + col], kt);
-      }
       const float ll = lam[len], fl = static_cast<float>(len);
-      for (int i = tid; i < DV * COLS; i += BLOCK) {
-        const int j = i / COLS, c = i % COLS;
-        const float sv = sSf[j * P::LF + c];
-        sTf[j * P::LF + c] = ll * (sTf[j * P::LF + c] + fl * sv);
-        sSf[j * P::LF + c] = ll * sv;
-      }
-    }
-    __syncthreads();
-    // 6. S += vᵀ·(λ^d k'), T += vᵀ·(d λ^d k'): warp w the state rows 16w.., both column tiles.
-    for (int tc = 0; tc < 2; ++tc) {
-      Acc sa, ta;
-      wmma::load_matrix_sync(sa, sSf + 16 * warp * P::LF + 16 * tc, P::LF, wmma::mem_row_major);
-      wmma::load_matrix_sync(ta, sTf + 16 * warp * P::LF + 16 * tc, P::LF, wmma::mem_row_major);
+#pragma unroll
+      for (int t = 0; t < 4; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          T[t][e] = ll * (T[t][e] + fl * S[t][e]);
+          S[t][e] = ll * S[t][e];
+        }
+#pragma unroll
       for (int kk = 0; kk < C; kk += 16) {
-        FragAc fa; // vᵀ: element (j, m) = v[m][j]
-        wmma::load_matrix_sync(fa, sV + kk * P::LO + 16 * warp, P::LO);
-        const int at = kk * P::LK + 16 * tc;
-        mma_hi_lo(sa, fa, sKsh + at, sKsl + at, P::LK);
-        mma_hi_lo(ta, fa, sKth + at, sKtl + at, P::LK);
+        unsigned fa[4]; // vᵀ: element (j, m) = v[m][j]
+        dt_ldsm_t(fa, aV + 2u * ((kk + rNK) * LO + 16 * warp + cNK));
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const unsigned at = 2u * ((kk + rKN) * LK + 16 * half + cKN);
+          unsigned ksh[4], ksl[4], kth[4], ktl[4];
+          dt_ldsm_t(ksh, aKsh + at);
+          dt_ldsm_t(ksl, aKsl + at);
+          dt_ldsm_t(kth, aKth + at);
+          dt_ldsm_t(ktl, aKtl + at);
+#pragma unroll
+          for (int s = 0; s < 2; ++s) {
+            const int t = 2 * half + s;
+            dt_mma(S[t], fa, ksh[2 * s], ksh[2 * s + 1]);
+            dt_mma(S[t], fa, ksl[2 * s], ksl[2 * s + 1]);
+            dt_mma(T[t], fa, kth[2 * s], kth[2 * s + 1]);
+            dt_mma(T[t], fa, ktl[2 * s], ktl[2 * s + 1]);
+          }
+        }
       }
-      wmma::store_matrix_sync(sSf + 16 * warp * P::LF + 16 * tc, sa, P::LF, wmma::mem_row_major);
-      wmma::store_matrix_sync(sTf + 16 * warp * P::LF + 16 * tc, ta, P::LF, wmma::mem_row_major);
     }
     __syncthreads();
-    // 7. The states' bf16 hi + lo for the next block's X, Y.
+    // 5. The new states' hi + lo for the next block's X, Y (the block's reads are done).
     if (!statesOnly)
       splitStates();
-    __syncthreads();
   }
   if (statesOnly) {
     float *st = statesOf(g);
-    for (int i = tid; i < DV * COLS; i += BLOCK) {
-      const int j = i / COLS, c = i % COLS;
-      st[i] = sSf[j * P::LF + c];
-      st[DV * COLS + i] = sTf[j * P::LF + c];
-    }
+#pragma unroll
+    for (int t = 0; t < 4; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = (16 * warp + gid + 8 * (e / 2)) * COLS + 8 * t + 2 * tig + e % 2;
+        st[i] = S[t][e];
+        st[DV * COLS + i] = T[t][e];
+      }
     return;
   }
-  double *red = reinterpret_cast<double *>(r1);
-  red[tid] = acc;
+  // The columns' sums: over the 8 rows of a warp's tile (lanes of one tig), then over the 4 row
+  // tiles in order; feature c0 + c its kc and ks columns.
+#pragma unroll
+  for (int s = 0; s < 2; ++s)
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int o = 4; o < 32; o *= 2)
+        acc[s][e] += __shfl_xor_sync(0xffffffffu, acc[s][e], o);
+  __syncthreads(); // (every warp is past its last read of dO)
+  double *red = reinterpret_cast<double *>(base); // [4 row tiles][COLS]
+  if (gid == 0)
+#pragma unroll
+    for (int s = 0; s < 2; ++s)
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+        red[(warp / 2) * COLS + 16 * (warp % 2) + 8 * s + 2 * tig + e] = acc[s][e];
   __syncthreads();
   if (tid < CB) {
     double sum = 0.0;
-    for (int w = 0; w < WARPS; ++w)
-      sum += red[w * 32 + tid] + red[w * 32 + CB + tid];
+    for (int t = 0; t < 4; ++t)
+      sum += red[t * COLS + tid] + red[t * COLS + CB + tid];
     partial[(static_cast<long long>(b) * gridDim.z + g) * H * dh + h * dh + c0 + tid] = sum;
   }
 }

@@ -17,7 +17,7 @@ inline int fusedGradBlock(int dk) { return dk == 256 ? 16 : 64; }
 
 /// dtheta_relative's and dtheta_relative_tc's dynamic shared memory (as tnlmc's kLaDthetaSmem,
 /// kLaDthetaTcSmem).
-constexpr int kDthetaRelativeSmem = 99336, kDthetaRelativeTcSmem = 174464;
+constexpr int kDthetaRelativeSmem = 99336, kDthetaRelativeTcSmem = 125312;
 
 /// la_bwd_simple_{bf16,float}: lightning_bwd_simple<128, 128, 64, 256>.
 inline std::string lightningBwdSimpleWrappers() {
