@@ -731,35 +731,35 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
   const int col = lane, fc = c0 + (col < CB ? col : col - CB);
   const long long kcol = h * kHead + fc + (col < CB ? 0 : kSin);
   const long long qcol = h * qHead + fc + (col < CB ? qSin : 0);
-  const float qsign = col < CB ? -1.0f : 1.0f;
   // Σ over the blocks of q'·G, per column 16·(warp % 2) + 8t + 2·tig + e of this thread.
   double acc[2][2] = {};
-  // The next block's dO, v (bf16 pairs: element pair u of this thread at row (tid + BLOCK·u) /
-  // (DV / 2)), k' and signed q' columns (rows warp + WARPS·u), fetched into registers while the
-  // current block is worked on; zeros past the sequence's end.
-  constexpr int PAIRS = C * DV / 2 / BLOCK, ROWS = C / WARPS;
+  // The next block's dO, v (bf16 pairs: element pair u of this thread at row tid / (DV / 2) +
+  // u·BLOCK / (DV / 2), column 2 (tid % (DV / 2))), k' and q' columns (rows warp + WARPS·u),
+  // fetched into registers while the current block is worked on (nothing waits on the loads
+  // before the next block's step 1); zeros past the sequence's end.
+  constexpr int PAIRS = C * DV / 2 / BLOCK, ROWS = C / WARPS, PSTEP = BLOCK / (DV / 2);
   __nv_bfloat162 po[PAIRS], pv[PAIRS];
   bf16 pk[ROWS], pq[ROWS];
+  const int pn = tid / (DV / 2), pj = 2 * (tid % (DV / 2));
   auto fetch = [&](int start) {
     const int count = min(C, N - start);
+    const long long r = row0 + start;
+    const bf16 *o = dO + (r + pn) * lddo + h * DV + pj, *x = v + (r + pn) * ldv + h * DV + pj;
 #pragma unroll
     for (int u = 0; u < PAIRS; ++u) {
-      const int i = tid + BLOCK * u, n = i / (DV / 2), j = 2 * (i % (DV / 2));
       po[u] = pv[u] = __float2bfloat162_rn(0.0f);
-      if (n < count) {
-        const long long r = row0 + start + n;
-        po[u] = *reinterpret_cast<const __nv_bfloat162 *>(dO + r * lddo + h * DV + j);
-        pv[u] = *reinterpret_cast<const __nv_bfloat162 *>(v + r * ldv + h * DV + j);
+      if (pn + PSTEP * u < count) {
+        po[u] = *reinterpret_cast<const __nv_bfloat162 *>(o + PSTEP * u * lddo);
+        pv[u] = *reinterpret_cast<const __nv_bfloat162 *>(x + PSTEP * u * ldv);
       }
     }
+    const bf16 *kp = k + (r + warp) * ldk + kcol, *qp = q + (r + warp) * ldq + qcol;
 #pragma unroll
     for (int u = 0; u < ROWS; ++u) {
-      const int n = warp + WARPS * u;
       pk[u] = pq[u] = __float2bfloat16(0.0f);
-      if (n < count) {
-        const long long r = row0 + start + n;
-        pk[u] = k[r * ldk + kcol];
-        pq[u] = __float2bfloat16(qsign * __bfloat162float(q[r * ldq + qcol]));
+      if (warp + WARPS * u < count) {
+        pk[u] = kp[WARPS * u * ldk];
+        pq[u] = qp[WARPS * u * ldq];
       }
     }
   };
@@ -778,15 +778,15 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
     //    weighted keys λ^d k', d λ^d k' (d = len − 1 − m; zero from len on) as hi + lo.
 #pragma unroll
     for (int u = 0; u < PAIRS; ++u) {
-      const int i = tid + BLOCK * u, n = i / (DV / 2), j = 2 * (i % (DV / 2));
-      *reinterpret_cast<__nv_bfloat162 *>(sO + n * LO + j) = po[u];
-      *reinterpret_cast<__nv_bfloat162 *>(sV + n * LO + j) = pv[u];
+      const int n = pn + PSTEP * u;
+      *reinterpret_cast<__nv_bfloat162 *>(sO + n * LO + pj) = po[u];
+      *reinterpret_cast<__nv_bfloat162 *>(sV + n * LO + pj) = pv[u];
     }
 #pragma unroll
     for (int u = 0; u < ROWS; ++u) {
       const int m = warp + WARPS * u;
       sK[m * LK + col] = pk[u];
-      sQ[m * LK + col] = pq[u];
+      sQ[m * LK + col] = col < CB ? __hneg(pq[u]) : pq[u];
       float ks = 0.0f, kt = 0.0f;
       if (m < len) {
         const int d = len - 1 - m;
