@@ -5,7 +5,8 @@
 //   build-device/lightning_fwd             all cases (correctness + timing), JSON lines on stdout
 //   build-device/lightning_fwd --small     only the small correctness cases (compute-sanitizer)
 //   build-device/lightning_fwd --perf [--shape=i] [--nosweep] [--reps=n]   timing cases only
-//   build-device/lightning_fwd --bwd [--shape=i] [--reps=n]   forward + backward (three passes)
+//   build-device/lightning_fwd --bwd [--shape=i] [--reps=n] [--bwd-sms=n]   forward + backward
+//     (three passes; --bwd-sms: the SM count their segment plan is made for, default all)
 //
 // Every case: fresh random inputs (q, k = SiLU(N(0,1)), v = N(0,1), bf16, layout [B, N, H, D]),
 // output poisoned with NaN before the kernel runs, an fp32 reference from a plain recurrence
@@ -426,7 +427,8 @@ __global__ void reverse_tokens_kernel(const T *in, T *out, int B, int N, long lo
 // kernel run on (dO, v, k); dk and dv against the reference run on the reversed sequences
 // (rev v, rev dO, rev q) and (rev k, rev q, rev dO), compared with the reversed dk and dv.
 // ---------------------------------------------------------------------------------------------
-template <class Cfg> static int bench_bwd(int B, int H, int N, int sms, int reps, uint64_t seed) {
+template <class Cfg>
+static int bench_bwd(int B, int H, int N, int sms, int bwd_sms, int reps, uint64_t seed) {
   Problem<Cfg> p(B, H, N, 1.0f, "alibi", seed);
   const long long E = p.E_in();
   bf16 *dO, *dq, *dk, *dv;
@@ -441,9 +443,12 @@ template <class Cfg> static int bench_bwd(int B, int H, int N, int sms, int reps
   CK(cudaGetLastError());
   reference_kernel<128, 128><<<B * H, 128>>>(dO, p.v, p.k, p.slopes, dqref, sref, B, N, H);
   CK(cudaDeviceSynchronize());
+  // The backward's three passes run together: their plan may be made for fewer SMs than the
+  // device has (--bwd-sms), so that fewer segments of each fill the SMs between them.
   const LightningFwdPlan plan = plan_lightning_fwd(B, H, N, 128, 128, 64, sms);
+  const LightningFwdPlan bplan = plan_lightning_fwd(B, H, N, 128, 128, 64, bwd_sms);
   LightningFwdArgs fwd = p.args(plan, false);
-  LightningFwdArgs aq = fwd, ak = fwd, av = fwd;
+  LightningFwdArgs aq = p.args(bplan, false), ak = aq, av = aq;
   aq.q = dO, aq.k = p.v, aq.v = p.k, aq.o = dq;
   ak.q = p.v, ak.k = dO, ak.v = p.q, ak.o = dk;
   av.q = p.k, av.k = p.q, av.v = dO, av.o = dv;
@@ -456,8 +461,8 @@ template <class Cfg> static int bench_bwd(int B, int H, int N, int sms, int reps
   LightningFwdArgs *passes[3] = {&aq, &ak, &av};
   for (int i = 0; i < 3; ++i) {
     passes[i]->piece_states = nullptr;
-    if (plan.workspace_bytes > 0) {
-      CK(cudaMalloc(&ws[i], plan.workspace_bytes));
+    if (bplan.workspace_bytes > 0) {
+      CK(cudaMalloc(&ws[i], bplan.workspace_bytes));
       passes[i]->piece_states = ws[i];
     }
   }
@@ -538,15 +543,15 @@ template <class Cfg> static int bench_bwd(int B, int H, int N, int sms, int reps
     pass = pass && x->nonfinite == 0 && x->max_rel() < 2e-2 && x->rel_l2 < 1e-2;
   std::printf("{\"op\": \"lightning_attention_fwd_bwd\", \"impl\": \"tnlm_cuda_three_pass\", "
               "\"B\": %d, \"H\": %d, \"N\": %d, \"D\": 128, \"dtype\": \"bf16\", "
-              "\"segments\": %d, \"median_ms\": %.4f, "
-              "\"bwd_median_ms\": %.4f, \"io_floor_ms\": %.4f, \"pct_io_floor\": %.1f, "
+              "\"segments\": %d, \"bwd_plan_sms\": %d, \"bwd_segments\": %d, "
+              "\"median_ms\": %.4f, \"bwd_median_ms\": %.4f, \"io_floor_ms\": %.4f, \"pct_io_floor\": %.1f, "
               "\"bwd_io_floor_ms\": %.4f, \"bwd_pct_io_floor\": %.1f, \"dq_max_rel_err\": %.3e, "
               "\"dq_rel_l2_err\": %.3e, \"dk_max_rel_err\": %.3e, \"dk_rel_l2_err\": %.3e, "
               "\"dv_max_rel_err\": %.3e, \"dv_rel_l2_err\": %.3e, \"extra_bytes\": %llu, "
               "\"pass\": %s}\n",
-              B, H, N, plan.num_segs, all, bwd, floor_ms, 100.0 * floor_ms / all, floor_bwd,
+              B, H, N, plan.num_segs, bwd_sms, bplan.num_segs, all, bwd, floor_ms, 100.0 * floor_ms / all, floor_bwd,
               100.0 * floor_bwd / bwd, e.max_rel(), e.rel_l2, edk.max_rel(), edk.rel_l2,
-              edv.max_rel(), edv.rel_l2, (unsigned long long)(4 * plan.workspace_bytes),
+              edv.max_rel(), edv.rel_l2, (unsigned long long)(plan.workspace_bytes + 3 * bplan.workspace_bytes),
               pass ? "true" : "false");
   std::fflush(stdout);
   for (cudaEvent_t ev : {ev0, ev1, fork, j1, j2})
@@ -568,7 +573,7 @@ using Cfg90s4 = LightningFwdSm90Config<128, 128, 64, 4, 4>; // Hopper, 4-stage m
 
 int main(int argc, char **argv) {
   bool small_only = false, perf_only = false, sweep = true, bwd_only = false, train = false;
-  int reps = 30, only_shape = -1;
+  int reps = 30, only_shape = -1, bwd_sms = 0;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--bwd"))
       bwd_only = true; // forward + backward at the three shapes only
@@ -584,6 +589,8 @@ int main(int argc, char **argv) {
       reps = std::atoi(argv[i] + 7);
     if (!std::strncmp(argv[i], "--shape=", 8))
       only_shape = std::atoi(argv[i] + 8);
+    if (!std::strncmp(argv[i], "--bwd-sms=", 10))
+      bwd_sms = std::atoi(argv[i] + 10); // the SMs the backward passes' plan is made for
   }
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
@@ -624,7 +631,8 @@ int main(int argc, char **argv) {
     const int shapes[3][3] = {{8, 16, 2048}, {4, 16, 8192}, {1, 16, 32768}};
     for (int si = 0; si < 3; ++si)
       if (only_shape < 0 || si == only_shape)
-        fails += bench_bwd<Cfg90>(shapes[si][0], shapes[si][1], shapes[si][2], sms, reps, seed++);
+        fails += bench_bwd<Cfg90>(shapes[si][0], shapes[si][1], shapes[si][2], sms,
+                                  bwd_sms > 0 ? bwd_sms : sms, reps, seed++);
     std::printf("{\"summary\": \"bwd\", \"failures\": %d}\n", fails);
     return fails ? 1 : 0;
   }
