@@ -6,7 +6,8 @@
 //   build-device/lightning_fwd --small     only the small correctness cases (compute-sanitizer)
 //   build-device/lightning_fwd --perf [--shape=i] [--nosweep] [--reps=n]   timing cases only
 //   build-device/lightning_fwd --bwd [--shape=i] [--reps=n] [--bwd-sms=n]   forward + backward
-//     (three passes; --bwd-sms: the SM count their segment plan is made for, default all)
+//     (three passes; --bwd-sms: the SM count their segment plan is made for, default all;
+//     --bwd-own-states: the dv pass computes its states instead of reading the dk pass's)
 //
 // Every case: fresh random inputs (q, k = SiLU(N(0,1)), v = N(0,1), bf16, layout [B, N, H, D]),
 // output poisoned with NaN before the kernel runs, an fp32 reference from a plain recurrence
@@ -421,14 +422,17 @@ __global__ void reverse_tokens_kernel(const T *in, T *out, int B, int N, long lo
 // (test/unit/cuda/LightningBwdFastGpuTest.cpp checks the result against the CPU):
 //   dq = fwd(dO, v, k), dk = rev(v, dO, q), dv = rev(k, q, dO), rev = the same forward over the
 //   reversed sequence (the tensors' last rows, negative token strides), each with the default
-//   segment plan and its own workspace, the three on their own streams (they only read inputs).
+//   segment plan (--bwd-sms), the three on their own streams (they only read inputs); the dv
+//   pass reads the dk pass's piece states transposed once its scan is done, as the train step
+//   does (--bwd-own-states: a workspace, state pass and scan of its own).
 // Timed: the forward, then the backward, as one sequence (events around all of it); the I/O
 // floor of fwd+bwd is 22E bytes (PERFORMANCE.md). Accuracy: dq against the fp32 reference
 // kernel run on (dO, v, k); dk and dv against the reference run on the reversed sequences
 // (rev v, rev dO, rev q) and (rev k, rev q, rev dO), compared with the reversed dk and dv.
 // ---------------------------------------------------------------------------------------------
 template <class Cfg>
-static int bench_bwd(int B, int H, int N, int sms, int bwd_sms, int reps, uint64_t seed) {
+static int bench_bwd(int B, int H, int N, int sms, int bwd_sms, bool reuse, int reps,
+                     uint64_t seed) {
   Problem<Cfg> p(B, H, N, 1.0f, "alibi", seed);
   const long long E = p.E_in();
   bf16 *dO, *dq, *dk, *dv;
@@ -470,19 +474,40 @@ static int bench_bwd(int B, int H, int N, int sms, int bwd_sms, int reps, uint64
   CK(cudaStreamCreateWithFlags(&s0, cudaStreamNonBlocking));
   CK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
   CK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
-  cudaEvent_t ev0, ev1, fork, j1, j2;
+  cudaEvent_t ev0, ev1, fork, j1, j2, scanned;
   for (cudaEvent_t *e : {&ev0, &ev1})
     CK(cudaEventCreate(e));
-  for (cudaEvent_t *e : {&fork, &j1, &j2})
+  for (cudaEvent_t *e : {&fork, &j1, &j2, &scanned})
     CK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+  // reuse (the train step's way, CudaExecutor's reuseTransposed): the dv pass's states are the
+  // dk pass's transposed (its K, V are dk's V, K), so it reads them (state_t) instead of a state
+  // pass and scan of its own, once the dk pass's scan is done.
+  reuse = reuse && bplan.pieces_per_bh > 0;
+  if (reuse) {
+    av.piece_states = ak.piece_states;
+    av.state_t = 1;
+    CK(launch<Cfg>(fwd, s0)); // sets the kernels' shared-memory limits
+    CK(cudaStreamSynchronize(s0));
+  }
   auto step = [&](bool backwardOnly) {
     if (!backwardOnly)
       CK(launch<Cfg>(fwd, s0));
     CK(cudaEventRecord(fork, s0));
     CK(cudaStreamWaitEvent(s1, fork));
     CK(cudaStreamWaitEvent(s2, fork));
-    CK(launch<Cfg>(ak, s1));
-    CK(launch<Cfg>(av, s2));
+    if (reuse) {
+      const int BH = B * H;
+      lightning_fwd_sm90_state_kernel<Cfg>
+          <<<BH * ak.pieces_per_bh, Cfg::NTHREADS, Cfg::SMEM_STATE, s1>>>(ak);
+      lightning_fwd_scan_kernel<Cfg::DK, Cfg::DV><<<dim3(Cfg::DK * Cfg::DV / 1024, BH), 256, 0, s1>>>(ak);
+      CK(cudaEventRecord(scanned, s1));
+      lightning_fwd_sm90_main_kernel<Cfg><<<BH * ak.num_segs, Cfg::NTHREADS, Cfg::SMEM_MAIN, s1>>>(ak);
+      CK(cudaStreamWaitEvent(s2, scanned));
+      lightning_fwd_sm90_main_kernel<Cfg><<<BH * av.num_segs, Cfg::NTHREADS, Cfg::SMEM_MAIN, s2>>>(av);
+    } else {
+      CK(launch<Cfg>(ak, s1));
+      CK(launch<Cfg>(av, s2));
+    }
     CK(launch<Cfg>(aq, s0));
     CK(cudaEventRecord(j1, s1));
     CK(cudaEventRecord(j2, s2));
@@ -544,17 +569,18 @@ static int bench_bwd(int B, int H, int N, int sms, int bwd_sms, int reps, uint64
   std::printf("{\"op\": \"lightning_attention_fwd_bwd\", \"impl\": \"tnlm_cuda_three_pass\", "
               "\"B\": %d, \"H\": %d, \"N\": %d, \"D\": 128, \"dtype\": \"bf16\", "
               "\"segments\": %d, \"bwd_plan_sms\": %d, \"bwd_segments\": %d, "
+              "\"dv_reads_dk_states\": %s, "
               "\"median_ms\": %.4f, \"bwd_median_ms\": %.4f, \"io_floor_ms\": %.4f, \"pct_io_floor\": %.1f, "
               "\"bwd_io_floor_ms\": %.4f, \"bwd_pct_io_floor\": %.1f, \"dq_max_rel_err\": %.3e, "
               "\"dq_rel_l2_err\": %.3e, \"dk_max_rel_err\": %.3e, \"dk_rel_l2_err\": %.3e, "
               "\"dv_max_rel_err\": %.3e, \"dv_rel_l2_err\": %.3e, \"extra_bytes\": %llu, "
               "\"pass\": %s}\n",
-              B, H, N, plan.num_segs, bwd_sms, bplan.num_segs, all, bwd, floor_ms, 100.0 * floor_ms / all, floor_bwd,
+              B, H, N, plan.num_segs, bwd_sms, bplan.num_segs, reuse ? "true" : "false", all, bwd, floor_ms, 100.0 * floor_ms / all, floor_bwd,
               100.0 * floor_bwd / bwd, e.max_rel(), e.rel_l2, edk.max_rel(), edk.rel_l2,
-              edv.max_rel(), edv.rel_l2, (unsigned long long)(plan.workspace_bytes + 3 * bplan.workspace_bytes),
+              edv.max_rel(), edv.rel_l2, (unsigned long long)(plan.workspace_bytes + (reuse ? 2 : 3) * bplan.workspace_bytes),
               pass ? "true" : "false");
   std::fflush(stdout);
-  for (cudaEvent_t ev : {ev0, ev1, fork, j1, j2})
+  for (cudaEvent_t ev : {ev0, ev1, fork, j1, j2, scanned})
     CK(cudaEventDestroy(ev));
   for (cudaStream_t st : {s0, s1, s2})
     CK(cudaStreamDestroy(st));
@@ -574,6 +600,7 @@ using Cfg90s4 = LightningFwdSm90Config<128, 128, 64, 4, 4>; // Hopper, 4-stage m
 int main(int argc, char **argv) {
   bool small_only = false, perf_only = false, sweep = true, bwd_only = false, train = false;
   int reps = 30, only_shape = -1, bwd_sms = 0;
+  bool bwd_reuse = true;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--bwd"))
       bwd_only = true; // forward + backward at the three shapes only
@@ -589,6 +616,8 @@ int main(int argc, char **argv) {
       reps = std::atoi(argv[i] + 7);
     if (!std::strncmp(argv[i], "--shape=", 8))
       only_shape = std::atoi(argv[i] + 8);
+    if (!std::strcmp(argv[i], "--bwd-own-states"))
+      bwd_reuse = false; // the dv pass with a state pass and scan of its own
     if (!std::strncmp(argv[i], "--bwd-sms=", 10))
       bwd_sms = std::atoi(argv[i] + 10); // the SMs the backward passes' plan is made for
   }
@@ -632,7 +661,7 @@ int main(int argc, char **argv) {
     for (int si = 0; si < 3; ++si)
       if (only_shape < 0 || si == only_shape)
         fails += bench_bwd<Cfg90>(shapes[si][0], shapes[si][1], shapes[si][2], sms,
-                                  bwd_sms > 0 ? bwd_sms : sms, reps, seed++);
+                                  bwd_sms > 0 ? bwd_sms : sms, bwd_reuse, reps, seed++);
     std::printf("{\"summary\": \"bwd\", \"failures\": %d}\n", fails);
     return fails ? 1 : 0;
   }
