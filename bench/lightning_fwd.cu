@@ -499,11 +499,14 @@ static int bench_bwd(int B, int H, int N, int sms, int bwd_sms, bool reuse, int 
       const int BH = B * H;
       lightning_fwd_sm90_state_kernel<Cfg>
           <<<BH * ak.pieces_per_bh, Cfg::NTHREADS, Cfg::SMEM_STATE, s1>>>(ak);
-      lightning_fwd_scan_kernel<Cfg::DK, Cfg::DV><<<dim3(Cfg::DK * Cfg::DV / 1024, BH), 256, 0, s1>>>(ak);
+      lightning_fwd_scan_kernel<Cfg::DK, Cfg::DV>
+          <<<dim3(Cfg::DK * Cfg::DV / 1024, BH), 256, 0, s1>>>(ak);
       CK(cudaEventRecord(scanned, s1));
-      lightning_fwd_sm90_main_kernel<Cfg><<<BH * ak.num_segs, Cfg::NTHREADS, Cfg::SMEM_MAIN, s1>>>(ak);
+      lightning_fwd_sm90_main_kernel<Cfg>
+          <<<BH * ak.num_segs, Cfg::NTHREADS, Cfg::SMEM_MAIN, s1>>>(ak);
       CK(cudaStreamWaitEvent(s2, scanned));
-      lightning_fwd_sm90_main_kernel<Cfg><<<BH * av.num_segs, Cfg::NTHREADS, Cfg::SMEM_MAIN, s2>>>(av);
+      lightning_fwd_sm90_main_kernel<Cfg>
+          <<<BH * av.num_segs, Cfg::NTHREADS, Cfg::SMEM_MAIN, s2>>>(av);
     } else {
       CK(launch<Cfg>(ak, s1));
       CK(launch<Cfg>(av, s2));
@@ -570,14 +573,16 @@ static int bench_bwd(int B, int H, int N, int sms, int bwd_sms, bool reuse, int 
               "\"B\": %d, \"H\": %d, \"N\": %d, \"D\": 128, \"dtype\": \"bf16\", "
               "\"segments\": %d, \"bwd_plan_sms\": %d, \"bwd_segments\": %d, "
               "\"dv_reads_dk_states\": %s, "
-              "\"median_ms\": %.4f, \"bwd_median_ms\": %.4f, \"io_floor_ms\": %.4f, \"pct_io_floor\": %.1f, "
+              "\"median_ms\": %.4f, \"bwd_median_ms\": %.4f, \"io_floor_ms\": %.4f, "
+              "\"pct_io_floor\": %.1f, "
               "\"bwd_io_floor_ms\": %.4f, \"bwd_pct_io_floor\": %.1f, \"dq_max_rel_err\": %.3e, "
               "\"dq_rel_l2_err\": %.3e, \"dk_max_rel_err\": %.3e, \"dk_rel_l2_err\": %.3e, "
               "\"dv_max_rel_err\": %.3e, \"dv_rel_l2_err\": %.3e, \"extra_bytes\": %llu, "
               "\"pass\": %s}\n",
-              B, H, N, plan.num_segs, bwd_sms, bplan.num_segs, reuse ? "true" : "false", all, bwd, floor_ms, 100.0 * floor_ms / all, floor_bwd,
-              100.0 * floor_bwd / bwd, e.max_rel(), e.rel_l2, edk.max_rel(), edk.rel_l2,
-              edv.max_rel(), edv.rel_l2, (unsigned long long)(plan.workspace_bytes + (reuse ? 2 : 3) * bplan.workspace_bytes),
+              B, H, N, plan.num_segs, bwd_sms, bplan.num_segs, reuse ? "true" : "false", all, bwd,
+              floor_ms, 100.0 * floor_ms / all, floor_bwd, 100.0 * floor_bwd / bwd, e.max_rel(),
+              e.rel_l2, edk.max_rel(), edk.rel_l2, edv.max_rel(), edv.rel_l2,
+              (unsigned long long)(plan.workspace_bytes + (reuse ? 2 : 3) * bplan.workspace_bytes),
               pass ? "true" : "false");
   std::fflush(stdout);
   for (cudaEvent_t ev : {ev0, ev1, fork, j1, j2, scanned})

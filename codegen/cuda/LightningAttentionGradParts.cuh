@@ -600,7 +600,7 @@ la_dtheta_relative(const bf16 *q, long long ldq, long long qHead, long long qSin
 // weighted by q' and summed per column in registers.
 template <int DV, int CB, int C> struct DthetaRelativeTc {
   // Row lengths in elements: dO, v; k', q', the weighted keys; W; the states' hi + lo (each row
-  // 16 bytes past a multiple of 128: the 8 rows of an ldmatrix fall in different banks).
+  // padded by 16 bytes: the 8 rows of an ldmatrix fall in different 16-byte bank groups).
   static constexpr int COLS = 2 * CB, LO = DV + 8, LK = COLS + 8, LW = C + 8, LS = COLS + 8;
   static constexpr int align(int b) { return (b + 127) / 128 * 128; }
   static constexpr int O_BYTES = align(C * LO * 2), K_BYTES = align(C * LK * 2),
@@ -624,8 +624,10 @@ __device__ __forceinline__ void st_hi_lo_pair(unsigned hi, unsigned lo, float x0
   const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
   const float2 hf = __bfloat1622float2(h);
   const __nv_bfloat162 l = __floats2bfloat162_rn(x0 - hf.x, x1 - hf.y);
-  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(hi), "r"(*reinterpret_cast<const unsigned *>(&h)));
-  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(lo), "r"(*reinterpret_cast<const unsigned *>(&l)));
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(hi), "r"(*reinterpret_cast<const unsigned *>(&h))
+               : "memory");
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(lo), "r"(*reinterpret_cast<const unsigned *>(&l))
+               : "memory");
 }
 __device__ __forceinline__ unsigned dt_smem(const void *p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
@@ -658,8 +660,7 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
                       const bf16 *dO, long long lddo, const float *slopes, int N, int H, int dh,
                       double *partial, float *segStates, int segLen, int statesOnly) {
   using P = DthetaRelativeTc<DV, CB, C>;
-  constexpr int COLS = P::COLS, WARPS = BLOCK / 32, LO = P::LO, LK = P::LK, LW = P::LW,
-                LS = P::LS;
+  constexpr int COLS = P::COLS, WARPS = BLOCK / 32, LO = P::LO, LK = P::LK, LW = P::LW, LS = P::LS;
   static_assert(BLOCK == 256 && C == 64 && COLS == 32 && DV == 128, "the tile assignment");
   extern __shared__ __align__(128) unsigned char la_dtheta_tc_smem[];
   unsigned char *const base = la_dtheta_tc_smem;
@@ -731,7 +732,7 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
   const int col = lane, fc = c0 + (col < CB ? col : col - CB);
   const long long kcol = h * kHead + fc + (col < CB ? 0 : kSin);
   const long long qcol = h * qHead + fc + (col < CB ? qSin : 0);
-  // Σ over the blocks of q'·G, per column 16·(warp % 2) + 8t + 2·tig + e of this thread.
+  // Σ over the blocks of q'·G, per column 16·(warp % 2) + 8s + 2·tig + e of this thread.
   double acc[2][2] = {};
   // The next block's dO, v (bf16 pairs: element pair u of this thread at row tid / (DV / 2) +
   // u·BLOCK / (DV / 2), column 2 (tid % (DV / 2))), k' and q' columns (rows warp + WARPS·u),
@@ -742,7 +743,7 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
   bf16 pk[ROWS], pq[ROWS];
   const int pn = tid / (DV / 2), pj = 2 * (tid % (DV / 2));
   auto fetch = [&](int start) {
-    const int count = min(C, N - start);
+    const int count = min(C, s1 - start); // the block's len (segLen a multiple of C or not)
     const long long r = row0 + start;
     const bf16 *o = dO + (r + pn) * lddo + h * DV + pj, *x = v + (r + pn) * ldv + h * DV + pj;
 #pragma unroll
@@ -771,7 +772,8 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
   // 8 ((lane / 8) % 2)); a B operand stored K × N, transposed (rows (lane % 8) + 8 ((lane / 8) %
   // 2), column 8 (lane / 16)); Aᵀ of a matrix stored K × M (as the N × K B operand).
   const int rA = lane % 16, cA = 8 * (lane / 16), rNK = lane % 8 + 8 * (lane / 16),
-            cNK = 8 * ((lane / 8) % 2), rKN = lane % 8 + 8 * ((lane / 8) % 2), cKN = 8 * (lane / 16);
+            cNK = 8 * ((lane / 8) % 2), rKN = lane % 8 + 8 * ((lane / 8) % 2),
+            cKN = 8 * (lane / 16);
   for (int t0 = s0; t0 < s1; t0 += C) {
     const int len = min(C, s1 - t0);
     // 1. The block's fetched dO, v, k' and q' factors (bf16) into shared memory, and the
@@ -937,7 +939,7 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
 #pragma unroll
       for (int o = 4; o < 32; o *= 2)
         acc[s][e] += __shfl_xor_sync(0xffffffffu, acc[s][e], o);
-  __syncthreads(); // (every warp is past its last read of dO)
+  __syncthreads();                                // (every warp is past its last read of dO)
   double *red = reinterpret_cast<double *>(base); // [4 row tiles][COLS]
   if (gid == 0)
 #pragma unroll
