@@ -653,6 +653,20 @@ __device__ __forceinline__ void dt_mma(float (&d)[4], const unsigned (&a)[4], un
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// d[s] += a · (B hi + B lo), s = 0, 1: the two n8 tiles of a 16 × 16 K × N tile stored as hi
+// and lo (transposed ldmatrix, this lane's row address at hi, lo), hi first.
+__device__ __forceinline__ void dt_mma_hi_lo(float (*d)[4], const unsigned (&a)[4], unsigned hi,
+                                             unsigned lo) {
+  unsigned bh[4], bl[4];
+  dt_ldsm_t(bh, hi);
+  dt_ldsm_t(bl, lo);
+#pragma unroll
+  for (int s = 0; s < 2; ++s) {
+    dt_mma(d[s], a, bh[2 * s], bh[2 * s + 1]);
+    dt_mma(d[s], a, bl[2 * s], bl[2 * s + 1]);
+  }
+}
+
 template <int DV, int CB, int C, int BLOCK>
 __device__ __forceinline__ void
 la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long qSin, const bf16 *k,
@@ -836,20 +850,11 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
       if (t0 > 0) {
 #pragma unroll
         for (int kk = 0; kk < DV; kk += 16) {
-          unsigned fa[4], th[4], tl[4], sh[4], sl[4];
+          unsigned fa[4];
           dt_ldsm(fa, aO + 2u * ((16 * tn + rA) * LO + kk + cA));
           const unsigned at = 2u * ((kk + rKN) * LS + 16 * hc + cKN);
-          dt_ldsm_t(th, aTh + at);
-          dt_ldsm_t(tl, aTl + at);
-          dt_ldsm_t(sh, aSh + at);
-          dt_ldsm_t(sl, aSl + at);
-#pragma unroll
-          for (int s = 0; s < 2; ++s) {
-            dt_mma(x[s], fa, th[2 * s], th[2 * s + 1]);
-            dt_mma(x[s], fa, tl[2 * s], tl[2 * s + 1]);
-            dt_mma(y[s], fa, sh[2 * s], sh[2 * s + 1]);
-            dt_mma(y[s], fa, sl[2 * s], sl[2 * s + 1]);
-          }
+          dt_mma_hi_lo(x, fa, aTh + at, aTl + at);
+          dt_mma_hi_lo(y, fa, aSh + at, aSl + at);
         }
       }
       for (int kk = 0; kk <= 16 * tn; kk += 16) { // W is zero right of the diagonal tile
@@ -897,19 +902,8 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const unsigned at = 2u * ((kk + rKN) * LK + 16 * half + cKN);
-          unsigned ksh[4], ksl[4], kth[4], ktl[4];
-          dt_ldsm_t(ksh, aKsh + at);
-          dt_ldsm_t(ksl, aKsl + at);
-          dt_ldsm_t(kth, aKth + at);
-          dt_ldsm_t(ktl, aKtl + at);
-#pragma unroll
-          for (int s = 0; s < 2; ++s) {
-            const int t = 2 * half + s;
-            dt_mma(S[t], fa, ksh[2 * s], ksh[2 * s + 1]);
-            dt_mma(S[t], fa, ksl[2 * s], ksl[2 * s + 1]);
-            dt_mma(T[t], fa, kth[2 * s], kth[2 * s + 1]);
-            dt_mma(T[t], fa, ktl[2 * s], ktl[2 * s + 1]);
-          }
+          dt_mma_hi_lo(S + 2 * half, fa, aKsh + at, aKsl + at);
+          dt_mma_hi_lo(T + 2 * half, fa, aKth + at, aKtl + at);
         }
       }
     }
