@@ -701,6 +701,15 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
     };
     const schema::Operand *ws = out.Get(out.size() - 1);
     const schema::Operand *dtheta = lrpe ? out.Get(1) : nullptr;
+    // The relative form where the artifact has its kernels (tnlmc from 2026-12-03 on); dθ =
+    // the partials' `rows`, summed in order.
+    const bool relative = lrpe && (launchesKernel(artifact_.root(), s, "tnlm_la_dtheta_relative") ||
+                                   launchesKernel(artifact_.root(), s, "tnlm_la_dtheta_segments"));
+    auto sumDtheta = [&](int rows) {
+      context_->fillBytes(ptr(dtheta), 0, size_t(dtheta->rows()) * dtheta->cols() * 4, where);
+      launch("tnlm_la_dtheta_sum", unsigned((D + 255) / 256), 1, dthetaPartial_, rows, int(D),
+             ptr(dtheta));
+    };
     const CUdeviceptr theta = lrpe ? ptr(in.Get(1)) : 0;
     if (ws->cols() < 4 * H * dk + 2 * D)
       throw Error(where + ": the workspace has " + std::to_string(ws->cols()) +
@@ -744,18 +753,13 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       const int chunks = (N + kPositionChunk - 1) / kPositionChunk;
       const long long dkOff = 2 * D;
       // dθ: in the relative form from the planes (q, k: cos plane, sin plane two planes on,
-      // head stride dh) where the artifact has it (tnlmc from 2026-12-03 on), else la_lrpe_grad's
-      // absolute-form partials.
-      const bool relative = launchesKernel(artifact_.root(), s, "tnlm_la_dtheta_relative") ||
-                            launchesKernel(artifact_.root(), s, "tnlm_la_dtheta_segments");
+      // head stride dh) where the artifact has it, else la_lrpe_grad's absolute-form partials.
       launch("tnlm_la_lrpe_grad", unsigned(chunks), unsigned((D + 255) / 256), base, ld(qkvu), dqp,
              S, dkOff, theta, int(batch), N, offset, H, dh, g, ldg,
              relative ? CUdeviceptr(0) : dthetaPartial_);
       const int rowsOfPartials =
           relative ? dthetaRelative(qc, S, dh, 2 * D, kc, vp, S, dOp, S) : chunks;
-      context_->fillBytes(ptr(dtheta), 0, size_t(dtheta->rows()) * dtheta->cols() * 4, where);
-      launch("tnlm_la_dtheta_sum", unsigned((D + 255) / 256), 1, dthetaPartial_, rowsOfPartials,
-             int(D), ptr(dtheta));
+      sumDtheta(rowsOfPartials);
       return true;
     }
     if (fast) {
@@ -803,17 +807,13 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       const int chunks = (N + kPositionChunk - 1) / kPositionChunk;
       const long long dkOff = H * dk;
       const int B = int(batch), offset = 0;
-      const bool relative = launchesKernel(artifact_.root(), s, "tnlm_la_dtheta_relative") ||
-                            launchesKernel(artifact_.root(), s, "tnlm_la_dtheta_segments");
       launch("tnlm_la_lrpe_grad", unsigned(chunks), unsigned((D + 255) / 256), base, ld(qkvu), dq,
              W2, dkOff, theta, B, N, offset, H, dh, g, ld(dqkvu),
              relative ? CUdeviceptr(0) : dthetaPartial_);
       // q', k' per head [cos | sin] (head stride 2 dh), dO at the workspace's stride.
       const int rowsOfPartials =
           relative ? dthetaRelative(qp, W2, 2 * dh, dh, kp, v, ld(qkvu), dO, W2) : chunks;
-      context_->fillBytes(ptr(dtheta), 0, size_t(dtheta->rows()) * dtheta->cols() * 4, where);
-      launch("tnlm_la_dtheta_sum", unsigned((D + 255) / 256), 1, dthetaPartial_, rowsOfPartials,
-             int(D), ptr(dtheta));
+      sumDtheta(rowsOfPartials);
     } else if (silu) {
       launch("tnlm_la_silu_scale", R, 1, base, ld(qkvu), g, ld(dqkvu), int(D));
     }
