@@ -18,6 +18,7 @@
 #pragma once
 
 #include "tnlm/LightningAttentionBwdSimple.cuh"
+#include "tnlm/MmaSync.cuh"
 
 #include <cuda_bf16.h>
 
@@ -632,38 +633,17 @@ __device__ __forceinline__ void st_hi_lo_pair(unsigned hi, unsigned lo, float x0
 __device__ __forceinline__ unsigned dt_smem(const void *p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
-// Four 8 × 8 bf16 matrices (lane l gives a row address of matrix l / 8); .trans: transposed.
-__device__ __forceinline__ void dt_ldsm(unsigned (&r)[4], unsigned addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void dt_ldsm_t(unsigned (&r)[4], unsigned addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-// d += a (16 × 16, row) · b (16 × 8, col): bf16 operands, fp32 accumulators. d's elements:
-// (row lane / 4, columns 2 (lane % 4) + 0, 1), then the same 8 rows below.
-__device__ __forceinline__ void dt_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0,
-                                       unsigned b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-               "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // d[s] += a · (B hi + B lo), s = 0, 1: the two n8 tiles of a 16 × 16 K × N tile stored as hi
 // and lo (transposed ldmatrix, this lane's row address at hi, lo), hi first.
 __device__ __forceinline__ void dt_mma_hi_lo(float (*d)[4], const unsigned (&a)[4], unsigned hi,
                                              unsigned lo) {
   unsigned bh[4], bl[4];
-  dt_ldsm_t(bh, hi);
-  dt_ldsm_t(bl, lo);
+  mma::ldsm_x4_t(bh, hi);
+  mma::ldsm_x4_t(bl, lo);
 #pragma unroll
   for (int s = 0; s < 2; ++s) {
-    dt_mma(d[s], a, bh[2 * s], bh[2 * s + 1]);
-    dt_mma(d[s], a, bl[2 * s], bl[2 * s + 1]);
+    mma::mma16816(d[s], a, bh[2 * s], bh[2 * s + 1]);
+    mma::mma16816(d[s], a, bl[2 * s], bl[2 * s + 1]);
   }
 }
 
@@ -824,10 +804,10 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
 #pragma unroll
         for (int kk = 0; kk < DV; kk += 16) {
           unsigned fa[4], fb[4];
-          dt_ldsm(fa, aO + 2u * ((16 * tn + rA) * LO + kk + cA));
-          dt_ldsm(fb, aV + 2u * ((16 * tm + rNK) * LO + kk + cNK));
-          dt_mma(a[0], fa, fb[0], fb[1]);
-          dt_mma(a[1], fa, fb[2], fb[3]);
+          mma::ldsm_x4(fa, aO + 2u * ((16 * tn + rA) * LO + kk + cA));
+          mma::ldsm_x4(fb, aV + 2u * ((16 * tm + rNK) * LO + kk + cNK));
+          mma::mma16816(a[0], fa, fb[0], fb[1]);
+          mma::mma16816(a[1], fa, fb[2], fb[3]);
         }
 #pragma unroll
         for (int s = 0; s < 2; ++s)
@@ -851,7 +831,7 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
 #pragma unroll
         for (int kk = 0; kk < DV; kk += 16) {
           unsigned fa[4];
-          dt_ldsm(fa, aO + 2u * ((16 * tn + rA) * LO + kk + cA));
+          mma::ldsm_x4(fa, aO + 2u * ((16 * tn + rA) * LO + kk + cA));
           const unsigned at = 2u * ((kk + rKN) * LS + 16 * hc + cKN);
           dt_mma_hi_lo(x, fa, aTh + at, aTl + at);
           dt_mma_hi_lo(y, fa, aSh + at, aSl + at);
@@ -859,13 +839,13 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
       }
       for (int kk = 0; kk <= 16 * tn; kk += 16) { // W is zero right of the diagonal tile
         unsigned wh[4], wl[4], fk[4];
-        dt_ldsm(wh, aWh + 2u * ((16 * tn + rA) * LW + kk + cA));
-        dt_ldsm(wl, aWl + 2u * ((16 * tn + rA) * LW + kk + cA));
-        dt_ldsm_t(fk, aK + 2u * ((kk + rKN) * LK + 16 * hc + cKN));
+        mma::ldsm_x4(wh, aWh + 2u * ((16 * tn + rA) * LW + kk + cA));
+        mma::ldsm_x4(wl, aWl + 2u * ((16 * tn + rA) * LW + kk + cA));
+        mma::ldsm_x4_t(fk, aK + 2u * ((kk + rKN) * LK + 16 * hc + cKN));
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
-          dt_mma(z[s], wh, fk[2 * s], fk[2 * s + 1]);
-          dt_mma(z[s], wl, fk[2 * s], fk[2 * s + 1]);
+          mma::mma16816(z[s], wh, fk[2 * s], fk[2 * s + 1]);
+          mma::mma16816(z[s], wl, fk[2 * s], fk[2 * s + 1]);
         }
       }
 #pragma unroll
@@ -898,7 +878,7 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
 #pragma unroll
       for (int kk = 0; kk < C; kk += 16) {
         unsigned fa[4]; // vᵀ: element (j, m) = v[m][j]
-        dt_ldsm_t(fa, aV + 2u * ((kk + rNK) * LO + 16 * warp + cNK));
+        mma::ldsm_x4_t(fa, aV + 2u * ((kk + rNK) * LO + 16 * warp + cNK));
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const unsigned at = 2u * ((kk + rKN) * LK + 16 * half + cKN);

@@ -13,7 +13,7 @@ set(_tnlm_lt_gen ${CMAKE_CURRENT_BINARY_DIR}/lightning)
 # The headers' text as raw string literals, embedded at build time: the test binary runs on the
 # device machine without the source tree. Reconfigured (and so regenerated) when one changes.
 foreach(_name LightningAttentionFwdSm90.cuh LightningAttentionFwd.cuh LightningFwdPlan.h
-    LightningAttentionBwdSimple.cuh LightningAttentionGradParts.cuh)
+    LightningAttentionBwdSimple.cuh LightningAttentionGradParts.cuh MmaSync.cuh)
   string(REPLACE "." "_" _stem ${_name})
   tnlm_embed_text(${_tnlm_lt_root}/codegen/cuda/${_name} ${_tnlm_lt_gen}/Lightning_${_stem}.inc)
 endforeach()

@@ -19,11 +19,15 @@ const char *const kBwdSimpleCuh =
 const char *const kPartsCuh =
 #include "Lightning_LightningAttentionGradParts_cuh.inc"
     ;
+const char *const kMmaSyncCuh =
+#include "Lightning_MmaSync_cuh.inc"
+    ;
 
 TEST(Nvrtc, CompilesTheLightningBackward) {
   NvrtcOptions options;
   options.headers = {{"tnlm/LightningAttentionBwdSimple.cuh", kBwdSimpleCuh},
-                     {"tnlm/LightningAttentionGradParts.cuh", kPartsCuh}};
+                     {"tnlm/LightningAttentionGradParts.cuh", kPartsCuh},
+                     {"tnlm/MmaSync.cuh", kMmaSyncCuh}};
   const CompiledKernels simple =
       compileCuda(test::lightningBwdSimpleWrappers(), "la_bwd.cu", options);
   for (const char *k : {"la_bwd_simple_bf16", "la_bwd_simple_float"})

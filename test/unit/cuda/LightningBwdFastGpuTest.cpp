@@ -53,6 +53,9 @@ const char *const kFwdCuh =
 const char *const kPlanH =
 #include "Lightning_LightningFwdPlan_h.inc"
     ;
+const char *const kMmaSyncCuh =
+#include "Lightning_MmaSync_cuh.inc"
+    ;
 const char *const kStdint = "#pragma once\n"
                             "typedef signed char int8_t;\ntypedef short int16_t;\n"
                             "typedef int int32_t;\ntypedef long long int64_t;\n"
@@ -81,6 +84,7 @@ Kernels &kernels() {
     options.headers = {{"tnlm/LightningAttentionFwdSm90.cuh", kSm90Cuh},
                        {"LightningAttentionFwd.cuh", kFwdCuh},
                        {"LightningFwdPlan.h", kPlanH},
+                       {"MmaSync.cuh", kMmaSyncCuh},
                        {"stdint.h", kStdint}};
     options.nameExpressions = {kStateExpr, kScanExpr, kMainExpr};
     const std::string src = "#include \"tnlm/LightningAttentionFwdSm90.cuh\"\n"

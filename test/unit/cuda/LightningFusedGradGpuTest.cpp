@@ -48,6 +48,9 @@ const char *const kBwdSimpleCuh =
 const char *const kPartsCuh =
 #include "Lightning_LightningAttentionGradParts_cuh.inc"
     ;
+const char *const kMmaSyncCuh =
+#include "Lightning_MmaSync_cuh.inc"
+    ;
 
 constexpr int kH = 3, kB = 2, kDh = 128, kD = kH * kDh;
 constexpr float kEps = 1e-6f;
@@ -63,7 +66,8 @@ Module &module() {
     NvrtcOptions options;
     options.arch = test::deviceArch();
     options.headers = {{"tnlm/LightningAttentionBwdSimple.cuh", kBwdSimpleCuh},
-                       {"tnlm/LightningAttentionGradParts.cuh", kPartsCuh}};
+                       {"tnlm/LightningAttentionGradParts.cuh", kPartsCuh},
+                       {"tnlm/MmaSync.cuh", kMmaSyncCuh}};
     m = std::make_unique<Module>(
         gpu(), compileCuda(test::lightningFusedGradWrappers(), "la_fused_bwd.cu", options).image,
         "la_fused_bwd");

@@ -100,6 +100,9 @@ const char *const kLightningCuh =
 const char *const kLightningPlanH =
 #include "Lightning_LightningFwdPlan_h.inc"
     ;
+const char *const kMmaSyncCuh =
+#include "Lightning_MmaSync_cuh.inc"
+    ;
 // NVRTC has no C library headers (the emitter's stub, codegen/CudaEmitter.cpp cudaDeviceHeaders).
 const char *const kStdintStub = "#pragma once\n"
                                 "typedef signed char int8_t;\ntypedef short int16_t;\n"
@@ -138,6 +141,7 @@ NvrtcOptions lightningOptions(const std::string &arch) {
   options.headers = {{"tnlm/LightningAttentionFwdSm90.cuh", kLightningSm90Cuh},
                      {"LightningAttentionFwd.cuh", kLightningCuh},
                      {"LightningFwdPlan.h", kLightningPlanH},
+                     {"MmaSync.cuh", kMmaSyncCuh},
                      {"stdint.h", kStdintStub}};
   options.nameExpressions = {kStateExpr, kScanExpr, kMainExpr};
   return options;
