@@ -270,6 +270,8 @@ int main(int argc, char **argv) {
     }
     const double med = median(ms), best = *std::min_element(ms.begin(), ms.end());
     const double tflops = flops / (med / 1e3) / 1e12;
+    const double trainMed = median(trainV), optMed = median(optV);
+    const double trainMfu = flops / (trainMed / 1e3) / kPeakSpec; // @train_step alone
     cuda::Context &ctx = exec.context();
     std::printf("{\"bench\":\"train_step\",\"label\":%s,\"artifact\":%s,\"batch\":%lld,"
                 "\"seq\":%lld,\"tokens\":%lld,\"params\":%.0f,\"iters\":%lld,\"median_ms\":%.3f,"
@@ -280,21 +282,19 @@ int main(int argc, char **argv) {
                 "\"device_gib\":%.2f,\"gemm_tune\":%d,\"train_step_mfu_989\":%.4f,\"gpu\":%s}\n",
                 jsonString(label).c_str(), jsonString(path).c_str(), (long long)batch,
                 (long long)seq, (long long)(batch * seq), params, (long long)iters, med, best,
-                median(trainV), median(optV), firstMs, initMs, tokens / (med / 1e3), flops / 1e9,
+                trainMed, optMed, firstMs, initMs, tokens / (med / 1e3), flops / 1e9,
                 3 * attn / 1e9, tflops, tflops * 1e12 / kPeakSpec, tflops * 1e12 / kPeakMeasured,
                 firstLoss, lastLoss, double(exec.deviceBytes()) / double(1ull << 30),
-                exec.gemm().tuning(), flops / (median(trainV) / 1e3) / kPeakSpec,
-                jsonString(ctx.deviceName()).c_str());
+                exec.gemm().tuning(), trainMfu, jsonString(ctx.deviceName()).c_str());
     std::fflush(stdout);
     std::fprintf(stderr,
                  "%s %lldx%lld: median %.2f ms per optimizer step (train_step %.2f, "
                  "optimizer_step %.2f; min %.2f) over %lld, %.0f tokens/s, %.1f TFLOP/s = %.1f %% "
                  "MFU of 989 (%.1f %% of 790; the train step alone, forward + backward as the "
                  "Hugging Face reference's: %.1f %%) on %s; %.2f GiB allocated\n",
-                 label.c_str(), (long long)batch, (long long)seq, med, median(trainV), median(optV),
-                 best, (long long)iters, tokens / (med / 1e3), tflops,
-                 100 * tflops * 1e12 / kPeakSpec, 100 * tflops * 1e12 / kPeakMeasured,
-                 100 * flops / (median(trainV) / 1e3) / kPeakSpec, ctx.deviceName().c_str(),
+                 label.c_str(), (long long)batch, (long long)seq, med, trainMed, optMed, best,
+                 (long long)iters, tokens / (med / 1e3), tflops, 100 * tflops * 1e12 / kPeakSpec,
+                 100 * tflops * 1e12 / kPeakMeasured, 100 * trainMfu, ctx.deviceName().c_str(),
                  double(exec.deviceBytes()) / double(1ull << 30));
     std::fprintf(stderr, "GEMMs over stacked pairs (the gated forward, dx, dW): %zu\n",
                  exec.stackedGemms());

@@ -115,9 +115,7 @@ struct LightningFwdConfig {
 
 namespace detail {
 
-__device__ __forceinline__ uint32_t smem_u32(const void *p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+using mma::smem_u32; // MmaSync.cuh
 
 // Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled tile with ROW_BYTES per row.
 template <int ROW_BYTES> __device__ __forceinline__ uint32_t swz(int row, int chunk) {
@@ -134,7 +132,7 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-using mma::ldsm_x4;   // MmaSync.cuh
+using mma::ldsm_x4;
 using mma::ldsm_x4_t;
 using mma::mma16816;
 
@@ -600,8 +598,7 @@ inline cudaError_t launch_lightning_passes(LightningKernel state, LightningKerne
         cudaFuncSetAttribute(main, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_MAIN);
     if (e != cudaSuccess)
       return e;
-    e = cudaFuncSetAttribute(state, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             Cfg::SMEM_STATE);
+    e = cudaFuncSetAttribute(state, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_STATE);
     if (e != cudaSuccess)
       return e;
     configured = true;

@@ -630,9 +630,6 @@ __device__ __forceinline__ void st_hi_lo_pair(unsigned hi, unsigned lo, float x0
   asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(lo), "r"(*reinterpret_cast<const unsigned *>(&l))
                : "memory");
 }
-__device__ __forceinline__ unsigned dt_smem(const void *p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
 // d[s] += a · (B hi + B lo), s = 0, 1: the two n8 tiles of a 16 × 16 K × N tile stored as hi
 // and lo (transposed ldmatrix, this lane's row address at hi, lo), hi first.
 __device__ __forceinline__ void dt_mma_hi_lo(float (*d)[4], const unsigned (&a)[4], unsigned hi,
@@ -665,11 +662,11 @@ la_dtheta_relative_tc(const bf16 *q, long long ldq, long long qHead, long long q
   bf16 *sKsl = reinterpret_cast<bf16 *>(base + P::OFF_K + 3 * P::K_BYTES);
   bf16 *sKth = reinterpret_cast<bf16 *>(base + P::OFF_K + 4 * P::K_BYTES);
   bf16 *sKtl = reinterpret_cast<bf16 *>(base + P::OFF_K + 5 * P::K_BYTES);
-  const unsigned aO = dt_smem(sO), aV = dt_smem(sV), aK = dt_smem(sK), aKsh = dt_smem(sKsh),
-                 aKsl = dt_smem(sKsl), aKth = dt_smem(sKth), aKtl = dt_smem(sKtl),
-                 aWh = dt_smem(base + P::OFF_W), aWl = aWh + P::W_BYTES,
-                 aSh = dt_smem(base + P::OFF_S), aSl = aSh + P::S_BYTES, aTh = aSl + P::S_BYTES,
-                 aTl = aTh + P::S_BYTES;
+  const unsigned aO = mma::smem_u32(sO), aV = mma::smem_u32(sV), aK = mma::smem_u32(sK),
+                 aKsh = mma::smem_u32(sKsh), aKsl = mma::smem_u32(sKsl), aKth = mma::smem_u32(sKth),
+                 aKtl = mma::smem_u32(sKtl), aWh = mma::smem_u32(base + P::OFF_W),
+                 aWl = aWh + P::W_BYTES, aSh = mma::smem_u32(base + P::OFF_S),
+                 aSl = aSh + P::S_BYTES, aTh = aSl + P::S_BYTES, aTl = aTh + P::S_BYTES;
   float *lam = reinterpret_cast<float *>(base + P::OFF_L);
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gid = lane / 4, tig = lane % 4;

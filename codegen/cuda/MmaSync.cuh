@@ -2,9 +2,9 @@
 //
 // The tensor-core primitives the Lightning kernels share (sm_80 and up; the forward's
 // mma.sync path in LightningAttentionFwd.cuh and the dθ kernel in
-// LightningAttentionGradParts.cuh): four 8 x 8 bf16 matrices from shared memory (lane l gives
-// the row address of matrix l / 8; _t: transposed), and d += a (16 x 16, row) · b (16 x 8,
-// col) with bf16 operands and fp32 accumulators (d's elements: row lane / 4, columns
+// LightningAttentionGradParts.cuh): shared-memory addresses, four 8 x 8 bf16 matrices from shared
+// memory (lane l gives the row address of matrix l / 8; _t: transposed), and d += a (16 x 16, row)
+// · b (16 x 8, col) with bf16 operands and fp32 accumulators (d's elements: row lane / 4, columns
 // 2 (lane % 4) + 0, 1, then the same 8 rows below). No includes: compiled alone by NVRTC.
 // Include guards, not #pragma once: it is included by two names ("MmaSync.cuh" by its
 // neighbours, "tnlm/MmaSync.cuh" by generated sources), which NVRTC takes for two files.
@@ -16,6 +16,10 @@
 namespace tnlm {
 namespace mma {
 
+// The shared-memory address of p (what ldmatrix, cp.async and st.shared take).
+__device__ __forceinline__ unsigned smem_u32(const void *p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
 __device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], unsigned addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
