@@ -6,6 +6,9 @@
 //   stdout, the time per kernel kind on stderr. Run on the device machine by
 //   scripts/device-train; exits 77 without a CUDA device.
 //
+// The GEMMs: as tnlm-train's --gemm-tune (off by default: cuBLASLt's first choice; on: its
+// candidates timed on the first step, the fastest kept), else TNLM_GEMM_TUNE where set.
+//
 // What is timed: random weights (docs/model.md init, seed 1), random ids and labels (seed 7);
 // `warmup` untimed optimizer steps (train_step + optimizer_step; the first captures the train
 // step's CUDA graph); then `iters` optimizer steps, each timed on the host with
@@ -47,6 +50,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <random>
 #include <string>
@@ -174,11 +178,15 @@ int main(int argc, char **argv) {
   opts.value("iters", "k", "Timed optimizer steps; median and min are reported (default 10)");
   opts.value("label", "name", "Label for the JSON line (default: the model's name)");
   opts.flag("no-profile", "Skip the per-step profile (time per kernel kind)");
+  opts.value("gemm-tune", "on|off",
+             "As tnlm-train's: time cuBLASLt's candidates per GEMM shape on the first step and "
+             "keep the fastest (default off; TNLM_GEMM_TUNE, when set, is the default instead; "
+             "TNLM_GEMM_TUNE_CACHE still names a cache)");
   opts.value("timeline", "k",
              "K more steps (graph replays) with every kernel recorded by CUPTI: busy time, gaps "
              "and time by kernel (default 0: none)");
   int64_t batch = 0, seq = 0, warmup = 0, iters = 0, timelineSteps = 0;
-  std::string path;
+  std::string path, gemmTune;
   try {
     if (!opts.parse(argc, argv))
       return 0;
@@ -186,6 +194,9 @@ int main(int argc, char **argv) {
     warmup = opts.getInt("warmup", 3, 0, 100000);
     iters = opts.getInt("iters", 10, 1, 100000);
     timelineSteps = opts.getInt("timeline", 0, 0, 1000);
+    gemmTune = opts.get("gemm-tune");
+    if (!gemmTune.empty() && gemmTune != "on" && gemmTune != "off")
+      throw Error("--gemm-tune: unknown value '" + gemmTune + "' (expected on or off)");
   } catch (const Error &e) {
     std::fprintf(stderr, "%s: error: %s\n", kTool, e.what());
     return 2;
@@ -225,6 +236,9 @@ int main(int argc, char **argv) {
     const auto tInit = std::chrono::steady_clock::now();
     cuda::CudaExecutor exec(a, randomWeightsParallel(a, 1));
     const double initMs = msSince(tInit);
+    // tnlm-train's default (off) unless the flag or TNLM_GEMM_TUNE says otherwise.
+    if (const char *env = std::getenv("TNLM_GEMM_TUNE"); !gemmTune.empty() || !env || !*env)
+      exec.gemm().setTuning(gemmTune == "on" ? 1 : 0);
     const int64_t vocab = exec.vocabSize();
     std::mt19937 rng(7);
     std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(vocab - 1));

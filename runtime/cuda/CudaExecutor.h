@@ -165,6 +165,8 @@ public:
   size_t graphNodes(const std::string &function, int64_t batch, int64_t seq) const;
   /// The GEMMs' plans (their count, and with TNLM_GEMM_TUNE how many tuning timed or changed).
   const Gemm &gemm() const { return *gemm_; }
+  /// The same, to set its tuning (Gemm::setTuning, setTuneCache) before the first call.
+  Gemm &gemm() { return *gemm_; }
   /// The GEMMs run as one over a stacked pair (W1, W2 adjacent: the gated pair's forward, its
   /// dx and its dW): how many distinct (function, step) places did so.
   size_t stackedGemms() const { return stacked_.size(); }

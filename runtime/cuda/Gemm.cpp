@@ -51,6 +51,8 @@ struct Gemm::Plan {
   cublasLtMatmulPreference_t preference = nullptr;
   cublasLtMatmulAlgo_t algo = {};
   size_t workspace = 0;
+  int64_t calls = 0;         // cublasLtMatmul calls queued with it (a graph's capture counts once)
+  float alpha = 1, beta = 0; // of the call that made it (TNLM_GEMM_LOG)
 
   ~Plan() {
     const CublasLtApi &api = cublasLt();
@@ -214,7 +216,49 @@ int Gemm::tuningFromEnvironment() {
   return v[0] - '0';
 }
 
+namespace {
+int32_t algoConfig(const cublasLtMatmulAlgo_t &algo, cublasLtMatmulAlgoConfigAttributes_t what) {
+  int32_t value = -1;
+  size_t written = 0;
+  if (cublasLt().cublasLtMatmulAlgoConfigGetAttribute(&algo, what, &value, sizeof value,
+                                                      &written) != CUBLAS_STATUS_SUCCESS)
+    return -1;
+  return value;
+}
+} // namespace
+
+void Gemm::writeLog() const {
+  const char *path = std::getenv("TNLM_GEMM_LOG");
+  if (!path || !*path || plans_.empty())
+    return;
+  FILE *f = std::fopen(path, "a");
+  if (!f) {
+    std::fprintf(stderr, "gemm log: cannot open %s (TNLM_GEMM_LOG): not written\n", path);
+    return;
+  }
+  // One line per plan: its key (as the tuning cache's), the first call's alpha and beta, the
+  // calls made with it, and the algorithm's configuration (cuBLASLt's ids).
+  for (const auto &[key, plan] : plans_) {
+    const auto [form, type, rows, in, out, ldx, ldw, ldy, alignA, alignB, alignD] = key;
+    std::fprintf(f,
+                 "gemm form=%d type=%d rows=%lld in=%lld out=%lld ldx=%lld ldw=%lld ldy=%lld "
+                 "align=%d,%d,%d alpha=%g beta=%g calls=%lld tile=%d stages=%d splitk=%d "
+                 "reduction=%d swizzle=%d cluster=%d\n",
+                 form, type, (long long)rows, (long long)in, (long long)out, (long long)ldx,
+                 (long long)ldw, (long long)ldy, alignA, alignB, alignD, double(plan->alpha),
+                 double(plan->beta), (long long)plan->calls,
+                 algoConfig(plan->algo, CUBLASLT_ALGO_CONFIG_TILE_ID),
+                 algoConfig(plan->algo, CUBLASLT_ALGO_CONFIG_STAGES_ID),
+                 algoConfig(plan->algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
+                 algoConfig(plan->algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME),
+                 algoConfig(plan->algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING),
+                 algoConfig(plan->algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID));
+  }
+  std::fclose(f);
+}
+
 Gemm::~Gemm() {
+  writeLog();
   plans_.clear();
   if (handle_)
     cublasLt().cublasLtDestroy(handle_);
@@ -301,6 +345,7 @@ Gemm::Plan &Gemm::plan(const Key &key, std::string_view context, const Call &cal
                 std::to_string(alignD) + " bytes)");
   plan->algo = results[0].algo;
   plan->workspace = results[0].workspaceSize;
+  plan->alpha = call.alpha, plan->beta = call.beta;
   const bool usable = inCache && hit->second < found &&
                       results[hit->second].state == CUBLAS_STATUS_SUCCESS &&
                       results[hit->second].workspaceSize <= workspace_.size();
@@ -390,20 +435,25 @@ int Gemm::tune(Plan &plan, const Key &key, const std::string &where, const Call 
                       results[i].workspaceSize <= workspace_.size() && !splits(i) &&
                       runOnce(i) == CUBLAS_STATUS_SUCCESS; // else it cannot run here
   bool failed = driver.cuStreamSynchronize(context_.stream()) != CUDA_SUCCESS;
-  for (int i = 0; i < found && !failed; ++i) {
-    if (!runs[size_t(i)])
-      continue;
-    bool ok = driver.cuEventRecord(start, context_.stream()) == CUDA_SUCCESS;
-    for (int r = 0; ok && r < kTuneRuns; ++r)
-      ok = runOnce(i) == CUBLAS_STATUS_SUCCESS;
-    float ms = 0.0f;
-    ok = ok && driver.cuEventRecord(stop, context_.stream()) == CUDA_SUCCESS &&
-         driver.cuEventSynchronize(stop) == CUDA_SUCCESS &&
-         driver.cuEventElapsedTime(&ms, start, stop) == CUDA_SUCCESS;
-    if (!ok)
-      failed = true; // an error of the stream: leave it to the call itself to report
-    else
-      times[size_t(i)] = ms / kTuneRuns;
+  // kTuneRounds rounds, each timing every candidate once (the mean of kTuneRuns runs); a
+  // candidate's time is its best round, so that a clock or neighbour's hiccup in one round
+  // does not decide the choice (the rounds interleave the candidates, so a drift hits all).
+  for (int round = 0; round < kTuneRounds && !failed; ++round) {
+    for (int i = 0; i < found && !failed; ++i) {
+      if (!runs[size_t(i)])
+        continue;
+      bool ok = driver.cuEventRecord(start, context_.stream()) == CUDA_SUCCESS;
+      for (int r = 0; ok && r < kTuneRuns; ++r)
+        ok = runOnce(i) == CUBLAS_STATUS_SUCCESS;
+      float ms = 0.0f;
+      ok = ok && driver.cuEventRecord(stop, context_.stream()) == CUDA_SUCCESS &&
+           driver.cuEventSynchronize(stop) == CUDA_SUCCESS &&
+           driver.cuEventElapsedTime(&ms, start, stop) == CUDA_SUCCESS;
+      if (!ok)
+        failed = true; // an error of the stream: leave it to the call itself to report
+      else if (times[size_t(i)] < 0.0f || ms / kTuneRuns < times[size_t(i)])
+        times[size_t(i)] = ms / kTuneRuns;
+    }
   }
   driver.cuEventDestroy(start);
   driver.cuEventDestroy(stop);
@@ -420,8 +470,9 @@ int Gemm::tune(Plan &plan, const Key &key, const std::string &where, const Call 
   if (best < 0)
     return -1;
   ++timedPlans_;
-  // Keep the heuristic's choice unless another is faster by more than timing noise (1 %).
-  if (best != 0 && times[0] >= 0.0f && times[size_t(best)] > 0.99f * times[0])
+  // Keep the heuristic's choice unless another is faster by more than timing noise
+  // (kTuneMargin), so that runs on the same GPU make the same choices.
+  if (best != 0 && times[0] >= 0.0f && times[size_t(best)] > (1.0f - kTuneMargin) * times[0])
     best = 0;
   if (best != 0)
     ++changedPlans_;
@@ -477,6 +528,7 @@ void Gemm::run(Form form, GemmType type, const GemmShape &shape, CUdeviceptr a, 
   Key key{int(form), int(type), s.rows,         s.in,           s.out,         s.ldx,
           s.ldw,     s.ldy,     alignmentOf(a), alignmentOf(b), alignmentOf(d)};
   Plan &p = plan(key, context, Call{a, b, d, alpha, beta});
+  ++p.calls;
   cublasStatus_t status = cublasLt().cublasLtMatmul(
       handle_, p.desc, &alpha, reinterpret_cast<const void *>(a), p.w,
       reinterpret_cast<const void *>(b), p.x, &beta, reinterpret_cast<const void *>(d), p.y,

@@ -17,9 +17,10 @@
 // CUDA graph, and all later calls, do no set-up. The workspace is allocated once.
 //
 // Tuning (TNLM_GEMM_TUNE=1, or setTuning): the plan times up to kTuneCandidates of the
-// heuristic's algorithms on the call's own operands (one untimed run, then the mean of
-// kTuneRuns) and keeps the fastest. The output is written in place where beta = 0 (the call
-// overwrites it next) and into a scratch copy of its shape otherwise; where that scratch does
+// heuristic's algorithms on the call's own operands (one untimed run each, then kTuneRounds
+// rounds of the mean of kTuneRuns each, a candidate's best round counting) and keeps the
+// fastest where it beats the heuristic's first by more than kTuneMargin. The output is
+// written in place where beta = 0 (the call overwrites it next) and into a scratch copy of its shape otherwise; where that scratch does
 // not fit in the GPU's memory, or the stream is being captured, the heuristic's first choice
 // is kept. TNLM_GEMM_TUNE=2 also prints each plan's times to stderr. Off by default: the choice
 // depends on timings, so two runs may pick different algorithms (whose sums round differently).
@@ -27,6 +28,10 @@
 // takes the algorithm recorded there (its index in the heuristic's list, no timing), and each
 // plan tuned writes its choice to FILE, so a later run with the same FILE (a resumed training
 // run) computes with the same algorithms.
+//
+// TNLM_GEMM_LOG=FILE: when the Gemm is destroyed, one line per plan is appended to FILE (its
+// shape, alignments, alpha and beta, how many calls were queued with it and the algorithm's
+// configuration): the input of tnlm-bench-gemm (bench/gemm.cpp).
 //
 //===----------------------------------------------------------------------===//
 #ifndef TNLM_RUNTIME_CUDA_GEMM_H
@@ -89,7 +94,9 @@ public:
 
   size_t planCount() const { return plans_.size(); }
 
-  static constexpr int kTuneCandidates = 8, kTuneRuns = 5;
+  static constexpr int kTuneCandidates = 8, kTuneRuns = 5, kTuneRounds = 3;
+  /// Another candidate replaces the heuristic's first only when faster by this fraction.
+  static constexpr float kTuneMargin = 0.02f;
   /// 0: the heuristic's first algorithm; 1: the fastest of its first kTuneCandidates, timed
   /// on the first call of each plan; 2: as 1, printing the times to stderr. Plans made before
   /// keep their algorithm. The constructor reads TNLM_GEMM_TUNE (0 if unset; other values
@@ -148,6 +155,8 @@ private:
   int tune(Plan &plan, const Key &key, const std::string &where, const Call &call,
            const cublasLtMatmulHeuristicResult_t *results, int found);
   std::string fingerprint() const;
+  /// TNLM_GEMM_LOG=FILE: appends one line per plan to FILE (bench/gemm.cpp reads them).
+  void writeLog() const;
   void loadTuneCache();
   void saveTuneCache();
   void run(Form form, GemmType type, const GemmShape &shape, CUdeviceptr a, CUdeviceptr b,

@@ -118,6 +118,11 @@ public:
   std::vector<std::vector<float>> state() override { return exec_.state(); }
   void setState(const std::vector<std::vector<float>> &state) override { exec_.setState(state); }
   int64_t stepCounter() override { return exec_.trainStepCounter(); }
+  bool setGemmTuning(int level, const std::string &cache) override {
+    exec_.gemm().setTuning(level);
+    exec_.gemm().setTuneCache(cache);
+    return true;
+  }
   std::string device() const override { return deviceName_; }
 
 private:

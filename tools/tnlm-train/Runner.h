@@ -39,6 +39,13 @@ public:
   virtual std::vector<std::vector<float>> state() = 0;
   virtual void setState(const std::vector<std::vector<float>> &state) = 0;
   virtual int64_t stepCounter() = 0;
+  /// The GPU's GEMM tuning (Gemm::setTuning: 0 cuBLASLt's first algorithm, 1 the fastest of
+  /// its candidates, timed on the first call of each shape) and its cache file ("" none):
+  /// false where the backend has no GEMMs to tune (the CPU).
+  virtual bool setGemmTuning(int level, const std::string &cache) {
+    (void)level, (void)cache;
+    return false;
+  }
   /// Where it runs, for the progress line ("16 threads", the GPU's name).
   virtual std::string device() const = 0;
 };

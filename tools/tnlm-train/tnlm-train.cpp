@@ -26,6 +26,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -81,6 +82,12 @@ void declareOptions(Options &o) {
   o.value("resume", "dir",
           "Continue the run in dir from its newest checkpoint, with its "
           "options; flags given here (e.g. --steps) override them");
+  o.value("gemm-tune", "on|off",
+          "GPU: time up to 8 of cuBLASLt's algorithms for each matrix-product shape on the "
+          "first step and keep the fastest, the choices written to DIR/gemm-tune.json so that "
+          "a resumed run computes with the same (default off: cuBLASLt's first choice, the "
+          "same bits on every run; measured no faster on the H200, whose 700 W cap sets the "
+          "clocks; TNLM_GEMM_TUNE, when set, is the default instead)");
   o.value("log-every", "n", "Without a terminal: a progress line every n steps (default 10)");
   o.value("threads", "n", "CPU threads (default all cores; also TNLM_NUM_THREADS)");
   o.flag("quiet", "No progress output");
@@ -124,7 +131,8 @@ const char *kRunOptions[] = {"data",         "val-data",   "val-fraction", "orde
                              "tokens",       "batch",      "seq",          "lr",    "min-lr",
                              "warmup",       "schedule",   "beta1",        "beta2", "eps",
                              "weight-decay", "clip-grad",  "grad-accum",   "seed",  "eval-every",
-                             "eval-batches", "save-every", "keep",         "init",  "init-from"};
+                             "eval-batches", "save-every", "keep",         "init",  "init-from",
+                             "gemm-tune"};
 
 double mean(const std::vector<double> &v) {
   double s = 0;
@@ -213,6 +221,13 @@ int runTraining(const Options &flags) {
   const int64_t saveEvery = s.integer("save-every", 500, 0, INT32_MAX);
   const int64_t keep = s.integer("keep", 3, 0, INT32_MAX);
   const int64_t logEvery = flags.getInt("log-every", 10, 1, INT32_MAX);
+  // The GEMM tuning: the flag (or the run's), else TNLM_GEMM_TUNE where set (the executor
+  // read it), else off.
+  const char *tuneEnv = std::getenv("TNLM_GEMM_TUNE");
+  const bool tuneFromFlag = s.has("gemm-tune") || !tuneEnv || !*tuneEnv;
+  const std::string gemmTune = s.get("gemm-tune", "off");
+  if (gemmTune != "on" && gemmTune != "off")
+    throw Error("--gemm-tune: unknown value '" + gemmTune + "' (expected on or off)");
 
   // Data.
   DataConfig dc;
@@ -274,6 +289,15 @@ int runTraining(const Options &flags) {
                                         : "model"},
                           {"options", options}};
     folder = RunFolder::create(flags.get("out"), run);
+  }
+  if (tuneFromFlag) {
+    // The choices beside the checkpoints (TNLM_GEMM_TUNE_CACHE, when set, names another file;
+    // without tuning it still applies the choices recorded there, as for the other tools).
+    const char *cacheEnv = std::getenv("TNLM_GEMM_TUNE_CACHE");
+    const std::string cache = cacheEnv && *cacheEnv ? std::string(cacheEnv)
+                              : gemmTune == "on"    ? folder->file("gemm-tune.json")
+                                                    : std::string();
+    exec.setGemmTuning(gemmTune == "on" ? 1 : 0, cache);
   }
   curve = LossCurve(folder->file("loss.png"),
                     LossPlotOptions{"tnlm-train: " + folder->run().value("model", "model") +
