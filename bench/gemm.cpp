@@ -98,8 +98,8 @@ struct Operand {
   CUdeviceptr ptr = 0;
 };
 
-Operand operand(size_t bytes, int alignment, const Context &ctx, const std::vector<uint16_t> &random,
-                bool zero) {
+Operand operand(size_t bytes, int alignment, const Context &ctx,
+                const std::vector<uint16_t> &random, bool zero) {
   Operand o;
   o.buffer = DeviceBuffer(bytes + 512, "a GEMM operand");
   o.ptr = o.buffer.get() + (alignment < 256 ? size_t(alignment) : 0);
@@ -170,8 +170,8 @@ int main2(int argc, char **argv) {
 
   double sumFirst = 0, sumBest = 0, sumNoSplit = 0;
   for (const PlanLine &p : plans) {
-    const std::string where = "plan form=" + std::to_string(p.form) + " rows=" +
-                              std::to_string(p.rows) + " in=" + std::to_string(p.in) +
+    const std::string where = "plan form=" + std::to_string(p.form) +
+                              " rows=" + std::to_string(p.rows) + " in=" + std::to_string(p.in) +
                               " out=" + std::to_string(p.out);
     const cudaDataType_t data = p.type == 1 ? CUDA_R_32F : CUDA_R_16BF;
     const cudaDataType_t yType = p.type == 0 ? CUDA_R_16BF : CUDA_R_32F;
@@ -266,18 +266,20 @@ int main2(int argc, char **argv) {
         bestNoSplit = i;
     }
     const double flops = 2.0 * double(p.rows) * double(p.in) * double(p.out);
-    auto tf = [&](int i) { return i < 0 || ms[size_t(i)] <= 0 ? 0.0 : flops / ms[size_t(i)] / 1e9; };
+    auto tf = [&](int i) {
+      return i < 0 || ms[size_t(i)] <= 0 ? 0.0 : flops / ms[size_t(i)] / 1e9;
+    };
     auto at = [&](int i) { return i < 0 ? -1.0 : ms[size_t(i)]; };
-    std::printf("{\"bench\":\"gemm\",\"form\":%d,\"type\":%d,\"rows\":%lld,\"in\":%lld,\"out\":%lld,"
-                "\"beta\":%g,\"calls\":%lld,\"found\":%d,\"first_ms\":%.4f,\"first_tflops\":%.1f,"
-                "\"first\":%s,\"best_ms\":%.4f,\"best_tflops\":%.1f,\"best_index\":%d,\"best\":%s,"
-                "\"nosplit_ms\":%.4f,\"nosplit_index\":%d,\"nosplit\":%s,\"all_ms\":[",
-                p.form, p.type, (long long)p.rows, (long long)p.in, (long long)p.out,
-                double(p.beta), (long long)p.calls, found, at(0), tf(0),
-                found ? describe(results[0].algo).c_str() : "null", at(best), tf(best), best,
-                best >= 0 ? describe(results[size_t(best)].algo).c_str() : "null", at(bestNoSplit),
-                bestNoSplit,
-                bestNoSplit >= 0 ? describe(results[size_t(bestNoSplit)].algo).c_str() : "null");
+    std::printf(
+        "{\"bench\":\"gemm\",\"form\":%d,\"type\":%d,\"rows\":%lld,\"in\":%lld,\"out\":%lld,"
+        "\"beta\":%g,\"calls\":%lld,\"found\":%d,\"first_ms\":%.4f,\"first_tflops\":%.1f,"
+        "\"first\":%s,\"best_ms\":%.4f,\"best_tflops\":%.1f,\"best_index\":%d,\"best\":%s,"
+        "\"nosplit_ms\":%.4f,\"nosplit_index\":%d,\"nosplit\":%s,\"all_ms\":[",
+        p.form, p.type, (long long)p.rows, (long long)p.in, (long long)p.out, double(p.beta),
+        (long long)p.calls, found, at(0), tf(0), found ? describe(results[0].algo).c_str() : "null",
+        at(best), tf(best), best, best >= 0 ? describe(results[size_t(best)].algo).c_str() : "null",
+        at(bestNoSplit), bestNoSplit,
+        bestNoSplit >= 0 ? describe(results[size_t(bestNoSplit)].algo).c_str() : "null");
     for (int i = 0; i < found; ++i)
       std::printf("%s%.4f", i ? "," : "", ms[size_t(i)]);
     std::printf("]}\n");

@@ -20,14 +20,14 @@
 // heuristic's algorithms on the call's own operands (one untimed run each, then kTuneRounds
 // rounds of the mean of kTuneRuns each, a candidate's best round counting) and keeps the
 // fastest where it beats the heuristic's first by more than kTuneMargin. The output is
-// written in place where beta = 0 (the call overwrites it next) and into a scratch copy of its shape otherwise; where that scratch does
-// not fit in the GPU's memory, or the stream is being captured, the heuristic's first choice
-// is kept. TNLM_GEMM_TUNE=2 also prints each plan's times to stderr. Off by default: the choice
-// depends on timings, so two runs may pick different algorithms (whose sums round differently).
-// TNLM_GEMM_TUNE_CACHE=FILE (or setTuneCache) makes the choices repeatable: a plan found in FILE
-// takes the algorithm recorded there (its index in the heuristic's list, no timing), and each
-// plan tuned writes its choice to FILE, so a later run with the same FILE (a resumed training
-// run) computes with the same algorithms.
+// written in place where beta = 0 (the call overwrites it next) and into a scratch copy of its
+// shape otherwise; where that scratch does not fit in the GPU's memory, or the stream is being
+// captured, the heuristic's first choice is kept. TNLM_GEMM_TUNE=2 also prints each plan's times to
+// stderr. Off by default: the choice depends on timings, so two runs may pick different algorithms
+// (whose sums round differently). TNLM_GEMM_TUNE_CACHE=FILE (or setTuneCache) makes the choices
+// repeatable: a plan found in FILE takes the algorithm recorded there (its index in the heuristic's
+// list, no timing), and each plan tuned writes its choice to FILE, so a later run with the same
+// FILE (a resumed training run) computes with the same algorithms.
 //
 // TNLM_GEMM_LOG=FILE: when the Gemm is destroyed, one line per plan is appended to FILE (its
 // shape, alignments, alpha and beta, how many calls were queued with it and the algorithm's

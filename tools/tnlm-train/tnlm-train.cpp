@@ -26,9 +26,9 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
 using namespace tnlm;
@@ -349,7 +349,8 @@ int runTraining(const Options &flags) {
     if (const std::string w = exec.nonFiniteParameter(); !w.empty())
       throw Error("step " + std::to_string(state.step) + ": the weights of '" + w +
                   "' are not finite after the optimizer step (check --lr, --beta1, --beta2, "
-                  "--eps); " + stoppedWithoutSaving());
+                  "--eps); " +
+                  stoppedWithoutSaving());
     state.data = data.state();
     std::string where = folder->save(exec, state, keep);
     return where;
