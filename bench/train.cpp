@@ -312,6 +312,8 @@ int main(int argc, char **argv) {
                  double(exec.deviceBytes()) / double(1ull << 30));
     std::fprintf(stderr, "GEMMs over stacked pairs (the gated forward, dx, dW): %zu\n",
                  exec.stackedGemms());
+    std::fprintf(stderr, "gated forwards fused with their product (TNLM_SGLU_FUSE): %zu\n",
+                 exec.fusedSglus());
     if (exec.sideSteps())
       std::fprintf(stderr,
                    "weight-gradient GEMMs on the side stream (TNLM_GRAD_STREAM=1): %lld per "

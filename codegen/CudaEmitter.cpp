@@ -1,5 +1,6 @@
 //===- CudaEmitter.cpp - kernel plan → CUDA C++ + launch metadata ---------===//
 #include "codegen/CudaEmitter.h"
+#include "codegen/cuda/LightningFwdPlan.h"
 
 #include "mlir/IR/Diagnostics.h"
 #include "llvm/Support/FormatVariadic.h"
@@ -214,6 +215,8 @@ public:
       os << "#include \"tnlm/Backward.cuh\"\n";
     if (usesLightningGrad)
       os << "#include \"tnlm/LightningAttentionGradParts.cuh\"\n";
+    if (usesGemm)
+      os << "#include \"tnlm/GemmSm90.cuh\"\n";
     os << "\nusing bf16 = __nv_bfloat16;\n" << body;
     program.source = std::move(text);
     return std::move(program);
@@ -226,7 +229,7 @@ private:
   std::string body; // definitions after the includes, in first-use order
   std::map<std::string, int64_t> byName;
   bool usesLightning = false, usesRecurrent = false, usesBackward = false,
-       usesLightningGrad = false;
+       usesLightningGrad = false, usesGemm = false;
   bool decodeFunction = false; // emitting @decode_step: GEMV launches for small batches
 
   InFlightDiagnostic fail(const PlanStep &s) {
@@ -376,6 +379,31 @@ private:
     case KernelKind::Mul:
     case KernelKind::Add: {
       bool mul = s.kind == KernelKind::Mul;
+      // SGLU's product of a gated pair (a, b the column halves of one [rows, 2F] buffer): the
+      // Hopper GEMM with the product in its epilogue is put in the module too, for the executor
+      // to run the pair's stacked GEMM and this product as one kernel (CudaExecutor, the Linear
+      // steps; the product launch below is the fallback). Not in @decode_step (its GEMV).
+      if (mul && !decodeFunction && s.inputs.size() == 2 && s.inputs[0].sameStorage(s.inputs[1]) &&
+          s.inputs[1].colOffset == s.inputs[0].colOffset + s.inputs[0].cols &&
+          s.inputs[0].cols % 8 == 0 && !std::getenv("TNLM_SGLU_NO_FUSED_KERNEL")) {
+        usesGemm = true;
+        kernel(::tnlm::kSgluFusedKernel,
+               "// SGLU's forward fused: x·[W1; W2]ᵀ's halves a, b and bf16(a)·bf16(b)\n"
+               "// (codegen/cuda/GemmSm90.cuh, kGatedProduct).\n"
+               "extern \"C\" __global__ void __launch_bounds__(384, 1)\n" +
+                   std::string(::tnlm::kSgluFusedKernel) +
+                   "(const __grid_constant__ tnlm::gemm::TmaDesc x,\n"
+                   "    const __grid_constant__ tnlm::gemm::TmaDesc w,\n"
+                   "    const __grid_constant__ tnlm::gemm::TmaDesc a,\n"
+                   "    const __grid_constant__ tnlm::gemm::TmaDesc b,\n"
+                   "    const __grid_constant__ tnlm::gemm::TmaDesc p, int rows, int f, int k) {\n"
+                   "  // The launch CudaExecutor::runFusedSglu makes.\n"
+                   "  static_assert(tnlm::gemm::GemmSm90Config::NTHREADS == 384 &&\n"
+                   "                tnlm::gemm::GemmSm90Config::SMEM == 214064, \"launch\");\n"
+                   "  tnlm::gemm::gemm_tn_sm90<tnlm::gemm::GemmSm90Config, "
+                   "tnlm::gemm::kGatedProduct>(x, w, a, b, p, rows, f, k);\n"
+                   "}\n");
+      }
       out.push_back(rowKernel(
           mul ? "mul" : "add", cols,
           "const bf16 *a, long long lda, const bf16 *b, long long ldb, bf16 *y, long long ldy",

@@ -199,11 +199,13 @@ __device__ __forceinline__ void tile_of(int t, int tilesM, int tilesN, int group
 //   F + j0..), and writes a through tmD, b through tmD2 (the two [M, F] halves of one buffer)
 //   and the product bf16(a) · bf16(b), rounded, through tmP.
 constexpr int kPlain = 0, kGatedProduct = 1;
+// The body, for a __global__ wrapper of Cfg::NTHREADS threads and Cfg::SMEM bytes of dynamic
+// shared memory whose TmaDesc parameters are __grid_constant__ (TMA reads the descriptors where
+// the launch put them): gemm_tn_sm90_kernel below, or the extern "C" one tnlmc emits.
 template <class Cfg = GemmSm90Config, int EPI = kPlain>
-__global__ void __launch_bounds__(Cfg::NTHREADS, 1)
-    gemm_tn_sm90_kernel(const __grid_constant__ TmaDesc tmA, const __grid_constant__ TmaDesc tmB,
-                        const __grid_constant__ TmaDesc tmD, const __grid_constant__ TmaDesc tmD2,
-                        const __grid_constant__ TmaDesc tmP, int M, int N, int K) {
+__device__ __forceinline__ void gemm_tn_sm90(const TmaDesc &tmA, const TmaDesc &tmB,
+                                             const TmaDesc &tmD, const TmaDesc &tmD2,
+                                             const TmaDesc &tmP, int M, int N, int K) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace detail;
   constexpr int BM = Cfg::BM, BK = Cfg::BK, STAGES = Cfg::STAGES;
@@ -324,6 +326,14 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
       bulk_wait_all();
   }
 #endif
+}
+
+template <class Cfg = GemmSm90Config, int EPI = kPlain>
+__global__ void __launch_bounds__(Cfg::NTHREADS, 1)
+    gemm_tn_sm90_kernel(const __grid_constant__ TmaDesc tmA, const __grid_constant__ TmaDesc tmB,
+                        const __grid_constant__ TmaDesc tmD, const __grid_constant__ TmaDesc tmD2,
+                        const __grid_constant__ TmaDesc tmP, int M, int N, int K) {
+  gemm_tn_sm90<Cfg, EPI>(tmA, tmB, tmD, tmD2, tmP, M, N, K);
 }
 
 } // namespace gemm

@@ -83,4 +83,7 @@ inline LightningFwdPlan plan_lightning_fwd(int B, int H, int N, int DK, int DV, 
 }
 
 } // namespace la
+// The extern "C" name tnlmc gives SGLU's fused forward (codegen/cuda/GemmSm90.cuh's
+// kGatedProduct; codegen/CudaEmitter.cpp emits it, runtime/cuda/CudaExecutor.cpp runs it).
+constexpr const char *kSgluFusedKernel = "tnlm_gemm_sglu_sm90";
 } // namespace tnlm

@@ -40,7 +40,7 @@ namespace tnlm::cuda {
   X(cuGraphInstantiate) X(cuGraphLaunch) X(cuGraphGetNodes) X(cuGraphDestroy)                  \
   X(cuGraphExecDestroy) X(cuEventCreate) X(cuEventDestroy) X(cuEventRecord)                   \
   X(cuEventSynchronize) X(cuEventElapsedTime) X(cuStreamIsCapturing) X(cuOccupancyMaxActiveClusters) \
-  X(cuMemHostAlloc) X(cuMemFreeHost) X(cuStreamWaitEvent)
+  X(cuMemHostAlloc) X(cuMemFreeHost) X(cuStreamWaitEvent) X(cuTensorMapEncodeTiled)
 
 #define TNLM_CUDA_NVRTC_SYMBOLS(X)                                                             \
   X(nvrtcVersion) X(nvrtcGetErrorString) X(nvrtcCreateProgram) X(nvrtcDestroyProgram)          \

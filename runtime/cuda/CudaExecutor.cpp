@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <string_view>
 
 namespace tnlm::cuda {
@@ -41,6 +42,7 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
     functions_.push_back(
         Function{fn->name()->str(), fn, {}, 0, fn->name()->str() == "decode_step"});
   stackGemms_ = stackingFromEnvironment();
+  fuseSglu_ = sgluFusionFromEnvironment();
   firstWrite_ = firstWriteFromEnvironment();
   gradStream_ = gradStreamFromEnvironment();
   reuseLaStates_ = reuseLaStatesFromEnvironment();
@@ -440,11 +442,14 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
         if (y2->dtype() == schema::DType_BF16 && y->ld() == 2 * shape.out && y2->ld() == y->ld() &&
             y2->rows() == y->rows() && out2 == ptr(y) + CUdeviceptr(shape.out * 2) &&
             w2 == w1 + CUdeviceptr(shape.out * shape.in * 2)) {
+          stacked_.insert({&f, index, 0});
+          // With its product after it: one kernel for the GEMM and the product, where it can.
+          if (runFusedSglu(f, index, in.Get(0), w1, y, shape.rows, shape.in, shape.out, where))
+            return;
           GemmShape pair = shape;
           pair.out = 2 * shape.out;
           gemm_->linear(GemmType::Bf16, pair, ptr(in.Get(0)), w1, ptr(y), where);
           skip_.push_back({&f, index + 1});
-          stacked_.insert({&f, index, 0});
           return;
         }
       }
@@ -695,6 +700,82 @@ bool CudaExecutor::switchFromEnvironment(const char *name, const char *off, cons
     throw Error(std::string(name) + "=" + std::string(v) + ": expected 0 (" + off + ") or 1 (" +
                 on + ", the default)");
   return v == "1";
+}
+
+bool CudaExecutor::sgluFusionFromEnvironment() {
+  return switchFromEnvironment("TNLM_SGLU_FUSE", "cuBLASLt's GEMM and the product kernel",
+                               "the fused kernel where the artifact has it");
+}
+
+namespace {
+
+/// A TMA descriptor of a [rows, cols] bf16 row-major matrix (row stride ld elements), boxes of
+/// 64 columns x boxRows rows, 128-byte swizzle (GemmSm90.cuh's layout).
+struct TmaDescBytes {
+  alignas(64) unsigned char bytes[128];
+};
+bool encodeTma(TmaDescBytes &d, CUdeviceptr p, int64_t rows, int64_t cols, int64_t ld,
+               unsigned boxRows) {
+  static_assert(sizeof(CUtensorMap) == sizeof(TmaDescBytes), "descriptor size");
+  CUtensorMap m;
+  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)};
+  const cuuint64_t strides[1] = {cuuint64_t(ld * 2)};
+  const cuuint32_t box[2] = {64, boxRows}, estr[2] = {1, 1};
+  if (driver().cuTensorMapEncodeTiled(
+          &m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, reinterpret_cast<void *>(p), dims, strides, box,
+          estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+    return false;
+  std::memcpy(d.bytes, &m, sizeof m);
+  return true;
+}
+
+} // namespace
+
+bool CudaExecutor::runFusedSglu(const Function &f, unsigned index, const schema::Operand *x,
+                                CUdeviceptr w, const schema::Operand *y, int64_t rows, int64_t in,
+                                int64_t out, const std::string &where) {
+  // GemmSm90Config's launch: 384 threads, 3 stages of 48 KB, 2 x 32 KB of staging, barriers.
+  constexpr unsigned kThreads = 384,
+                     kSmem = 3 * (128 * 64 * 2 + 256 * 64 * 2) + 2 * 32768 + 48 + 1024;
+  if (!fuseSglu_ || !module_ || index + 2 >= f.fn->steps()->size() || rows < 1)
+    return false;
+  const schema::Step &m = *f.fn->steps()->Get(index + 2);
+  if (m.kind() != schema::KernelKind_Mul || !m.inputs() || m.inputs()->size() != 2 ||
+      !m.outputs() || m.outputs()->size() != 1)
+    return false;
+  const schema::Operand *ma = m.inputs()->Get(0), *mb = m.inputs()->Get(1),
+                        *p = m.outputs()->Get(0);
+  auto ptr = [&](const schema::Operand *o) { return operand(o, where); };
+  const CUdeviceptr yp = ptr(y), pp = ptr(p), xp = ptr(x);
+  if (ptr(ma) != yp || ptr(mb) != yp + CUdeviceptr(out * 2) || ma->ld() != y->ld() ||
+      mb->ld() != y->ld() || p->dtype() != schema::DType_BF16 || ma->cols() != out ||
+      p->cols() != out || in % 64 != 0 || out % 8 != 0 || x->ld() % 8 != 0 || y->ld() % 8 != 0 ||
+      p->ld() % 8 != 0 || (xp | yp | pp | w) % 16 != 0 || rows > INT32_MAX || out > INT32_MAX)
+    return false;
+  const auto &names = *artifact_.root().kernels()->names();
+  bool has = false;
+  for (const auto *n : names)
+    has = has || n->str() == kSgluFusedKernel;
+  if (!has)
+    return false;
+  TmaDescBytes dx, dw, da, db, dp;
+  if (!encodeTma(dx, xp, rows, in, x->ld(), 128) || !encodeTma(dw, w, 2 * out, in, in, 128) ||
+      !encodeTma(da, yp, rows, out, y->ld(), 64) ||
+      !encodeTma(db, yp + CUdeviceptr(out * 2), rows, out, y->ld(), 64) ||
+      !encodeTma(dp, pp, rows, out, p->ld(), 64))
+    return false;
+  Kernel &k = module_->kernel(kSgluFusedKernel, where);
+  const int64_t tiles = ((rows + 127) / 128) * ((out + 127) / 128);
+  LaunchConfig c;
+  c.grid.x = unsigned(std::min<int64_t>(tiles, context_->multiprocessors()));
+  c.block.x = kThreads;
+  c.sharedBytes = kSmem;
+  context_->launchWith(k, c, where, dx, dw, da, db, dp, int(rows), int(out), int(in));
+  skip_.push_back({&f, index + 1});
+  skip_.push_back({&f, index + 2});
+  fusedSglu_.insert({&f, index});
+  return true;
 }
 
 bool CudaExecutor::stackingFromEnvironment() {

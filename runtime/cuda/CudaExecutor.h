@@ -170,6 +170,15 @@ public:
   /// The GEMMs run as one over a stacked pair (W1, W2 adjacent: the gated pair's forward, its
   /// dx and its dW): how many distinct (function, step) places did so.
   size_t stackedGemms() const { return stacked_.size(); }
+  /// The gated pairs run as one kernel with their product (SGLU's forward: the artifact's
+  /// tnlm::kSgluFusedKernel, codegen/cuda/GemmSm90.cuh): how many distinct (function, step)
+  /// places did so.
+  size_t fusedSglus() const { return fusedSglu_.size(); }
+  /// TNLM_SGLU_FUSE: 1 (or unset) runs a stacked gated pair and its product as the fused
+  /// kernel where the artifact has it; 0 as cuBLASLt's GEMM and the product kernel (the same
+  /// bits). Another value throws, naming the variable.
+  static bool sgluFusionFromEnvironment();
+  void setFuseSglu(bool on) { fuseSglu_ = on; }
   /// Of the last @train_step run step by step (the first call of a shape): the steps queued on
   /// the side stream (TNLM_GRAD_STREAM) and the joins a conflict forced before the end.
   int64_t sideSteps() const { return sideSteps_; }
@@ -439,6 +448,14 @@ private:
   size_t trainScratchBytes_ = 0;
   bool syncSteps_ = false;
   bool stackGemms_ = true; // TNLM_GEMM_STACK: a gated pair as one GEMM where it can
+  bool fuseSglu_ = true;   // TNLM_SGLU_FUSE: a stacked pair and its product as one kernel
+  std::set<std::pair<const void *, unsigned>> fusedSglu_;
+  /// Runs the stacked gated pair of step `index` (x·[W1; W2]ᵀ into y's [rows, 2F]) and the
+  /// product step after it (p = a ⊙ b) as the fused kernel, if the artifact has it and the
+  /// shapes allow; false (nothing queued) otherwise.
+  bool runFusedSglu(const Function &f, unsigned index, const schema::Operand *x, CUdeviceptr w,
+                    const schema::Operand *y, int64_t rows, int64_t in, int64_t out,
+                    const std::string &where);
   // TNLM_GRAD_FIRST_WRITE. stale_[i]: gradient state i holds values the artifact says are zero
   // (@optimizer_step's fill of it skipped); the next @train_step overwrites or zeroes it.
   bool firstWrite_ = true;

@@ -144,6 +144,13 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
   tnlm::cuda::CudaExecutor sided(gpuArt, weights);
   sided.setGradFirstWrite(true);
   sided.setGradStream(true);
+  // And with each gated pair's forward as cuBLASLt's GEMM and the product kernel instead of the
+  // fused kernel (TNLM_SGLU_FUSE=0): the fused kernel's a, b and product are those bits too.
+  tnlm::cuda::CudaExecutor unfused(gpuArt, weights);
+  unfused.setGradFirstWrite(true);
+  unfused.setGradStream(false);
+  unfused.setFuseSglu(false);
+  gpu.setFuseSglu(true);
   std::vector<int32_t> ids(size_t(B * N)), labels(size_t(B * N));
   trainBatch(V, ids, labels);
   int failures = 0;
@@ -158,6 +165,7 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
     gpuLoss = lossOf(gpu.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, B, N));
     zeroed.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, B, N);
     sided.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, B, N);
+    unfused.run("train_step", {{"ids", ids.data()}, {"labels", labels.data()}}, B, N);
   }
   {
     const std::vector<std::vector<float>> a = gpu.state(), b = sided.state();
@@ -172,6 +180,24 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
     std::printf("%s train_step with the weight gradients on a side stream (two calls, the "
                 "second a graph): %zu of %zu state entries differ (want 0)\n",
                 ok ? "ok  " : "FAIL", differ, n);
+    failures += !ok;
+  }
+  {
+    const std::vector<std::vector<float>> a = gpu.state(), b = unfused.state();
+    size_t differ = 0, n = 0;
+    for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+      n += a[i].size();
+      differ += a[i].size() != b[i].size();
+      for (size_t j = 0; j < a[i].size() && j < b[i].size(); ++j)
+        differ += std::memcmp(&a[i][j], &b[i][j], sizeof(float)) != 0;
+    }
+    // The artifacts of this tnlmc carry the fused kernel: it must have run (an older
+    // artifact's pairs run unfused, and this check then says so).
+    const bool ok = a.size() == b.size() && n > 0 && differ == 0 && gpu.fusedSglus() > 0 &&
+                    unfused.fusedSglus() == 0;
+    std::printf("%s train_step with SGLU's forward fused (%zu places) against cuBLASLt's GEMM and "
+                "the product kernel: %zu of %zu state entries differ (want 0)\n",
+                ok ? "ok  " : "FAIL", gpu.fusedSglus(), differ, n);
     failures += !ok;
   }
   const bool lossOk =
