@@ -165,6 +165,7 @@ public:
       std::vector<std::vector<CudaLaunch>> &launches = program.functions.emplace_back();
       launches.resize(plan.steps.size());
       decodeFunction = plan.function == "decode_step";
+      trainFunction = plan.function == "train_step";
       for (size_t i = 0; i < plan.steps.size(); ++i)
         if (failed(step(plan.steps[i], launches[i])))
           return failure();
@@ -231,6 +232,7 @@ private:
   bool usesLightning = false, usesRecurrent = false, usesBackward = false,
        usesLightningGrad = false, usesGemm = false;
   bool decodeFunction = false; // emitting @decode_step: GEMV launches for small batches
+  bool trainFunction = false;  // emitting @train_step
 
   InFlightDiagnostic fail(const PlanStep &s) {
     return mlir::emitError(loc) << "step '" << s.name << "' (" << kernelName(s.kind) << "): ";
@@ -382,8 +384,9 @@ private:
       // SGLU's product of a gated pair (a, b the column halves of one [rows, 2F] buffer): the
       // Hopper GEMM with the product in its epilogue is put in the module too, for the executor
       // to run the pair's stacked GEMM and this product as one kernel (CudaExecutor, the Linear
-      // steps; the product launch below is the fallback). Not in @decode_step (its GEMV).
-      if (mul && !decodeFunction && s.inputs.size() == 2 && s.inputs[0].sameStorage(s.inputs[1]) &&
+      // steps; the product launch below is the fallback). In @train_step only for now: the
+      // inference functions' launches (programmatic, in @prefill) are not checked with it yet.
+      if (mul && trainFunction && s.inputs.size() == 2 && s.inputs[0].sameStorage(s.inputs[1]) &&
           s.inputs[1].colOffset == s.inputs[0].colOffset + s.inputs[0].cols &&
           s.inputs[0].cols % 8 == 0 && !std::getenv("TNLM_SGLU_NO_FUSED_KERNEL")) {
         usesGemm = true;

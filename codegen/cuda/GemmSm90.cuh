@@ -219,6 +219,9 @@ __device__ __forceinline__ void gemm_tn_sm90(const TmaDesc &tmA, const TmaDesc &
   const int tilesN = (N + BN - 1) / BN, tilesM = (M + BM - 1) / BM;
   const int tiles = tilesM * tilesN;
   const int KT = K / BK;
+  // Launched as a programmatic dependent of the kernel before it, wait for that kernel's
+  // results before reading anything (a no-op otherwise).
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full + 8 * s, 1);

@@ -738,7 +738,10 @@ bool CudaExecutor::runFusedSglu(const Function &f, unsigned index, const schema:
   // GemmSm90Config's launch: 384 threads, 3 stages of 48 KB, 2 x 32 KB of staging, barriers.
   constexpr unsigned kThreads = 384,
                      kSmem = 3 * (128 * 64 * 2 + 256 * 64 * 2) + 2 * 32768 + 48 + 1024;
-  if (!fuseSglu_ || !module_ || index + 2 >= f.fn->steps()->size() || rows < 1)
+  // @train_step only (where tnlmc emits the kernel; checked bit for bit against the unfused
+  // path by tnlm-gpu-executor --train).
+  if (!fuseSglu_ || !module_ || f.name != "train_step" || index + 2 >= f.fn->steps()->size() ||
+      rows < 1)
     return false;
   const schema::Step &m = *f.fn->steps()->Get(index + 2);
   if (m.kind() != schema::KernelKind_Mul || !m.inputs() || m.inputs()->size() != 2 ||
@@ -752,6 +755,13 @@ bool CudaExecutor::runFusedSglu(const Function &f, unsigned index, const schema:
       mb->ld() != y->ld() || p->dtype() != schema::DType_BF16 || ma->cols() != out ||
       p->cols() != out || in % 64 != 0 || out % 8 != 0 || x->ld() % 8 != 0 || y->ld() % 8 != 0 ||
       p->ld() % 8 != 0 || (xp | yp | pp | w) % 16 != 0 || rows > INT32_MAX || out > INT32_MAX)
+    return false;
+  // The kernel writes a, b and p from each tile at different times (TMA stores in flight
+  // together): p must not share a byte with [a | b] (the memory plan may put the product over
+  // the pair's dead buffer, as the unfused product kernel allows; then the unfused path runs).
+  const CUdeviceptr abEnd = yp + CUdeviceptr(((rows - 1) * y->ld() + 2 * out) * 2);
+  const CUdeviceptr pEnd = pp + CUdeviceptr(((rows - 1) * p->ld() + out) * 2);
+  if (pp < abEnd && yp < pEnd)
     return false;
   const auto &names = *artifact_.root().kernels()->names();
   bool has = false;
