@@ -23,6 +23,8 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+#include "MmaSync.cuh"
+
 namespace tnlm {
 namespace gemm {
 
@@ -50,9 +52,7 @@ struct GemmSm90Config {
 
 namespace detail {
 
-__device__ __forceinline__ uint32_t smem_addr(const void *p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+using mma::smem_u32; // MmaSync.cuh
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
 }
@@ -105,46 +105,13 @@ template <int R> __device__ __forceinline__ void setmaxnreg_inc() {
 template <int R> __device__ __forceinline__ void setmaxnreg_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
 }
-// K-major shared memory descriptor, 128-byte swizzle, 8-row groups 1024 bytes apart.
-__device__ __forceinline__ uint64_t kdesc(uint32_t saddr) {
-  return static_cast<uint64_t>((saddr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) |
-         (1ull << 62);
-}
-__device__ __forceinline__ void wg_fence() {
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wg_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int N> __device__ __forceinline__ void wg_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-template <int N> __device__ __forceinline__ void pin(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i)
-    asm volatile("" : "+f"(d[i])::"memory");
-}
-// D(64x128) (+)= A(64x16) · B(16x128), both K-major in shared memory.
-__device__ __forceinline__ void mma_m64n128k16(float (&d)[64], uint64_t da, uint64_t db, int acc) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%"
-      "25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%"
-      "48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, "
-      "0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
-        "+f"(d[63])
-      : "l"(da), "l"(db), "r"(acc));
-}
+// Fences, groups, accumulator pins, descriptors and the m64n128k16 wgmma: MmaSync.cuh.
+using mma::fence_regs;
+using mma::kmajor_desc;
+using mma::wgmma_commit;
+using mma::wgmma_fence;
+using mma::wgmma_m64n128k16_ss;
+using mma::wgmma_wait;
 
 // One 64 x 128 accumulator block of a consumer thread (columns 128h ..) into the consumer's
 // staging boxes (box 2h + i/8 holds columns 64(2h + i/8) ..; 128-byte swizzle): rows r, r + 8.
@@ -211,7 +178,7 @@ __device__ __forceinline__ void gemm_tn_sm90(const TmaDesc &tmA, const TmaDesc &
   constexpr int BM = Cfg::BM, BK = Cfg::BK, STAGES = Cfg::STAGES;
   constexpr int BN = EPI == kGatedProduct ? Cfg::BN / 2 : Cfg::BN; // columns of D per tile
   extern __shared__ __align__(1024) uint8_t smem_raw[];
-  const uint32_t raw = smem_addr(smem_raw);
+  const uint32_t raw = smem_u32(smem_raw);
   const uint32_t base = (raw + 1023u) & ~1023u;
   const uint32_t sA = base + Cfg::OFF_A, sB = base + Cfg::OFF_B;
   const uint32_t full = base + Cfg::OFF_BAR, empty = full + STAGES * 8;
@@ -271,25 +238,26 @@ __device__ __forceinline__ void gemm_tn_sm90(const TmaDesc &tmA, const TmaDesc &
         mbar_wait(full + 8 * s, (it / STAGES) & 1);
         const uint32_t a = sA + s * Cfg::A_STAGE + c * 64 * 128;
         const uint32_t b = sB + s * Cfg::B_STAGE;
-        pin(acc0);
-        pin(acc1);
-        wg_fence();
+        fence_regs(acc0);
+        fence_regs(acc1);
+        wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < BK / 16; ++kk) {
           const int accumulate = kt > 0 || kk > 0;
-          mma_m64n128k16(acc0, kdesc(a + kk * 32), kdesc(b + kk * 32), accumulate);
-          mma_m64n128k16(acc1, kdesc(a + kk * 32), kdesc(b + 128 * 128 + kk * 32), accumulate);
+          wgmma_m64n128k16_ss(acc0, kmajor_desc(a + kk * 32), kmajor_desc(b + kk * 32), accumulate);
+          wgmma_m64n128k16_ss(acc1, kmajor_desc(a + kk * 32), kmajor_desc(b + 128 * 128 + kk * 32),
+                              accumulate);
         }
-        wg_commit();
-        wg_wait<1>(); // the group before this one is done: its stage may be refilled
-        pin(acc0);
-        pin(acc1);
+        wgmma_commit();
+        wgmma_wait<1>(); // the group before this one is done: its stage may be refilled
+        fence_regs(acc0);
+        fence_regs(acc1);
         if (kt > 0)
           mbar_arrive(empty + 8 * ((it - 1) % STAGES));
       }
-      wg_wait<0>();
-      pin(acc0);
-      pin(acc1);
+      wgmma_wait<0>();
+      fence_regs(acc0);
+      fence_regs(acc1);
       mbar_arrive(empty + 8 * ((it - 1) % STAGES)); // the tile's last slice
       // Epilogue: thread (warp w, lane l) holds rows 16w + l/4 (+8), columns 8i + 2(l%4) (+1).
       if (wt == 0)

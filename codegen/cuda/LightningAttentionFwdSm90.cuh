@@ -92,22 +92,10 @@ __device__ __forceinline__ uint4 silu_slope_scale8(uint4 o, uint4 x) {
   }
   return make_uint4(ow[0], ow[1], ow[2], ow[3]);
 }
-__device__ __forceinline__ void wgmma_fence() {
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int N> __device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Pins accumulator registers between wgmma stages (no non-wgmma definition may move into a
-// stage, no use may move before its wgmma_wait).
-template <int N> __device__ __forceinline__ void fence_regs(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i)
-    asm volatile("" : "+f"(d[i])::"memory");
-}
+using mma::fence_regs; // MmaSync.cuh (the float accumulators'); this file's: uint32_t arrays
+using mma::wgmma_commit;
+using mma::wgmma_fence;
+using mma::wgmma_wait;
 template <int N, int M> __device__ __forceinline__ void fence_regs(uint32_t (&d)[N][M]) {
 #pragma unroll
   for (int i = 0; i < N; ++i)
@@ -118,10 +106,7 @@ template <int N, int M> __device__ __forceinline__ void fence_regs(uint32_t (&d)
 // Shared memory matrix descriptors (128-byte swizzle). K-major: rows of 64 K-elements, 8-row
 // groups 1024 bytes apart (LBO unused). MN-major: rows are K, each 64 MN-elements; 8-row K groups
 // 1024 bytes apart (SBO), 64-wide MN blocks `mn_block_bytes` apart (LBO).
-__device__ __forceinline__ uint64_t kmajor_desc(uint32_t saddr) {
-  return static_cast<uint64_t>((saddr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) |
-         (1ull << 62);
-}
+using mma::kmajor_desc; // MmaSync.cuh
 __device__ __forceinline__ uint64_t mnmajor_desc(uint32_t saddr, uint32_t mn_block_bytes) {
   return static_cast<uint64_t>((saddr & 0x3FFFF) >> 4) |
          (static_cast<uint64_t>(mn_block_bytes >> 4) << 16) | (64ull << 32) | (1ull << 62);
@@ -143,28 +128,7 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], uint64_t da, 
                  "+f"(d[31])
                : "l"(da), "l"(db), "r"(accumulate));
 }
-// D(64x128) (+)= A(64x16, smem desc) · B(16x128, smem desc), both K-major.
-__device__ __forceinline__ void wgmma_m64n128k16_ss(float (&d)[64], uint64_t da, uint64_t db,
-                                                    int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%"
-      "25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%"
-      "48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, "
-      "0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
-        "+f"(d[63])
-      : "l"(da), "l"(db), "r"(accumulate));
-}
+using mma::wgmma_m64n128k16_ss; // MmaSync.cuh
 // D(64x64) (+)= A(64x16, registers) · B(16x64, smem desc, K-major).
 __device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const uint32_t (&a)[4],
                                                    uint64_t db, int accumulate) {

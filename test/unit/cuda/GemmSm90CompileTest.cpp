@@ -16,6 +16,9 @@ namespace {
 const char *const kGemmCuh =
 #include "GemmSm90_cuh.inc"
     ;
+const char *const kMmaSyncCuh =
+#include "Lightning_MmaSync_cuh.inc"
+    ;
 
 // NVRTC has no C library headers (the runtime's compiler gives the same stub:
 // codegen/CudaEmitter.cpp).
@@ -25,7 +28,8 @@ const char *const kStdint =
 
 TEST(Nvrtc, CompilesTheHopperGemm) {
   NvrtcOptions options;
-  options.headers = {{"tnlm/GemmSm90.cuh", kGemmCuh}, {"stdint.h", kStdint}};
+  options.headers = {
+      {"tnlm/GemmSm90.cuh", kGemmCuh}, {"MmaSync.cuh", kMmaSyncCuh}, {"stdint.h", kStdint}};
   const std::string source = R"(#include "tnlm/GemmSm90.cuh"
 namespace g = tnlm::gemm;
 #define TMA const __grid_constant__ g::TmaDesc
