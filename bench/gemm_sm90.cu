@@ -21,19 +21,11 @@
 #include <vector>
 
 #include "../codegen/cuda/GemmSm90.cuh"
+#include "CudaCheck.h"
 
 using bf16 = __nv_bfloat16;
 using Cfg = tnlm::gemm::GemmSm90Config;
 
-#define CK(x)                                                                                      \
-  do {                                                                                             \
-    cudaError_t e_ = (x);                                                                          \
-    if (e_ != cudaSuccess) {                                                                       \
-      std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__,       \
-                   __LINE__, #x);                                                                  \
-      std::exit(2);                                                                                \
-    }                                                                                              \
-  } while (0)
 #define CKB(x)                                                                                     \
   do {                                                                                             \
     cublasStatus_t s_ = (x);                                                                       \

@@ -31,19 +31,10 @@
 #include <vector>
 
 #include "../codegen/cuda/LightningAttentionFwdSm90.cuh"
+#include "CudaCheck.h"
 
 using bf16 = __nv_bfloat16;
 using namespace tnlm::la;
-
-#define CK(x)                                                                                      \
-  do {                                                                                             \
-    cudaError_t e_ = (x);                                                                          \
-    if (e_ != cudaSuccess) {                                                                       \
-      std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__,       \
-                   __LINE__, #x);                                                                  \
-      std::exit(2);                                                                                \
-    }                                                                                              \
-  } while (0)
 
 static constexpr double kBandwidth = 4.3e12; // bytes/s, PERFORMANCE.md copy ceiling
 

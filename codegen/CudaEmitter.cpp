@@ -388,12 +388,13 @@ private:
       // inference functions' launches (programmatic, in @prefill) are not checked with it yet.
       if (mul && trainFunction && s.inputs.size() == 2 && s.inputs[0].sameStorage(s.inputs[1]) &&
           s.inputs[1].colOffset == s.inputs[0].colOffset + s.inputs[0].cols &&
-          s.inputs[0].cols % 8 == 0 && !std::getenv("TNLM_SGLU_NO_FUSED_KERNEL")) {
+          s.inputs[0].cols % 8 == 0) {
         usesGemm = true;
         kernel(::tnlm::kSgluFusedKernel,
                "// SGLU's forward fused: x·[W1; W2]ᵀ's halves a, b and bf16(a)·bf16(b)\n"
                "// (codegen/cuda/GemmSm90.cuh, kGatedProduct).\n"
-               "extern \"C\" __global__ void __launch_bounds__(384, 1)\n" +
+               "extern \"C\" __global__ void __launch_bounds__(" +
+                   std::to_string(::tnlm::kSgluFusedThreads) + ", 1)\n" +
                    std::string(::tnlm::kSgluFusedKernel) +
                    "(const __grid_constant__ tnlm::gemm::TmaDesc x,\n"
                    "    const __grid_constant__ tnlm::gemm::TmaDesc w,\n"
@@ -401,8 +402,11 @@ private:
                    "    const __grid_constant__ tnlm::gemm::TmaDesc b,\n"
                    "    const __grid_constant__ tnlm::gemm::TmaDesc p, int rows, int f, int k) {\n"
                    "  // The launch CudaExecutor::runFusedSglu makes.\n"
-                   "  static_assert(tnlm::gemm::GemmSm90Config::NTHREADS == 384 &&\n"
-                   "                tnlm::gemm::GemmSm90Config::SMEM == 214064, \"launch\");\n"
+                   "  static_assert(tnlm::gemm::GemmSm90Config::NTHREADS == " +
+                   std::to_string(::tnlm::kSgluFusedThreads) +
+                   " &&\n                tnlm::gemm::GemmSm90Config::SMEM == " +
+                   std::to_string(::tnlm::kSgluFusedSmem) +
+                   ", \"launch\");\n"
                    "  tnlm::gemm::gemm_tn_sm90<tnlm::gemm::GemmSm90Config, "
                    "tnlm::gemm::kGatedProduct>(x, w, a, b, p, rows, f, k);\n"
                    "}\n");

@@ -86,4 +86,7 @@ inline LightningFwdPlan plan_lightning_fwd(int B, int H, int N, int DK, int DV, 
 // The extern "C" name tnlmc gives SGLU's fused forward (codegen/cuda/GemmSm90.cuh's
 // kGatedProduct; codegen/CudaEmitter.cpp emits it, runtime/cuda/CudaExecutor.cpp runs it).
 constexpr const char *kSgluFusedKernel = "tnlm_gemm_sglu_sm90";
+// Its launch: GemmSm90Config's threads and dynamic shared memory (the emitted kernel
+// static_asserts them against the template's).
+constexpr unsigned kSgluFusedThreads = 384, kSgluFusedSmem = 214064;
 } // namespace tnlm

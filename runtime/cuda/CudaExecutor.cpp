@@ -263,8 +263,10 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
       std::string_view(reinterpret_cast<const char *>(kernels.image()->data()),
                        kernels.image()->size()),
       src);
-  for (const flatbuffers::String *name : *kernels.names())
+  for (const flatbuffers::String *name : *kernels.names()) {
     module_->kernel(name->str(), src + ": loading the kernels");
+    hasSgluKernel_ = hasSgluKernel_ || name->str() == kSgluFusedKernel;
+  }
   gemm_ = std::make_unique<Gemm>(*context_);
   if (train_)
     allocateTrain();
@@ -735,13 +737,10 @@ bool encodeTma(TmaDescBytes &d, CUdeviceptr p, int64_t rows, int64_t cols, int64
 bool CudaExecutor::runFusedSglu(const Function &f, unsigned index, const schema::Operand *x,
                                 CUdeviceptr w, const schema::Operand *y, int64_t rows, int64_t in,
                                 int64_t out, const std::string &where) {
-  // GemmSm90Config's launch: 384 threads, 3 stages of 48 KB, 2 x 32 KB of staging, barriers.
-  constexpr unsigned kThreads = 384,
-                     kSmem = 3 * (128 * 64 * 2 + 256 * 64 * 2) + 2 * 32768 + 48 + 1024;
   // @train_step only (where tnlmc emits the kernel; checked bit for bit against the unfused
   // path by tnlm-gpu-executor --train).
-  if (!fuseSglu_ || !module_ || f.name != "train_step" || index + 2 >= f.fn->steps()->size() ||
-      rows < 1)
+  if (!fuseSglu_ || !hasSgluKernel_ || f.name != "train_step" ||
+      index + 2 >= f.fn->steps()->size() || rows < 1)
     return false;
   const schema::Step &m = *f.fn->steps()->Get(index + 2);
   if (m.kind() != schema::KernelKind_Mul || !m.inputs() || m.inputs()->size() != 2 ||
@@ -763,12 +762,6 @@ bool CudaExecutor::runFusedSglu(const Function &f, unsigned index, const schema:
   const CUdeviceptr pEnd = pp + CUdeviceptr(((rows - 1) * p->ld() + out) * 2);
   if (pp < abEnd && yp < pEnd)
     return false;
-  const auto &names = *artifact_.root().kernels()->names();
-  bool has = false;
-  for (const auto *n : names)
-    has = has || n->str() == kSgluFusedKernel;
-  if (!has)
-    return false;
   TmaDescBytes dx, dw, da, db, dp;
   if (!encodeTma(dx, xp, rows, in, x->ld(), 128) || !encodeTma(dw, w, 2 * out, in, in, 128) ||
       !encodeTma(da, yp, rows, out, y->ld(), 64) ||
@@ -779,8 +772,8 @@ bool CudaExecutor::runFusedSglu(const Function &f, unsigned index, const schema:
   const int64_t tiles = ((rows + 127) / 128) * ((out + 127) / 128);
   LaunchConfig c;
   c.grid.x = unsigned(std::min<int64_t>(tiles, context_->multiprocessors()));
-  c.block.x = kThreads;
-  c.sharedBytes = kSmem;
+  c.block.x = kSgluFusedThreads;
+  c.sharedBytes = kSgluFusedSmem;
   context_->launchWith(k, c, where, dx, dw, da, db, dp, int(rows), int(out), int(in));
   skip_.push_back({&f, index + 1});
   skip_.push_back({&f, index + 2});

@@ -447,8 +447,9 @@ private:
   int64_t vocab_ = 0;
   size_t trainScratchBytes_ = 0;
   bool syncSteps_ = false;
-  bool stackGemms_ = true; // TNLM_GEMM_STACK: a gated pair as one GEMM where it can
-  bool fuseSglu_ = true;   // TNLM_SGLU_FUSE: a stacked pair and its product as one kernel
+  bool stackGemms_ = true;     // TNLM_GEMM_STACK: a gated pair as one GEMM where it can
+  bool fuseSglu_ = true;       // TNLM_SGLU_FUSE: a stacked pair and its product as one kernel
+  bool hasSgluKernel_ = false; // the module has kSgluFusedKernel (tnlmc's since 2026-12-04)
   std::set<std::pair<const void *, unsigned>> fusedSglu_;
   /// Runs the stacked gated pair of step `index` (x·[W1; W2]ᵀ into y's [rows, 2F]) and the
   /// product step after it (p = a ⊙ b) as the fused kernel, if the artifact has it and the

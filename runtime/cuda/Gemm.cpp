@@ -217,6 +217,8 @@ int Gemm::tuningFromEnvironment() {
 }
 
 namespace {
+/// One configuration attribute of a cuBLASLt algorithm (its tile, stages, split-K, ...), -1 where
+/// cuBLASLt does not say.
 int32_t algoConfig(const cublasLtMatmulAlgo_t &algo, cublasLtMatmulAlgoConfigAttributes_t what) {
   int32_t value = -1;
   size_t written = 0;
@@ -422,13 +424,8 @@ int Gemm::tune(Plan &plan, const Key &key, const std::string &where, const Call 
   // 43.46-43.65 ms per 385M step against 43.76 with them, bench/RESULTS.md), the heuristic's
   // first staying a candidate whatever it is.
   auto splits = [&](int i) {
-    int32_t n = 1;
-    size_t written = 0;
     return i > 0 && !tuneSplitK_ &&
-           api.cublasLtMatmulAlgoConfigGetAttribute(&results[i].algo,
-                                                    CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &n, sizeof n,
-                                                    &written) == CUBLAS_STATUS_SUCCESS &&
-           n > 1;
+           algoConfig(results[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM) > 1;
   };
   for (int i = 0; i < found; ++i)
     runs[size_t(i)] = results[i].state == CUBLAS_STATUS_SUCCESS &&

@@ -205,6 +205,12 @@ TEST(GemmStacking, TheEnvironmentVariableIsChecked) {
   checkOnOffVariable("TNLM_GEMM_STACK", &CudaExecutor::stackingFromEnvironment, "off");
 }
 
+// TNLM_SGLU_FUSE: unset, empty or 1 runs a stacked gated pair and its product as the fused
+// kernel, 0 does not, anything else is refused naming the variable (no GPU needed).
+TEST(SgluFusion, TheEnvironmentVariableIsChecked) {
+  checkOnOffVariable("TNLM_SGLU_FUSE", &CudaExecutor::sgluFusionFromEnvironment, "yes");
+}
+
 // The GEMM tuning cache's file (TNLM_GEMM_TUNE_CACHE): written and read back the same; bad files
 // are refused naming the file and what is wrong (no GPU needed).
 TEST(GemmTuneCache, FileRoundTripsAndBadFilesAreRefused) {
