@@ -4,6 +4,7 @@
 
 #include "mlir/IR/Diagnostics.h"
 #include "llvm/Support/FormatVariadic.h"
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -165,7 +166,6 @@ public:
       std::vector<std::vector<CudaLaunch>> &launches = program.functions.emplace_back();
       launches.resize(plan.steps.size());
       decodeFunction = plan.function == "decode_step";
-      trainFunction = plan.function == "train_step";
       for (size_t i = 0; i < plan.steps.size(); ++i)
         if (failed(step(plan.steps[i], launches[i])))
           return failure();
@@ -232,7 +232,37 @@ private:
   bool usesLightning = false, usesRecurrent = false, usesBackward = false,
        usesLightningGrad = false, usesGemm = false;
   bool decodeFunction = false; // emitting @decode_step: GEMV launches for small batches
-  bool trainFunction = false;  // emitting @train_step
+
+  // A GEMM of our own with an epilogue (codegen/cuda/GemmSm90.cuh's gemm_tn_sm90<EPI>) as an
+  // extern "C" kernel named `name` whose six descriptor parameters are `maps` (the body's tmA,
+  // tmB, tmD, tmD2, tmP, tmE; a repeated name is passed twice), for the executor to launch.
+  void gemmKernel(const char *name, const char *epi, const std::vector<std::string> &maps,
+                  const char *what, bool pingpong = false) {
+    const std::string body = pingpong ? "gemm_sm90_pingpong" : "gemm_tn_sm90";
+    const std::string config =
+        pingpong ? "tnlm::gemm::GemmSm90PingpongConfig<>" : "tnlm::gemm::GemmSm90Config";
+    const unsigned smem = pingpong ? ::tnlm::kGemmSm90PingpongSmem : ::tnlm::kGemmSm90Smem;
+    usesGemm = true;
+    std::string params, args;
+    for (size_t i = 0; i < maps.size(); ++i) {
+      if (std::find(maps.begin(), maps.begin() + i, maps[i]) == maps.begin() + i)
+        params += (i ? "    " : "") + std::string("const __grid_constant__ tnlm::gemm::TmaDesc ") +
+                  maps[i] + ",\n";
+      args += maps[i] + ", ";
+    }
+    kernel(name, "// " + std::string(what) + "\n// (codegen/cuda/GemmSm90.cuh, " + epi +
+                     ").\nextern \"C\" __global__ void __launch_bounds__(" +
+                     std::to_string(::tnlm::kGemmSm90Threads) + ", 1)\n" + name + "(" + params +
+                     "    int rows, int n, int k) {\n"
+                     "  // The launch CudaExecutor makes.\n"
+                     "  static_assert(" +
+                     config + "::NTHREADS == " + std::to_string(::tnlm::kGemmSm90Threads) +
+                     " &&\n                " + config + "::SMEM == " + std::to_string(smem) +
+                     ", \"launch\");\n"
+                     "  tnlm::gemm::" +
+                     body + "<" + config + ", tnlm::gemm::" + epi + ">(" + args +
+                     "rows, n, k);\n}\n");
+  }
 
   InFlightDiagnostic fail(const PlanStep &s) {
     return mlir::emitError(loc) << "step '" << s.name << "' (" << kernelName(s.kind) << "): ";
@@ -384,32 +414,12 @@ private:
       // SGLU's product of a gated pair (a, b the column halves of one [rows, 2F] buffer): the
       // Hopper GEMM with the product in its epilogue is put in the module too, for the executor
       // to run the pair's stacked GEMM and this product as one kernel (CudaExecutor, the Linear
-      // steps; the product launch below is the fallback). In @train_step only for now: the
-      // inference functions' launches (programmatic, in @prefill) are not checked with it yet.
-      if (mul && trainFunction && s.inputs.size() == 2 && s.inputs[0].sameStorage(s.inputs[1]) &&
+      // steps; the product launch below is the fallback), in every function.
+      if (mul && s.inputs.size() == 2 && s.inputs[0].sameStorage(s.inputs[1]) &&
           s.inputs[1].colOffset == s.inputs[0].colOffset + s.inputs[0].cols &&
           s.inputs[0].cols % 8 == 0) {
-        usesGemm = true;
-        kernel(::tnlm::kSgluFusedKernel,
-               "// SGLU's forward fused: x·[W1; W2]ᵀ's halves a, b and bf16(a)·bf16(b)\n"
-               "// (codegen/cuda/GemmSm90.cuh, kGatedProduct).\n"
-               "extern \"C\" __global__ void __launch_bounds__(" +
-                   std::to_string(::tnlm::kSgluFusedThreads) + ", 1)\n" +
-                   std::string(::tnlm::kSgluFusedKernel) +
-                   "(const __grid_constant__ tnlm::gemm::TmaDesc x,\n"
-                   "    const __grid_constant__ tnlm::gemm::TmaDesc w,\n"
-                   "    const __grid_constant__ tnlm::gemm::TmaDesc a,\n"
-                   "    const __grid_constant__ tnlm::gemm::TmaDesc b,\n"
-                   "    const __grid_constant__ tnlm::gemm::TmaDesc p, int rows, int f, int k) {\n"
-                   "  // The launch CudaExecutor::runFusedSglu makes.\n"
-                   "  static_assert(tnlm::gemm::GemmSm90Config::NTHREADS == " +
-                   std::to_string(::tnlm::kSgluFusedThreads) +
-                   " &&\n                tnlm::gemm::GemmSm90Config::SMEM == " +
-                   std::to_string(::tnlm::kSgluFusedSmem) +
-                   ", \"launch\");\n"
-                   "  tnlm::gemm::gemm_tn_sm90<tnlm::gemm::GemmSm90Config, "
-                   "tnlm::gemm::kGatedProduct>(x, w, a, b, p, rows, f, k);\n"
-                   "}\n");
+        gemmKernel(::tnlm::kSgluFusedKernel, "kGatedProduct", {"x", "w", "a", "b", "p", "p"},
+                   "SGLU's forward fused: x·[W1; W2]ᵀ's halves a, b and bf16(a)·bf16(b)");
       }
       out.push_back(rowKernel(
           mul ? "mul" : "add", cols,
@@ -693,6 +703,15 @@ private:
       // dW2 (f32).
       const int64_t F = s.inputs[3].cols;
       const int64_t in = s.inputs[0].cols, block = rowBlock(F);
+      // With the forward's a, b: the product's backward fused into the dgrad that makes dy
+      // (the linear after the product, dy = dz·W3) is put in the module too, for the executor
+      // to run that GEMM and mul_grad as one kernel that never writes dy (CudaExecutor::
+      // runFusedMulGrad; mul_grad below is the fallback).
+      if (s.inputs.size() >= 6 && F % 8 == 0)
+        gemmKernel(::tnlm::kMulGradFusedKernel, "kMulGrad", {"dz", "w", "da", "db", "a", "b"},
+                   "SGLU's product backward fused into the dgrad before it: da = bf16(dz·W)·b, "
+                   "db = bf16(dz·W)·a (ping-pong: one tile's epilogue beside the next's K loop)",
+                   /*pingpong=*/true);
       if (s.inputs.size() < 6)
         out.push_back(gemmLaunch(F, in, "cuBLASLt a, b [rows x F] = x . W1^T, x . W2^T (scratch)"));
       out.push_back(trainKernel(

@@ -181,6 +181,12 @@ void planMemory(KernelPlan &plan);
 /// (tnlmc: TNLM_GRAD_STREAM_WINDOW=N).
 void keepGradWeightInputs(KernelPlan &plan, int64_t window);
 
+/// Keeps the input x of a gated pair's GEMMs live up to the pair's product step (before
+/// planMemory): a CUDA executor runs the pair and the product as one kernel (SGLU's forward
+/// fused, codegen/cuda/GemmSm90.cuh), whose product stores must not land on x while other
+/// tiles still read it.
+void keepGatedProductInputs(KernelPlan &plan);
+
 /// Sum of the bytes of buffers live at the busiest step: a lower bound on any arena.
 int64_t peakLiveBytes(const KernelPlan &plan);
 

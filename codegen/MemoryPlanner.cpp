@@ -67,6 +67,25 @@ void keepGradWeightInputs(KernelPlan &plan, int64_t window) {
   }
 }
 
+void keepGatedProductInputs(KernelPlan &plan) {
+  for (size_t i = 0; i < plan.steps.size(); ++i) {
+    const PlanStep &m = plan.steps[i];
+    if (m.kind != KernelKind::Mul || m.inputs.size() != 2 ||
+        m.inputs[0].kind != OperandKind::Arena || !m.inputs[0].sameStorage(m.inputs[1]) ||
+        m.inputs[1].colOffset != m.inputs[0].colOffset + m.inputs[0].cols)
+      continue;
+    // The pair's GEMMs: the Linear steps before it that write that buffer.
+    for (size_t j = 0; j < i; ++j) {
+      const PlanStep &l = plan.steps[j];
+      if (l.kind != KernelKind::Linear || l.outputs.empty() || l.inputs.empty() ||
+          !l.outputs[0].sameStorage(m.inputs[0]) || l.inputs[0].kind != OperandKind::Arena)
+        continue;
+      PlanBuffer &x = plan.buffers[l.inputs[0].index];
+      x.lastStep = std::max(x.lastStep, static_cast<int64_t>(i));
+    }
+  }
+}
+
 int64_t peakLiveBytes(const KernelPlan &plan) {
   int64_t peak = 0;
   for (size_t step = 0; step < plan.steps.size(); ++step) {

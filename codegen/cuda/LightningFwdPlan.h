@@ -83,10 +83,15 @@ inline LightningFwdPlan plan_lightning_fwd(int B, int H, int N, int DK, int DV, 
 }
 
 } // namespace la
-// The extern "C" name tnlmc gives SGLU's fused forward (codegen/cuda/GemmSm90.cuh's
-// kGatedProduct; codegen/CudaEmitter.cpp emits it, runtime/cuda/CudaExecutor.cpp runs it).
+// The extern "C" names tnlmc gives the GEMMs of our own with an epilogue (codegen/cuda/
+// GemmSm90.cuh; codegen/CudaEmitter.cpp emits them, runtime/cuda/CudaExecutor.cpp runs them):
+// SGLU's fused forward (kGatedProduct) and its product's backward fused into the dgrad of the
+// linear after it (kMulGrad).
 constexpr const char *kSgluFusedKernel = "tnlm_gemm_sglu_sm90";
-// Its launch: GemmSm90Config's threads and dynamic shared memory (the emitted kernel
-// static_asserts them against the template's).
-constexpr unsigned kSgluFusedThreads = 384, kSgluFusedSmem = 214064;
+constexpr const char *kMulGradFusedKernel = "tnlm_gemm_mulgrad_sm90";
+// Their launch: threads and dynamic shared memory of GemmSm90Config (SGLU's forward) and of
+// GemmSm90PingpongConfig<> (the product's backward) (the emitted kernels static_assert them
+// against the templates').
+constexpr unsigned kGemmSm90Threads = 384, kGemmSm90Smem = 214080;
+constexpr unsigned kGemmSm90PingpongSmem = 230496;
 } // namespace tnlm

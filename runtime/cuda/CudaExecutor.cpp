@@ -266,6 +266,7 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
   for (const flatbuffers::String *name : *kernels.names()) {
     module_->kernel(name->str(), src + ": loading the kernels");
     hasSgluKernel_ = hasSgluKernel_ || name->str() == kSgluFusedKernel;
+    hasMulGradKernel_ = hasMulGradKernel_ || name->str() == kMulGradFusedKernel;
   }
   gemm_ = std::make_unique<Gemm>(*context_);
   if (train_)
@@ -732,15 +733,26 @@ bool encodeTma(TmaDescBytes &d, CUdeviceptr p, int64_t rows, int64_t cols, int64
   return true;
 }
 
+// A persistent GEMM of ours (GemmSm90.cuh) over [rows, cols] of D in 128 x 128 tiles (the
+// fused SGLU forward's columns of a and b, the ping-pong form's tiles): one CTA per tile, at
+// most one per SM.
+LaunchConfig gemmSm90Launch(int64_t rows, int64_t cols, unsigned smem, int sms) {
+  const int64_t tiles = ((rows + 127) / 128) * ((cols + 127) / 128);
+  LaunchConfig c;
+  c.grid.x = unsigned(std::min<int64_t>(tiles, sms));
+  c.block.x = kGemmSm90Threads;
+  c.sharedBytes = smem;
+  return c;
+}
+
 } // namespace
 
 bool CudaExecutor::runFusedSglu(const Function &f, unsigned index, const schema::Operand *x,
                                 CUdeviceptr w, const schema::Operand *y, int64_t rows, int64_t in,
                                 int64_t out, const std::string &where) {
-  // @train_step only (where tnlmc emits the kernel; checked bit for bit against the unfused
-  // path by tnlm-gpu-executor --train).
-  if (!fuseSglu_ || !hasSgluKernel_ || f.name != "train_step" ||
-      index + 2 >= f.fn->steps()->size() || rows < 1)
+  // Where tnlmc put the kernel in the module (checked bit for bit against the unfused path by
+  // tnlm-gpu-executor --train; the inference functions by their GPU-vs-CPU checks).
+  if (!fuseSglu_ || !hasSgluKernel_ || index + 2 >= f.fn->steps()->size() || rows < 1)
     return false;
   const schema::Step &m = *f.fn->steps()->Get(index + 2);
   if (m.kind() != schema::KernelKind_Mul || !m.inputs() || m.inputs()->size() != 2 ||
@@ -758,9 +770,12 @@ bool CudaExecutor::runFusedSglu(const Function &f, unsigned index, const schema:
   // The kernel writes a, b and p from each tile at different times (TMA stores in flight
   // together): p must not share a byte with [a | b] (the memory plan may put the product over
   // the pair's dead buffer, as the unfused product kernel allows; then the unfused path runs).
+  // Nor x: other tiles still read it while a tile's p is stored (in the inference functions
+  // the memory plan may put the product over the norm's dead output).
   const CUdeviceptr abEnd = yp + CUdeviceptr(((rows - 1) * y->ld() + 2 * out) * 2);
   const CUdeviceptr pEnd = pp + CUdeviceptr(((rows - 1) * p->ld() + out) * 2);
-  if (pp < abEnd && yp < pEnd)
+  const CUdeviceptr xEnd = xp + CUdeviceptr(((rows - 1) * x->ld() + in) * 2);
+  if ((pp < abEnd && yp < pEnd) || (pp < xEnd && xp < pEnd))
     return false;
   TmaDescBytes dx, dw, da, db, dp;
   if (!encodeTma(dx, xp, rows, in, x->ld(), 128) || !encodeTma(dw, w, 2 * out, in, in, 128) ||
@@ -769,15 +784,91 @@ bool CudaExecutor::runFusedSglu(const Function &f, unsigned index, const schema:
       !encodeTma(dp, pp, rows, out, p->ld(), 64))
     return false;
   Kernel &k = module_->kernel(kSgluFusedKernel, where);
-  const int64_t tiles = ((rows + 127) / 128) * ((out + 127) / 128);
-  LaunchConfig c;
-  c.grid.x = unsigned(std::min<int64_t>(tiles, context_->multiprocessors()));
-  c.block.x = kSgluFusedThreads;
-  c.sharedBytes = kSgluFusedSmem;
+  const LaunchConfig c = gemmSm90Launch(rows, out, kGemmSm90Smem, context_->multiprocessors());
   context_->launchWith(k, c, where, dx, dw, da, db, dp, int(rows), int(out), int(in));
   skip_.push_back({&f, index + 1});
   skip_.push_back({&f, index + 2});
   fusedSglu_.insert({&f, index});
+  return true;
+}
+
+bool CudaExecutor::runFusedMulGrad(const Function &f, unsigned index, const schema::Operand *dz,
+                                   const schema::Operand *w, const schema::Operand *dy,
+                                   int64_t rows, const std::string &where) {
+  // dy = dz·W (this step, W [K, F] row-major) read only as the dy of a gated pair's backward
+  // (GatedLinearGrad) within the next steps, which has the forward's a, b: that step's
+  // mul_grad (da = dy·b, db = dy·a) runs here, in the GEMM's epilogue, into its scratch; dy
+  // itself is never written.
+  if (!fuseSglu_ || !hasMulGradKernel_ || syncSteps_ || rows < 1 || rows > INT32_MAX ||
+      dy->dtype() != schema::DType_BF16)
+    return false;
+  const auto &steps = *f.fn->steps();
+  auto ptr = [&](const schema::Operand *o) { return operand(o, where); };
+  const Overlap::Range dyBytes = extentOf(dy, rows);
+  if (dyBytes.hi <= dyBytes.lo)
+    return false;
+  auto readsDy = [&](const schema::Step &s) {
+    for (const schema::Operand *o : *s.inputs())
+      if (const Overlap::Range r = extentOf(o, rows); r.lo < dyBytes.hi && dyBytes.lo < r.hi)
+        return true;
+    return false;
+  };
+  unsigned g = index + 1;
+  for (; g < steps.size() && g <= index + 3; ++g) {
+    const schema::Step &s = *steps.Get(g);
+    if (s.kind() == schema::KernelKind_GatedLinearGrad)
+      break;
+    if (readsDy(s))
+      return false;
+  }
+  if (g >= steps.size() || g > index + 3)
+    return false;
+  const schema::Step &gs = *steps.Get(g);
+  if (!gs.inputs() || gs.inputs()->size() != 6 || !gs.outputs())
+    return false;
+  const schema::Operand *gdy = gs.inputs()->Get(3), *a = gs.inputs()->Get(4),
+                        *b = gs.inputs()->Get(5);
+  const int64_t F = dy->cols(), K = dz->cols();
+  if (ptr(gdy) != ptr(dy) || gdy->ld() != dy->ld() || gdy->cols() != F || a->cols() != F ||
+      b->cols() != F || a->dtype() != schema::DType_BF16 || b->dtype() != schema::DType_BF16 ||
+      dz->dtype() != schema::DType_BF16)
+    return false;
+  // dy is dead after the gated step: no later step reads dy itself (its operand: a value the
+  // memory plan put over dy's bytes since is another operand, or the same one written again).
+  auto isDy = [&](const schema::Operand *o) {
+    return o->kind() == dy->kind() && o->offset() == dy->offset() &&
+           o->col_offset() == dy->col_offset() && o->ld() == dy->ld() && o->cols() == dy->cols();
+  };
+  for (unsigned j = g + 1; j < steps.size(); ++j) {
+    const schema::Step &s = *steps.Get(j);
+    for (const schema::Operand *o : *s.inputs())
+      if (isDy(o))
+        return false;
+    bool written = false;
+    for (const schema::Operand *o : *s.outputs())
+      written = written || isDy(o);
+    if (written)
+      break;
+  }
+  if (size_t(2 * rows * F * 2) > gatedGradBytes_)
+    return false;
+  const CUdeviceptr dzp = ptr(dz), wp = ptr(w), ap = ptr(a), bp = ptr(b);
+  const CUdeviceptr da = gatedGrad_, db = gatedGrad_ + CUdeviceptr(F * 2);
+  if (K % 64 != 0 || F % 8 != 0 || dz->ld() % 8 != 0 || w->ld() % 8 != 0 || a->ld() % 8 != 0 ||
+      b->ld() % 8 != 0 || (dzp | wp | ap | bp | da) % 16 != 0 || F > INT32_MAX || K > INT32_MAX)
+    return false;
+  TmaDescBytes tz, tw, tda, tdb, ta, tb;
+  if (!encodeTma(tz, dzp, rows, K, dz->ld(), 128) || !encodeTma(tw, wp, K, F, w->ld(), 64) ||
+      !encodeTma(tda, da, rows, F, 2 * F, 64) || !encodeTma(tdb, db, rows, F, 2 * F, 64) ||
+      !encodeTma(ta, ap, rows, F, a->ld(), 64) || !encodeTma(tb, bp, rows, F, b->ld(), 64))
+    return false;
+  // The ping-pong form.
+  Kernel &k = module_->kernel(kMulGradFusedKernel, where);
+  const LaunchConfig c =
+      gemmSm90Launch(rows, F, kGemmSm90PingpongSmem, context_->multiprocessors());
+  context_->launchWith(k, c, where, tz, tw, tda, tdb, ta, tb, int(rows), int(F), int(K));
+  mulGradDone_ = {&f, g};
+  fusedMulGrad_.insert({&f, index});
   return true;
 }
 

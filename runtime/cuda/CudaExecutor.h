@@ -174,6 +174,10 @@ public:
   /// tnlm::kSgluFusedKernel, codegen/cuda/GemmSm90.cuh): how many distinct (function, step)
   /// places did so.
   size_t fusedSglus() const { return fusedSglu_.size(); }
+  /// The dgrads run as one kernel with the gated pair's product backward after them
+  /// (tnlm::kMulGradFusedKernel; also TNLM_SGLU_FUSE): how many distinct (function, step)
+  /// places did so.
+  size_t fusedMulGrads() const { return fusedMulGrad_.size(); }
   /// TNLM_SGLU_FUSE: 1 (or unset) runs a stacked gated pair and its product as the fused
   /// kernel where the artifact has it; 0 as cuBLASLt's GEMM and the product kernel (the same
   /// bits). Another value throws, naming the variable.
@@ -451,6 +455,17 @@ private:
   bool fuseSglu_ = true;       // TNLM_SGLU_FUSE: a stacked pair and its product as one kernel
   bool hasSgluKernel_ = false; // the module has kSgluFusedKernel (tnlmc's since 2026-12-04)
   std::set<std::pair<const void *, unsigned>> fusedSglu_;
+  bool hasMulGradKernel_ = false; // the module has kMulGradFusedKernel
+  std::set<std::pair<const void *, unsigned>> fusedMulGrad_;
+  // The gated step whose mul_grad the last fused dgrad did (this run; cleared by that step).
+  std::pair<const void *, unsigned> mulGradDone_{nullptr, 0};
+  /// Runs the dgrad of step `index` (dy = dz·W) with the mul_grad of the gated pair's
+  /// backward that reads dy (a few steps on, with the forward's a, b) as the fused kernel,
+  /// writing that step's da, db scratch and not dy, if the artifact has it and the shapes
+  /// allow; false (nothing queued) otherwise.
+  bool runFusedMulGrad(const Function &f, unsigned index, const schema::Operand *dz,
+                       const schema::Operand *w, const schema::Operand *dy, int64_t rows,
+                       const std::string &where);
   /// Runs the stacked gated pair of step `index` (x·[W1; W2]ᵀ into y's [rows, 2F]) and the
   /// product step after it (p = a ⊙ b) as the fused kernel, if the artifact has it and the
   /// shapes allow; false (nothing queued) otherwise.

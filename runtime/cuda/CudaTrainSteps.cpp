@@ -508,6 +508,8 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
   }
   case schema::KernelKind_LinearGradInput: {
     const schema::Operand *dy = in.Get(0), *w = in.Get(1);
+    if (runFusedMulGrad(f, index, dy, w, y, rows, where))
+      return true;
     GemmShape shape{rows, y->cols(), dy->cols(), y->ld(), w->ld(), dy->ld()};
     gemm_->gradInput(y->dtype() == schema::DType_F32 ? GemmType::Bf16F32Out : GemmType::Bf16, shape,
                      ptr(dy), ptr(w), ptr(y), where);
@@ -569,7 +571,13 @@ bool CudaExecutor::runTrainStep(const Function &f, unsigned index, const schema:
       gemm_->linear(GemmType::Bf16, fwd, ptr(x), ptr(w1), a, where);
       gemm_->linear(GemmType::Bf16, fwd, ptr(x), ptr(w2), b, where);
     }
-    launch("tnlm_mul_grad", R, 1, a, lda, b, ldb, ptr(dy), ld(dy), da, ldd, db, ldd);
+    // (Done by the dgrad that made dy, in its epilogue: runFusedMulGrad.)
+    const bool productDone = mulGradDone_ == std::pair<const void *, unsigned>(&f, index);
+    mulGradDone_ = {nullptr, 0};
+    if (!productDone)
+      launch("tnlm_mul_grad", R, 1, a, lda, b, ldb, ptr(dy), ld(dy), da, ldd, db, ldd);
+    else if (recompute)
+      throw Error(where + ": the fused product backward ran without the forward's a, b");
     const GemmType dxType =
         dx->dtype() == schema::DType_F32 ? GemmType::Bf16F32Out : GemmType::Bf16;
     // Two [F, K] matrices, dense, the second right after the first (elem bytes each).

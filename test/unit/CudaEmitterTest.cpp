@@ -110,6 +110,54 @@ TEST(MemoryPlanner, GradWeightInputsKeptForTheWindow) {
   EXPECT_EQ(far.buffers[0].lastStep, 3); // not past the last step
 }
 
+// keepGatedProductInputs: a gated pair's input x stays live up to the pair's product (the
+// executor's fused kernel writes the product while other tiles still read x), so the product is
+// not placed over x; a product of two different buffers keeps nothing.
+TEST(MemoryPlanner, GatedPairInputKeptUpToTheProduct) {
+  auto build = [](bool keep, bool pair) {
+    mt::KernelPlan plan;
+    plan.function = "forward";
+    plan.maxBatch = 1, plan.maxSeq = 16;
+    auto buffer = [&](int64_t cols, int64_t first, int64_t last) {
+      mt::PlanBuffer buf;
+      buf.cols = cols, buf.bytesPerRow = 2 * cols;
+      buf.firstStep = first, buf.lastStep = last;
+      plan.buffers.push_back(buf);
+    };
+    buffer(8, 0, 2);  // b0: x
+    buffer(16, 1, 3); // b1: [a | b]
+    buffer(8, 3, 3);  // b2: p
+    buffer(8, 1, 3);  // b3: a second product operand (the non-pair case)
+    auto arena = [](int64_t index, int64_t col, int64_t cols, int64_t ld) {
+      mt::PlanOperand o;
+      o.index = index, o.colOffset = col, o.cols = cols, o.ld = ld;
+      return o;
+    };
+    // 0: b0 = ...; 1: b1[:, 0:8] = x·W1ᵀ; 2: b1[:, 8:16] = x·W2ᵀ; 3: b2 = b1[:, 0:8] * (b1[:, 8:16]
+    // or b3)
+    plan.steps.resize(4);
+    plan.steps[0].kind = mt::KernelKind::Silu, plan.steps[0].outputs = {arena(0, 0, 8, 8)};
+    for (int h = 0; h < 2; ++h) {
+      plan.steps[1 + h].kind = mt::KernelKind::Linear;
+      plan.steps[1 + h].inputs = {arena(0, 0, 8, 8)};
+      plan.steps[1 + h].outputs = {arena(1, 8 * h, 8, 16)};
+    }
+    plan.steps[3].kind = mt::KernelKind::Mul;
+    plan.steps[3].inputs = {arena(1, 0, 8, 16), pair ? arena(1, 8, 8, 16) : arena(3, 0, 8, 8)};
+    plan.steps[3].outputs = {arena(2, 0, 8, 8)};
+    if (keep)
+      mt::keepGatedProductInputs(plan);
+    mt::planMemory(plan);
+    return plan;
+  };
+  const mt::KernelPlan plain = build(false, true), kept = build(true, true),
+                       other = build(true, false);
+  EXPECT_EQ(plain.buffers[2].offset, plain.buffers[0].offset); // p over the dead x
+  EXPECT_EQ(kept.buffers[0].lastStep, 3);
+  EXPECT_NE(kept.buffers[2].offset, kept.buffers[0].offset);
+  EXPECT_EQ(other.buffers[0].lastStep, 2);
+}
+
 TEST(CudaCodegen, ActivationsAreBf16AndLogitsF32) {
   auto cuda = lower(kConfig, "cuda:sm_90a");
   auto cpu = lower(kConfig, "cpu");
@@ -136,8 +184,8 @@ TEST(CudaCodegen, CompilesWithNvrtcAndNamesEveryKernel) {
   EXPECT_EQ(program->source, again->source); // deterministic
 
   // Two identical layers: each specialization once (embedding, norm, SiLU, 3 attention
-  // kernels, gated norm, add+norm, product).
-  EXPECT_EQ(program->kernels.size(), 9u);
+  // kernels, gated norm, add+norm, product, and SGLU's forward fused: the GEMM and product).
+  EXPECT_EQ(program->kernels.size(), 10u);
   std::set<std::string> names;
   for (const mt::CudaKernel &k : program->kernels)
     EXPECT_TRUE(names.insert(k.name).second) << k.name << " emitted twice";
@@ -172,7 +220,7 @@ TEST(CudaCodegen, CompilesWithNvrtcAndNamesEveryKernel) {
       mt::serializeArtifact(*l->module, {l->plan}, "cuda:sm_90a", &*program, &image);
   tnlm::Artifact a = tnlm::Artifact::fromBytes(bytes, "m.tnlm", tnlm::Target::CudaSm90a);
   ASSERT_TRUE(a.root().kernels());
-  EXPECT_EQ(a.root().kernels()->names()->size(), 9u);
+  EXPECT_EQ(a.root().kernels()->names()->size(), 10u);
   EXPECT_EQ(a.root().kernels()->image()->size(), out.image.size());
   try {
     tnlm::Artifact::fromBytes(bytes, "m.tnlm", tnlm::Target::Cpu);
@@ -193,7 +241,7 @@ TEST(CudaCodegen, CompilesWithNvrtcAndNamesEveryKernel) {
   };
   mt::CudaProgram badIndex = *program;
   badIndex.functions[0][0][0].kernel = 99;
-  EXPECT_NE(refused(badIndex, image).find("launches kernel #99 of 9"), std::string::npos);
+  EXPECT_NE(refused(badIndex, image).find("launches kernel #99 of 10"), std::string::npos);
   mt::CudaImage empty = image;
   empty.image.clear();
   EXPECT_NE(refused(*program, empty).find("without a kernel image"), std::string::npos);

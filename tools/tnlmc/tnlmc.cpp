@@ -198,10 +198,13 @@ FailureOr<int64_t> gradStreamWindow() {
   return int64_t(std::stoll(s));
 }
 
-/// The arena plan of `p` (keeping weight-gradient inputs live longer where asked).
+/// The arena plan of `p` (keeping weight-gradient inputs live longer where asked, and on CUDA
+/// each gated pair's input up to its product: the executor fuses the two).
 void planArena(tnlm::KernelPlan &p, int64_t window) {
   if (window > 0 && isCuda() && p.function == "train_step")
     tnlm::keepGradWeightInputs(p, window);
+  if (isCuda())
+    tnlm::keepGatedProductInputs(p);
   tnlm::planMemory(p);
 }
 

@@ -145,7 +145,8 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
   sided.setGradFirstWrite(true);
   sided.setGradStream(true);
   // And with each gated pair's forward as cuBLASLt's GEMM and the product kernel instead of the
-  // fused kernel (TNLM_SGLU_FUSE=0): the fused kernel's a, b and product are those bits too.
+  // fused kernel, its backward's dy = dz·W3 and mul_grad as cuBLASLt's GEMM and the mul_grad
+  // kernel (TNLM_SGLU_FUSE=0): the fused kernels' outputs are those bits too.
   tnlm::cuda::CudaExecutor unfused(gpuArt, weights);
   unfused.setGradFirstWrite(true);
   unfused.setGradStream(false);
@@ -193,11 +194,13 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
     size_t differ = 0, n = 0;
     // The artifacts of this tnlmc carry the fused kernel: it must have run (an older
     // artifact's pairs run unfused, and this check then says so).
-    const bool ok =
-        compare(gpu, unfused, differ, n) && gpu.fusedSglus() > 0 && unfused.fusedSglus() == 0;
-    std::printf("%s train_step with SGLU's forward fused (%zu places) against cuBLASLt's GEMM and "
-                "the product kernel: %zu of %zu state entries differ (want 0)\n",
-                ok ? "ok  " : "FAIL", gpu.fusedSglus(), differ, n);
+    const bool ok = compare(gpu, unfused, differ, n) && gpu.fusedSglus() > 0 &&
+                    unfused.fusedSglus() == 0 && gpu.fusedMulGrads() > 0 &&
+                    unfused.fusedMulGrads() == 0;
+    std::printf("%s train_step with SGLU's forward fused (%zu places) and its product's backward "
+                "fused into the dgrad before it (%zu places) against cuBLASLt's GEMMs and the "
+                "product and mul_grad kernels: %zu of %zu state entries differ (want 0)\n",
+                ok ? "ok  " : "FAIL", gpu.fusedSglus(), gpu.fusedMulGrads(), differ, n);
     failures += !ok;
   }
   const bool lossOk =

@@ -33,21 +33,32 @@ TEST(Nvrtc, CompilesTheHopperGemm) {
   const std::string source = R"(#include "tnlm/GemmSm90.cuh"
 namespace g = tnlm::gemm;
 #define TMA const __grid_constant__ g::TmaDesc
-template __global__ void g::gemm_tn_sm90_kernel<g::GemmSm90Config, g::kPlain>(TMA, TMA, TMA, TMA,
-                                                                              TMA, int, int, int);
+template __global__ void g::gemm_tn_sm90_kernel<g::GemmSm90Config, g::kPlain>(
+    TMA, TMA, TMA, TMA, TMA, TMA, int, int, int);
 template __global__ void g::gemm_tn_sm90_kernel<g::GemmSm90Config, g::kGatedProduct>(
-    TMA, TMA, TMA, TMA, TMA, int, int, int);
+    TMA, TMA, TMA, TMA, TMA, TMA, int, int, int);
+template __global__ void g::gemm_tn_sm90_kernel<g::GemmSm90Config, g::kMulGrad>(
+    TMA, TMA, TMA, TMA, TMA, TMA, int, int, int);
+template __global__ void g::gemm_tn_sm90_kernel<g::GemmSm90Config, g::kPlain, true>(
+    TMA, TMA, TMA, TMA, TMA, TMA, int, int, int);
+template __global__ void g::gemm_sm90_pingpong_kernel<g::GemmSm90PingpongConfig<>, g::kMulGrad>(
+    TMA, TMA, TMA, TMA, TMA, TMA, int, int, int);
 )";
   const CompiledKernels out = compileCuda(source, "gemm_sm90.cu", options);
-  // Two instances of the kernel in the cubin (the mangled names hold the template's name).
-  size_t found = 0;
+  // Four instances of the cooperative kernel and one of the ping-pong one in the cubin (the
+  // mangled names hold the templates' names).
+  size_t found = 0, pingpong = 0;
   for (size_t at = out.image.find("gemm_tn_sm90_kernel"); at != std::string::npos;
        at = out.image.find("gemm_tn_sm90_kernel", at + 1))
     ++found;
-  EXPECT_GE(found, 2u);
+  for (size_t at = out.image.find("gemm_sm90_pingpong_kernel"); at != std::string::npos;
+       at = out.image.find("gemm_sm90_pingpong_kernel", at + 1))
+    ++pingpong;
+  EXPECT_GE(found, 4u);
+  EXPECT_GE(pingpong, 1u);
   // Bodies, not the empty kernels a target without sm_90a's features would give (the code is
   // under __CUDA_ARCH_FEAT_SM90_ALL): each instance is some 10 KB of SASS.
-  EXPECT_GT(out.image.size(), 20000u) << out.image.size();
+  EXPECT_GT(out.image.size(), 50000u) << out.image.size();
   EXPECT_EQ(out.log.find("error"), std::string::npos) << out.log;
 }
 
