@@ -764,8 +764,9 @@ bool CudaExecutor::runFusedSglu(const Function &f, unsigned index, const schema:
   const CUdeviceptr yp = ptr(y), pp = ptr(p), xp = ptr(x);
   if (ptr(ma) != yp || ptr(mb) != yp + CUdeviceptr(out * 2) || ma->ld() != y->ld() ||
       mb->ld() != y->ld() || p->dtype() != schema::DType_BF16 || ma->cols() != out ||
-      p->cols() != out || in % 64 != 0 || out % 8 != 0 || x->ld() % 8 != 0 || y->ld() % 8 != 0 ||
-      p->ld() % 8 != 0 || (xp | yp | pp | w) % 16 != 0 || rows > INT32_MAX || out > INT32_MAX)
+      p->cols() != out || in < 64 || in % 64 != 0 || out % 8 != 0 || x->ld() % 8 != 0 ||
+      y->ld() % 8 != 0 || p->ld() % 8 != 0 || (xp | yp | pp | w) % 16 != 0 || rows > INT32_MAX ||
+      out > INT32_MAX)
     return false;
   // The kernel writes a, b and p from each tile at different times (TMA stores in flight
   // together): p must not share a byte with [a | b] (the memory plan may put the product over
@@ -799,8 +800,10 @@ bool CudaExecutor::runFusedMulGrad(const Function &f, unsigned index, const sche
   // (GatedLinearGrad) within the next steps, which has the forward's a, b: that step's
   // mul_grad (da = dy·b, db = dy·a) runs here, in the GEMM's epilogue, into its scratch; dy
   // itself is never written.
-  if (!fuseSglu_ || !hasMulGradKernel_ || syncSteps_ || rows < 1 || rows > INT32_MAX ||
-      dy->dtype() != schema::DType_BF16)
+  // With the per-step finite checks every step writes its own outputs (they are read back).
+  if (!fuseSglu_ || !hasMulGradKernel_ || syncSteps_ || checkFinite_ || rows < 1 ||
+      rows > INT32_MAX || dy->dtype() != schema::DType_BF16 ||
+      dy->kind() != schema::OperandKind_Arena)
     return false;
   const auto &steps = *f.fn->steps();
   auto ptr = [&](const schema::Operand *o) { return operand(o, where); };
@@ -833,29 +836,38 @@ bool CudaExecutor::runFusedMulGrad(const Function &f, unsigned index, const sche
       b->cols() != F || a->dtype() != schema::DType_BF16 || b->dtype() != schema::DType_BF16 ||
       dz->dtype() != schema::DType_BF16)
     return false;
-  // dy is dead after the gated step: no later step reads dy itself (its operand: a value the
-  // memory plan put over dy's bytes since is another operand, or the same one written again).
-  auto isDy = [&](const schema::Operand *o) {
-    return o->kind() == dy->kind() && o->offset() == dy->offset() &&
-           o->col_offset() == dy->col_offset() && o->ld() == dy->ld() && o->cols() == dy->cols();
-  };
+  // dy is dead after the gated step: a later step that reads any of dy's bytes reads what a
+  // step after the gated one wrote over them (one output covering what it reads of dy's).
+  std::vector<Overlap::Range> written;
   for (unsigned j = g + 1; j < steps.size(); ++j) {
     const schema::Step &s = *steps.Get(j);
-    for (const schema::Operand *o : *s.inputs())
-      if (isDy(o))
+    for (const schema::Operand *o : *s.inputs()) {
+      const Overlap::Range r = extentOf(o, rows);
+      const CUdeviceptr lo = std::max(r.lo, dyBytes.lo), hi = std::min(r.hi, dyBytes.hi);
+      if (lo >= hi)
+        continue;
+      bool covered = false;
+      for (const Overlap::Range &w : written)
+        covered = covered || (w.lo <= lo && hi <= w.hi);
+      if (!covered)
         return false;
-    bool written = false;
+    }
+    bool whole = false; // all of dy's bytes written again: nothing after reads dy
     for (const schema::Operand *o : *s.outputs())
-      written = written || isDy(o);
-    if (written)
+      if (const Overlap::Range r = extentOf(o, rows); r.hi > r.lo) {
+        written.push_back(r);
+        whole = whole || (r.lo <= dyBytes.lo && dyBytes.hi <= r.hi);
+      }
+    if (whole)
       break;
   }
   if (size_t(2 * rows * F * 2) > gatedGradBytes_)
     return false;
   const CUdeviceptr dzp = ptr(dz), wp = ptr(w), ap = ptr(a), bp = ptr(b);
   const CUdeviceptr da = gatedGrad_, db = gatedGrad_ + CUdeviceptr(F * 2);
-  if (K % 64 != 0 || F % 8 != 0 || dz->ld() % 8 != 0 || w->ld() % 8 != 0 || a->ld() % 8 != 0 ||
-      b->ld() % 8 != 0 || (dzp | wp | ap | bp | da) % 16 != 0 || F > INT32_MAX || K > INT32_MAX)
+  if (K < 64 || K % 64 != 0 || F % 8 != 0 || dz->ld() % 8 != 0 || w->ld() % 8 != 0 ||
+      a->ld() % 8 != 0 || b->ld() % 8 != 0 || (dzp | wp | ap | bp | da) % 16 != 0 ||
+      F > INT32_MAX || K > INT32_MAX)
     return false;
   TmaDescBytes tz, tw, tda, tdb, ta, tb;
   if (!encodeTma(tz, dzp, rows, K, dz->ld(), 128) || !encodeTma(tw, wp, K, F, w->ld(), 64) ||
@@ -1218,6 +1230,7 @@ void CudaExecutor::runSteps(size_t fi, int64_t batch, int64_t seq,
   const Function &f = functions_.at(fi);
   const schema::Function &fn = *f.fn;
   skip_.clear(); // (left over only where a run threw)
+  mulGradDone_ = {nullptr, 0};
   if (f.decode) {
     fusedDecodes_ = 0;
     // TNLM_DECODE_CARVEOUT=auto: the first run of a batch size, at the driver's choice, notes
