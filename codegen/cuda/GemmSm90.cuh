@@ -308,6 +308,60 @@ mul_grad_epilogue(const float (&acc0)[64], const float (&acc1)[64], uint32_t out
     store_boxes(out, tmD2, box);
 }
 
+// A consumer warpgroup's K loop over one tile: KT slices of the ring from slice `it` on (it
+// advances past them), per 16-wide k-step two wgmma m64n128k16, acc0 (+)= A0·B0 and acc1 (+)=
+// A1·B1, with desc(a, b, kk, a0, b0, a1, b1) giving the descriptors from the slot's A and B
+// stages. The tile's first k-step overwrites the accumulators without reading them, so that
+// they are not live from the last tile's epilogue on. A slice's slot is released once the
+// wgmma group after it is done; k_loop_end waits for the last group and releases its slot.
+template <class Cfg, bool BMN, class Desc>
+__device__ __forceinline__ void k_loop(float (&acc0)[64], float (&acc1)[64], uint32_t sA,
+                                       uint32_t sB, uint32_t full, uint32_t empty, int &it, int KT,
+                                       Desc desc) {
+  constexpr int STAGES = Cfg::STAGES;
+  auto slice = [&](auto first) {
+    constexpr bool FIRST = decltype(first)::value;
+    const int s = it % STAGES;
+    mbar_wait(full + 8 * s, (it / STAGES) & 1);
+    const uint32_t a = sA + s * Cfg::A_STAGE, b = sB + s * Cfg::B_STAGE;
+    if constexpr (!FIRST) {
+      fence_regs(acc0);
+      fence_regs(acc1);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < Cfg::BK / 16; ++kk) {
+      unsigned long long a0, b0, a1, b1;
+      desc(a, b, kk, a0, b0, a1, b1);
+      if (FIRST && kk == 0) {
+        wgmma_m64n128k16_ss_first<BMN ? 1 : 0>(acc0, a0, b0);
+        wgmma_m64n128k16_ss_first<BMN ? 1 : 0>(acc1, a1, b1);
+      } else {
+        wgmma_m64n128k16_ss<BMN ? 1 : 0>(acc0, a0, b0, 1);
+        wgmma_m64n128k16_ss<BMN ? 1 : 0>(acc1, a1, b1, 1);
+      }
+    }
+    wgmma_commit();
+    wgmma_wait<1>(); // the group before this one is done: its stage may be refilled
+    fence_regs(acc0);
+    fence_regs(acc1);
+    if (!FIRST)
+      mbar_arrive(empty + 8 * ((it - 1) % STAGES));
+    ++it;
+  };
+  slice(Bool<true>{});
+  for (int kt = 1; kt < KT; ++kt)
+    slice(Bool<false>{});
+}
+template <class Cfg>
+__device__ __forceinline__ void k_loop_end(float (&acc0)[64], float (&acc1)[64], uint32_t empty,
+                                           int it) {
+  wgmma_wait<0>();
+  fence_regs(acc0);
+  fence_regs(acc1);
+  mbar_arrive(empty + 8 * ((it - 1) % Cfg::STAGES)); // the tile's last slice
+}
+
 } // namespace detail
 
 // Persistent: CTA b takes tiles b, b + gridDim.x, .. (tile_of: grouped raster). The
@@ -380,51 +434,17 @@ gemm_tn_sm90(const TmaDesc &tmA, const TmaDesc &tmB, const TmaDesc &tmD, const T
           load_boxes(out, tmE, box, ebar + 8 * c);
         }
       }
-      // One K slice; the tile's first (FIRST) overwrites the accumulators without reading them,
-      // so that they are not live from the last tile's epilogue on.
-      auto slice = [&](int kt, auto first) {
-        constexpr bool FIRST = decltype(first)::value;
-        const int s = it % STAGES;
-        mbar_wait(full + 8 * s, (it / STAGES) & 1);
-        const uint32_t a = sA + s * Cfg::A_STAGE + c * 64 * 128;
-        const uint32_t b = sB + s * Cfg::B_STAGE;
-        if constexpr (!FIRST) {
-          fence_regs(acc0);
-          fence_regs(acc1);
-        }
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; ++kk) {
-          const unsigned long long da = kmajor_desc(a + kk * 32);
-          // B: 16 K rows of 128 bytes from box 2h on, the N halves 2 boxes apart (N-major), or
-          // the two 128-row halves (K-major).
-          const unsigned long long db0 =
-              BMN ? mnmajor_desc(b + kk * 2048, 8192) : kmajor_desc(b + kk * 32);
-          const unsigned long long db1 = BMN ? mnmajor_desc(b + 2 * 8192 + kk * 2048, 8192)
-                                             : kmajor_desc(b + 128 * 128 + kk * 32);
-          if (FIRST && kk == 0) {
-            wgmma_m64n128k16_ss_first<BMN ? 1 : 0>(acc0, da, db0);
-            wgmma_m64n128k16_ss_first<BMN ? 1 : 0>(acc1, da, db1);
-          } else {
-            wgmma_m64n128k16_ss<BMN ? 1 : 0>(acc0, da, db0, 1);
-            wgmma_m64n128k16_ss<BMN ? 1 : 0>(acc1, da, db1, 1);
-          }
-        }
-        wgmma_commit();
-        wgmma_wait<1>(); // the group before this one is done: its stage may be refilled
-        fence_regs(acc0);
-        fence_regs(acc1);
-        if (!FIRST)
-          mbar_arrive(empty + 8 * ((it - 1) % STAGES));
-        ++it;
-      };
-      slice(0, Bool<true>{});
-      for (int kt = 1; kt < KT; ++kt)
-        slice(kt, Bool<false>{});
-      wgmma_wait<0>();
-      fence_regs(acc0);
-      fence_regs(acc1);
-      mbar_arrive(empty + 8 * ((it - 1) % STAGES)); // the tile's last slice
+      // Rows 64c .. of A's stage; B's two 128-column halves: 16 K rows of 128 bytes from box 2h
+      // on, 2 boxes apart (N-major), or its two 128-row halves (K-major).
+      k_loop<Cfg, BMN>(acc0, acc1, sA, sB, full, empty, it, KT,
+                       [&](uint32_t a, uint32_t b, int kk, unsigned long long &a0,
+                           unsigned long long &b0, unsigned long long &a1, unsigned long long &b1) {
+                         a0 = a1 = kmajor_desc(a + c * 64 * 128 + kk * 32);
+                         b0 = BMN ? mnmajor_desc(b + kk * 2048, 8192) : kmajor_desc(b + kk * 32);
+                         b1 = BMN ? mnmajor_desc(b + 2 * 8192 + kk * 2048, 8192)
+                                  : kmajor_desc(b + 128 * 128 + kk * 32);
+                       });
+      k_loop_end<Cfg>(acc0, acc1, empty, it);
       // Epilogue: thread (warp w, lane l) holds rows 16w + l/4 (+8), columns 8i + 2(l%4) (+1).
       if constexpr (EPI == kMulGrad) {
         mul_grad_epilogue(acc0, acc1, out, ebar + 8 * c, 1 + c, wt, 16 * w + l / 4, l % 4, tmD,
@@ -547,47 +567,18 @@ gemm_sm90_pingpong(const TmaDesc &tmA, const TmaDesc &tmB, const TmaDesc &tmD, c
       int it = j * KT; // the ring's slices are the CTA's tiles' K slices in order
       if (j > 0)
         bar_sync(3 + c, 256); // the other warpgroup's K loop of tile j - 1 is done
-      auto slice = [&](auto first) {
-        constexpr bool FIRST = decltype(first)::value;
-        const int s = it % STAGES;
-        mbar_wait(full + 8 * s, (it / STAGES) & 1);
-        const uint32_t a = sA + s * Cfg::A_STAGE, b = sB + s * Cfg::B_STAGE;
-        if constexpr (!FIRST) {
-          fence_regs(acc0);
-          fence_regs(acc1);
-        }
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; ++kk) {
-          const unsigned long long da0 = kmajor_desc(a + kk * 32);
-          const unsigned long long da1 = kmajor_desc(a + 64 * 128 + kk * 32);
-          const unsigned long long db =
-              BMN ? mnmajor_desc(b + kk * 2048, 8192) : kmajor_desc(b + kk * 32);
-          if (FIRST && kk == 0) {
-            wgmma_m64n128k16_ss_first<BMN ? 1 : 0>(acc0, da0, db);
-            wgmma_m64n128k16_ss_first<BMN ? 1 : 0>(acc1, da1, db);
-          } else {
-            wgmma_m64n128k16_ss<BMN ? 1 : 0>(acc0, da0, db, 1);
-            wgmma_m64n128k16_ss<BMN ? 1 : 0>(acc1, da1, db, 1);
-          }
-        }
-        wgmma_commit();
-        wgmma_wait<1>();
-        fence_regs(acc0);
-        fence_regs(acc1);
-        if (!FIRST)
-          mbar_arrive(empty + 8 * ((it - 1) % STAGES));
-        ++it;
-      };
-      slice(Bool<true>{});
-      for (int kt = 1; kt < KT; ++kt)
-        slice(Bool<false>{});
+      // A's two 64-row halves; B: 16 K rows of 128 bytes (N-major) or its 128 rows (K-major).
+      k_loop<Cfg, BMN>(acc0, acc1, sA, sB, full, empty, it, KT,
+                       [&](uint32_t a, uint32_t b, int kk, unsigned long long &a0,
+                           unsigned long long &b0, unsigned long long &a1, unsigned long long &b1) {
+                         a0 = kmajor_desc(a + kk * 32);
+                         a1 = kmajor_desc(a + 64 * 128 + kk * 32);
+                         b0 = b1 =
+                             BMN ? mnmajor_desc(b + kk * 2048, 8192) : kmajor_desc(b + kk * 32);
+                       });
       if (t + gridDim.x < tiles) // the CTA's next tile (the other warpgroup's) may start
         bar_arrive(3 + (1 - c), 256);
-      wgmma_wait<0>();
-      fence_regs(acc0);
-      fence_regs(acc1);
-      mbar_arrive(empty + 8 * ((it - 1) % STAGES));
+      k_loop_end<Cfg>(acc0, acc1, empty, it);
       // Epilogue: acc0 into boxes 0, 1 and acc1 into boxes 2, 3 (stage_rows' block h = the
       // row half; thread (w, l): rows 16w + l/4 (+8), columns 8i + 2(l%4) (+1)).
       if constexpr (EPI == kMulGrad) {

@@ -773,10 +773,9 @@ bool CudaExecutor::runFusedSglu(const Function &f, unsigned index, const schema:
   // the pair's dead buffer, as the unfused product kernel allows; then the unfused path runs).
   // Nor x: other tiles still read it while a tile's p is stored (in the inference functions
   // the memory plan may put the product over the norm's dead output).
-  const CUdeviceptr abEnd = yp + CUdeviceptr(((rows - 1) * y->ld() + 2 * out) * 2);
-  const CUdeviceptr pEnd = pp + CUdeviceptr(((rows - 1) * p->ld() + out) * 2);
-  const CUdeviceptr xEnd = xp + CUdeviceptr(((rows - 1) * x->ld() + in) * 2);
-  if ((pp < abEnd && yp < pEnd) || (pp < xEnd && xp < pEnd))
+  // (y's rows span [a | b]: its row stride is 2F.)
+  const Overlap::Range pr = extentOf(p, rows);
+  if (pr.meets(extentOf(y, rows)) || pr.meets(extentOf(x, rows)))
     return false;
   TmaDescBytes dx, dw, da, db, dp;
   if (!encodeTma(dx, xp, rows, in, x->ld(), 128) || !encodeTma(dw, w, 2 * out, in, in, 128) ||
@@ -812,7 +811,7 @@ bool CudaExecutor::runFusedMulGrad(const Function &f, unsigned index, const sche
     return false;
   auto readsDy = [&](const schema::Step &s) {
     for (const schema::Operand *o : *s.inputs())
-      if (const Overlap::Range r = extentOf(o, rows); r.lo < dyBytes.hi && dyBytes.lo < r.hi)
+      if (extentOf(o, rows).meets(dyBytes))
         return true;
     return false;
   };

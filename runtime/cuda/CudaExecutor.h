@@ -481,6 +481,7 @@ private:
   struct Overlap {
     struct Range {
       CUdeviceptr lo = 0, hi = 0;
+      bool meets(const Range &o) const { return lo < o.hi && o.lo < hi; }
     };
     std::vector<Range> reads, writes;
     bool empty() const { return reads.empty() && writes.empty(); }

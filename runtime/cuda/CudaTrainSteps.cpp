@@ -246,7 +246,7 @@ bool CudaExecutor::Overlap::conflicts(const Overlap &later) const {
   auto meets = [](const std::vector<Range> &a, const std::vector<Range> &b) {
     for (const Range &x : a)
       for (const Range &y : b)
-        if (x.lo < y.hi && y.lo < x.hi)
+        if (x.meets(y))
           return true;
     return false;
   };
