@@ -87,9 +87,8 @@ void CUPTIAPI bufferCompleted(CUcontext, uint32_t, uint8_t *buffer, size_t, size
                         : m->copyKind == CUPTI_ACTIVITY_MEMCPY_KIND_DTOH ? "DtoH"
                         : m->copyKind == CUPTI_ACTIVITY_MEMCPY_KIND_DTOD ? "DtoD"
                                                                          : "other";
-      got.push_back(
-          {std::string("memcpy ") + dir + " " + std::to_string(m->bytes) + " bytes", m->start,
-           m->end});
+      got.push_back({std::string("memcpy ") + dir + " " + std::to_string(m->bytes) + " bytes",
+                     m->start, m->end});
       break;
     }
     case CUPTI_ACTIVITY_KIND_MEMSET: {
@@ -185,7 +184,9 @@ KernelTimeline::~KernelTimeline() {
 TimelineSummary summarize(const std::vector<TimelineRecord> &recs, uint64_t from, uint64_t to) {
   TimelineSummary s;
   std::map<std::string, TimelineSummary::Kind> kinds;
+  std::map<std::pair<std::string, std::string>, TimelineSummary::Boundary> gaps;
   uint64_t first = 0, last = 0, busy = 0, coveredTo = 0;
+  const std::string *coveredBy = nullptr; // the record whose end is coveredTo
   for (const TimelineRecord &r : recs) {
     if (r.start < from || r.start >= to || r.end < r.start)
       continue;
@@ -194,9 +195,16 @@ TimelineSummary summarize(const std::vector<TimelineRecord> &recs, uint64_t from
     ++s.kernels;
     last = std::max(last, r.end);
     // Records are sorted by start: the union grows by what lies past what is covered.
+    if (coveredBy && r.start > coveredTo) { // idle from coveredTo to r.start
+      TimelineSummary::Boundary &g = gaps[{*coveredBy, r.name}];
+      g.before = *coveredBy, g.after = r.name;
+      g.ms += double(r.start - coveredTo) / 1e6;
+      ++g.count;
+    }
     if (r.end > coveredTo) {
       busy += r.end - std::max(r.start, coveredTo);
       coveredTo = r.end;
+      coveredBy = &r.name;
     }
     TimelineSummary::Kind &k = kinds[r.name];
     k.name = r.name;
@@ -211,6 +219,10 @@ TimelineSummary summarize(const std::vector<TimelineRecord> &recs, uint64_t from
   for (auto &[name, k] : kinds)
     s.kinds.push_back(k);
   std::stable_sort(s.kinds.begin(), s.kinds.end(),
+                   [](const auto &x, const auto &y) { return x.ms > y.ms; });
+  for (auto &[names, g] : gaps)
+    s.gaps.push_back(g);
+  std::stable_sort(s.gaps.begin(), s.gaps.end(),
                    [](const auto &x, const auto &y) { return x.ms > y.ms; });
   return s;
 }

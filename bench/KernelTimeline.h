@@ -46,9 +46,19 @@ struct TimelineSummary {
     int64_t count = 0;
   };
   std::vector<Kind> kinds; ///< slowest first
+  /// The gaps by boundary: the kernel whose end last covered the timeline (`before`) and the
+  /// one that started after the idle time (`after`); ms is the idle time summed over the
+  /// boundaries of that pair of names, count how many there were. Largest first.
+  struct Boundary {
+    std::string before, after;
+    double ms = 0;
+    int64_t count = 0;
+  };
+  std::vector<Boundary> gaps;
 };
 
-/// The records whose start lies in [from, to), summarized (durations by name, busy, gaps).
+/// The records whose start lies in [from, to), summarized (durations by name, busy, gaps and
+/// the boundaries they sit at).
 TimelineSummary summarize(const std::vector<TimelineRecord> &records, uint64_t from, uint64_t to);
 
 } // namespace tnlm::bench

@@ -31,8 +31,9 @@
 // The timeline (--timeline=K): K more optimizer steps, graph replays as timed, with CUPTI
 // recording every kernel (bench/KernelTimeline.h): per step the span from the first kernel's
 // start to the last one's end, the time some kernel ran (busy) and the rest (gaps between
-// kernels), and the kernels' time by name, averaged over the K steps; on stderr, and as one
-// more JSON line ("bench":"train_step_timeline").
+// kernels), the kernels' time by name, and the gaps by boundary (the kernel before and the
+// one after each idle interval), averaged over the K steps; on stderr, and as one more JSON
+// line ("bench":"train_step_timeline").
 //
 //===----------------------------------------------------------------------===//
 #include "bench/BenchCommon.h"
@@ -107,7 +108,8 @@ template <typename Step> void printTimeline(const std::string &label, int64_t k,
   // Per phase (train_step, optimizer_step): the mean over the K steps.
   struct Phase {
     double span = 0, busy = 0, gap = 0, kernels = 0;
-    std::map<std::string, std::pair<double, double>> kinds; // ms, count
+    std::map<std::string, std::pair<double, double>> kinds;                        // ms, count
+    std::map<std::pair<std::string, std::string>, std::pair<double, double>> gaps; // ms, count
   } phases[2];
   for (const auto &m : marks)
     for (int p = 0; p < 2; ++p) {
@@ -120,6 +122,11 @@ template <typename Step> void printTimeline(const std::string &label, int64_t k,
         auto &v = phases[p].kinds[kind.name];
         v.first += kind.ms / double(k);
         v.second += double(kind.count) / double(k);
+      }
+      for (const auto &g : s.gaps) {
+        auto &v = phases[p].gaps[{g.before, g.after}];
+        v.first += g.ms / double(k);
+        v.second += double(g.count) / double(k);
       }
     }
   std::fprintf(stderr,
@@ -155,6 +162,26 @@ template <typename Step> void printTimeline(const std::string &label, int64_t k,
                      1e3 * v.first / std::max(v.second, 1.0), name.c_str());
       json += std::string(i ? "," : "") + "{\"name\":" + jsonString(name) +
               ",\"ms\":" + std::to_string(v.first) + ",\"count\":" + std::to_string(v.second) + "}";
+    }
+    json += "]";
+    // Where the idle time sits: the boundaries (kernel before -> kernel after) by their gaps.
+    std::vector<std::pair<std::pair<std::string, std::string>, std::pair<double, double>>> gaps(
+        ph.gaps.begin(), ph.gaps.end());
+    std::stable_sort(gaps.begin(), gaps.end(),
+                     [](const auto &x, const auto &y) { return x.second.first > y.second.first; });
+    if (!gaps.empty())
+      std::fprintf(stderr, "    gaps by boundary (kernel before -> kernel after):\n");
+    json += ",\"gaps_by_boundary\":[";
+    for (size_t i = 0; i < gaps.size(); ++i) {
+      const auto &[names, v] = gaps[i];
+      if (i < 20)
+        std::fprintf(stderr, "    %9.3f ms %5.1f %% %6.0f x %6.2f us  %s -> %s\n", v.first,
+                     100 * v.first / std::max(ph.gap, 1e-9), v.second,
+                     1e3 * v.first / std::max(v.second, 1.0), names.first.c_str(),
+                     names.second.c_str());
+      json += std::string(i ? "," : "") + "{\"before\":" + jsonString(names.first) +
+              ",\"after\":" + jsonString(names.second) + ",\"ms\":" + std::to_string(v.first) +
+              ",\"count\":" + std::to_string(v.second) + "}";
     }
     json += "]}";
   }

@@ -235,9 +235,10 @@ private:
 
   // A GEMM of our own with an epilogue (codegen/cuda/GemmSm90.cuh's gemm_tn_sm90<EPI>) as an
   // extern "C" kernel named `name` whose six descriptor parameters are `maps` (the body's tmA,
-  // tmB, tmD, tmD2, tmP, tmE; a repeated name is passed twice), for the executor to launch.
+  // tmB, tmD, tmD2, tmP, tmE; a repeated name is passed twice), for the executor to launch;
+  // `prefix`: the body's P too (kSiluPrefix), the kernel's last parameter.
   void gemmKernel(const char *name, const char *epi, const std::vector<std::string> &maps,
-                  const char *what, bool pingpong = false) {
+                  const char *what, bool pingpong = false, bool prefix = false) {
     const std::string body = pingpong ? "gemm_sm90_pingpong" : "gemm_tn_sm90";
     const std::string config =
         pingpong ? "tnlm::gemm::GemmSm90PingpongConfig<>" : "tnlm::gemm::GemmSm90Config";
@@ -253,15 +254,16 @@ private:
     kernel(name, "// " + std::string(what) + "\n// (codegen/cuda/GemmSm90.cuh, " + epi +
                      ").\nextern \"C\" __global__ void __launch_bounds__(" +
                      std::to_string(::tnlm::kGemmSm90Threads) + ", 1)\n" + name + "(" + params +
-                     "    int rows, int n, int k) {\n"
+                     "    int rows, int n, int k" + (prefix ? ", int p" : "") +
+                     ") {\n"
                      "  // The launch CudaExecutor makes.\n"
                      "  static_assert(" +
                      config + "::NTHREADS == " + std::to_string(::tnlm::kGemmSm90Threads) +
                      " &&\n                " + config + "::SMEM == " + std::to_string(smem) +
                      ", \"launch\");\n"
                      "  tnlm::gemm::" +
-                     body + "<" + config + ", tnlm::gemm::" + epi + ">(" + args +
-                     "rows, n, k);\n}\n");
+                     body + "<" + config + ", tnlm::gemm::" + epi + ">(" + args + "rows, n, k" +
+                     (prefix ? ", p" : "") + ");\n}\n");
   }
 
   InFlightDiagnostic fail(const PlanStep &s) {
@@ -1154,6 +1156,14 @@ private:
       if (toWorkspace && (s.outputs[1].cols != 4 * d || s.outputs[1].ld != qkvu.ld))
         return fail(s) << "the SiLU workspace must be [rows, " << 4 * d
                        << "] with qkvu's row stride " << qkvu.ld;
+      // A train step: the qkvu GEMM with φ in its epilogue is put in the module too, for the
+      // executor to run the linear before this step as one kernel that also writes φ(q), φ(k)
+      // into the workspace (CudaExecutor::runFusedSilu), skipping the SiLU launch below.
+      if (toWorkspace)
+        gemmKernel(::tnlm::kSiluFusedKernel, "kSiluPrefix", {"x", "w", "y", "ws", "y", "y"},
+                   "a train step's qkvu GEMM with Lightning Attention's phi in its epilogue: y = "
+                   "x·Wᵀ, ws[:, 0:p] = silu(y[:, 0:p])",
+                   /*pingpong=*/false, /*prefix=*/true);
       out.push_back(rowKernel("silu", 2 * d, "const bf16 *x, long long ldx, bf16 *y, long long ldy",
                               "x, ldx, y, ldy", "y = x * sigmoid(x)",
                               "prologue q, k = silu(" + view("qkvu", qkvu) + ")" +

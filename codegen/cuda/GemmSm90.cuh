@@ -58,7 +58,7 @@ struct GemmSm90Config {
 };
 
 // The epilogues (gemm_tn_sm90 below).
-constexpr int kPlain = 0, kGatedProduct = 1, kMulGrad = 2;
+constexpr int kPlain = 0, kGatedProduct = 1, kMulGrad = 2, kSiluPrefix = 3;
 
 namespace detail {
 
@@ -188,6 +188,17 @@ __device__ __forceinline__ void product_in_place(float (&a)[64], const float (&b
 #pragma unroll
   for (int i = 0; i < 64; ++i)
     a[i] = __bfloat162float(__float2bfloat16(a[i])) * __bfloat162float(__float2bfloat16(b[i]));
+}
+
+// φ of Lightning Attention in place (kSiluPrefix): silu(bf16(D)) = v / (1 + e^-v) in f32 on the
+// bf16-rounded value (ew::silu's arithmetic on what the GEMM would have written; the staging
+// rounds it).
+__device__ __forceinline__ void silu_in_place(float (&a)[64]) {
+#pragma unroll
+  for (int i = 0; i < 64; ++i) {
+    const float v = __bfloat162float(__float2bfloat16(a[i]));
+    a[i] = v / (1.0f + __expf(-v));
+  }
 }
 
 template <bool B> struct Bool { static constexpr bool value = B; };
@@ -380,7 +391,11 @@ __device__ __forceinline__ void k_loop_end(float (&acc0)[64], float (&acc1)[64],
 //   are, through tmD and tmD2 ([M, F], boxes 64 x 64), with a through tmP and b through tmE
 //   (the forward's [M, F] halves, boxes 64 x 64) read into the staging boxes: b while the tile's
 //   K loop runs, a after da's stores have left them.
-// (kPlain, kGatedProduct, kMulGrad: declared above.)
+// EPI = kSiluPrefix (a train step's qkvu, N = 4D, P = 2D): D = A · Bᵀ through tmD as kPlain,
+//   and for D's columns below P (a multiple of 64) also silu(bf16(D)), rounded, through tmD2
+//   (Lightning Attention's φ(q), φ(k) into the step's workspace, whose SiLU pass is then
+//   skipped; D keeps the pre-activation for the backward's SiLU').
+// (kPlain, kGatedProduct, kMulGrad, kSiluPrefix: declared above.)
 // The body, for a __global__ wrapper of Cfg::NTHREADS threads and Cfg::SMEM bytes of dynamic
 // shared memory whose TmaDesc parameters are __grid_constant__ (TMA reads the descriptors where
 // the launch put them): gemm_tn_sm90_kernel below, or the extern "C" one tnlmc emits.
@@ -388,7 +403,7 @@ __device__ __forceinline__ void k_loop_end(float (&acc0)[64], float (&acc1)[64],
 template <class Cfg = GemmSm90Config, int EPI = kPlain, bool BMN = (EPI == kMulGrad)>
 __device__ __forceinline__ void
 gemm_tn_sm90(const TmaDesc &tmA, const TmaDesc &tmB, const TmaDesc &tmD, const TmaDesc &tmD2,
-             const TmaDesc &tmP, const TmaDesc &tmE, int M, int N, int K) {
+             const TmaDesc &tmP, const TmaDesc &tmE, int M, int N, int K, int P = 0) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace detail;
   constexpr int BM = Cfg::BM, BK = Cfg::BK, STAGES = Cfg::STAGES;
@@ -468,6 +483,26 @@ gemm_tn_sm90(const TmaDesc &tmA, const TmaDesc &tmB, const TmaDesc &tmD, const T
             tma_store_2d(&tmD, out + q * Cfg::OUT_BOX, n0 + 64 * q, m0 + 64 * c);
         }
         bulk_commit();
+      }
+      if constexpr (EPI == kSiluPrefix) { // then φ of the prefix's columns, all four boxes
+        if (n0 < P) {
+          if (wt == 0)
+            bulk_wait_read<0>();
+          bar_sync(1 + c, 128);
+          silu_in_place(acc0);
+          silu_in_place(acc1);
+          stage_rows(acc0, out, 0, 16 * w + l / 4, l % 4);
+          stage_rows(acc1, out, 1, 16 * w + l / 4, l % 4);
+          fence_async_smem();
+          bar_sync(1 + c, 128);
+          if (wt == 0) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+              if (n0 + 64 * q < P)
+                tma_store_2d(&tmD2, out + q * Cfg::OUT_BOX, n0 + 64 * q, m0 + 64 * c);
+            bulk_commit();
+          }
+        }
       }
       if constexpr (EPI == kGatedProduct) { // then the product, through boxes 0, 1
         if (wt == 0)
@@ -618,8 +653,8 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
     gemm_tn_sm90_kernel(const __grid_constant__ TmaDesc tmA, const __grid_constant__ TmaDesc tmB,
                         const __grid_constant__ TmaDesc tmD, const __grid_constant__ TmaDesc tmD2,
                         const __grid_constant__ TmaDesc tmP, const __grid_constant__ TmaDesc tmE,
-                        int M, int N, int K) {
-  gemm_tn_sm90<Cfg, EPI, BMN>(tmA, tmB, tmD, tmD2, tmP, tmE, M, N, K);
+                        int M, int N, int K, int P = 0) {
+  gemm_tn_sm90<Cfg, EPI, BMN>(tmA, tmB, tmD, tmD2, tmP, tmE, M, N, K, P);
 }
 
 } // namespace gemm

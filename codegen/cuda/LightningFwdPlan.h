@@ -85,11 +85,13 @@ inline LightningFwdPlan plan_lightning_fwd(int B, int H, int N, int DK, int DV, 
 } // namespace la
 // The extern "C" names tnlmc gives the GEMMs of our own with an epilogue (codegen/cuda/
 // GemmSm90.cuh; codegen/CudaEmitter.cpp emits them, runtime/cuda/CudaExecutor.cpp runs them):
-// SGLU's fused forward (kGatedProduct) and its product's backward fused into the dgrad of the
-// linear after it (kMulGrad).
+// SGLU's fused forward (kGatedProduct), its product's backward fused into the dgrad of the
+// linear after it (kMulGrad), and a train step's qkvu GEMM with Lightning Attention's φ(q),
+// φ(k) in its epilogue (kSiluPrefix; it takes one more int, the prefix's columns).
 constexpr const char *kSgluFusedKernel = "tnlm_gemm_sglu_sm90";
 constexpr const char *kMulGradFusedKernel = "tnlm_gemm_mulgrad_sm90";
-// Their launch: threads and dynamic shared memory of GemmSm90Config (SGLU's forward) and of
+constexpr const char *kSiluFusedKernel = "tnlm_gemm_silu_sm90";
+// Their launch: threads and dynamic shared memory of GemmSm90Config (SGLU's forward, φ) and of
 // GemmSm90PingpongConfig<> (the product's backward) (the emitted kernels static_assert them
 // against the templates').
 constexpr unsigned kGemmSm90Threads = 384, kGemmSm90Smem = 214080;

@@ -43,6 +43,7 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
         Function{fn->name()->str(), fn, {}, 0, fn->name()->str() == "decode_step"});
   stackGemms_ = stackingFromEnvironment();
   fuseSglu_ = sgluFusionFromEnvironment();
+  fuseSilu_ = siluFusionFromEnvironment();
   firstWrite_ = firstWriteFromEnvironment();
   gradStream_ = gradStreamFromEnvironment();
   reuseLaStates_ = reuseLaStatesFromEnvironment();
@@ -267,6 +268,7 @@ CudaExecutor::CudaExecutor(const Artifact &artifact, const ParamValues &params, 
     module_->kernel(name->str(), src + ": loading the kernels");
     hasSgluKernel_ = hasSgluKernel_ || name->str() == kSgluFusedKernel;
     hasMulGradKernel_ = hasMulGradKernel_ || name->str() == kMulGradFusedKernel;
+    hasSiluKernel_ = hasSiluKernel_ || name->str() == kSiluFusedKernel;
   }
   gemm_ = std::make_unique<Gemm>(*context_);
   if (train_)
@@ -457,6 +459,11 @@ void CudaExecutor::runStep(const Function &f, unsigned index, const schema::Step
         }
       }
     }
+    // A train step's qkvu with the φ of the Lightning step after it, where it can.
+    if (y->dtype() == schema::DType_BF16 && in.Get(0)->rows() != -2 &&
+        runFusedSilu(f, index, in.Get(0), ptr(in.Get(1)), y, shape.rows, shape.in, shape.out,
+                     where))
+      return;
     // The logits (f32 output): bf16 x and W, f32 accumulation and result.
     gemm_->linear(y->dtype() == schema::DType_F32 ? GemmType::Bf16F32Out : GemmType::Bf16, shape,
                   ptr(in.Get(0)), ptr(in.Get(1)), ptr(y), where);
@@ -638,7 +645,11 @@ void CudaExecutor::runLightning(const Function &f, unsigned index, const schema:
                              operand(ws, where), ws->ld());
       } else if (!attended) {
         // φ(q), φ(k) in place in qkvu (not read after this inference step), or into the
-        // train step's workspace.
+        // train step's workspace (unless the qkvu GEMM did it: runFusedSilu).
+        if (siluWs && siluDone_ == std::pair<const void *, unsigned>(&f, index)) {
+          siluDone_ = {nullptr, 0};
+          break;
+        }
         const CUdeviceptr w = siluWs ? operand(ws, where) : base;
         context_->launchWith(k, c, where, base, qkvu->ld(), w, qkvu->ld());
       } else if (lrpe) { // y = u ⊙ SRMSNorm(y + workspace plane 0), in place
@@ -705,6 +716,11 @@ bool CudaExecutor::switchFromEnvironment(const char *name, const char *off, cons
   return v == "1";
 }
 
+bool CudaExecutor::siluFusionFromEnvironment() {
+  return switchFromEnvironment("TNLM_SILU_FUSE", "cuBLASLt's GEMM and the SiLU kernel",
+                               "the fused kernel where the artifact has it");
+}
+
 bool CudaExecutor::sgluFusionFromEnvironment() {
   return switchFromEnvironment("TNLM_SGLU_FUSE", "cuBLASLt's GEMM and the product kernel",
                                "the fused kernel where the artifact has it");
@@ -733,11 +749,12 @@ bool encodeTma(TmaDescBytes &d, CUdeviceptr p, int64_t rows, int64_t cols, int64
   return true;
 }
 
-// A persistent GEMM of ours (GemmSm90.cuh) over [rows, cols] of D in 128 x 128 tiles (the
-// fused SGLU forward's columns of a and b, the ping-pong form's tiles): one CTA per tile, at
-// most one per SM.
-LaunchConfig gemmSm90Launch(int64_t rows, int64_t cols, unsigned smem, int sms) {
-  const int64_t tiles = ((rows + 127) / 128) * ((cols + 127) / 128);
+// A persistent GEMM of ours (GemmSm90.cuh) over [rows, cols] of D in 128 x tileCols tiles
+// (128: the fused SGLU forward's columns of a and b, the ping-pong form's tiles; 256: the
+// cooperative form's plain tiles): one CTA per tile, at most one per SM.
+LaunchConfig gemmSm90Launch(int64_t rows, int64_t cols, unsigned smem, int sms,
+                            int64_t tileCols = 128) {
+  const int64_t tiles = ((rows + 127) / 128) * ((cols + tileCols - 1) / tileCols);
   LaunchConfig c;
   c.grid.x = unsigned(std::min<int64_t>(tiles, sms));
   c.block.x = kGemmSm90Threads;
@@ -789,6 +806,56 @@ bool CudaExecutor::runFusedSglu(const Function &f, unsigned index, const schema:
   skip_.push_back({&f, index + 1});
   skip_.push_back({&f, index + 2});
   fusedSglu_.insert({&f, index});
+  return true;
+}
+
+bool CudaExecutor::runFusedSilu(const Function &f, unsigned index, const schema::Operand *x,
+                                CUdeviceptr w, const schema::Operand *y, int64_t rows, int64_t k,
+                                int64_t n, const std::string &where) {
+  // The train step's plain Lightning step right after this linear, reading its output as
+  // qkvu, with φ = SiLU into its workspace (runLightning's siluWs) as its first launch: that
+  // launch is done here, in the GEMM's epilogue. (Checked bit for bit against the unfused
+  // path by tnlm-gpu-executor --train.) Not with --sync-steps: a fault is then named by its
+  // own step.
+  if (!fuseSilu_ || !hasSiluKernel_ || syncSteps_ || index + 1 >= f.fn->steps()->size() ||
+      rows < 1 || rows > INT32_MAX || n > INT32_MAX || k > INT32_MAX)
+    return false;
+  const schema::Step &s = *f.fn->steps()->Get(index + 1);
+  if (s.kind() != schema::KernelKind_LightningAttention || !s.inputs() || !s.outputs() ||
+      s.inputs()->size() < 1 || s.outputs()->size() < 2 || !s.i64_attrs() ||
+      s.i64_attrs()->size() < 5 || s.i64_attrs()->Get(3) != 0 || s.i64_attrs()->Get(4) == 0 ||
+      !s.launches() || s.launches()->size() < 1 ||
+      s.launches()->Get(0)->kind() != schema::LaunchKind_PerRow)
+    return false;
+  const int64_t d = s.i64_attrs()->Get(0) * s.i64_attrs()->Get(1), P = 2 * d;
+  const schema::Operand *qkvu = s.inputs()->Get(0), *ws = s.outputs()->Get(1);
+  auto ptr = [&](const schema::Operand *o) { return operand(o, where); };
+  const std::string_view first =
+      artifact_.root().kernels()->names()->Get(s.launches()->Get(0)->kernel())->string_view();
+  if (first != "tnlm_silu_c" + std::to_string(P) || ptr(qkvu) != ptr(y) || qkvu->ld() != y->ld() ||
+      n != 4 * d || ws->ld() != y->ld() || ws->cols() < P || ws->dtype() != schema::DType_BF16 ||
+      P % 64 != 0)
+    return false;
+  const CUdeviceptr xp = ptr(x), yp = ptr(y), wsp = ptr(ws);
+  if (k < 64 || k % 64 != 0 || n % 8 != 0 || x->ld() % 8 != 0 || y->ld() % 8 != 0 ||
+      (xp | yp | wsp | w) % 16 != 0)
+    return false;
+  // The kernel stores a tile's φ while other tiles still read x and write y: the workspace
+  // must share no byte with either (a memory plan may put it over x where x is dead after the
+  // GEMM, as with --recompute=full).
+  const Overlap::Range wr = extentOf(ws, rows);
+  if (wr.meets(extentOf(x, rows)) || wr.meets(extentOf(y, rows)))
+    return false;
+  TmaDescBytes tx, tw, ty, tws;
+  if (!encodeTma(tx, xp, rows, k, x->ld(), 128) || !encodeTma(tw, w, n, k, k, 256) ||
+      !encodeTma(ty, yp, rows, n, y->ld(), 64) || !encodeTma(tws, wsp, rows, P, ws->ld(), 64))
+    return false;
+  Kernel &kern = module_->kernel(kSiluFusedKernel, where);
+  const LaunchConfig c =
+      gemmSm90Launch(rows, n, kGemmSm90Smem, context_->multiprocessors(), /*tileCols=*/256);
+  context_->launchWith(kern, c, where, tx, tw, ty, tws, int(rows), int(n), int(k), int(P));
+  siluDone_ = {&f, index + 1};
+  fusedSilu_.insert({&f, index});
   return true;
 }
 
@@ -1230,6 +1297,7 @@ void CudaExecutor::runSteps(size_t fi, int64_t batch, int64_t seq,
   const schema::Function &fn = *f.fn;
   skip_.clear(); // (left over only where a run threw)
   mulGradDone_ = {nullptr, 0};
+  siluDone_ = {nullptr, 0};
   if (f.decode) {
     fusedDecodes_ = 0;
     // TNLM_DECODE_CARVEOUT=auto: the first run of a batch size, at the driver's choice, notes

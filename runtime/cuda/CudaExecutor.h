@@ -178,6 +178,15 @@ public:
   /// (tnlm::kMulGradFusedKernel; also TNLM_SGLU_FUSE): how many distinct (function, step)
   /// places did so.
   size_t fusedMulGrads() const { return fusedMulGrad_.size(); }
+  /// The qkvu GEMMs run with Lightning Attention's φ in their epilogue (tnlm::kSiluFusedKernel:
+  /// the train step's φ(q), φ(k) into its workspace; TNLM_SILU_FUSE): how many distinct
+  /// (function, step) places did so.
+  size_t fusedSilus() const { return fusedSilu_.size(); }
+  /// TNLM_SILU_FUSE: 1 (or unset) runs a train step's qkvu GEMM and the φ of the Lightning
+  /// step after it as the fused kernel where the artifact has it; 0 as cuBLASLt's GEMM and the
+  /// SiLU kernel (the same bits). Another value throws, naming the variable.
+  static bool siluFusionFromEnvironment();
+  void setFuseSilu(bool on) { fuseSilu_ = on; }
   /// TNLM_SGLU_FUSE: 1 (or unset) runs a stacked gated pair and its product as the fused
   /// kernel where the artifact has it; 0 as cuBLASLt's GEMM and the product kernel (the same
   /// bits). Another value throws, naming the variable.
@@ -459,6 +468,18 @@ private:
   std::set<std::pair<const void *, unsigned>> fusedMulGrad_;
   // The gated step whose mul_grad the last fused dgrad did (this run; cleared by that step).
   std::pair<const void *, unsigned> mulGradDone_{nullptr, 0};
+  bool fuseSilu_ = true;       // TNLM_SILU_FUSE: a qkvu GEMM and the next step's φ as one kernel
+  bool hasSiluKernel_ = false; // the module has kSiluFusedKernel
+  std::set<std::pair<const void *, unsigned>> fusedSilu_;
+  // The Lightning step whose φ the last fused qkvu GEMM did (this run; cleared by that step).
+  std::pair<const void *, unsigned> siluDone_{nullptr, 0};
+  /// Runs the qkvu GEMM of step `index` (y = x·Wᵀ, W [n, k] contiguous) with the φ(q), φ(k)
+  /// of the train step's Lightning step right after it as the fused kernel, writing that
+  /// step's workspace columns [0, 2D), if the artifact has it and the shapes allow; false
+  /// (nothing queued) otherwise.
+  bool runFusedSilu(const Function &f, unsigned index, const schema::Operand *x, CUdeviceptr w,
+                    const schema::Operand *y, int64_t rows, int64_t k, int64_t n,
+                    const std::string &where);
   /// Runs the dgrad of step `index` (dy = dz·W) with the mul_grad of the gated pair's
   /// backward that reads dy (a few steps on, with the forward's a, b) as the fused kernel,
   /// writing that step's da, db scratch and not dy, if the artifact has it and the shapes

@@ -209,6 +209,7 @@ TEST(GemmStacking, TheEnvironmentVariableIsChecked) {
 // kernel, 0 does not, anything else is refused naming the variable (no GPU needed).
 TEST(SgluFusion, TheEnvironmentVariableIsChecked) {
   checkOnOffVariable("TNLM_SGLU_FUSE", &CudaExecutor::sgluFusionFromEnvironment, "yes");
+  checkOnOffVariable("TNLM_SILU_FUSE", &CudaExecutor::siluFusionFromEnvironment, "on");
 }
 
 // The GEMM tuning cache's file (TNLM_GEMM_TUNE_CACHE): written and read back the same; bad files

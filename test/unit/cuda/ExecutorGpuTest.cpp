@@ -146,12 +146,15 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
   sided.setGradStream(true);
   // And with each gated pair's forward as cuBLASLt's GEMM and the product kernel instead of the
   // fused kernel, its backward's dy = dz·W3 and mul_grad as cuBLASLt's GEMM and the mul_grad
-  // kernel (TNLM_SGLU_FUSE=0): the fused kernels' outputs are those bits too.
+  // kernel (TNLM_SGLU_FUSE=0), and each plain layer's qkvu GEMM and φ as cuBLASLt's GEMM and the
+  // SiLU kernel (TNLM_SILU_FUSE=0): the fused kernels' outputs are those bits too.
   tnlm::cuda::CudaExecutor unfused(gpuArt, weights);
   unfused.setGradFirstWrite(true);
   unfused.setGradStream(false);
   unfused.setFuseSglu(false);
+  unfused.setFuseSilu(false);
   gpu.setFuseSglu(true);
+  gpu.setFuseSilu(true);
   std::vector<int32_t> ids(size_t(B * N)), labels(size_t(B * N));
   trainBatch(V, ids, labels);
   int failures = 0;
@@ -196,11 +199,14 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
     // artifact's pairs run unfused, and this check then says so).
     const bool ok = compare(gpu, unfused, differ, n) && gpu.fusedSglus() > 0 &&
                     unfused.fusedSglus() == 0 && gpu.fusedMulGrads() > 0 &&
-                    unfused.fusedMulGrads() == 0;
-    std::printf("%s train_step with SGLU's forward fused (%zu places) and its product's backward "
-                "fused into the dgrad before it (%zu places) against cuBLASLt's GEMMs and the "
-                "product and mul_grad kernels: %zu of %zu state entries differ (want 0)\n",
-                ok ? "ok  " : "FAIL", gpu.fusedSglus(), gpu.fusedMulGrads(), differ, n);
+                    unfused.fusedMulGrads() == 0 && gpu.fusedSilus() > 0 &&
+                    unfused.fusedSilus() == 0;
+    std::printf("%s train_step with SGLU's forward fused (%zu places), its product's backward "
+                "fused into the dgrad before it (%zu places) and φ into the qkvu GEMM (%zu "
+                "places) against cuBLASLt's GEMMs and the product, mul_grad and SiLU kernels: "
+                "%zu of %zu state entries differ (want 0)\n",
+                ok ? "ok  " : "FAIL", gpu.fusedSglus(), gpu.fusedMulGrads(), gpu.fusedSilus(),
+                differ, n);
     failures += !ok;
   }
   const bool lossOk =

@@ -1,7 +1,7 @@
 //===- GemmSm90CompileTest.cpp - the Hopper GEMM compiles with NVRTC --------===//
 //
 // codegen/cuda/GemmSm90.cuh as the runtime will compile it (the header's text at build time,
-// sm_90a cubin, no driver headers), both epilogues instantiated: a construct nvcc accepts but
+// sm_90a cubin, no driver headers), every epilogue instantiated: a construct nvcc accepts but
 // NVRTC does not fails here, in CI. The kernel's results and speed: bench/gemm_sm90.cu on the
 // GPU (against cuBLASLt, bit for bit, and an fp32 loop).
 //
@@ -34,18 +34,20 @@ TEST(Nvrtc, CompilesTheHopperGemm) {
 namespace g = tnlm::gemm;
 #define TMA const __grid_constant__ g::TmaDesc
 template __global__ void g::gemm_tn_sm90_kernel<g::GemmSm90Config, g::kPlain>(
-    TMA, TMA, TMA, TMA, TMA, TMA, int, int, int);
+    TMA, TMA, TMA, TMA, TMA, TMA, int, int, int, int);
 template __global__ void g::gemm_tn_sm90_kernel<g::GemmSm90Config, g::kGatedProduct>(
-    TMA, TMA, TMA, TMA, TMA, TMA, int, int, int);
+    TMA, TMA, TMA, TMA, TMA, TMA, int, int, int, int);
 template __global__ void g::gemm_tn_sm90_kernel<g::GemmSm90Config, g::kMulGrad>(
-    TMA, TMA, TMA, TMA, TMA, TMA, int, int, int);
+    TMA, TMA, TMA, TMA, TMA, TMA, int, int, int, int);
 template __global__ void g::gemm_tn_sm90_kernel<g::GemmSm90Config, g::kPlain, true>(
-    TMA, TMA, TMA, TMA, TMA, TMA, int, int, int);
+    TMA, TMA, TMA, TMA, TMA, TMA, int, int, int, int);
+template __global__ void g::gemm_tn_sm90_kernel<g::GemmSm90Config, g::kSiluPrefix>(
+    TMA, TMA, TMA, TMA, TMA, TMA, int, int, int, int);
 template __global__ void g::gemm_sm90_pingpong_kernel<g::GemmSm90PingpongConfig<>, g::kMulGrad>(
     TMA, TMA, TMA, TMA, TMA, TMA, int, int, int);
 )";
   const CompiledKernels out = compileCuda(source, "gemm_sm90.cu", options);
-  // Four instances of the cooperative kernel and one of the ping-pong one in the cubin (the
+  // Five instances of the cooperative kernel and one of the ping-pong one in the cubin (the
   // mangled names hold the templates' names).
   size_t found = 0, pingpong = 0;
   for (size_t at = out.image.find("gemm_tn_sm90_kernel"); at != std::string::npos;
@@ -54,7 +56,7 @@ template __global__ void g::gemm_sm90_pingpong_kernel<g::GemmSm90PingpongConfig<
   for (size_t at = out.image.find("gemm_sm90_pingpong_kernel"); at != std::string::npos;
        at = out.image.find("gemm_sm90_pingpong_kernel", at + 1))
     ++pingpong;
-  EXPECT_GE(found, 4u);
+  EXPECT_GE(found, 5u);
   EXPECT_GE(pingpong, 1u);
   // Bodies, not the empty kernels a target without sm_90a's features would give (the code is
   // under __CUDA_ARCH_FEAT_SM90_ALL): each instance is some 10 KB of SASS.

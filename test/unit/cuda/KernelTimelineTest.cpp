@@ -44,6 +44,25 @@ TEST(KernelTimeline, KindsSumTheirKernelsSlowestFirst) {
   EXPECT_DOUBLE_EQ(s.kinds[2].ms, 900 / 1e6);
 }
 
+TEST(KernelTimeline, GapsAreNamedByTheirBoundary) {
+  const auto s = summarize(records(), 0, 9000);
+  // 2 us idle after "side" (it covered the timeline to 4500, norm ended at 4000) before the
+  // second "norm"; 0.5 us after "gemm" before the first "norm"; none before "side" (it starts
+  // while norm runs).
+  ASSERT_EQ(s.gaps.size(), 2u);
+  EXPECT_EQ(s.gaps[0].before, "side");
+  EXPECT_EQ(s.gaps[0].after, "norm");
+  EXPECT_DOUBLE_EQ(s.gaps[0].ms, 2000 / 1e6);
+  EXPECT_EQ(s.gaps[0].count, 1);
+  EXPECT_EQ(s.gaps[1].before, "gemm");
+  EXPECT_EQ(s.gaps[1].after, "norm");
+  EXPECT_DOUBLE_EQ(s.gaps[1].ms, 500 / 1e6);
+  double sum = 0;
+  for (const auto &g : s.gaps)
+    sum += g.ms;
+  EXPECT_DOUBLE_EQ(sum, s.gapMs);
+}
+
 TEST(KernelTimeline, TheWindowIsByStart) {
   const auto s = summarize(records(), 3500, 9500); // from norm on, "later" included
   EXPECT_EQ(s.kernels, 4);
