@@ -286,10 +286,12 @@ int main(int argc, char **argv) {
                                                             {"labels", labels.data()}};
     const std::vector<cuda::CudaExecutor::Input> optIn = {{"hparams", hp.data()}};
     double trainMs = 0, optMs = 0, lastLoss = 0;
+    cuda::CudaExecutor::RunTimes trainHost;
     auto step = [&] {
       auto t0 = std::chrono::steady_clock::now();
       lastLoss = exec.run("train_step", trainIn, batch, seq).front().second[0];
       trainMs = msSince(t0);
+      trainHost = exec.lastRunTimes();
       t0 = std::chrono::steady_clock::now();
       exec.run("optimizer_step", optIn, batch, seq);
       optMs = msSince(t0);
@@ -301,13 +303,17 @@ int main(int argc, char **argv) {
     const double firstMs = msSince(tFirst), firstLoss = lastLoss;
     for (int64_t i = 1; i < warmup; ++i)
       step();
-    std::vector<double> ms, trainV, optV;
+    std::vector<double> ms, trainV, optV, prepV, launchV, waitV, readV;
     for (int64_t i = 0; i < iters; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
       step();
       ms.push_back(msSince(t0));
       trainV.push_back(trainMs);
       optV.push_back(optMs);
+      prepV.push_back(trainHost.prepareMs);
+      launchV.push_back(trainHost.launchMs);
+      waitV.push_back(trainHost.waitMs);
+      readV.push_back(trainHost.readMs);
     }
     const double med = median(ms), best = *std::min_element(ms.begin(), ms.end());
     const double tflops = flops / (med / 1e3) / 1e12;
@@ -337,10 +343,23 @@ int main(int argc, char **argv) {
                  (long long)iters, tokens / (med / 1e3), tflops, 100 * tflops * 1e12 / kPeakSpec,
                  100 * tflops * 1e12 / kPeakMeasured, 100 * trainMfu, ctx.deviceName().c_str(),
                  double(exec.deviceBytes()) / double(1ull << 30));
+    // The host's part of train_step: until the graph is queued the GPU has nothing to run.
+    std::fprintf(stderr,
+                 "train_step on the host (medians): inputs checked and uploaded %.3f ms, graph "
+                 "queued %.3f ms, waiting for the GPU %.3f ms, the loss read back %.3f ms\n",
+                 median(prepV), median(launchV), median(waitV), median(readV));
+    std::printf("{\"bench\":\"train_step_host\",\"label\":%s,\"prepare_ms\":%.4f,"
+                "\"launch_ms\":%.4f,\"wait_ms\":%.4f,\"read_ms\":%.4f}\n",
+                jsonString(label).c_str(), median(prepV), median(launchV), median(waitV),
+                median(readV));
     std::fprintf(stderr, "GEMMs over stacked pairs (the gated forward, dx, dW): %zu\n",
                  exec.stackedGemms());
     std::fprintf(stderr, "gated forwards fused with their product (TNLM_SGLU_FUSE): %zu\n",
                  exec.fusedSglus());
+    std::fprintf(stderr,
+                 "dgrads fused with SGLU's product backward (TNLM_SGLU_FUSE): %zu; qkvu GEMMs "
+                 "fused with phi (TNLM_SILU_FUSE): %zu\n",
+                 exec.fusedMulGrads(), exec.fusedSilus());
     if (exec.sideSteps())
       std::fprintf(stderr,
                    "weight-gradient GEMMs on the side stream (TNLM_GRAD_STREAM=1): %lld per "

@@ -1162,8 +1162,9 @@ private:
       if (toWorkspace)
         gemmKernel(::tnlm::kSiluFusedKernel, "kSiluPrefix", {"x", "w", "y", "ws", "y", "y"},
                    "a train step's qkvu GEMM with Lightning Attention's phi in its epilogue: y = "
-                   "x·Wᵀ, ws[:, 0:p] = silu(y[:, 0:p])",
-                   /*pingpong=*/false, /*prefix=*/true);
+                   "x·Wᵀ, ws[:, 0:p] = silu(y[:, 0:p]) (ping-pong: the SiLU beside the next "
+                   "tile's K loop)",
+                   /*pingpong=*/true, /*prefix=*/true);
       out.push_back(rowKernel("silu", 2 * d, "const bf16 *x, long long ldx, bf16 *y, long long ldy",
                               "x, ldx, y, ldy", "y = x * sigmoid(x)",
                               "prologue q, k = silu(" + view("qkvu", qkvu) + ")" +

@@ -394,7 +394,9 @@ __device__ __forceinline__ void k_loop_end(float (&acc0)[64], float (&acc1)[64],
 // EPI = kSiluPrefix (a train step's qkvu, N = 4D, P = 2D): D = A · Bᵀ through tmD as kPlain,
 //   and for D's columns below P (a multiple of 64) also silu(bf16(D)), rounded, through tmD2
 //   (Lightning Attention's φ(q), φ(k) into the step's workspace, whose SiLU pass is then
-//   skipped; D keeps the pre-activation for the backward's SiLU').
+//   skipped; D keeps the pre-activation for the backward's SiLU'). The ping-pong form runs it
+//   (the SiLU's arithmetic, ~20 instructions an element, beside the other tile's K loop); in
+//   this cooperative form it adds ~80 us to the 385M qkvu's 94 (bench/gemm_sm90.cu).
 // (kPlain, kGatedProduct, kMulGrad, kSiluPrefix: declared above.)
 // The body, for a __global__ wrapper of Cfg::NTHREADS threads and Cfg::SMEM bytes of dynamic
 // shared memory whose TmaDesc parameters are __grid_constant__ (TMA reads the descriptors where
@@ -525,7 +527,7 @@ gemm_tn_sm90(const TmaDesc &tmA, const TmaDesc &tmB, const TmaDesc &tmD, const T
 #endif
 }
 
-// Ping-pong (kPlain, kMulGrad): each consumer warpgroup takes every other tile of its CTA, a
+// Ping-pong (kPlain, kMulGrad, kSiluPrefix): each consumer warpgroup takes every other tile of its CTA, a
 // whole 128 x 128 tile (two m64n128 accumulators: rows 0-63 and 64-127), so that one's epilogue
 // runs while the other's K loop has the tensor cores. The producer loads the CTA's tiles'
 // K slices in order into the ring; a slice is released by the one warpgroup that reads it.
@@ -553,9 +555,10 @@ template <int STAGES_ = 5> struct GemmSm90PingpongConfig {
 template <class Cfg = GemmSm90PingpongConfig<>, int EPI = kPlain, bool BMN = (EPI == kMulGrad)>
 __device__ __forceinline__ void
 gemm_sm90_pingpong(const TmaDesc &tmA, const TmaDesc &tmB, const TmaDesc &tmD, const TmaDesc &tmD2,
-                   const TmaDesc &tmP, const TmaDesc &tmE, int M, int N, int K) {
+                   const TmaDesc &tmP, const TmaDesc &tmE, int M, int N, int K, int P = 0) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  static_assert(EPI == kPlain || EPI == kMulGrad, "ping-pong: kPlain or kMulGrad");
+  static_assert(EPI == kPlain || EPI == kMulGrad || EPI == kSiluPrefix,
+                "ping-pong: kPlain, kMulGrad or kSiluPrefix");
   using namespace detail;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, STAGES = Cfg::STAGES;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
@@ -629,6 +632,29 @@ gemm_sm90_pingpong(const TmaDesc &tmA, const TmaDesc &tmB, const TmaDesc &tmD, c
         bar_sync(1 + c, 128);
         if (wt == 0)
           store_boxes(out, tmD, box);
+        if constexpr (EPI == kSiluPrefix) { // then φ of the prefix's columns (boxes below P)
+          if (n0 < P) {
+            if (wt == 0)
+              bulk_wait_read<0>();
+            bar_sync(1 + c, 128);
+            silu_in_place(acc0);
+            silu_in_place(acc1);
+            stage_rows(acc0, out, 0, 16 * w + l / 4, l % 4);
+            stage_rows(acc1, out, 1, 16 * w + l / 4, l % 4);
+            fence_async_smem();
+            bar_sync(1 + c, 128);
+            if (wt == 0) {
+#pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                int col, row;
+                box(q, col, row);
+                if (col < P)
+                  tma_store_2d(&tmD2, out + q * Cfg::OUT_BOX, col, row);
+              }
+              bulk_commit();
+            }
+          }
+        }
       }
     }
     if (wt == 0)
@@ -644,8 +670,9 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
                               const __grid_constant__ TmaDesc tmD,
                               const __grid_constant__ TmaDesc tmD2,
                               const __grid_constant__ TmaDesc tmP,
-                              const __grid_constant__ TmaDesc tmE, int M, int N, int K) {
-  gemm_sm90_pingpong<Cfg, EPI, BMN>(tmA, tmB, tmD, tmD2, tmP, tmE, M, N, K);
+                              const __grid_constant__ TmaDesc tmE, int M, int N, int K,
+                              int P = 0) {
+  gemm_sm90_pingpong<Cfg, EPI, BMN>(tmA, tmB, tmD, tmD2, tmP, tmE, M, N, K, P);
 }
 
 template <class Cfg = GemmSm90Config, int EPI = kPlain, bool BMN = (EPI == kMulGrad)>

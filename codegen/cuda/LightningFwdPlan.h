@@ -91,8 +91,8 @@ inline LightningFwdPlan plan_lightning_fwd(int B, int H, int N, int DK, int DV, 
 constexpr const char *kSgluFusedKernel = "tnlm_gemm_sglu_sm90";
 constexpr const char *kMulGradFusedKernel = "tnlm_gemm_mulgrad_sm90";
 constexpr const char *kSiluFusedKernel = "tnlm_gemm_silu_sm90";
-// Their launch: threads and dynamic shared memory of GemmSm90Config (SGLU's forward, φ) and of
-// GemmSm90PingpongConfig<> (the product's backward) (the emitted kernels static_assert them
+// Their launch: threads and dynamic shared memory of GemmSm90Config (SGLU's forward) and of
+// GemmSm90PingpongConfig<> (the product's backward, φ) (the emitted kernels static_assert them
 // against the templates').
 constexpr unsigned kGemmSm90Threads = 384, kGemmSm90Smem = 214080;
 constexpr unsigned kGemmSm90PingpongSmem = 230496;

@@ -749,12 +749,11 @@ bool encodeTma(TmaDescBytes &d, CUdeviceptr p, int64_t rows, int64_t cols, int64
   return true;
 }
 
-// A persistent GEMM of ours (GemmSm90.cuh) over [rows, cols] of D in 128 x tileCols tiles
-// (128: the fused SGLU forward's columns of a and b, the ping-pong form's tiles; 256: the
-// cooperative form's plain tiles): one CTA per tile, at most one per SM.
-LaunchConfig gemmSm90Launch(int64_t rows, int64_t cols, unsigned smem, int sms,
-                            int64_t tileCols = 128) {
-  const int64_t tiles = ((rows + 127) / 128) * ((cols + tileCols - 1) / tileCols);
+// A persistent GEMM of ours (GemmSm90.cuh) over [rows, cols] of D in 128 x 128 tiles (the
+// fused SGLU forward's columns of a and b, the ping-pong form's tiles): one CTA per tile, at
+// most one per SM.
+LaunchConfig gemmSm90Launch(int64_t rows, int64_t cols, unsigned smem, int sms) {
+  const int64_t tiles = ((rows + 127) / 128) * ((cols + 127) / 128);
   LaunchConfig c;
   c.grid.x = unsigned(std::min<int64_t>(tiles, sms));
   c.block.x = kGemmSm90Threads;
@@ -847,12 +846,13 @@ bool CudaExecutor::runFusedSilu(const Function &f, unsigned index, const schema:
   if (wr.meets(extentOf(x, rows)) || wr.meets(extentOf(y, rows)))
     return false;
   TmaDescBytes tx, tw, ty, tws;
-  if (!encodeTma(tx, xp, rows, k, x->ld(), 128) || !encodeTma(tw, w, n, k, k, 256) ||
+  if (!encodeTma(tx, xp, rows, k, x->ld(), 128) || !encodeTma(tw, w, n, k, k, 128) ||
       !encodeTma(ty, yp, rows, n, y->ld(), 64) || !encodeTma(tws, wsp, rows, P, ws->ld(), 64))
     return false;
+  // The ping-pong form (128 x 128 tiles).
   Kernel &kern = module_->kernel(kSiluFusedKernel, where);
   const LaunchConfig c =
-      gemmSm90Launch(rows, n, kGemmSm90Smem, context_->multiprocessors(), /*tileCols=*/256);
+      gemmSm90Launch(rows, n, kGemmSm90PingpongSmem, context_->multiprocessors());
   context_->launchWith(kern, c, where, tx, tw, ty, tws, int(rows), int(n), int(k), int(P));
   siluDone_ = {&f, index + 1};
   fusedSilu_.insert({&f, index});

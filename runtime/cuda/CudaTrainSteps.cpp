@@ -22,6 +22,7 @@
 #include "runtime/TrainScratch.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <string_view>
@@ -1094,7 +1095,13 @@ std::vector<std::pair<std::string, std::vector<float>>>
 CudaExecutor::run(const std::string &name, const std::vector<Input> &inputs, int64_t batch,
                   int64_t seq) {
   const std::string &src = artifact_.source();
+  using Clock = std::chrono::steady_clock;
+  auto ms = [](Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+  };
+  const auto t0 = Clock::now();
   const size_t fi = uploadRun(name, inputs, batch, seq);
+  const auto t1 = Clock::now();
   const Function &f = functions_[fi];
   const schema::Function &fn = *f.fn;
   // Every function replays as one CUDA graph per call shape (the per-call values are in device
@@ -1116,7 +1123,9 @@ CudaExecutor::run(const std::string &name, const std::vector<Input> &inputs, int
     }
     launchFunction(fi, batch, seq);
   }
+  const auto t2 = Clock::now();
   context_->synchronize(src + ": @" + name);
+  const auto t3 = Clock::now();
   std::vector<std::pair<std::string, std::vector<float>>> results;
   for (const schema::FunctionIO *o : *fn.outputs()) {
     int64_t n = 1;
@@ -1127,6 +1136,7 @@ CudaExecutor::run(const std::string &name, const std::vector<Input> &inputs, int
                          src + ": @" + name + "'s output " + o->name()->str());
     results.emplace_back(o->name()->str(), std::move(v));
   }
+  lastRunTimes_ = {ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, Clock::now())};
   return results;
 }
 
