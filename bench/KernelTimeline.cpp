@@ -186,8 +186,10 @@ TimelineSummary summarize(const std::vector<TimelineRecord> &recs, uint64_t from
   std::map<std::string, TimelineSummary::Kind> kinds;
   std::map<std::pair<std::string, std::string>, TimelineSummary::Boundary> gaps;
   uint64_t first = 0, last = 0, busy = 0, coveredTo = 0;
-  const std::string *coveredBy = nullptr; // the record whose end is coveredTo
-  for (const TimelineRecord &r : recs) {
+  const std::string *coveredBy = nullptr;                      // the record whose end is coveredTo
+  std::vector<std::pair<TimelineSummary::Idle, size_t>> idles; // + the record after's position
+  for (size_t at = 0; at < recs.size(); ++at) {
+    const TimelineRecord &r = recs[at];
     if (r.start < from || r.start >= to || r.end < r.start)
       continue;
     if (s.kernels == 0)
@@ -200,6 +202,16 @@ TimelineSummary summarize(const std::vector<TimelineRecord> &recs, uint64_t from
       g.before = *coveredBy, g.after = r.name;
       g.ms += double(r.start - coveredTo) / 1e6;
       ++g.count;
+      TimelineSummary::Idle idle;
+      idle.atMs = double(coveredTo - first) / 1e6;
+      idle.ms = double(r.start - coveredTo) / 1e6;
+      idle.index = s.kernels - 1;
+      idle.before = *coveredBy, idle.after = r.name;
+      idles.push_back({idle, at});
+      std::stable_sort(idles.begin(), idles.end(),
+                       [](const auto &x, const auto &y) { return x.first.ms > y.first.ms; });
+      if (idles.size() > TimelineSummary::kLongest)
+        idles.pop_back();
     }
     if (r.end > coveredTo) {
       busy += r.end - std::max(r.start, coveredTo);
@@ -222,6 +234,15 @@ TimelineSummary summarize(const std::vector<TimelineRecord> &recs, uint64_t from
                    [](const auto &x, const auto &y) { return x.ms > y.ms; });
   for (auto &[names, g] : gaps)
     s.gaps.push_back(g);
+  for (auto &[idle, at] : idles) {
+    // The next record in the window after the one that ended the idle time.
+    for (size_t n = at + 1; n < recs.size(); ++n)
+      if (recs[n].start >= from && recs[n].start < to && recs[n].end >= recs[n].start) {
+        idle.next = recs[n].name;
+        break;
+      }
+    s.longest.push_back(idle);
+  }
   std::stable_sort(s.gaps.begin(), s.gaps.end(),
                    [](const auto &x, const auto &y) { return x.ms > y.ms; });
   return s;

@@ -55,6 +55,16 @@ struct TimelineSummary {
     int64_t count = 0;
   };
   std::vector<Boundary> gaps;
+  /// The longest idle intervals themselves (at most kLongest, longest first): where in the
+  /// window (ms from its first record's start), how long, and the records around them (the
+  /// one that covered the timeline before, the one that started after, and the next one).
+  struct Idle {
+    double atMs = 0, ms = 0;
+    int64_t index = 0; ///< the record after it, counted from the window's first
+    std::string before, after, next;
+  };
+  static constexpr size_t kLongest = 6;
+  std::vector<Idle> longest;
 };
 
 /// The records whose start lies in [from, to), summarized (durations by name, busy, gaps and

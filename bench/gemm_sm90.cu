@@ -87,14 +87,15 @@ __global__ void mul_kernel(const bf16 *a, const bf16 *b, long long ld, bf16 *y, 
   }
 }
 
-// y = silu(x) = x / (1 + e^-x) on bf16 (ew::silu's arithmetic); columns [0, P) of [rows, ld].
+// y = silu(x) = x / (1 + e^-x) on bf16 (ew::silu's arithmetic, __fdividef); columns [0, P) of
+// [rows, ld].
 __global__ void silu_kernel(const bf16 *x, long long ld, bf16 *y, int rows, int P) {
   const long long n = (long long)rows * P;
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
        i += (long long)gridDim.x * blockDim.x) {
     const long long r = i / P, c = i % P;
     const float v = __bfloat162float(x[r * ld + c]);
-    y[r * ld + c] = __float2bfloat16(v / (1.0f + __expf(-v)));
+    y[r * ld + c] = __float2bfloat16(__fdividef(v, 1.0f + __expf(-v)));
   }
 }
 
@@ -449,7 +450,7 @@ int main(int argc, char **argv) {
     auto fusedPp = [&] {
       tnlm::gemm::gemm_sm90_pingpong_kernel<Pp, tnlm::gemm::kSiluPrefix>
           <<<std::min(tilesP, sms), Pp::NTHREADS, Pp::SMEM>>>(tA, tB2, tD2, tW2, tD2, tD2, M, N, K,
-                                                               P);
+                                                              P);
     };
     Lt::Plan pl = lt.plan(M, N, K);
     auto gemmLt = [&] { lt.run(pl, A, B, Dl); };

@@ -111,9 +111,11 @@ template <typename Step> void printTimeline(const std::string &label, int64_t k,
     std::map<std::string, std::pair<double, double>> kinds;                        // ms, count
     std::map<std::pair<std::string, std::string>, std::pair<double, double>> gaps; // ms, count
   } phases[2];
+  std::vector<bench::TimelineSummary::Idle> longest[2]; // the last step's
   for (const auto &m : marks)
     for (int p = 0; p < 2; ++p) {
       const bench::TimelineSummary s = bench::summarize(recs, m[size_t(p)], m[size_t(p) + 1]);
+      longest[p] = s.longest;
       phases[p].span += s.spanMs / double(k);
       phases[p].busy += s.busyMs / double(k);
       phases[p].gap += s.gapMs / double(k);
@@ -183,7 +185,14 @@ template <typename Step> void printTimeline(const std::string &label, int64_t k,
               ",\"after\":" + jsonString(names.second) + ",\"ms\":" + std::to_string(v.first) +
               ",\"count\":" + std::to_string(v.second) + "}";
     }
-    json += "]}";
+    json += "]";
+    if (!longest[p].empty())
+      std::fprintf(stderr, "    the longest idle intervals of the last step:\n");
+    for (const auto &g : longest[p])
+      std::fprintf(stderr, "    %8.3f ms at %8.3f ms (before record %lld): %s -> %s, then %s\n",
+                   g.ms, g.atMs, (long long)g.index, g.before.c_str(), g.after.c_str(),
+                   g.next.c_str());
+    json += "}";
   }
   std::printf("%s}\n", json.c_str());
   std::fflush(stdout);

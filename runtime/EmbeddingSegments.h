@@ -26,6 +26,28 @@ struct EmbeddingSegments {
 EmbeddingSegments embeddingSegments(const int32_t *ids, int64_t tokens, int64_t vocab,
                                     int64_t paddingIdx = -1);
 
+/// embeddingSegments for every train step: the same grouping in O(tokens) per call, its memory
+/// kept from call to call. (Counting over the whole vocabulary, with fresh per-id arrays each
+/// time, took ~0.24 ms of the host's time per 385M step at 8,192 tokens and a vocabulary of
+/// 64,000, while the GPU waited: the ids seen are marked with the call's stamp and sorted by
+/// a radix sort instead.)
+class EmbeddingGrouper {
+public:
+  /// Writes embeddingSegments(ids, tokens, vocab, paddingIdx) into `out` (its vectors reused);
+  /// the same errors.
+  void group(const int32_t *ids, int64_t tokens, int64_t vocab, int64_t paddingIdx,
+             EmbeddingSegments &out);
+
+private:
+  struct Slot {
+    uint32_t stamp; // the call that last counted the id
+    int32_t count;  // where stamp is this call's: the id's tokens, then its next slot in order
+  };
+  std::vector<Slot> slots_; // per id (one cache line per random access, not two)
+  std::vector<int32_t> seen_, sorted_;
+  uint32_t call_ = 0;
+};
+
 } // namespace tnlm
 
 #endif // TNLM_RUNTIME_EMBEDDINGSEGMENTS_H

@@ -405,7 +405,10 @@ __device__ __forceinline__ void lrpe_split(const bf16 *x, long long ldx, const f
   });
 }
 
-// silu: y = x · sigmoid(x) = x / (1 + exp(-x))
+// silu: y = x · sigmoid(x) = x / (1 + exp(-x)), the quotient as __fdividef (x times the
+// approximate reciprocal, ~2 ulp of f32 before the bf16 rounding): the qkvu GEMM's epilogue
+// (GemmSm90.cuh kSiluPrefix) computes the same bits, where a full-precision division's 128
+// unrolled slow paths would double its code.
 template <int COLS, int BLOCK>
 __device__ __forceinline__ void silu(const bf16 *x, long long ldx, bf16 *y, long long ldy) {
   TNLM_PDL_WAIT();
@@ -417,7 +420,7 @@ __device__ __forceinline__ void silu(const bf16 *x, long long ldx, bf16 *y, long
       ldv<W>(x + r * ldx + c, v);
 #pragma unroll
       for (int i = 0; i < W; ++i)
-        v[i] = v[i] / (1.0f + __expf(-v[i]));
+        v[i] = __fdividef(v[i], 1.0f + __expf(-v[i]));
       stv<W>(y + r * ldy + c, v);
     }
   });

@@ -191,13 +191,14 @@ __device__ __forceinline__ void product_in_place(float (&a)[64], const float (&b
 }
 
 // φ of Lightning Attention in place (kSiluPrefix): silu(bf16(D)) = v / (1 + e^-v) in f32 on the
-// bf16-rounded value (ew::silu's arithmetic on what the GEMM would have written; the staging
-// rounds it).
+// bf16-rounded value, the quotient as __fdividef (ew::silu's arithmetic on what the GEMM would
+// have written; the staging rounds it). A full-precision division here, with its slow path
+// unrolled 128 times, made the kernel's code half again as large (72 KB of SASS, 48 KB).
 __device__ __forceinline__ void silu_in_place(float (&a)[64]) {
 #pragma unroll
   for (int i = 0; i < 64; ++i) {
     const float v = __bfloat162float(__float2bfloat16(a[i]));
-    a[i] = v / (1.0f + __expf(-v));
+    a[i] = __fdividef(v, 1.0f + __expf(-v));
   }
 }
 
@@ -394,9 +395,8 @@ __device__ __forceinline__ void k_loop_end(float (&acc0)[64], float (&acc1)[64],
 // EPI = kSiluPrefix (a train step's qkvu, N = 4D, P = 2D): D = A · Bᵀ through tmD as kPlain,
 //   and for D's columns below P (a multiple of 64) also silu(bf16(D)), rounded, through tmD2
 //   (Lightning Attention's φ(q), φ(k) into the step's workspace, whose SiLU pass is then
-//   skipped; D keeps the pre-activation for the backward's SiLU'). The ping-pong form runs it
-//   (the SiLU's arithmetic, ~20 instructions an element, beside the other tile's K loop); in
-//   this cooperative form it adds ~80 us to the 385M qkvu's 94 (bench/gemm_sm90.cu).
+//   skipped; D keeps the pre-activation for the backward's SiLU'). The executor runs the
+//   ping-pong form (the SiLU beside the other tile's K loop).
 // (kPlain, kGatedProduct, kMulGrad, kSiluPrefix: declared above.)
 // The body, for a __global__ wrapper of Cfg::NTHREADS threads and Cfg::SMEM bytes of dynamic
 // shared memory whose TmaDesc parameters are __grid_constant__ (TMA reads the descriptors where
@@ -527,9 +527,9 @@ gemm_tn_sm90(const TmaDesc &tmA, const TmaDesc &tmB, const TmaDesc &tmD, const T
 #endif
 }
 
-// Ping-pong (kPlain, kMulGrad, kSiluPrefix): each consumer warpgroup takes every other tile of its CTA, a
-// whole 128 x 128 tile (two m64n128 accumulators: rows 0-63 and 64-127), so that one's epilogue
-// runs while the other's K loop has the tensor cores. The producer loads the CTA's tiles'
+// Ping-pong (kPlain, kMulGrad, kSiluPrefix): each consumer warpgroup takes every other tile of its
+// CTA, a whole 128 x 128 tile (two m64n128 accumulators: rows 0-63 and 64-127), so that one's
+// epilogue runs while the other's K loop has the tensor cores. The producer loads the CTA's tiles'
 // K slices in order into the ring; a slice is released by the one warpgroup that reads it.
 // The K loops take turns (named barriers 3 and 4): a warpgroup starts its tile's once the other
 // has finished the tile before, so that every ring slot it waits on is at most one phase behind
@@ -670,8 +670,7 @@ __global__ void __launch_bounds__(Cfg::NTHREADS, 1)
                               const __grid_constant__ TmaDesc tmD,
                               const __grid_constant__ TmaDesc tmD2,
                               const __grid_constant__ TmaDesc tmP,
-                              const __grid_constant__ TmaDesc tmE, int M, int N, int K,
-                              int P = 0) {
+                              const __grid_constant__ TmaDesc tmE, int M, int N, int K, int P = 0) {
   gemm_sm90_pingpong<Cfg, EPI, BMN>(tmA, tmB, tmD, tmD2, tmP, tmE, M, N, K, P);
 }
 

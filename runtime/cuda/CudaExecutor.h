@@ -445,6 +445,7 @@ private:
   float hostHp_[16] = {}; // the call's hparams (HyperParam.Count)
   double invCountHost_ = 0;
   EmbeddingSegments segHost_; // the call's grouping (host copy until the upload has run)
+  EmbeddingGrouper grouper_;  // makes it (its memory kept from call to call)
   std::map<std::pair<size_t, unsigned>, DeviceBuffer> optTables_; // (function, first step)
   // The fused lm head loss of lm_head_loss steps (by vocabulary and hidden size; one of each
   // in a model) and its rows per chunk (TrainScratch.h).

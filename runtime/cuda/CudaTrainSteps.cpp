@@ -1072,8 +1072,8 @@ size_t CudaExecutor::uploadRun(const std::string &name, const std::vector<Input>
       const int64_t padding =
           s->i64_attrs() && s->i64_attrs()->size() > 0 ? s->i64_attrs()->Get(0) : -1;
       const int64_t vocab = s->outputs()->Get(0)->rows();
-      segHost_ = embeddingSegments(static_cast<const int32_t *>(host.at(ids->offset())), rows,
-                                   vocab, padding);
+      grouper_.group(static_cast<const int32_t *>(host.at(ids->offset())), rows, vocab, padding,
+                     segHost_);
       segments_ = int64_t(segHost_.ids.size());
       // Padded to the fixed grid (min(rows, vocab) segments): empty segments of id 0.
       const size_t grid = size_t(std::min<int64_t>(rows, vocab));

@@ -61,6 +61,18 @@ TEST(KernelTimeline, GapsAreNamedByTheirBoundary) {
   for (const auto &g : s.gaps)
     sum += g.ms;
   EXPECT_DOUBLE_EQ(sum, s.gapMs);
+  // The idle intervals themselves, longest first, placed from the window's first start.
+  ASSERT_EQ(s.longest.size(), 2u);
+  EXPECT_DOUBLE_EQ(s.longest[0].atMs, 3500 / 1e6); // from side's end (4500)
+  EXPECT_DOUBLE_EQ(s.longest[0].ms, 2000 / 1e6);
+  EXPECT_EQ(s.longest[0].index, 3);
+  EXPECT_EQ(s.longest[0].before, "side");
+  EXPECT_EQ(s.longest[0].after, "norm");
+  EXPECT_EQ(s.longest[0].next, ""); // "later" lies outside the window
+  EXPECT_DOUBLE_EQ(s.longest[1].atMs, 2000 / 1e6);
+  EXPECT_EQ(s.longest[1].index, 1);
+  EXPECT_EQ(s.longest[1].before, "gemm");
+  EXPECT_EQ(s.longest[1].next, "side");
 }
 
 TEST(KernelTimeline, TheWindowIsByStart) {

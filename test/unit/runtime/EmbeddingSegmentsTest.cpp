@@ -75,4 +75,43 @@ TEST(EmbeddingSegments, IdOutsideTheVocabularyIsNamed) {
   }
 }
 
+// The grouper (the train step's, memory kept between calls) gives embeddingSegments' grouping
+// on every call: vocabularies of one to three radix bytes, repeated and changing calls (its
+// stamps), padding, no tokens; and its errors.
+TEST(EmbeddingGrouper, EqualsEmbeddingSegmentsCallAfterCall) {
+  std::mt19937 rng(11);
+  tnlm::EmbeddingGrouper g;
+  tnlm::EmbeddingSegments out;
+  auto same = [](const tnlm::EmbeddingSegments &a, const tnlm::EmbeddingSegments &b) {
+    return a.ids == b.ids && a.start == b.start && a.order == b.order;
+  };
+  int calls = 0;
+  for (int64_t vocab : {1, 2, 256, 257, 64000, 70000}) {
+    for (int64_t tokens : {0, 1, 7, 3000, 8192}) {
+      for (int64_t padding : {int64_t(-1), int64_t(0), vocab - 1}) {
+        std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(vocab - 1));
+        std::vector<int32_t> ids(static_cast<size_t>(tokens));
+        for (int32_t &id : ids)
+          id = pick(rng);
+        g.group(ids.data(), tokens, vocab, padding, out);
+        ++calls;
+        ASSERT_TRUE(same(out, tnlm::embeddingSegments(ids.data(), tokens, vocab, padding)))
+            << "vocab " << vocab << ", tokens " << tokens << ", padding " << padding;
+      }
+    }
+  }
+  EXPECT_EQ(calls, 90);
+  std::vector<int32_t> ids = {1, 2, 3, 10, 4};
+  try {
+    g.group(ids.data(), 5, 10, -1, out);
+    ADD_FAILURE() << "10 accepted";
+  } catch (const tnlm::Error &e) {
+    EXPECT_EQ(std::string(e.what()), "embedding backward: token id 10 at position 3 is outside "
+                                     "the vocabulary [0, 10)");
+  }
+  ids[3] = 9; // and it goes on after an error
+  g.group(ids.data(), 5, 10, -1, out);
+  EXPECT_TRUE(same(out, tnlm::embeddingSegments(ids.data(), 5, 10)));
+}
+
 } // namespace
