@@ -320,6 +320,40 @@ mul_grad_epilogue(const float (&acc0)[64], const float (&acc1)[64], uint32_t out
     store_boxes(out, tmD2, box);
 }
 
+// kSiluPrefix's second store for a consumer warpgroup whose block of D (acc0, acc1) has just
+// been staged and stored through tmD: where the block's first box (box(0, ..): its leftmost
+// columns) lies below P, silu(bf16(D)) staged in the same boxes once those stores have read
+// them, and each box whose columns lie below P stored through tmD2. named: the warpgroup's
+// named barrier; (r, pair): stage_rows' thread position.
+template <class Box>
+__device__ __forceinline__ void
+silu_prefix_epilogue(float (&acc0)[64], float (&acc1)[64], uint32_t out, int named, int wt, int r,
+                     int pair, const TmaDesc &tmD2, int P, Box box) {
+  int col0, row0;
+  box(0, col0, row0);
+  if (col0 >= P)
+    return;
+  if (wt == 0)
+    bulk_wait_read<0>();
+  bar_sync(named, 128);
+  silu_in_place(acc0);
+  silu_in_place(acc1);
+  stage_rows(acc0, out, 0, r, pair);
+  stage_rows(acc1, out, 1, r, pair);
+  fence_async_smem();
+  bar_sync(named, 128);
+  if (wt == 0) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      int col, row;
+      box(q, col, row);
+      if (col < P)
+        tma_store_2d(&tmD2, out + q * (64 * 64 * 2), col, row);
+    }
+    bulk_commit();
+  }
+}
+
 // A consumer warpgroup's K loop over one tile: KT slices of the ring from slice `it` on (it
 // advances past them), per 16-wide k-step two wgmma m64n128k16, acc0 (+)= A0·B0 and acc1 (+)=
 // A1·B1, with desc(a, b, kk, a0, b0, a1, b1) giving the descriptors from the slot's A and B
@@ -486,26 +520,8 @@ gemm_tn_sm90(const TmaDesc &tmA, const TmaDesc &tmB, const TmaDesc &tmD, const T
         }
         bulk_commit();
       }
-      if constexpr (EPI == kSiluPrefix) { // then φ of the prefix's columns, all four boxes
-        if (n0 < P) {
-          if (wt == 0)
-            bulk_wait_read<0>();
-          bar_sync(1 + c, 128);
-          silu_in_place(acc0);
-          silu_in_place(acc1);
-          stage_rows(acc0, out, 0, 16 * w + l / 4, l % 4);
-          stage_rows(acc1, out, 1, 16 * w + l / 4, l % 4);
-          fence_async_smem();
-          bar_sync(1 + c, 128);
-          if (wt == 0) {
-#pragma unroll
-            for (int q = 0; q < 4; ++q)
-              if (n0 + 64 * q < P)
-                tma_store_2d(&tmD2, out + q * Cfg::OUT_BOX, n0 + 64 * q, m0 + 64 * c);
-            bulk_commit();
-          }
-        }
-      }
+      if constexpr (EPI == kSiluPrefix) // then φ of the prefix's columns
+        silu_prefix_epilogue(acc0, acc1, out, 1 + c, wt, 16 * w + l / 4, l % 4, tmD2, P, box);
       if constexpr (EPI == kGatedProduct) { // then the product, through boxes 0, 1
         if (wt == 0)
           bulk_wait_read<0>();
@@ -632,29 +648,8 @@ gemm_sm90_pingpong(const TmaDesc &tmA, const TmaDesc &tmB, const TmaDesc &tmD, c
         bar_sync(1 + c, 128);
         if (wt == 0)
           store_boxes(out, tmD, box);
-        if constexpr (EPI == kSiluPrefix) { // then φ of the prefix's columns (boxes below P)
-          if (n0 < P) {
-            if (wt == 0)
-              bulk_wait_read<0>();
-            bar_sync(1 + c, 128);
-            silu_in_place(acc0);
-            silu_in_place(acc1);
-            stage_rows(acc0, out, 0, 16 * w + l / 4, l % 4);
-            stage_rows(acc1, out, 1, 16 * w + l / 4, l % 4);
-            fence_async_smem();
-            bar_sync(1 + c, 128);
-            if (wt == 0) {
-#pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                int col, row;
-                box(q, col, row);
-                if (col < P)
-                  tma_store_2d(&tmD2, out + q * Cfg::OUT_BOX, col, row);
-              }
-              bulk_commit();
-            }
-          }
-        }
+        if constexpr (EPI == kSiluPrefix) // then φ of the prefix's columns
+          silu_prefix_epilogue(acc0, acc1, out, 1 + c, wt, 16 * w + l / 4, l % 4, tmD2, P, box);
       }
     }
     if (wt == 0)
