@@ -193,7 +193,7 @@ TimelineSummary summarize(const std::vector<TimelineRecord> &recs, uint64_t from
     if (r.start < from || r.start >= to || r.end < r.start)
       continue;
     if (s.kernels == 0)
-      first = r.start, coveredTo = r.start;
+      first = r.start, coveredTo = r.start, coveredBy = &r.name; // (even if it lasts 0 ns)
     ++s.kernels;
     last = std::max(last, r.end);
     // Records are sorted by start: the union grows by what lies past what is covered.

@@ -179,7 +179,7 @@ template <typename Step> void printTimeline(const std::string &label, int64_t k,
       if (i < 20)
         std::fprintf(stderr, "    %9.3f ms %5.1f %% %6.0f x %6.2f us  %s -> %s\n", v.first,
                      100 * v.first / std::max(ph.gap, 1e-9), v.second,
-                     1e3 * v.first / std::max(v.second, 1.0), names.first.c_str(),
+                     1e3 * v.first / std::max(v.second, 1e-9), names.first.c_str(),
                      names.second.c_str());
       json += std::string(i ? "," : "") + "{\"before\":" + jsonString(names.first) +
               ",\"after\":" + jsonString(names.second) + ",\"ms\":" + std::to_string(v.first) +

@@ -74,10 +74,10 @@ void EmbeddingGrouper::group(const int32_t *ids, int64_t tokens, int64_t vocab, 
     }
     ++slot.count;
   }
-  // Sorted: least significant digit first, 8 bits a pass, as many passes as vocab - 1 has
-  // bytes (two for 64,000); distinct keys, so stability only matters within a pass.
+  // Sorted: least significant digit first, 8 bits a pass (each pass stable), as many passes as
+  // vocab - 1 has bytes (two for 64,000; at most four: the ids are int32).
   int passes = 0;
-  for (uint64_t v = static_cast<uint64_t>(vocab > 0 ? vocab - 1 : 0); v > 0; v >>= 8)
+  for (uint64_t v = static_cast<uint64_t>(vocab > 0 ? vocab - 1 : 0); v > 0 && passes < 4; v >>= 8)
     ++passes;
   sorted_.resize(seen_.size());
   for (int p = 0; p < passes; ++p) {

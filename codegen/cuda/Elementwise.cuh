@@ -406,9 +406,11 @@ __device__ __forceinline__ void lrpe_split(const bf16 *x, long long ldx, const f
 }
 
 // silu: y = x · sigmoid(x) = x / (1 + exp(-x)), the quotient as __fdividef (x times the
-// approximate reciprocal, ~2 ulp of f32 before the bf16 rounding): the qkvu GEMM's epilogue
+// approximate reciprocal, ~2 ulp of f32 before the bf16 rounding; -0 for x in about (-88.7,
+// -87.3), where 1 + e^-x exceeds 2^126, instead of ~-5e-37): the qkvu GEMM's epilogue
 // (GemmSm90.cuh kSiluPrefix) computes the same bits, where a full-precision division's 128
-// unrolled slow paths would double its code.
+// unrolled slow paths would double its code. (The recurrent functions' φ, lrpe_split's and
+// the backward's SiLU' keep the full-precision division.)
 template <int COLS, int BLOCK>
 __device__ __forceinline__ void silu(const bf16 *x, long long ldx, bf16 *y, long long ldy) {
   TNLM_PDL_WAIT();

@@ -648,6 +648,7 @@ void CudaExecutor::runLightning(const Function &f, unsigned index, const schema:
         // train step's workspace (unless the qkvu GEMM did it: runFusedSilu).
         if (siluWs && siluDone_ == std::pair<const void *, unsigned>(&f, index)) {
           siluDone_ = {nullptr, 0};
+          ++siluSkipped_;
           break;
         }
         const CUdeviceptr w = siluWs ? operand(ws, where) : base;
@@ -856,6 +857,7 @@ bool CudaExecutor::runFusedSilu(const Function &f, unsigned index, const schema:
   context_->launchWith(kern, c, where, tx, tw, ty, tws, int(rows), int(n), int(k), int(P));
   siluDone_ = {&f, index + 1};
   fusedSilu_.insert({&f, index});
+  ++siluFusedLaunches_;
   return true;
 }
 

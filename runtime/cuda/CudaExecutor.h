@@ -182,9 +182,14 @@ public:
   /// the train step's φ(q), φ(k) into its workspace; TNLM_SILU_FUSE): how many distinct
   /// (function, step) places did so.
   size_t fusedSilus() const { return fusedSilu_.size(); }
+  /// Fused qkvu GEMMs queued, and the Lightning steps' SiLU launches skipped after them, over
+  /// every run that queued steps (not graph replays): equal where each fusion's skip happened.
+  int64_t siluFusedLaunches() const { return siluFusedLaunches_; }
+  int64_t siluLaunchesSkipped() const { return siluSkipped_; }
   /// TNLM_SILU_FUSE: 1 (or unset) runs a train step's qkvu GEMM and the φ of the Lightning
   /// step after it as the fused kernel where the artifact has it; 0 as cuBLASLt's GEMM and the
-  /// SiLU kernel (the same bits). Another value throws, naming the variable.
+  /// SiLU kernel (the same bits where cuBLASLt's algorithm sums as ours does: checked at the
+  /// benched shapes and the GPU tests' ones). Another value throws, naming the variable.
   static bool siluFusionFromEnvironment();
   void setFuseSilu(bool on) { fuseSilu_ = on; }
   /// TNLM_SGLU_FUSE: 1 (or unset) runs a stacked gated pair and its product as the fused
@@ -480,6 +485,7 @@ private:
   bool fuseSilu_ = true;       // TNLM_SILU_FUSE: a qkvu GEMM and the next step's φ as one kernel
   bool hasSiluKernel_ = false; // the module has kSiluFusedKernel
   std::set<std::pair<const void *, unsigned>> fusedSilu_;
+  int64_t siluFusedLaunches_ = 0, siluSkipped_ = 0;
   // The Lightning step whose φ the last fused qkvu GEMM did (this run; cleared by that step).
   std::pair<const void *, unsigned> siluDone_{nullptr, 0};
   /// Runs the qkvu GEMM of step `index` (y = x·Wᵀ, W [n, k] contiguous) with the φ(q), φ(k)

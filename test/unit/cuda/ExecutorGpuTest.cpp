@@ -200,13 +200,16 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
     const bool ok = compare(gpu, unfused, differ, n) && gpu.fusedSglus() > 0 &&
                     unfused.fusedSglus() == 0 && gpu.fusedMulGrads() > 0 &&
                     unfused.fusedMulGrads() == 0 && gpu.fusedSilus() > 0 &&
-                    unfused.fusedSilus() == 0;
+                    unfused.fusedSilus() == 0 && gpu.siluFusedLaunches() > 0 &&
+                    gpu.siluLaunchesSkipped() == gpu.siluFusedLaunches();
     std::printf("%s train_step with SGLU's forward fused (%zu places), its product's backward "
                 "fused into the dgrad before it (%zu places) and φ into the qkvu GEMM (%zu "
-                "places) against cuBLASLt's GEMMs and the product, mul_grad and SiLU kernels: "
-                "%zu of %zu state entries differ (want 0)\n",
+                "places; %lld fused launches, %lld SiLU launches skipped) against cuBLASLt's GEMMs "
+                "and the product, mul_grad and SiLU kernels: %zu of %zu state entries differ "
+                "(want 0)\n",
                 ok ? "ok  " : "FAIL", gpu.fusedSglus(), gpu.fusedMulGrads(), gpu.fusedSilus(),
-                differ, n);
+                (long long)gpu.siluFusedLaunches(), (long long)gpu.siluLaunchesSkipped(), differ,
+                n);
     failures += !ok;
   }
   const bool lossOk =

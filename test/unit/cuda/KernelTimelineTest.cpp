@@ -75,6 +75,17 @@ TEST(KernelTimeline, GapsAreNamedByTheirBoundary) {
   EXPECT_EQ(s.longest[1].next, "side");
 }
 
+TEST(KernelTimeline, AZeroLengthFirstRecordStillNamesTheGapAfterIt) {
+  const std::vector<TimelineRecord> recs = {{"memset", 1000, 1000}, {"gemm", 2000, 3000}};
+  const auto s = summarize(recs, 0, 9000);
+  EXPECT_DOUBLE_EQ(s.gapMs, 1000 / 1e6);
+  ASSERT_EQ(s.gaps.size(), 1u);
+  EXPECT_EQ(s.gaps[0].before, "memset");
+  EXPECT_DOUBLE_EQ(s.gaps[0].ms, s.gapMs);
+  ASSERT_EQ(s.longest.size(), 1u);
+  EXPECT_EQ(s.longest[0].after, "gemm");
+}
+
 TEST(KernelTimeline, TheWindowIsByStart) {
   const auto s = summarize(records(), 3500, 9500); // from norm on, "later" included
   EXPECT_EQ(s.kernels, 4);
