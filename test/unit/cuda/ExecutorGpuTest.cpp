@@ -32,6 +32,7 @@
 // Exit 0 pass, 1 fail, 2 usage (a malformed or out-of-range shape), 77 no device.
 //
 //===----------------------------------------------------------------------===//
+#include "codegen/cuda/LightningFwdPlan.h"
 #include "runtime/CpuExecutor.h"
 #include "runtime/Error.h"
 #include "runtime/cuda/CudaApi.h"
@@ -195,12 +196,35 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
   }
   {
     size_t differ = 0, n = 0;
-    // The artifacts of this tnlmc carry the fused kernel: it must have run (an older
-    // artifact's pairs run unfused, and this check then says so).
-    const bool ok = compare(gpu, unfused, differ, n) && gpu.fusedSglus() > 0 &&
-                    unfused.fusedSglus() == 0 && gpu.fusedMulGrads() > 0 &&
-                    unfused.fusedMulGrads() == 0 && gpu.fusedSilus() > 0 &&
-                    unfused.fusedSilus() == 0 && gpu.siluFusedLaunches() > 0 &&
+    // Each fused kernel tnlmc put in the artifact must have run (an older artifact's steps run
+    // unfused, and this check then says so), and none it left out. The product's backward
+    // fuses into a dgrad only where the gated step comes within three steps of it (with
+    // --recompute=full, a and b are recomputed between the two: no place to fuse).
+    auto has = [&](const char *name) {
+      for (const flatbuffers::String *k : *gpuArt.root().kernels()->names())
+        if (k->string_view() == name)
+          return true;
+      return false;
+    };
+    bool mulGradPlace = false;
+    for (const tnlm::schema::Function *fn : *gpuArt.root().functions()) {
+      if (fn->name()->string_view() != "train_step")
+        continue;
+      const auto &st = *fn->steps();
+      for (unsigned i = 0; i < st.size(); ++i)
+        for (unsigned g = i + 1; g < st.size() && g <= i + 3; ++g)
+          mulGradPlace = mulGradPlace ||
+                         (st.Get(i)->kind() == tnlm::schema::KernelKind_LinearGradInput &&
+                          st.Get(g)->kind() == tnlm::schema::KernelKind_GatedLinearGrad &&
+                          st.Get(g)->inputs()->size() == 6);
+    }
+    const bool ok = compare(gpu, unfused, differ, n) &&
+                    (gpu.fusedSglus() > 0) == has(tnlm::kSgluFusedKernel) &&
+                    unfused.fusedSglus() == 0 &&
+                    (gpu.fusedMulGrads() > 0) == (has(tnlm::kMulGradFusedKernel) && mulGradPlace) &&
+                    unfused.fusedMulGrads() == 0 &&
+                    (gpu.fusedSilus() > 0) == has(tnlm::kSiluFusedKernel) &&
+                    unfused.fusedSilus() == 0 &&
                     gpu.siluLaunchesSkipped() == gpu.siluFusedLaunches();
     std::printf("%s train_step with SGLU's forward fused (%zu places), its product's backward "
                 "fused into the dgrad before it (%zu places) and φ into the qkvu GEMM (%zu "
