@@ -213,19 +213,17 @@ int trainMain(const char *gpuPath, const char *cpuPath) {
       const auto &st = *fn->steps();
       for (unsigned i = 0; i < st.size(); ++i)
         for (unsigned g = i + 1; g < st.size() && g <= i + 3; ++g)
-          mulGradPlace = mulGradPlace ||
-                         (st.Get(i)->kind() == tnlm::schema::KernelKind_LinearGradInput &&
-                          st.Get(g)->kind() == tnlm::schema::KernelKind_GatedLinearGrad &&
-                          st.Get(g)->inputs()->size() == 6);
+          mulGradPlace =
+              mulGradPlace || (st.Get(i)->kind() == tnlm::schema::KernelKind_LinearGradInput &&
+                               st.Get(g)->kind() == tnlm::schema::KernelKind_GatedLinearGrad &&
+                               st.Get(g)->inputs()->size() == 6);
     }
-    const bool ok = compare(gpu, unfused, differ, n) &&
-                    (gpu.fusedSglus() > 0) == has(tnlm::kSgluFusedKernel) &&
-                    unfused.fusedSglus() == 0 &&
-                    (gpu.fusedMulGrads() > 0) == (has(tnlm::kMulGradFusedKernel) && mulGradPlace) &&
-                    unfused.fusedMulGrads() == 0 &&
-                    (gpu.fusedSilus() > 0) == has(tnlm::kSiluFusedKernel) &&
-                    unfused.fusedSilus() == 0 &&
-                    gpu.siluLaunchesSkipped() == gpu.siluFusedLaunches();
+    const bool ok =
+        compare(gpu, unfused, differ, n) && (gpu.fusedSglus() > 0) == has(tnlm::kSgluFusedKernel) &&
+        unfused.fusedSglus() == 0 &&
+        (gpu.fusedMulGrads() > 0) == (has(tnlm::kMulGradFusedKernel) && mulGradPlace) &&
+        unfused.fusedMulGrads() == 0 && (gpu.fusedSilus() > 0) == has(tnlm::kSiluFusedKernel) &&
+        unfused.fusedSilus() == 0 && gpu.siluLaunchesSkipped() == gpu.siluFusedLaunches();
     std::printf("%s train_step with SGLU's forward fused (%zu places), its product's backward "
                 "fused into the dgrad before it (%zu places) and φ into the qkvu GEMM (%zu "
                 "places; %lld fused launches, %lld SiLU launches skipped) against cuBLASLt's GEMMs "
