@@ -284,6 +284,9 @@ CudaExecutor::~CudaExecutor() {
   for (CUevent e : decodeUploaded_)
     if (e)
       driver().cuEventDestroy(e);
+  for (CUevent e : runEvents_)
+    if (e)
+      driver().cuEventDestroy(e);
 }
 
 CUdeviceptr CudaExecutor::operand(const schema::Operand *o, const std::string &where) const {

@@ -246,9 +246,11 @@ public:
   run(const std::string &name, const std::vector<Input> &inputs, int64_t batch, int64_t seq);
   /// Where the host's time in the last run() went (ms, steady clock): checking and uploading
   /// the inputs (the labels counted, the embedding backward's grouping), queuing the work (a
-  /// graph launch, or capturing one), waiting for the GPU, reading the outputs back.
+  /// graph launch, or capturing one), waiting for the GPU, reading the outputs back; and gpuMs,
+  /// the GPU's time from the queued work's start to its end (CUDA events around it: the
+  /// kernels and any idle time between them, the uploads not included).
   struct RunTimes {
-    double prepareMs = 0, launchMs = 0, waitMs = 0, readMs = 0;
+    double prepareMs = 0, launchMs = 0, waitMs = 0, readMs = 0, gpuMs = 0;
   };
   const RunTimes &lastRunTimes() const { return lastRunTimes_; }
   /// run()'s work without its outputs, each step timed (CUDA events, launched one by one, no
@@ -482,6 +484,7 @@ private:
   // The gated step whose mul_grad the last fused dgrad did (this run; cleared by that step).
   std::pair<const void *, unsigned> mulGradDone_{nullptr, 0};
   RunTimes lastRunTimes_;
+  CUevent runEvents_[2] = {nullptr, nullptr}; // around run()'s queued work (RunTimes::gpuMs)
   bool fuseSilu_ = true;       // TNLM_SILU_FUSE: a qkvu GEMM and the next step's φ as one kernel
   bool hasSiluKernel_ = false; // the module has kSiluFusedKernel
   std::set<std::pair<const void *, unsigned>> fusedSilu_;
