@@ -208,10 +208,6 @@ TimelineSummary summarize(const std::vector<TimelineRecord> &recs, uint64_t from
       idle.index = s.kernels - 1;
       idle.before = *coveredBy, idle.after = r.name;
       idles.push_back({idle, at});
-      std::stable_sort(idles.begin(), idles.end(),
-                       [](const auto &x, const auto &y) { return x.first.ms > y.first.ms; });
-      if (idles.size() > TimelineSummary::kLongest)
-        idles.pop_back();
     }
     if (r.end > coveredTo) {
       busy += r.end - std::max(r.start, coveredTo);
@@ -234,6 +230,10 @@ TimelineSummary summarize(const std::vector<TimelineRecord> &recs, uint64_t from
                    [](const auto &x, const auto &y) { return x.ms > y.ms; });
   for (auto &[names, g] : gaps)
     s.gaps.push_back(g);
+  std::stable_sort(idles.begin(), idles.end(),
+                   [](const auto &x, const auto &y) { return x.first.ms > y.first.ms; });
+  if (idles.size() > TimelineSummary::kLongest)
+    idles.resize(TimelineSummary::kLongest);
   for (auto &[idle, at] : idles) {
     // The next record in the window after the one that ended the idle time.
     for (size_t n = at + 1; n < recs.size(); ++n)

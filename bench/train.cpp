@@ -312,18 +312,15 @@ int main(int argc, char **argv) {
     const double firstMs = msSince(tFirst), firstLoss = lastLoss;
     for (int64_t i = 1; i < warmup; ++i)
       step();
-    std::vector<double> ms, trainV, optV, prepV, launchV, waitV, readV, gpuV;
+    std::vector<double> ms, trainV, optV;
+    std::vector<cuda::CudaExecutor::RunTimes> hostV;
     for (int64_t i = 0; i < iters; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
       step();
       ms.push_back(msSince(t0));
       trainV.push_back(trainMs);
       optV.push_back(optMs);
-      prepV.push_back(trainHost.prepareMs);
-      launchV.push_back(trainHost.launchMs);
-      waitV.push_back(trainHost.waitMs);
-      readV.push_back(trainHost.readMs);
-      gpuV.push_back(trainHost.gpuMs);
+      hostV.push_back(trainHost);
     }
     const double med = median(ms), best = *std::min_element(ms.begin(), ms.end());
     const double tflops = flops / (med / 1e3) / 1e12;
@@ -354,15 +351,24 @@ int main(int argc, char **argv) {
                  100 * tflops * 1e12 / kPeakMeasured, 100 * trainMfu, ctx.deviceName().c_str(),
                  double(exec.deviceBytes()) / double(1ull << 30));
     // The host's part of train_step: until the graph is queued the GPU has nothing to run.
+    auto hostMedian = [&](double cuda::CudaExecutor::RunTimes::*field) {
+      std::vector<double> v;
+      for (const auto &t : hostV)
+        v.push_back(t.*field);
+      return median(v);
+    };
+    using RT = cuda::CudaExecutor::RunTimes;
+    const double prep = hostMedian(&RT::prepareMs), launch = hostMedian(&RT::launchMs),
+                 wait = hostMedian(&RT::waitMs), read = hostMedian(&RT::readMs),
+                 gpu = hostMedian(&RT::gpuMs);
     std::fprintf(stderr,
                  "train_step on the host (medians): inputs checked and uploaded %.3f ms, graph "
                  "queued %.3f ms, waiting for the GPU %.3f ms, the loss read back %.3f ms; on the "
                  "GPU (events around the graph) %.3f ms\n",
-                 median(prepV), median(launchV), median(waitV), median(readV), median(gpuV));
+                 prep, launch, wait, read, gpu);
     std::printf("{\"bench\":\"train_step_host\",\"label\":%s,\"prepare_ms\":%.4f,"
                 "\"launch_ms\":%.4f,\"wait_ms\":%.4f,\"read_ms\":%.4f,\"gpu_ms\":%.4f}\n",
-                jsonString(label).c_str(), median(prepV), median(launchV), median(waitV),
-                median(readV), median(gpuV));
+                jsonString(label).c_str(), prep, launch, wait, read, gpu);
     std::fprintf(stderr, "GEMMs over stacked pairs (the gated forward, dx, dW): %zu\n",
                  exec.stackedGemms());
     std::fprintf(stderr, "gated forwards fused with their product (TNLM_SGLU_FUSE): %zu\n",

@@ -27,10 +27,10 @@ EmbeddingSegments embeddingSegments(const int32_t *ids, int64_t tokens, int64_t 
                                     int64_t paddingIdx = -1);
 
 /// embeddingSegments for every train step: the same grouping in O(tokens) per call, its memory
-/// kept from call to call. (Counting over the whole vocabulary, with fresh per-id arrays each
-/// time, took ~0.24 ms of the host's time per 385M step at 8,192 tokens and a vocabulary of
-/// 64,000, while the GPU waited: the ids seen are marked with the call's stamp and sorted by
-/// a radix sort instead.)
+/// kept from call to call (embeddingSegments is one call of a fresh grouper). (Counting over
+/// the whole vocabulary, with fresh per-id arrays each time, took ~0.24 ms of the host's time
+/// per 385M step at 8,192 tokens and a vocabulary of 64,000, while the GPU waited: the ids seen
+/// are marked with the call's stamp and sorted by a radix sort instead.)
 class EmbeddingGrouper {
 public:
   /// Writes embeddingSegments(ids, tokens, vocab, paddingIdx) into `out` (its vectors reused);

@@ -833,6 +833,8 @@ bool CudaExecutor::runFusedSilu(const Function &f, unsigned index, const schema:
   const int64_t d = s.i64_attrs()->Get(0) * s.i64_attrs()->Get(1), P = 2 * d;
   const schema::Operand *qkvu = s.inputs()->Get(0), *ws = s.outputs()->Get(1);
   auto ptr = [&](const schema::Operand *o) { return operand(o, where); };
+  // Its first launch is the SiLU row kernel (tnlmc's name for it; a per-row launch's kernel
+  // index names a kernel, a GEMM launch's does not).
   const std::string_view first =
       artifact_.root().kernels()->names()->Get(s.launches()->Get(0)->kernel())->string_view();
   if (first != "tnlm_silu_c" + std::to_string(P) || ptr(qkvu) != ptr(y) || qkvu->ld() != y->ld() ||
